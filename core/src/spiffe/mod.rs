@@ -1,0 +1,32 @@
+//! SPIFFE identities as Consul Connect writes and reads them.
+//!
+//! Every certificate in the mesh names exactly one of these identities in its URI SAN, and every
+//! authorization decision starts from a parsed [`SpiffeId`]. Parsing and emission follow Consul
+//! byte for byte (spec §1 and §7.3), including its quirks: the CE build always emits
+//! `/ns/default/` for services, drops the partition of agents and mesh gateways, and the parser
+//! keeps the host's case. Interoperating with real Consul clusters depends on those details.
+//!
+//! ```
+//! use connect_core::spiffe::{SpiffeId, TrustDomain};
+//!
+//! let id: SpiffeId = "spiffe://1234.consul/ns/default/dc/dc1/svc/web".parse()?;
+//! let service = id.as_service().expect("a service identity");
+//! assert_eq!(service.service, "web");
+//! assert_eq!(id.to_string(), "spiffe://1234.consul/ns/default/dc/dc1/svc/web");
+//!
+//! let td = TrustDomain::from_cluster_id("11111111-2222-3333-4444-555555555555")?;
+//! assert_eq!(td.as_str(), "11111111-2222-3333-4444-555555555555.consul");
+//! # Ok::<(), connect_core::Error>(())
+//! ```
+
+mod error;
+mod id;
+mod parse;
+mod trust_domain;
+
+pub use error::{SpiffeIdError, UnescapeError};
+pub use id::{
+    AgentId, DEFAULT_NAMESPACE, DEFAULT_PARTITION, MeshGatewayId, SIGNING_DOMAIN, ServerId,
+    ServiceId, SigningId, SpiffeId, WorkloadIdentityId, server_peering_dns_san,
+};
+pub use trust_domain::TrustDomain;
