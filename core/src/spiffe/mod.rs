@@ -1,4 +1,5 @@
-//! SPIFFE identities as Consul Connect writes and reads them.
+//! SPIFFE identities as Consul Connect writes and reads them, and the SNI names mesh gateways
+//! route by.
 //!
 //! Every certificate in the mesh names exactly one of these identities in its URI SAN, and every
 //! authorization decision starts from a parsed [`SpiffeId`]. Parsing and emission follow Consul
@@ -22,6 +23,7 @@
 mod error;
 mod id;
 mod parse;
+mod sni;
 mod trust_domain;
 
 pub use error::{SpiffeIdError, UnescapeError};
@@ -29,4 +31,5 @@ pub use id::{
     AgentId, DEFAULT_NAMESPACE, DEFAULT_PARTITION, MeshGatewayId, SIGNING_DOMAIN, ServerId,
     ServiceId, SigningId, SpiffeId, WorkloadIdentityId, server_peering_dns_san,
 };
+pub use sni::{datacenter_sni, peered_service_sni, query_sni, service_sni};
 pub use trust_domain::TrustDomain;
