@@ -299,13 +299,22 @@ mod tests {
 
     #[test]
     fn table_is_pinned_and_total() {
-        let actual: Vec<(u32, &str)> = ErrorKind::ALL.iter().map(|k| (k.code(), k.name())).collect();
+        let actual: Vec<(u32, &str)> = ErrorKind::ALL
+            .iter()
+            .map(|k| (k.code(), k.name()))
+            .collect();
         assert_eq!(actual, PINNED);
         for k in ErrorKind::ALL {
             assert_eq!(ErrorKind::from_code(k.code()), Some(*k));
             assert_eq!(ErrorKind::from_name(k.name()), Some(*k));
             assert!(!k.description().is_empty());
-            assert!(k.info().python_class.chars().next().is_some_and(char::is_uppercase));
+            assert!(
+                k.info()
+                    .python_class
+                    .chars()
+                    .next()
+                    .is_some_and(char::is_uppercase)
+            );
         }
         assert_eq!(ErrorKind::from_code(0), None);
         assert_eq!(ErrorKind::from_code(9999), None);
@@ -316,7 +325,10 @@ mod tests {
         let mut codes: Vec<u32> = ErrorKind::ALL.iter().map(|k| k.code()).collect();
         codes.dedup();
         assert_eq!(codes.len(), ErrorKind::ALL.len());
-        assert!(codes.windows(2).all(|w| w[0] < w[1]), "ALL must be in code order");
+        assert!(
+            codes.windows(2).all(|w| w[0] < w[1]),
+            "ALL must be in code order"
+        );
         for k in ErrorKind::ALL {
             let band = k.code() / 100;
             let name = k.name();

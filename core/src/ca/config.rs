@@ -1,0 +1,408 @@
+//! CA configuration (spec §2.9): every option, default, rule and message.
+//!
+//! Keys arrive CamelCase over HTTP (`LeafCertTTL`) and snake_case from agent config files
+//! (`leaf_cert_ttl`); Consul matches them case-insensitively and decodes values weakly
+//! (numbers may arrive as strings), so we do the same.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use super::CaError;
+use super::duration::{format_go_duration, parse_go_duration};
+use super::keys::{KeySpec, KeyType};
+
+const HOUR: Duration = Duration::from_secs(3600);
+/// Shortest allowed leaf TTL.
+pub const MIN_LEAF_CERT_TTL: Duration = HOUR;
+/// Longest allowed leaf TTL (365 days).
+pub const MAX_LEAF_CERT_TTL: Duration = Duration::from_secs(8760 * 3600);
+/// How often intermediates are checked for renewal.
+pub const INTERMEDIATE_RENEW_INTERVAL: Duration = HOUR;
+/// Validity of a cross-signed root (hard-coded in Consul: leaves live at most 3 days).
+pub const CROSS_SIGN_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How far NotBefore of leaves and intermediates is back-dated for clock drift.
+pub const CLOCK_DRIFT_BUFFER: Duration = Duration::from_secs(60);
+
+/// Options shared by every provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommonCaConfig {
+    /// Lifetime of leaf certificates (`LeafCertTTL`, default 72h).
+    pub leaf_cert_ttl: Duration,
+    /// Lifetime of intermediates (`IntermediateCertTTL`, default 8760h).
+    pub intermediate_cert_ttl: Duration,
+    /// Lifetime of generated roots (`RootCertTTL`, default 87600h).
+    pub root_cert_ttl: Duration,
+    /// Type of generated CA keys (`PrivateKeyType`, default `ec`).
+    pub private_key_type: KeyType,
+    /// Size of generated CA keys (`PrivateKeyBits`, default 256).
+    pub private_key_bits: u32,
+    /// Server-wide CSR rate (`CSRMaxPerSecond`, default 50; 0 disables).
+    pub csr_max_per_second: f64,
+    /// Concurrent CSR limit (`CSRMaxConcurrent`, default 0; used only when the rate is 0).
+    pub csr_max_concurrent: u32,
+    /// Skip the checks of [`CommonCaConfig::validate`] (`SkipValidate`).
+    pub skip_validate: bool,
+}
+
+impl Default for CommonCaConfig {
+    fn default() -> Self {
+        CommonCaConfig {
+            leaf_cert_ttl: 72 * HOUR,
+            intermediate_cert_ttl: 8760 * HOUR,
+            root_cert_ttl: 87600 * HOUR,
+            private_key_type: KeyType::Ec,
+            private_key_bits: 256,
+            csr_max_per_second: 50.0,
+            csr_max_concurrent: 0,
+            skip_validate: false,
+        }
+    }
+}
+
+impl CommonCaConfig {
+    /// Reads the common options from a raw `Config` map; absent keys keep their defaults.
+    pub fn from_map(map: &Map<String, Value>) -> Result<Self, CaError> {
+        let mut c = CommonCaConfig::default();
+        for (key, value) in map {
+            match normalize_key(key).as_str() {
+                "leafcertttl" => c.leaf_cert_ttl = duration(key, value)?,
+                "intermediatecertttl" => c.intermediate_cert_ttl = duration(key, value)?,
+                "rootcertttl" => c.root_cert_ttl = duration(key, value)?,
+                "privatekeytype" => c.private_key_type = KeyType::parse(&string(key, value)?)?,
+                "privatekeybits" => c.private_key_bits = uint(key, value)?,
+                "csrmaxpersecond" => c.csr_max_per_second = float(key, value)?,
+                "csrmaxconcurrent" => c.csr_max_concurrent = uint(key, value)?,
+                "skipvalidate" => c.skip_validate = boolean(key, value)?,
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+
+    /// The CA key spec these options ask for.
+    pub fn key_spec(&self) -> KeySpec {
+        KeySpec {
+            key_type: self.private_key_type,
+            bits: self.private_key_bits,
+        }
+    }
+
+    /// Consul's rules, in Consul's order, with Consul's messages.
+    pub fn validate(&self) -> Result<(), CaError> {
+        if self.skip_validate {
+            return Ok(());
+        }
+        let bad = |m: String| Err(CaError::InvalidConfig(m));
+        if self.leaf_cert_ttl < MIN_LEAF_CERT_TTL {
+            return bad(format!(
+                "leaf cert TTL must be greater or equal than {}",
+                format_go_duration(MIN_LEAF_CERT_TTL)
+            ));
+        }
+        if self.leaf_cert_ttl > MAX_LEAF_CERT_TTL {
+            return bad(format!(
+                "leaf cert TTL must be less than {}",
+                format_go_duration(MAX_LEAF_CERT_TTL)
+            ));
+        }
+        if self.intermediate_cert_ttl < 3 * INTERMEDIATE_RENEW_INTERVAL {
+            return bad("Intermediate Cert TTL must be greater or equal than 3h".into());
+        }
+        if self.intermediate_cert_ttl < 3 * self.leaf_cert_ttl {
+            return bad(format!(
+                "Intermediate Cert TTL must be greater or equal than 3 * LeafCertTTL (>={}).",
+                format_go_duration(3 * self.leaf_cert_ttl)
+            ));
+        }
+        if !self.root_cert_ttl.is_zero() && self.root_cert_ttl < self.intermediate_cert_ttl {
+            return bad(format!(
+                "root cert TTL is set and is not greater than intermediate cert ttl. root cert ttl: {}, intermediate cert ttl: {}",
+                format_go_duration(self.root_cert_ttl),
+                format_go_duration(self.intermediate_cert_ttl)
+            ));
+        }
+        if !self.csr_max_per_second.is_finite() || self.csr_max_per_second < 0.0 {
+            return bad("CSRMaxPerSecond must be a non-negative number".into());
+        }
+        self.key_spec().validate()
+    }
+
+    /// The options as a CamelCase map, as the API returns them.
+    pub fn to_map(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert(
+            "LeafCertTTL".into(),
+            format_go_duration(self.leaf_cert_ttl).into(),
+        );
+        m.insert(
+            "IntermediateCertTTL".into(),
+            format_go_duration(self.intermediate_cert_ttl).into(),
+        );
+        m.insert(
+            "RootCertTTL".into(),
+            format_go_duration(self.root_cert_ttl).into(),
+        );
+        m.insert(
+            "PrivateKeyType".into(),
+            self.private_key_type.as_str().into(),
+        );
+        m.insert("PrivateKeyBits".into(), self.private_key_bits.into());
+        m.insert("CSRMaxPerSecond".into(), self.csr_max_per_second.into());
+        m.insert("CSRMaxConcurrent".into(), self.csr_max_concurrent.into());
+        m
+    }
+}
+
+/// Options of the built-in (`consul`) provider.
+#[derive(Clone, PartialEq)]
+pub struct ConsulCaConfig {
+    /// The common options.
+    pub common: CommonCaConfig,
+    /// An operator-supplied CA key (`PrivateKey`), PEM.
+    pub private_key: Option<Zeroizing<String>>,
+    /// An operator-supplied root (`RootCert`), PEM.
+    pub root_cert: Option<String>,
+    /// Legacy `RotationPeriod`: accepted and ignored, as in Consul.
+    pub rotation_period: Option<Duration>,
+    /// Test-only `DisableCrossSigning`.
+    pub disable_cross_signing: bool,
+}
+
+impl fmt::Debug for ConsulCaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulCaConfig")
+            .field("common", &self.common)
+            .field(
+                "private_key",
+                &self.private_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("root_cert", &self.root_cert.is_some())
+            .field("disable_cross_signing", &self.disable_cross_signing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsulCaConfig {
+    /// Reads and validates a raw `Config` map.
+    pub fn from_map(map: &Map<String, Value>) -> Result<Self, CaError> {
+        let mut c = ConsulCaConfig {
+            common: CommonCaConfig::from_map(map)?,
+            private_key: None,
+            root_cert: None,
+            rotation_period: None,
+            disable_cross_signing: false,
+        };
+        for (key, value) in map {
+            match normalize_key(key).as_str() {
+                "privatekey" => {
+                    let s = string(key, value)?;
+                    c.private_key = (!s.is_empty()).then(|| Zeroizing::new(s));
+                }
+                "rootcert" => {
+                    let s = string(key, value)?;
+                    c.root_cert = (!s.is_empty()).then_some(s);
+                }
+                "rotationperiod" => c.rotation_period = Some(duration(key, value)?),
+                "disablecrosssigning" => c.disable_cross_signing = boolean(key, value)?,
+                _ => {}
+            }
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Consul's provider-level checks.
+    pub fn validate(&self) -> Result<(), CaError> {
+        if self.root_cert.is_some() && self.private_key.is_none() {
+            return Err(CaError::InvalidConfig(
+                "must provide a private key when providing a root cert".into(),
+            ));
+        }
+        self.common.validate()
+    }
+}
+
+/// Consul matches config keys case-insensitively and the file form is snake_case.
+fn normalize_key(key: &str) -> String {
+    key.chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn type_error(key: &str, want: &str, value: &Value) -> CaError {
+    CaError::InvalidConfig(format!(
+        "error decoding '{key}': expected {want}, got {value}"
+    ))
+}
+
+fn string(key: &str, value: &Value) -> Result<String, CaError> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(if *b { "1".into() } else { "0".into() }),
+        Value::Null => Ok(String::new()),
+        _ => Err(type_error(key, "a string", value)),
+    }
+}
+
+fn duration(key: &str, value: &Value) -> Result<Duration, CaError> {
+    match value {
+        Value::String(s) => parse_go_duration(s)
+            .map_err(|e| CaError::InvalidConfig(format!("error decoding '{key}': {e}"))),
+        // A bare number is a Go time.Duration, i.e. nanoseconds.
+        Value::Number(n) => n
+            .as_u64()
+            .map(Duration::from_nanos)
+            .ok_or_else(|| type_error(key, "a non-negative duration", value)),
+        _ => Err(type_error(key, "a duration", value)),
+    }
+}
+
+fn uint(key: &str, value: &Value) -> Result<u32, CaError> {
+    let n = match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    n.and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| type_error(key, "a non-negative integer", value))
+}
+
+fn float(key: &str, value: &Value) -> Result<f64, CaError> {
+    let n = match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    n.ok_or_else(|| type_error(key, "a number", value))
+}
+
+fn boolean(key: &str, value: &Value) -> Result<bool, CaError> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        Value::Number(n) => Ok(n.as_f64().is_some_and(|f| f != 0.0)),
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "1" | "t" | "true" => Ok(true),
+            "0" | "f" | "false" | "" => Ok(false),
+            _ => Err(type_error(key, "a boolean", value)),
+        },
+        _ => Err(type_error(key, "a boolean", value)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+    use serde_json::json;
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn err(v: Value) -> String {
+        let e = ConsulCaConfig::from_map(&map(v)).unwrap_err();
+        assert_eq!(
+            crate::Error::from(e.clone()).kind(),
+            ErrorKind::InvalidCaConfig
+        );
+        e.to_string()
+    }
+
+    #[test]
+    fn defaults_are_consuls() {
+        let c = ConsulCaConfig::from_map(&Map::new()).unwrap();
+        assert_eq!(c.common, CommonCaConfig::default());
+        assert_eq!(c.common.leaf_cert_ttl, 72 * HOUR);
+        assert_eq!(c.common.intermediate_cert_ttl, 8760 * HOUR);
+        assert_eq!(c.common.root_cert_ttl, 87600 * HOUR);
+        assert_eq!(c.common.key_spec(), KeySpec::EC_P256);
+        assert_eq!(c.common.csr_max_per_second, 50.0);
+        assert_eq!(c.common.csr_max_concurrent, 0);
+    }
+
+    #[test]
+    fn keys_match_case_insensitively_and_values_weakly() {
+        let c = ConsulCaConfig::from_map(&map(json!({
+            "leaf_cert_ttl": "24h", "INTERMEDIATECERTTTL": "100h", "PrivateKeyType": "rsa",
+            "privatekeybits": "4096", "CSRMaxPerSecond": "0", "csr_max_concurrent": 4,
+            "RotationPeriod": "2160h", "SomethingElse": 1
+        })))
+        .unwrap();
+        assert_eq!(c.common.leaf_cert_ttl, 24 * HOUR);
+        assert_eq!(c.common.intermediate_cert_ttl, 100 * HOUR);
+        assert_eq!(
+            c.common.key_spec(),
+            KeySpec {
+                key_type: KeyType::Rsa,
+                bits: 4096
+            }
+        );
+        assert_eq!(c.common.csr_max_per_second, 0.0);
+        assert_eq!(c.common.csr_max_concurrent, 4);
+        assert_eq!(c.rotation_period, Some(2160 * HOUR));
+    }
+
+    #[test]
+    fn every_rule_has_consuls_message() {
+        assert_eq!(
+            err(json!({"LeafCertTTL": "59m"})),
+            "leaf cert TTL must be greater or equal than 1h0m0s"
+        );
+        assert_eq!(
+            err(json!({"LeafCertTTL": "8761h"})),
+            "leaf cert TTL must be less than 8760h0m0s"
+        );
+        assert_eq!(
+            err(json!({"LeafCertTTL": "1h", "IntermediateCertTTL": "2h"})),
+            "Intermediate Cert TTL must be greater or equal than 3h"
+        );
+        assert_eq!(
+            err(json!({"LeafCertTTL": "72h", "IntermediateCertTTL": "100h"})),
+            "Intermediate Cert TTL must be greater or equal than 3 * LeafCertTTL (>=216h0m0s)."
+        );
+        assert_eq!(
+            err(json!({"RootCertTTL": "100h"})),
+            "root cert TTL is set and is not greater than intermediate cert ttl. root cert ttl: 100h0m0s, intermediate cert ttl: 8760h0m0s"
+        );
+        assert_eq!(
+            err(json!({"PrivateKeyType": "dsa"})),
+            "private key type must be either 'ec' or 'rsa'"
+        );
+        assert_eq!(
+            err(json!({"PrivateKeyBits": 512})),
+            "EC key length must be one of (224, 256, 384, 521) bits"
+        );
+        assert_eq!(
+            err(json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 1024})),
+            "RSA key length must be 2048 or 4096 bits"
+        );
+        assert_eq!(
+            err(json!({"RootCert": "x"})),
+            "must provide a private key when providing a root cert"
+        );
+        assert!(err(json!({"LeafCertTTL": "soon"})).contains("invalid duration"));
+        assert!(err(json!({"LeafCertTTL": [1]})).contains("expected a duration"));
+        assert!(err(json!({"PrivateKeyBits": -1})).contains("non-negative integer"));
+        assert!(err(json!({"SkipValidate": "maybe"})).contains("boolean"));
+    }
+
+    #[test]
+    fn skip_validate_skips_the_ttl_rules() {
+        let c = ConsulCaConfig::from_map(&map(json!({"LeafCertTTL": "1m", "SkipValidate": true})))
+            .unwrap();
+        assert_eq!(c.common.leaf_cert_ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn debug_redacts_the_private_key() {
+        let c =
+            ConsulCaConfig::from_map(&map(json!({"PrivateKey": "SECRET-KEY", "RootCert": "x"})))
+                .unwrap();
+        assert!(!format!("{c:?}").contains("SECRET-KEY"));
+    }
+}

@@ -1,0 +1,181 @@
+//! Go's `time.Duration` text form, which Consul's CA configuration uses (`"72h"`,
+//! `"8760h0m0s"`, `"1h30m"`), both parsed and printed exactly as Go does.
+
+use std::time::Duration;
+
+/// Parses a Go duration string: a sequence of decimal numbers with optional fraction and a
+/// unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), optionally signed. Negative durations are
+/// rejected: no CA setting can be negative.
+pub fn parse_go_duration(input: &str) -> Result<Duration, String> {
+    let err = || format!("time: invalid duration {input:?}");
+    let mut s = input;
+    if let Some(rest) = s.strip_prefix('+') {
+        s = rest;
+    } else if s.starts_with('-') {
+        if s == "-0" {
+            return Ok(Duration::ZERO);
+        }
+        return Err(format!("duration must not be negative: {input:?}"));
+    }
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err(err());
+    }
+    let mut total: u128 = 0;
+    while !s.is_empty() {
+        let int_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (int_part, rest) = s.split_at(int_end);
+        let (frac_part, rest) = match rest.strip_prefix('.') {
+            Some(r) => {
+                let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+                r.split_at(end)
+            }
+            None => ("", rest),
+        };
+        if int_part.is_empty() && frac_part.is_empty() {
+            return Err(err());
+        }
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let (unit, rest) = rest.split_at(unit_end);
+        let nanos_per: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" => return Err(format!("time: missing unit in duration {input:?}")),
+            _ => return Err(format!("time: unknown unit {unit:?} in duration {input:?}")),
+        };
+        let whole: u128 = if int_part.is_empty() {
+            0
+        } else {
+            int_part.parse().map_err(|_| err())?
+        };
+        let mut part = whole.checked_mul(nanos_per).ok_or_else(err)?;
+        if !frac_part.is_empty() {
+            let digits = frac_part.len().min(30) as u32;
+            let frac: u128 = frac_part[..digits as usize].parse().map_err(|_| err())?;
+            part += frac * nanos_per / 10u128.pow(digits);
+        }
+        total = total.checked_add(part).ok_or_else(err)?;
+        s = rest;
+    }
+    if total > i64::MAX as u128 {
+        return Err(err());
+    }
+    Ok(Duration::from_nanos(total as u64))
+}
+
+/// Formats like Go's `Duration.String()`: `72h0m0s`, `1h0m0s`, `1.5s`, `100ms`, `0s`.
+pub fn format_go_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".into();
+    }
+    if nanos < 1_000_000_000 {
+        let (unit, div) = if nanos < 1_000 {
+            ("ns", 1u128)
+        } else if nanos < 1_000_000 {
+            ("µs", 1_000)
+        } else {
+            ("ms", 1_000_000)
+        };
+        return format!("{}{unit}", frac(nanos, div));
+    }
+    let secs_total = nanos / 1_000_000_000;
+    let sub = nanos % 1_000_000_000;
+    let h = secs_total / 3600;
+    let m = (secs_total % 3600) / 60;
+    let s = secs_total % 60;
+    let secs = frac(s * 1_000_000_000 + sub, 1_000_000_000);
+    if h > 0 {
+        format!("{h}h{m}m{secs}s")
+    } else if m > 0 {
+        format!("{m}m{secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+fn frac(value: u128, div: u128) -> String {
+    let whole = value / div;
+    let rem = value % div;
+    if rem == 0 {
+        return whole.to_string();
+    }
+    let width = div.to_string().len() - 1;
+    let digits = format!("{rem:0width$}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: u64 = 3600;
+
+    #[test]
+    fn parses_go_forms() {
+        for (s, secs) in [
+            ("72h", 72 * H),
+            ("8760h0m0s", 8760 * H),
+            ("1h30m", 5400),
+            ("0", 0),
+            ("90s", 90),
+            ("2160h", 2160 * H),
+        ] {
+            assert_eq!(
+                parse_go_duration(s).unwrap(),
+                Duration::from_secs(secs),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            parse_go_duration("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            parse_go_duration("100ms").unwrap(),
+            Duration::from_millis(100)
+        );
+        assert_eq!(parse_go_duration(".5h").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_go_duration("3µs").unwrap(), Duration::from_micros(3));
+    }
+
+    #[test]
+    fn rejects_bad_forms() {
+        for s in [
+            "",
+            "72",
+            "h",
+            "1x",
+            "-1h",
+            "1.h.",
+            "abc",
+            "1h 2m",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_go_duration(s).is_err(), "{s:?} should fail");
+        }
+    }
+
+    #[test]
+    fn formats_like_go() {
+        assert_eq!(format_go_duration(Duration::from_secs(72 * H)), "72h0m0s");
+        assert_eq!(format_go_duration(Duration::from_secs(H)), "1h0m0s");
+        assert_eq!(
+            format_go_duration(Duration::from_secs(8760 * H)),
+            "8760h0m0s"
+        );
+        assert_eq!(format_go_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_go_duration(Duration::from_millis(100)), "100ms");
+        assert_eq!(format_go_duration(Duration::ZERO), "0s");
+        assert_eq!(format_go_duration(Duration::from_nanos(1500)), "1.5µs");
+    }
+}

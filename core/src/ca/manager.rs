@@ -1,0 +1,557 @@
+//! One datacenter's CA: initialise, sign leaves (with Consul's identity checks), rotate with
+//! cross-signing, prune, and the secondary-datacenter intermediate dance (spec §2.4–§2.7,
+//! §7.1). Persistence and rate limiting are layered on by the server.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use super::builtin::{BuiltinProvider, signing_uri};
+use super::config::{CommonCaConfig, ConsulCaConfig};
+use super::provider::{Provider, ProviderConfig, Serials};
+use super::roots::{CaRoot, IndexedCaRoots};
+use super::{CaError, Csr};
+use crate::SharedClock;
+use crate::certs::{self, CertInfo};
+use crate::spiffe::SpiffeId;
+
+/// The CA configuration as the API reads and writes it (spec §6.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CaConfiguration {
+    /// `consul` (built-in).
+    pub provider: String,
+    /// Provider options; keys CamelCase.
+    pub config: Map<String, Value>,
+    /// Read-only provider state.
+    pub state: Option<std::collections::BTreeMap<String, String>>,
+    /// Rotate even when the old provider cannot cross-sign.
+    #[serde(default, alias = "force_without_cross_signing")]
+    pub force_without_cross_signing: bool,
+    /// Index at creation.
+    #[serde(default)]
+    pub create_index: u64,
+    /// Index at last change.
+    #[serde(default)]
+    pub modify_index: u64,
+}
+
+impl CaConfiguration {
+    /// The built-in provider with the given options.
+    pub fn consul(config: Map<String, Value>) -> Self {
+        CaConfiguration {
+            provider: "consul".into(),
+            config,
+            state: None,
+            force_without_cross_signing: false,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+}
+
+/// A signed leaf as the API returns it (spec §6.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IssuedCert {
+    /// Colon-hex serial.
+    pub serial_number: String,
+    /// Leaf PEM followed by the active root's intermediates.
+    #[serde(rename = "CertPEM")]
+    pub cert_pem: String,
+    /// The agent adds the key it generated; the server never sees it.
+    #[serde(
+        rename = "PrivateKeyPEM",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub private_key_pem: String,
+    /// Service name, for service leaves.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    /// Service SPIFFE ID.
+    #[serde(
+        rename = "ServiceURI",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub service_uri: String,
+    /// Agent node ID, for agent leaves.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub agent: String,
+    /// Agent SPIFFE ID.
+    #[serde(rename = "AgentURI", default, skip_serializing_if = "String::is_empty")]
+    pub agent_uri: String,
+    /// NotBefore.
+    #[serde(with = "time::serde::rfc3339")]
+    pub valid_after: OffsetDateTime,
+    /// NotAfter.
+    #[serde(with = "time::serde::rfc3339")]
+    pub valid_before: OffsetDateTime,
+    /// Namespace of the service.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// Partition of the service, when not `default`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub partition: String,
+    /// Index of the signing.
+    pub create_index: u64,
+    /// Index of the signing.
+    pub modify_index: u64,
+}
+
+/// Which identities a signing request may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignPolicy {
+    /// Service IDs only (the agent's leaf endpoint).
+    ServiceOnly,
+    /// Service or client-agent IDs (agent IDs are rewritten into our trust domain).
+    ServiceOrAgent,
+}
+
+/// What a configuration change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationOutcome {
+    /// Nothing changed.
+    Unchanged,
+    /// Options changed; the root stayed.
+    ConfigUpdated,
+    /// A new root is active; the old one was marked rotated out.
+    Rotated {
+        /// ID of the new active root.
+        new_root_id: String,
+        /// Whether the old root cross-signed the new one.
+        cross_signed: bool,
+    },
+}
+
+/// One datacenter's certificate authority.
+#[derive(Debug)]
+pub struct CaManager {
+    clock: SharedClock,
+    datacenter: String,
+    primary: bool,
+    cluster_id: String,
+    config: CaConfiguration,
+    common: CommonCaConfig,
+    provider: BuiltinProvider,
+    serials: Serials,
+    roots: Vec<CaRoot>,
+    index: u64,
+    pending_intermediate: Option<String>,
+}
+
+fn new_provider(
+    clock: &SharedClock,
+    serials: &Serials,
+    cluster_id: &str,
+    datacenter: &str,
+    primary: bool,
+    config: &CaConfiguration,
+) -> Result<BuiltinProvider, CaError> {
+    if config.provider != "consul" {
+        return Err(CaError::InvalidConfig(format!(
+            "unknown CA provider {:?}: libconnect's built-in provider is \"consul\"",
+            config.provider
+        )));
+    }
+    let mut p = BuiltinProvider::new(clock.clone(), serials.clone());
+    p.configure(ProviderConfig {
+        cluster_id: cluster_id.to_owned(),
+        datacenter: datacenter.to_owned(),
+        is_primary: primary,
+        raw: config.config.clone(),
+        state: config.state.clone().unwrap_or_default(),
+    })?;
+    Ok(p)
+}
+
+impl CaManager {
+    /// Initialises the primary datacenter's CA: a new cluster ID unless one is given, then
+    /// the root.
+    pub fn new_primary(
+        datacenter: &str,
+        cluster_id: Option<String>,
+        config: CaConfiguration,
+        clock: SharedClock,
+    ) -> Result<CaManager, CaError> {
+        let cluster_id = cluster_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let serials = Serials::default();
+        let mut provider = new_provider(&clock, &serials, &cluster_id, datacenter, true, &config)?;
+        let common = ConsulCaConfig::from_map(&config.config)?.common;
+        let root_pem = provider.generate_ca_chain()?;
+        let mut root = CaRoot::from_pem(&root_pem, &cluster_id, provider.name())?;
+        root.create_index = 1;
+        root.modify_index = 1;
+        let mut config = config;
+        config.create_index = 1;
+        config.modify_index = 1;
+        Ok(CaManager {
+            clock,
+            datacenter: datacenter.to_owned(),
+            primary: true,
+            cluster_id,
+            config,
+            common,
+            provider,
+            serials,
+            roots: vec![root],
+            index: 1,
+            pending_intermediate: None,
+        })
+    }
+
+    /// Starts a secondary datacenter's CA from the primary's roots: it has its own key and
+    /// must get its intermediate signed by the primary ([`CaManager::intermediate_csr`],
+    /// then [`CaManager::set_intermediate`]).
+    pub fn new_secondary(
+        datacenter: &str,
+        primary_roots: &IndexedCaRoots,
+        config: CaConfiguration,
+        clock: SharedClock,
+    ) -> Result<CaManager, CaError> {
+        if primary_roots.trust_domain.is_empty() {
+            return Err(CaError::InvalidConfig(
+                "trust domain from primary datacenter is not initialized".into(),
+            ));
+        }
+        let cluster_id = primary_roots
+            .trust_domain
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let serials = Serials::default();
+        let provider = new_provider(&clock, &serials, &cluster_id, datacenter, false, &config)?;
+        let common = ConsulCaConfig::from_map(&config.config)?.common;
+        Ok(CaManager {
+            clock,
+            datacenter: datacenter.to_owned(),
+            primary: false,
+            cluster_id,
+            config,
+            common,
+            provider,
+            serials,
+            roots: primary_roots.roots.clone(),
+            index: 1,
+            pending_intermediate: None,
+        })
+    }
+
+    /// Secondary: a new key and its intermediate CSR, to send to the primary.
+    pub fn intermediate_csr(&mut self) -> Result<String, CaError> {
+        let (csr, opaque) = self.provider.generate_intermediate_csr()?;
+        self.pending_intermediate = Some(opaque);
+        Ok(csr)
+    }
+
+    /// Secondary: installs the intermediate the primary signed. The local view of the
+    /// primary's active root gets the intermediate appended and its SigningKeyID replaced.
+    pub fn set_intermediate(
+        &mut self,
+        intermediate_pem: &str,
+        primary_roots: &IndexedCaRoots,
+    ) -> Result<(), CaError> {
+        let active = primary_roots.active().ok_or(CaError::NotInitialized)?;
+        let opaque = self.pending_intermediate.clone().unwrap_or_default();
+        self.provider
+            .set_intermediate(intermediate_pem, &active.root_cert, &opaque)?;
+        self.pending_intermediate = None;
+        let info = CertInfo::from_der(&certs::parse_pem_certificate(intermediate_pem)?)?;
+        let now = self.clock.now();
+        self.index += 1;
+        let mut roots = primary_roots.roots.clone();
+        for root in &mut roots {
+            if root.active && root.id == active.id {
+                let mut inter = root.intermediate_certs.take().unwrap_or_default();
+                inter.push(certs::der_to_pem(&certs::parse_pem_certificate(
+                    intermediate_pem,
+                )?));
+                root.intermediate_certs = Some(inter);
+                root.signing_key_id = certs::colon_hex(
+                    &info
+                        .subject_key_id
+                        .clone()
+                        .unwrap_or_else(|| certs::key_id(&info.spki_der)),
+                );
+                root.modify_index = self.index;
+            } else if root.active {
+                root.active = false;
+                root.rotated_out_at = Some(now);
+            }
+        }
+        self.roots = roots;
+        Ok(())
+    }
+
+    /// Primary: signs a secondary datacenter's intermediate CSR.
+    pub fn sign_intermediate(&self, csr_pem: &str) -> Result<String, CaError> {
+        if !self.primary {
+            return Err(CaError::NotPrimary);
+        }
+        self.provider.sign_intermediate(&Csr::from_pem(csr_pem)?)
+    }
+
+    /// `<cluster-id>.consul`.
+    pub fn trust_domain(&self) -> String {
+        format!("{}.consul", self.cluster_id)
+    }
+
+    /// The cluster ID.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// This datacenter.
+    pub fn datacenter(&self) -> &str {
+        &self.datacenter
+    }
+
+    /// The configuration in force (`State` omitted).
+    pub fn config(&self) -> &CaConfiguration {
+        &self.config
+    }
+
+    /// The parsed common options in force.
+    pub fn common_config(&self) -> &CommonCaConfig {
+        &self.common
+    }
+
+    /// The serial counter (shared with every signing).
+    pub fn serials(&self) -> &Serials {
+        &self.serials
+    }
+
+    /// The roots response.
+    pub fn roots(&self) -> IndexedCaRoots {
+        let active = self.roots.iter().find(|r| r.active);
+        IndexedCaRoots {
+            active_root_id: active.map(|r| r.id.clone()).unwrap_or_default(),
+            trust_domain: self.trust_domain(),
+            roots: self.roots.clone(),
+        }
+    }
+
+    /// Signs a leaf from a CSR after Consul's checks (spec §2.4): exactly one URI SAN that
+    /// is a service ID of this datacenter and trust domain (or, when allowed, an agent ID,
+    /// whose host is rewritten). Returns the leaf followed by the active root's
+    /// intermediates.
+    pub fn sign_leaf(&mut self, csr_pem: &str, policy: SignPolicy) -> Result<IssuedCert, CaError> {
+        let mut csr = Csr::from_pem(csr_pem)?;
+        let id = self.check_leaf_identity(&csr, policy)?;
+        let mut issued = IssuedCert {
+            serial_number: String::new(),
+            cert_pem: String::new(),
+            private_key_pem: String::new(),
+            service: String::new(),
+            service_uri: String::new(),
+            agent: String::new(),
+            agent_uri: String::new(),
+            valid_after: OffsetDateTime::UNIX_EPOCH,
+            valid_before: OffsetDateTime::UNIX_EPOCH,
+            namespace: String::new(),
+            partition: String::new(),
+            create_index: 0,
+            modify_index: 0,
+        };
+        match &id {
+            SpiffeId::Service(s) => {
+                issued.service = s.service.clone();
+                issued.service_uri = id.to_string();
+                issued.namespace = s.namespace.clone();
+                if !s.partition.is_empty() && !s.partition.eq_ignore_ascii_case("default") {
+                    issued.partition = s.partition.clone();
+                }
+            }
+            SpiffeId::Agent(a) => {
+                let mut a = a.clone();
+                a.host = self.trust_domain();
+                let rewritten = SpiffeId::Agent(a.clone());
+                csr.set_uri(rewritten.to_string());
+                issued.agent = a.agent.clone();
+                issued.agent_uri = rewritten.to_string();
+            }
+            _ => {}
+        }
+        let leaf_pem = self.provider.sign(&csr)?;
+        let info = CertInfo::from_der(&certs::parse_pem_certificate(&leaf_pem)?)?;
+        let mut bundle = leaf_pem;
+        if let Some(active) = self.roots.iter().find(|r| r.active) {
+            for pem in active.intermediates() {
+                bundle.push_str(pem);
+                if !pem.ends_with('\n') {
+                    bundle.push('\n');
+                }
+            }
+        }
+        self.index += 1;
+        issued.serial_number = info.serial_hex();
+        issued.cert_pem = bundle;
+        issued.valid_after = info.not_before;
+        issued.valid_before = info.not_after;
+        issued.create_index = self.index;
+        issued.modify_index = self.index;
+        Ok(issued)
+    }
+
+    fn check_leaf_identity(&self, csr: &Csr, policy: SignPolicy) -> Result<SpiffeId, CaError> {
+        let uri = match csr.uris() {
+            [] => return Err(CaError::CsrNoUri),
+            [uri] => uri,
+            many => return Err(CaError::CsrTooManyUris(many.len())),
+        };
+        let id = SpiffeId::parse(uri).map_err(|e| CaError::CsrBadSpiffeId(e.to_string()))?;
+        let allowed = match policy {
+            SignPolicy::ServiceOnly => "service",
+            SignPolicy::ServiceOrAgent => "service or agent",
+        };
+        match &id {
+            SpiffeId::Service(s) => {
+                if s.datacenter != self.datacenter {
+                    return Err(CaError::CsrWrongDatacenter {
+                        got: s.datacenter.clone(),
+                        want: self.datacenter.clone(),
+                    });
+                }
+                let signing = SpiffeId::parse(&signing_uri(&self.cluster_id))
+                    .ok()
+                    .and_then(|s| s.as_signing().cloned())
+                    .ok_or(CaError::NotInitialized)?;
+                if !signing.can_sign(&id) {
+                    return Err(CaError::CsrWrongTrustDomain {
+                        got: s.host.clone(),
+                        want: self.trust_domain(),
+                    });
+                }
+            }
+            SpiffeId::Agent(_) if policy == SignPolicy::ServiceOrAgent => {}
+            _ => {
+                return Err(CaError::CsrWrongKind {
+                    allowed,
+                    got: uri.clone(),
+                });
+            }
+        }
+        Ok(id)
+    }
+
+    /// Applies a new configuration (spec §2.7). A change of key material makes a new root,
+    /// cross-signed by the old one unless forced without; other changes keep the root.
+    pub fn set_config(&mut self, new: CaConfiguration) -> Result<RotationOutcome, CaError> {
+        if let Some(state) = &new.state
+            && !state.is_empty()
+            && Some(state) != self.config.state.as_ref()
+        {
+            return Err(CaError::InvalidConfig(
+                "CA Provider State is read-only".into(),
+            ));
+        }
+        if new.provider == self.config.provider && new.config == self.config.config {
+            return Ok(RotationOutcome::Unchanged);
+        }
+        let parsed = ConsulCaConfig::from_map(&new.config)?;
+        let old = ConsulCaConfig::from_map(&self.config.config)?;
+        let same_key_material = new.provider == self.config.provider
+            && parsed.private_key == old.private_key
+            && parsed.root_cert == old.root_cert
+            && parsed.common.key_spec() == old.common.key_spec();
+        let now = self.clock.now();
+        let mut provider = if same_key_material {
+            // Consul identifies built-in provider state by its key material, so a change of
+            // TTLs alone keeps the root.
+            let secrets = self.provider.secrets().ok_or(CaError::NotInitialized)?;
+            let mut p =
+                BuiltinProvider::with_secrets(self.clock.clone(), self.serials.clone(), secrets);
+            p.configure(ProviderConfig {
+                cluster_id: self.cluster_id.clone(),
+                datacenter: self.datacenter.clone(),
+                is_primary: self.primary,
+                raw: new.config.clone(),
+                state: Default::default(),
+            })?;
+            p
+        } else {
+            new_provider(
+                &self.clock,
+                &self.serials,
+                &self.cluster_id,
+                &self.datacenter,
+                self.primary,
+                &new,
+            )?
+        };
+        if !self.primary {
+            // Roots belong to the primary; a secondary only reconfigures (a new key needs a
+            // new intermediate from the primary, requested by the caller).
+            self.provider = provider;
+            self.store_config(new, parsed.common);
+            return Ok(RotationOutcome::ConfigUpdated);
+        }
+        let new_root_pem = provider.generate_ca_chain()?;
+        let mut new_root = CaRoot::from_pem(&new_root_pem, &self.cluster_id, provider.name())?;
+        let active_id = self.roots.iter().find(|r| r.active).map(|r| r.id.clone());
+        if active_id.as_deref() == Some(new_root.id.as_str()) {
+            self.provider = provider;
+            self.store_config(new, parsed.common);
+            return Ok(RotationOutcome::ConfigUpdated);
+        }
+        let mut cross_signed = false;
+        if !new.force_without_cross_signing {
+            if !self.provider.supports_cross_signing() {
+                return Err(CaError::CrossSigningUnsupported);
+            }
+            let cross = self.provider.cross_sign_ca(&new_root_pem)?;
+            new_root.intermediate_certs = Some(vec![cross]);
+            cross_signed = true;
+        }
+        self.index += 1;
+        for root in &mut self.roots {
+            if root.active {
+                root.active = false;
+                root.rotated_out_at = Some(now);
+                root.modify_index = self.index;
+            }
+        }
+        new_root.create_index = self.index;
+        new_root.modify_index = self.index;
+        let new_root_id = new_root.id.clone();
+        self.roots.push(new_root);
+        self.provider = provider;
+        self.store_config(new, parsed.common);
+        Ok(RotationOutcome::Rotated {
+            new_root_id,
+            cross_signed,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn provider_secrets_for_test(&self) -> super::BuiltinSecrets {
+        self.provider.secrets().unwrap_or_else(|| unreachable!())
+    }
+
+    fn store_config(&mut self, mut new: CaConfiguration, common: CommonCaConfig) {
+        self.index += 1;
+        new.state = None;
+        new.create_index = self.config.create_index;
+        new.modify_index = self.index;
+        new.force_without_cross_signing = false;
+        self.config = new;
+        self.common = common;
+    }
+
+    /// Removes inactive roots rotated out more than 2 × LeafCertTTL ago (spec §2.7);
+    /// returns how many were removed.
+    pub fn prune(&mut self) -> usize {
+        let now = self.clock.now();
+        let keep_for = 2 * self.common.leaf_cert_ttl;
+        let before = self.roots.len();
+        self.roots
+            .retain(|r| r.active || r.rotated_out_at.is_none_or(|t| now - t <= keep_for));
+        let removed = before - self.roots.len();
+        if removed > 0 {
+            self.index += 1;
+        }
+        removed
+    }
+}

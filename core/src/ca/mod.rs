@@ -1,0 +1,30 @@
+//! The certificate authority: keys, CSRs, the provider interface and the built-in
+//! provider, CA configuration, the roots model, and one datacenter's CA manager.
+
+mod builtin;
+mod config;
+mod csr;
+mod duration;
+mod error;
+mod keys;
+mod leaf;
+mod manager;
+mod provider;
+mod roots;
+
+pub use builtin::{BuiltinProvider, BuiltinSecrets, ca_common_name, compact_uid, signing_uri};
+pub use config::{
+    CLOCK_DRIFT_BUFFER, CROSS_SIGN_VALIDITY, CommonCaConfig, ConsulCaConfig,
+    INTERMEDIATE_RENEW_INTERVAL, MAX_LEAF_CERT_TTL, MIN_LEAF_CERT_TTL,
+};
+pub use csr::{Csr, build_csr};
+pub use duration::{format_go_duration, parse_go_duration};
+pub use error::CaError;
+pub use keys::{KeySpec, KeyType, PrivateKey};
+pub use leaf::{LeafRequest, generate_leaf_request, pick_renewal_time, renewal_window};
+pub use manager::{CaConfiguration, CaManager, IssuedCert, RotationOutcome, SignPolicy};
+pub use provider::{Provider, ProviderConfig, Serials};
+pub use roots::{CaRoot, IndexedCaRoots};
+
+#[cfg(test)]
+mod tests;
