@@ -1,0 +1,15 @@
+//! ACLs, as in Consul: tokens, policies and their rule language, authorizers, and a store.
+//!
+//! A request's token (the `X-Consul-Token` header, or none) resolves through an
+//! [`AclStore`] to an [`Authorizer`], which answers permission questions such as
+//! `service:write` on `web`. Denials are [`AclError::PermissionDenied`], shown to clients as
+//! `Permission denied` (HTTP 403). When ACLs are disabled, use [`Authorizer::allow_all`].
+//!
+//! Rules are written in HCL or JSON; see [`PolicyRules`] for the supported resources and
+//! their precedence.
+
+mod error;
+mod rules;
+
+pub use error::AclError;
+pub use rules::{AccessLevel, PolicyRules, ServiceRule};
