@@ -9,7 +9,13 @@
 //! their precedence.
 
 mod error;
+mod model;
 mod rules;
 
 pub use error::AclError;
+pub use model::{
+    ANONYMOUS_TOKEN_ACCESSOR_ID, ANONYMOUS_TOKEN_SECRET_ID, GLOBAL_MANAGEMENT_POLICY_ID,
+    GLOBAL_MANAGEMENT_POLICY_NAME, GLOBAL_MANAGEMENT_RULES, Policy, PolicyLink, RESERVED_ID_PREFIX,
+    Token,
+};
 pub use rules::{AccessLevel, PolicyRules, ServiceRule};
