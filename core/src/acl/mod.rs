@@ -8,10 +8,12 @@
 //! Rules are written in HCL or JSON; see [`PolicyRules`] for the supported resources and
 //! their precedence.
 
+mod authorizer;
 mod error;
 mod model;
 mod rules;
 
+pub use authorizer::{Authorizer, DefaultPolicy, Permission};
 pub use error::AclError;
 pub use model::{
     ANONYMOUS_TOKEN_ACCESSOR_ID, ANONYMOUS_TOKEN_SECRET_ID, GLOBAL_MANAGEMENT_POLICY_ID,
