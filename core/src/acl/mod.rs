@@ -12,6 +12,7 @@ mod authorizer;
 mod error;
 mod model;
 mod rules;
+mod store;
 
 pub use authorizer::{Authorizer, DefaultPolicy, Permission};
 pub use error::AclError;
@@ -21,3 +22,4 @@ pub use model::{
     Token,
 };
 pub use rules::{AccessLevel, PolicyRules, ServiceRule};
+pub use store::{AclConfig, AclStore};
