@@ -1,0 +1,19 @@
+//! Intentions: which services may talk to which (spec §5).
+//!
+//! The model and its Consul JSON ([`Intention`]), validation and normalisation (§5.2),
+//! precedence and evaluation order (§5.3).
+
+mod error;
+mod json;
+mod model;
+mod precedence;
+mod validate;
+
+pub use error::IntentionError;
+pub use model::{
+    DEFAULT_NAMESPACE, DEFAULT_PARTITION, Intention, IntentionAction,
+    IntentionHttpHeaderPermission, IntentionHttpPermission, IntentionPermission,
+    SOURCE_TYPE_CONSUL, WILDCARD,
+};
+pub use precedence::{compare_precedence, sort_by_precedence};
+pub use validate::{MAX_DESCRIPTION_LEN, MAX_META_KEY_LEN, MAX_META_PAIRS, MAX_META_VALUE_LEN};
