@@ -1,15 +1,22 @@
 //! Intentions: which services may talk to which (spec §5).
 //!
 //! The model and its Consul JSON ([`Intention`]), validation and normalisation (§5.2),
-//! precedence and evaluation order (§5.3).
+//! precedence and evaluation order (§5.3), matching (§5.4) and the L4 authorization decision
+//! (§5.5).
 
+mod authz;
 mod error;
 mod json;
+mod matching;
 mod model;
 mod precedence;
 mod validate;
 
+pub use authz::{
+    Decision, DecisionReason, DefaultPolicy, DefaultSource, authorize, authorize_candidates,
+};
 pub use error::IntentionError;
+pub use matching::{MatchType, ServiceRef, authorize_intention_target, match_intentions};
 pub use model::{
     DEFAULT_NAMESPACE, DEFAULT_PARTITION, Intention, IntentionAction,
     IntentionHttpHeaderPermission, IntentionHttpPermission, IntentionPermission,
