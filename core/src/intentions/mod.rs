@@ -2,10 +2,11 @@
 //!
 //! The model and its Consul JSON ([`Intention`]), validation and normalisation (§5.2),
 //! precedence and evaluation order (§5.3), matching (§5.4) and the L4 authorization decision
-//! (§5.5).
+//! (§5.5), and [`IntentionIndex`], which answers the authorization on the hot path.
 
 mod authz;
 mod error;
+mod index;
 mod json;
 mod matching;
 mod model;
@@ -16,6 +17,7 @@ pub use authz::{
     Decision, DecisionReason, DefaultPolicy, DefaultSource, authorize, authorize_candidates,
 };
 pub use error::IntentionError;
+pub use index::{IntentionIndex, SharedIntentionIndex};
 pub use matching::{MatchType, ServiceRef, authorize_intention_target, match_intentions};
 pub use model::{
     DEFAULT_NAMESPACE, DEFAULT_PARTITION, Intention, IntentionAction,
