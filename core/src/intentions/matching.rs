@@ -8,7 +8,8 @@ use super::{
     DEFAULT_NAMESPACE, Intention, IntentionAction, IntentionError, WILDCARD, compare_precedence,
 };
 
-/// Empty namespaces and partitions mean `default` everywhere Consul compares them.
+/// Empty namespaces and partitions mean `default` everywhere Consul compares them (both
+/// defaults are spelled `default`).
 pub(super) fn or_default(value: &str) -> &str {
     if value.is_empty() {
         DEFAULT_NAMESPACE

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 /// The value that stands for "any namespace" or "any service"; only ever a whole value.
 pub const WILDCARD: &str = "*";
 
-/// The namespace, and the partition, that an empty value stands for.
+/// The namespace an empty value stands for.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// The partition an empty value stands for.
