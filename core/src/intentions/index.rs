@@ -1,7 +1,8 @@
 //! The hot-path index: authorize a connection with one hash lookup per name part and a short
 //! linear scan, without allocating and without a lock.
 
-use std::collections::HashMap;
+// Names are chosen by operators, not peers, so a fast non-keyed hash is safe here.
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -94,7 +95,8 @@ impl IntentionIndex {
         // Lists under construction: (namespaces → (names → list, any-name list), any-ns list).
         type Names = HashMap<Box<str>, Vec<Arc<Intention>>>;
         type Namespaces = HashMap<Box<str>, (Names, Vec<Arc<Intention>>)>;
-        let mut partitions: HashMap<Box<str>, (Namespaces, Vec<Arc<Intention>>)> = HashMap::new();
+        let mut partitions: HashMap<Box<str>, (Namespaces, Vec<Arc<Intention>>)> =
+            HashMap::default();
 
         // First every key, so that the wildcard intentions of the second pass reach all lists.
         for ixn in &all {

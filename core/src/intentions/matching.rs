@@ -518,3 +518,32 @@ mod tests {
         }
     }
 }
+
+impl<'a> From<&'a crate::spiffe::ServiceId> for ServiceRef<'a> {
+    /// The source side of an authorization: a peer's parsed SPIFFE service ID. Trust domain and
+    /// datacenter are deliberately not part of the match (spec §5.5, step 3).
+    fn from(id: &'a crate::spiffe::ServiceId) -> ServiceRef<'a> {
+        ServiceRef {
+            partition: &id.partition,
+            namespace: &id.namespace,
+            name: &id.service,
+            peer: "",
+        }
+    }
+}
+
+#[cfg(test)]
+mod spiffe_tests {
+    use super::ServiceRef;
+    use crate::spiffe::SpiffeId;
+
+    #[test]
+    fn a_parsed_service_id_is_a_source() {
+        let id = SpiffeId::parse("spiffe://1234.consul/ap/bizdev/ns/ns1/dc/dc1/svc/web").unwrap();
+        let r = ServiceRef::from(id.as_service().unwrap());
+        assert_eq!(
+            (r.partition, r.namespace, r.name, r.peer),
+            ("bizdev", "ns1", "web", "")
+        );
+    }
+}
