@@ -13,6 +13,7 @@ pub mod certs;
 pub mod clock;
 pub mod error;
 pub mod intentions;
+pub mod json;
 pub mod spiffe;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};

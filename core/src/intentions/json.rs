@@ -2,70 +2,12 @@
 //!
 //! Go's `encoding/json` matches object keys to struct fields case-insensitively, ignores keys it
 //! does not know, and leaves a field at its zero value when the JSON says `null`. Consul clients
-//! rely on all three (`"sourcename"`, extra fields from newer servers, `"Meta": null`), so the
-//! document is first rewritten into the exact field names and then handed to `serde`.
+//! rely on all three (`"sourcename"`, extra fields from newer servers, `"Meta": null`); the
+//! shared decoder in [`crate::json`] does exactly that.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{Intention, IntentionAction, IntentionError};
-
-/// Where a field's value leads: to a scalar (or a map whose keys are data, like `Meta`), to a
-/// nested object, or to a list of nested objects.
-#[derive(Clone, Copy)]
-enum Shape {
-    Leaf,
-    Object(&'static [Field]),
-    ListOf(&'static [Field]),
-}
-
-type Field = (&'static str, Shape);
-
-const HEADER_FIELDS: &[Field] = &[
-    ("Name", Shape::Leaf),
-    ("Present", Shape::Leaf),
-    ("Exact", Shape::Leaf),
-    ("Prefix", Shape::Leaf),
-    ("Suffix", Shape::Leaf),
-    ("Regex", Shape::Leaf),
-    ("Invert", Shape::Leaf),
-];
-
-const HTTP_FIELDS: &[Field] = &[
-    ("PathExact", Shape::Leaf),
-    ("PathPrefix", Shape::Leaf),
-    ("PathRegex", Shape::Leaf),
-    ("Header", Shape::ListOf(HEADER_FIELDS)),
-    ("Methods", Shape::Leaf),
-];
-
-const PERMISSION_FIELDS: &[Field] = &[
-    ("Action", Shape::Leaf),
-    ("HTTP", Shape::Object(HTTP_FIELDS)),
-];
-
-const INTENTION_FIELDS: &[Field] = &[
-    ("ID", Shape::Leaf),
-    ("Description", Shape::Leaf),
-    ("SourcePeer", Shape::Leaf),
-    ("SourceNS", Shape::Leaf),
-    ("SourceName", Shape::Leaf),
-    ("DestinationNS", Shape::Leaf),
-    ("DestinationName", Shape::Leaf),
-    ("SourcePartition", Shape::Leaf),
-    ("DestinationPartition", Shape::Leaf),
-    ("SourceType", Shape::Leaf),
-    ("Action", Shape::Leaf),
-    ("Permissions", Shape::ListOf(PERMISSION_FIELDS)),
-    ("DefaultAddr", Shape::Leaf),
-    ("DefaultPort", Shape::Leaf),
-    ("Meta", Shape::Leaf),
-    ("Precedence", Shape::Leaf),
-    ("CreatedAt", Shape::Leaf),
-    ("UpdatedAt", Shape::Leaf),
-    ("Hash", Shape::Leaf),
-    ("CreateIndex", Shape::Leaf),
-    ("ModifyIndex", Shape::Leaf),
-];
 
 impl Intention {
     /// Decodes an intention from a Consul API JSON body.
@@ -83,94 +25,41 @@ impl Intention {
         let document: Value = serde_json::from_slice(bytes).map_err(|e| IntentionError::Json {
             message: e.to_string(),
         })?;
-        let Value::Object(object) = document else {
+        if !document.is_object() {
             return Err(IntentionError::Json {
                 message: "expected a JSON object".to_owned(),
             });
-        };
-        let object = canonical_object(object, INTENTION_FIELDS, "")?;
-        check_actions(&object)?;
-        serde_path_to_error::deserialize(Value::Object(object)).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            IntentionError::Json {
-                message: if path == "." {
-                    inner.to_string()
-                } else {
-                    format!("{path}: {inner}")
-                },
-            }
-        })
+        }
+        check_actions(&document)?;
+        crate::json::from_value(document).map_err(|message| IntentionError::Json { message })
     }
 }
 
-/// Renames the keys of `object` to the field names of `fields`, recursing into nested objects,
-/// and drops `null`s and unknown keys.
-fn canonical_object(
-    object: Map<String, Value>,
-    fields: &'static [Field],
-    path: &str,
-) -> Result<Map<String, Value>, IntentionError> {
-    let mut out = Map::new();
-    for (key, value) in object {
-        let Some(&(name, shape)) = fields
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(&key))
-        else {
-            continue;
-        };
-        if value.is_null() {
-            continue;
-        }
-        let field_path = format!("{path}{name}");
-        let value = match (shape, value) {
-            (Shape::Object(inner), Value::Object(object)) => {
-                Value::Object(canonical_object(object, inner, &format!("{field_path}."))?)
-            }
-            (Shape::ListOf(inner), Value::Array(items)) => Value::Array(
-                items
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, item)| match item {
-                        Value::Object(object) => {
-                            canonical_object(object, inner, &format!("{field_path}[{i}]."))
-                                .map(Value::Object)
-                        }
-                        // Left for serde to reject with the field's path.
-                        other => Ok(other),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            // Scalars, and wrong types that serde will reject with the field's path.
-            (_, value) => value,
-        };
-        // JSON object order is lost by now, so "last one wins" as in Go cannot be honoured;
-        // refusing is better than silently picking one.
-        if out.insert(name.to_owned(), value).is_some() {
-            return Err(IntentionError::Json {
-                message: format!(
-                    "{field_path}: key given more than once (keys are case-insensitive)"
-                ),
-            });
-        }
-    }
-    Ok(out)
+/// The value of `key` in `object`, matched as the decoder matches it (exact, else ignoring
+/// case).
+fn field<'a>(object: &'a Value, key: &str) -> Option<&'a Value> {
+    let map = object.as_object()?;
+    map.get(key).or_else(|| {
+        map.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
 }
 
 /// Gives unknown action texts Consul's validation message instead of a decoding error.
-fn check_actions(object: &Map<String, Value>) -> Result<(), IntentionError> {
-    if let Some(Value::String(action)) = object.get("Action")
+fn check_actions(object: &Value) -> Result<(), IntentionError> {
+    if let Some(Value::String(action)) = field(object, "Action")
         && !action.is_empty()
         && IntentionAction::from_name(action).is_none()
     {
         return Err(IntentionError::InvalidAction);
     }
-    if let Some(Value::Array(permissions)) = object.get("Permissions") {
+    if let Some(Value::Array(permissions)) = field(object, "Permissions") {
         for (index, permission) in permissions.iter().enumerate() {
-            let Value::Object(permission) = permission else {
+            if !permission.is_object() {
                 continue;
-            };
-            match permission.get("Action") {
+            }
+            match field(permission, "Action") {
                 Some(Value::String(action)) if IntentionAction::from_name(action).is_some() => {}
                 // A non-string action is a type error that serde reports with its path.
                 Some(value) if !value.is_string() => {}
@@ -183,15 +72,10 @@ fn check_actions(object: &Map<String, Value>) -> Result<(), IntentionError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use serde_json::json;
     use time::macros::datetime;
 
     use super::*;
-    use crate::intentions::{
-        IntentionHttpHeaderPermission, IntentionHttpPermission, IntentionPermission,
-    };
 
     fn decode(value: Value) -> Result<Intention, IntentionError> {
         Intention::from_json(value.to_string().as_bytes())
@@ -378,12 +262,12 @@ mod tests {
         let message = json_error(json!({ "Action": "allow", "action": "deny" }));
         assert_eq!(
             message,
-            "Action: key given more than once (keys are case-insensitive)"
+            "key Action given more than once (keys are case-insensitive)"
         );
         let message = json_error(
             json!({ "Permissions": [{ "Action": "allow", "HTTP": { "PathExact": "/a", "pathexact": "/b" } }] }),
         );
-        assert!(message.starts_with("Permissions[0].HTTP.PathExact: key given more than once"));
+        assert!(message.starts_with("Permissions[0].HTTP: key PathExact given more than once"));
     }
 
     #[test]
@@ -409,92 +293,5 @@ mod tests {
                 Err(IntentionError::PermissionInvalidAction { index: 1 })
             );
         }
-    }
-
-    /// Every key the serialiser writes is one the case-insensitive reader knows, and the other
-    /// way round, so the field table cannot drift from the serde attributes.
-    #[test]
-    fn the_field_table_matches_the_serde_names() {
-        fn collect(
-            value: &Value,
-            fields: &'static [Field],
-            out: &mut BTreeSet<String>,
-            prefix: &str,
-        ) {
-            let Value::Object(object) = value else {
-                panic!("{prefix} is not an object")
-            };
-            for (key, value) in object {
-                let (_, shape) = fields
-                    .iter()
-                    .find(|(name, _)| name == key)
-                    .unwrap_or_else(|| panic!("{prefix}{key} is not in the field table"));
-                out.insert(format!("{prefix}{key}"));
-                match shape {
-                    Shape::Leaf => {}
-                    Shape::Object(inner) => collect(value, inner, out, &format!("{prefix}{key}.")),
-                    Shape::ListOf(inner) => {
-                        collect(&value[0], inner, out, &format!("{prefix}{key}."))
-                    }
-                }
-            }
-        }
-        fn table(fields: &'static [Field], out: &mut BTreeSet<String>, prefix: &str) {
-            for (name, shape) in fields {
-                out.insert(format!("{prefix}{name}"));
-                if let Shape::Object(inner) | Shape::ListOf(inner) = shape {
-                    table(inner, out, &format!("{prefix}{name}."));
-                }
-            }
-        }
-
-        let header = IntentionHttpHeaderPermission {
-            name: "n".into(),
-            present: true,
-            exact: "e".into(),
-            prefix: "p".into(),
-            suffix: "s".into(),
-            regex: "r".into(),
-            invert: true,
-        };
-        let http = IntentionHttpPermission {
-            path_exact: "/e".into(),
-            path_prefix: "/p".into(),
-            path_regex: "r".into(),
-            header: vec![header],
-            methods: vec!["GET".into()],
-        };
-        let full = Intention {
-            id: "i".into(),
-            description: "d".into(),
-            source_peer: "peer".into(),
-            source_ns: "ns".into(),
-            source_name: "web".into(),
-            destination_ns: "ns".into(),
-            destination_name: "db".into(),
-            source_partition: "ap".into(),
-            destination_partition: "ap".into(),
-            source_type: "consul".into(),
-            action: Some(IntentionAction::Allow),
-            permissions: vec![IntentionPermission::new(IntentionAction::Allow, http)],
-            default_addr: "127.0.0.1".into(),
-            default_port: 8080,
-            meta: [("k".to_owned(), "v".to_owned())].into(),
-            precedence: 9,
-            created_at: Some(datetime!(2020-01-01 0:00 UTC)),
-            updated_at: Some(datetime!(2020-01-02 0:00:00.5 UTC)),
-            hash: vec![1],
-            create_index: 1,
-            modify_index: 2,
-        };
-        let written = serde_json::to_value(&full).unwrap();
-        assert_eq!(written["UpdatedAt"], "2020-01-02T00:00:00.5Z");
-
-        let mut seen = BTreeSet::new();
-        collect(&written, INTENTION_FIELDS, &mut seen, "");
-        let mut known = BTreeSet::new();
-        table(INTENTION_FIELDS, &mut known, "");
-        assert_eq!(seen, known);
-        assert_eq!(decode(written).unwrap(), full);
     }
 }
