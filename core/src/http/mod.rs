@@ -1,0 +1,67 @@
+//! The Consul-compatible HTTP API: request conventions, the server routes, and the client.
+
+pub mod query;
+
+pub use query::{Params, QueryOptions};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::{Error, ErrorKind};
+
+/// The status Consul answers with for an error of `kind`.
+pub fn status_for(kind: ErrorKind) -> StatusCode {
+    use ErrorKind as K;
+    match kind {
+        K::PermissionDenied | K::AclNotFound => StatusCode::FORBIDDEN,
+        K::NotFound => StatusCode::NOT_FOUND,
+        K::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        K::NullParameter
+        | K::InvalidParameter
+        | K::InvalidSpiffeId
+        | K::InvalidTrustDomain
+        | K::InvalidCertificate
+        | K::InvalidCsr
+        | K::CsrRejected
+        | K::InvalidKey
+        | K::UnsupportedKey
+        | K::InvalidCaConfig
+        | K::CrossSigningUnsupported
+        | K::InvalidIntermediate
+        | K::InvalidIntention
+        | K::InvalidAclPolicy => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// An error on its way out of a handler: Consul's status and a plain-text body.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl<E: Into<Error>> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        ApiError(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (status_for(self.0.kind()), self.0.to_string()).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_a_status_and_the_common_ones_are_consuls() {
+        for k in ErrorKind::ALL {
+            let s = status_for(*k);
+            assert!(s.is_client_error() || s.is_server_error(), "{k}");
+        }
+        assert_eq!(status_for(ErrorKind::PermissionDenied), StatusCode::FORBIDDEN);
+        assert_eq!(status_for(ErrorKind::InvalidIntention), StatusCode::BAD_REQUEST);
+        assert_eq!(status_for(ErrorKind::NotFound), StatusCode::NOT_FOUND);
+    }
+}
