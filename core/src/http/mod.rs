@@ -1,5 +1,6 @@
 //! The Consul-compatible HTTP API: request conventions, the server routes, and the client.
 
+pub mod client;
 pub mod query;
 
 pub use query::{Params, QueryOptions};
@@ -60,8 +61,14 @@ mod tests {
             let s = status_for(*k);
             assert!(s.is_client_error() || s.is_server_error(), "{k}");
         }
-        assert_eq!(status_for(ErrorKind::PermissionDenied), StatusCode::FORBIDDEN);
-        assert_eq!(status_for(ErrorKind::InvalidIntention), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status_for(ErrorKind::PermissionDenied),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status_for(ErrorKind::InvalidIntention),
+            StatusCode::BAD_REQUEST
+        );
         assert_eq!(status_for(ErrorKind::NotFound), StatusCode::NOT_FOUND);
     }
 }

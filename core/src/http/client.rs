@@ -1,0 +1,353 @@
+//! A client of the Consul HTTP API, used by `Backend::Http` and the `connect` CLI. It speaks
+//! to a `connect agent` or to a real Consul agent alike.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{Error, ErrorKind};
+
+/// Where and how to reach the API; read from code or from Consul's environment variables.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// `host:port`, or a URL (`http://…`, `https://…`). Default `127.0.0.1:8500`.
+    pub address: Option<String>,
+    /// The ACL token sent as `X-Consul-Token`.
+    pub token: Option<String>,
+    /// Default datacenter for requests.
+    pub datacenter: Option<String>,
+    /// PEM file of CAs to trust for HTTPS (`CONSUL_CACERT`).
+    pub ca_file: Option<String>,
+    /// Use HTTPS when the address has no scheme (`CONSUL_HTTP_SSL`).
+    pub https: bool,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("datacenter", &self.datacenter)
+            .field("ca_file", &self.ca_file)
+            .field("https", &self.https)
+            .finish()
+    }
+}
+
+impl ClientConfig {
+    /// Consul's variables: `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN`, `CONSUL_CACERT`,
+    /// `CONSUL_HTTP_SSL`.
+    pub fn from_env() -> ClientConfig {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Like [`ClientConfig::from_env`] over any lookup (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> ClientConfig {
+        let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
+        ClientConfig {
+            address: nonempty("CONSUL_HTTP_ADDR"),
+            token: nonempty("CONSUL_HTTP_TOKEN"),
+            datacenter: None,
+            ca_file: nonempty("CONSUL_CACERT"),
+            https: nonempty("CONSUL_HTTP_SSL")
+                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "t")),
+        }
+    }
+
+    /// The base URL, `scheme://host:port`.
+    pub fn base_url(&self) -> Result<String, Error> {
+        let addr = self
+            .address
+            .as_deref()
+            .unwrap_or("127.0.0.1:8500")
+            .trim_end_matches('/');
+        let url = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.to_owned()
+        } else if let Some(rest) = addr.strip_prefix("unix://") {
+            return Err(Error::new(
+                ErrorKind::InvalidParameter,
+                format!("unix socket addresses are not supported: {rest}"),
+            ));
+        } else {
+            format!("{}://{addr}", if self.https { "https" } else { "http" })
+        };
+        reqwest::Url::parse(&url).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidParameter,
+                format!("invalid address {url:?}: {e}"),
+            )
+        })?;
+        Ok(url)
+    }
+}
+
+/// One response: the decoded body and `X-Consul-Index`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Indexed<T> {
+    /// The body.
+    pub value: T,
+    /// `X-Consul-Index` (1 when absent).
+    pub index: u64,
+}
+
+/// An API client.
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    token: Option<String>,
+    datacenter: Option<String>,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = ca_file {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("reading CA file {path}: {e}")))?;
+        for cert in crate::certs::parse_pem_certificates(&pem)? {
+            roots.add(cert).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidCertificate,
+                    format!("CA file {path}: {e}"),
+                )
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::new(ErrorKind::Tls, e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl ApiClient {
+    /// A client for `config`.
+    pub fn new(config: &ClientConfig) -> Result<ApiClient, Error> {
+        let base = config.base_url()?;
+        let tls = tls_config(config.ca_file.as_deref())?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Http, e.to_string()))?;
+        Ok(ApiClient {
+            base,
+            token: config.token.clone(),
+            datacenter: config.datacenter.clone(),
+            http,
+        })
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<u8>, u64), Error> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .query(query);
+        if let Some(dc) = &self.datacenter
+            && !query.iter().any(|(k, _)| *k == "dc")
+        {
+            req = req.query(&[("dc", dc)]);
+        }
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t);
+        }
+        if let Some(b) = body {
+            req = req.header("Content-Type", "application/json").body(b);
+        }
+        req = req.timeout(timeout.unwrap_or(Duration::from_secs(60)));
+        let resp = req.send().await.map_err(transport_error)?;
+        let status = resp.status();
+        let index = resp
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let bytes = resp.bytes().await.map_err(transport_error)?.to_vec();
+        if !status.is_success() {
+            return Err(status_error(status, &bytes));
+        }
+        Ok((bytes, index))
+    }
+
+    /// GET a JSON document; `wait` blocks as Consul's blocking queries do.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Indexed<T>, Error> {
+        let wait = query
+            .iter()
+            .find(|(k, _)| *k == "wait")
+            .and_then(|(_, v)| crate::ca::parse_go_duration(v).ok());
+        // Leave the server room to answer a blocking query before we give up on it.
+        let timeout = wait.map(|w| w + w / 16 + Duration::from_secs(10));
+        let (bytes, index) = self.send(Method::GET, path, query, None, timeout).await?;
+        let value = crate::json::from_slice(&bytes)
+            .map_err(|m| Error::new(ErrorKind::Http, format!("decoding {path}: {m}")))?;
+        Ok(Indexed { value, index })
+    }
+
+    /// GET a raw body (`?pem=true`).
+    pub async fn get_raw(&self, path: &str, query: &[(&str, String)]) -> Result<Vec<u8>, Error> {
+        Ok(self.send(Method::GET, path, query, None, None).await?.0)
+    }
+
+    /// Sends `body` as JSON with `method` and decodes the JSON answer.
+    pub async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<T, Error> {
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+        let (bytes, _) = self.send(method, path, query, body, None).await?;
+        let bytes = if bytes.is_empty() {
+            b"null".to_vec()
+        } else {
+            bytes
+        };
+        crate::json::from_slice(&bytes)
+            .map_err(|m| Error::new(ErrorKind::Http, format!("decoding {path}: {m}")))
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> Error {
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else if e.is_connect() {
+        ErrorKind::ConnectionRefused
+    } else {
+        ErrorKind::Http
+    };
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    Error::new(kind, msg)
+}
+
+/// Maps Consul's status codes back to kinds, keeping the server's text.
+fn status_error(status: StatusCode, body: &[u8]) -> Error {
+    let text = String::from_utf8_lossy(body).trim().to_owned();
+    let kind = match status {
+        StatusCode::FORBIDDEN if text.contains("ACL not found") => ErrorKind::AclNotFound,
+        StatusCode::FORBIDDEN => ErrorKind::PermissionDenied,
+        StatusCode::NOT_FOUND => ErrorKind::NotFound,
+        StatusCode::BAD_REQUEST => ErrorKind::InvalidParameter,
+        StatusCode::TOO_MANY_REQUESTS => ErrorKind::RateLimited,
+        _ if text == "Rate limit reached, try again later" => ErrorKind::RateLimited,
+        _ => ErrorKind::Http,
+    };
+    let msg = if text.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        text
+    };
+    Error::new(kind, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn config_reads_consuls_environment() {
+        let env: HashMap<&str, &str> = [
+            ("CONSUL_HTTP_ADDR", "10.0.0.1:8501"),
+            ("CONSUL_HTTP_TOKEN", "tok"),
+            ("CONSUL_CACERT", "/ca.pem"),
+            ("CONSUL_HTTP_SSL", "true"),
+        ]
+        .into();
+        let c = ClientConfig::from_lookup(|k| env.get(k).map(|v| (*v).to_owned()));
+        assert_eq!(c.base_url().unwrap(), "https://10.0.0.1:8501");
+        assert_eq!(c.token.as_deref(), Some("tok"));
+        assert_eq!(c.ca_file.as_deref(), Some("/ca.pem"));
+        assert!(!format!("{c:?}").contains("tok\""));
+        let d = ClientConfig::from_lookup(|_| None);
+        assert_eq!(d.base_url().unwrap(), "http://127.0.0.1:8500");
+        let e = ClientConfig {
+            address: Some("http://[bad".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            e.base_url().unwrap_err().kind(),
+            ErrorKind::InvalidParameter
+        );
+    }
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        assert_eq!(
+            status_error(StatusCode::FORBIDDEN, b"Permission denied").kind(),
+            ErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            status_error(StatusCode::FORBIDDEN, b"ACL not found").kind(),
+            ErrorKind::AclNotFound
+        );
+        assert_eq!(
+            status_error(StatusCode::NOT_FOUND, b"").to_string(),
+            "HTTP 404 Not Found"
+        );
+        assert_eq!(
+            status_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                b"Rate limit reached, try again later"
+            )
+            .kind(),
+            ErrorKind::RateLimited
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_typed() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let c = ApiClient::new(&ClientConfig {
+            address: Some(addr.to_string()),
+            ..Default::default()
+        })
+        .unwrap();
+        let e = c
+            .get::<serde_json::Value>("/v1/agent/self", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    }
+}
