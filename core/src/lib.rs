@@ -12,6 +12,7 @@ pub mod ca;
 pub mod certs;
 pub mod clock;
 pub mod error;
+pub mod filter;
 pub mod http;
 pub mod intentions;
 pub mod json;
