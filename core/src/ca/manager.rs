@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use super::builtin::{BuiltinProvider, signing_uri};
+use super::builtin::{BuiltinProvider, BuiltinSecrets, signing_uri};
 use super::config::{CommonCaConfig, ConsulCaConfig};
 use super::provider::{Provider, ProviderConfig, Serials};
 use super::roots::{CaRoot, IndexedCaRoots};
@@ -528,6 +528,60 @@ impl CaManager {
     #[cfg(test)]
     pub(crate) fn provider_secrets_for_test(&self) -> super::BuiltinSecrets {
         self.provider.secrets().unwrap_or_else(|| unreachable!())
+    }
+
+    /// The CA key and its certificate, for the state store to persist (mode 0600).
+    pub fn secrets(&self) -> Option<BuiltinSecrets> {
+        self.provider.secrets()
+    }
+
+    /// Resumes a CA from persisted state: configuration, roots, the provider's key and the
+    /// last serial handed out (serials never repeat across restarts).
+    #[allow(clippy::too_many_arguments, reason = "one value per persisted table")]
+    pub fn restore(
+        datacenter: &str,
+        primary: bool,
+        cluster_id: &str,
+        config: CaConfiguration,
+        roots: Vec<CaRoot>,
+        secrets: BuiltinSecrets,
+        last_serial: u64,
+        clock: SharedClock,
+    ) -> Result<CaManager, CaError> {
+        let serials = Serials::starting_after(last_serial);
+        let mut provider = BuiltinProvider::with_secrets(clock.clone(), serials.clone(), secrets);
+        provider.configure(ProviderConfig {
+            cluster_id: cluster_id.to_owned(),
+            datacenter: datacenter.to_owned(),
+            is_primary: primary,
+            raw: config.config.clone(),
+            state: config.state.clone().unwrap_or_default(),
+        })?;
+        let common = ConsulCaConfig::from_map(&config.config)?.common;
+        let index = roots
+            .iter()
+            .map(|r| r.modify_index)
+            .max()
+            .unwrap_or(1)
+            .max(config.modify_index);
+        Ok(CaManager {
+            clock,
+            datacenter: datacenter.to_owned(),
+            primary,
+            cluster_id: cluster_id.to_owned(),
+            config,
+            common,
+            provider,
+            serials,
+            roots,
+            index,
+            pending_intermediate: None,
+        })
+    }
+
+    /// Whether this is the primary datacenter's CA.
+    pub fn is_primary(&self) -> bool {
+        self.primary
     }
 
     fn store_config(&mut self, mut new: CaConfiguration, common: CommonCaConfig) {

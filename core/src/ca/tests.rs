@@ -736,3 +736,42 @@ fn ca_common_name_format() {
         );
     }
 }
+
+#[test]
+fn a_restored_ca_keeps_its_root_and_never_repeats_a_serial() {
+    let (_, mut ca) = primary(json!({}));
+    let first = ca
+        .sign_leaf(
+            &csr_for(&service_uri(TD, "dc1", "web")),
+            SignPolicy::ServiceOnly,
+        )
+        .unwrap();
+    let (_, c) = clock();
+    let mut back = CaManager::restore(
+        "dc1",
+        true,
+        CLUSTER,
+        ca.config().clone(),
+        ca.roots().roots,
+        ca.secrets().unwrap(),
+        ca.serials().last(),
+        c,
+    )
+    .unwrap();
+    assert_eq!(back.roots(), ca.roots());
+    let next = back
+        .sign_leaf(
+            &csr_for(&service_uri(TD, "dc1", "web")),
+            SignPolicy::ServiceOnly,
+        )
+        .unwrap();
+    assert_eq!(
+        (first.serial_number.as_str(), next.serial_number.as_str()),
+        ("02", "03")
+    );
+    certs::verify_signed_by(
+        &certs::parse_pem_certificate(&next.cert_pem).unwrap(),
+        &certs::parse_pem_certificate(&ca.roots().roots[0].root_cert).unwrap(),
+    )
+    .unwrap();
+}
