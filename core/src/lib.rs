@@ -14,6 +14,7 @@ pub mod clock;
 pub mod error;
 pub mod intentions;
 pub mod spiffe;
+pub mod tls;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::{Error, ErrorKind, Result};
