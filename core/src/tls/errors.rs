@@ -128,7 +128,7 @@ pub fn error_from_io(e: &io::Error) -> Error {
         }
         io::ErrorKind::UnexpectedEof => Error::new(
             ErrorKind::Tls,
-            "tls: connection closed by peer during the handshake",
+            "tls: connection closed by peer without close_notify",
         ),
         _ => Error::new(ErrorKind::Io, e.to_string()),
     }
