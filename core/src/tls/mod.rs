@@ -21,7 +21,6 @@
 //!   stack (OpenSSL, Python `ssl`, Node `tls`).
 //!
 //! ```no_run
-//! use std::sync::Arc;
 //! use connect_core::tls::{self, Identity, Service};
 //!
 //! # async fn run(identity: Identity) -> connect_core::Result<()> {
@@ -58,13 +57,13 @@
 //!
 //! | group | client → server | server → client | time, both sides (debug build) |
 //! |---|---|---|---|
-//! | X25519 | 934 B | 2 378 B | 0.52–0.58 ms |
-//! | X25519MLKEM768 | 2 156 B (+1 222) | 3 465 B (+1 087) | 0.58–0.60 ms |
+//! | X25519 | 935 B | 2 378 B | 0.51–0.52 ms |
+//! | X25519MLKEM768 | 2 157 B (+1 222) | 3 466 B (+1 088) | 0.58–0.59 ms |
 //!
 //! About 2.3 KB more per full handshake (resumed handshakes pay it too, since TLS 1.3
-//! resumption still runs a key exchange) and a few tens of microseconds of CPU, within the
-//! noise of the ECDSA signatures. Against one full handshake per connection of a long-lived
-//! service pair that is cheap, so the default
+//! resumption still runs a key exchange) and about 70 µs of CPU for both sides together.
+//! Against one full handshake per connection of a long-lived service pair that is cheap, so
+//! the default
 //! ([`KeyExchange::HybridPostQuantum`]) offers X25519MLKEM768 first, with X25519 and P-256
 //! behind it for peers without ML-KEM (OpenSSL 3.0, Python `ssl` on it, Go before 1.24): such a
 //! peer simply picks X25519 — the client also sends an X25519 share, so there is no extra

@@ -160,9 +160,10 @@ fn kx_cost_of_a_full_handshake() {
     let (classic, hybrid) = (results[0], results[1]);
     assert_eq!(classic.2, rustls::NamedGroup::X25519);
     assert_eq!(hybrid.2, rustls::NamedGroup::X25519MLKEM768);
-    // ML-KEM-768: 1184-byte encapsulation key up, 1088-byte ciphertext down.
-    let up = hybrid.0 - classic.0;
-    let down = hybrid.1 - classic.1;
-    assert!((1184..=1250).contains(&up), "client->server extra {up}");
-    assert!((1088..=1120).contains(&down), "server->client extra {down}");
+    // ML-KEM-768: a 1184-byte encapsulation key up, a 1088-byte ciphertext down; ECDSA
+    // signatures vary by a few bytes from one handshake to the next, hence the slack.
+    let up = hybrid.0 as i64 - classic.0 as i64;
+    let down = hybrid.1 as i64 - classic.1 as i64;
+    assert!((1180..=1250).contains(&up), "client->server extra {up}");
+    assert!((1080..=1110).contains(&down), "server->client extra {down}");
 }
