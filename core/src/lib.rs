@@ -17,6 +17,7 @@ pub mod http;
 pub mod intentions;
 pub mod json;
 pub mod spiffe;
+pub mod tls;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,530 @@
+//! The server side: a rustls `ServerConfig` that serves the current leaf and verifies and
+//! authorizes clients inside the handshake (spec §8.2, §8.3).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+use super::authorizer::{Authorizer, AuthzDenied, SharedAuthorizer};
+use super::errors::{VerifyFailure, error_from_io};
+use super::identity::Identity;
+use super::material::{PeerAuthorization, PeerInput};
+use super::net::{Connection, Listener};
+use super::verify::{PeerRole, check_chain, leaf_identity};
+use super::{DEFAULT_HANDSHAKE_TIMEOUT, KeyExchange, crypto_provider};
+use crate::certs;
+use crate::spiffe::SpiffeId;
+use crate::{Error, ErrorKind, Result};
+
+/// Called with the peer and the reason whenever the authorizer refuses a client.
+pub type DenyHook = Arc<dyn Fn(&SpiffeId, &AuthzDenied) + Send + Sync>;
+
+/// Called whenever an incoming handshake fails (denials included), with the client's address.
+pub type HandshakeErrorHook = Arc<dyn Fn(Option<SocketAddr>, &Error) + Send + Sync>;
+
+/// Counters of one [`MtlsServer`], for metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Handshakes that completed and passed authorization.
+    pub accepted: u64,
+    /// Of those, how many resumed a session.
+    pub resumed: u64,
+    /// Handshakes that failed for any reason (denials included).
+    pub failed: u64,
+    /// Clients refused by the authorizer.
+    pub denied: u64,
+    /// The reason of the latest denial.
+    pub last_denial: Option<String>,
+}
+
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    resumed: AtomicU64,
+    failed: AtomicU64,
+    denied: AtomicU64,
+    last_denial: Mutex<Option<String>>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) identity: Identity,
+    authorizer: SharedAuthorizer,
+    on_deny: Option<DenyHook>,
+    on_handshake_error: Option<HandshakeErrorHook>,
+    counters: Counters,
+    kx: KeyExchange,
+    alpn: Vec<Vec<u8>>,
+    session_storage: Arc<dyn rustls::server::StoresServerSessions>,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    pub(crate) handshake_timeout: Duration,
+}
+
+impl Shared {
+    /// The whole server-side check of a client chain: roots, identity, usage, authorizer.
+    /// Used by the handshake verifier, after resumed handshakes, and by `authorize_peer`.
+    fn verify_client(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        denial: Option<&Mutex<Option<AuthzDenied>>>,
+    ) -> std::result::Result<SpiffeId, rustls::Error> {
+        let snapshot = self.identity.snapshot();
+        let bundle = snapshot.bundle().ok_or_else(|| {
+            VerifyFailure::new(ErrorKind::NotReady, "connect: no CA roots yet").into_rustls()
+        })?;
+        let now = self.identity.clock().now();
+        check_chain(bundle, end_entity, intermediates, now, PeerRole::Client)?;
+        let (id, info) = leaf_identity(end_entity).map_err(VerifyFailure::into_rustls)?;
+        if id.as_service().is_none() {
+            return Err(VerifyFailure::new(
+                ErrorKind::CertificateVerification,
+                format!("connect: client certificate names {id}, which is not a service"),
+            )
+            .into_rustls());
+        }
+        if !info.eku_client_auth {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose,
+            ));
+        }
+        let mut chain = Vec::with_capacity(1 + intermediates.len());
+        chain.push(CertificateDer::from(end_entity.as_ref()));
+        chain.extend(
+            intermediates
+                .iter()
+                .map(|c| CertificateDer::from(c.as_ref())),
+        );
+        if let Err(denied) = self.authorizer.authorize(&id, &chain) {
+            self.record_denial(&id, &denied);
+            if let Some(slot) = denial {
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(denied);
+            }
+            // ApplicationVerificationFailure is what rustls turns into an access_denied alert.
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(id)
+    }
+
+    fn record_denial(&self, peer: &SpiffeId, denied: &AuthzDenied) {
+        self.counters.denied.fetch_add(1, Ordering::Relaxed);
+        *self
+            .counters
+            .last_denial
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(denied.reason().to_owned());
+        if let Some(hook) = &self.on_deny {
+            hook(peer, denied);
+        }
+    }
+
+    fn record_failure(&self, addr: Option<SocketAddr>, e: &Error) {
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        if let Some(hook) = &self.on_handshake_error {
+            hook(addr, e);
+        }
+    }
+
+    /// A config whose verifier reports its denial into `denial` (one per connection), so the
+    /// server's own error can carry the reason while the client only gets the alert.
+    fn config(
+        self: &Arc<Self>,
+        denial: Option<Arc<Mutex<Option<AuthzDenied>>>>,
+    ) -> Result<Arc<ServerConfig>> {
+        let verifier = Arc::new(ClientVerifier {
+            shared: self.clone(),
+            denial,
+        });
+        let mut config = ServerConfig::builder_with_provider(crypto_provider(self.kx))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("tls config: {e}")))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(CurrentLeaf(self.identity.clone())));
+        config.alpn_protocols = self.alpn.clone();
+        config.session_storage = self.session_storage.clone();
+        config.ticketer = self.ticketer.clone();
+        Ok(Arc::new(config))
+    }
+}
+
+/// Serves the current leaf: reads the latest snapshot on every handshake, so a rotated leaf
+/// is used from the next handshake on without rebuilding anything.
+#[derive(Debug)]
+struct CurrentLeaf(Identity);
+
+impl ResolvesServerCert for CurrentLeaf {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.snapshot().svid().map(|s| s.certified_key().clone())
+    }
+}
+
+struct ClientVerifier {
+    shared: Arc<Shared>,
+    denial: Option<Arc<Mutex<Option<AuthzDenied>>>>,
+}
+
+impl fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientVerifier")
+            .field("service", &self.shared.identity.service())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: during a rotation they would name only some roots, and every client of
+        // the mesh has exactly one leaf to offer anyway.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        self.shared
+            .verify_client(end_entity, intermediates, self.denial.as_deref())
+            .map(|_| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &super::provider::sig_algs())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &super::provider::sig_algs())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        super::provider::sig_algs().supported_schemes()
+    }
+}
+
+/// Builds an [`MtlsServer`]; see [`mtls_server`].
+#[must_use]
+pub struct MtlsServerBuilder {
+    identity: Identity,
+    authorizer: Option<SharedAuthorizer>,
+    on_deny: Option<DenyHook>,
+    on_handshake_error: Option<HandshakeErrorHook>,
+    kx: KeyExchange,
+    alpn: Vec<Vec<u8>>,
+    handshake_timeout: Duration,
+    session_cache_size: usize,
+}
+
+impl fmt::Debug for MtlsServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MtlsServerBuilder")
+            .field("service", &self.identity.service())
+            .field("kx", &self.kx)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts a server for `identity`. Set who may connect with
+/// [`authorize`](MtlsServerBuilder::authorize) (required: there is no silent allow-all),
+/// then [`build`](MtlsServerBuilder::build).
+pub fn mtls_server(identity: &Identity) -> MtlsServerBuilder {
+    MtlsServerBuilder {
+        identity: identity.clone(),
+        authorizer: None,
+        on_deny: None,
+        on_handshake_error: None,
+        kx: KeyExchange::default(),
+        alpn: Vec::new(),
+        handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        session_cache_size: 1024,
+    }
+}
+
+impl MtlsServerBuilder {
+    /// Who may connect, decided after the chain verified.
+    pub fn authorize(mut self, authorizer: impl Authorizer) -> Self {
+        self.authorizer = Some(Arc::new(authorizer));
+        self
+    }
+
+    /// Same as [`authorize`](Self::authorize), for an authorizer already shared.
+    pub fn authorize_shared(mut self, authorizer: SharedAuthorizer) -> Self {
+        self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// Called on every denial with the peer and the reason (for logs and metrics; the client
+    /// only gets an `access_denied` alert).
+    pub fn on_deny(
+        mut self,
+        hook: impl Fn(&SpiffeId, &AuthzDenied) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_deny = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called on every failed incoming handshake handled by [`MtlsServer::accept`] or a
+    /// [`Listener`].
+    pub fn on_handshake_error(
+        mut self,
+        hook: impl Fn(Option<SocketAddr>, &Error) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_handshake_error = Some(Arc::new(hook));
+        self
+    }
+
+    /// The key-exchange groups to offer.
+    pub fn key_exchange(mut self, kx: KeyExchange) -> Self {
+        self.kx = kx;
+        self
+    }
+
+    /// ALPN protocols, in preference order (none by default; Go's client uses `h2`).
+    pub fn alpn(mut self, protocols: Vec<Vec<u8>>) -> Self {
+        self.alpn = protocols;
+        self
+    }
+
+    /// How long [`MtlsServer::accept`] waits for a handshake.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sessions the server remembers for ID-based resumption (TLS 1.2); tickets need none.
+    pub fn session_cache_size(mut self, size: usize) -> Self {
+        self.session_cache_size = size;
+        self
+    }
+
+    /// Builds the server. Fails without an authorizer (`InvalidParameter`).
+    pub fn build(self) -> Result<MtlsServer> {
+        let authorizer = self.authorizer.ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidParameter,
+                "mtls_server needs an authorizer: use authorizer::any() to allow every verified peer",
+            )
+        })?;
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("session tickets: {e}")))?;
+        let shared = Arc::new(Shared {
+            identity: self.identity,
+            authorizer,
+            on_deny: self.on_deny,
+            on_handshake_error: self.on_handshake_error,
+            counters: Counters::default(),
+            kx: self.kx,
+            alpn: self.alpn,
+            session_storage: ServerSessionMemoryCache::new(self.session_cache_size),
+            ticketer,
+            handshake_timeout: self.handshake_timeout,
+        });
+        let config = shared.config(None)?;
+        Ok(MtlsServer { shared, config })
+    }
+}
+
+/// The server side of one service's mTLS. Cheap to clone.
+#[derive(Clone)]
+pub struct MtlsServer {
+    shared: Arc<Shared>,
+    config: Arc<ServerConfig>,
+}
+
+impl fmt::Debug for MtlsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MtlsServer")
+            .field("service", &self.shared.identity.service())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MtlsServer {
+    /// The rustls config, for applications that drive rustls themselves. It stays current:
+    /// every handshake reads the latest leaf and roots. Denials are reported to the
+    /// [`on_deny`](MtlsServerBuilder::on_deny) hook and the [`stats`](Self::stats).
+    ///
+    /// A resumed session skips certificate verification in rustls; [`MtlsServer::accept`]
+    /// re-checks resumed peers, a bare config cannot.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.clone()
+    }
+
+    /// The identity this server presents.
+    pub fn identity(&self) -> &Identity {
+        &self.shared.identity
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> ServerStats {
+        let c = &self.shared.counters;
+        ServerStats {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            resumed: c.resumed.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            denied: c.denied.load(Ordering::Relaxed),
+            last_denial: c
+                .last_denial
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    /// Runs the server handshake on an accepted TCP stream, within the handshake timeout.
+    ///
+    /// Errors: `AuthorizationDenied` with the authorizer's reason, `CertificateVerification`,
+    /// `NotReady` (no leaf or roots), `Timeout`, `Tls`, `Io`.
+    pub async fn accept(&self, tcp: TcpStream) -> Result<Connection> {
+        let addr = tcp.peer_addr().ok();
+        let r = self.handshake(tcp).await;
+        match &r {
+            Ok(c) => {
+                self.shared
+                    .counters
+                    .accepted
+                    .fetch_add(1, Ordering::Relaxed);
+                if c.is_resumed() {
+                    self.shared.counters.resumed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => self.shared.record_failure(addr, e),
+        }
+        r
+    }
+
+    async fn handshake(&self, tcp: TcpStream) -> Result<Connection> {
+        let denial = Arc::new(Mutex::new(None));
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.shared.config(Some(denial.clone()))?);
+        let timeout = self.shared.handshake_timeout;
+        let mut stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("tls: handshake not finished after {timeout:?}"),
+                ));
+            }
+            Ok(Err(io)) => return Err(self.handshake_error(&io, &denial)),
+            Ok(Ok(s)) => s,
+        };
+        let (_, conn) = stream.get_ref();
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let chain = conn.peer_certificates().unwrap_or_default().to_vec();
+        let peer = match chain.split_first() {
+            Some((leaf, rest)) if resumed => {
+                // Tickets skip the verifier: check the stored chain against today's roots
+                // and authorizer, so a ticket cannot outlive an intention change.
+                self.shared.verify_client(leaf, rest, Some(&denial))
+            }
+            Some((leaf, _)) => leaf_identity(leaf)
+                .map(|(id, _)| id)
+                .map_err(VerifyFailure::into_rustls),
+            None => Err(rustls::Error::NoCertificatesPresented),
+        };
+        match peer {
+            Ok(peer) => Ok(Connection::new(
+                tokio_rustls::TlsStream::Server(stream),
+                peer,
+            )),
+            Err(e) => {
+                use tokio::io::AsyncWriteExt;
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+                let io = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+                Err(self.handshake_error(&io, &denial))
+            }
+        }
+    }
+
+    fn handshake_error(&self, io: &std::io::Error, denial: &Mutex<Option<AuthzDenied>>) -> Error {
+        let e = error_from_io(io);
+        if e.kind() == ErrorKind::AuthorizationDenied
+            && let Some(d) = denial.lock().unwrap_or_else(PoisonError::into_inner).take()
+        {
+            return Error::new(ErrorKind::AuthorizationDenied, d.reason().to_owned());
+        }
+        let snapshot = self.shared.identity.snapshot();
+        if e.kind() == ErrorKind::Tls && snapshot.svid().is_none() {
+            return Error::new(
+                ErrorKind::NotReady,
+                format!(
+                    "tls: no certificates configured: service {:?} has no leaf yet",
+                    self.shared.identity.service()
+                ),
+            );
+        }
+        e
+    }
+
+    /// Binds `addr` and accepts connections in the background; see [`Listener`].
+    pub async fn listen(&self, addr: impl ToSocketAddrs) -> Result<Listener> {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| error_from_io(&e))?;
+        Listener::spawn(tcp, self.clone())
+    }
+
+    /// Explains whether a peer would be let in, for applications with their own TLS stack.
+    ///
+    /// A certificate input is verified against the current roots first (give the chain as
+    /// PEM when the leaf is signed by an intermediate); a URI is only authorized.
+    pub fn authorize_peer(&self, input: PeerInput<'_>) -> Result<PeerAuthorization> {
+        let (peer, chain) = match input {
+            PeerInput::Uri(uri) => (SpiffeId::parse(uri)?, Vec::new()),
+            PeerInput::CertDer(der) => {
+                certs::CertInfo::from_der(der)?;
+                let chain = vec![CertificateDer::from(der.to_vec())];
+                (self.verified_peer(&chain)?, chain)
+            }
+            PeerInput::ChainPem(pem) => {
+                let chain = certs::parse_pem_certificates(pem)?;
+                (self.verified_peer(&chain)?, chain)
+            }
+        };
+        if peer.as_service().is_none() {
+            return Ok(PeerAuthorization {
+                peer,
+                allowed: false,
+                reason: "ClientCertURI not a valid Service identifier".into(),
+            });
+        }
+        let d = self.shared.authorizer.explain(&peer, &chain);
+        Ok(PeerAuthorization {
+            peer,
+            allowed: d.allowed,
+            reason: d.reason,
+        })
+    }
+
+    fn verified_peer(&self, chain: &[CertificateDer<'static>]) -> Result<SpiffeId> {
+        let bundle = self.shared.identity.require_bundle()?;
+        let now = self.shared.identity.clock().now();
+        super::verify::verify_chain(&bundle, chain, now, PeerRole::Client)?;
+        super::verify::peer_identity(&chain[0])
+    }
+}

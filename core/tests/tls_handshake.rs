@@ -1,0 +1,304 @@
+//! Real loopback mTLS between services whose leaves the built-in CA issued (convention 41):
+//! data both ways, the identity checks of spec §8.3 and §8.5, typed errors, resumption, and the
+//! blocking wrappers.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test set-up panics on failure"
+)]
+
+mod tls_support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use connect_core::ErrorKind;
+use connect_core::tls::{self, Bundle, Identity, Service, authorizer, mtls_client};
+use tls_support::{IO, Mesh};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+#[tokio::test]
+async fn web_and_db_talk_both_ways_and_know_each_other() {
+    let mut mesh = Mesh::new();
+    let db = Service::new(mesh.identity("db"), authorizer::any()).unwrap();
+    let web = Service::new(mesh.identity("web"), authorizer::any()).unwrap();
+    let mut listener = db.listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+
+    let server = tokio::spawn(async move {
+        let mut conn = timeout(IO, listener.accept()).await.unwrap().unwrap();
+        let peer = conn.peer_id().to_string();
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        conn.write_all(b"pong").await.unwrap();
+        conn.flush().await.unwrap();
+        (peer, conn.protocol_version(), conn.key_exchange_group())
+    });
+
+    let mut conn = timeout(IO, web.dial_addr(addr, "db"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.peer_id().to_string(), mesh.uri("db"));
+    conn.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    timeout(IO, conn.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"pong");
+
+    let (server_saw, version, group) = server.await.unwrap();
+    assert_eq!(server_saw, mesh.uri("web"));
+    assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(group, Some(rustls::NamedGroup::X25519MLKEM768));
+    assert_eq!(db.server().stats().accepted, 1);
+}
+
+#[tokio::test]
+async fn a_server_presenting_web_when_db_is_expected_is_a_mismatch() {
+    let mut mesh = Mesh::new();
+    let impostor = Service::new(mesh.identity("web"), authorizer::any()).unwrap();
+    let client = Service::new(mesh.identity("api"), authorizer::any()).unwrap();
+    let listener = impostor.listen("127.0.0.1:0").await.unwrap();
+
+    let e = timeout(IO, client.dial_addr(listener.local_addr(), "db"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PeerIdentityMismatch);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "peer certificate mismatch got {}, want {}",
+            mesh.uri("web"),
+            mesh.uri("db")
+        )
+    );
+    // The same with a full SPIFFE ID as the expectation (Go's StaticResolver CertURI).
+    let want = connect_core::spiffe::SpiffeId::parse(&mesh.uri("db")).unwrap();
+    let e = client
+        .dial_addr(listener.local_addr(), want)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PeerIdentityMismatch);
+}
+
+#[tokio::test]
+async fn dialing_a_closed_port_is_connection_refused() {
+    let mut mesh = Mesh::new();
+    let web = Service::new(mesh.identity("web"), authorizer::any()).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let e = web.dial_addr(("127.0.0.1", port), "db").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out_the_handshake() {
+    let mut mesh = Mesh::new();
+    let web = mesh.identity("web");
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let (s, _) = silent.accept().await.unwrap();
+        tokio::time::sleep(IO).await;
+        drop(s);
+    });
+    let client = mtls_client(&web, "db")
+        .handshake_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let e = client.dial_addr(addr).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    hold.abort();
+}
+
+#[tokio::test]
+async fn an_untrusted_ca_fails_verification_on_both_sides() {
+    let mut mesh = Mesh::new();
+    let mut other = Mesh::new();
+    let db = Service::new(mesh.identity("db"), authorizer::any()).unwrap();
+    let listener = db.listen("127.0.0.1:0").await.unwrap();
+
+    // A client of another cluster does not trust db's root.
+    let stranger = Service::new(other.identity("web"), authorizer::any()).unwrap();
+    let e = stranger
+        .dial_addr(listener.local_addr(), "db")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CertificateVerification, "{e}");
+    assert_eq!(
+        e.to_string(),
+        "x509: certificate signed by unknown authority"
+    );
+
+    // A client that trusts db's root but holds a leaf of another CA is refused by db.
+    let web = Identity::new("web", mesh.clock.clone());
+    web.update_svid(other.svid("web")).unwrap();
+    web.update_bundle(mesh.bundle()).unwrap();
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = raw.local_addr().unwrap();
+    let server = db.server().clone();
+    let accept = tokio::spawn(async move {
+        let (tcp, _) = raw.accept().await.unwrap();
+        server.accept(tcp).await
+    });
+    let client = mtls_client(&web, "db").build().unwrap();
+    let dialed = client.dial_addr(addr).await;
+    let server_err = timeout(IO, accept).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(server_err.kind(), ErrorKind::CertificateVerification);
+    assert_eq!(
+        server_err.to_string(),
+        "x509: certificate signed by unknown authority"
+    );
+    // TLS 1.3: the client may finish before the server's verdict; its first read fails.
+    if let Ok(mut c) = dialed {
+        let mut buf = [0u8; 1];
+        let r = timeout(IO, c.read(&mut buf)).await.unwrap();
+        let e = tls::error_from_io(&r.unwrap_err());
+        assert_eq!(e.kind(), ErrorKind::Tls);
+        assert!(
+            e.to_string().contains("unknown certificate authority"),
+            "{e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_leaf_yet_is_not_ready() {
+    let mesh = Mesh::new();
+    let web = Identity::new("web", mesh.clock.clone());
+    web.update_bundle(mesh.bundle()).unwrap();
+    let svc = Service::new(web.clone(), authorizer::any()).unwrap();
+    let e = svc.dial_addr("127.0.0.1:9", "db").await.unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::NotReady | ErrorKind::ConnectionRefused),
+        "{e}"
+    );
+    let client = mtls_client(&web, "db").build().unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+        .await
+        .unwrap();
+    let e = client.connect(tcp).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotReady);
+    let e = web.ready_wait(Duration::from_millis(50)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+}
+
+#[tokio::test]
+async fn a_second_dial_resumes_the_session() {
+    let mut mesh = Mesh::new();
+    let db = Service::new(mesh.identity("db"), authorizer::any()).unwrap();
+    let web = Service::new(mesh.identity("web"), authorizer::any()).unwrap();
+    let mut listener = db.listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+    let mut resumed = Vec::new();
+    for _ in 0..2 {
+        let mut c = web.dial_addr(addr, "db").await.unwrap();
+        let mut s = timeout(IO, listener.accept()).await.unwrap().unwrap();
+        // Exchange data so the client has read the server's session tickets.
+        s.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).await.unwrap();
+        assert_eq!(s.peer_id().to_string(), mesh.uri("web"));
+        assert_eq!(c.peer_id().to_string(), mesh.uri("db"));
+        resumed.push((c.is_resumed(), s.is_resumed()));
+    }
+    assert_eq!(resumed, [(false, false), (true, true)]);
+    assert_eq!(db.server().stats().resumed, 1);
+}
+
+#[test]
+fn blocking_wrappers_echo_and_time_out() {
+    let mut mesh = Mesh::new();
+    let db = Service::new(mesh.identity("db"), authorizer::any()).unwrap();
+    let web = Service::new(mesh.identity("web"), authorizer::any()).unwrap();
+    tls::blocking::ready_wait(web.identity(), IO).unwrap();
+    let mut listener = tls::blocking::listen(&db, "127.0.0.1:0").unwrap();
+    let addr = listener.local_addr();
+
+    let e = listener
+        .accept(Some(Duration::from_millis(50)))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+
+    let client = std::thread::spawn(move || {
+        let mut c = tls::blocking::dial_addr(&web, addr, "db").unwrap();
+        c.set_read_timeout(Some(IO));
+        c.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        // A read with nothing to read times out instead of hanging.
+        c.set_read_timeout(Some(Duration::from_millis(50)));
+        let e = c.read(&mut [0u8; 1]).unwrap_err();
+        assert_eq!(tls::error_from_io(&e).kind(), ErrorKind::Timeout);
+        (buf, c.peer_id().to_string())
+    });
+    let mut s = listener.accept(Some(IO)).unwrap();
+    s.set_read_timeout(Some(IO));
+    assert_eq!(s.peer_id().to_string(), mesh.uri("web"));
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    s.write_all(&buf).unwrap();
+    s.flush().unwrap();
+    let (echo, peer) = client.join().unwrap();
+    assert_eq!(&echo, b"hello");
+    assert_eq!(peer, mesh.uri("db"));
+}
+
+#[tokio::test]
+async fn blocking_calls_inside_a_runtime_are_refused() {
+    let mut mesh = Mesh::new();
+    let db = Service::new(mesh.identity("db"), authorizer::any()).unwrap();
+    let e = tls::blocking::listen(&db, "127.0.0.1:0").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidParameter);
+}
+
+#[test]
+fn garbage_material_is_a_typed_error() {
+    use connect_core::tls::Svid;
+    let mut mesh = Mesh::new();
+    let e = Svid::from_pem("not pem", "not pem").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidCertificate);
+    let (chain, key) = mesh.pem_pair("web");
+    let e = Svid::from_pem(
+        &chain,
+        "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidKey, "{e}");
+    // The key of another leaf does not match.
+    let (_, other_key) = mesh.pem_pair("web");
+    let e = Svid::from_pem(&chain, &other_key).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidKey);
+    assert!(e.to_string().contains("does not match"), "{e}");
+    assert!(Svid::from_pem(&chain, &key).is_ok());
+    let e = Svid::from_der(
+        vec![rustls::pki_types::CertificateDer::from(
+            b"\x30\x03\x02\x01\x01".to_vec(),
+        )],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(b"junk".to_vec().into()),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidCertificate);
+    let e = Bundle::new(mesh.ca.trust_domain().as_str(), vec![]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidCertificate);
+    let e = Bundle::new(
+        &mesh.ca.trust_domain(),
+        vec![rustls::pki_types::CertificateDer::from(vec![0u8; 10])],
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidCertificate);
+    let e = Bundle::from_pem("not a trust domain!", &mesh.ca.roots().roots_pem()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidTrustDomain);
+    let e =
+        tls::peer_identity(&rustls::pki_types::CertificateDer::from(vec![1u8, 2, 3])).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidCertificate);
+}

@@ -1,0 +1,236 @@
+//! Intentions decide inside the handshake (spec §8.3 server side, §8.5): with `*→db deny` and
+//! `web→db allow`, `web` gets in, `api` gets an alert and db's application never sees it.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test set-up panics on failure"
+)]
+
+mod tls_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use connect_core::ErrorKind;
+use connect_core::intentions::{
+    DefaultPolicy, Intention, IntentionAction, IntentionIndex, SharedIntentionIndex,
+};
+use connect_core::spiffe::SpiffeId;
+use connect_core::tls::{self, PeerInput, Service, authorizer, mtls_server};
+use tls_support::{IO, Mesh, db_intentions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+type Denials = Arc<Mutex<Vec<(String, String)>>>;
+
+fn db_service(mesh: &mut Mesh, index: Arc<SharedIntentionIndex>) -> (Service, Denials) {
+    let denials: Denials = Arc::default();
+    let seen = denials.clone();
+    let server = mtls_server(&mesh.identity("db"))
+        .authorize(authorizer::from_intentions("db", index))
+        .on_deny(move |peer, why| {
+            seen.lock()
+                .unwrap()
+                .push((peer.to_string(), why.reason().to_owned()));
+        })
+        .build()
+        .unwrap();
+    (Service::from_server(server), denials)
+}
+
+#[tokio::test]
+async fn web_is_allowed_and_api_is_refused_during_the_handshake() {
+    let mut mesh = Mesh::new();
+    let (db, denials) = db_service(&mut mesh, Arc::new(db_intentions()));
+    let web = Service::new(mesh.identity("web"), authorizer::any()).unwrap();
+    let api = Service::new(mesh.identity("api"), authorizer::any()).unwrap();
+    let mut listener = db.listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+
+    // api: the client gets db's alert, on dial (TLS 1.2) or on its first read (TLS 1.3, where
+    // the client finishes before the server has judged its certificate).
+    match timeout(IO, api.dial_addr(addr, "db")).await.unwrap() {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Tls, "{e}"),
+        Ok(mut c) => {
+            let _ = c.write_all(b"let me in").await;
+            let mut buf = [0u8; 16];
+            let err = timeout(IO, c.read(&mut buf)).await.unwrap().unwrap_err();
+            let e = tls::error_from_io(&err);
+            assert_eq!(e.kind(), ErrorKind::Tls);
+            assert!(
+                e.to_string()
+                    .starts_with("remote error: tls: access denied"),
+                "{e}"
+            );
+        }
+    }
+    // db's application never saw api's connection.
+    assert!(
+        timeout(Duration::from_millis(200), listener.accept())
+            .await
+            .is_err(),
+        "a denied connection reached accept()"
+    );
+    let seen = denials.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0, mesh.uri("api"));
+    assert!(
+        seen[0]
+            .1
+            .starts_with("connect: authz denied: Matched L4 intention"),
+        "{}",
+        seen[0].1
+    );
+    let stats = db.server().stats();
+    assert_eq!((stats.denied, stats.accepted), (1, 0));
+    assert_eq!(stats.last_denial.as_deref(), Some(seen[0].1.as_str()));
+
+    // web gets through, and the data flows.
+    let mut c = timeout(IO, web.dial_addr(addr, "db"))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut s = timeout(IO, listener.accept()).await.unwrap().unwrap();
+    assert_eq!(s.peer_id().to_string(), mesh.uri("web"));
+    c.write_all(b"hi").await.unwrap();
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hi");
+}
+
+#[tokio::test]
+async fn the_servers_own_error_is_authorization_denied_with_the_reason() {
+    let mut mesh = Mesh::new();
+    let (db, _) = db_service(&mut mesh, Arc::new(db_intentions()));
+    let api = Service::new(mesh.identity("api"), authorizer::any()).unwrap();
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = raw.local_addr().unwrap();
+    let server = db.server().clone();
+    let accept = tokio::spawn(async move {
+        let (tcp, _) = raw.accept().await.unwrap();
+        server.accept(tcp).await
+    });
+    let _client = api.dial_addr(addr, "db").await;
+    let e = timeout(IO, accept).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AuthorizationDenied);
+    assert!(
+        e.to_string()
+            .starts_with("connect: authz denied: Matched L4 intention"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn an_intention_changed_to_deny_also_stops_resumed_sessions() {
+    let mut mesh = Mesh::new();
+    let index = Arc::new(SharedIntentionIndex::new(IntentionIndex::new(
+        [Intention::new("web", "db", IntentionAction::Allow)],
+        DefaultPolicy::acl(IntentionAction::Deny),
+    )));
+    let (db, denials) = db_service(&mut mesh, index.clone());
+    let web = Service::new(mesh.identity("web"), authorizer::any()).unwrap();
+    let mut listener = db.listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+
+    let mut c = web.dial_addr(addr, "db").await.unwrap();
+    let mut s = timeout(IO, listener.accept()).await.unwrap().unwrap();
+    s.write_all(b"t").await.unwrap();
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b).await.unwrap(); // the client now holds session tickets
+
+    index.store(IntentionIndex::new(
+        [Intention::new("web", "db", IntentionAction::Deny)],
+        DefaultPolicy::acl(IntentionAction::Deny),
+    ));
+    // The ticket would resume without any certificate check; the server re-checks and
+    // drops the connection before the application sees it.
+    if let Ok(mut c2) = web.dial_addr(addr, "db").await {
+        assert!(c2.is_resumed());
+        let r = timeout(IO, c2.read(&mut b)).await.unwrap();
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    }
+    assert!(
+        timeout(Duration::from_millis(200), listener.accept())
+            .await
+            .is_err()
+    );
+    assert_eq!(denials.lock().unwrap().len(), 1);
+    // The first connection was authorized when it was made and keeps working.
+    s.write_all(b"u").await.unwrap();
+    c.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"u");
+}
+
+#[tokio::test]
+async fn authorize_peer_explains_for_other_tls_stacks() {
+    let mut mesh = Mesh::new();
+    let (db, _) = db_service(&mut mesh, Arc::new(db_intentions()));
+    let web = mesh.identity("web");
+    let api = mesh.identity("api");
+
+    let ok = db.authorize_peer(PeerInput::Uri(&mesh.uri("web"))).unwrap();
+    assert!(ok.allowed);
+    assert!(
+        ok.reason.starts_with("Matched L4 intention"),
+        "{}",
+        ok.reason
+    );
+
+    let chain = web.chain_pem().unwrap();
+    let ok = db.authorize_peer(PeerInput::ChainPem(&chain)).unwrap();
+    assert!(ok.allowed);
+    assert_eq!(ok.peer.to_string(), mesh.uri("web"));
+
+    let leaf = api.snapshot().svid().unwrap().leaf().clone();
+    let no = db.authorize_peer(PeerInput::CertDer(&leaf)).unwrap();
+    assert!(!no.allowed);
+    assert_eq!(no.peer.to_string(), mesh.uri("api"));
+    assert!(no.reason.contains("Matched L4 intention"), "{}", no.reason);
+
+    let agent = format!(
+        "spiffe://{}/agent/client/dc/dc1/id/node1",
+        mesh.ca.trust_domain()
+    );
+    let no = db.authorize_peer(PeerInput::Uri(&agent)).unwrap();
+    assert!(!no.allowed);
+    assert_eq!(no.reason, "ClientCertURI not a valid Service identifier");
+
+    let e = db
+        .authorize_peer(PeerInput::Uri("http://nope"))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidSpiffeId);
+    let e = db.authorize_peer(PeerInput::CertDer(b"junk")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidCertificate);
+    let stranger = Mesh::new().identity("web").chain_pem().unwrap();
+    let e = db
+        .authorize_peer(PeerInput::ChainPem(&stranger))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CertificateVerification);
+
+    // The exact and member_of authorizers, end to end in the same API.
+    let only_web = Service::new(
+        mesh.identity("db"),
+        authorizer::exact(SpiffeId::parse(&mesh.uri("web")).unwrap()),
+    )
+    .unwrap();
+    assert!(
+        only_web
+            .authorize_peer(PeerInput::Uri(&mesh.uri("web")))
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !only_web
+            .authorize_peer(PeerInput::Uri(&mesh.uri("api")))
+            .unwrap()
+            .allowed
+    );
+}
+
+#[test]
+fn a_server_needs_an_authorizer() {
+    let mut mesh = Mesh::new();
+    let e = mtls_server(&mesh.identity("db")).build().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidParameter);
+}

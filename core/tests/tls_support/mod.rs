@@ -1,0 +1,97 @@
+//! Shared set-up of the `tls_*` integration tests: a built-in CA on a manual clock (standing
+//! at the real time, so OpenSSL and Python agree on validity) and identities it issues.
+
+#![allow(dead_code, reason = "each test file uses a different part")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use connect_core::ca::{CaConfiguration, CaManager, SignPolicy, generate_leaf_request};
+use connect_core::intentions::{
+    DefaultPolicy, Intention, IntentionAction, IntentionIndex, SharedIntentionIndex,
+};
+use connect_core::tls::{Bundle, Identity, Svid};
+use connect_core::{ManualClock, SharedClock};
+use serde_json::json;
+use time::OffsetDateTime;
+
+/// Every I/O wait in these tests is bounded by this.
+pub(crate) const IO: Duration = Duration::from_secs(5);
+
+pub(crate) struct Mesh {
+    pub(crate) ca: CaManager,
+    pub(crate) manual: ManualClock,
+    pub(crate) clock: SharedClock,
+}
+
+impl Mesh {
+    pub(crate) fn new() -> Mesh {
+        let manual = ManualClock::new(OffsetDateTime::now_utc());
+        let clock: SharedClock = Arc::new(manual.clone());
+        let cfg = CaConfiguration::consul(json!({}).as_object().cloned().unwrap_or_default());
+        let ca = CaManager::new_primary("dc1", None, cfg, clock.clone()).unwrap();
+        Mesh { ca, manual, clock }
+    }
+
+    pub(crate) fn uri(&self, service: &str) -> String {
+        format!(
+            "spiffe://{}/ns/default/dc/dc1/svc/{service}",
+            self.ca.trust_domain()
+        )
+    }
+
+    /// A fresh leaf (chain = leaf + the active root's intermediates) and its key.
+    pub(crate) fn svid(&mut self, service: &str) -> Svid {
+        let req = generate_leaf_request(&self.uri(service), &[], &[]).unwrap();
+        let issued = self
+            .ca
+            .sign_leaf(&req.csr_pem, SignPolicy::ServiceOnly)
+            .unwrap();
+        Svid::from_issued(&issued, &req.key).unwrap()
+    }
+
+    /// Leaf and key PEM, as another TLS stack would load them.
+    pub(crate) fn pem_pair(&mut self, service: &str) -> (String, String) {
+        let req = generate_leaf_request(&self.uri(service), &[], &[]).unwrap();
+        let issued = self
+            .ca
+            .sign_leaf(&req.csr_pem, SignPolicy::ServiceOnly)
+            .unwrap();
+        (issued.cert_pem, req.key.to_pem().to_string())
+    }
+
+    pub(crate) fn bundle(&self) -> Bundle {
+        Bundle::from_ca_roots(&self.ca.roots()).unwrap()
+    }
+
+    /// An identity with the current roots and a fresh leaf.
+    pub(crate) fn identity(&mut self, service: &str) -> Identity {
+        let id = Identity::new(service, self.clock.clone());
+        id.update_bundle(self.bundle()).unwrap();
+        id.update_svid(self.svid(service)).unwrap();
+        assert!(id.ready());
+        id
+    }
+
+    /// Rotates the CA to a P-384 root, cross-signed by the old one.
+    pub(crate) fn rotate(&mut self) {
+        let cfg = CaConfiguration::consul(
+            json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        self.ca.set_config(cfg).unwrap();
+    }
+}
+
+/// `*` → `db` deny, `web` → `db` allow (spec §8.5).
+pub(crate) fn db_intentions() -> SharedIntentionIndex {
+    SharedIntentionIndex::new(IntentionIndex::new(
+        [
+            Intention::new("*", "db", IntentionAction::Deny),
+            Intention::new("web", "db", IntentionAction::Allow),
+        ],
+        DefaultPolicy::ACLS_DISABLED,
+    ))
+}
