@@ -15,6 +15,7 @@ pub mod clock;
 pub mod error;
 pub mod intentions;
 pub mod spiffe;
+pub mod state;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::{Error, ErrorKind, Result};
