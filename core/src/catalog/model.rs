@@ -283,6 +283,7 @@ impl AgentService {
 /// A health check's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum HealthStatus {
     /// Healthy.
     Passing,

@@ -116,6 +116,11 @@ impl Store {
     /// returns — then published to readers, then the blocking queries of the changed tables
     /// wake. The result carries the index the transaction committed at; a transaction that
     /// changed nothing writes nothing and carries the current index.
+    ///
+    /// Writers are serialized and `f` runs under the write lock: it must not call `write`
+    /// itself (that deadlocks) and should not wait on anything slow. `write` blocks on the
+    /// persistence's disk sync, so async callers should run it on a blocking thread
+    /// (`tokio::task::spawn_blocking`).
     pub fn write<T, E>(&self, f: impl FnOnce(&mut Tx) -> Result<T, E>) -> Result<Indexed<T>, E>
     where
         E: From<StateError>,
