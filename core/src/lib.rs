@@ -9,6 +9,7 @@
 
 pub mod acl;
 pub mod ca;
+pub mod catalog;
 pub mod certs;
 pub mod clock;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod intentions;
 pub mod json;
 pub mod spiffe;
+pub mod state;
 pub mod tls;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};

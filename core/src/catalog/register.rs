@@ -1,0 +1,409 @@
+//! The body of `/v1/agent/service/register`: decoding, defaults and validation.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::json::{REGISTRATION_FIELDS, UNSUPPORTED_CHECK_FIELDS, canonical_object};
+use super::{
+    AgentService, CatalogError, CheckDefinition, HealthCheck, HealthStatus, ProxyConfig,
+    ServiceConnect, ServiceKind,
+};
+use crate::ca::parse_go_duration;
+
+/// Pairs in a `Meta` map (Consul's `metaMaxKeyPairs`).
+pub const MAX_SERVICE_META_PAIRS: usize = 64;
+/// `Meta` keys, in bytes (`metaKeyMaxLength`).
+pub const MAX_SERVICE_META_KEY_LEN: usize = 128;
+/// `Meta` values, in bytes (`metaValueMaxLength`).
+pub const MAX_SERVICE_META_VALUE_LEN: usize = 512;
+/// Meta keys with this prefix are Consul's own.
+pub const RESERVED_META_PREFIX: &str = "consul-";
+
+/// A service registration as `/v1/agent/service/register` accepts it.
+///
+/// Decode client bodies with [`ServiceRegistration::from_json`], which matches keys as Consul
+/// does and validates; plain `serde` accepts only the exact names and checks nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+#[non_exhaustive]
+pub struct ServiceRegistration {
+    /// What the service is.
+    pub kind: ServiceKind,
+    /// The instance ID; defaults to [`name`](Self::name).
+    #[serde(rename = "ID", skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// The service name; required.
+    pub name: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// The service's own address; empty means the node's.
+    pub address: String,
+    /// The port the service listens on.
+    pub port: u16,
+    /// Opaque metadata, within Consul's limits.
+    pub meta: BTreeMap<String, String>,
+    /// Proxy settings; required for `connect-proxy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyConfig>,
+    /// Connect settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect: Option<ServiceConnect>,
+    /// One check; registered before [`checks`](Self::checks), as Consul does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckRegistration>,
+    /// More checks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckRegistration>,
+}
+
+/// A check registered with a service. Only TTL checks are run by libconnect.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+#[non_exhaustive]
+pub struct CheckRegistration {
+    /// The check ID; defaults to `service:<service id>` (`:<n>` appended when the service has
+    /// several checks).
+    #[serde(rename = "CheckID", skip_serializing_if = "String::is_empty")]
+    pub check_id: String,
+    /// A name for people; defaults to `Service '<name>' check`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The Go duration after which the check turns critical without an update; required.
+    #[serde(rename = "TTL")]
+    pub ttl: String,
+    /// The initial status; empty means `critical`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub status: String,
+    /// Free text for people.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub notes: String,
+}
+
+impl CheckRegistration {
+    /// A TTL check with the default ID, name and initial status.
+    pub fn ttl(ttl: &str) -> CheckRegistration {
+        CheckRegistration {
+            ttl: ttl.to_owned(),
+            ..CheckRegistration::default()
+        }
+    }
+}
+
+impl ServiceRegistration {
+    /// A typical service with a name and a port.
+    pub fn new(name: &str, port: u16) -> ServiceRegistration {
+        ServiceRegistration {
+            name: name.to_owned(),
+            port,
+            ..ServiceRegistration::default()
+        }
+    }
+
+    /// A sidecar proxy for `destination`, named `<destination>-sidecar-proxy` as Consul names
+    /// the sidecars it creates.
+    pub fn sidecar_proxy(destination: &str, port: u16) -> ServiceRegistration {
+        ServiceRegistration {
+            kind: ServiceKind::ConnectProxy,
+            name: format!("{destination}-sidecar-proxy"),
+            port,
+            proxy: Some(ProxyConfig {
+                destination_service_name: destination.to_owned(),
+                destination_service_id: destination.to_owned(),
+                ..ProxyConfig::default()
+            }),
+            ..ServiceRegistration::default()
+        }
+    }
+
+    /// Decodes, defaults and validates a `/v1/agent/service/register` body.
+    ///
+    /// Keys match with case and underscores ignored, unknown keys are ignored and `null` leaves
+    /// a field at its default, as in Consul. Every rejection is a [`CatalogError`] naming the
+    /// field: a malformed document or wrong type ([`CatalogError::Json`]), a port out of range,
+    /// an unknown kind, a check type other than TTL, or a rule of
+    /// [`validate`](Self::validate).
+    pub fn from_json(bytes: &[u8]) -> Result<ServiceRegistration, CatalogError> {
+        let document: Value = serde_json::from_slice(bytes).map_err(|e| CatalogError::Json {
+            message: e.to_string(),
+        })?;
+        let Value::Object(object) = document else {
+            return Err(CatalogError::Json {
+                message: "expected a JSON object".to_owned(),
+            });
+        };
+        let object = canonical_object(object, REGISTRATION_FIELDS, "")?;
+        precheck(&object)?;
+        let mut registration: ServiceRegistration =
+            serde_path_to_error::deserialize(Value::Object(object)).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                CatalogError::Json {
+                    message: if path == "." {
+                        inner.to_string()
+                    } else {
+                        format!("{path}: {inner}")
+                    },
+                }
+            })?;
+        registration.normalize();
+        registration.validate()?;
+        Ok(registration)
+    }
+
+    /// Fills Consul's defaults: the ID is the name when empty.
+    pub fn normalize(&mut self) {
+        if self.id.is_empty() {
+            self.id.clone_from(&self.name);
+        }
+    }
+
+    /// The registration's checks in registration order: `Check`, then `Checks`.
+    pub fn all_checks(&self) -> impl Iterator<Item = &CheckRegistration> {
+        self.check.iter().chain(&self.checks)
+    }
+
+    /// Checks the registration and returns the first broken rule. Run
+    /// [`normalize`](Self::normalize) first.
+    pub fn validate(&self) -> Result<(), CatalogError> {
+        if self.name.is_empty() {
+            return Err(CatalogError::MissingServiceName);
+        }
+        validate_meta(&self.meta)?;
+        let native = self.connect.as_ref().is_some_and(|c| c.native);
+        if self.kind == ServiceKind::ConnectProxy {
+            let proxy = self.proxy.as_ref();
+            if proxy.is_none_or(|p| p.destination_service_name.is_empty()) {
+                return Err(CatalogError::ProxyMissingDestination);
+            }
+            if self.port == 0 {
+                return Err(CatalogError::ProxyMissingPort);
+            }
+            if native {
+                return Err(CatalogError::NativeProxy);
+            }
+            for (index, upstream) in proxy.iter().flat_map(|p| &p.upstreams).enumerate() {
+                match upstream.destination_type.as_str() {
+                    "" | "service" | "prepared_query" => {}
+                    other => {
+                        return Err(CatalogError::UpstreamUnknownType {
+                            index,
+                            kind: other.to_owned(),
+                        });
+                    }
+                }
+                if upstream.destination_name.is_empty() {
+                    return Err(CatalogError::UpstreamMissingName { index });
+                }
+                if upstream.local_bind_port == 0 {
+                    return Err(CatalogError::UpstreamZeroPort { index });
+                }
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (position, check) in self.all_checks().enumerate() {
+            let id = self.check_id(position, check);
+            validate_check(&id, check)?;
+            if !seen.insert(id.clone()) {
+                return Err(CatalogError::DuplicateCheckId { check: id });
+            }
+        }
+        Ok(())
+    }
+
+    /// The service instance this registration creates; indexes are left for the store.
+    pub fn to_service(&self) -> AgentService {
+        AgentService {
+            kind: self.kind,
+            id: if self.id.is_empty() {
+                self.name.clone()
+            } else {
+                self.id.clone()
+            },
+            service: self.name.clone(),
+            tags: self.tags.clone(),
+            meta: self.meta.clone(),
+            port: self.port,
+            address: self.address.clone(),
+            proxy: self.proxy.clone(),
+            connect: self.connect.clone().unwrap_or_default(),
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    /// The checks this registration creates on `node`, with Consul's default IDs, names and
+    /// initial status; indexes are left for the store.
+    pub fn health_checks(&self, node: &str) -> Vec<HealthCheck> {
+        let service = self.to_service();
+        self.all_checks()
+            .enumerate()
+            .map(|(position, check)| HealthCheck {
+                node: node.to_owned(),
+                check_id: self.check_id(position, check),
+                name: if check.name.is_empty() {
+                    format!("Service '{}' check", service.service)
+                } else {
+                    check.name.clone()
+                },
+                status: HealthStatus::from_name(&check.status).unwrap_or_default(),
+                notes: check.notes.clone(),
+                output: String::new(),
+                service_id: service.id.clone(),
+                service_name: service.service.clone(),
+                service_tags: service.tags.clone(),
+                check_type: "ttl".to_owned(),
+                definition: CheckDefinition {
+                    ttl: check.ttl.clone(),
+                },
+                create_index: 0,
+                modify_index: 0,
+            })
+            .collect()
+    }
+
+    /// Consul's default check ID: `service:<id>`, with `:<n>` (from 1) when there are several.
+    fn check_id(&self, position: usize, check: &CheckRegistration) -> String {
+        if !check.check_id.is_empty() {
+            return check.check_id.clone();
+        }
+        let id = if self.id.is_empty() {
+            &self.name
+        } else {
+            &self.id
+        };
+        if self.all_checks().nth(1).is_some() {
+            format!("service:{id}:{}", position + 1)
+        } else {
+            format!("service:{id}")
+        }
+    }
+}
+
+fn validate_check(id: &str, check: &CheckRegistration) -> Result<(), CatalogError> {
+    if check.ttl.is_empty() {
+        return Err(CatalogError::CheckMissingTtl {
+            check: id.to_owned(),
+        });
+    }
+    let invalid_ttl = |reason: String| CatalogError::InvalidTtl {
+        check: id.to_owned(),
+        value: check.ttl.clone(),
+        reason,
+    };
+    let ttl = parse_go_duration(&check.ttl).map_err(invalid_ttl)?;
+    if ttl.is_zero() {
+        return Err(invalid_ttl("must be greater than zero".to_owned()));
+    }
+    if !check.status.is_empty() && HealthStatus::from_name(&check.status).is_none() {
+        return Err(CatalogError::InvalidCheckStatus {
+            check: id.to_owned(),
+            value: check.status.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn validate_meta(meta: &BTreeMap<String, String>) -> Result<(), CatalogError> {
+    let invalid = |message: String| Err(CatalogError::InvalidMeta { message });
+    if meta.len() > MAX_SERVICE_META_PAIRS {
+        return invalid(format!(
+            "cannot contain more than {MAX_SERVICE_META_PAIRS} key/value pairs"
+        ));
+    }
+    for (key, value) in meta {
+        if key.is_empty() {
+            return invalid("key cannot be blank".to_owned());
+        }
+        if key.len() > MAX_SERVICE_META_KEY_LEN {
+            return invalid(format!(
+                "key {key:?} is too long (limit: {MAX_SERVICE_META_KEY_LEN} characters)"
+            ));
+        }
+        if key.starts_with(RESERVED_META_PREFIX) {
+            return invalid(format!(
+                "key {key:?}: reserved key prefix '{RESERVED_META_PREFIX}' not allowed"
+            ));
+        }
+        if value.len() > MAX_SERVICE_META_VALUE_LEN {
+            return invalid(format!(
+                "value for key {key:?} is too long (limit: {MAX_SERVICE_META_VALUE_LEN} characters)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Turns the mistakes `serde` would report as type errors into the typed errors clients get
+/// from Consul's validation: an unknown kind, a port out of range, an unsupported check type.
+fn precheck(object: &Map<String, Value>) -> Result<(), CatalogError> {
+    if let Some(Value::String(kind)) = object.get("Kind")
+        && ServiceKind::from_name(kind).is_none()
+    {
+        return Err(CatalogError::InvalidKind { kind: kind.clone() });
+    }
+    check_port(object, "Port", "Port")?;
+    if let Some(Value::Object(proxy)) = object.get("Proxy") {
+        check_port(proxy, "LocalServicePort", "Proxy.LocalServicePort")?;
+        if let Some(Value::Array(upstreams)) = proxy.get("Upstreams") {
+            for (i, upstream) in upstreams.iter().enumerate() {
+                if let Value::Object(upstream) = upstream {
+                    check_port(
+                        upstream,
+                        "LocalBindPort",
+                        &format!("Proxy.Upstreams[{i}].LocalBindPort"),
+                    )?;
+                }
+            }
+        }
+    }
+    if let Some(Value::Object(connect)) = object.get("Connect")
+        && connect.contains_key("SidecarService")
+    {
+        return Err(CatalogError::UnsupportedField {
+            field: "Connect.SidecarService",
+            hint: "register the sidecar proxy as its own service of kind \"connect-proxy\"",
+        });
+    }
+    let single = object.get("Check").map(|c| ("Check".to_owned(), c));
+    let many = match object.get("Checks") {
+        Some(Value::Array(checks)) => checks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("Checks[{i}]"), c))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for (position, check) in single.into_iter().chain(many) {
+        let Value::Object(check) = check else {
+            continue;
+        };
+        let label = match check.get("CheckID") {
+            Some(Value::String(id)) if !id.is_empty() => id.clone(),
+            _ => position,
+        };
+        if let Some(field) = UNSUPPORTED_CHECK_FIELDS
+            .iter()
+            .find(|f| check.contains_key(**f))
+        {
+            return Err(CatalogError::UnsupportedCheck {
+                check: label,
+                field,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_port(object: &Map<String, Value>, key: &str, path: &str) -> Result<(), CatalogError> {
+    match object.get(key) {
+        Some(Value::Number(n)) if n.as_u64().is_none_or(|p| p > u64::from(u16::MAX)) => {
+            Err(CatalogError::InvalidPort {
+                field: path.to_owned(),
+                value: n.to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
