@@ -17,6 +17,7 @@ pub mod filter;
 pub mod http;
 pub mod intentions;
 pub mod json;
+pub mod server;
 pub mod spiffe;
 pub mod state;
 pub mod tls;

@@ -1,0 +1,190 @@
+//! The CA side of the server: first start and restart, roots, configuration changes
+//! (rotation), signing with ACLs and the CSR rate limit, pruning.
+
+use std::time::Duration;
+
+use super::{Server, ServerConfig, internal};
+use crate::acl::Permission;
+use crate::ca::{
+    CaConfiguration, CaError, CaManager, Csr, IndexedCaRoots, IssuedCert, RotationOutcome,
+    SignPolicy,
+};
+use crate::spiffe::SpiffeId;
+use crate::state::{Indexed, Store, Table};
+use crate::{Error, SharedClock};
+
+/// Serials are reserved in the store in blocks, so that signing does not cost a durable write
+/// each time while a restart still never reuses a serial.
+const SERIAL_BLOCK: u64 = 1024;
+
+/// Restores the CA from the store, or creates it and persists it.
+pub(super) fn open_ca(
+    config: &ServerConfig,
+    store: &Store,
+    clock: &SharedClock,
+) -> Result<CaManager, Error> {
+    let view = store.view();
+    if let (Some(ca_config), Some(secrets)) = (view.ca_config(), view.ca_secrets()) {
+        let roots = view.ca_roots().to_vec();
+        let cluster_id = roots
+            .iter()
+            .find(|r| r.active)
+            .or(roots.first())
+            .map(|r| r.external_trust_domain.clone())
+            .ok_or_else(|| internal("stored CA has a key but no roots"))?;
+        return Ok(CaManager::restore(
+            &config.datacenter,
+            config.is_primary(),
+            &cluster_id,
+            ca_config.clone(),
+            roots,
+            secrets.clone(),
+            view.ca_serial(),
+            clock.clone(),
+        )?);
+    }
+    if !config.is_primary() {
+        return Err(Error::new(
+            crate::ErrorKind::InvalidParameter,
+            "a secondary datacenter needs the primary's roots: federation is not built yet",
+        ));
+    }
+    let ca = CaManager::new_primary(
+        &config.datacenter,
+        config.cluster_id.clone(),
+        config.ca.clone(),
+        clock.clone(),
+    )?;
+    persist_ca(store, &ca)?;
+    Ok(ca)
+}
+
+/// Writes configuration, roots, key and serial in one transaction.
+fn persist_ca(store: &Store, ca: &CaManager) -> Result<u64, Error> {
+    let secrets = ca.secrets().ok_or(CaError::NotInitialized)?;
+    let roots = ca.roots().roots;
+    let config = ca.config().clone();
+    let serial = ca.serials().last();
+    Ok(store
+        .write(|tx| {
+            tx.set_ca_config(config);
+            tx.set_ca_roots(roots);
+            tx.set_ca_secrets(secrets);
+            tx.set_ca_serial(serial);
+            Ok::<_, Error>(())
+        })?
+        .index)
+}
+
+impl Server {
+    /// The roots response with the index of the roots table (no ACL, as in Consul).
+    pub fn ca_roots(&self) -> Indexed<IndexedCaRoots> {
+        let roots = self.ca().roots();
+        Indexed {
+            value: roots,
+            index: self.store().table_index(Table::CaRoots).max(1),
+        }
+    }
+
+    /// The CA configuration (`operator:read`).
+    pub fn ca_config(&self, token: Option<&str>) -> Result<Indexed<CaConfiguration>, Error> {
+        self.authorizer(token)?.require(Permission::OperatorRead)?;
+        let mut config = self.ca().config().clone();
+        // Secrets the operator supplied are write-only, as Vault's token is in Consul.
+        if let Some(key) = config
+            .config
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case("PrivateKey"))
+            .cloned()
+        {
+            config.config.remove(&key);
+        }
+        Ok(Indexed {
+            value: config,
+            index: self.store().table_index(Table::CaConfig).max(1),
+        })
+    }
+
+    /// Applies a new CA configuration (`operator:write`); a change of key material rotates
+    /// the root with cross-signing (spec §2.7).
+    pub fn set_ca_config(
+        &self,
+        token: Option<&str>,
+        config: CaConfiguration,
+    ) -> Result<RotationOutcome, Error> {
+        self.authorizer(token)?.require(Permission::OperatorWrite)?;
+        let mut ca = self.ca();
+        let outcome = ca.set_config(config)?;
+        if outcome != RotationOutcome::Unchanged {
+            persist_ca(self.store(), &ca)?;
+            self.inner.limiter.reconfigure(ca.common_config());
+        }
+        Ok(outcome)
+    }
+
+    /// Signs a leaf for the identity in `csr_pem`: the token needs `service:write` on the
+    /// service (or `node:write` on an agent's node), and the server-wide CSR rate limit
+    /// applies (spec §3.4).
+    pub fn sign(
+        &self,
+        token: Option<&str>,
+        csr_pem: &str,
+        policy: SignPolicy,
+    ) -> Result<IssuedCert, Error> {
+        let csr = Csr::from_pem(csr_pem)?;
+        let authz = self.authorizer(token)?;
+        if let Some(uri) = csr.uris().first()
+            && let Ok(id) = SpiffeId::parse(uri)
+        {
+            match &id {
+                SpiffeId::Service(s) => authz.require(Permission::ServiceWrite(&s.service))?,
+                SpiffeId::Agent(a) => authz.require(Permission::NodeWrite(&a.agent))?,
+                _ => {}
+            }
+        }
+        let _permit = self.inner.limiter.acquire()?;
+        let mut ca = self.ca();
+        self.reserve_serial(&ca)?;
+        let mut issued = ca.sign_leaf(csr_pem, policy)?;
+        let index = self.store().index().max(1);
+        issued.create_index = index;
+        issued.modify_index = index;
+        Ok(issued)
+    }
+
+    /// Primary: signs a secondary datacenter's intermediate CSR (`operator:write`).
+    pub fn sign_intermediate(&self, token: Option<&str>, csr_pem: &str) -> Result<String, Error> {
+        self.authorizer(token)?.require(Permission::OperatorWrite)?;
+        let ca = self.ca();
+        self.reserve_serial(&ca)?;
+        Ok(ca.sign_intermediate(csr_pem)?)
+    }
+
+    /// Removes roots rotated out more than 2 × LeafCertTTL ago; the server runs this hourly.
+    pub fn prune_roots(&self) -> Result<usize, Error> {
+        let mut ca = self.ca();
+        let removed = ca.prune();
+        if removed > 0 {
+            persist_ca(self.store(), &ca)?;
+        }
+        Ok(removed)
+    }
+
+    /// How often [`Server::prune_roots`] should run (Consul's leader does it hourly).
+    pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+    fn reserve_serial(&self, ca: &CaManager) -> Result<(), Error> {
+        let mut reserved = self
+            .inner
+            .serial_reserved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // One serial per signing; leave room for the next block before it is needed.
+        if ca.serials().last() + 1 > *reserved {
+            let next = ca.serials().last() + SERIAL_BLOCK;
+            self.store().set_ca_serial(next)?;
+            *reserved = next;
+        }
+        Ok(())
+    }
+}

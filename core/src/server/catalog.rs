@@ -1,0 +1,139 @@
+//! The catalog on the server: this node's services (the agent endpoints) and the catalog and
+//! health queries, filtered by `service:read` as Consul filters them.
+
+use std::collections::BTreeMap;
+
+use super::Server;
+use crate::acl::Permission;
+use crate::catalog::{AgentService, CatalogService, ServiceEntry, ServiceRegistration};
+use crate::filter::Filter;
+use crate::state::{Indexed, Table};
+use crate::{Error, ErrorKind};
+
+impl Server {
+    /// `PUT /v1/agent/service/register`: registers an instance on this node
+    /// (`service:write` on its name; for a proxy also on its destination).
+    pub fn register_service(
+        &self,
+        token: Option<&str>,
+        mut reg: ServiceRegistration,
+    ) -> Result<AgentService, Error> {
+        reg.normalize();
+        reg.validate()?;
+        let authz = self.authorizer(token)?;
+        authz.require(Permission::ServiceWrite(&reg.name))?;
+        if let Some(dest) = reg
+            .proxy
+            .as_ref()
+            .map(|p| p.destination_service_name.clone())
+            && !dest.is_empty()
+        {
+            authz.require(Permission::ServiceWrite(&dest))?;
+        }
+        Ok(self
+            .store()
+            .register_service(&self.config().node_name, &reg)?
+            .value)
+    }
+
+    /// `PUT /v1/agent/service/deregister/:id`.
+    pub fn deregister_service(&self, token: Option<&str>, service_id: &str) -> Result<(), Error> {
+        let node = &self.config().node_name;
+        let view = self.store().view();
+        let service = view.catalog().service(node, service_id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("Unknown service ID {service_id:?}"),
+            )
+        })?;
+        self.authorizer(token)?
+            .require(Permission::ServiceWrite(&service.service))?;
+        self.store().deregister_service(node, service_id)?;
+        Ok(())
+    }
+
+    /// `GET /v1/agent/services`: this node's instances by ID, those the token may read.
+    pub fn agent_services(
+        &self,
+        token: Option<&str>,
+        filter: Option<&Filter>,
+    ) -> Result<BTreeMap<String, AgentService>, Error> {
+        let authz = self.authorizer(token)?;
+        let view = self.store().view();
+        let mut out = BTreeMap::new();
+        for s in view.catalog().node_services(&self.config().node_name) {
+            if authz.service_read(&s.service)
+                && filter.is_none_or(|f| serde_json::to_value(s).is_ok_and(|v| f.matches(&v)))
+            {
+                out.insert(s.id.clone(), s.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// `GET /v1/catalog/services`: names and their tags.
+    pub fn catalog_services(
+        &self,
+        token: Option<&str>,
+    ) -> Result<Indexed<BTreeMap<String, Vec<String>>>, Error> {
+        let authz = self.authorizer(token)?;
+        let Indexed { mut value, index } = self.store().catalog_services();
+        value.retain(|name, _| authz.service_read(name));
+        Ok(Indexed {
+            value,
+            index: index.max(1),
+        })
+    }
+
+    /// `GET /v1/catalog/service/:name` (or `/v1/catalog/connect/:name` with `connect`).
+    pub fn catalog_service(
+        &self,
+        token: Option<&str>,
+        name: &str,
+        connect: bool,
+        filter: Option<&Filter>,
+    ) -> Result<Indexed<Vec<CatalogService>>, Error> {
+        self.authorizer(token)?
+            .require(Permission::ServiceRead(name))?;
+        let view = self.store().view();
+        let rows = if connect {
+            view.catalog().catalog_connect(name)
+        } else {
+            view.catalog().catalog_service(name)
+        };
+        let rows = match filter {
+            Some(f) => f.apply(rows),
+            None => rows,
+        };
+        Ok(Indexed {
+            value: rows,
+            index: view.max_index(Table::CATALOG).max(1),
+        })
+    }
+
+    /// `GET /v1/health/service/:name` and `/v1/health/connect/:name` (spec §6.7).
+    pub fn health(
+        &self,
+        token: Option<&str>,
+        name: &str,
+        connect: bool,
+        passing_only: bool,
+        filter: Option<&Filter>,
+    ) -> Result<Indexed<Vec<ServiceEntry>>, Error> {
+        self.authorizer(token)?
+            .require(Permission::ServiceRead(name))?;
+        let Indexed { value, index } = if connect {
+            self.store().health_connect(name, passing_only)
+        } else {
+            self.store().health_service(name, passing_only)
+        };
+        let value = match filter {
+            Some(f) => f.apply(value),
+            None => value,
+        };
+        Ok(Indexed {
+            value,
+            index: index.max(1),
+        })
+    }
+}

@@ -1,0 +1,382 @@
+//! Intentions on the server: storage with Consul's uniqueness and ACL rules, match, check,
+//! and the authorize decision (spec §5.4–§5.5, §6.4, §6.6).
+
+use std::collections::BTreeMap;
+
+use super::Server;
+use crate::acl::Permission;
+use crate::filter::Filter;
+use crate::intentions::{
+    Decision, Intention, IntentionIndex, MatchType, ServiceRef, match_intentions,
+    sort_by_precedence,
+};
+use crate::spiffe::SpiffeId;
+use crate::state::{Indexed, Table};
+use crate::{Error, ErrorKind};
+
+/// A service name as the intention endpoints take it: `name`, `ns/name` or
+/// `partition/ns/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceName {
+    /// Partition (`default` when not given).
+    pub partition: String,
+    /// Namespace (`default` when not given).
+    pub namespace: String,
+    /// Name (may be `*`).
+    pub name: String,
+}
+
+impl ServiceName {
+    fn as_ref(&self) -> ServiceRef<'_> {
+        ServiceRef {
+            partition: &self.partition,
+            namespace: &self.namespace,
+            name: &self.name,
+            peer: "",
+        }
+    }
+}
+
+/// Parses `name`, `ns/name` or `partition/ns/name`.
+pub fn parse_service_name(input: &str, what: &str) -> Result<ServiceName, Error> {
+    let parts: Vec<&str> = input.split('/').collect();
+    let bad = || {
+        Error::new(
+            ErrorKind::InvalidParameter,
+            format!("Invalid {what}: {input:?}"),
+        )
+    };
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(bad());
+    }
+    let (partition, namespace, name) = match parts.as_slice() {
+        [name] => ("default", "default", *name),
+        [ns, name] => ("default", *ns, *name),
+        [ap, ns, name] => (*ap, *ns, *name),
+        _ => return Err(bad()),
+    };
+    Ok(ServiceName {
+        partition: partition.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+    })
+}
+
+fn not_found() -> Error {
+    Error::new(ErrorKind::NotFound, "Intention not found")
+}
+
+impl Server {
+    fn rebuild_intentions(&self) {
+        let view = self.store().view();
+        let index = IntentionIndex::new(
+            view.intentions().cloned(),
+            self.config().intention_default(),
+        );
+        self.inner.intentions.store(index);
+    }
+
+    fn find_exact(&self, src: &ServiceName, dst: &ServiceName) -> Option<Intention> {
+        self.store()
+            .view()
+            .intentions()
+            .find(|i| {
+                i.source_name == src.name
+                    && i.source_ns == src.namespace
+                    && or_default(&i.source_partition) == src.partition
+                    && i.destination_name == dst.name
+                    && i.destination_ns == dst.namespace
+                    && or_default(&i.destination_partition) == dst.partition
+                    && i.source_peer.is_empty()
+            })
+            .cloned()
+    }
+
+    /// Validates, stamps and stores an intention; rebuilds the hot-path index.
+    fn store_intention(
+        &self,
+        mut ixn: Intention,
+        existing: Option<&Intention>,
+    ) -> Result<Intention, Error> {
+        ixn.normalize();
+        ixn.validate()?;
+        let now = self.clock().now();
+        match existing {
+            Some(old) => {
+                ixn.id = old.id.clone();
+                ixn.created_at = old.created_at;
+                ixn.create_index = old.create_index;
+            }
+            None => {
+                if ixn.id.is_empty() {
+                    ixn.id = uuid::Uuid::new_v4().to_string();
+                }
+                ixn.created_at = Some(now);
+            }
+        }
+        ixn.updated_at = Some(now);
+        let stored = self.store().put_intention(ixn)?;
+        self.rebuild_intentions();
+        Ok(stored.value)
+    }
+
+    /// `GET /v1/connect/intentions`: every intention the token may read, in precedence
+    /// order, optionally filtered.
+    pub fn intention_list(
+        &self,
+        token: Option<&str>,
+        filter: Option<&Filter>,
+    ) -> Result<Indexed<Vec<Intention>>, Error> {
+        let authz = self.authorizer(token)?;
+        let Indexed { value, index } = self.store().intentions();
+        let mut list: Vec<Intention> = value
+            .into_iter()
+            .filter(|i| authz.intention_read(&i.destination_name))
+            .collect();
+        sort_by_precedence(&mut list);
+        if let Some(f) = filter {
+            list = f.apply(list);
+        }
+        Ok(Indexed {
+            value: list,
+            index: index.max(1),
+        })
+    }
+
+    /// `GET /v1/connect/intentions/:id`.
+    pub fn intention_get(
+        &self,
+        token: Option<&str>,
+        id: &str,
+    ) -> Result<Indexed<Intention>, Error> {
+        let Indexed { value, index } = self.store().intention(id);
+        let ixn = value.ok_or_else(not_found)?;
+        self.authorizer(token)?
+            .require(Permission::IntentionRead(&ixn.destination_name))?;
+        Ok(Indexed {
+            value: ixn,
+            index: index.max(1),
+        })
+    }
+
+    /// `GET /v1/connect/intentions/exact`.
+    pub fn intention_get_exact(
+        &self,
+        token: Option<&str>,
+        source: &str,
+        destination: &str,
+    ) -> Result<Indexed<Intention>, Error> {
+        let src = parse_service_name(source, "source")?;
+        let dst = parse_service_name(destination, "destination")?;
+        self.authorizer(token)?
+            .require(Permission::IntentionRead(&dst.name))?;
+        let index = self.store().table_index(Table::Intentions).max(1);
+        let ixn = self.find_exact(&src, &dst).ok_or_else(not_found)?;
+        Ok(Indexed { value: ixn, index })
+    }
+
+    /// Legacy `POST /v1/connect/intentions`: creates, failing if the pair exists.
+    pub fn intention_create(
+        &self,
+        token: Option<&str>,
+        mut ixn: Intention,
+    ) -> Result<Intention, Error> {
+        if !ixn.id.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidParameter, "ID must be empty"));
+        }
+        ixn.normalize();
+        self.authorizer(token)?
+            .require(Permission::IntentionWrite(&ixn.destination_name))?;
+        let (src, dst) = names_of(&ixn);
+        if let Some(dup) = self.find_exact(&src, &dst) {
+            return Err(Error::new(
+                ErrorKind::InvalidIntention,
+                format!("duplicate intention found: {dup}"),
+            ));
+        }
+        self.store_intention(ixn, None)
+    }
+
+    /// Legacy `PUT /v1/connect/intentions/:id`.
+    pub fn intention_update(
+        &self,
+        token: Option<&str>,
+        id: &str,
+        mut ixn: Intention,
+    ) -> Result<Intention, Error> {
+        let existing = self.store().intention(id).value.ok_or_else(not_found)?;
+        ixn.normalize();
+        let authz = self.authorizer(token)?;
+        authz.require(Permission::IntentionWrite(&existing.destination_name))?;
+        authz.require(Permission::IntentionWrite(&ixn.destination_name))?;
+        let (src, dst) = names_of(&ixn);
+        if let Some(dup) = self.find_exact(&src, &dst).filter(|d| d.id != id) {
+            return Err(Error::new(
+                ErrorKind::InvalidIntention,
+                format!("duplicate intention found: {dup}"),
+            ));
+        }
+        self.store_intention(ixn, Some(&existing))
+    }
+
+    /// `PUT /v1/connect/intentions/exact`: upsert by (source, destination).
+    pub fn intention_upsert_exact(
+        &self,
+        token: Option<&str>,
+        source: &str,
+        destination: &str,
+        body: Intention,
+    ) -> Result<Intention, Error> {
+        let src = parse_service_name(source, "source")?;
+        let dst = parse_service_name(destination, "destination")?;
+        self.authorizer(token)?
+            .require(Permission::IntentionWrite(&dst.name))?;
+        let mut ixn = body;
+        ixn.source_partition = src.partition.clone();
+        ixn.source_ns = src.namespace.clone();
+        ixn.source_name = src.name.clone();
+        ixn.destination_partition = dst.partition.clone();
+        ixn.destination_ns = dst.namespace.clone();
+        ixn.destination_name = dst.name.clone();
+        let existing = self.find_exact(&src, &dst);
+        if existing.is_none() {
+            ixn.id.clear();
+        }
+        self.store_intention(ixn, existing.as_ref())
+    }
+
+    /// `DELETE /v1/connect/intentions/:id`.
+    pub fn intention_delete(&self, token: Option<&str>, id: &str) -> Result<(), Error> {
+        let existing = self.store().intention(id).value.ok_or_else(not_found)?;
+        self.authorizer(token)?
+            .require(Permission::IntentionWrite(&existing.destination_name))?;
+        self.store().delete_intention(id)?;
+        self.rebuild_intentions();
+        Ok(())
+    }
+
+    /// `DELETE /v1/connect/intentions/exact`; deleting what is not there succeeds, as in
+    /// Consul.
+    pub fn intention_delete_exact(
+        &self,
+        token: Option<&str>,
+        source: &str,
+        destination: &str,
+    ) -> Result<(), Error> {
+        let src = parse_service_name(source, "source")?;
+        let dst = parse_service_name(destination, "destination")?;
+        self.authorizer(token)?
+            .require(Permission::IntentionWrite(&dst.name))?;
+        if let Some(existing) = self.find_exact(&src, &dst) {
+            self.store().delete_intention(&existing.id)?;
+            self.rebuild_intentions();
+        }
+        Ok(())
+    }
+
+    /// `GET /v1/connect/intentions/match`: per name, the intentions whose `by` side covers
+    /// it, in evaluation order.
+    pub fn intention_match(
+        &self,
+        token: Option<&str>,
+        by: MatchType,
+        names: &[&str],
+    ) -> Result<Indexed<BTreeMap<String, Vec<Intention>>>, Error> {
+        if names.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidParameter,
+                "required query parameter 'name' not set",
+            ));
+        }
+        let parsed: Vec<ServiceName> = names
+            .iter()
+            .map(|n| parse_service_name(n, "name"))
+            .collect::<Result<_, _>>()?;
+        let authz = self.authorizer(token)?;
+        for p in &parsed {
+            if by == MatchType::Destination {
+                authz.require(Permission::IntentionRead(&p.name))?;
+            }
+        }
+        let Indexed { value, index } = self.store().intentions();
+        let refs: Vec<ServiceRef<'_>> = parsed.iter().map(ServiceName::as_ref).collect();
+        let matched = match_intentions(&value, by, &refs);
+        let mut out = BTreeMap::new();
+        for (name, list) in names.iter().zip(matched) {
+            let list: Vec<Intention> = list
+                .into_iter()
+                .filter(|i| authz.intention_read(&i.destination_name))
+                .cloned()
+                .collect();
+            out.insert((*name).to_owned(), list);
+        }
+        Ok(Indexed {
+            value: out,
+            index: index.max(1),
+        })
+    }
+
+    /// `GET /v1/connect/intentions/check`: would `source` be allowed to reach
+    /// `destination`? L7 intentions count as deny.
+    pub fn intention_check(
+        &self,
+        token: Option<&str>,
+        source: &str,
+        destination: &str,
+    ) -> Result<bool, Error> {
+        let src = parse_service_name(source, "source")?;
+        let dst = parse_service_name(destination, "destination")?;
+        self.authorizer(token)?
+            .require(Permission::IntentionRead(&dst.name))?;
+        Ok(self
+            .inner
+            .intentions
+            .authorize(&dst.as_ref(), &src.as_ref())
+            .allowed)
+    }
+
+    /// `POST /v1/agent/connect/authorize` (spec §5.5): may the peer with `client_cert_uri`
+    /// connect to `target`? The token needs `service:write` on the target.
+    pub fn authorize(
+        &self,
+        token: Option<&str>,
+        target: &str,
+        client_cert_uri: &str,
+    ) -> Result<Decision, Error> {
+        let bad = |m: &str| Error::new(ErrorKind::InvalidParameter, m);
+        if target.is_empty() {
+            return Err(bad("Target service must be specified"));
+        }
+        let id = SpiffeId::parse(client_cert_uri)
+            .map_err(|_| bad("ClientCertURI not a valid Connect identifier"))?;
+        let SpiffeId::Service(svc) = &id else {
+            return Err(bad("ClientCertURI not a valid Service identifier"));
+        };
+        self.authorizer(token)?
+            .require(Permission::ServiceWrite(target))?;
+        let dst = ServiceRef::new(target);
+        Ok(self
+            .inner
+            .intentions
+            .authorize(&dst, &ServiceRef::from(svc)))
+    }
+}
+
+fn or_default(s: &str) -> &str {
+    if s.is_empty() { "default" } else { s }
+}
+
+fn names_of(ixn: &Intention) -> (ServiceName, ServiceName) {
+    (
+        ServiceName {
+            partition: or_default(&ixn.source_partition).to_owned(),
+            namespace: ixn.source_ns.clone(),
+            name: ixn.source_name.clone(),
+        },
+        ServiceName {
+            partition: or_default(&ixn.destination_partition).to_owned(),
+            namespace: ixn.destination_ns.clone(),
+            name: ixn.destination_name.clone(),
+        },
+    )
+}
