@@ -39,9 +39,10 @@ fn leaf_csr(server: &Server, service: &str) -> String {
 
 /// An upsert body: the names come from the query, as with `PUT /intentions/exact`.
 fn body(action: IntentionAction) -> Intention {
-    let mut i = Intention::default();
-    i.action = Some(action);
-    i
+    Intention {
+        action: Some(action),
+        ..Intention::default()
+    }
 }
 
 #[test]
@@ -165,8 +166,10 @@ fn acls_are_enforced_on_every_operation() {
             crate::acl::Policy::new("web", "service \"web\" {\n policy = \"write\"\n}"),
         )
         .unwrap();
-    let mut t = crate::acl::Token::default();
-    t.policies = vec![crate::acl::PolicyLink::by_id(&p.id)];
+    let t = crate::acl::Token {
+        policies: vec![crate::acl::PolicyLink::by_id(&p.id)],
+        ..crate::acl::Token::default()
+    };
     let t = s.acl_token_create(Some("root-secret"), t).unwrap();
     let web = Some(t.secret_id.as_str());
     s.sign(web, &csr, SignPolicy::ServiceOnly).unwrap();
