@@ -1,5 +1,6 @@
 //! The Consul-compatible HTTP API: request conventions, the server routes, and the client.
 
+pub mod api;
 pub mod client;
 pub mod query;
 

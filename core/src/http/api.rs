@@ -1,0 +1,859 @@
+//! The HTTP API server: Consul's paths, JSON field names, status codes and headers over one
+//! [`Server`] (spec §6). Handlers convert, call the server, and map errors — no rule lives
+//! here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use serde::Serialize;
+use serde_json::json;
+
+use super::ApiError;
+use super::query::{Params, QueryOptions, index_headers};
+use crate::ca::{CaConfiguration, IssuedCert, SignPolicy, generate_leaf_request, renewal_window};
+use crate::catalog::ServiceRegistration;
+use crate::filter::Filter;
+use crate::intentions::{Intention, MatchType};
+use crate::server::Server;
+use crate::state::{Indexed, Table};
+use crate::{Error, ErrorKind};
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY: usize = 1 << 20;
+
+type ApiResult = Result<Response, ApiError>;
+
+#[derive(Clone)]
+struct AppState {
+    server: Server,
+    leaves: Arc<Mutex<HashMap<(String, String), Arc<IssuedCert>>>>,
+}
+
+/// The router for every endpoint libconnect serves.
+pub fn router(server: Server) -> Router {
+    let state = AppState {
+        server,
+        leaves: Arc::default(),
+    };
+    Router::new()
+        .route("/v1/connect/ca/roots", get(ca_roots))
+        .route("/v1/agent/connect/ca/roots", get(agent_ca_roots))
+        .route(
+            "/v1/connect/ca/configuration",
+            get(ca_config_get).put(ca_config_put),
+        )
+        .route("/v1/connect/ca/sign", put(ca_sign).post(ca_sign))
+        .route("/v1/agent/connect/ca/leaf/{service}", get(agent_leaf))
+        .route(
+            "/v1/agent/connect/authorize",
+            post(agent_authorize).put(agent_authorize),
+        )
+        .route(
+            "/v1/connect/intentions",
+            get(intention_list).post(intention_create),
+        )
+        .route(
+            "/v1/connect/intentions/exact",
+            get(intention_exact_get)
+                .put(intention_exact_put)
+                .delete(intention_exact_delete),
+        )
+        .route("/v1/connect/intentions/match", get(intention_match))
+        .route("/v1/connect/intentions/check", get(intention_check))
+        .route(
+            "/v1/connect/intentions/{id}",
+            get(intention_get)
+                .put(intention_put)
+                .delete(intention_delete),
+        )
+        .route("/v1/agent/service/register", put(service_register))
+        .route("/v1/agent/service/deregister/{id}", put(service_deregister))
+        .route("/v1/agent/services", get(agent_services))
+        .route("/v1/agent/self", get(agent_self))
+        .route("/v1/catalog/services", get(catalog_services))
+        .route("/v1/catalog/service/{name}", get(catalog_service))
+        .route("/v1/catalog/connect/{name}", get(catalog_connect))
+        .route("/v1/health/service/{name}", get(health_service))
+        .route("/v1/health/connect/{name}", get(health_connect))
+        .route("/v1/status/leader", get(status_leader))
+        .route("/v1/acl/bootstrap", put(acl_bootstrap))
+        .route("/v1/acl/policy", put(acl_policy_create))
+        .route("/v1/acl/policy/name/{name}", get(acl_policy_by_name))
+        .route(
+            "/v1/acl/policy/{id}",
+            get(acl_policy_read)
+                .put(acl_policy_update)
+                .delete(acl_policy_delete),
+        )
+        .route("/v1/acl/policies", get(acl_policy_list))
+        .route("/v1/acl/token", put(acl_token_create))
+        .route("/v1/acl/token/self", get(acl_token_self))
+        .route(
+            "/v1/acl/token/{id}",
+            get(acl_token_read)
+                .put(acl_token_update)
+                .delete(acl_token_delete),
+        )
+        .route("/v1/acl/tokens", get(acl_token_list))
+        .fallback(any(not_found))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "404 page not found").into_response()
+}
+
+/// Runs blocking server work (durable writes, signing, the CSR limiter) off the async
+/// workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError(Error::new(ErrorKind::Internal, e.to_string())))?
+        .map_err(ApiError)
+}
+
+fn opts(headers: &HeaderMap, q: &Option<String>) -> Result<(QueryOptions, Params), ApiError> {
+    let params = Params::parse(q.as_deref());
+    let o = QueryOptions::from_request(headers, &params)?;
+    Ok((o, params))
+}
+
+fn check_dc(server: &Server, o: &QueryOptions) -> Result<(), ApiError> {
+    match &o.datacenter {
+        Some(dc) if dc != server.datacenter() => Err(ApiError(Error::new(
+            ErrorKind::InvalidParameter,
+            format!("No path to datacenter: {dc}"),
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn filter(o: &QueryOptions) -> Result<Option<Filter>, ApiError> {
+    Ok(o.filter.as_deref().map(Filter::parse).transpose()?)
+}
+
+fn json_response<T: Serialize>(value: &T, index: Option<u64>) -> Response {
+    let body = match serde_json::to_vec(value) {
+        Ok(b) => b,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let mut resp = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    if let Some(i) = index {
+        for (k, v) in index_headers(i) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    resp
+}
+
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    crate::json::from_slice(body).map_err(|m| {
+        ApiError(Error::new(
+            ErrorKind::InvalidParameter,
+            format!("Request decode failed: {m}"),
+        ))
+    })
+}
+
+/// Answers a read, blocking first when `?index` asks for something newer (spec §6).
+async fn read_blocking<T: Serialize>(
+    server: &Server,
+    o: &QueryOptions,
+    tables: &[Table],
+    read: impl Fn() -> Result<Indexed<T>, Error>,
+) -> ApiResult {
+    let first = read()?;
+    if o.min_index == 0 || first.index > o.min_index {
+        return Ok(json_response(&first.value, Some(first.index)));
+    }
+    server.wait(tables, o.min_index, o.wait_with_jitter()).await;
+    let again = read()?;
+    Ok(json_response(&again.value, Some(again.index)))
+}
+
+// ---- CA -------------------------------------------------------------------------------
+
+async fn ca_roots(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
+    let (o, params) = opts(&headers, &q.0)?;
+    check_dc(&st.server, &o)?;
+    if params.flag("pem") {
+        let roots = st.server.ca_roots();
+        let mut resp = roots.value.roots_pem().into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/pem-certificate-chain"),
+        );
+        for (k, v) in index_headers(roots.index) {
+            resp.headers_mut().insert(k, v);
+        }
+        return Ok(resp);
+    }
+    let s = st.server.clone();
+    read_blocking(&st.server, &o, &[Table::CaRoots], move || Ok(s.ca_roots())).await
+}
+
+async fn agent_ca_roots(st: State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
+    let mut resp = ca_roots(st, headers, q).await?;
+    // Served from the agent's in-process view: always a cache hit.
+    resp.headers_mut()
+        .insert("x-cache", HeaderValue::from_static("HIT"));
+    resp.headers_mut()
+        .insert("age", HeaderValue::from_static("0"));
+    Ok(resp)
+}
+
+async fn ca_config_get(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let s = st.server.clone();
+    let token = o.token.clone();
+    read_blocking(&st.server, &o, &[Table::CaConfig], move || {
+        s.ca_config(token.as_deref())
+    })
+    .await
+}
+
+async fn ca_config_put(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let config: CaConfiguration = decode(&body)?;
+    if config.provider.is_empty() {
+        return Err(Error::new(ErrorKind::InvalidParameter, "Provider must be set").into());
+    }
+    let s = st.server.clone();
+    blocking(move || s.set_ca_config(o.token.as_deref(), config)).await?;
+    Ok(json_response(&true, None))
+}
+
+#[derive(serde::Deserialize)]
+struct SignRequest {
+    #[serde(rename = "CSR")]
+    csr: String,
+}
+
+/// Not in Consul: signs a CSR made elsewhere, so that an agent keeps its key in its own
+/// process (`service:write` on the CSR's service).
+async fn ca_sign(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let req: SignRequest = decode(&body)?;
+    let s = st.server.clone();
+    let issued =
+        blocking(move || s.sign(o.token.as_deref(), &req.csr, SignPolicy::ServiceOnly)).await?;
+    Ok(json_response(&issued, Some(issued.modify_index)))
+}
+
+impl AppState {
+    fn cached_leaf(&self, token: &str, service: &str) -> Option<Arc<IssuedCert>> {
+        let leaves = self.leaves.lock().unwrap_or_else(PoisonError::into_inner);
+        leaves.get(&(token.to_owned(), service.to_owned())).cloned()
+    }
+
+    /// Whether the cached leaf can still be served: signed by the active root's signing key
+    /// and not yet in its renewal window (spec §3.2 steps 2–4).
+    fn leaf_current(&self, leaf: &IssuedCert) -> bool {
+        let now = self.server.clock().now();
+        let (soft, _) = renewal_window(leaf.valid_after, leaf.valid_before, now);
+        if now >= soft {
+            return false;
+        }
+        let roots = self.server.ca_roots().value;
+        let Some(active) = roots.active() else {
+            return false;
+        };
+        crate::certs::parse_pem_certificates(&leaf.cert_pem)
+            .ok()
+            .and_then(|c| crate::certs::CertInfo::from_der(&c[0]).ok())
+            .and_then(|i| i.authority_key_id)
+            .is_some_and(|akid| crate::certs::colon_hex(&akid) == active.signing_key_id)
+    }
+
+    fn issue_leaf(&self, token: &str, service: &str) -> Result<Arc<IssuedCert>, Error> {
+        let td = crate::spiffe::TrustDomain::new(&self.server.trust_domain())?;
+        let uri = crate::spiffe::ServiceId::new(&td, self.server.datacenter(), service).uri();
+        let req = generate_leaf_request(&uri, &[], &[])?;
+        let tok = (!token.is_empty()).then_some(token);
+        let mut issued = self
+            .server
+            .sign(tok, &req.csr_pem, SignPolicy::ServiceOnly)?;
+        issued.private_key_pem = req.key.to_pem().to_string();
+        let issued = Arc::new(issued);
+        self.leaves
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((token.to_owned(), service.to_owned()), Arc::clone(&issued));
+        Ok(issued)
+    }
+}
+
+/// `GET /v1/agent/connect/ca/leaf/:service`: the agent generates the key here and returns
+/// it with the certificate; `?index` blocks until a new certificate is due (expiry window
+/// or root rotation).
+async fn agent_leaf(
+    State(st): State<AppState>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    check_dc(&st.server, &o)?;
+    let token = o.token.clone().unwrap_or_default();
+    st.server
+        .authorizer(o.token.as_deref())?
+        .require(crate::acl::Permission::ServiceWrite(&service))?;
+    let deadline = tokio::time::Instant::now() + o.wait_with_jitter();
+    loop {
+        if let Some(leaf) = st.cached_leaf(&token, &service)
+            && st.leaf_current(&leaf)
+        {
+            let waiting = o.min_index > 0 && leaf.modify_index <= o.min_index;
+            if !waiting {
+                return Ok(leaf_response(&leaf));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(leaf_response(&leaf));
+            }
+            // Wake on a root change, at the renewal point, or at the deadline.
+            let until_soft = {
+                let n = st.server.clock().now();
+                let (soft, _) = renewal_window(leaf.valid_after, leaf.valid_before, n);
+                Duration::try_from(soft - n).unwrap_or_default()
+            };
+            let wait = (deadline - now)
+                .min(until_soft)
+                .max(Duration::from_millis(1));
+            let roots_index = st.server.store().table_index(Table::CaRoots);
+            st.server.wait(&[Table::CaRoots], roots_index, wait).await;
+            continue;
+        }
+        let (s, t, svc) = (st.clone(), token.clone(), service.clone());
+        let leaf = blocking(move || s.issue_leaf(&t, &svc)).await?;
+        return Ok(leaf_response(&leaf));
+    }
+}
+
+fn leaf_response(leaf: &IssuedCert) -> Response {
+    let mut resp = json_response(leaf, Some(leaf.modify_index));
+    resp.headers_mut()
+        .insert("x-cache", HeaderValue::from_static("HIT"));
+    resp
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct AuthorizeRequest {
+    #[serde(rename = "Target")]
+    target: String,
+    #[serde(rename = "ClientCertURI")]
+    client_cert_uri: String,
+    #[serde(rename = "ClientCertSerial")]
+    client_cert_serial: String,
+}
+
+async fn agent_authorize(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let req: AuthorizeRequest = decode(&body)?;
+    let _unused_as_in_consul = req.client_cert_serial;
+    let d = st
+        .server
+        .authorize(o.token.as_deref(), &req.target, &req.client_cert_uri)?;
+    let mut resp = json_response(
+        &json!({"Authorized": d.allowed, "Reason": d.reason.to_string()}),
+        None,
+    );
+    resp.headers_mut()
+        .insert("x-cache", HeaderValue::from_static("HIT"));
+    Ok(resp)
+}
+
+// ---- Intentions ------------------------------------------------------------------------
+
+async fn intention_list(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let f = filter(&o)?;
+    let s = st.server.clone();
+    let token = o.token.clone();
+    read_blocking(&st.server, &o, &[Table::Intentions], move || {
+        s.intention_list(token.as_deref(), f.as_ref())
+    })
+    .await
+}
+
+async fn intention_create(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let ixn = Intention::from_json(&body)?;
+    let s = st.server.clone();
+    let created = blocking(move || s.intention_create(o.token.as_deref(), ixn)).await?;
+    Ok(json_response(&json!({"ID": created.id}), None))
+}
+
+fn required<'a>(params: &'a Params, key: &str) -> Result<&'a str, ApiError> {
+    params.get(key).filter(|v| !v.is_empty()).ok_or_else(|| {
+        ApiError(Error::new(
+            ErrorKind::InvalidParameter,
+            format!("required query parameter '{key}' not set"),
+        ))
+    })
+}
+
+async fn intention_exact_get(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    let (o, params) = opts(&headers, &q.0)?;
+    let (src, dst) = (
+        required(&params, "source")?.to_owned(),
+        required(&params, "destination")?.to_owned(),
+    );
+    let s = st.server.clone();
+    let token = o.token.clone();
+    read_blocking(&st.server, &o, &[Table::Intentions], move || {
+        s.intention_get_exact(token.as_deref(), &src, &dst)
+    })
+    .await
+}
+
+async fn intention_exact_put(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let (o, params) = opts(&headers, &q.0)?;
+    let (src, dst) = (
+        required(&params, "source")?.to_owned(),
+        required(&params, "destination")?.to_owned(),
+    );
+    let ixn = Intention::from_json(&body)?;
+    let s = st.server.clone();
+    blocking(move || s.intention_upsert_exact(o.token.as_deref(), &src, &dst, ixn)).await?;
+    Ok(json_response(&true, None))
+}
+
+async fn intention_exact_delete(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    let (o, params) = opts(&headers, &q.0)?;
+    let (src, dst) = (
+        required(&params, "source")?.to_owned(),
+        required(&params, "destination")?.to_owned(),
+    );
+    let s = st.server.clone();
+    blocking(move || s.intention_delete_exact(o.token.as_deref(), &src, &dst)).await?;
+    Ok(json_response(&true, None))
+}
+
+async fn intention_match(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
+    let (o, params) = opts(&headers, &q.0)?;
+    let by: MatchType = required(&params, "by")?.parse()?;
+    let names: Vec<String> = params.all("name").into_iter().map(str::to_owned).collect();
+    let s = st.server.clone();
+    let token = o.token.clone();
+    read_blocking(&st.server, &o, &[Table::Intentions], move || {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        s.intention_match(token.as_deref(), by, &refs)
+    })
+    .await
+}
+
+async fn intention_check(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
+    let (o, params) = opts(&headers, &q.0)?;
+    let (src, dst) = (
+        required(&params, "source")?,
+        required(&params, "destination")?,
+    );
+    if let Some(t) = params.get("source-type")
+        && t != "consul"
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidParameter,
+            format!("unsupported SourceType: {t}"),
+        )
+        .into());
+    }
+    let allowed = st.server.intention_check(o.token.as_deref(), src, dst)?;
+    Ok(json_response(&json!({"Allowed": allowed}), None))
+}
+
+async fn intention_get(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let s = st.server.clone();
+    let token = o.token.clone();
+    read_blocking(&st.server, &o, &[Table::Intentions], move || {
+        s.intention_get(token.as_deref(), &id)
+    })
+    .await
+}
+
+async fn intention_put(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let ixn = Intention::from_json(&body)?;
+    let s = st.server.clone();
+    blocking(move || s.intention_update(o.token.as_deref(), &id, ixn)).await?;
+    Ok(json_response(&true, None))
+}
+
+async fn intention_delete(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let s = st.server.clone();
+    blocking(move || s.intention_delete(o.token.as_deref(), &id)).await?;
+    Ok(json_response(&true, None))
+}
+
+// ---- Catalog and agent -----------------------------------------------------------------
+
+async fn service_register(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let reg = ServiceRegistration::from_json(&body)?;
+    let s = st.server.clone();
+    blocking(move || s.register_service(o.token.as_deref(), reg)).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn service_deregister(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let s = st.server.clone();
+    blocking(move || s.deregister_service(o.token.as_deref(), &id)).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn agent_services(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let f = filter(&o)?;
+    Ok(json_response(
+        &st.server.agent_services(o.token.as_deref(), f.as_ref())?,
+        None,
+    ))
+}
+
+async fn agent_self(State(st): State<AppState>) -> ApiResult {
+    let c = st.server.config();
+    Ok(json_response(
+        &json!({
+            "Config": {
+                "Datacenter": c.datacenter,
+                "PrimaryDatacenter": c.primary_datacenter.clone().unwrap_or_else(|| c.datacenter.clone()),
+                "NodeName": c.node_name,
+                "Server": true,
+                "Version": crate::VERSION,
+                "Revision": "libconnect",
+            },
+            "DebugConfig": { "ConnectEnabled": true },
+            "Member": { "Name": c.node_name, "Addr": c.node_address, "Status": 1 },
+            "Meta": {},
+        }),
+        None,
+    ))
+}
+
+async fn catalog_services(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    check_dc(&st.server, &o)?;
+    let s = st.server.clone();
+    let token = o.token.clone();
+    read_blocking(&st.server, &o, Table::CATALOG, move || {
+        s.catalog_services(token.as_deref())
+    })
+    .await
+}
+
+async fn catalog_rows(
+    st: AppState,
+    name: String,
+    headers: HeaderMap,
+    q: RawQuery,
+    connect: bool,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    check_dc(&st.server, &o)?;
+    let f = filter(&o)?;
+    let s = st.server.clone();
+    let token = o.token.clone();
+    read_blocking(&st.server, &o, Table::CATALOG, move || {
+        s.catalog_service(token.as_deref(), &name, connect, f.as_ref())
+    })
+    .await
+}
+
+async fn catalog_service(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    catalog_rows(st, name, headers, q, false).await
+}
+
+async fn catalog_connect(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    catalog_rows(st, name, headers, q, true).await
+}
+
+async fn health_rows(
+    st: AppState,
+    name: String,
+    headers: HeaderMap,
+    q: RawQuery,
+    connect: bool,
+) -> ApiResult {
+    let (o, params) = opts(&headers, &q.0)?;
+    check_dc(&st.server, &o)?;
+    let f = filter(&o)?;
+    let passing = params.flag("passing");
+    let s = st.server.clone();
+    let token = o.token.clone();
+    read_blocking(&st.server, &o, Table::CATALOG, move || {
+        s.health(token.as_deref(), &name, connect, passing, f.as_ref())
+    })
+    .await
+}
+
+async fn health_service(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    health_rows(st, name, headers, q, false).await
+}
+
+async fn health_connect(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    health_rows(st, name, headers, q, true).await
+}
+
+async fn status_leader() -> Response {
+    json_response(&"127.0.0.1:8300", None)
+}
+
+// ---- ACL -------------------------------------------------------------------------------
+
+async fn acl_bootstrap(State(st): State<AppState>) -> ApiResult {
+    let s = st.server.clone();
+    let token = blocking(move || s.acl_bootstrap()).await?;
+    Ok(json_response(&token, None))
+}
+
+async fn acl_policy_create(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let policy = decode(&body)?;
+    let s = st.server.clone();
+    let p = blocking(move || s.acl_policy_create(o.token.as_deref(), policy)).await?;
+    Ok(json_response(&p, None))
+}
+
+async fn acl_policy_read(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    Ok(json_response(
+        &st.server.acl_policy_read(o.token.as_deref(), &id)?,
+        None,
+    ))
+}
+
+async fn acl_policy_by_name(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    Ok(json_response(
+        &st.server
+            .acl_policy_read_by_name(o.token.as_deref(), &name)?,
+        None,
+    ))
+}
+
+async fn acl_policy_update(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let mut policy: crate::acl::Policy = decode(&body)?;
+    if policy.id.is_empty() {
+        policy.id = id;
+    }
+    let s = st.server.clone();
+    let p = blocking(move || s.acl_policy_update(o.token.as_deref(), policy)).await?;
+    Ok(json_response(&p, None))
+}
+
+async fn acl_policy_delete(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let s = st.server.clone();
+    blocking(move || s.acl_policy_delete(o.token.as_deref(), &id)).await?;
+    Ok(json_response(&true, None))
+}
+
+async fn acl_policy_list(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    Ok(json_response(
+        &st.server.acl_policy_list(o.token.as_deref())?,
+        None,
+    ))
+}
+
+async fn acl_token_create(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let token = decode(&body)?;
+    let s = st.server.clone();
+    let t = blocking(move || s.acl_token_create(o.token.as_deref(), token)).await?;
+    Ok(json_response(&t, None))
+}
+
+async fn acl_token_read(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    Ok(json_response(
+        &st.server.acl_token_read(o.token.as_deref(), &id)?,
+        None,
+    ))
+}
+
+async fn acl_token_self(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    Ok(json_response(
+        &st.server.acl_token_self(o.token.as_deref())?,
+        None,
+    ))
+}
+
+async fn acl_token_update(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let mut token: crate::acl::Token = decode(&body)?;
+    if token.accessor_id.is_empty() {
+        token.accessor_id = id;
+    }
+    let s = st.server.clone();
+    let t = blocking(move || s.acl_token_update(o.token.as_deref(), token)).await?;
+    Ok(json_response(&t, None))
+}
+
+async fn acl_token_delete(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    let s = st.server.clone();
+    blocking(move || s.acl_token_delete(o.token.as_deref(), &id)).await?;
+    Ok(json_response(&true, None))
+}
+
+async fn acl_token_list(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    Ok(json_response(
+        &st.server.acl_token_list(o.token.as_deref())?,
+        None,
+    ))
+}

@@ -1,0 +1,270 @@
+//! The HTTP API in-process: a real listener, Consul's paths and shapes, driven by our client
+//! and by raw requests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::sync::Arc;
+
+use connect_core::http::client::{ApiClient, ClientConfig};
+use connect_core::server::{Server, ServerConfig};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn start(config: ServerConfig) -> (ApiClient, String) {
+    let server = Server::start(config, Arc::new(connect_core::SystemClock)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(
+        async move { axum::serve(listener, connect_core::http::api::router(server)).await },
+    );
+    let client = ApiClient::new(&ClientConfig {
+        address: Some(addr.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    (client, addr)
+}
+
+/// A plain HTTP client for raw requests; reqwest needs the one crypto provider named.
+fn raw_client() -> reqwest::Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+#[tokio::test]
+async fn roots_leaf_authorize_and_intentions_round_trip() {
+    let (c, addr) = start(ServerConfig::dev()).await;
+    let roots = c.get::<Value>("/v1/connect/ca/roots", &[]).await.unwrap();
+    assert!(roots.index >= 1);
+    let td = roots.value["TrustDomain"].as_str().unwrap().to_owned();
+    assert_eq!(roots.value["Roots"][0]["Name"], "Consul CA Root Cert");
+    let leaf = c
+        .get::<Value>("/v1/agent/connect/ca/leaf/web", &[])
+        .await
+        .unwrap();
+    assert_eq!(leaf.value["Service"], "web");
+    assert!(
+        leaf.value["PrivateKeyPEM"]
+            .as_str()
+            .unwrap()
+            .contains("EC PRIVATE KEY")
+    );
+    // A second GET returns the cached leaf.
+    let again = c
+        .get::<Value>("/v1/agent/connect/ca/leaf/web", &[])
+        .await
+        .unwrap();
+    assert_eq!(again.value["SerialNumber"], leaf.value["SerialNumber"]);
+
+    let ok: Value = c
+        .call(
+            Method::PUT,
+            "/v1/connect/intentions/exact",
+            &[("source", "web".into()), ("destination", "db".into())],
+            Some(&json!({"Action": "allow"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok, json!(true));
+    let _: Value = c
+        .call(
+            Method::PUT,
+            "/v1/connect/intentions/exact",
+            &[("source", "*".into()), ("destination", "db".into())],
+            Some(&json!({"action": "deny"})),
+        )
+        .await
+        .unwrap();
+    let web = format!("spiffe://{td}/ns/default/dc/dc1/svc/web");
+    let api = format!("spiffe://{td}/ns/default/dc/dc1/svc/api");
+    let a: Value = c
+        .call(
+            Method::POST,
+            "/v1/agent/connect/authorize",
+            &[],
+            Some(&json!({"Target": "db", "ClientCertURI": web})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a["Authorized"], true);
+    let d: Value = c
+        .call(
+            Method::POST,
+            "/v1/agent/connect/authorize",
+            &[],
+            Some(&json!({"target": "db", "clientcerturi": api})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(d["Authorized"], false);
+    assert!(
+        d["Reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("Matched L4 intention: DENY")
+    );
+    let m = c
+        .get::<Value>(
+            "/v1/connect/intentions/match",
+            &[("by", "destination".into()), ("name", "db".into())],
+        )
+        .await
+        .unwrap();
+    let order: Vec<&str> = m.value["db"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["SourceName"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["web", "*"]);
+    let chk = c
+        .get::<Value>(
+            "/v1/connect/intentions/check",
+            &[("source", "api".into()), ("destination", "db".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(chk.value, json!({"Allowed": false}));
+    let list = c
+        .get::<Value>(
+            "/v1/connect/intentions",
+            &[("filter", "SourceName == web".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(list.value.as_array().unwrap().len(), 1);
+
+    // Raw bad inputs: 4xx with a message, never 5xx.
+    let http = raw_client();
+    for (method, path, body) in [
+        (
+            "PUT",
+            "/v1/connect/intentions/exact?source=web&destination=db",
+            "{\"Action\": ",
+        ),
+        (
+            "PUT",
+            "/v1/connect/intentions/exact?source=web&destination=db",
+            "{\"Action\": 7}",
+        ),
+        (
+            "PUT",
+            "/v1/connect/intentions/exact?source=web&destination=db",
+            "{\"Action\": \"maybe\"}",
+        ),
+        ("GET", "/v1/connect/intentions?index=abc", ""),
+        ("GET", "/v1/connect/intentions?wait=soon&index=1", ""),
+        ("GET", "/v1/connect/intentions?filter=SourceName%20%3D", ""),
+        ("GET", "/v1/no/such/path", ""),
+        (
+            "POST",
+            "/v1/agent/connect/authorize",
+            "{\"Target\": \"db\", \"ClientCertURI\": \"nope\"}",
+        ),
+        (
+            "PUT",
+            "/v1/connect/ca/configuration",
+            "{\"Provider\": \"consul\", \"Config\": {\"LeafCertTTL\": \"1m\"}}",
+        ),
+        ("PUT", "/v1/agent/service/register", "{\"Name\": \"\"}"),
+    ] {
+        let resp = http
+            .request(method.parse().unwrap(), format!("http://{addr}{path}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(
+            status.is_client_error(),
+            "{method} {path} {body:?} → {status} {text}"
+        );
+        assert!(!text.is_empty(), "{method} {path}: empty error body");
+    }
+    let big = "x".repeat(2 << 20);
+    let resp = http
+        .put(format!("http://{addr}/v1/agent/service/register"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_client_error(), "{}", resp.status());
+}
+
+#[tokio::test]
+async fn blocking_queries_wake_on_change_and_time_out_with_the_same_index() {
+    let (c, _) = start(ServerConfig::dev()).await;
+    let first = c.get::<Value>("/v1/connect/intentions", &[]).await.unwrap();
+    let c2 = c.clone();
+    let idx = first.index;
+    let waiter = tokio::spawn(async move {
+        c2.get::<Value>(
+            "/v1/connect/intentions",
+            &[("index", idx.to_string()), ("wait", "10s".into())],
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let _: Value = c
+        .call(
+            Method::PUT,
+            "/v1/connect/intentions/exact",
+            &[("source", "web".into()), ("destination", "db".into())],
+            Some(&json!({"Action": "allow"})),
+        )
+        .await
+        .unwrap();
+    let woke = waiter.await.unwrap().unwrap();
+    assert!(woke.index > idx);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let same = c
+        .get::<Value>(
+            "/v1/connect/intentions",
+            &[("index", woke.index.to_string()), ("wait", "200ms".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(same.index, woke.index);
+}
+
+#[tokio::test]
+async fn acl_enforcement_over_http() {
+    let mut cfg = ServerConfig::dev();
+    cfg.acl_enabled = true;
+    cfg.acl_default_policy = connect_core::acl::DefaultPolicy::Deny;
+    cfg.acl_initial_management_token = Some("root".into());
+    let (c, addr) = start(cfg).await;
+    let http = raw_client();
+    let r = http
+        .get(format!("http://{addr}/v1/connect/ca/configuration"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http
+        .get(format!("http://{addr}/v1/connect/ca/configuration"))
+        .header("X-Consul-Token", "root")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .get(format!("http://{addr}/v1/connect/ca/configuration"))
+        .header("Authorization", "Bearer root")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .get(format!(
+            "http://{addr}/v1/connect/ca/configuration?token=wrong"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.text().await.unwrap(), "ACL not found");
+    let _ = c;
+}
