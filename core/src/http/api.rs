@@ -30,10 +30,14 @@ pub const MAX_BODY: usize = 1 << 20;
 
 type ApiResult = Result<Response, ApiError>;
 
+/// Leaves the agent issued, by (token, service): the cache is partitioned by token, as
+/// Consul's is.
+type LeafMap = Arc<Mutex<HashMap<(String, String), Arc<IssuedCert>>>>;
+
 #[derive(Clone)]
 struct AppState {
     server: Server,
-    leaves: Arc<Mutex<HashMap<(String, String), Arc<IssuedCert>>>>,
+    leaves: LeafMap,
 }
 
 /// The router for every endpoint libconnect serves.
