@@ -8,6 +8,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod acl;
+pub mod agent;
 pub mod ca;
 pub mod catalog;
 pub mod certs;

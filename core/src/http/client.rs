@@ -151,6 +151,14 @@ impl ApiClient {
         })
     }
 
+    /// The same client sending `token` instead of the configured one.
+    pub fn with_token(&self, token: &str) -> ApiClient {
+        ApiClient {
+            token: (!token.is_empty()).then(|| token.to_owned()),
+            ..self.clone()
+        }
+    }
+
     /// The base URL.
     pub fn base_url(&self) -> &str {
         &self.base

@@ -1,0 +1,374 @@
+//! Where the agent's data comes from: a [`Server`] in this process, or the HTTP API of a
+//! `connect agent` (or of a real Consul agent).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::ca::{CaConfiguration, IndexedCaRoots, IssuedCert, SignPolicy};
+use crate::catalog::ServiceEntry;
+use crate::http::client::{ApiClient, ClientConfig};
+use crate::intentions::{Intention, IntentionAction, MatchType};
+use crate::server::Server;
+use crate::state::{Indexed, Table};
+use crate::{Error, ErrorKind};
+
+/// The agent's source of truth.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A server in this process: every call is a function call.
+    InProcess(Server),
+    /// The HTTP API of a `connect agent` or a Consul agent.
+    Http(HttpBackend),
+}
+
+/// An HTTP backend with what it learned about its peer.
+#[derive(Debug, Clone)]
+pub struct HttpBackend {
+    client: ApiClient,
+    /// Set once the peer answered 404 to our CSR endpoint: it is a Consul agent, which only
+    /// hands out leaves with a key it generated itself.
+    consul_peer: Arc<AtomicBool>,
+}
+
+impl HttpBackend {
+    /// A backend speaking to `config`'s address.
+    pub fn new(config: &ClientConfig) -> Result<HttpBackend, Error> {
+        Ok(HttpBackend {
+            client: ApiClient::new(config)?,
+            consul_peer: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The underlying API client.
+    pub fn client(&self) -> &ApiClient {
+        &self.client
+    }
+}
+
+fn blocking_query(min_index: u64, wait: Duration) -> Vec<(&'static str, String)> {
+    if min_index == 0 {
+        return Vec::new();
+    }
+    vec![
+        ("index", min_index.to_string()),
+        ("wait", format!("{}ms", wait.as_millis().max(1))),
+    ]
+}
+
+async fn in_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?
+}
+
+/// What signing returned: the certificate, and a key when the peer generated it (a Consul
+/// agent), else `None` because the key is ours.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// The certificate bundle and its metadata.
+    pub issued: IssuedCert,
+    /// The peer's key, only from a Consul agent's leaf endpoint.
+    pub peer_key_pem: Option<String>,
+}
+
+impl Backend {
+    /// The CA roots, blocking until their index passes `min_index` (or `wait` elapses).
+    pub async fn roots(
+        &self,
+        min_index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<IndexedCaRoots>, Error> {
+        match self {
+            Backend::InProcess(s) => {
+                s.wait(&[Table::CaRoots], min_index, wait).await;
+                Ok(s.ca_roots())
+            }
+            Backend::Http(h) => {
+                let r = h
+                    .client
+                    .get::<IndexedCaRoots>(
+                        "/v1/agent/connect/ca/roots",
+                        &blocking_query(min_index, wait),
+                    )
+                    .await?;
+                if r.value.trust_domain.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::CaNotInitialized,
+                        "cluster has no CA bootstrapped yet",
+                    ));
+                }
+                Ok(Indexed {
+                    value: r.value,
+                    index: r.index,
+                })
+            }
+        }
+    }
+
+    /// Signs `csr_pem` for `service` with `token`. Over HTTP it uses libconnect's CSR
+    /// endpoint, so the key never leaves this process; a Consul agent has none, and then its
+    /// leaf endpoint (which returns the agent's key) is used instead (DESIGN rule 2's one
+    /// exception).
+    pub async fn sign(
+        &self,
+        token: Option<&str>,
+        service: &str,
+        csr_pem: &str,
+    ) -> Result<Signed, Error> {
+        match self {
+            Backend::InProcess(s) => {
+                let (s, token, csr) = (s.clone(), token.map(str::to_owned), csr_pem.to_owned());
+                let issued =
+                    in_blocking(move || s.sign(token.as_deref(), &csr, SignPolicy::ServiceOnly))
+                        .await?;
+                Ok(Signed {
+                    issued,
+                    peer_key_pem: None,
+                })
+            }
+            Backend::Http(h) => {
+                let client = h.with_token(token)?;
+                if !h.consul_peer.load(Ordering::Relaxed) {
+                    match client
+                        .call::<_, IssuedCert>(
+                            Method::PUT,
+                            "/v1/connect/ca/sign",
+                            &[],
+                            Some(&json!({"CSR": csr_pem})),
+                        )
+                        .await
+                    {
+                        Ok(issued) => {
+                            return Ok(Signed {
+                                issued,
+                                peer_key_pem: None,
+                            });
+                        }
+                        Err(e) if e.kind() == ErrorKind::NotFound => {
+                            h.consul_peer.store(true, Ordering::Relaxed)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                let leaf = client
+                    .get::<IssuedCert>(&format!("/v1/agent/connect/ca/leaf/{service}"), &[])
+                    .await?
+                    .value;
+                let key = leaf.private_key_pem.clone();
+                Ok(Signed {
+                    issued: leaf,
+                    peer_key_pem: Some(key),
+                })
+            }
+        }
+    }
+
+    /// Intentions whose destination covers `service`, in evaluation order.
+    pub async fn intention_match(
+        &self,
+        token: Option<&str>,
+        service: &str,
+        min_index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<Vec<Intention>>, Error> {
+        match self {
+            Backend::InProcess(s) => {
+                s.wait(&[Table::Intentions], min_index, wait).await;
+                let m = s.intention_match(token, MatchType::Destination, &[service])?;
+                let list = m.value.into_values().next().unwrap_or_default();
+                Ok(Indexed {
+                    value: list,
+                    index: m.index,
+                })
+            }
+            Backend::Http(h) => {
+                let mut q = blocking_query(min_index, wait);
+                q.push(("by", "destination".into()));
+                q.push(("name", service.into()));
+                let r = h
+                    .with_token(token)?
+                    .get::<BTreeMap<String, Vec<Intention>>>("/v1/connect/intentions/match", &q)
+                    .await?;
+                let list = r.value.into_values().next().unwrap_or_default();
+                Ok(Indexed {
+                    value: list,
+                    index: r.index,
+                })
+            }
+        }
+    }
+
+    /// Passing connect-capable instances of `service` (spec §6.7).
+    pub async fn health_connect(
+        &self,
+        token: Option<&str>,
+        service: &str,
+        min_index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<Vec<ServiceEntry>>, Error> {
+        match self {
+            Backend::InProcess(s) => {
+                s.wait(Table::CATALOG, min_index, wait).await;
+                s.health(token, service, true, true, None)
+            }
+            Backend::Http(h) => {
+                let mut q = blocking_query(min_index, wait);
+                q.push(("passing", "1".into()));
+                let r = h
+                    .with_token(token)?
+                    .get::<Vec<ServiceEntry>>(&format!("/v1/health/connect/{service}"), &q)
+                    .await?;
+                Ok(Indexed {
+                    value: r.value,
+                    index: r.index,
+                })
+            }
+        }
+    }
+
+    /// Creates or replaces the intention `source → destination` with `action`.
+    pub async fn intention_upsert(
+        &self,
+        token: Option<&str>,
+        source: &str,
+        destination: &str,
+        action: IntentionAction,
+    ) -> Result<(), Error> {
+        match self {
+            Backend::InProcess(s) => {
+                let (s, t, src, dst) = (
+                    s.clone(),
+                    token.map(str::to_owned),
+                    source.to_owned(),
+                    destination.to_owned(),
+                );
+                in_blocking(move || {
+                    let body = Intention {
+                        action: Some(action),
+                        ..Intention::default()
+                    };
+                    s.intention_upsert_exact(t.as_deref(), &src, &dst, body)
+                        .map(|_| ())
+                })
+                .await
+            }
+            Backend::Http(h) => {
+                let q = [
+                    ("source", source.to_owned()),
+                    ("destination", destination.to_owned()),
+                ];
+                h.with_token(token)?
+                    .call::<_, serde_json::Value>(
+                        Method::PUT,
+                        "/v1/connect/intentions/exact",
+                        &q,
+                        Some(&json!({"SourceType": "consul", "Action": action.as_str()})),
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
+    /// Deletes the intention `source → destination` (absent is fine).
+    pub async fn intention_delete(
+        &self,
+        token: Option<&str>,
+        source: &str,
+        destination: &str,
+    ) -> Result<(), Error> {
+        match self {
+            Backend::InProcess(s) => {
+                let (s, t, src, dst) = (
+                    s.clone(),
+                    token.map(str::to_owned),
+                    source.to_owned(),
+                    destination.to_owned(),
+                );
+                in_blocking(move || s.intention_delete_exact(t.as_deref(), &src, &dst)).await
+            }
+            Backend::Http(h) => {
+                let q = [
+                    ("source", source.to_owned()),
+                    ("destination", destination.to_owned()),
+                ];
+                h.with_token(token)?
+                    .call::<(), serde_json::Value>(
+                        Method::DELETE,
+                        "/v1/connect/intentions/exact",
+                        &q,
+                        None,
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
+    /// Whether `source` may connect to `destination` (`/v1/connect/intentions/check`).
+    pub async fn intention_check(
+        &self,
+        token: Option<&str>,
+        source: &str,
+        destination: &str,
+    ) -> Result<bool, Error> {
+        match self {
+            Backend::InProcess(s) => s.intention_check(token, source, destination),
+            Backend::Http(h) => {
+                let q = [
+                    ("source", source.to_owned()),
+                    ("destination", destination.to_owned()),
+                ];
+                let r = h
+                    .with_token(token)?
+                    .get::<serde_json::Value>("/v1/connect/intentions/check", &q)
+                    .await?;
+                Ok(r.value
+                    .get("Allowed")
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false))
+            }
+        }
+    }
+
+    /// Applies a CA configuration (rotation when the key material changes).
+    pub async fn ca_set_config(
+        &self,
+        token: Option<&str>,
+        config: CaConfiguration,
+    ) -> Result<(), Error> {
+        match self {
+            Backend::InProcess(s) => {
+                let (s, t) = (s.clone(), token.map(str::to_owned));
+                in_blocking(move || s.set_ca_config(t.as_deref(), config).map(|_| ())).await
+            }
+            Backend::Http(h) => h
+                .with_token(token)?
+                .call::<_, serde_json::Value>(
+                    Method::PUT,
+                    "/v1/connect/ca/configuration",
+                    &[],
+                    Some(&config),
+                )
+                .await
+                .map(|_| ()),
+        }
+    }
+}
+
+impl HttpBackend {
+    /// The client, with `token` replacing the configured one when given.
+    fn with_token(&self, token: Option<&str>) -> Result<ApiClient, Error> {
+        Ok(match token {
+            Some(t) => self.client.with_token(t),
+            None => self.client.clone(),
+        })
+    }
+}
