@@ -606,7 +606,15 @@ async fn agent_self(State(st): State<AppState>) -> ApiResult {
                 "Version": crate::VERSION,
                 "Revision": "libconnect",
             },
-            "DebugConfig": { "ConnectEnabled": true },
+            "DebugConfig": {
+                "ConnectEnabled": true,
+                "ACLsEnabled": c.acl_enabled,
+                "ACLDefaultPolicy": match c.acl_default_policy {
+                    crate::acl::DefaultPolicy::Allow => "allow",
+                    crate::acl::DefaultPolicy::Deny => "deny",
+                },
+                "DefaultIntentionPolicy": c.default_intention_policy.map(|a| a.as_str()).unwrap_or(""),
+            },
             "Member": { "Name": c.node_name, "Addr": c.node_address, "Status": 1 },
             "Meta": {},
         }),

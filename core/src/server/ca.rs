@@ -1,6 +1,7 @@
 //! The CA side of the server: first start and restart, roots, configuration changes
 //! (rotation), signing with ACLs and the CSR rate limit, pruning.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Server, ServerConfig, internal};
@@ -146,7 +147,14 @@ impl Server {
         let mut ca = self.ca();
         self.reserve_serial(&ca)?;
         let mut issued = ca.sign_leaf(csr_pem, policy)?;
-        let index = self.store().index().max(1);
+        let floor = self.store().index().max(1);
+        let index = self
+            .inner
+            .last_sign_index
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(floor.max(last + 1))
+            })
+            .map_or(floor, |last| floor.max(last + 1));
         issued.create_index = index;
         issued.modify_index = index;
         Ok(issued)

@@ -122,6 +122,9 @@ struct Inner {
     ca: Mutex<CaManager>,
     /// Serials below this are already reserved in the store (see `ca.rs`).
     serial_reserved: Mutex<u64>,
+    /// The index of the last signing: each new leaf gets a higher one, so that blocked
+    /// readers see it as new even when no table changed in between.
+    last_sign_index: std::sync::atomic::AtomicU64,
     acl: AclStore,
     intentions: Arc<SharedIntentionIndex>,
     limiter: CsrLimiter,
@@ -163,6 +166,7 @@ impl Server {
                 store,
                 ca: Mutex::new(ca),
                 serial_reserved: Mutex::new(serial_reserved),
+                last_sign_index: std::sync::atomic::AtomicU64::new(0),
                 acl,
                 intentions: Arc::new(SharedIntentionIndex::new(index)),
                 limiter,

@@ -59,6 +59,18 @@ fn dev_server_signs_and_authorizes_with_default_allow() {
 }
 
 #[test]
+fn every_signing_gets_a_higher_index() {
+    let s = dev();
+    let a = s
+        .sign(None, &leaf_csr(&s, "web"), SignPolicy::ServiceOnly)
+        .unwrap();
+    let b = s
+        .sign(None, &leaf_csr(&s, "web"), SignPolicy::ServiceOnly)
+        .unwrap();
+    assert!(b.modify_index > a.modify_index);
+}
+
+#[test]
 fn intentions_crud_match_check_and_authorize() {
     let s = dev();
     s.intention_upsert_exact(None, "*", "db", body(IntentionAction::Deny))
