@@ -102,6 +102,7 @@ fn intentions_from_the_cli_and_authorize_over_http() {
     );
     let neither = agent.cli(&["intention", "match", "db"]);
     assert_eq!(neither.code, 1, "{neither:?}");
+    assert!(neither.stderr.contains("Usage"), "{neither:?}");
 
     // Authorize over HTTP follows the intentions.
     let roots = agent.roots();
@@ -344,6 +345,49 @@ fn https_listener_with_consul_cacert() {
     ]));
     assert_eq!(o.code, 0, "{o:?}");
     assert!(o.stderr.contains("Verification: OK"), "{o:?}");
+
+    // A root rotation reissues the server certificate from the new root; clients that
+    // trust only the old root still connect, through the cross-signed certificate.
+    let cfg = dir.path().join("ca.json");
+    std::fs::write(
+        &cfg,
+        json!({"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}})
+            .to_string(),
+    )
+    .unwrap();
+    agent
+        .cli(&["ca", "set-config", "-config-file", cfg.to_str().unwrap()])
+        .ok();
+    let after = agent.roots();
+    let new_root = dir.path().join("new-root.pem");
+    let active = after["Roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["Active"] == true)
+        .unwrap();
+    std::fs::write(&new_root, active["RootCert"].as_str().unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let o = run(std::process::Command::new("openssl").args([
+            "s_client",
+            "-connect",
+            &https,
+            "-CAfile",
+            new_root.to_str().unwrap(),
+            "-verify_return_error",
+            "-brief",
+        ]));
+        if o.code == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server certificate was not reissued from the new root: {o:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.cli_env(&env, &["ca", "roots"]).ok();
 }
 
 #[test]

@@ -211,7 +211,11 @@ pub(crate) enum IntentionCommand {
         #[command(flatten)]
         http: HttpArgs,
         /// Match by source.
-        #[arg(long, conflicts_with = "destination")]
+        #[arg(
+            long,
+            conflicts_with = "destination",
+            required_unless_present = "destination"
+        )]
         source: bool,
         /// Match by destination.
         #[arg(long)]
