@@ -65,15 +65,14 @@ fn log_level(level: &str) -> Result<&'static str, Error> {
     })
 }
 
-/// Datacenter and node names: letters, digits, `-` and `_`, as Consul requires.
-fn check_name(what: &str, name: &str) -> Result<(), Error> {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-    {
+/// Datacenter names: letters, digits, `-` and `_`, as Consul requires (a datacenter is a
+/// label of SNI names, so no dots). Node names may also hold dots (host names).
+fn check_name(what: &str, name: &str, dots: bool) -> Result<(), Error> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || (dots && c == '.');
+    if name.is_empty() || !name.chars().all(ok) {
         return Err(invalid(format!(
-            "{what} {name:?} is invalid: use letters, digits, '-', '_' and '.'"
+            "{what} {name:?} is invalid: use letters, digits, '-' and '_'{}",
+            if dots { " and '.'" } else { "" }
         )));
     }
     Ok(())
@@ -129,19 +128,19 @@ fn settings(args: &AgentArgs) -> Result<AgentSettings, Error> {
     if let Some(dc) = args.datacenter.clone().or(file.datacenter.clone()) {
         server.datacenter = dc.to_ascii_lowercase();
     }
-    check_name("datacenter", &server.datacenter)?;
+    check_name("datacenter", &server.datacenter, false)?;
     server.primary_datacenter = args
         .primary_datacenter
         .clone()
         .or(file.primary_datacenter.clone())
         .map(|p| p.to_ascii_lowercase());
     if let Some(p) = &server.primary_datacenter {
-        check_name("primary datacenter", p)?;
+        check_name("primary datacenter", p, false)?;
     }
     if let Some(node) = args.node.clone().or(file.node_name.clone()) {
         server.node_name = node;
     }
-    check_name("node name", &server.node_name)?;
+    check_name("node name", &server.node_name, true)?;
 
     server.acl_enabled = file.acl.enabled.unwrap_or(false);
     if let Some(p) = file.acl.default_policy {
@@ -524,6 +523,8 @@ mod tests {
             (&["-dev", "-client", "localhost"][..], "not an IP address"),
             (&["-dev", "-http-port", "70000"][..], "out of range"),
             (&["-dev", "-datacenter", "d c"][..], "datacenter"),
+            (&["-dev", "-datacenter", "dc.1"][..], "datacenter"),
+            (&["-dev", "-node", "a/b"][..], "node name"),
             (
                 &["-dev", "-http-port", "-1"][..],
                 "both HTTP and HTTPS are disabled",
