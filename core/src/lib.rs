@@ -13,6 +13,7 @@ pub mod ca;
 pub mod catalog;
 pub mod certs;
 pub mod clock;
+pub mod config_file;
 pub mod error;
 pub mod filter;
 pub mod http;

@@ -160,6 +160,19 @@ impl Server {
         Ok(issued)
     }
 
+    /// Signs a leaf for this server's own use (the agent's HTTPS listener): the request
+    /// comes from inside the process, so no token is checked; the CSR rules of
+    /// [`SignPolicy`] still apply.
+    pub fn sign_local(&self, csr_pem: &str, policy: SignPolicy) -> Result<IssuedCert, Error> {
+        let mut ca = self.ca();
+        self.reserve_serial(&ca)?;
+        let mut issued = ca.sign_leaf(csr_pem, policy)?;
+        let index = self.store().index().max(1);
+        issued.create_index = index;
+        issued.modify_index = index;
+        Ok(issued)
+    }
+
     /// Primary: signs a secondary datacenter's intermediate CSR (`operator:write`).
     pub fn sign_intermediate(&self, token: Option<&str>, csr_pem: &str) -> Result<String, Error> {
         self.authorizer(token)?.require(Permission::OperatorWrite)?;

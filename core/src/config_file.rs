@@ -1,0 +1,513 @@
+//! Consul's agent configuration files, the keys libconnect uses.
+//!
+//! A file is JSON or HCL (chosen by the `.json` / `.hcl` extension, else by its first
+//! character) with Consul's snake_case keys:
+//!
+//! ```hcl
+//! datacenter         = "dc1"
+//! primary_datacenter = "dc1"
+//! node_name          = "node-1"
+//! data_dir           = "/var/lib/connect"
+//! server             = true
+//! client_addr        = "127.0.0.1"
+//! addresses { http = "0.0.0.0" }
+//! ports {
+//!   http  = 8500
+//!   https = 8501
+//! }
+//! log_level = "info"
+//! acl {
+//!   enabled        = true
+//!   default_policy = "deny"
+//!   tokens { initial_management = "..." }
+//! }
+//! connect {
+//!   enabled     = true
+//!   ca_provider = "consul"
+//!   ca_config {
+//!     leaf_cert_ttl    = "72h"
+//!     private_key_type = "ec"
+//!   }
+//! }
+//! ```
+//!
+//! Values are read weakly, as Consul reads them: `"8500"` is a port, `"true"` a boolean.
+//! Keys libconnect does not use are collected in [`AgentConfigFile::unknown_keys`] (names
+//! only) so that the agent can warn about them instead of refusing a Consul file.
+//! `ca_config` is passed through as a map; [`crate::ca::CaConfiguration`] accepts its
+//! snake_case keys.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::{Error, ErrorKind};
+
+/// The format of a configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigFormat {
+    /// JSON.
+    Json,
+    /// HCL (version 2 syntax, as Consul reads it).
+    Hcl,
+}
+
+impl ConfigFormat {
+    /// By extension (`.json`, `.hcl`); otherwise JSON when the text starts with `{`.
+    pub fn detect(path: &Path, text: &str) -> ConfigFormat {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("json") => ConfigFormat::Json,
+            Some(e) if e.eq_ignore_ascii_case("hcl") => ConfigFormat::Hcl,
+            _ if text.trim_start().starts_with('{') => ConfigFormat::Json,
+            _ => ConfigFormat::Hcl,
+        }
+    }
+}
+
+/// The `acl` block.
+#[derive(Clone, Default, PartialEq)]
+pub struct AclFileConfig {
+    /// `acl.enabled`.
+    pub enabled: Option<bool>,
+    /// `acl.default_policy`: `allow` or `deny`.
+    pub default_policy: Option<crate::acl::DefaultPolicy>,
+    /// `acl.tokens.initial_management` (or the legacy `acl.tokens.master`).
+    pub initial_management: Option<String>,
+}
+
+impl fmt::Debug for AclFileConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AclFileConfig")
+            .field("enabled", &self.enabled)
+            .field("default_policy", &self.default_policy)
+            .field(
+                "initial_management",
+                &self.initial_management.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// The `connect` block.
+#[derive(Clone, Default, PartialEq)]
+pub struct ConnectFileConfig {
+    /// `connect.enabled` (libconnect always runs Connect; `false` is reported).
+    pub enabled: Option<bool>,
+    /// `connect.ca_provider` (`consul`).
+    pub ca_provider: Option<String>,
+    /// `connect.ca_config`, keys as written (snake_case or CamelCase).
+    pub ca_config: Option<Map<String, Value>>,
+}
+
+impl fmt::Debug for ConnectFileConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // ca_config may hold a private key: show its keys only.
+        f.debug_struct("ConnectFileConfig")
+            .field("enabled", &self.enabled)
+            .field("ca_provider", &self.ca_provider)
+            .field(
+                "ca_config_keys",
+                &self
+                    .ca_config
+                    .as_ref()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>()),
+            )
+            .finish()
+    }
+}
+
+/// One agent configuration file (or several merged). Every field is optional: command-line
+/// flags override what is set, and defaults fill the rest.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentConfigFile {
+    /// `datacenter`.
+    pub datacenter: Option<String>,
+    /// `primary_datacenter`.
+    pub primary_datacenter: Option<String>,
+    /// `node_name`.
+    pub node_name: Option<String>,
+    /// `data_dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `server`.
+    pub server: Option<bool>,
+    /// `client_addr`: the address the HTTP(S) API binds to.
+    pub client_addr: Option<String>,
+    /// `addresses.http`: overrides `client_addr` for HTTP.
+    pub http_addr: Option<String>,
+    /// `addresses.https`: overrides `client_addr` for HTTPS.
+    pub https_addr: Option<String>,
+    /// `ports.http` (negative disables the listener).
+    pub http_port: Option<i64>,
+    /// `ports.https` (negative disables the listener).
+    pub https_port: Option<i64>,
+    /// `log_level`.
+    pub log_level: Option<String>,
+    /// `acl { … }`.
+    pub acl: AclFileConfig,
+    /// `connect { … }`.
+    pub connect: ConnectFileConfig,
+    /// Dotted names of keys libconnect does not use (values are never kept).
+    pub unknown_keys: Vec<String>,
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidParameter, msg)
+}
+
+impl AgentConfigFile {
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<AgentConfigFile, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("reading config file {}: {e}", path.display()),
+            )
+        })?;
+        AgentConfigFile::parse(&text, ConfigFormat::detect(path, &text))
+            .map_err(|e| invalid(format!("config file {}: {e}", path.display())))
+    }
+
+    /// Parses the text of a file.
+    pub fn parse(text: &str, format: ConfigFormat) -> Result<AgentConfigFile, Error> {
+        let doc: Value = match format {
+            ConfigFormat::Json => {
+                serde_json::from_str(text).map_err(|e| invalid(format!("invalid JSON: {e}")))?
+            }
+            ConfigFormat::Hcl => {
+                hcl::from_str(text).map_err(|e| invalid(format!("invalid HCL: {e}")))?
+            }
+        };
+        let root = object(&doc, "")?;
+        let mut c = AgentConfigFile::default();
+        for (key, value) in &root {
+            match key.as_str() {
+                "datacenter" => c.datacenter = Some(string(key, value)?),
+                "primary_datacenter" => c.primary_datacenter = Some(string(key, value)?),
+                "node_name" => c.node_name = Some(string(key, value)?),
+                "data_dir" => c.data_dir = Some(PathBuf::from(string(key, value)?)),
+                "server" => c.server = Some(boolean(key, value)?),
+                "client_addr" => c.client_addr = Some(string(key, value)?),
+                "log_level" => c.log_level = Some(string(key, value)?),
+                "addresses" => {
+                    for (k, v) in object(value, key)? {
+                        let name = format!("addresses.{k}");
+                        match k.as_str() {
+                            "http" => c.http_addr = Some(string(&name, &v)?),
+                            "https" => c.https_addr = Some(string(&name, &v)?),
+                            _ => c.unknown_keys.push(name),
+                        }
+                    }
+                }
+                "ports" => {
+                    for (k, v) in object(value, key)? {
+                        let name = format!("ports.{k}");
+                        match k.as_str() {
+                            "http" => c.http_port = Some(integer(&name, &v)?),
+                            "https" => c.https_port = Some(integer(&name, &v)?),
+                            _ => c.unknown_keys.push(name),
+                        }
+                    }
+                }
+                "acl" => c.read_acl(value)?,
+                "connect" => c.read_connect(value)?,
+                _ => c.unknown_keys.push(key.clone()),
+            }
+        }
+        Ok(c)
+    }
+
+    fn read_acl(&mut self, value: &Value) -> Result<(), Error> {
+        for (k, v) in object(value, "acl")? {
+            let name = format!("acl.{k}");
+            match k.as_str() {
+                "enabled" => self.acl.enabled = Some(boolean(&name, &v)?),
+                "default_policy" => {
+                    self.acl.default_policy = Some(match string(&name, &v)?.as_str() {
+                        "allow" => crate::acl::DefaultPolicy::Allow,
+                        "deny" => crate::acl::DefaultPolicy::Deny,
+                        other => {
+                            return Err(invalid(format!(
+                                "{name}: must be \"allow\" or \"deny\", got {other:?}"
+                            )));
+                        }
+                    });
+                }
+                "tokens" => {
+                    for (tk, tv) in object(&v, &name)? {
+                        let tname = format!("{name}.{tk}");
+                        match tk.as_str() {
+                            "initial_management" | "master" => {
+                                self.acl.initial_management = Some(string(&tname, &tv)?);
+                            }
+                            _ => self.unknown_keys.push(tname),
+                        }
+                    }
+                }
+                _ => self.unknown_keys.push(name),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_connect(&mut self, value: &Value) -> Result<(), Error> {
+        for (k, v) in object(value, "connect")? {
+            let name = format!("connect.{k}");
+            match k.as_str() {
+                "enabled" => self.connect.enabled = Some(boolean(&name, &v)?),
+                "ca_provider" => self.connect.ca_provider = Some(string(&name, &v)?),
+                "ca_config" => self.connect.ca_config = Some(object(&v, &name)?),
+                _ => self.unknown_keys.push(name),
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges `later` over `self`, as Consul merges several `-config-file`s: a value set
+    /// in `later` wins; `ca_config` maps merge key by key.
+    pub fn merge(&mut self, later: AgentConfigFile) {
+        fn over<T>(a: &mut Option<T>, b: Option<T>) {
+            if b.is_some() {
+                *a = b;
+            }
+        }
+        over(&mut self.datacenter, later.datacenter);
+        over(&mut self.primary_datacenter, later.primary_datacenter);
+        over(&mut self.node_name, later.node_name);
+        over(&mut self.data_dir, later.data_dir);
+        over(&mut self.server, later.server);
+        over(&mut self.client_addr, later.client_addr);
+        over(&mut self.http_addr, later.http_addr);
+        over(&mut self.https_addr, later.https_addr);
+        over(&mut self.http_port, later.http_port);
+        over(&mut self.https_port, later.https_port);
+        over(&mut self.log_level, later.log_level);
+        over(&mut self.acl.enabled, later.acl.enabled);
+        over(&mut self.acl.default_policy, later.acl.default_policy);
+        over(
+            &mut self.acl.initial_management,
+            later.acl.initial_management,
+        );
+        over(&mut self.connect.enabled, later.connect.enabled);
+        over(&mut self.connect.ca_provider, later.connect.ca_provider);
+        match (&mut self.connect.ca_config, later.connect.ca_config) {
+            (Some(a), Some(b)) => a.extend(b),
+            (a, b) => over(a, b),
+        }
+        self.unknown_keys.extend(later.unknown_keys);
+    }
+}
+
+/// A block as an object. HCL gives a repeated block as an array of objects (and JSON may
+/// too, as Consul allows): they merge in order.
+fn object(value: &Value, name: &str) -> Result<Map<String, Value>, Error> {
+    match value {
+        Value::Object(m) => Ok(m.clone()),
+        Value::Array(items) => {
+            let mut merged = Map::new();
+            for item in items {
+                merged.extend(object(item, name)?);
+            }
+            Ok(merged)
+        }
+        _ => Err(invalid(if name.is_empty() {
+            "expected an object at the top level".to_owned()
+        } else {
+            format!("{name}: expected a block (object)")
+        })),
+    }
+}
+
+fn string(name: &str, value: &Value) -> Result<String, Error> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        _ => Err(invalid(format!("{name}: expected a string"))),
+    }
+}
+
+fn boolean(name: &str, value: &Value) -> Result<bool, Error> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "1" | "t" | "true" => Ok(true),
+            "0" | "f" | "false" => Ok(false),
+            _ => Err(invalid(format!("{name}: expected a boolean, got {s:?}"))),
+        },
+        Value::Number(n) => Ok(n.as_f64().is_some_and(|f| f != 0.0)),
+        _ => Err(invalid(format!("{name}: expected a boolean"))),
+    }
+}
+
+fn integer(name: &str, value: &Value) -> Result<i64, Error> {
+    let n = match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    n.ok_or_else(|| invalid(format!("{name}: expected an integer")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const HCL: &str = r#"
+        datacenter = "east"
+        primary_datacenter = "east"
+        node_name = "n1"
+        data_dir = "/tmp/x"
+        server = true
+        client_addr = "0.0.0.0"
+        ui_config { enabled = true }
+        addresses { http = "127.0.0.1" }
+        ports {
+          http  = 8600
+          https = "8601"
+          grpc  = 8502
+        }
+        acl {
+          enabled        = true
+          default_policy = "deny"
+          tokens { initial_management = "s3cr3t" }
+        }
+        connect {
+          enabled     = true
+          ca_provider = "consul"
+          ca_config {
+            leaf_cert_ttl    = "24h"
+            private_key_type = "rsa"
+            private_key_bits = 2048
+          }
+        }
+    "#;
+
+    #[test]
+    fn hcl_with_consuls_keys() {
+        let c = AgentConfigFile::parse(HCL, ConfigFormat::Hcl).unwrap();
+        assert_eq!(c.datacenter.as_deref(), Some("east"));
+        assert_eq!(c.primary_datacenter.as_deref(), Some("east"));
+        assert_eq!(c.node_name.as_deref(), Some("n1"));
+        assert_eq!(c.data_dir, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(c.server, Some(true));
+        assert_eq!(c.client_addr.as_deref(), Some("0.0.0.0"));
+        assert_eq!(c.http_addr.as_deref(), Some("127.0.0.1"));
+        assert_eq!(c.http_port, Some(8600));
+        assert_eq!(c.https_port, Some(8601));
+        assert_eq!(c.acl.enabled, Some(true));
+        assert_eq!(c.acl.default_policy, Some(crate::acl::DefaultPolicy::Deny));
+        assert_eq!(c.acl.initial_management.as_deref(), Some("s3cr3t"));
+        assert_eq!(c.connect.ca_provider.as_deref(), Some("consul"));
+        let ca = c.connect.ca_config.clone().unwrap();
+        assert_eq!(ca["leaf_cert_ttl"], json!("24h"));
+        assert_eq!(ca["private_key_bits"], json!(2048));
+        let mut unknown = c.unknown_keys.clone();
+        unknown.sort();
+        assert_eq!(unknown, ["ports.grpc", "ui_config"]);
+        // The CA accepts the snake_case keys as they are.
+        let cfg = crate::ca::ConsulCaConfig::from_map(&ca).unwrap();
+        assert_eq!(cfg.common.leaf_cert_ttl.as_secs(), 24 * 3600);
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn json_is_the_same_model() {
+        let text = json!({
+            "datacenter": "dc2",
+            "server": "true",
+            "ports": {"http": -1, "https": 8501},
+            "acl": {"enabled": true, "tokens": {"master": "legacy"}},
+            "connect": {"ca_config": {"PrivateKey": "KEY-MATERIAL"}}
+        })
+        .to_string();
+        let c = AgentConfigFile::parse(&text, ConfigFormat::Json).unwrap();
+        assert_eq!(c.datacenter.as_deref(), Some("dc2"));
+        assert_eq!(c.server, Some(true));
+        assert_eq!(c.http_port, Some(-1));
+        assert_eq!(c.acl.initial_management.as_deref(), Some("legacy"));
+        assert!(!format!("{c:?}").contains("KEY-MATERIAL"));
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_key_named() {
+        for (text, format, want) in [
+            ("{", ConfigFormat::Json, "invalid JSON"),
+            ("[1]", ConfigFormat::Json, "top level"),
+            ("server = \"maybe\"", ConfigFormat::Hcl, "server"),
+            ("ports { http = \"x\" }", ConfigFormat::Hcl, "ports.http"),
+            ("acl = 3", ConfigFormat::Hcl, "acl"),
+            (
+                "acl { default_policy = \"sometimes\" }",
+                ConfigFormat::Hcl,
+                "acl.default_policy",
+            ),
+            ("datacenter = [1]", ConfigFormat::Hcl, "datacenter"),
+            ("x = = 1", ConfigFormat::Hcl, "invalid HCL"),
+        ] {
+            let e = AgentConfigFile::parse(text, format).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidParameter);
+            assert!(e.to_string().contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn later_files_win_and_ca_config_merges() {
+        let mut a = AgentConfigFile::parse(
+            r#"datacenter = "a"
+               node_name = "n"
+               connect {
+                 ca_config {
+                   leaf_cert_ttl = "24h"
+                   private_key_type = "ec"
+                 }
+               }"#,
+            ConfigFormat::Hcl,
+        )
+        .unwrap();
+        let b = AgentConfigFile::parse(
+            r#"{"datacenter": "b", "connect": {"ca_config": {"private_key_type": "rsa"}}}"#,
+            ConfigFormat::Json,
+        )
+        .unwrap();
+        a.merge(b);
+        assert_eq!(a.datacenter.as_deref(), Some("b"));
+        assert_eq!(a.node_name.as_deref(), Some("n"));
+        let ca = a.connect.ca_config.unwrap();
+        assert_eq!(ca["leaf_cert_ttl"], json!("24h"));
+        assert_eq!(ca["private_key_type"], json!("rsa"));
+    }
+
+    #[test]
+    fn repeated_blocks_merge_in_order() {
+        let c = AgentConfigFile::parse(
+            r#"acl { enabled = true }
+               acl { default_policy = "deny" }"#,
+            ConfigFormat::Hcl,
+        )
+        .unwrap();
+        assert_eq!(c.acl.enabled, Some(true));
+        assert_eq!(c.acl.default_policy, Some(crate::acl::DefaultPolicy::Deny));
+    }
+
+    #[test]
+    fn format_detection() {
+        assert_eq!(
+            ConfigFormat::detect(Path::new("a.json"), "x"),
+            ConfigFormat::Json
+        );
+        assert_eq!(
+            ConfigFormat::detect(Path::new("a.hcl"), "{"),
+            ConfigFormat::Hcl
+        );
+        assert_eq!(
+            ConfigFormat::detect(Path::new("a"), "  {\"x\": 1}"),
+            ConfigFormat::Json
+        );
+        assert_eq!(
+            ConfigFormat::detect(Path::new("a.conf"), "x = 1"),
+            ConfigFormat::Hcl
+        );
+    }
+}

@@ -1,0 +1,390 @@
+//! Running the real `connect` binary from tests: an agent on a free port (found in its
+//! stderr), client commands with a timeout, a tiny HTTP/1.1 client, and `openssl`.
+//! Every process is killed when its guard drops, also when a test panics.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test file uses a different part"
+)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_connect");
+
+/// How long an agent may take to start, and a client command to finish.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A command with none of Consul's variables from the test's environment.
+pub fn command() -> Command {
+    let mut c = Command::new(BIN);
+    for k in [
+        "CONSUL_HTTP_ADDR",
+        "CONSUL_HTTP_TOKEN",
+        "CONSUL_CACERT",
+        "CONSUL_HTTP_SSL",
+        "RUST_LOG",
+    ] {
+        c.env_remove(k);
+    }
+    c
+}
+
+#[derive(Default)]
+struct Log {
+    text: String,
+    done: bool,
+}
+
+/// A running `connect agent`; killed on drop.
+pub struct Agent {
+    child: Child,
+    /// `127.0.0.1:port` of the HTTP API.
+    pub http: String,
+    /// `127.0.0.1:port` of the HTTPS API, when asked for.
+    pub https: Option<String>,
+    log: Arc<(Mutex<Log>, Condvar)>,
+}
+
+impl Agent {
+    /// `connect agent ARGS -http-port 0`; waits until it says it is running.
+    pub fn start(args: &[&str]) -> Agent {
+        let mut cmd = command();
+        cmd.arg("agent")
+            .args(args)
+            .args(["-http-port", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn connect agent");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new((Mutex::new(Log::default()), Condvar::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = reader.read_line(&mut line).unwrap_or(0);
+                let (lock, cv) = &*sink;
+                let mut l = lock.lock().unwrap();
+                if n == 0 {
+                    l.done = true;
+                    cv.notify_all();
+                    return;
+                }
+                l.text.push_str(&line);
+                cv.notify_all();
+            }
+        });
+        let mut agent = Agent {
+            child,
+            http: String::new(),
+            https: None,
+            log,
+        };
+        let text = agent.wait_for_log("==> libconnect agent running!", TIMEOUT);
+        agent.http = listening(&text, "==> HTTP API listening on http://")
+            .unwrap_or_else(|| panic!("no HTTP address in:\n{text}"));
+        agent.https = listening(&text, "==> HTTPS API listening on https://");
+        agent
+    }
+
+    /// Waits until stderr contains `needle`; returns all of stderr so far.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.log;
+        let mut l = lock.lock().unwrap();
+        loop {
+            if l.text.contains(needle) {
+                return l.text.clone();
+            }
+            let now = Instant::now();
+            assert!(
+                !l.done && now < deadline,
+                "agent did not log {needle:?}; stderr:\n{}",
+                l.text
+            );
+            l = cv.wait_timeout(l, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Everything the agent wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.log.0.lock().unwrap().text.clone()
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) and waits up to `timeout` for the exit.
+    pub fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> ExitStatus {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{signal} failed");
+        wait_timeout(&mut self.child, timeout)
+            .unwrap_or_else(|| panic!("agent still running {timeout:?} after SIG{signal}"))
+    }
+
+    /// SIGKILL (`kill -9`) and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Runs `connect ARGS` against this agent (via `CONSUL_HTTP_ADDR`).
+    pub fn cli(&self, args: &[&str]) -> Out {
+        run(command().env("CONSUL_HTTP_ADDR", &self.http).args(args))
+    }
+
+    /// Like [`Agent::cli`] with extra environment.
+    pub fn cli_env(&self, env: &[(&str, &str)], args: &[&str]) -> Out {
+        let mut c = command();
+        c.env("CONSUL_HTTP_ADDR", &self.http);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run(c.args(args))
+    }
+
+    /// A raw HTTP request to this agent.
+    pub fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+        http(&self.http, method, path, headers, body)
+    }
+
+    /// `GET /v1/connect/ca/roots` as JSON.
+    pub fn roots(&self) -> Value {
+        let r = self.http("GET", "/v1/connect/ca/roots", &[], "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listening(text: &str, prefix: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|s| s.trim().to_owned())
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Out {
+    /// The exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Out {
+    /// Panics with the output unless the exit code is 0.
+    pub fn ok(self) -> Out {
+        assert_eq!(self.code, 0, "{self:#?}");
+        self
+    }
+}
+
+/// Runs a command to completion, killing it after [`TIMEOUT`].
+pub fn run(cmd: &mut Command) -> Out {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = match wait_timeout(&mut child, TIMEOUT) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command did not finish within {TIMEOUT:?}: {cmd:?}");
+        }
+    };
+    Out {
+        code: status.code().unwrap_or(-1),
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+/// A raw HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lowercased.
+    pub headers: HashMap<String, String>,
+    /// Body (dechunked).
+    pub body: String,
+}
+
+impl Resp {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// `X-Consul-Index`.
+    pub fn index(&self) -> u64 {
+        self.headers["x-consul-index"].parse().unwrap()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), with timeouts.
+pub fn try_http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: Duration,
+) -> std::io::Result<Resp> {
+    let sock: std::net::SocketAddr = addr.parse().unwrap();
+    let mut s = TcpStream::connect_timeout(&sock, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "truncated response")
+    })?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+    {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// [`try_http`] with a 5 s timeout; panics on I/O errors.
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    try_http(addr, method, path, headers, body, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The PEM blocks of `text`, in order, each with its BEGIN/END lines.
+pub fn pem_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        if line.starts_with("-----BEGIN ") {
+            cur = Some(String::new());
+        }
+        if let Some(c) = cur.as_mut() {
+            c.push_str(line);
+            c.push('\n');
+        }
+        if line.starts_with("-----END ") {
+            blocks.extend(cur.take());
+        }
+    }
+    blocks
+}
+
+/// `openssl verify -CAfile CA [-untrusted U] CERT`; returns (success, output).
+pub fn openssl_verify(ca: &Path, untrusted: Option<&Path>, cert: &Path) -> (bool, String) {
+    let mut c = Command::new("openssl");
+    c.arg("verify").arg("-CAfile").arg(ca);
+    if let Some(u) = untrusted {
+        c.arg("-untrusted").arg(u);
+    }
+    c.arg(cert);
+    let o = run(&mut c);
+    (o.code == 0, format!("{}{}", o.stdout, o.stderr))
+}
+
+/// The trust domain and a service's SPIFFE ID in dc1.
+pub fn service_uri(roots: &Value, dc: &str, service: &str) -> String {
+    format!(
+        "spiffe://{}/ns/default/dc/{dc}/svc/{service}",
+        roots["TrustDomain"].as_str().unwrap()
+    )
+}
