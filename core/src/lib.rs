@@ -9,6 +9,7 @@
 
 pub mod acl;
 pub mod ca;
+pub mod cache;
 pub mod certs;
 pub mod clock;
 pub mod error;
