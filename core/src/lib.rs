@@ -10,8 +10,8 @@
 pub mod acl;
 pub mod agent;
 pub mod ca;
-pub mod catalog;
 pub mod cache;
+pub mod catalog;
 pub mod certs;
 pub mod clock;
 pub mod config_file;

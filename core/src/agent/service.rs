@@ -1,0 +1,284 @@
+//! A Connect service on an agent: a TLS identity kept current from the agent's cache, a
+//! server side that authorizes peers by intentions inside the handshake, and dialing by
+//! service name through healthy instances.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::net::ToSocketAddrs;
+use tokio::task::JoinHandle;
+
+use super::{Agent, IntentionMatchType, LeafType, RootsType};
+use crate::cache::GetOptions;
+use crate::intentions::{IntentionIndex, SharedIntentionIndex};
+use crate::tls::{
+    self, Bundle, Connection, Identity, Listener, Material, PeerAuthorization, PeerInput, Svid,
+};
+use crate::{Error, ErrorKind};
+
+/// How long a background watcher waits before retrying after an error (the cache backs off
+/// its own fetches; this only paces the loop).
+const RETRY: Duration = Duration::from_secs(1);
+
+/// A Connect service. Dropping it (or [`ConnectService::close`]) stops its watchers; open
+/// connections are unaffected.
+pub struct ConnectService {
+    name: String,
+    agent: Agent,
+    identity: Identity,
+    tls: tls::Service,
+    intentions: Arc<SharedIntentionIndex>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for ConnectService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectService")
+            .field("name", &self.name)
+            .field("generation", &self.identity.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ConnectService {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl ConnectService {
+    pub(super) fn start(agent: Agent, name: &str) -> Result<ConnectService, Error> {
+        if name.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidParameter,
+                "service name must not be empty",
+            ));
+        }
+        let identity = Identity::new(name, agent.clock().clone());
+        // In process, the server's own index is the hot path; over HTTP a per-service index is
+        // rebuilt from the intention-match cache.
+        let intentions = match agent.server() {
+            Some(server) => server.intention_index(),
+            None => Arc::new(SharedIntentionIndex::new(IntentionIndex::new(
+                Vec::new(),
+                agent.default_policy(),
+            ))),
+        };
+        let authorizer = tls::authorizer::from_intentions(name, Arc::clone(&intentions));
+        let tls = tls::Service::new(identity.clone(), authorizer)?;
+        let svc = ConnectService {
+            name: name.to_owned(),
+            agent,
+            identity,
+            tls,
+            intentions,
+            tasks: Mutex::new(Vec::new()),
+        };
+        svc.spawn_roots_watch()?;
+        svc.spawn_leaf_watch();
+        if svc.agent.server().is_none() {
+            svc.spawn_intentions_watch()?;
+        }
+        Ok(svc)
+    }
+
+    fn track(&self, t: JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(t);
+    }
+
+    fn spawn_roots_watch(&self) -> Result<(), Error> {
+        let mut rx = {
+            let _g = self.agent.handle().enter();
+            self.agent
+                .cache()
+                .watch::<RootsType>(self.agent.scoped(""), GetOptions::default())?
+        };
+        let identity = self.identity.clone();
+        self.track(self.agent.handle().spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if let Some(roots) = ev.value
+                    && let Ok(bundle) = Bundle::from_ca_roots(&roots)
+                {
+                    // A bundle that fails validation keeps the last good one in use.
+                    let _ = identity.update_bundle(bundle);
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    fn spawn_leaf_watch(&self) {
+        let agent = self.agent.clone();
+        let identity = self.identity.clone();
+        let req = agent.leaf_request(&self.name);
+        self.track(self.agent.handle().spawn(async move {
+            let mut index = 0u64;
+            loop {
+                let got = agent
+                    .cache()
+                    .get::<LeafType>(&req, GetOptions::blocking(index, Duration::from_secs(600)))
+                    .await;
+                match got {
+                    Ok((leaf, meta)) => {
+                        if meta.index > index || index == 0 {
+                            index = meta.index;
+                            // Published only once it verifies against the current roots: after a
+                            // rotation the new bundle may still be on its way.
+                            let mut changes = identity.watch();
+                            for _ in 0..30 {
+                                let Ok(svid) = Svid::from_pem(&leaf.issued.cert_pem, &leaf.key_pem)
+                                else {
+                                    break;
+                                };
+                                if identity.update_svid(svid).is_ok() {
+                                    break;
+                                }
+                                tokio::select! {
+                                    _ = changes.changed() => {}
+                                    () = tokio::time::sleep(RETRY) => {}
+                                }
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::Closed => return,
+                    Err(_) => tokio::time::sleep(RETRY).await,
+                }
+            }
+        }));
+    }
+
+    fn spawn_intentions_watch(&self) -> Result<(), Error> {
+        let mut rx = {
+            let _g = self.agent.handle().enter();
+            self.agent
+                .cache()
+                .watch::<IntentionMatchType>(self.agent.scoped(&self.name), GetOptions::default())?
+        };
+        let shared = Arc::clone(&self.intentions);
+        let policy = self.agent.default_policy();
+        self.track(self.agent.handle().spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if let Some(list) = ev.value {
+                    shared.store(IntentionIndex::new(list.iter().cloned(), policy));
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The agent this service runs on.
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// The TLS identity (current leaf and roots, with a watch of changes).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The TLS service (server and client configs for callers with their own I/O).
+    pub fn tls(&self) -> &tls::Service {
+        &self.tls
+    }
+
+    /// The intentions that decide who may connect to this service.
+    pub fn intention_index(&self) -> &Arc<SharedIntentionIndex> {
+        &self.intentions
+    }
+
+    /// Whether the service has a leaf that verifies against the current roots (spec §8.1).
+    pub fn ready(&self) -> bool {
+        self.identity.ready()
+    }
+
+    /// Waits until [`ConnectService::ready`], at most `timeout`.
+    pub async fn ready_wait(&self, timeout: Duration) -> Result<(), Error> {
+        self.identity.ready_wait(timeout).await
+    }
+
+    /// Listens for mutual-TLS connections; unauthorized peers are refused in the handshake.
+    pub async fn listen(&self, addr: impl ToSocketAddrs) -> Result<Listener, Error> {
+        self.tls.listen(addr).await
+    }
+
+    /// Connects to `addr`, expecting it to be an instance of `target`.
+    pub async fn dial_addr(
+        &self,
+        addr: impl ToSocketAddrs,
+        target: &str,
+    ) -> Result<Connection, Error> {
+        self.tls.dial_addr(addr, target).await
+    }
+
+    /// Connects to a healthy instance of `target`, found through the catalog; instances are
+    /// tried in random order until one answers.
+    pub async fn dial(&self, target: &str) -> Result<Connection, Error> {
+        let instances = self.agent.health_connect(target).await?;
+        if instances.is_empty() {
+            return Err(Error::new(
+                ErrorKind::ConnectionRefused,
+                format!("no healthy instances found for {target:?}"),
+            ));
+        }
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for e in instances.iter() {
+            let (host, port) = e.dial_address();
+            if let Ok(mut resolved) = tokio::net::lookup_host((host, port)).await
+                && let Some(a) = resolved.next()
+            {
+                addrs.push(a);
+            }
+        }
+        shuffle(&mut addrs);
+        let mut last = Error::new(
+            ErrorKind::ConnectionRefused,
+            format!("no address for {target:?}"),
+        );
+        for addr in addrs {
+            match self.tls.dial_addr(addr, target).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Current chain, key and roots as PEM, for applications with their own TLS stack.
+    pub fn material(&self) -> Result<Material, Error> {
+        self.tls.material()
+    }
+
+    /// Explains whether a peer (certificate or SPIFFE URI) may connect to this service.
+    pub fn authorize(&self, peer: PeerInput<'_>) -> Result<PeerAuthorization, Error> {
+        self.tls.authorize_peer(peer)
+    }
+
+    /// Stops the watchers. Idempotent.
+    pub fn close(&self) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
+}
+
+fn shuffle<T>(v: &mut [T]) {
+    for i in (1..v.len()).rev() {
+        let j = rand::random_range(0..=i);
+        v.swap(i, j);
+    }
+}

@@ -1,0 +1,294 @@
+//! The agent end to end: an in-process or HTTP backend, services whose identity follows the
+//! cache, intentions enforced in the handshake, dialing by name, rotation while connected,
+//! and renewal driven by an injected clock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use connect_core::agent::{Agent, AgentBackend, AgentConfig, ConnectService};
+use connect_core::ca::CaConfiguration;
+use connect_core::catalog::{ServiceConnect, ServiceRegistration};
+use connect_core::http::client::ClientConfig;
+use connect_core::intentions::IntentionAction;
+use connect_core::server::{Server, ServerConfig};
+use connect_core::{ErrorKind, ManualClock};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(10);
+
+async fn echo_server(svc: &ConnectService) -> std::net::SocketAddr {
+    let mut l = svc.listen("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr();
+    tokio::spawn(async move {
+        while let Ok(mut c) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = c.read(&mut buf).await {
+                    if n == 0 || c.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn round_trip(c: &mut connect_core::tls::Connection, msg: &[u8]) -> Vec<u8> {
+    c.write_all(msg).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(T, c.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    buf
+}
+
+fn config_in(server: &Server, clock: connect_core::SharedClock) -> AgentConfig {
+    AgentConfig {
+        backend: AgentBackend::InProcess(server.clone()),
+        clock,
+        root_change_jitter: Duration::ZERO,
+        runtime: Some(tokio::runtime::Handle::current()),
+        ..AgentConfig::dev()
+    }
+}
+
+fn strict_server(clock: connect_core::SharedClock) -> Server {
+    let mut c = ServerConfig::dev();
+    c.default_intention_policy = Some(IntentionAction::Deny);
+    Server::start(c, clock).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intentions_decide_in_the_handshake_and_dial_finds_instances() {
+    let server = strict_server(connect_core::clock::system());
+    let agent = Agent::new(config_in(&server, connect_core::clock::system())).unwrap();
+    agent
+        .intention_upsert("web", "db", IntentionAction::Allow)
+        .await
+        .unwrap();
+    let db = agent.service("db").unwrap();
+    let web = agent.service("web").unwrap();
+    let api = agent.service("api").unwrap();
+    for s in [&db, &web, &api] {
+        s.ready_wait(T).await.unwrap();
+    }
+    let addr = echo_server(&db).await;
+    let mut c = web.dial_addr(addr, "db").await.unwrap();
+    assert_eq!(round_trip(&mut c, b"hello").await, b"hello");
+    assert_eq!(c.peer_id().as_service().unwrap().service, "db");
+    // api is refused during the handshake: its first read fails.
+    let denied = async {
+        let mut c = api.dial_addr(addr, "db").await?;
+        c.write_all(b"x")
+            .await
+            .map_err(|e| connect_core::tls::error_from_io(&e))?;
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b)
+            .await
+            .map_err(|e| connect_core::tls::error_from_io(&e))?;
+        Ok::<_, connect_core::Error>(())
+    };
+    assert!(tokio::time::timeout(T, denied).await.unwrap().is_err());
+    assert!(!agent.intention_check("api", "db").await.unwrap());
+    // Dial by name through the catalog.
+    let mut reg = ServiceRegistration::new("db", addr.port());
+    reg.address = "127.0.0.1".into();
+    reg.connect = Some(ServiceConnect::native());
+    server.register_service(None, reg).unwrap();
+    let mut c = web.dial("db").await.unwrap();
+    assert_eq!(round_trip(&mut c, b"by name").await, b"by name");
+    assert_eq!(
+        web.dial("nothing-here").await.unwrap_err().kind(),
+        ErrorKind::ConnectionRefused
+    );
+    agent.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_keeps_open_connections_and_reissues_leaves() {
+    let server = strict_server(connect_core::clock::system());
+    let agent = Agent::new(config_in(&server, connect_core::clock::system())).unwrap();
+    agent
+        .intention_upsert("web", "db", IntentionAction::Allow)
+        .await
+        .unwrap();
+    let db = agent.service("db").unwrap();
+    let web = agent.service("web").unwrap();
+    db.ready_wait(T).await.unwrap();
+    web.ready_wait(T).await.unwrap();
+    let addr = echo_server(&db).await;
+    let mut open = web.dial_addr(addr, "db").await.unwrap();
+    assert_eq!(round_trip(&mut open, b"before").await, b"before");
+    let old_serial = open.peer_serial().unwrap();
+    let old_root = agent.roots().await.unwrap().active_root_id.clone();
+    let (web_gen, db_gen) = (web.identity().generation(), db.identity().generation());
+
+    agent
+        .ca_set_config(CaConfiguration::consul(
+            json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        ))
+        .await
+        .unwrap();
+    // Both services pick up the new roots and a leaf from the new root, without restarting.
+    let new_root = server.ca_roots().value.active_root_id;
+    assert_ne!(new_root, old_root);
+    tokio::time::timeout(T, async {
+        loop {
+            let ok = |s: &ConnectService| {
+                s.identity().snapshot().svid().is_some_and(|v| {
+                    connect_core::certs::CertInfo::from_der(v.leaf())
+                        .unwrap()
+                        .authority_key_id
+                        == server
+                            .ca_roots()
+                            .value
+                            .active()
+                            .map(|r| hex_to_bytes(&r.signing_key_id))
+                })
+            };
+            if ok(&web) && ok(&db) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("leaves re-issued after rotation");
+    assert!(web.identity().generation() > web_gen && db.identity().generation() > db_gen);
+    // The connection opened before the rotation still works.
+    assert_eq!(round_trip(&mut open, b"during").await, b"during");
+    let mut fresh = web.dial_addr(addr, "db").await.unwrap();
+    assert_eq!(round_trip(&mut fresh, b"after").await, b"after");
+    // A resumed session keeps the certificate it was made with; a full handshake shows the
+    // new one.
+    assert_ne!(
+        db.identity().snapshot().svid().unwrap().serial(),
+        old_serial
+    );
+    if !fresh.is_resumed() {
+        assert_ne!(fresh.peer_serial().unwrap(), old_serial);
+    }
+    agent.close();
+}
+
+fn hex_to_bytes(colon_hex: &str) -> Vec<u8> {
+    colon_hex
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaves_renew_when_the_injected_clock_reaches_the_renewal_window() {
+    let manual = ManualClock::new(time::OffsetDateTime::now_utc());
+    let clock: connect_core::SharedClock = Arc::new(manual.clone());
+    let server = strict_server(clock.clone());
+    let agent = Agent::new(config_in(&server, clock)).unwrap();
+    let web = agent.service("web").unwrap();
+    web.ready_wait(T).await.unwrap();
+    let first = web
+        .identity()
+        .snapshot()
+        .svid()
+        .unwrap()
+        .serial()
+        .to_owned();
+    // 72 h leaves renew somewhere in 43.2–64.8 h; 65 h is past every choice.
+    manual.advance(Duration::from_secs(65 * 3600));
+    tokio::time::timeout(T, async {
+        while web.identity().snapshot().svid().unwrap().serial() == first {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("renewed without real sleeping");
+    assert!(web.ready());
+    agent.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_backend_gets_leaves_by_csr_and_intentions_from_the_match_cache() {
+    let server = strict_server(connect_core::clock::system());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = listener.local_addr().unwrap().to_string();
+    let router = connect_core::http::api::router(server.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let http_cfg = ClientConfig {
+        address: Some(http_addr),
+        ..ClientConfig::default()
+    };
+    let config = AgentConfig {
+        backend: AgentBackend::Http(http_cfg),
+        root_change_jitter: Duration::ZERO,
+        runtime: Some(tokio::runtime::Handle::current()),
+        ..AgentConfig::dev()
+    };
+    let agent = Agent::new_async(config).await.unwrap();
+    assert_eq!(agent.datacenter(), "dc1");
+    agent
+        .intention_upsert("web", "db", IntentionAction::Allow)
+        .await
+        .unwrap();
+    let db = agent.service("db").unwrap();
+    let web = agent.service("web").unwrap();
+    let api = agent.service("api").unwrap();
+    for s in [&db, &web, &api] {
+        s.ready_wait(T).await.unwrap();
+    }
+    // The leaf's key was generated here: the server never saw it (it has no leaf cache entry).
+    let leaf = agent.leaf("web").await.unwrap();
+    assert!(leaf.key_pem.contains("EC PRIVATE KEY"));
+    let addr = echo_server(&db).await;
+    // Wait until db's index has the allow intention from the match cache.
+    tokio::time::timeout(T, async {
+        while db.intention_index().load().intentions().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let mut c = web.dial_addr(addr, "db").await.unwrap();
+    assert_eq!(round_trip(&mut c, b"over http").await, b"over http");
+    let denied = async {
+        let mut c = api.dial_addr(addr, "db").await?;
+        c.write_all(b"x")
+            .await
+            .map_err(|e| connect_core::tls::error_from_io(&e))?;
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b)
+            .await
+            .map_err(|e| connect_core::tls::error_from_io(&e))?;
+        Ok::<_, connect_core::Error>(())
+    };
+    assert!(tokio::time::timeout(T, denied).await.unwrap().is_err());
+    agent.close();
+}
+
+#[test]
+fn an_owned_runtime_agent_closes_cleanly_and_refuses_later_calls() {
+    let agent = Agent::dev().unwrap();
+    let roots = agent.block_on({
+        let a = agent.clone();
+        async move { a.roots().await }
+    });
+    assert!(roots.unwrap().unwrap().roots.len() == 1);
+    let svc = agent.service("web").unwrap();
+    let a2 = agent.clone();
+    agent
+        .block_on(async move { a2.service("x").map(|_| ()) })
+        .unwrap()
+        .unwrap();
+    drop(svc);
+    agent.close();
+    agent.close();
+    assert!(agent.is_closed());
+    assert_eq!(agent.service("web").unwrap_err().kind(), ErrorKind::Closed);
+}
