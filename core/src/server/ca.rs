@@ -90,16 +90,20 @@ impl Server {
     /// The CA configuration (`operator:read`).
     pub fn ca_config(&self, token: Option<&str>) -> Result<Indexed<CaConfiguration>, Error> {
         self.authorizer(token)?.require(Permission::OperatorRead)?;
-        let mut config = self.ca().config().clone();
-        // Secrets the operator supplied are write-only, as Vault's token is in Consul.
-        if let Some(key) = config
-            .config
-            .keys()
-            .find(|k| k.eq_ignore_ascii_case("PrivateKey"))
-            .cloned()
-        {
-            config.config.remove(&key);
+        let ca = self.ca();
+        let mut config = ca.config().clone();
+        // Consul shows the settings in force, defaults included, keyed CamelCase; what the
+        // operator supplied beyond them (RootCert, …) follows.
+        let mut effective = ca.common_config().to_map();
+        for (k, v) in std::mem::take(&mut config.config) {
+            let bare = k.replace('_', "");
+            let known = effective.keys().any(|e| e.eq_ignore_ascii_case(&bare));
+            // Secrets the operator supplied are write-only, as Vault's token is in Consul.
+            if !known && !bare.eq_ignore_ascii_case("PrivateKey") {
+                effective.insert(k, v);
+            }
         }
+        config.config = effective;
         Ok(Indexed {
             value: config,
             index: self.store().table_index(Table::CaConfig).max(1),

@@ -59,6 +59,26 @@ fn dev_server_signs_and_authorizes_with_default_allow() {
 }
 
 #[test]
+fn ca_config_shows_the_effective_settings_without_secrets() {
+    let s = dev();
+    let c = s.ca_config(None).unwrap().value;
+    assert_eq!(c.provider, "consul");
+    assert_eq!(c.config["LeafCertTTL"], "72h0m0s");
+    assert_eq!(c.config["PrivateKeyType"], "ec");
+    let key = crate::ca::PrivateKey::generate(crate::ca::KeySpec::EC_P256).unwrap();
+    let cfg = CaConfiguration::consul(
+        json!({"leaf_cert_ttl": "24h", "PrivateKey": key.to_pem().to_string()})
+            .as_object()
+            .cloned()
+            .unwrap(),
+    );
+    s.set_ca_config(None, cfg).unwrap();
+    let c = s.ca_config(None).unwrap().value;
+    assert_eq!(c.config["LeafCertTTL"], "24h0m0s");
+    assert!(!serde_json::to_string(&c).unwrap().contains("PRIVATE KEY"));
+}
+
+#[test]
 fn every_signing_gets_a_higher_index() {
     let s = dev();
     let a = s
