@@ -675,3 +675,21 @@ fn clock_now(c: &ManualClock) -> time::OffsetDateTime {
     use connect_core::Clock;
     c.now()
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_fetch_fails_its_waiters_instead_of_hanging_them() {
+    let backend = Backend::new(1, "v1");
+    backend.edit(|s| s.panic = true);
+    let (cache, _clock) = cache_for(&backend, TypeOptions::blocking_refresh());
+    let req = Req::new("k");
+    let err = cache
+        .get::<F>(&req, GetOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Internal);
+    assert_eq!(cache.metrics().background_tasks, 1, "only the expiry loop");
+    // The entry is usable again once the type behaves.
+    backend.edit(|s| s.panic = false);
+    let (v, _) = cache.get::<F>(&req, GetOptions::default()).await.unwrap();
+    assert_eq!(v.as_str(), "v1");
+}
