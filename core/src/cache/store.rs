@@ -449,10 +449,12 @@ impl Inner {
         let mut first = true;
         let mut must_revalidate = opts.must_revalidate;
         loop {
-            self.ensure_open()?;
             let now = self.clock.now();
             let (mut done, last) = {
                 let mut st = shard.lock();
+                // Checked under the shard lock: `close` sets the flag before it clears the
+                // shards, so either this sees it or the entry made here is cleared.
+                self.ensure_open()?;
                 let entry = shard.entry_or_insert(&mut st, self, &key, req, now);
                 // Every attempt counts as use, valid or not (spec §4.3 step 2).
                 entry.touch(now, shard.opts.last_get_ttl);
@@ -616,6 +618,7 @@ impl Inner {
         }
         let now = self.clock.now();
         let mut st = shard.lock();
+        self.ensure_open()?;
         let entry = shard.entry_or_insert(&mut st, self, &key, req, now);
         entry.touch(now, shard.opts.last_get_ttl);
         shard.set_value(entry, value);
