@@ -675,3 +675,54 @@ fn clock_now(c: &ManualClock) -> time::OffsetDateTime {
     use connect_core::Clock;
     c.now()
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_fetch_fails_its_waiters_instead_of_hanging_them() {
+    let backend = Backend::new(1, "v1");
+    backend.edit(|s| s.panic = true);
+    let (cache, _clock) = cache_for(&backend, TypeOptions::blocking_refresh());
+    let req = Req::new("k");
+    let err = cache
+        .get::<F>(&req, GetOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Internal);
+    assert_eq!(cache.metrics().background_tasks, 1, "only the expiry loop");
+    // The entry is usable again once the type behaves.
+    backend.edit(|s| s.panic = false);
+    let (v, _) = cache.get::<F>(&req, GetOptions::default()).await.unwrap();
+    assert_eq!(v.as_str(), "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_gets_share_one_fetch_across_worker_threads() {
+    let backend = Backend::blocking(3, "v3");
+    backend.edit(|s| s.hold = true);
+    let (cache, _clock) = cache_for(&backend, TypeOptions::blocking_refresh());
+    let req = Req::new("k");
+    let gets: Vec<_> = (0..200)
+        .map(|_| {
+            let cache = cache.clone();
+            let req = req.clone();
+            tokio::spawn(async move { cache.get::<F>(&req, GetOptions::default()).await })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cache.metrics().total.misses_new < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Gets did not all start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    backend.edit(|s| s.hold = false);
+    for g in gets {
+        assert_eq!(g.await.unwrap().unwrap().1.index, 3);
+    }
+    assert_eq!(
+        backend.calls().iter().filter(|c| c.min_index == 0).count(),
+        1
+    );
+    cache.shutdown().await;
+    assert_eq!(cache.metrics().background_tasks, 0);
+}

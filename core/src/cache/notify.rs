@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::backoff::backoff_with;
-use super::store::{Cache, GetOutcome, Inner};
+use super::store::{Cache, GetOutcome, Inner, Shard};
 use super::types::{CacheType, GetOptions, UpdateEvent};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -24,7 +24,7 @@ impl Cache {
     /// an error is delivered only while no value has been delivered yet. Types without
     /// blocking are polled: `opts.max_age` is required, and the entry is read again when its
     /// data reaches that age (plus up to 1/16 of it, so the read lands after expiry); an
-    /// event is sent when the index or the value (by identity) changes.
+    /// event is sent when the index or the value changes ([`CacheType::same_value`]).
     ///
     /// Errors: [`ErrorKind::InvalidParameter`] if `T` is not registered or a polling type
     /// has no `max_age`; [`ErrorKind::Closed`].
@@ -36,8 +36,8 @@ impl Cache {
     ) -> Result<()> {
         let inner = self.inner();
         inner.ensure_open()?;
-        let shard_opts = inner.shard::<T>()?.options();
-        if shard_opts.supports_blocking {
+        let shard = inner.shard::<T>()?;
+        if shard.options().supports_blocking {
             inner.spawn(watch_blocking::<T>(Arc::clone(inner), req, opts, sender));
             return Ok(());
         }
@@ -52,6 +52,7 @@ impl Cache {
         };
         inner.spawn(watch_polling::<T>(
             Arc::clone(inner),
+            shard,
             req,
             opts,
             max_age,
@@ -72,6 +73,9 @@ impl Cache {
         Ok(rx)
     }
 }
+
+/// The shortest pause between two polls of a type without blocking.
+const MIN_POLL_WAIT: Duration = Duration::from_millis(1);
 
 /// How one watcher iteration ends.
 enum Step {
@@ -151,6 +155,7 @@ async fn watch_blocking<T: CacheType>(
 
 async fn watch_polling<T: CacheType>(
     inner: Arc<Inner>,
+    shard: Arc<Shard<T>>,
     req: T::Request,
     opts: GetOptions,
     max_age: Duration,
@@ -169,7 +174,9 @@ async fn watch_polling<T: CacheType>(
         let wait = match got {
             Ok(GetOutcome::Value(value, meta)) => {
                 failures = 0;
-                let changed = last.as_ref().is_none_or(|l| !Arc::ptr_eq(l, &value));
+                let changed = last
+                    .as_ref()
+                    .is_none_or(|l| !Arc::ptr_eq(l, &value) && !shard.same_value(l, &value));
                 if index < meta.index || changed {
                     last = Some(Arc::clone(&value));
                     index = meta.index;
@@ -183,8 +190,11 @@ async fn watch_polling<T: CacheType>(
                     }
                 }
                 // Sleep until the data is stale, then a little more so the next Get misses
-                // instead of landing exactly on max_age and hitting.
-                max_age.saturating_sub(meta.age) + (inner.stagger())(max_age / 16)
+                // instead of landing exactly on max_age and hitting. The floor keeps a Get
+                // that hit at exactly max_age (possible with a pinned stagger, or a clock
+                // that is not moving) from turning this loop into a spin.
+                (max_age.saturating_sub(meta.age) + (inner.stagger())(max_age / 16))
+                    .max(MIN_POLL_WAIT)
             }
             Ok(GetOutcome::TimedOutEmpty) => {
                 failures = failures.saturating_add(1);

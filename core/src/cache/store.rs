@@ -44,7 +44,7 @@ pub struct CacheOptions {
     /// (Consul's `cache.entry_fetch_rate`).
     pub entry_fetch_rate: Option<f64>,
     /// Fetches one entry may make back to back before the rate applies (default 2,
-    /// Consul's `cache.entry_fetch_max_burst`).
+    /// Consul's `cache.entry_fetch_max_burst`; 0 is read as 1).
     pub entry_fetch_max_burst: u32,
     /// The longest the eviction loop sleeps between checks. It normally wakes exactly when
     /// the next entry expires; this bound is what lets it notice an injected clock that
@@ -449,10 +449,12 @@ impl Inner {
         let mut first = true;
         let mut must_revalidate = opts.must_revalidate;
         loop {
-            self.ensure_open()?;
             let now = self.clock.now();
             let (mut done, last) = {
                 let mut st = shard.lock();
+                // Checked under the shard lock: `close` sets the flag before it clears the
+                // shards, so either this sees it or the entry made here is cleared.
+                self.ensure_open()?;
                 let entry = shard.entry_or_insert(&mut st, self, &key, req, now);
                 // Every attempt counts as use, valid or not (spec §4.3 step 2).
                 entry.touch(now, shard.opts.last_get_ttl);
@@ -616,6 +618,7 @@ impl Inner {
         }
         let now = self.clock.now();
         let mut st = shard.lock();
+        self.ensure_open()?;
         let entry = shard.entry_or_insert(&mut st, self, &key, req, now);
         entry.touch(now, shard.opts.last_get_ttl);
         shard.set_value(entry, value);
@@ -732,6 +735,11 @@ impl<T: CacheType> Shard<T> {
     /// The options the type was registered with.
     pub(crate) fn options(&self) -> TypeOptions {
         self.opts
+    }
+
+    /// The type's own notion of "unchanged".
+    pub(crate) fn same_value(&self, a: &T::Value, b: &T::Value) -> bool {
+        self.ty.same_value(a, b)
     }
 
     fn lock(&self) -> MutexGuard<'_, ShardState<T>> {
@@ -971,6 +979,11 @@ impl<T: CacheType> AnyShard for Shard<T> {
 /// of fetch, back-off, fetch (spec §4.5) until the entry is evicted, the cache closes, or an
 /// ACL-not-found error ends it.
 async fn drive<T: CacheType>(inner: Arc<Inner>, shard: Arc<Shard<T>>, key: CacheKey, id: u64) {
+    let _release = DriverRelease {
+        shard: Arc::clone(&shard),
+        key: key.clone(),
+        id,
+    };
     let mut shutdown = inner.shutdown.subscribe();
     let Some(mut stop) = shard.with_entry(&key, id, |e| e.stop.subscribe()) else {
         return;
@@ -1050,6 +1063,33 @@ async fn drive<T: CacheType>(inner: Arc<Inner>, shard: Arc<Shard<T>>, key: Cache
         if rearmed.is_none() {
             return;
         }
+    }
+}
+
+/// Hands an entry back if its driver ends without doing so itself: the type's fetch
+/// panicked, or the runtime dropped the task. Without this the entry would stay "fetching"
+/// forever and every Get for it would wait for a fetch that never completes. On normal exits
+/// the entry is already idle or gone and this does nothing.
+struct DriverRelease<T: CacheType> {
+    shard: Arc<Shard<T>>,
+    key: CacheKey,
+    id: u64,
+}
+
+impl<T: CacheType> Drop for DriverRelease<T> {
+    fn drop(&mut self) {
+        self.shard.with_entry(&self.key, self.id, |e| {
+            if matches!(e.driver, Driver::Idle) {
+                return;
+            }
+            e.driver = Driver::Idle;
+            e.fetching = false;
+            e.error = Some(Error::new(
+                ErrorKind::Internal,
+                format!("a {:?} cache fetch ended without a result", T::NAME),
+            ));
+            e.done.send_modify(|g| *g += 1);
+        });
     }
 }
 

@@ -56,6 +56,15 @@ pub trait CacheType: Send + Sync + 'static {
         req: &Self::Request,
     ) -> impl Future<Output = Result<FetchResult<Self::Value, Self::State>>> + Send;
 
+    /// Whether two values hold the same data. Only watchers of types without blocking use
+    /// it: they see a value after every poll and report it only if it changed (Consul
+    /// compares with `reflect.DeepEqual`). The default compares identity (the same `Arc`),
+    /// which reports every re-fetch as a change; types with `Value: PartialEq` should
+    /// override it with `a == b`.
+    fn same_value(&self, a: &Self::Value, b: &Self::Value) -> bool {
+        std::ptr::eq(a, b)
+    }
+
     /// An estimate of the bytes `value` holds, for the `bytes` gauge. The default counts only
     /// the shallow size, which undercounts anything with heap data; override it when memory
     /// accounting matters.

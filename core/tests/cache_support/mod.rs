@@ -83,6 +83,8 @@ pub struct Script {
     pub no_value: bool,
     /// Report "not modified" with no value.
     pub not_modified: bool,
+    /// Panic inside the fetch (a buggy type).
+    pub panic: bool,
 }
 
 #[derive(Debug)]
@@ -109,6 +111,7 @@ impl Backend {
                 hold: false,
                 no_value: false,
                 not_modified: false,
+                panic: false,
             }),
             changed: watch::channel(0).0,
             calls: Mutex::new(Vec::new()),
@@ -169,6 +172,9 @@ impl Backend {
             must_revalidate: opts.must_revalidate,
             key: req.key.clone(),
         });
+        if self.script.lock().unwrap().panic {
+            panic!("fetch panicked on purpose");
+        }
         let mut changed = self.changed.subscribe();
         let deadline = opts.timeout.map(|t| Instant::now() + t);
         let mut expired = false;
@@ -289,6 +295,10 @@ impl<N: Name> CacheType for Fake<N> {
         req: &Req,
     ) -> Result<FetchResult<String, u32>> {
         self.backend.fetch(opts, req).await
+    }
+
+    fn same_value(&self, a: &String, b: &String) -> bool {
+        a == b
     }
 
     fn size_of(&self, value: &String) -> usize {
