@@ -133,7 +133,9 @@ async fn wake_blocked(addr: &str, waiters: usize) {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; this harness takes no options.
+    // `cargo bench` passes --bench; this harness takes no options. reqwest needs the one
+    // crypto provider named even for plain HTTP.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let (_agent, addr) = start_agent();
     let secs: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
