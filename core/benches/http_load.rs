@@ -46,19 +46,33 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn authorize_load(addr: &str, concurrency: usize, duration: Duration) {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
     let url = format!("http://{addr}/v1/agent/connect/authorize");
-    let roots: serde_json::Value = client.get(format!("http://{addr}/v1/connect/ca/roots")).send().await.unwrap().json().await.unwrap();
+    let roots: serde_json::Value = client
+        .get(format!("http://{addr}/v1/connect/ca/roots"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let td = roots["TrustDomain"].as_str().unwrap().to_owned();
     for (src, action) in [("web", "allow"), ("*", "deny")] {
         client
-            .put(format!("http://{addr}/v1/connect/intentions/exact?source={src}&destination=db"))
+            .put(format!(
+                "http://{addr}/v1/connect/intentions/exact?source={src}&destination=db"
+            ))
             .json(&json!({ "Action": action }))
             .send()
             .await
             .unwrap();
     }
-    let body = Arc::new(json!({"Target": "db", "ClientCertURI": format!("spiffe://{td}/ns/default/dc/dc1/svc/web")}));
+    let body = Arc::new(
+        json!({"Target": "db", "ClientCertURI": format!("spiffe://{td}/ns/default/dc/dc1/svc/web")}),
+    );
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
@@ -93,10 +107,17 @@ async fn authorize_load(addr: &str, concurrency: usize, duration: Duration) {
 }
 
 async fn wake_blocked(addr: &str, waiters: usize) {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let url = format!("http://{addr}/v1/connect/intentions");
     let first = client.get(&url).send().await.unwrap();
-    let index: u64 = first.headers()["x-consul-index"].to_str().unwrap().parse().unwrap();
+    let index: u64 = first.headers()["x-consul-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(waiters);
     let mut tasks = Vec::with_capacity(waiters);
     for _ in 0..waiters {
@@ -105,7 +126,11 @@ async fn wake_blocked(addr: &str, waiters: usize) {
             let req = client.get(format!("{url}?index={index}&wait=120s")).send();
             let _ = ready.send(()).await;
             let r = req.await.unwrap();
-            let got: u64 = r.headers()["x-consul-index"].to_str().unwrap().parse().unwrap();
+            let got: u64 = r.headers()["x-consul-index"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
             assert!(got > index);
             Instant::now()
         }));
@@ -117,7 +142,9 @@ async fn wake_blocked(addr: &str, waiters: usize) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let t0 = Instant::now();
     client
-        .put(format!("http://{addr}/v1/connect/intentions/exact?source=api&destination=db"))
+        .put(format!(
+            "http://{addr}/v1/connect/intentions/exact?source=api&destination=db"
+        ))
         .json(&json!({"Action": "deny"}))
         .send()
         .await
@@ -136,10 +163,19 @@ fn main() {
     // `cargo bench` passes --bench; this harness takes no options. reqwest needs the one
     // crypto provider named even for plain HTTP.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (_agent, addr) = start_agent();
-    let secs: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let secs: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     rt.block_on(authorize_load(&addr, 32, Duration::from_secs(secs)));
-    let waiters: usize = std::env::var("BENCH_WAITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let waiters: usize = std::env::var("BENCH_WAITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
     rt.block_on(wake_blocked(&addr, waiters));
 }

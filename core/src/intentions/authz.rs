@@ -115,7 +115,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn from_intention(ixn: &Arc<Intention>) -> Decision {
+    pub(super) fn from_intention(ixn: &Arc<Intention>) -> Decision {
         let (allowed, reason) = if ixn.permissions.is_empty() {
             (
                 ixn.action == Some(IntentionAction::Allow),
@@ -133,7 +133,7 @@ impl Decision {
         }
     }
 
-    fn from_default(policy: DefaultPolicy) -> Decision {
+    pub(super) fn from_default(policy: DefaultPolicy) -> Decision {
         Decision {
             allowed: policy.action == IntentionAction::Allow,
             reason: DecisionReason::Default(policy.source),
