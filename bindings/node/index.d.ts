@@ -73,7 +73,7 @@ export declare class NativeService {
    */
   authorize(peer: string | Buffer | Array<Buffer>): PeerAuthorization
   /**
-   * [`NativeService::authorize`] for a server's accept path: returns the decision when the
+   * `authorize` for a server's accept path: returns the decision when the
    * peer is allowed, throws `AUTHORIZATION_DENIED` (with Consul's reason) when it is not.
    */
   admit(peer: string | Buffer | Array<Buffer>): PeerAuthorization
@@ -142,7 +142,7 @@ export declare function coreVersion(): string
 
 /** Options of `Agent.dev()`. */
 export interface DevOptions {
-  /** As in [`AgentOptions`]: the bound of the delay before leaves follow a root rotation. */
+  /** As in `AgentOptions`: the bound of the delay before leaves follow a root rotation. */
   rootChangeJitterMs?: number
 }
 

@@ -41,7 +41,7 @@ pub struct AgentOptions {
 #[napi(object)]
 #[derive(Debug, Default)]
 pub struct DevOptions {
-    /// As in [`AgentOptions`]: the bound of the delay before leaves follow a root rotation.
+    /// As in `AgentOptions`: the bound of the delay before leaves follow a root rotation.
     pub root_change_jitter_ms: Option<u32>,
 }
 

@@ -177,7 +177,7 @@ impl NativeService {
         })
     }
 
-    /// [`NativeService::authorize`] for a server's accept path: returns the decision when the
+    /// `authorize` for a server's accept path: returns the decision when the
     /// peer is allowed, throws `AUTHORIZATION_DENIED` (with Consul's reason) when it is not.
     #[napi]
     pub fn admit(&self, peer: Either3<String, Buffer, Vec<Buffer>>) -> Result<PeerAuthorization> {
