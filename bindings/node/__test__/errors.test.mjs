@@ -78,12 +78,6 @@ test('material of a service that has no certificate yet', async () => {
   remote.close()
 })
 
-test('ready() times out', async () => {
-  const remote = new Agent({ address: '127.0.0.1:1' })
-  await assert.rejects(remote.ready(), is('CONNECTION_REFUSED'))
-  remote.close()
-})
-
 test('everything after close is CLOSED', async () => {
   const a = await Agent.dev()
   const svc = await a.service('gone').ready()
