@@ -292,3 +292,49 @@ fn an_owned_runtime_agent_closes_cleanly_and_refuses_later_calls() {
     assert!(agent.is_closed());
     assert_eq!(agent.service("web").unwrap_err().kind(), ErrorKind::Closed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_resolve_and_verify_server_for_other_tls_stacks() {
+    let server = strict_server(connect_core::clock::system());
+    let agent = Agent::new(config_in(&server, connect_core::clock::system())).unwrap();
+    let db = agent.service("db").unwrap();
+    let web = agent.service("web").unwrap();
+    db.ready_wait(T).await.unwrap();
+    web.ready_wait(T).await.unwrap();
+    assert_eq!(
+        web.resolve("db").await.unwrap_err().kind(),
+        ErrorKind::ConnectionRefused
+    );
+    let mut reg = ServiceRegistration::new("db", 4242);
+    reg.address = "127.0.0.1".into();
+    reg.connect = Some(ServiceConnect::native());
+    agent.register_service(reg).await.unwrap();
+    // The cached empty answer is replaced by the background blocking query.
+    let addrs = tokio::time::timeout(T, async {
+        loop {
+            if let Ok(a) = web.resolve("db").await {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(addrs, vec!["127.0.0.1:4242".parse().unwrap()]);
+
+    let chain =
+        connect_core::certs::parse_pem_certificates(&db.material().unwrap().chain_pem).unwrap();
+    let id = web.verify_server("db", &chain).unwrap();
+    assert_eq!(id.as_service().unwrap().service, "db");
+    assert_eq!(
+        web.verify_server("api", &chain).unwrap_err().kind(),
+        ErrorKind::PeerIdentityMismatch
+    );
+    assert_eq!(
+        web.verify_server("db", &[]).unwrap_err().kind(),
+        ErrorKind::InvalidCertificate
+    );
+
+    agent.deregister_service("db").await.unwrap();
+    agent.close();
+}

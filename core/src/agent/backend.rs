@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::ca::{CaConfiguration, IndexedCaRoots, IssuedCert, SignPolicy};
-use crate::catalog::ServiceEntry;
+use crate::catalog::{ServiceEntry, ServiceRegistration};
 use crate::http::client::{ApiClient, ClientConfig};
 use crate::intentions::{Intention, IntentionAction, MatchType};
 use crate::server::Server;
@@ -359,6 +359,58 @@ impl Backend {
                 )
                 .await
                 .map(|_| ()),
+        }
+    }
+
+    /// Registers a service instance on the agent's node (`/v1/agent/service/register`).
+    pub async fn register_service(
+        &self,
+        token: Option<&str>,
+        registration: ServiceRegistration,
+    ) -> Result<(), Error> {
+        match self {
+            Backend::InProcess(s) => {
+                let (s, t) = (s.clone(), token.map(str::to_owned));
+                in_blocking(move || s.register_service(t.as_deref(), registration).map(|_| ()))
+                    .await
+            }
+            Backend::Http(h) => h
+                .with_token(token)?
+                .call::<_, serde_json::Value>(
+                    Method::PUT,
+                    "/v1/agent/service/register",
+                    &[],
+                    Some(&registration),
+                )
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// Deregisters the instance `service_id` (`/v1/agent/service/deregister/:id`).
+    pub async fn deregister_service(
+        &self,
+        token: Option<&str>,
+        service_id: &str,
+    ) -> Result<(), Error> {
+        match self {
+            Backend::InProcess(s) => {
+                let (s, t, id) = (s.clone(), token.map(str::to_owned), service_id.to_owned());
+                in_blocking(move || s.deregister_service(t.as_deref(), &id)).await
+            }
+            Backend::Http(h) => {
+                let path = format!(
+                    "/v1/agent/service/deregister/{}",
+                    percent_encoding::utf8_percent_encode(
+                        service_id,
+                        percent_encoding::NON_ALPHANUMERIC
+                    )
+                );
+                h.with_token(token)?
+                    .call::<(), serde_json::Value>(Method::PUT, &path, &[], None)
+                    .await
+                    .map(|_| ())
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ pub use types::{
 
 use crate::ca::{CaConfiguration, IndexedCaRoots};
 use crate::cache::{Cache, CacheOptions, GetOptions};
-use crate::catalog::ServiceEntry;
+use crate::catalog::{ServiceEntry, ServiceRegistration};
 use crate::http::client::ClientConfig;
 use crate::intentions::{DefaultPolicy, Intention, IntentionAction};
 use crate::server::{Server, ServerConfig};
@@ -483,6 +483,24 @@ impl Agent {
     pub async fn ca_set_config(&self, config: CaConfiguration) -> Result<(), Error> {
         self.check_open()?;
         self.inner.backend.ca_set_config(self.token(), config).await
+    }
+
+    /// Registers a service instance on the agent's node, so that `dial` by name finds it.
+    pub async fn register_service(&self, registration: ServiceRegistration) -> Result<(), Error> {
+        self.check_open()?;
+        self.inner
+            .backend
+            .register_service(self.token(), registration)
+            .await
+    }
+
+    /// Deregisters the instance `service_id`.
+    pub async fn deregister_service(&self, service_id: &str) -> Result<(), Error> {
+        self.check_open()?;
+        self.inner
+            .backend
+            .deregister_service(self.token(), service_id)
+            .await
     }
 
     /// A Connect service named `name` on this agent: its identity follows the agent's leaf

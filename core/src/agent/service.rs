@@ -7,12 +7,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
 use tokio::net::ToSocketAddrs;
 use tokio::task::JoinHandle;
 
 use super::{Agent, IntentionMatchType, LeafType, RootsType};
 use crate::cache::GetOptions;
 use crate::intentions::{IntentionIndex, SharedIntentionIndex};
+use crate::spiffe::SpiffeId;
 use crate::tls::{
     self, Bundle, Connection, Identity, Listener, Material, PeerAuthorization, PeerInput, Svid,
 };
@@ -220,9 +222,13 @@ impl ConnectService {
         self.tls.dial_addr(addr, target).await
     }
 
-    /// Connects to a healthy instance of `target`, found through the catalog; instances are
-    /// tried in random order until one answers.
-    pub async fn dial(&self, target: &str) -> Result<Connection, Error> {
+    /// The addresses of healthy instances of `target`, found through the catalog, in random
+    /// order: the order in which [`ConnectService::dial`] tries them. For applications with
+    /// their own TLS stack, which then check the server with
+    /// [`ConnectService::verify_server`].
+    ///
+    /// Errors: `ConnectionRefused` when there is no healthy instance.
+    pub async fn resolve(&self, target: &str) -> Result<Vec<SocketAddr>, Error> {
         let instances = self.agent.health_connect(target).await?;
         if instances.is_empty() {
             return Err(Error::new(
@@ -240,6 +246,13 @@ impl ConnectService {
             }
         }
         shuffle(&mut addrs);
+        Ok(addrs)
+    }
+
+    /// Connects to a healthy instance of `target`, found through the catalog; instances are
+    /// tried in random order until one answers.
+    pub async fn dial(&self, target: &str) -> Result<Connection, Error> {
+        let addrs = self.resolve(target).await?;
         let mut last = Error::new(
             ErrorKind::ConnectionRefused,
             format!("no address for {target:?}"),
@@ -251,6 +264,20 @@ impl ConnectService {
             }
         }
         Err(last)
+    }
+
+    /// Checks a server's chain (leaf first) as [`ConnectService::dial`] does inside its
+    /// handshake: it verifies against the current roots and names `target` (spec §8.3). For
+    /// applications whose own TLS stack did the handshake.
+    ///
+    /// Errors: `PeerIdentityMismatch`, `CertificateVerification`, `InvalidCertificate`,
+    /// `NotReady`.
+    pub fn verify_server(
+        &self,
+        target: &str,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<SpiffeId, Error> {
+        self.tls.client(target)?.verify_server_chain(chain)
     }
 
     /// Current chain, key and roots as PEM, for applications with their own TLS stack.

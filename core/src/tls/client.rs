@@ -372,6 +372,23 @@ impl MtlsClient {
         &self.expectation.expected
     }
 
+    /// Checks a server chain (leaf first) as the handshake does: against the current roots,
+    /// and that it names the expected peer. For applications with their own TLS stack.
+    ///
+    /// Errors: `PeerIdentityMismatch`, `CertificateVerification`, `InvalidCertificate`,
+    /// `NotReady`.
+    pub fn verify_server_chain(&self, chain: &[CertificateDer<'_>]) -> Result<SpiffeId> {
+        let (leaf, rest) = chain.split_first().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidCertificate,
+                "tls: no certificates from peer",
+            )
+        })?;
+        self.expectation
+            .verify_server(leaf, rest)
+            .map_err(|e| super::errors::from_rustls(&e))
+    }
+
     /// Connects to `addr` and runs the handshake, all within the handshake timeout.
     ///
     /// Errors: `ConnectionRefused`, `Timeout`, `PeerIdentityMismatch` (`peer certificate

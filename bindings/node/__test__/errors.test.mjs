@@ -1,0 +1,89 @@
+import assert from 'node:assert/strict'
+import { after, before, test } from 'node:test'
+
+import { Agent, errorCodes } from 'libconnect'
+
+let agent, web
+
+before(async () => {
+  agent = await Agent.dev()
+  web = await agent.service('web').ready()
+})
+after(() => agent.close())
+
+const codes = new Set(errorCodes())
+
+// Every error carries a code of the table; each case names the one it must be.
+function is(code) {
+  return (e) => {
+    assert.ok(e instanceof Error, 'an Error')
+    assert.ok(codes.has(e.code), `${e.code} is in the table`)
+    assert.equal(e.code, code, e.message)
+    assert.ok(e.message.length > 0)
+    return true
+  }
+}
+
+test('bad intention inputs', async () => {
+  await assert.rejects(agent.intentions.upsert('web', 'db', 'maybe'), is('INVALID_PARAMETER'))
+  await assert.rejects(agent.intentions.upsert('', 'db', 'allow'), is('INVALID_PARAMETER'))
+  await assert.rejects(agent.intentions.upsert('web', 'db', 42), is('INVALID_PARAMETER'))
+  await assert.rejects(agent.intentions.check(undefined, 'db'), is('INVALID_PARAMETER'))
+})
+
+test('bad CA configurations', async () => {
+  await assert.rejects(agent.ca.setConfig('vault-ish', {}), is('INVALID_CA_CONFIG'))
+  await assert.rejects(agent.ca.setConfig('consul', { PrivateKeyType: 'dsa' }), is('INVALID_CA_CONFIG'))
+  await assert.rejects(agent.ca.setConfig('consul', { PrivateKeyType: 'ec', PrivateKeyBits: 123 }), is('INVALID_CA_CONFIG'))
+})
+
+test('bad service names and registrations', async () => {
+  assert.throws(() => agent.service(''), is('INVALID_PARAMETER'))
+  assert.throws(() => agent.service(7), is('INVALID_PARAMETER'))
+  await assert.rejects(agent.registerService({ name: 'x', port: 70000 }), is('INVALID_PARAMETER'))
+  await assert.rejects(agent.registerService({ port: 80 }), is('INVALID_PARAMETER'))
+})
+
+test('bad peers given to authorize', () => {
+  assert.throws(() => web.authorize('spiffe://not a service'), is('INVALID_SPIFFE_ID'))
+  assert.throws(() => web.authorize('https://example/svc/web'), is('INVALID_SPIFFE_ID'))
+  assert.throws(() => web.authorize(Buffer.from('not DER')), is('INVALID_CERTIFICATE'))
+  assert.throws(() => web.authorize('-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n'), is('INVALID_CERTIFICATE'))
+  assert.throws(() => web.authorize(12), is('INVALID_PARAMETER'))
+})
+
+test('a certificate from another CA fails verification', async () => {
+  const other = await Agent.dev()
+  const stranger = await other.service('web').ready()
+  assert.throws(() => web.authorize(stranger.leafPem()), is('CERTIFICATE_VERIFICATION'))
+  other.close()
+})
+
+test('dialing what is not there', async () => {
+  await assert.rejects(web.connect('nothing-here'), is('CONNECTION_REFUSED'))
+  // A port nobody listens on (bound, then closed).
+  const net = await import('node:net')
+  const srv = net.createServer().listen(0, '127.0.0.1')
+  await new Promise((r) => srv.once('listening', r))
+  const { port } = srv.address()
+  await new Promise((r) => srv.close(r))
+  await assert.rejects(web.connect('db', { port }), is('CONNECTION_REFUSED'))
+})
+
+test('material of a service that has no certificate yet', async () => {
+  const remote = new Agent({ address: '127.0.0.1:1' })
+  const svc = remote.service('late')
+  assert.throws(() => svc.leafPem(), (e) => ['NOT_READY', 'CONNECTION_REFUSED'].includes(e.code))
+  await assert.rejects(svc.ready(), is('CONNECTION_REFUSED'))
+  remote.close()
+})
+
+test('everything after close is CLOSED', async () => {
+  const a = await Agent.dev()
+  const svc = await a.service('gone').ready()
+  a.close()
+  await assert.rejects(a.intentions.check('a', 'b'), is('CLOSED'))
+  await assert.rejects(a.ca.rootsPem(), is('CLOSED'))
+  assert.throws(() => a.service('again'), is('CLOSED'))
+  await assert.rejects(svc.connect('db', { port: 1 }), (e) => codes.has(e.code))
+})
