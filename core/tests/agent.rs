@@ -338,3 +338,141 @@ async fn register_resolve_and_verify_server_for_other_tls_stacks() {
     agent.deregister_service("db").await.unwrap();
     agent.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listening_registers_the_instance_and_closing_deregisters_it() {
+    let server = strict_server(connect_core::clock::system());
+    let agent = Agent::new(config_in(&server, connect_core::clock::system())).unwrap();
+    agent
+        .intention_upsert("web", "db", IntentionAction::Allow)
+        .await
+        .unwrap();
+    let db = agent.service("db").unwrap();
+    let web = agent.service("web").unwrap();
+    db.ready_wait(T).await.unwrap();
+    web.ready_wait(T).await.unwrap();
+    let addr = echo_server(&db).await;
+    let found = server.health(None, "db", true, true, None).unwrap().value;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].dial_address(), ("127.0.0.1", addr.port()));
+    let mut c = web.dial("db").await.unwrap();
+    assert_eq!(round_trip(&mut c, b"found").await, b"found");
+    db.close();
+    tokio::time::timeout(T, async {
+        while !server
+            .health(None, "db", true, true, None)
+            .unwrap()
+            .value
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("closing the service deregisters it");
+    agent.close();
+}
+
+/// A TCP proxy in front of the API whose tasks can all be killed at once: a real outage,
+/// in which open connections drop too.
+async fn proxy(
+    listener: tokio::net::TcpListener,
+    upstream: std::net::SocketAddr,
+) -> tokio::task::JoinSet<()> {
+    let mut set = tokio::task::JoinSet::new();
+    let conns = Arc::new(tokio::sync::Mutex::new(tokio::task::JoinSet::new()));
+    let c2 = Arc::clone(&conns);
+    set.spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            c2.lock().await.spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    set.spawn(async move {
+        // Owns the connection tasks: aborting this task drops them all.
+        let _keep = conns;
+        std::future::pending::<()>().await;
+    });
+    set
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_rides_out_a_server_outage_and_catches_up() {
+    let server = strict_server(connect_core::clock::system());
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = api.local_addr().unwrap();
+    let router = connect_core::http::api::router(server.clone());
+    tokio::spawn(async move { axum::serve(api, router).await });
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = front.local_addr().unwrap();
+    let mut outage = proxy(front, upstream).await;
+    let config = AgentConfig {
+        backend: AgentBackend::Http(ClientConfig {
+            address: Some(http_addr.to_string()),
+            ..ClientConfig::default()
+        }),
+        root_change_jitter: Duration::ZERO,
+        runtime: Some(tokio::runtime::Handle::current()),
+        ..AgentConfig::dev()
+    };
+    let agent = Agent::new_async(config).await.unwrap();
+    agent
+        .intention_upsert("web", "db", IntentionAction::Allow)
+        .await
+        .unwrap();
+    let db = agent.service("db").unwrap();
+    let web = agent.service("web").unwrap();
+    db.ready_wait(T).await.unwrap();
+    web.ready_wait(T).await.unwrap();
+    let addr = echo_server(&db).await;
+    tokio::time::timeout(T, async {
+        while db.intention_index().load().intentions().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+
+    // Outage: the API goes away. Cached leaf, roots and intentions keep services working.
+    outage.abort_all();
+    while outage.join_next().await.is_some() {}
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        agent.intention_check("web", "db").await.is_err(),
+        "the server is really down"
+    );
+    let mut c = web.dial_addr(addr, "db").await.unwrap();
+    assert_eq!(round_trip(&mut c, b"during outage").await, b"during outage");
+    assert!(agent.roots().await.is_ok(), "roots served from the cache");
+
+    // The server comes back on the same address; the agent catches up by itself.
+    let mut deny = connect_core::intentions::Intention::default();
+    deny.action = Some(IntentionAction::Deny);
+    server
+        .intention_upsert_exact(None, "web", "db", deny)
+        .unwrap();
+    let front = tokio::net::TcpListener::bind(http_addr).await.unwrap();
+    let _back = proxy(front, upstream).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let denied = db
+                .intention_index()
+                .load()
+                .intentions()
+                .iter()
+                .any(|i| i.source_name == "web" && i.action == Some(IntentionAction::Deny));
+            if denied {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("intention change after the outage reached the agent");
+    let m = agent.cache().metrics();
+    assert!(m.total.fetch_error > 0, "the outage shows in the metrics");
+    agent.close();
+}

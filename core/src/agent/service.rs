@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::{Agent, IntentionMatchType, LeafType, RootsType};
 use crate::cache::GetOptions;
+use crate::catalog::{ServiceConnect, ServiceRegistration};
 use crate::intentions::{IntentionIndex, SharedIntentionIndex};
 use crate::spiffe::SpiffeId;
 use crate::tls::{
@@ -33,6 +34,8 @@ pub struct ConnectService {
     tls: tls::Service,
     intentions: Arc<SharedIntentionIndex>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Instance IDs this handle registered; deregistered on close.
+    registered: Mutex<Vec<String>>,
 }
 
 impl fmt::Debug for ConnectService {
@@ -77,6 +80,7 @@ impl ConnectService {
             tls,
             intentions,
             tasks: Mutex::new(Vec::new()),
+            registered: Mutex::new(Vec::new()),
         };
         svc.spawn_roots_watch()?;
         svc.spawn_leaf_watch();
@@ -209,8 +213,32 @@ impl ConnectService {
     }
 
     /// Listens for mutual-TLS connections; unauthorized peers are refused in the handshake.
+    /// The instance is registered in the catalog as a Connect-native service (ID
+    /// `<name>-<port>`) so that peers can [`dial`](Self::dial) it by name, and deregistered
+    /// when this handle is closed.
     pub async fn listen(&self, addr: impl ToSocketAddrs) -> Result<Listener, Error> {
-        self.tls.listen(addr).await
+        let listener = self.tls.listen(addr).await?;
+        self.register(listener.local_addr()).await?;
+        Ok(listener)
+    }
+
+    /// Registers an instance of this service at `addr` (Connect-native, no health check:
+    /// it is passing while registered).
+    pub async fn register(&self, addr: SocketAddr) -> Result<(), Error> {
+        let id = format!("{}-{}", self.name, addr.port());
+        let mut reg = ServiceRegistration::new(&self.name, addr.port());
+        reg.id = id.clone();
+        reg.address = addr.ip().to_string();
+        reg.connect = Some(ServiceConnect::native());
+        self.agent
+            .backend()
+            .register_service(self.agent.token(), reg)
+            .await?;
+        self.registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(id);
+        Ok(())
     }
 
     /// Connects to `addr`, expecting it to be an instance of `target`.
@@ -290,7 +318,7 @@ impl ConnectService {
         self.tls.authorize_peer(peer)
     }
 
-    /// Stops the watchers. Idempotent.
+    /// Stops the watchers and deregisters the instances this handle registered. Idempotent.
     pub fn close(&self) {
         for t in self
             .tasks
@@ -299,6 +327,29 @@ impl ConnectService {
             .drain(..)
         {
             t.abort();
+        }
+        let ids: Vec<String> = self
+            .registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        if ids.is_empty() || self.agent.is_closed() {
+            return;
+        }
+        let backend = self.agent.backend().clone();
+        let token = self.agent.token().map(str::to_owned);
+        let done = self.agent.handle().spawn(async move {
+            for id in ids {
+                // Best effort: an unreachable backend keeps the instance until it is cleaned up
+                // there.
+                let _ = backend.deregister_service(token.as_deref(), &id).await;
+            }
+        });
+        // From plain threads, wait, so that a closed service is gone from the catalog when
+        // close returns; inside a runtime that would block a worker.
+        if tokio::runtime::Handle::try_current().is_err() {
+            let _ = self.agent.handle().block_on(done);
         }
     }
 }
