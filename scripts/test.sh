@@ -23,6 +23,41 @@ echo "== cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 echo "== cargo test"
+mkdir -p target && rm -f target/lane-*.txt
 cargo test --workspace --locked 2>&1 | tee target/test-output.txt
-# One summary line for CI's reader, summed over every test binary.
-awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "libconnect: %d passed, %d failed, %d skipped\n", p, f, s }' target/test-output.txt
+
+# The language lanes (C, Python, Node) run after the Rust tests, each in its own script so it
+# can also be run alone.
+for lane in c python node; do
+  script="scripts/test-$lane.sh"
+  [ -f "$script" ] || continue
+  echo "== lane: $lane"
+  bash "$script" 2>&1 | tee "target/lane-$lane.txt"
+done
+
+# One closing line for CI's reader, summed over cargo's binaries and the lanes' runners
+# (node:test "# pass N"/"# fail N", pytest "N passed"/"N failed", the C lane's own
+# "N passed, N failed").
+python3 - <<'PY'
+import glob, re
+p = f = s = 0
+for line in open("target/test-output.txt", errors="replace"):
+    m = re.match(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored", line)
+    if m:
+        p += int(m[1]); f += int(m[2]); s += int(m[3])
+for path in glob.glob("target/lane-*.txt"):
+    text = open(path, errors="replace").read()
+    if path.endswith("lane-node.txt"):
+        p += sum(int(x) for x in re.findall(r"^# pass (\d+)", text, re.M))
+        f += sum(int(x) for x in re.findall(r"^# fail (\d+)", text, re.M))
+    elif path.endswith("lane-python.txt"):
+        last = [l for l in text.splitlines() if re.search(r"\d+ (passed|failed)", l) and "==" in l]
+        if last:
+            p += sum(int(x) for x in re.findall(r"(\d+) passed", last[-1]))
+            f += sum(int(x) for x in re.findall(r"(\d+) failed", last[-1]))
+            s += sum(int(x) for x in re.findall(r"(\d+) skipped", last[-1]))
+    else:
+        for m in re.finditer(r"^(?:\w+: )?(\d+) passed, (\d+) failed", text, re.M):
+            p += int(m[1]); f += int(m[2])
+print(f"libconnect: {p} passed, {f} failed, {s} skipped")
+PY
