@@ -103,7 +103,7 @@ impl Agent {
         }
     }
 
-    #[pyo3(signature = (name, *, ready_timeout=Some(10.0)))]
+    #[pyo3(signature = (name, *, ready_timeout=Some(10.0)), text_signature = "(self, /, name, *, ready_timeout=10.0)")]
     fn service(&self, py: Python<'_>, name: &str, ready_timeout: Option<f64>) -> Result<Service> {
         let limit = runtime::timeout(ready_timeout)?;
         let svc = Service::new(self.inner.service(name)?);

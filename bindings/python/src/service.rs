@@ -191,12 +191,12 @@ impl Service {
         lock(&self.inner).is_none()
     }
 
-    #[pyo3(name = "ready_wait", signature = (timeout=Some(10.0)))]
+    #[pyo3(name = "ready_wait", signature = (timeout=Some(10.0)), text_signature = "(self, /, timeout=10.0)")]
     fn py_ready_wait(&self, py: Python<'_>, timeout: Option<f64>) -> Result<()> {
         self.ready_wait(py, runtime::timeout(timeout)?)
     }
 
-    #[pyo3(signature = (addr=Addr::default()))]
+    #[pyo3(signature = (addr=Addr::default()), text_signature = "(self, /, addr='127.0.0.1:0')")]
     fn listen(&self, py: Python<'_>, addr: Addr) -> Result<Listener> {
         let svc = self.get()?;
         let l = wait(py, None, "listen", async move {

@@ -11,6 +11,22 @@ from typing_extensions import Self
 
 from ._ssl import ConnectSSLContext
 
+__all__ = [
+    "__version__",
+    "core_version",
+    "Agent",
+    "Intentions",
+    "CA",
+    "Service",
+    "Subscription",
+    "Authorization",
+    "Listener",
+    "Connection",
+    "_error_table",
+    "_raise_error",
+    "_exception_classes",
+]
+
 __version__: Final[str]
 """The version of the binding (PEP 440)."""
 core_version: Final[str]
@@ -71,7 +87,7 @@ class Agent:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool: ...
+    ) -> None: ...
 
 @final
 class Intentions:
@@ -193,7 +209,7 @@ class Service:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool: ...
+    ) -> None: ...
 
 @final
 class Subscription:
@@ -210,7 +226,7 @@ class Subscription:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool: ...
+    ) -> None: ...
 
 @final
 class Authorization:
@@ -227,7 +243,7 @@ class Authorization:
     def reason(self) -> str:
         """Why (Consul's text, e.g. ``"Matched L4 intention: ..."``)."""
     def __bool__(self) -> bool: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
     def __reduce__(self) -> tuple[type[Authorization], tuple[str, bool, str]]: ...
 
@@ -252,7 +268,7 @@ class Listener:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool: ...
+    ) -> None: ...
 
 @final
 class Connection:
@@ -307,7 +323,7 @@ class Connection:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool: ...
+    ) -> None: ...
 
 def _error_table() -> list[tuple[str, int, str]]:
     """``(code, number, Python class)`` of every error kind (for tests)."""
