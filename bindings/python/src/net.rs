@@ -1,6 +1,7 @@
 //! `Listener` and `Connection`: blocking, socket-like objects over the core's tokio types. Every
 //! blocking call runs with the GIL released and can be interrupted by Ctrl-C or `close()`.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -249,12 +250,12 @@ impl Connection {
         Ok(PyBytes::new(py, &data))
     }
 
-    fn send(&self, py: Python<'_>, data: &[u8]) -> Result<usize> {
-        self.write(py, data, false)
+    fn send(&self, py: Python<'_>, data: Cow<'_, [u8]>) -> Result<usize> {
+        self.write(py, &data, false)
     }
 
-    fn sendall(&self, py: Python<'_>, data: &[u8]) -> Result<()> {
-        self.write(py, data, true).map(|_| ())
+    fn sendall(&self, py: Python<'_>, data: Cow<'_, [u8]>) -> Result<()> {
+        self.write(py, &data, true).map(|_| ())
     }
 
     #[pyo3(signature = (mode="r", buffering=None, *, encoding=None, errors=None, newline=None))]

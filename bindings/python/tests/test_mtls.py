@@ -102,6 +102,8 @@ def test_makefile_and_timeouts(db: libconnect.Service, web: libconnect.Service) 
         assert 0.15 < time.monotonic() - start < 2
         conn.settimeout(None)
         assert round_trip(conn, b"still fine") == b"still fine"
+        conn.sendall(bytearray(b"bytearray"))
+        assert recv_exact(conn, 9) == b"bytearray"
 
 
 def test_sixteen_threads_share_one_agent(agent: libconnect.Agent, db: libconnect.Service) -> None:

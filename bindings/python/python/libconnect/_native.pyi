@@ -300,9 +300,9 @@ class Connection:
         """The timeout set by ``settimeout``."""
     def recv(self, bufsize: int) -> bytes:
         """At most ``bufsize`` bytes; ``b""`` once the peer has closed."""
-    def send(self, data: bytes) -> int:
+    def send(self, data: bytes | bytearray) -> int:
         """Sends some of ``data``; returns how many bytes."""
-    def sendall(self, data: bytes) -> None:
+    def sendall(self, data: bytes | bytearray) -> None:
         """Sends all of ``data``."""
     def makefile(
         self,
