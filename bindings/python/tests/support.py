@@ -34,6 +34,9 @@ class EchoServer:
                 return  # closed
             self.peers.append(conn.peer_id)
             t = threading.Thread(target=self._echo, args=(conn,), daemon=True)
+            # Keep only live threads: from Python 3.13 on, a finished thread's stack is freed
+            # once its Thread object goes (or is joined).
+            self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(t)
             t.start()
 
