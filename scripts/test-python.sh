@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The Python lane: builds the binding (maturin develop, debug) into bindings/python/.venv and
 # runs its pytest suite, mypy.stubtest over the hand-written stubs and mypy --strict over the
-# typed usage file. Installs what a fresh machine lacks first (a venv with maturin, pytest,
-# pytest-timeout and mypy from PyPI). Called by scripts/test.sh; runs alone too.
+# package and the typed usage file. Installs what a fresh machine lacks first (a venv with
+# maturin, pytest, pytest-timeout and mypy from PyPI). Called by scripts/test.sh; runs alone.
 #
 # Environment: PYTHON (default python3) makes the venv; CARGO_TARGET_DIR is honoured by cargo
 # and maturin alike.
@@ -45,7 +45,7 @@ python -m pytest -p no:cacheprovider -q
 echo "== mypy.stubtest libconnect._native"
 python -m mypy.stubtest libconnect._native
 
-echo "== mypy --strict tests/test_typing.py"
-python -m mypy --strict --no-incremental tests/test_typing.py
+echo "== mypy --strict python/libconnect tests/test_typing.py"
+python -m mypy --strict --no-incremental python/libconnect tests/test_typing.py
 
 echo "== python lane done in $((SECONDS - start))s"

@@ -317,6 +317,6 @@ def makefile(
         buffer = io.BufferedWriter(raw, buffering)
     if binary:
         return buffer
-    text = io.TextIOWrapper(buffer, encoding, errors, newline)
+    text = io.TextIOWrapper(buffer, encoding, errors, newline)  # type: ignore[type-var]
     text.mode = mode  # type: ignore[misc]
     return text
