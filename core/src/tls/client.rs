@@ -73,6 +73,14 @@ fn path_of(uri: &str) -> &str {
 }
 
 impl ExpectedPeer {
+    /// Checks the SPIFFE ID a server presented the way the handshake does (Go's URI
+    /// comparison), for applications that keep their own TLS stack (Python `ssl`):
+    /// `PeerIdentityMismatch` when it names another service.
+    pub fn check_presented(&self, presented: &SpiffeId) -> Result<()> {
+        self.check(presented, None, None, false)
+            .map_err(VerifyFailure::into_error)
+    }
+
     /// Checks the identity the server presented. `own_dc` is our datacenter, used for a
     /// name-only expectation; `strict` adds the trust domain and datacenter checks.
     pub(crate) fn check(
