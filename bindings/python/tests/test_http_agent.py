@@ -5,7 +5,6 @@ the catalog."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import socket
@@ -67,19 +66,12 @@ def http_addr() -> Iterator[str]:
         proc.wait(T)
 
 
-def _register(addr: str, name: str, port: int) -> None:
-    body = json.dumps({"Name": name, "Port": port, "Address": "127.0.0.1", "Connect": {"Native": True}})
-    req = urllib.request.Request(f"http://{addr}/v1/agent/service/register", data=body.encode(), method="PUT")
-    with urllib.request.urlopen(req, timeout=T) as r:
-        r.read()
-
-
 def test_http_agent_dials_by_name(http_addr: str) -> None:
     with libconnect.Agent(address=http_addr, root_change_jitter=0) as agent:
         assert agent.datacenter == "dc1"
         assert agent.ca.roots_pem().startswith(b"-----BEGIN CERTIFICATE-----")
         with agent.service("db") as db, agent.service("web") as web, EchoServer(db) as server:
-            _register(http_addr, "db", server.address[1])
+            # listen() registered the instance in the catalog.
             assert web.resolve("db") == [("127.0.0.1", server.address[1])]
             with web.dial("db", timeout=T) as conn:
                 assert conn.peer_id == db.spiffe_id
