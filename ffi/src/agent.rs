@@ -20,6 +20,7 @@ use crate::handle::{
     Castable, OwnershipArc, OwnershipBox, arc_into_ptr, box_into_ptr, free_arc, free_box, try_arc,
     try_box_mut,
 };
+use crate::sigpipe::SigpipeGuard;
 use crate::strings::{copy_bytes_out, copy_text_out, try_out, try_str, write_out};
 
 /// How long freeing an agent waits for its threads to finish their current work.
@@ -97,7 +98,10 @@ impl Castable for connect_agent {
 }
 
 fn closed() -> Error {
-    err(ErrorKind::Closed, "the agent is closed (connect_agent_free was called)")
+    err(
+        ErrorKind::Closed,
+        "the agent is closed (connect_agent_free was called)",
+    )
 }
 
 impl AgentInner {
@@ -134,6 +138,7 @@ impl AgentInner {
         }
         let guard = self.rt.read().unwrap_or_else(PoisonError::into_inner);
         let rt = guard.as_ref().ok_or_else(closed)?;
+        let _sigpipe = SigpipeGuard::new();
         let mut closing = self.closing.subscribe();
         rt.block_on(async move {
             let work = async {
@@ -204,6 +209,7 @@ fn start_agent(b: &AgentConfigBuilder) -> Result<AgentInner, Error> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("libconnect-agent")
+        .on_thread_start(crate::sigpipe::block_on_this_thread)
         .enable_all()
         .build()
         .map_err(|e| err(ErrorKind::Io, format!("starting the agent's threads: {e}")))?;
@@ -218,7 +224,11 @@ fn start_agent(b: &AgentConfigBuilder) -> Result<AgentInner, Error> {
     if let Some(j) = b.root_change_jitter {
         config.root_change_jitter = j;
     }
-    let agent = match Agent::new(config) {
+    let started = {
+        let _sigpipe = SigpipeGuard::new();
+        Agent::new(config)
+    };
+    let agent = match started {
         Ok(a) => a,
         Err(e) => {
             rt.shutdown_timeout(JOIN_TIMEOUT);
@@ -275,8 +285,7 @@ pub extern "C" fn connect_agent_config_builder_new() -> *mut connect_agent_confi
 ///
 /// Thread safety: reads the environment; the builder is not synchronized.
 #[unsafe(no_mangle)]
-pub extern "C" fn connect_agent_config_builder_new_with_env() -> *mut connect_agent_config_builder
-{
+pub extern "C" fn connect_agent_config_builder_new_with_env() -> *mut connect_agent_config_builder {
     crate::error::boundary_or(std::ptr::null_mut(), || {
         box_into_ptr::<connect_agent_config_builder>(AgentConfigBuilder {
             http: Some(ClientConfig::from_env()),

@@ -44,7 +44,10 @@ where
     C: Castable<Ownership = OwnershipBox>,
 {
     if p.is_null() {
-        return Err(err(ErrorKind::NullParameter, format!("{} is NULL", C::NAME)));
+        return Err(err(
+            ErrorKind::NullParameter,
+            format!("{} is NULL", C::NAME),
+        ));
     }
     // SAFETY: per the caller's contract the pointer came from `Box::into_raw` of a
     // `C::RustType` and is exclusively ours for `'a`.
@@ -84,7 +87,10 @@ where
     C: Castable<Ownership = OwnershipArc>,
 {
     if p.is_null() {
-        return Err(err(ErrorKind::NullParameter, format!("{} is NULL", C::NAME)));
+        return Err(err(
+            ErrorKind::NullParameter,
+            format!("{} is NULL", C::NAME),
+        ));
     }
     // SAFETY: per the caller's contract the pointer came from `Arc::into_raw` and a strong
     // count is held for `'a`; `RustType` is `Sync` for every shared handle.
@@ -100,7 +106,10 @@ where
     C: Castable<Ownership = OwnershipArc>,
 {
     if p.is_null() {
-        return Err(err(ErrorKind::NullParameter, format!("{} is NULL", C::NAME)));
+        return Err(err(
+            ErrorKind::NullParameter,
+            format!("{} is NULL", C::NAME),
+        ));
     }
     let raw = p.cast::<C::RustType>();
     // SAFETY: `raw` came from `Arc::into_raw` and its count is held by the caller, so adding

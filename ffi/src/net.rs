@@ -20,6 +20,7 @@ use crate::handle::{
     Castable, OwnershipBox, box_into_ptr, free_box, try_arc, try_box_mut, try_clone_arc,
 };
 use crate::service::{ServiceInner, connect_service, timeout_of};
+use crate::sigpipe::NoSigpipe;
 use crate::strings::{connect_str, copy_text_out, try_out, try_str, write_out};
 
 /// A listening socket that hands out only connections whose peer passed verification and the
@@ -67,6 +68,9 @@ pub(crate) struct Conn {
     peer_id: String,
     nonblocking: bool,
     close_notify_queued: bool,
+    /// The TLS failure that ended the connection (an alert from the peer, a bad record):
+    /// every later call reports it again.
+    failed: Option<Error>,
 }
 
 impl Conn {
@@ -84,14 +88,14 @@ impl Conn {
             }
         };
         let sock = tcp.into_std().map_err(|e| error_from_io(&e))?;
-        sock.set_nonblocking(false)
-            .map_err(|e| error_from_io(&e))?;
+        sock.set_nonblocking(false).map_err(|e| error_from_io(&e))?;
         Ok(Conn {
             sock,
             tls,
             peer_id,
             nonblocking: false,
             close_notify_queued: false,
+            failed: None,
         })
     }
 
@@ -110,13 +114,38 @@ impl Conn {
     /// Sends every TLS byte rustls has queued.
     fn flush_tls(&mut self) -> Result<(), Error> {
         while self.tls.wants_write() {
-            match self.tls.write_tls(&mut self.sock) {
+            match self.tls.write_tls(&mut NoSigpipe(&self.sock)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    return Err(self.peer_gone(&e));
+                }
                 Err(e) => return Err(self.io_error(&e, "write")),
             }
         }
         Ok(())
+    }
+
+    /// A write found the peer gone. If it said why first (a server denying us sends an
+    /// `access_denied` alert, then closes), report that rather than the broken pipe.
+    fn peer_gone(&mut self, e: &io::Error) -> Error {
+        // A reset socket never blocks: this reads what arrived before the reset, if anything.
+        for _ in 0..8 {
+            match self.tls.read_tls(&mut self.sock) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if let Err(tls) = self.tls.process_new_packets() {
+                        return self.fail(tls);
+                    }
+                }
+            }
+        }
+        error_from_io(e)
     }
 
     /// [`Conn::flush_tls`] where "would block" is fine (the bytes stay queued).
@@ -127,16 +156,33 @@ impl Conn {
         }
     }
 
+    /// Records the TLS failure that ends the connection.
+    fn fail(&mut self, e: rustls::Error) -> Error {
+        let e = error_from_io(&io::Error::new(io::ErrorKind::InvalidData, e));
+        self.failed = Some(e.clone());
+        e
+    }
+
+    /// The failure that ended the connection, if any.
+    fn check_failed(&self) -> Result<(), Error> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
     fn process(&mut self) -> Result<(), Error> {
         if let Err(e) = self.tls.process_new_packets() {
+            let e = self.fail(e);
             // Tell the peer (the alert rustls queued), then report.
             let _ = self.try_flush_tls();
-            return Err(error_from_io(&io::Error::new(io::ErrorKind::InvalidData, e)));
+            return Err(e);
         }
         Ok(())
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        self.check_failed()?;
         loop {
             match self.tls.reader().read(buf) {
                 Ok(n) => return Ok(n),
@@ -144,8 +190,9 @@ impl Conn {
                 Err(e) => return Err(error_from_io(&e)),
             }
             // Nothing decrypted is waiting: send what rustls queued (tickets, alerts), then
-            // read more from the socket.
-            self.try_flush_tls()?;
+            // read more from the socket. A failure to send is for the next write to report:
+            // what the peer sent may still be readable.
+            let _ = self.try_flush_tls();
             match self.tls.read_tls(&mut self.sock) {
                 // End of stream: the reader now reports a clean close or a truncation.
                 Ok(_) => self.process()?,
@@ -156,11 +203,9 @@ impl Conn {
     }
 
     fn write(&mut self, data: &[u8]) -> Result<usize, Error> {
+        self.check_failed()?;
         if self.close_notify_queued {
-            return Err(err(
-                ErrorKind::Closed,
-                "write after connect_conn_shutdown",
-            ));
+            return Err(err(ErrorKind::Closed, "write after connect_conn_shutdown"));
         }
         if !self.nonblocking {
             let mut done = 0;
@@ -191,6 +236,7 @@ impl Conn {
     }
 
     fn shutdown(&mut self) -> Result<(), Error> {
+        self.check_failed()?;
         if !self.close_notify_queued {
             self.tls.send_close_notify();
             self.close_notify_queued = true;
@@ -234,9 +280,7 @@ pub unsafe extern "C" fn connect_listener_new(
         // SAFETY: a live service handle and a C string (documented).
         let (s, address) = unsafe { (try_clone_arc(service)?, try_str(address, "address")?) };
         let out = try_out(out, "out")?;
-        let listener = s
-            .agent()
-            .run(None, "listen", s.service().listen(address))?;
+        let listener = s.agent().run(None, "listen", s.service().listen(address))?;
         let ptr = box_into_ptr::<connect_listener>(ListenerInner {
             service: s,
             listener,
@@ -273,9 +317,11 @@ pub unsafe extern "C" fn connect_listener_accept(
         let l = unsafe { try_box_mut(listener) }?;
         let out = try_out(out, "out")?;
         let ListenerInner { service, listener } = l;
-        let conn = service.agent().run(timeout_of(timeout_ms), "accept", async {
-            Conn::from_core(listener.accept().await?)
-        })?;
+        let conn = service
+            .agent()
+            .run(timeout_of(timeout_ms), "accept", async {
+                Conn::from_core(listener.accept().await?)
+            })?;
         // SAFETY: checked non-NULL; valid for one write (documented).
         unsafe { write_out(out, box_into_ptr::<connect_conn>(conn)) };
         Ok(())
@@ -513,7 +559,12 @@ pub unsafe extern "C" fn connect_conn_write(
 ) -> connect_result {
     boundary(|| {
         // SAFETY: a live connection handle and `buf` valid for `len` bytes (documented).
-        let (c, data) = unsafe { (try_box_mut(conn)?, crate::strings::try_bytes(buf, len, "buf")?) };
+        let (c, data) = unsafe {
+            (
+                try_box_mut(conn)?,
+                crate::strings::try_bytes(buf, len, "buf")?,
+            )
+        };
         let out_n = try_out(out_n, "out_n")?;
         let n = c.write(data)?;
         // SAFETY: checked non-NULL; valid for one write (documented).
@@ -539,7 +590,9 @@ pub unsafe extern "C" fn connect_conn_write(
 pub unsafe extern "C" fn connect_conn_flush(conn: *mut connect_conn) -> connect_result {
     boundary(|| {
         // SAFETY: a live connection handle (documented).
-        unsafe { try_box_mut(conn) }?.flush_tls()
+        let c = unsafe { try_box_mut(conn) }?;
+        c.check_failed()?;
+        c.flush_tls()
     })
 }
 

@@ -73,8 +73,9 @@ pub struct connect_service_change_params {
 /// there, and it must not call `connect_service_set_change_callback`,
 /// `connect_service_free` or `connect_agent_free`.
 #[allow(non_camel_case_types, reason = "C type name")]
-pub type connect_service_change_callback =
-    Option<unsafe extern "C" fn(userdata: *mut c_void, params: *const connect_service_change_params)>;
+pub type connect_service_change_callback = Option<
+    unsafe extern "C" fn(userdata: *mut c_void, params: *const connect_service_change_params),
+>;
 
 /// Frees a callback's `userdata` once libconnect no longer uses it.
 #[allow(non_camel_case_types, reason = "C type name")]
@@ -274,8 +275,7 @@ pub unsafe extern "C" fn connect_service_ready_wait(
         let s = unsafe { try_arc(service) }?;
         // "Forever" is thirty years: far enough, and safe for the timer's arithmetic.
         let limit = timeout_of(timeout_ms).unwrap_or(Duration::from_secs(30 * 365 * 86_400));
-        s.agent
-            .run(None, "ready wait", s.service.ready_wait(limit))
+        s.agent.run(None, "ready wait", s.service.ready_wait(limit))
     })
 }
 

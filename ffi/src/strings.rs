@@ -60,7 +60,11 @@ pub(crate) unsafe fn try_str<'a>(p: *const c_char, what: &str) -> Result<&'a str
 ///
 /// # Safety
 /// `p` is NULL or valid for reads of `len` bytes for `'a`.
-pub(crate) unsafe fn try_bytes<'a>(p: *const u8, len: usize, what: &str) -> Result<&'a [u8], Error> {
+pub(crate) unsafe fn try_bytes<'a>(
+    p: *const u8,
+    len: usize,
+    what: &str,
+) -> Result<&'a [u8], Error> {
     if p.is_null() {
         return Err(err(ErrorKind::NullParameter, format!("{what} is NULL")));
     }
@@ -146,10 +150,7 @@ pub(crate) unsafe fn copy_bytes_out(
         unsafe { out_n.write(bytes.len()) };
         return Err(err(
             ErrorKind::InsufficientSize,
-            format!(
-                "buffer of {len} bytes is too small: {} needed",
-                bytes.len()
-            ),
+            format!("buffer of {len} bytes is too small: {} needed", bytes.len()),
         ));
     }
     // SAFETY: `buf` is valid for `len >= bytes.len()` bytes and does not overlap `bytes`.

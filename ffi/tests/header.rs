@@ -61,7 +61,9 @@ fn committed_header_is_up_to_date() {
 /// `CONNECT_RESULT_NAME = N` pairs of the header's `connect_result` enum.
 fn header_results() -> Vec<(String, u32)> {
     let text = std::fs::read_to_string(header_path()).unwrap();
-    let start = text.find("enum connect_result\n").expect("connect_result enum");
+    let start = text
+        .find("enum connect_result\n")
+        .expect("connect_result enum");
     let body = &text[start..text[start..].find("};").unwrap() + start];
     body.lines()
         .filter_map(|l| {
@@ -176,7 +178,14 @@ fn compiles(compiler: &str, std: &str, ext: &str) {
     )
     .unwrap();
     let out = Command::new(compiler)
-        .args([std, "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-fsyntax-only"])
+        .args([
+            std,
+            "-Wall",
+            "-Wextra",
+            "-Wpedantic",
+            "-Werror",
+            "-fsyntax-only",
+        ])
         .arg("-I")
         .arg(root().join("include"))
         .arg(&src)
@@ -213,17 +222,17 @@ fn every_function_is_documented_with_the_template() {
         functions += 1;
         // The comment block just above the declaration.
         let before: Vec<&str> = text.lines().take(i).collect();
-        let start = before.iter().rposition(|l| l.trim_start().starts_with("/*")).unwrap();
+        let start = before
+            .iter()
+            .rposition(|l| l.trim_start().starts_with("/*"))
+            .unwrap();
         let doc = before[start..].join("\n");
         let name = line.split('(').next().unwrap();
         assert!(
             doc.contains("Thread safety:"),
             "{name} lacks `Thread safety:`"
         );
-        assert!(
-            doc.contains("Returns:"),
-            "{name} lacks `Returns:`"
-        );
+        assert!(doc.contains("Returns:"), "{name} lacks `Returns:`");
         if line.trim_start().starts_with("connect_result ") {
             assert!(doc.contains("Parameters:"), "{name} lacks `Parameters:`");
             assert!(

@@ -11,7 +11,7 @@
 static int check_failures = 0;
 
 /* The detail of the latest failure on this thread, for messages. */
-static const char *last_error(void) {
+static inline const char *last_error(void) {
   static _Thread_local char buf[1024];
   size_t n = 0;
   if (connect_last_error_message(buf, sizeof buf, &n) != CONNECT_OK) {
@@ -62,7 +62,7 @@ static const char *last_error(void) {
   } while (0)
 
 /* Ends a test program: prints a summary line and returns the exit status. */
-static int check_done(const char *name) {
+static inline int check_done(const char *name) {
   if (check_failures == 0) {
     printf("%s: ok\n", name);
     return 0;
