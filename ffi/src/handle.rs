@@ -134,3 +134,16 @@ where
     // SAFETY: per the caller's contract; the count handed out is returned exactly once.
     drop(unsafe { Arc::from_raw(p.cast::<C::RustType>()) });
 }
+
+/// Shared handles (`const T *` in C) are used from any number of threads at once, and
+/// exclusive ones move between threads: both facts are checked here at compile time.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    const fn exclusive<T: Send>() {}
+    shared::<crate::agent::AgentInner>();
+    shared::<crate::service::ServiceInner>();
+    exclusive::<crate::agent::AgentConfigBuilder>();
+    exclusive::<crate::service::Authorization>();
+    exclusive::<crate::net::ListenerInner>();
+    exclusive::<crate::net::Conn>();
+};
