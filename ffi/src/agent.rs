@@ -1,0 +1,834 @@
+//! `connect_agent_config_builder` and `connect_agent`: the per-process agent, its runtime, and
+//! the dev and admin helpers (intentions, CA roots, CA configuration).
+
+use std::ffi::c_char;
+use std::future::Future;
+use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
+
+use connect_core::agent::{Agent, AgentBackend, AgentConfig};
+use connect_core::ca::CaConfiguration;
+use connect_core::catalog::{ServiceConnect, ServiceRegistration};
+use connect_core::http::client::ClientConfig;
+use connect_core::intentions::IntentionAction;
+use connect_core::{Error, ErrorKind};
+use tokio::runtime::Runtime;
+use tokio::sync::watch;
+
+use crate::error::{boundary, connect_result, err};
+use crate::handle::{
+    Castable, OwnershipArc, OwnershipBox, arc_into_ptr, box_into_ptr, free_arc, free_box, try_arc,
+    try_box_mut,
+};
+use crate::sigpipe::SigpipeGuard;
+use crate::strings::{copy_bytes_out, copy_text_out, try_out, try_str, write_out};
+
+/// How long freeing an agent waits for its threads to finish their current work.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds a `connect_agent`. Exclusively owned: use it from one thread at a time.
+///
+/// Starts as a dev agent (an in-process `-dev` server with its own CA, like `connect agent
+/// -dev`); `connect_agent_config_builder_set_http_address` switches it to an agent that talks to
+/// a `connect agent` or Consul agent over HTTP(S).
+#[derive(Debug)]
+#[allow(non_camel_case_types, reason = "C type name")]
+pub struct connect_agent_config_builder {
+    _private: [u8; 0],
+}
+
+/// A running agent: the cache of roots, leaves and intentions, its background threads, and
+/// the control plane it talks to. Shared and thread-safe (`const connect_agent *`): any
+/// number of threads may use one agent at once.
+#[derive(Debug)]
+#[allow(non_camel_case_types, reason = "C type name")]
+pub struct connect_agent {
+    _private: [u8; 0],
+}
+
+/// What an intention does (the `action` of `connect_agent_intention_upsert`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types, reason = "C type name")]
+pub enum connect_intention_action {
+    /// Refuse connections from the source to the destination.
+    Deny = 0,
+    /// Allow connections from the source to the destination.
+    Allow = 1,
+}
+
+/// The builder's state.
+#[derive(Debug, Default)]
+pub(crate) struct AgentConfigBuilder {
+    http: Option<ClientConfig>,
+    token: Option<String>,
+    datacenter: Option<String>,
+    ca_file: Option<String>,
+    https: bool,
+    root_change_jitter: Option<Duration>,
+    built: bool,
+}
+
+impl Castable for connect_agent_config_builder {
+    type Ownership = OwnershipBox;
+    type RustType = AgentConfigBuilder;
+    const NAME: &'static str = "connect_agent_config_builder";
+}
+
+/// The agent behind a `connect_agent`: the core agent and the runtime this handle owns, so
+/// that freeing the handle can stop and join every thread.
+pub(crate) struct AgentInner {
+    agent: Agent,
+    rt: RwLock<Option<Runtime>>,
+    closing: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for AgentInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentInner")
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Castable for connect_agent {
+    type Ownership = OwnershipArc;
+    type RustType = AgentInner;
+    const NAME: &'static str = "agent";
+}
+
+fn closed() -> Error {
+    err(
+        ErrorKind::Closed,
+        "the agent is closed (connect_agent_free was called)",
+    )
+}
+
+impl AgentInner {
+    /// The core agent.
+    pub(crate) fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// A handle to the runtime, for spawning background tasks; `CLOSED` after free.
+    pub(crate) fn handle(&self) -> Result<tokio::runtime::Handle, Error> {
+        let guard = self.rt.read().unwrap_or_else(PoisonError::into_inner);
+        guard
+            .as_ref()
+            .map(|rt| rt.handle().clone())
+            .ok_or_else(closed)
+    }
+
+    /// Runs `fut` on this agent's runtime from a C thread, within `timeout` (`None`: no
+    /// limit), and gives up with `CLOSED` as soon as the agent is being freed.
+    pub(crate) fn run<T>(
+        &self,
+        timeout: Option<Duration>,
+        what: &str,
+        fut: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(err(
+                ErrorKind::InvalidParameter,
+                format!(
+                    "{what}: blocking libconnect calls are refused on libconnect's own threads \
+                     (inside a callback)"
+                ),
+            ));
+        }
+        let guard = self.rt.read().unwrap_or_else(PoisonError::into_inner);
+        let rt = guard.as_ref().ok_or_else(closed)?;
+        let _sigpipe = SigpipeGuard::new();
+        let mut closing = self.closing.subscribe();
+        rt.block_on(async move {
+            let work = async {
+                match timeout {
+                    None => fut.await,
+                    Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
+                        Err(err(
+                            ErrorKind::Timeout,
+                            format!("{what}: timed out after {} ms", t.as_millis()),
+                        ))
+                    }),
+                }
+            };
+            tokio::select! {
+                r = work => r,
+                _ = closing.wait_for(|c| *c) => Err(closed()),
+            }
+        })
+    }
+
+    /// Stops the agent: calls in flight return `CLOSED`, background tasks stop, and the
+    /// runtime's threads are joined. Idempotent.
+    fn close(&self) {
+        self.closing.send_replace(true);
+        self.agent.close();
+        let rt = self
+            .rt
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(rt) = rt {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                // Freed from one of our own threads (documented as not allowed): joining would
+                // wait for ourselves, so only signal the shutdown.
+                rt.shutdown_background();
+            } else {
+                rt.shutdown_timeout(JOIN_TIMEOUT);
+            }
+        }
+    }
+}
+
+impl Drop for AgentInner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn start_agent(b: &AgentConfigBuilder) -> Result<AgentInner, Error> {
+    let backend = match &b.http {
+        Some(http) => AgentBackend::Http(ClientConfig {
+            token: b.token.clone().or_else(|| http.token.clone()),
+            datacenter: b.datacenter.clone(),
+            ca_file: b.ca_file.clone().or_else(|| http.ca_file.clone()),
+            https: b.https || http.https,
+            address: http.address.clone(),
+        }),
+        None => {
+            if b.ca_file.is_some() || b.https {
+                return Err(err(
+                    ErrorKind::InvalidParameter,
+                    "a CA file and HTTPS apply to HTTP agents: set an HTTP address first",
+                ));
+            }
+            AgentBackend::Dev
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("libconnect-agent")
+        .on_thread_start(crate::sigpipe::block_on_this_thread)
+        .enable_all()
+        .build()
+        .map_err(|e| err(ErrorKind::Io, format!("starting the agent's threads: {e}")))?;
+    let mut config = AgentConfig::dev();
+    config.backend = backend;
+    config.token = b.token.clone().or_else(|| match &b.http {
+        Some(h) => h.token.clone(),
+        None => None,
+    });
+    config.datacenter = b.datacenter.clone();
+    config.runtime = Some(rt.handle().clone());
+    if let Some(j) = b.root_change_jitter {
+        config.root_change_jitter = j;
+    }
+    let started = {
+        let _sigpipe = SigpipeGuard::new();
+        Agent::new(config)
+    };
+    let agent = match started {
+        Ok(a) => a,
+        Err(e) => {
+            rt.shutdown_timeout(JOIN_TIMEOUT);
+            return Err(e);
+        }
+    };
+    Ok(AgentInner {
+        agent,
+        rt: RwLock::new(Some(rt)),
+        closing: watch::channel(false).0,
+    })
+}
+
+/// The builder behind `b`, refusing one that was already built.
+///
+/// # Safety
+/// As [`try_box_mut`].
+unsafe fn try_builder<'a>(
+    b: *mut connect_agent_config_builder,
+) -> Result<&'a mut AgentConfigBuilder, Error> {
+    // SAFETY: forwarded contract.
+    let b = unsafe { try_box_mut(b) }?;
+    if b.built {
+        return Err(err(
+            ErrorKind::AlreadyUsed,
+            "this agent config builder was already built",
+        ));
+    }
+    Ok(b)
+}
+
+/// A new agent config builder, set up for a dev agent (an in-process `-dev` server).
+///
+/// Returns: the builder, or NULL if a panic was caught.
+///
+/// Memory and lifetimes: caller owns the result; free with `connect_agent_config_builder_free`
+/// (also after `connect_agent_config_builder_build`).
+///
+/// Thread safety: the builder is not synchronized; use it from one thread at a time.
+#[unsafe(no_mangle)]
+pub extern "C" fn connect_agent_config_builder_new() -> *mut connect_agent_config_builder {
+    crate::error::boundary_or(std::ptr::null_mut(), || {
+        box_into_ptr::<connect_agent_config_builder>(AgentConfigBuilder::default())
+    })
+}
+
+/// A new agent config builder for an HTTP agent configured from Consul's environment
+/// variables: `CONSUL_HTTP_ADDR` (default `127.0.0.1:8500`), `CONSUL_HTTP_TOKEN`,
+/// `CONSUL_CACERT` and `CONSUL_HTTP_SSL`. Later setters override them.
+///
+/// Returns: the builder, or NULL if a panic was caught.
+///
+/// Memory and lifetimes: caller owns the result; free with `connect_agent_config_builder_free`.
+///
+/// Thread safety: reads the environment; the builder is not synchronized.
+#[unsafe(no_mangle)]
+pub extern "C" fn connect_agent_config_builder_new_with_env() -> *mut connect_agent_config_builder {
+    crate::error::boundary_or(std::ptr::null_mut(), || {
+        box_into_ptr::<connect_agent_config_builder>(AgentConfigBuilder {
+            http: Some(ClientConfig::from_env()),
+            ..AgentConfigBuilder::default()
+        })
+    })
+}
+
+/// Makes the agent talk to a `connect agent` or Consul agent over HTTP at `address`
+/// (`host:port`, or a URL `http://…` / `https://…`) instead of starting a dev server.
+///
+/// Parameters:
+/// - `builder`: the builder.
+/// - `address`: NUL-terminated UTF-8, not empty.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+/// `CONNECT_RESULT_INVALID_PARAMETER` (empty or not UTF-8), `CONNECT_RESULT_ALREADY_USED`
+/// (after build), `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: the string is copied.
+///
+/// Thread safety: needs external synchronization of `builder`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_config_builder_set_http_address(
+    builder: *mut connect_agent_config_builder,
+    address: *const c_char,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: `builder` is a live builder handle, `address` a C string (documented).
+        let (b, address) = unsafe { (try_builder(builder)?, try_str(address, "address")?) };
+        if address.trim().is_empty() {
+            return Err(err(ErrorKind::InvalidParameter, "address is empty"));
+        }
+        let mut http = b.http.take().unwrap_or_default();
+        http.address = Some(address.to_owned());
+        b.http = Some(http);
+        Ok(())
+    })
+}
+
+/// Sets the ACL token sent with every request (Consul's `X-Consul-Token`).
+///
+/// Parameters:
+/// - `builder`: the builder.
+/// - `token`: NUL-terminated UTF-8; the empty string clears it.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+/// `CONNECT_RESULT_INVALID_PARAMETER` (not UTF-8), `CONNECT_RESULT_ALREADY_USED`,
+/// `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: the string is copied.
+///
+/// Thread safety: needs external synchronization of `builder`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_config_builder_set_token(
+    builder: *mut connect_agent_config_builder,
+    token: *const c_char,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: live builder handle and C string (documented).
+        let (b, token) = unsafe { (try_builder(builder)?, try_str(token, "token")?) };
+        b.token = (!token.is_empty()).then(|| token.to_owned());
+        Ok(())
+    })
+}
+
+/// Sets the datacenter (default: the one the control plane reports, `dc1` for dev).
+///
+/// Parameters:
+/// - `builder`: the builder.
+/// - `datacenter`: NUL-terminated UTF-8, not empty.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+/// `CONNECT_RESULT_INVALID_PARAMETER`, `CONNECT_RESULT_ALREADY_USED`, `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: the string is copied.
+///
+/// Thread safety: needs external synchronization of `builder`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_config_builder_set_datacenter(
+    builder: *mut connect_agent_config_builder,
+    datacenter: *const c_char,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: live builder handle and C string (documented).
+        let (b, dc) = unsafe { (try_builder(builder)?, try_str(datacenter, "datacenter")?) };
+        if dc.is_empty() {
+            return Err(err(ErrorKind::InvalidParameter, "datacenter is empty"));
+        }
+        b.datacenter = Some(dc.to_owned());
+        Ok(())
+    })
+}
+
+/// Sets a PEM file of CA certificates to trust for HTTPS to the agent (Consul's
+/// `CONSUL_CACERT`). HTTP agents only.
+///
+/// Parameters:
+/// - `builder`: the builder.
+/// - `path`: NUL-terminated UTF-8 path, not empty. The file is read when the agent is built.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+/// `CONNECT_RESULT_INVALID_PARAMETER`, `CONNECT_RESULT_ALREADY_USED`, `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: the string is copied.
+///
+/// Thread safety: needs external synchronization of `builder`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_config_builder_set_ca_file(
+    builder: *mut connect_agent_config_builder,
+    path: *const c_char,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: live builder handle and C string (documented).
+        let (b, path) = unsafe { (try_builder(builder)?, try_str(path, "path")?) };
+        if path.is_empty() {
+            return Err(err(ErrorKind::InvalidParameter, "CA file path is empty"));
+        }
+        b.ca_file = Some(path.to_owned());
+        Ok(())
+    })
+}
+
+/// Uses HTTPS for an HTTP address given without a scheme (Consul's `CONSUL_HTTP_SSL`).
+/// HTTP agents only.
+///
+/// Parameters:
+/// - `builder`: the builder.
+/// - `https`: whether to use HTTPS.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`, `CONNECT_RESULT_ALREADY_USED`,
+/// `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: nothing is retained.
+///
+/// Thread safety: needs external synchronization of `builder`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_config_builder_set_https(
+    builder: *mut connect_agent_config_builder,
+    https: bool,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: live builder handle (documented).
+        let b = unsafe { try_builder(builder) }?;
+        b.https = https;
+        Ok(())
+    })
+}
+
+/// Sets the upper bound of the random delay before leaves are re-issued after a CA root
+/// rotation (default 30 000 ms, as Consul). Tests and demos set 0.
+///
+/// Parameters:
+/// - `builder`: the builder.
+/// - `jitter_ms`: milliseconds.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`, `CONNECT_RESULT_ALREADY_USED`,
+/// `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: nothing is retained.
+///
+/// Thread safety: needs external synchronization of `builder`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_config_builder_set_root_change_jitter_ms(
+    builder: *mut connect_agent_config_builder,
+    jitter_ms: u64,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: live builder handle (documented).
+        let b = unsafe { try_builder(builder) }?;
+        b.root_change_jitter = Some(Duration::from_millis(jitter_ms));
+        Ok(())
+    })
+}
+
+/// Starts the agent described by the builder: a dev server in this process, or a connection
+/// to the HTTP agent (read once here to learn its datacenter and default intention policy).
+///
+/// Parameters:
+/// - `builder`: the builder; it is spent by a successful or failed build: a second call
+///   returns `CONNECT_RESULT_ALREADY_USED`.
+/// - `out`: receives the agent on success.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+/// `CONNECT_RESULT_INVALID_PARAMETER` (an inconsistent configuration),
+/// `CONNECT_RESULT_ALREADY_USED`, `CONNECT_RESULT_HTTP`, `CONNECT_RESULT_CONNECTION_REFUSED`,
+/// `CONNECT_RESULT_IO`, `CONNECT_RESULT_TIMEOUT`, `CONNECT_RESULT_PERMISSION_DENIED`, the CA
+/// codes of a failing dev CA, `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: caller owns the result; free with `connect_agent_free`. The builder
+/// must still be freed with `connect_agent_config_builder_free`.
+///
+/// Thread safety: needs external synchronization of `builder`. Do not call from a libconnect
+/// callback.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_config_builder_build(
+    builder: *mut connect_agent_config_builder,
+    out: *mut *const connect_agent,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: live builder handle (documented).
+        let b = unsafe { try_builder(builder) }?;
+        let out = try_out(out, "out")?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(err(
+                ErrorKind::InvalidParameter,
+                "connect_agent_config_builder_build: refused on libconnect's own threads",
+            ));
+        }
+        b.built = true;
+        let inner = start_agent(b)?;
+        let ptr = arc_into_ptr::<connect_agent>(std::sync::Arc::new(inner));
+        // SAFETY: `out` was checked non-NULL; the caller passes it valid for one write.
+        unsafe { write_out(out, ptr) };
+        Ok(())
+    })
+}
+
+/// Frees an agent config builder. NULL is ignored.
+///
+/// Parameters:
+/// - `builder`: the builder, built or not; never use it again.
+///
+/// Returns: nothing.
+///
+/// Memory and lifetimes: the builder's memory is released; agents built from it live on.
+///
+/// Thread safety: needs external synchronization of `builder`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_config_builder_free(
+    builder: *mut connect_agent_config_builder,
+) {
+    crate::error::boundary_or((), || {
+        // SAFETY: NULL or a live builder handle freed once (documented).
+        unsafe { free_box(builder) }
+    });
+}
+
+/// Stops the agent and frees the handle: calls in flight on other threads return
+/// `CONNECT_RESULT_CLOSED`, background work stops, and the agent's threads are joined before
+/// this returns. NULL is ignored.
+///
+/// Services and listeners of this agent should be freed first; any still alive only return
+/// `CONNECT_RESULT_CLOSED` from calls that need the agent (their getters still answer) and must
+/// still be freed. Open connections (`connect_conn`) keep working.
+///
+/// Parameters:
+/// - `agent`: the agent; never use it again.
+///
+/// Returns: nothing.
+///
+/// Memory and lifetimes: releases the handle's reference.
+///
+/// Thread safety: may be called from any thread except libconnect's own (never from inside a
+/// callback); not twice for the same handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_free(agent: *const connect_agent) {
+    crate::error::boundary_or((), || {
+        if agent.is_null() {
+            return;
+        }
+        // SAFETY: a live agent handle (documented); the reference is released just below.
+        if let Ok(inner) = unsafe { try_arc(agent) } {
+            inner.close();
+        }
+        // SAFETY: a live agent handle freed once (documented).
+        unsafe { free_arc(agent) }
+    });
+}
+
+/// Copies the agent's datacenter name.
+///
+/// Parameters:
+/// - `agent`: the agent.
+/// - `buf`, `len`: the output buffer; the name is NUL-terminated. `buf` may be NULL with `len`
+///   0 to ask for the size.
+/// - `out_n`: receives the length without the NUL, or the size needed on
+///   `CONNECT_RESULT_INSUFFICIENT_SIZE`.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+/// `CONNECT_RESULT_INSUFFICIENT_SIZE`, `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: nothing is retained.
+///
+/// Thread safety: may be called from any thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_get_datacenter(
+    agent: *const connect_agent,
+    buf: *mut c_char,
+    len: usize,
+    out_n: *mut usize,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: a live agent handle; `buf`/`out_n` as documented.
+        unsafe {
+            let a = try_arc(agent)?;
+            copy_text_out(a.agent.datacenter(), buf, len, out_n)
+        }
+    })
+}
+
+fn action_of(action: u32) -> Result<IntentionAction, Error> {
+    match action {
+        a if a == connect_intention_action::Allow as u32 => Ok(IntentionAction::Allow),
+        a if a == connect_intention_action::Deny as u32 => Ok(IntentionAction::Deny),
+        other => Err(err(
+            ErrorKind::InvalidParameter,
+            format!("intention action {other} is neither CONNECT_INTENTION_ACTION_ALLOW nor _DENY"),
+        )),
+    }
+}
+
+/// Creates or replaces the intention `source → destination` (admin helper for tests and
+/// demos; `*` is a wildcard name).
+///
+/// Parameters:
+/// - `agent`: the agent.
+/// - `source`, `destination`: service names, NUL-terminated UTF-8.
+/// - `action`: `CONNECT_INTENTION_ACTION_ALLOW` or `CONNECT_INTENTION_ACTION_DENY`.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+/// `CONNECT_RESULT_INVALID_PARAMETER` (unknown action, not UTF-8),
+/// `CONNECT_RESULT_INVALID_INTENTION`, `CONNECT_RESULT_PERMISSION_DENIED`,
+/// `CONNECT_RESULT_HTTP`, `CONNECT_RESULT_IO`, `CONNECT_RESULT_CLOSED`, `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: nothing is retained.
+///
+/// Thread safety: may be called from any thread except libconnect's own.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_intention_upsert(
+    agent: *const connect_agent,
+    source: *const c_char,
+    destination: *const c_char,
+    action: u32,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: a live agent handle and C strings (documented).
+        let (a, src, dst) = unsafe {
+            (
+                try_arc(agent)?,
+                try_str(source, "source")?,
+                try_str(destination, "destination")?,
+            )
+        };
+        let action = action_of(action)?;
+        a.run(
+            None,
+            "intention upsert",
+            a.agent.intention_upsert(src, dst, action),
+        )
+    })
+}
+
+/// Deletes the intention `source → destination`.
+///
+/// Parameters:
+/// - `agent`: the agent.
+/// - `source`, `destination`: service names, NUL-terminated UTF-8.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+/// `CONNECT_RESULT_INVALID_PARAMETER`, `CONNECT_RESULT_NOT_FOUND` (no such intention),
+/// `CONNECT_RESULT_PERMISSION_DENIED`, `CONNECT_RESULT_HTTP`, `CONNECT_RESULT_IO`,
+/// `CONNECT_RESULT_CLOSED`, `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: nothing is retained.
+///
+/// Thread safety: may be called from any thread except libconnect's own.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_intention_delete(
+    agent: *const connect_agent,
+    source: *const c_char,
+    destination: *const c_char,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: a live agent handle and C strings (documented).
+        let (a, src, dst) = unsafe {
+            (
+                try_arc(agent)?,
+                try_str(source, "source")?,
+                try_str(destination, "destination")?,
+            )
+        };
+        a.run(None, "intention delete", a.agent.intention_delete(src, dst))
+    })
+}
+
+/// Asks the control plane whether `source` may connect to `destination` (Consul's
+/// `intention check`).
+///
+/// Parameters:
+/// - `agent`: the agent.
+/// - `source`, `destination`: service names, NUL-terminated UTF-8.
+/// - `out_allowed`: receives the answer on success.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+/// `CONNECT_RESULT_INVALID_PARAMETER`, `CONNECT_RESULT_PERMISSION_DENIED`,
+/// `CONNECT_RESULT_HTTP`, `CONNECT_RESULT_IO`, `CONNECT_RESULT_CLOSED`, `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: nothing is retained.
+///
+/// Thread safety: may be called from any thread except libconnect's own.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_intention_check(
+    agent: *const connect_agent,
+    source: *const c_char,
+    destination: *const c_char,
+    out_allowed: *mut bool,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: a live agent handle and C strings (documented).
+        let (a, src, dst) = unsafe {
+            (
+                try_arc(agent)?,
+                try_str(source, "source")?,
+                try_str(destination, "destination")?,
+            )
+        };
+        let out = try_out(out_allowed, "out_allowed")?;
+        let allowed = a.run(None, "intention check", a.agent.intention_check(src, dst))?;
+        // SAFETY: checked non-NULL; valid for one write (documented).
+        unsafe { write_out(out, allowed) };
+        Ok(())
+    })
+}
+
+/// Copies the PEM of every trusted CA root (the active one and any kept during a rotation).
+///
+/// Parameters:
+/// - `agent`: the agent.
+/// - `buf`, `len`: the output buffer; PEM text, **not** NUL-terminated. `buf` may be NULL with
+///   `len` 0 to ask for the size.
+/// - `out_n`: receives the number of bytes written, or the size needed on
+///   `CONNECT_RESULT_INSUFFICIENT_SIZE`.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+/// `CONNECT_RESULT_INSUFFICIENT_SIZE`, `CONNECT_RESULT_CACHE_FETCH`, `CONNECT_RESULT_HTTP`,
+/// `CONNECT_RESULT_CA_NOT_INITIALIZED`, `CONNECT_RESULT_CLOSED`, `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: nothing is retained.
+///
+/// Thread safety: may be called from any thread except libconnect's own.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_get_roots_pem(
+    agent: *const connect_agent,
+    buf: *mut u8,
+    len: usize,
+    out_n: *mut usize,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: a live agent handle (documented).
+        let a = unsafe { try_arc(agent) }?;
+        try_out(out_n, "out_n")?;
+        let roots = a.run(None, "CA roots", a.agent.roots())?;
+        // SAFETY: `buf`/`out_n` as documented.
+        unsafe { copy_bytes_out(roots.roots_pem().as_bytes(), buf, len, out_n) }
+    })
+}
+
+/// Applies a CA configuration, as `PUT /v1/connect/ca/configuration` does: a new key (for
+/// example `{"Provider":"consul","Config":{"PrivateKeyType":"ec","PrivateKeyBits":384}}`)
+/// rotates the root with cross-signing; services pick up the new roots and leaves by
+/// themselves (see `connect_service_set_change_callback`).
+///
+/// Parameters:
+/// - `agent`: the agent.
+/// - `config_json`: NUL-terminated UTF-8 JSON with Consul's field names (`Provider`, `Config`,
+///   optionally `ForceWithoutCrossSigning`).
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+/// `CONNECT_RESULT_INVALID_PARAMETER` (not UTF-8), `CONNECT_RESULT_INVALID_CA_CONFIG` (bad JSON
+/// or options), `CONNECT_RESULT_CROSS_SIGNING_UNSUPPORTED`, `CONNECT_RESULT_PERMISSION_DENIED`,
+/// `CONNECT_RESULT_HTTP`, `CONNECT_RESULT_CLOSED`, `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: nothing is retained.
+///
+/// Thread safety: may be called from any thread except libconnect's own.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_set_ca_config(
+    agent: *const connect_agent,
+    config_json: *const c_char,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: a live agent handle and a C string (documented).
+        let (a, json) = unsafe { (try_arc(agent)?, try_str(config_json, "config_json")?) };
+        let config: CaConfiguration = serde_json::from_str(json).map_err(|e| {
+            err(
+                ErrorKind::InvalidCaConfig,
+                format!("CA configuration JSON: {e}"),
+            )
+        })?;
+        a.run(None, "CA configuration", a.agent.ca_set_config(config))
+    })
+}
+
+/// Registers a Connect-native service instance in the dev server's catalog, so that
+/// `connect_conn_dial` finds it by name (dev agents only; register with the agent's own API
+/// when it runs elsewhere).
+///
+/// Parameters:
+/// - `agent`: a dev agent.
+/// - `name`: the service name, NUL-terminated UTF-8.
+/// - `address`: the instance's IP address or host name, NUL-terminated UTF-8.
+/// - `port`: the instance's port, not 0.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+/// `CONNECT_RESULT_INVALID_PARAMETER` (bad name, port 0, or not a dev agent),
+/// `CONNECT_RESULT_PERMISSION_DENIED`, `CONNECT_RESULT_CLOSED`, `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: nothing is retained.
+///
+/// Thread safety: may be called from any thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_register_service(
+    agent: *const connect_agent,
+    name: *const c_char,
+    address: *const c_char,
+    port: u16,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: a live agent handle and C strings (documented).
+        let (a, name, address) = unsafe {
+            (
+                try_arc(agent)?,
+                try_str(name, "name")?,
+                try_str(address, "address")?,
+            )
+        };
+        if a.agent.is_closed() {
+            return Err(closed());
+        }
+        if port == 0 {
+            return Err(err(ErrorKind::InvalidParameter, "port is 0"));
+        }
+        let server = a.agent.server().ok_or_else(|| {
+            err(
+                ErrorKind::InvalidParameter,
+                "connect_agent_register_service needs a dev agent; register with the HTTP agent's API",
+            )
+        })?;
+        let mut reg = ServiceRegistration::new(name, port);
+        reg.address = address.to_owned();
+        reg.connect = Some(ServiceConnect::native());
+        server.register_service(a.agent.token(), reg)?;
+        Ok(())
+    })
+}

@@ -1,0 +1,137 @@
+//! Unit tests of the boundary: a panic inside a call comes back as `CONNECT_RESULT_PANIC` (or
+//! the documented fallback) with its detail, and the process and the handles live on.
+
+use std::ffi::{CStr, c_char};
+use std::ptr;
+
+use crate::agent::*;
+use crate::error::*;
+use crate::service::*;
+use crate::testing::panic_next_call;
+
+fn last_error() -> String {
+    let mut buf = [0 as c_char; 512];
+    let mut n = 0usize;
+    // SAFETY: a valid buffer and out pointer.
+    let rc = unsafe { connect_last_error_message(buf.as_mut_ptr(), buf.len(), &mut n) };
+    assert_eq!(rc, connect_result::Ok);
+    // SAFETY: the library NUL-terminates on success.
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn dev_agent() -> *const connect_agent {
+    let b = connect_agent_config_builder_new();
+    let mut agent = ptr::null();
+    // SAFETY: a fresh builder and a valid out pointer; the builder is freed once.
+    unsafe {
+        assert_eq!(
+            connect_agent_config_builder_build(b, &mut agent),
+            connect_result::Ok
+        );
+        connect_agent_config_builder_free(b);
+    }
+    agent
+}
+
+#[test]
+fn a_panic_inside_a_call_is_reported_and_the_process_lives() {
+    let agent = dev_agent();
+    let mut allowed = false;
+    // SAFETY: live handles and valid pointers throughout; each handle is freed once.
+    unsafe {
+        panic_next_call();
+        let rc =
+            connect_agent_intention_check(agent, c"web".as_ptr(), c"db".as_ptr(), &mut allowed);
+        assert_eq!(rc, connect_result::Panic);
+        assert!(last_error().contains("injected panic"), "{}", last_error());
+        // The agent still works.
+        let rc =
+            connect_agent_intention_check(agent, c"web".as_ptr(), c"db".as_ptr(), &mut allowed);
+        assert_eq!(rc, connect_result::Ok);
+        assert!(allowed);
+
+        let mut svc = ptr::null();
+        assert_eq!(
+            connect_service_new(agent, c"web".as_ptr(), &mut svc),
+            connect_result::Ok
+        );
+        assert_eq!(connect_service_ready_wait(svc, 20_000), connect_result::Ok);
+        // A call that cannot fail returns its documented fallback.
+        panic_next_call();
+        assert!(!connect_service_is_ready(svc));
+        assert!(last_error().contains("injected panic"));
+        assert!(connect_service_is_ready(svc));
+        panic_next_call();
+        assert_eq!(connect_service_get_generation(svc), 0);
+        assert!(connect_service_get_generation(svc) > 0);
+        // Outputs are not written by a call that panicked.
+        let mut out = ptr::null();
+        panic_next_call();
+        assert_eq!(
+            connect_service_new(agent, c"api".as_ptr(), &mut out),
+            connect_result::Panic
+        );
+        assert!(out.is_null());
+        connect_service_free(svc);
+        connect_agent_free(agent);
+    }
+}
+
+#[test]
+fn result_strings_come_from_the_core_table() {
+    for r in connect_result::ALL {
+        // SAFETY: the library returns static NUL-terminated strings.
+        let (desc, name) = unsafe {
+            (
+                CStr::from_ptr(connect_result_str(r.code()))
+                    .to_str()
+                    .unwrap(),
+                CStr::from_ptr(connect_result_name(r.code()))
+                    .to_str()
+                    .unwrap(),
+            )
+        };
+        match r.kind() {
+            Some(k) => {
+                assert_eq!(desc, k.description());
+                assert_eq!(name, k.name());
+            }
+            None => assert_eq!((desc, name), ("success", "OK")),
+        }
+    }
+    // SAFETY: as above.
+    let unknown = unsafe { CStr::from_ptr(connect_result_name(12345)) };
+    assert_eq!(unknown.to_str().unwrap(), "INVALID_PARAMETER");
+}
+
+#[test]
+fn the_error_of_a_failed_call_is_per_thread() {
+    // SAFETY: NULL builder is a documented misuse.
+    let rc = unsafe { connect_agent_config_builder_set_token(ptr::null_mut(), c"t".as_ptr()) };
+    assert_eq!(rc, connect_result::NullParameter);
+    let here = last_error();
+    assert!(here.contains("NULL"));
+    let there = std::thread::spawn(last_error).join().unwrap();
+    assert_eq!(there, "");
+    assert_eq!(last_error(), here);
+}
+
+#[test]
+fn intention_actions_are_checked_not_transmuted() {
+    let agent = dev_agent();
+    // SAFETY: a live agent, freed once.
+    unsafe {
+        let rc = connect_agent_intention_upsert(agent, c"a".as_ptr(), c"b".as_ptr(), 2);
+        assert_eq!(rc, connect_result::InvalidParameter);
+        let rc = connect_agent_intention_upsert(
+            agent,
+            c"a".as_ptr(),
+            c"b".as_ptr(),
+            connect_intention_action::Deny as u32,
+        );
+        assert_eq!(rc, connect_result::Ok);
+        connect_agent_free(agent);
+    }
+}
