@@ -341,6 +341,9 @@ impl IntentionIndex {
 #[derive(Debug)]
 pub struct SharedIntentionIndex {
     current: ArcSwap<IntentionIndex>,
+    /// Bumped by every [`store`](Self::store), so that holders of live connections (the TLS
+    /// listener's revocation task) learn of a change at once instead of polling.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl SharedIntentionIndex {
@@ -348,6 +351,7 @@ impl SharedIntentionIndex {
     pub fn new(index: IntentionIndex) -> SharedIntentionIndex {
         SharedIntentionIndex {
             current: ArcSwap::from_pointee(index),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -359,6 +363,19 @@ impl SharedIntentionIndex {
     /// Publishes `index`; authorizations that already loaded the old one finish with it.
     pub fn store(&self, index: impl Into<Arc<IntentionIndex>>) {
         self.current.store(index.into());
+        // After the store: a subscriber woken by this sees the new index when it loads.
+        self.changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// How many times [`store`](Self::store) has published an index.
+    pub fn generation(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
+    /// A receiver that is marked changed on every [`store`](Self::store) (its value is the
+    /// [`generation`](Self::generation)). Cheap: no task, no allocation per store.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// [`IntentionIndex::authorize`] on the current index.

@@ -70,6 +70,14 @@ pub trait Authorizer: Send + Sync + 'static {
             },
         }
     }
+
+    /// A receiver marked changed whenever decisions may have changed, so that a
+    /// [`Listener`](super::Listener) re-authorizes its live connections at once. `None` (the
+    /// default) means the authorizer cannot tell; the listener then re-checks on its interval
+    /// only (see [`MtlsServerBuilder::revocation_interval`](super::MtlsServerBuilder::revocation_interval)).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// A shared, type-erased authorizer, as configs and the C ABI hold it.
@@ -193,6 +201,10 @@ impl Authorizer for Intentions {
 
     fn explain(&self, peer: &SpiffeId, _: &[CertificateDer<'_>]) -> AuthzDecision {
         self.decide(peer)
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.index.subscribe())
     }
 }
 

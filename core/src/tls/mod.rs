@@ -44,6 +44,19 @@
 //!   resumed handshake and drops the connection when they no longer pass: an intention
 //!   changed to deny is not bypassed by a ticket.
 //!
+//! # Revocation of live connections
+//!
+//! Consul checks intentions only when a connection is made (its issue 5277). A [`Listener`]
+//! here keeps a registry of the connections it accepted and re-authorizes each one when the
+//! authorizer reports a change (intentions: every store of the index) and at least every
+//! [`DEFAULT_REVOCATION_INTERVAL`] (configurable, or off, with
+//! [`MtlsServerBuilder::revocation_interval`]). A peer that is no longer allowed has its TCP
+//! socket shut down: the application's next read on the server side ends (end-of-stream or
+//! an unexpected-EOF error), and the client sees the connection close. This goes on after the
+//! listener itself is dropped, for as long as connections it accepted are open. Connections made with
+//! [`MtlsServer::accept`] directly, or taken apart with [`Connection::into_inner`], are not
+//! tracked.
+//!
 //! # Key exchange: X25519MLKEM768 first, then X25519, then P-256
 //!
 //! rustls 0.23 with aws-lc-rs offers the hybrid post-quantum group X25519MLKEM768. It protects
@@ -118,3 +131,10 @@ pub use verify::{PeerRole, peer_identity, verify_chain};
 /// configured otherwise. Long enough for a loaded machine, short enough that a client that
 /// connects and says nothing does not hold a slot for long.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often a [`Listener`] re-authorizes its live connections when the authorizer cannot
+/// report changes, unless configured otherwise
+/// ([`MtlsServerBuilder::revocation_interval`]). Intentions report every change, so with them
+/// a connection whose peer became denied is closed right after the change reaches this
+/// process; the interval is the bound for everything else.
+pub const DEFAULT_REVOCATION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);

@@ -1,10 +1,13 @@
 //! tokio plumbing: an authenticated [`Connection`] and a [`Listener`] that hands out only
 //! connections that passed verification and authorization.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +31,8 @@ use crate::{Error, ErrorKind, Result};
 pub struct Connection {
     stream: TlsStream<TcpStream>,
     peer_id: SpiffeId,
+    /// Present while a listener may revoke this connection; dropping it unregisters.
+    live: Option<LiveGuard>,
 }
 
 impl fmt::Debug for Connection {
@@ -42,7 +47,11 @@ impl fmt::Debug for Connection {
 
 impl Connection {
     pub(crate) fn new(stream: TlsStream<TcpStream>, peer_id: SpiffeId) -> Connection {
-        Connection { stream, peer_id }
+        Connection {
+            stream,
+            peer_id,
+            live: None,
+        }
     }
 
     fn common(&self) -> &rustls::CommonState {
@@ -107,8 +116,10 @@ impl Connection {
         self.tcp().peer_addr()
     }
 
-    /// The tokio-rustls stream.
+    /// The tokio-rustls stream. The stream is no longer tracked for revocation (see the
+    /// [module documentation](super#revocation-of-live-connections)).
     pub fn into_inner(self) -> TlsStream<TcpStream> {
+        drop(self.live);
         self.stream
     }
 }
@@ -157,6 +168,112 @@ impl AsyncWrite for Connection {
 /// ones wait for room.
 const BACKLOG: usize = 64;
 
+/// One live connection as the revocation task sees it.
+struct Live {
+    peer: SpiffeId,
+    chain: Vec<CertificateDer<'static>>,
+    /// A second descriptor of the connection's socket: shutting it down ends the connection
+    /// whatever the application is doing with it (reads return end-of-stream, the peer gets
+    /// a FIN). It must be dropped with the connection, or the socket would outlive it.
+    socket: std::net::TcpStream,
+}
+
+/// The live connections of one listener.
+#[derive(Default)]
+struct LiveSet {
+    next: AtomicU64,
+    conns: Mutex<HashMap<u64, Live>>,
+}
+
+impl LiveSet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Live>> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Re-authorizes every live connection and shuts down the ones now denied.
+    fn recheck(&self, server: &MtlsServer) {
+        // Decide under the lock (authorizers are cheap and never block), shut down after it.
+        let revoked: Vec<Live> = {
+            let mut conns = self.lock();
+            let denied: Vec<u64> = conns
+                .iter()
+                .filter(|(_, l)| !server.still_authorized(&l.peer, &l.chain))
+                .map(|(id, _)| *id)
+                .collect();
+            denied.iter().filter_map(|id| conns.remove(id)).collect()
+        };
+        for l in revoked {
+            let _ = l.socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Unregisters a connection from its listener's [`LiveSet`] when the connection goes.
+struct LiveGuard {
+    set: Arc<LiveSet>,
+    id: u64,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.id);
+    }
+}
+
+/// Splits off a second descriptor of `tcp` for revocation.
+fn dup_socket(tcp: TcpStream) -> io::Result<(TcpStream, std::net::TcpStream)> {
+    let std = tcp.into_std()?;
+    let dup = std.try_clone()?;
+    Ok((TcpStream::from_std(std)?, dup))
+}
+
+/// Registers `conn` with `set`, then checks it once more: an authorizer change that landed
+/// between its handshake and its registration was not seen by the revocation task.
+fn track(
+    mut conn: Connection,
+    set: &Arc<LiveSet>,
+    socket: std::net::TcpStream,
+    server: &MtlsServer,
+) -> Option<Connection> {
+    let id = set.next.fetch_add(1, Ordering::Relaxed);
+    let peer = conn.peer_id.clone();
+    let chain = conn.peer_certificates().to_vec();
+    set.lock().insert(
+        id,
+        Live {
+            peer: peer.clone(),
+            chain: chain.clone(),
+            socket,
+        },
+    );
+    conn.live = Some(LiveGuard {
+        set: Arc::clone(set),
+        id,
+    });
+    // Checked after the insert: a change that lands later is seen by the task (it reads the
+    // map after the change), one that landed earlier is seen here.
+    server.still_authorized(&peer, &chain).then_some(conn)
+}
+
+/// Re-authorizes `set` on every change of the authorizer and every `interval`; ends when the
+/// listener (the only strong owner besides live connections) and its connections are gone.
+async fn revocation_task(server: MtlsServer, set: Weak<LiveSet>, interval: Duration) {
+    let mut changes = server.authorizer_changes();
+    loop {
+        match changes.as_mut() {
+            Some(rx) => {
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { changes = None; },
+                    () = tokio::time::sleep(interval) => {}
+                }
+            }
+            None => tokio::time::sleep(interval).await,
+        }
+        let Some(set) = set.upgrade() else { return };
+        set.recheck(&server);
+    }
+}
+
 /// Accepts TCP connections in the background and runs each handshake in its own task, so a
 /// slow or silent client never holds up the others. [`accept`](Listener::accept) returns only
 /// connections that passed verification and authorization; failures go to the server's
@@ -182,6 +299,18 @@ impl Listener {
         let local_addr = tcp.local_addr().map_err(|e| error_from_io(&e))?;
         let (tx, rx) = mpsc::channel(BACKLOG);
         let srv = server.clone();
+        let live = server.revocation_interval().map(|interval| {
+            let set = Arc::new(LiveSet::default());
+            let task = tokio::spawn(revocation_task(
+                server.clone(),
+                Arc::downgrade(&set),
+                interval,
+            ));
+            (set, task)
+        });
+        // The revocation task is not aborted with the listener: it keeps watching the
+        // connections already handed out, and ends once they are all gone.
+        let live = live.map(|(set, _task)| set);
         let task = tokio::spawn(async move {
             let mut handshakes = JoinSet::new();
             loop {
@@ -196,10 +325,27 @@ impl Listener {
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let (stream, socket) = match &live {
+                    None => (stream, None),
+                    Some(_) => match dup_socket(stream) {
+                        Ok((s, dup)) => (s, Some(dup)),
+                        // No descriptor to spare: refuse rather than admit a connection that
+                        // could not be revoked.
+                        Err(_) => continue,
+                    },
+                };
                 let srv = srv.clone();
                 let tx = tx.clone();
+                let live = live.clone();
                 handshakes.spawn(async move {
-                    if let Ok(conn) = srv.accept(stream).await {
+                    let Ok(conn) = srv.accept(stream).await else {
+                        return;
+                    };
+                    let conn = match (live, socket) {
+                        (Some(set), Some(socket)) => track(conn, &set, socket, &srv),
+                        _ => Some(conn),
+                    };
+                    if let Some(conn) = conn {
                         let _ = tx.send(conn).await;
                     }
                 });

@@ -49,6 +49,8 @@ pub struct ServerStats {
     pub denied: u64,
     /// The reason of the latest denial.
     pub last_denial: Option<String>,
+    /// Live connections closed because their peer was no longer authorized.
+    pub revoked: u64,
 }
 
 #[derive(Default)]
@@ -58,6 +60,7 @@ struct Counters {
     failed: AtomicU64,
     denied: AtomicU64,
     last_denial: Mutex<Option<String>>,
+    revoked: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -71,6 +74,7 @@ pub(crate) struct Shared {
     session_storage: Arc<dyn rustls::server::StoresServerSessions>,
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) revocation_interval: Option<Duration>,
 }
 
 impl Shared {
@@ -238,6 +242,7 @@ pub struct MtlsServerBuilder {
     alpn: Vec<Vec<u8>>,
     handshake_timeout: Duration,
     session_cache_size: usize,
+    revocation_interval: Option<Duration>,
 }
 
 impl fmt::Debug for MtlsServerBuilder {
@@ -262,6 +267,7 @@ pub fn mtls_server(identity: &Identity) -> MtlsServerBuilder {
         alpn: Vec::new(),
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         session_cache_size: 1024,
+        revocation_interval: Some(super::DEFAULT_REVOCATION_INTERVAL),
     }
 }
 
@@ -322,6 +328,18 @@ impl MtlsServerBuilder {
         self
     }
 
+    /// Revocation of live connections accepted by a [`Listener`]: they are re-authorized as
+    /// soon as the authorizer reports a change ([`Authorizer::changes`]; intentions do) and
+    /// at least every `interval` (which bounds the delay for authorizers that cannot report
+    /// changes); a peer that no longer passes has its socket shut down, so both ends read
+    /// end-of-stream. Default: on, every
+    /// [`DEFAULT_REVOCATION_INTERVAL`](super::DEFAULT_REVOCATION_INTERVAL). `None` turns it
+    /// off: a connection then lives as long as its ends keep it, as in Consul.
+    pub fn revocation_interval(mut self, interval: Option<Duration>) -> Self {
+        self.revocation_interval = interval.filter(|d| !d.is_zero());
+        self
+    }
+
     /// Builds the server. Fails without an authorizer (`InvalidParameter`).
     pub fn build(self) -> Result<MtlsServer> {
         let authorizer = self.authorizer.ok_or_else(|| {
@@ -343,6 +361,7 @@ impl MtlsServerBuilder {
             session_storage: ServerSessionMemoryCache::new(self.session_cache_size),
             ticketer,
             handshake_timeout: self.handshake_timeout,
+            revocation_interval: self.revocation_interval,
         });
         let config = shared.config(None)?;
         Ok(MtlsServer { shared, config })
@@ -389,6 +408,7 @@ impl MtlsServer {
             resumed: c.resumed.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             denied: c.denied.load(Ordering::Relaxed),
+            revoked: c.revoked.load(Ordering::Relaxed),
             last_denial: c
                 .last_denial
                 .lock()
@@ -519,6 +539,34 @@ impl MtlsServer {
             allowed: d.allowed,
             reason: d.reason,
         })
+    }
+
+    /// Whether a live connection's peer still passes the authorizer; counts and logs a
+    /// revocation when it does not.
+    pub(crate) fn still_authorized(&self, peer: &SpiffeId, chain: &[CertificateDer<'_>]) -> bool {
+        match self.shared.authorizer.authorize(peer, chain) {
+            Ok(()) => true,
+            Err(denied) => {
+                self.shared.counters.revoked.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    service = self.shared.identity.service(),
+                    peer = %peer,
+                    reason = denied.reason(),
+                    "connect: closing a live connection: peer no longer authorized"
+                );
+                false
+            }
+        }
+    }
+
+    /// The authorizer's change notifications, if it has any.
+    pub(crate) fn authorizer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.shared.authorizer.changes()
+    }
+
+    /// See [`MtlsServerBuilder::revocation_interval`].
+    pub fn revocation_interval(&self) -> Option<Duration> {
+        self.shared.revocation_interval
     }
 
     fn verified_peer(&self, chain: &[CertificateDer<'static>]) -> Result<SpiffeId> {

@@ -63,6 +63,11 @@ pub(crate) fn run(cmd: ClientCommand) -> u8 {
 }
 
 fn client(http: &HttpArgs) -> Result<ApiClient, Error> {
+    ApiClient::new(&client_config(http))
+}
+
+/// The client settings from Consul's environment variables, overridden by the flags.
+pub(crate) fn client_config(http: &HttpArgs) -> ClientConfig {
     let mut config = ClientConfig::from_env();
     if let Some(addr) = &http.http_addr {
         config.address = Some(addr.clone());
@@ -76,7 +81,7 @@ fn client(http: &HttpArgs) -> Result<ApiClient, Error> {
     if let Some(dc) = &http.datacenter {
         config.datacenter = Some(dc.clone());
     }
-    ApiClient::new(&config)
+    config
 }
 
 async fn execute(cmd: ClientCommand) -> Result<Outcome, Error> {

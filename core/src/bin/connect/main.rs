@@ -7,6 +7,8 @@
 //! connect intention check web db
 //! connect ca roots -pem
 //! connect leaf web
+//! connect proxy -service db -service-addr 127.0.0.1:5432 -listen 127.0.0.1:20000
+//! connect proxy -service web -upstream db:9191
 //! ```
 //!
 //! Flags are written as Consul writes them, with one dash (`-data-dir DIR`,
@@ -18,6 +20,7 @@
 mod agent;
 mod client;
 mod https;
+mod proxy;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -106,8 +109,36 @@ enum Command {
         /// The service name.
         service: String,
     },
+    /// Runs Consul's built-in proxy for one service: inbound mTLS to a local application,
+    /// and plaintext listeners for upstreams carried over mTLS.
+    Proxy(Box<ProxyArgs>),
     /// Prints the version.
     Version,
+}
+
+/// `connect proxy` flags (Consul's names).
+#[derive(Debug, Args)]
+pub(crate) struct ProxyArgs {
+    #[command(flatten)]
+    pub(crate) http: HttpArgs,
+    /// The service this proxy represents: its identity, and the destination that intentions
+    /// name for inbound connections.
+    #[arg(long, value_name = "NAME", required = true)]
+    pub(crate) service: String,
+    /// The local application's address, where inbound connections are forwarded in
+    /// plaintext (with -listen).
+    #[arg(long = "service-addr", value_name = "ADDR")]
+    pub(crate) service_addr: Option<String>,
+    /// Address for inbound mTLS (with -service-addr); the instance is registered there.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+    /// An upstream, `NAME:PORT` (plaintext listener on 127.0.0.1:PORT) or `NAME:HOST:PORT`;
+    /// may be repeated.
+    #[arg(long, value_name = "NAME:PORT", value_parser = proxy::parse_upstream)]
+    pub(crate) upstream: Vec<proxy::Upstream>,
+    /// Log level: trace, debug, info, warn or error (default info).
+    #[arg(long = "log-level", value_name = "LEVEL")]
+    pub(crate) log_level: Option<String>,
 }
 
 /// `connect agent` flags (Consul's names).
@@ -292,6 +323,7 @@ fn main() -> ExitCode {
             0
         }
         Command::Agent(args) => agent::run(*args),
+        Command::Proxy(args) => proxy::run(*args),
         Command::Intention(cmd) => client::run(client::ClientCommand::Intention(cmd)),
         Command::Ca(cmd) => client::run(client::ClientCommand::Ca(cmd)),
         Command::Leaf { http, service } => {

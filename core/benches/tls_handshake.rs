@@ -1,0 +1,255 @@
+//! mTLS cost of libconnect against bare rustls with the same keys and settings, in memory
+//! (two rustls connections pumping bytes through buffers, no sockets, so only TLS is
+//! measured): full handshakes, resumed handshakes, and 1 MiB of application data over an
+//! established session.
+//!
+//! libconnect: `MtlsServer::config()` (current-leaf resolver, client verifier checking roots,
+//! SPIFFE ID and intentions) and `MtlsClient::config()` (server URI check). Bare rustls:
+//! `WebPkiClientVerifier` with the root, `with_single_cert`, `with_root_certificates` and a DNS
+//! name in the leaf, the same provider, versions, key-exchange groups, session cache and
+//! ticketer. Run: `cargo bench -p connect-core --bench tls_handshake`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark set-up")]
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use connect_core::ca::{CaConfiguration, CaManager, SignPolicy, generate_leaf_request};
+use connect_core::intentions::{
+    DefaultPolicy, Intention, IntentionAction, IntentionIndex, SharedIntentionIndex,
+};
+use connect_core::tls::{self, Bundle, Identity, KeyExchange, Svid};
+use connect_core::{ManualClock, SharedClock};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use rustls::client::Resumption;
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::json;
+use time::OffsetDateTime;
+
+/// One service's leaf, as both stacks load it.
+struct Leaf {
+    svid_chain_pem: String,
+    key_pem: String,
+}
+
+struct Setup {
+    libconnect: (Arc<ServerConfig>, Arc<ClientConfig>),
+    bare: (Arc<ServerConfig>, Arc<ClientConfig>),
+}
+
+fn leaf(ca: &mut CaManager, service: &str) -> Leaf {
+    let uri = format!(
+        "spiffe://{}/ns/default/dc/dc1/svc/{service}",
+        ca.trust_domain()
+    );
+    // A DNS name as well, so that bare rustls can check the server by name; libconnect checks
+    // the URI and ignores it.
+    let req = generate_leaf_request(&uri, &[service.to_owned()], &[]).unwrap();
+    let issued = ca.sign_leaf(&req.csr_pem, SignPolicy::ServiceOnly).unwrap();
+    Leaf {
+        // Leaf then the active root's intermediates.
+        svid_chain_pem: issued.cert_pem,
+        key_pem: req.key.to_pem().to_string(),
+    }
+}
+
+fn setup() -> Setup {
+    let clock: SharedClock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
+    let cfg = CaConfiguration::consul(json!({}).as_object().cloned().unwrap_or_default());
+    let mut ca = CaManager::new_primary("dc1", None, cfg, clock.clone()).unwrap();
+    let roots = ca.roots();
+    let db = leaf(&mut ca, "db");
+    let web = leaf(&mut ca, "web");
+
+    let identity = |name: &str, l: &Leaf| {
+        let id = Identity::new(name, clock.clone());
+        id.update_bundle(Bundle::from_ca_roots(&roots).unwrap())
+            .unwrap();
+        id.update_svid(Svid::from_pem(&l.svid_chain_pem, &l.key_pem).unwrap())
+            .unwrap();
+        id
+    };
+    let intentions = SharedIntentionIndex::new(IntentionIndex::new(
+        [Intention::new("web", "db", IntentionAction::Allow)],
+        DefaultPolicy::acl(IntentionAction::Deny),
+    ));
+    let server = tls::mtls_server(&identity("db", &db))
+        .authorize(tls::authorizer::from_intentions("db", intentions))
+        .build()
+        .unwrap();
+    let client = tls::mtls_client(&identity("web", &web), "db")
+        .build()
+        .unwrap();
+
+    let provider = tls::crypto_provider(KeyExchange::default());
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    let mut store = RootCertStore::empty();
+    for r in &roots.roots {
+        for c in CertificateDer::pem_slice_iter(r.root_cert.as_bytes()) {
+            store.add(c.unwrap()).unwrap();
+        }
+    }
+    let store = Arc::new(store);
+    let chain = |l: &Leaf| {
+        CertificateDer::pem_slice_iter(l.svid_chain_pem.as_bytes())
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    };
+    let key = |l: &Leaf| PrivateKeyDer::from_pem_slice(l.key_pem.as_bytes()).unwrap();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(&store), Arc::clone(&provider))
+            .build()
+            .unwrap();
+    let mut bare_server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&versions)
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain(&db), key(&db))
+        .unwrap();
+    bare_server.session_storage = ServerSessionMemoryCache::new(1024);
+    bare_server.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().unwrap();
+    let bare_client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)
+        .unwrap()
+        .with_root_certificates(store)
+        .with_client_auth_cert(chain(&web), key(&web))
+        .unwrap();
+    Setup {
+        libconnect: (server.config(), client.config()),
+        bare: (Arc::new(bare_server), Arc::new(bare_client)),
+    }
+}
+
+/// Moves everything `from` wants to send into `to`, processing it; true if anything moved.
+fn pump(from: &mut impl DerefConn, to: &mut impl DerefConn) -> bool {
+    let mut buf = Vec::new();
+    while from.conn().wants_write() {
+        from.conn().write_tls(&mut buf).unwrap();
+    }
+    let mut rd = &buf[..];
+    while !rd.is_empty() {
+        to.conn().read_tls(&mut rd).unwrap();
+        to.conn().process_new_packets().unwrap();
+        to.drain();
+    }
+    !buf.is_empty()
+}
+
+/// The common state of either side, and draining its plaintext.
+trait DerefConn {
+    fn conn(&mut self) -> &mut rustls::ConnectionCommon<impl rustls::SideData>;
+    fn drain(&mut self);
+}
+
+impl DerefConn for ClientConnection {
+    fn conn(&mut self) -> &mut rustls::ConnectionCommon<impl rustls::SideData> {
+        &mut **self
+    }
+    fn drain(&mut self) {
+        drain(self.reader());
+    }
+}
+
+impl DerefConn for ServerConnection {
+    fn conn(&mut self) -> &mut rustls::ConnectionCommon<impl rustls::SideData> {
+        &mut **self
+    }
+    fn drain(&mut self) {
+        drain(self.reader());
+    }
+}
+
+fn drain(mut r: rustls::Reader<'_>) {
+    let mut buf = [0u8; 64 * 1024];
+    while let Ok(n) = r.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        std::hint::black_box(&buf[..n]);
+    }
+}
+
+/// A complete handshake (session tickets included); returns both ends.
+fn handshake(
+    server: &Arc<ServerConfig>,
+    client: &Arc<ClientConfig>,
+) -> (ClientConnection, ServerConnection) {
+    let name = ServerName::try_from("db").unwrap();
+    let mut c = ClientConnection::new(Arc::clone(client), name).unwrap();
+    let mut s = ServerConnection::new(Arc::clone(server)).unwrap();
+    for _ in 0..20 {
+        let a = pump(&mut c, &mut s);
+        let b = pump(&mut s, &mut c);
+        if !a && !b && !c.is_handshaking() && !s.is_handshaking() {
+            break;
+        }
+    }
+    assert!(!c.is_handshaking() && !s.is_handshaking());
+    (c, s)
+}
+
+fn no_resumption(c: &Arc<ClientConfig>) -> Arc<ClientConfig> {
+    let mut c = (**c).clone();
+    c.resumption = Resumption::disabled();
+    Arc::new(c)
+}
+
+fn bench(c: &mut Criterion) {
+    let setup = setup();
+    let stacks = [("libconnect", &setup.libconnect), ("rustls", &setup.bare)];
+
+    let mut g = c.benchmark_group("mtls_full_handshake");
+    for (name, (server, client)) in stacks {
+        let client = no_resumption(client);
+        let (cc, _) = handshake(server, &client);
+        assert_eq!(cc.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        g.bench_function(name, |b| b.iter(|| handshake(server, &client)));
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("mtls_resumed_handshake");
+    for (name, (server, client)) in stacks {
+        // A client config of its own, so its session cache holds this server's tickets.
+        let client = Arc::new((**client).clone());
+        handshake(server, &client);
+        let (cc, _) = handshake(server, &client);
+        assert_eq!(cc.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let (cc, _) = handshake(server, &client);
+                debug_assert_eq!(cc.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+            })
+        });
+    }
+    g.finish();
+
+    const MIB: usize = 1024 * 1024;
+    let data = vec![0x5au8; MIB];
+    let mut g = c.benchmark_group("mtls_bulk_1mib");
+    g.throughput(Throughput::Bytes(MIB as u64));
+    for (name, (server, client)) in stacks {
+        let (mut cc, mut sc) = handshake(server, client);
+        cc.set_buffer_limit(None);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                // 64 KiB at a time, as a socket write loop would hand it over.
+                for chunk in data.chunks(64 * 1024) {
+                    cc.writer().write_all(chunk).unwrap();
+                    pump(&mut cc, &mut sc);
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = bench
+}
+criterion_main!(benches);

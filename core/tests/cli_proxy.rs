@@ -1,0 +1,223 @@
+//! `connect proxy` end to end: a `connect agent -dev`, a plain TCP echo application, an inbound
+//! proxy for `db` in front of it and an outbound proxy for `web` with `db` as upstream. Bytes
+//! go through while web → db is allowed; once it is denied, new connections are refused and
+//! the open one is closed; SIGTERM deregisters the instance.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+mod cli_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use cli_support::{Agent, TIMEOUT, command};
+
+/// A running `connect proxy`; killed on drop.
+struct Proxy {
+    child: Child,
+    log: Arc<(Mutex<(String, bool)>, Condvar)>,
+}
+
+impl Proxy {
+    fn start(agent: &Agent, args: &[&str]) -> Proxy {
+        let mut child = command()
+            .env("CONSUL_HTTP_ADDR", &agent.http)
+            .arg("proxy")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn connect proxy");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new((Mutex::new((String::new(), false)), Condvar::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = reader.read_line(&mut line).unwrap_or(0);
+                let mut l = sink.0.lock().unwrap();
+                if n == 0 {
+                    l.1 = true;
+                    sink.1.notify_all();
+                    return;
+                }
+                l.0.push_str(&line);
+                sink.1.notify_all();
+            }
+        });
+        let p = Proxy { child, log };
+        p.wait_for_log("running!");
+        p
+    }
+
+    fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut l = self.log.0.lock().unwrap();
+        loop {
+            if l.0.contains(needle) {
+                return l.0.clone();
+            }
+            let now = Instant::now();
+            assert!(
+                !l.1 && now < deadline,
+                "proxy did not log {needle:?}; stderr:\n{}",
+                l.0
+            );
+            l = self.log.1.wait_timeout(l, deadline - now).unwrap().0;
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let ok = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy still running after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain TCP echo application (no TLS: the proxy does that part).
+fn echo_app() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+enum Outcome {
+    Echoed(TcpStream),
+    Closed,
+}
+
+/// Writes `msg` to `addr` and reads it back, or sees the connection end first.
+fn try_echo(addr: &str, msg: &[u8]) -> Outcome {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if s.write_all(msg).is_err() {
+        return Outcome::Closed;
+    }
+    let mut buf = vec![0u8; msg.len()];
+    match s.read_exact(&mut buf) {
+        Ok(()) => {
+            assert_eq!(buf, msg);
+            Outcome::Echoed(s)
+        }
+        Err(e) => {
+            assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "neither echoed nor closed: {e}"
+            );
+            Outcome::Closed
+        }
+    }
+}
+
+/// Retries `try_echo` until `want` (echoed or closed) or the timeout.
+fn eventually(addr: &str, msg: &[u8], echoed: bool) -> Option<TcpStream> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match (try_echo(addr, msg), echoed) {
+            (Outcome::Echoed(s), true) => return Some(s),
+            (Outcome::Closed, false) => return None,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {} through {addr} in time",
+            if echoed { "echo" } else { "refusal" }
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn proxies_carry_allowed_traffic_and_refuse_denied() {
+    let agent = Agent::start(&["-dev"]);
+    agent.cli(&["intention", "create", "web", "db"]).ok();
+    let app = echo_app();
+    let inbound = format!("127.0.0.1:{}", free_port());
+    let mut db = Proxy::start(
+        &agent,
+        &["-service", "db", "-service-addr", &app, "-listen", &inbound],
+    );
+    let port = free_port();
+    let _web = Proxy::start(
+        &agent,
+        &["-service", "web", "-upstream", &format!("db:{port}")],
+    );
+    let upstream = format!("127.0.0.1:{port}");
+
+    // Allowed: bytes come back through web's upstream, db's inbound and the app.
+    let mut open = eventually(&upstream, b"hello through the mesh", true).unwrap();
+    open.write_all(b"again").unwrap();
+    let mut buf = [0u8; 5];
+    open.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"again");
+
+    // Denied: new connections are refused (closed without an echo) once db's proxy has the
+    // change, and the connection that was open is closed by revocation.
+    agent
+        .cli(&["intention", "create", "-deny", "web", "db", "-replace"])
+        .ok();
+    assert!(eventually(&upstream, b"let me in", false).is_none());
+    let mut b = [0u8; 1];
+    match open.read(&mut b) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("revoked connection still carried {n} bytes"),
+    }
+    let log = db.wait_for_log("no longer authorized");
+    assert!(log.contains("spiffe://"), "{log}");
+
+    // SIGTERM: a clean exit that deregisters the instance.
+    assert!(db.terminate().success());
+    let r = agent.http("GET", "/v1/health/connect/db", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), serde_json::json!([]), "{}", r.body);
+}

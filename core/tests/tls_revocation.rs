@@ -1,0 +1,162 @@
+//! Revocation of live connections: when intentions change so that an open connection's peer
+//! is no longer allowed, the listener closes it within the bound, and leaves the others open.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+mod tls_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use connect_core::agent::{Agent, AgentBackend, AgentConfig};
+use connect_core::intentions::IntentionAction;
+use connect_core::server::{Server, ServerConfig};
+use connect_core::spiffe::SpiffeId;
+use connect_core::tls::{self, AuthzDenied, Connection, Listener, Service, authorizer};
+use rustls_pki_types::CertificateDer;
+use tls_support::{IO, Mesh};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Echoes every accepted connection until it ends.
+fn echo(mut l: Listener) {
+    tokio::spawn(async move {
+        while let Ok(mut c) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = c.read(&mut buf).await {
+                    if n == 0 || c.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+async fn round_trip(c: &mut Connection, msg: &[u8]) {
+    c.write_all(msg).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(IO, c.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(buf, msg);
+}
+
+/// How long until a read on `c` ends (end-of-stream or error); panics after `limit`.
+async fn closed_within(c: &mut Connection, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(limit, c.read(&mut buf)).await {
+        Ok(Ok(0) | Err(_)) => start.elapsed(),
+        Ok(Ok(n)) => panic!("read {n} bytes from a revoked connection"),
+        Err(_) => panic!("connection still open after {limit:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intention_flipped_to_deny_closes_the_open_connection() {
+    let mut c = ServerConfig::dev();
+    c.default_intention_policy = Some(IntentionAction::Deny);
+    let server = Server::start(c, connect_core::clock::system()).unwrap();
+    let agent = Agent::new(AgentConfig {
+        backend: AgentBackend::InProcess(server.clone()),
+        runtime: Some(tokio::runtime::Handle::current()),
+        ..AgentConfig::dev()
+    })
+    .unwrap();
+    for src in ["web", "api"] {
+        agent
+            .intention_upsert(src, "db", IntentionAction::Allow)
+            .await
+            .unwrap();
+    }
+    let db = agent.service("db").unwrap();
+    let web = agent.service("web").unwrap();
+    let api = agent.service("api").unwrap();
+    for s in [&db, &web, &api] {
+        s.ready_wait(IO).await.unwrap();
+    }
+    let l = db.listen("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr();
+    let server_side = l.server().clone();
+    echo(l);
+    let mut from_web = web.dial_addr(addr, "db").await.unwrap();
+    let mut from_api = api.dial_addr(addr, "db").await.unwrap();
+    round_trip(&mut from_web, b"web before").await;
+    round_trip(&mut from_api, b"api before").await;
+
+    agent
+        .intention_upsert("web", "db", IntentionAction::Deny)
+        .await
+        .unwrap();
+    // The bound is DEFAULT_REVOCATION_INTERVAL; intentions notify, so it is much less.
+    let took = closed_within(&mut from_web, tls::DEFAULT_REVOCATION_INTERVAL * 3).await;
+    assert!(took < tls::DEFAULT_REVOCATION_INTERVAL * 2, "{took:?}");
+    // The peer that is still allowed keeps its connection.
+    round_trip(&mut from_api, b"api after").await;
+    assert_eq!(server_side.stats().revoked, 1);
+    // And web cannot come back.
+    let again = async {
+        let mut c = web.dial_addr(addr, "db").await?;
+        c.write_all(b"x")
+            .await
+            .map_err(|e| tls::error_from_io(&e))?;
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b)
+            .await
+            .map_err(|e| tls::error_from_io(&e))?;
+        Ok::<_, connect_core::Error>(())
+    };
+    assert!(tokio::time::timeout(IO, again).await.unwrap().is_err());
+    agent.close();
+}
+
+/// An authorizer that cannot report changes (a closure over a flag): the interval bounds the
+/// delay; with revocation off, the connection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_interval_bounds_authorizers_without_notifications_and_off_means_off() {
+    let mut mesh = Mesh::new();
+    let allow = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&allow);
+    let by_flag = move |_: &SpiffeId, _: &[CertificateDer<'_>]| {
+        if flag.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(AuthzDenied::new("flag down"))
+        }
+    };
+    let db_identity = mesh.identity("db");
+    let revoking = Service::from_server(
+        tls::mtls_server(&db_identity)
+            .authorize(by_flag.clone())
+            .revocation_interval(Some(Duration::from_millis(200)))
+            .build()
+            .unwrap(),
+    );
+    let keeping = Service::from_server(
+        tls::mtls_server(&db_identity)
+            .authorize(by_flag)
+            .revocation_interval(None)
+            .build()
+            .unwrap(),
+    );
+    let web = Service::new(mesh.identity("web"), authorizer::any()).unwrap();
+    let l1 = revoking.listen("127.0.0.1:0").await.unwrap();
+    let l2 = keeping.listen("127.0.0.1:0").await.unwrap();
+    let (a1, a2) = (l1.local_addr(), l2.local_addr());
+    echo(l1);
+    echo(l2);
+    let mut c1 = web.dial_addr(a1, "db").await.unwrap();
+    let mut c2 = web.dial_addr(a2, "db").await.unwrap();
+    round_trip(&mut c1, b"one").await;
+    round_trip(&mut c2, b"two").await;
+    allow.store(false, Ordering::SeqCst);
+    let took = closed_within(&mut c1, Duration::from_secs(3)).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    round_trip(&mut c2, b"still here").await;
+    assert_eq!(revoking.server().stats().revoked, 1);
+    assert_eq!(keeping.server().stats().revoked, 0);
+}
