@@ -476,3 +476,43 @@ async fn the_agent_rides_out_a_server_outage_and_catches_up() {
     assert!(m.total.fetch_error > 0, "the outage shows in the metrics");
     agent.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_leaf_is_never_returned() {
+    let manual = ManualClock::new(time::OffsetDateTime::now_utc());
+    let clock: connect_core::SharedClock = Arc::new(manual.clone());
+    let server = strict_server(clock.clone());
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = api.local_addr().unwrap();
+    let router = connect_core::http::api::router(server.clone());
+    tokio::spawn(async move { axum::serve(api, router).await });
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = front.local_addr().unwrap();
+    let mut link = proxy(front, upstream).await;
+    let config = AgentConfig {
+        backend: AgentBackend::Http(ClientConfig {
+            address: Some(http_addr.to_string()),
+            ..ClientConfig::default()
+        }),
+        clock,
+        root_change_jitter: Duration::ZERO,
+        runtime: Some(tokio::runtime::Handle::current()),
+        ..AgentConfig::dev()
+    };
+    let agent = Agent::new_async(config).await.unwrap();
+    let leaf = agent.leaf("web").await.unwrap();
+    // The backend goes away and the leaf's lifetime passes: no renewal is possible.
+    link.abort_all();
+    while link.join_next().await.is_some() {}
+    manual.advance(Duration::from_secs(73 * 3600));
+    assert!(connect_core::Clock::now(&manual) > leaf.issued.valid_before);
+    let e = tokio::time::timeout(T, agent.leaf("web"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::NotReady | ErrorKind::ConnectionRefused),
+        "{e}"
+    );
+    agent.close();
+}

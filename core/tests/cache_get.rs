@@ -695,12 +695,12 @@ async fn a_panicking_fetch_fails_its_waiters_instead_of_hanging_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_gets_share_one_fetch_across_worker_threads() {
+async fn a_thousand_concurrent_gets_of_a_cold_key_make_one_fetch() {
     let backend = Backend::blocking(3, "v3");
     backend.edit(|s| s.hold = true);
     let (cache, _clock) = cache_for(&backend, TypeOptions::blocking_refresh());
     let req = Req::new("k");
-    let gets: Vec<_> = (0..200)
+    let gets: Vec<_> = (0..1000)
         .map(|_| {
             let cache = cache.clone();
             let req = req.clone();
@@ -708,7 +708,7 @@ async fn concurrent_gets_share_one_fetch_across_worker_threads() {
         })
         .collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while cache.metrics().total.misses_new < 200 {
+    while cache.metrics().total.misses_new < 1000 {
         assert!(
             std::time::Instant::now() < deadline,
             "Gets did not all start"

@@ -405,16 +405,31 @@ impl Agent {
             .0)
     }
 
-    /// A leaf for `service`, generated in this process and renewed as needed.
+    /// A leaf for `service`, generated in this process and renewed as needed. A leaf past
+    /// its expiry is never returned: if renewing fails, this is a `NOT_READY` error.
     pub async fn leaf(&self, service: &str) -> Result<Arc<Leaf>, Error> {
         self.check_open()?;
         let req = self.leaf_request(service);
-        Ok(self
+        let (leaf, _) = self
             .inner
             .cache
             .get::<LeafType>(&req, GetOptions::default())
-            .await?
-            .0)
+            .await?;
+        if self.inner.clock.now() < leaf.issued.valid_before {
+            return Ok(leaf);
+        }
+        let revalidate = GetOptions {
+            must_revalidate: true,
+            ..GetOptions::default()
+        };
+        let (leaf, _) = self.inner.cache.get::<LeafType>(&req, revalidate).await?;
+        if self.inner.clock.now() < leaf.issued.valid_before {
+            return Ok(leaf);
+        }
+        Err(Error::new(
+            ErrorKind::NotReady,
+            format!("the leaf for {service:?} expired and could not be renewed"),
+        ))
     }
 
     pub(crate) fn leaf_request(&self, service: &str) -> LeafRequest {
