@@ -10,6 +10,8 @@ bench:
 	cargo build --release --bin connect
 	cargo bench -p connect-core --bench ca_sign -- --warm-up-time 2 --measurement-time 5
 	cargo bench -p connect-core --bench authorize -- --warm-up-time 1 --measurement-time 3
+	cargo bench -p connect-core --bench tls_handshake
+	cargo bench -p connect-core --bench agent_cache
 	CONNECT_BIN=$(CURDIR)/target/release/connect cargo bench -p connect-core --bench http_load
 
 build:
