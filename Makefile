@@ -13,6 +13,27 @@ bench:
 	cargo bench -p connect-core --bench tls_handshake
 	cargo bench -p connect-core --bench agent_cache
 	CONNECT_BIN=$(CURDIR)/target/release/connect cargo bench -p connect-core --bench http_load
+	$(MAKE) bench-ffi
+	$(MAKE) bench-python
+	$(MAKE) bench-node
+
+## The C API against the Rust API: handshakes/s and MiB/s against one Rust server (release).
+.PHONY: bench-ffi bench-python bench-node
+bench-ffi:
+	bash scripts/bench-ffi.sh
+
+## Python libconnect against Python ssl with the same certificates (a release build into the
+## venv that scripts/test-python.sh makes; BENCH_ARGS=--quick for a few seconds).
+bench-python:
+	test -x bindings/python/.venv/bin/python || bash scripts/test-python.sh
+	cd bindings/python && PATH=$(CURDIR)/bindings/python/.venv/bin:$$PATH VIRTUAL_ENV=$(CURDIR)/bindings/python/.venv maturin develop --release --locked --quiet
+	cd bindings/python && .venv/bin/python bench/bench.py $(BENCH_ARGS)
+
+## Node libconnect against Node tls with the same certificates (a release addon).
+bench-node:
+	cd bindings/node && npm ci --no-audit --no-fund --loglevel=error
+	cd bindings/node && CARGO=$(CURDIR)/bindings/node/scripts/cargo-host.sh npx napi build --platform --release
+	cd bindings/node && npm run bench
 
 build:
 	cargo build --workspace --release

@@ -35,6 +35,14 @@ if [ -n "$(git ls-files --others --exclude-standard -- index.js index.d.ts)" ]; 
   exit 1
 fi
 
+# The cross-language tests (__test__/cross_language.test.mjs) run a `connect agent -dev`, the C
+# examples the C lane built and a Python peer in the Python lane's venv (scripts/test.sh runs
+# the C and Python lanes first; without them those tests are skipped).
+echo "== cargo build --bin connect"
+(cd "$root" && cargo build -p connect-core --bin connect --locked --quiet)
+export LIBCONNECT_CONNECT_BIN="$CARGO_TARGET_DIR/debug/connect"
+export LIBCONNECT_C_EXAMPLES="${LIBCONNECT_C_EXAMPLES:-$CARGO_TARGET_DIR/c-test}"
+
 echo "== node --test"
 node --test --test-timeout=20000 __test__/
 

@@ -1,0 +1,247 @@
+// Node against the other languages, over one `connect agent -dev` process (one CA, one set of
+// intentions): Node with the C examples (examples/c echo_server / echo_client, built by the C
+// lane into $CARGO_TARGET_DIR/c-test, or LIBCONNECT_C_EXAMPLES) and with a Python peer
+// (__test__/fixtures/py_peer.py under bindings/python/.venv, made by the Python lane), in both
+// directions, intentions allow and deny. Every process is killed in `after`, also on failure.
+import assert from 'node:assert/strict'
+import { spawn, spawnSync } from 'node:child_process'
+import { accessSync, constants } from 'node:fs'
+import { dirname, join, resolve } from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { after, before, describe, test } from 'node:test'
+import tls from 'node:tls'
+
+import { Agent } from 'libconnect'
+
+import { closed, echo, port, roundTrip } from './helpers.mjs'
+
+const T = 10_000
+const here = dirname(fileURLToPath(import.meta.url))
+const root = resolve(here, '../../..')
+const target = process.env.CARGO_TARGET_DIR || join(root, 'target')
+const connectBin = process.env.LIBCONNECT_CONNECT_BIN || join(target, 'debug', 'connect')
+const cExamples = process.env.LIBCONNECT_C_EXAMPLES || join(target, 'c-test')
+const python = join(root, 'bindings', 'python', '.venv', 'bin', 'python')
+const pyPeer = join(here, 'fixtures', 'py_peer.py')
+
+function executable(path) {
+  try {
+    accessSync(path, constants.X_OK)
+    return true
+  } catch {
+    return false
+  }
+}
+
+const cSkip = executable(join(cExamples, 'echo_server')) && executable(join(cExamples, 'echo_client'))
+  ? false
+  : `the C examples are not built in ${cExamples} (scripts/test-c.sh builds them)`
+const pySkip = (() => {
+  if (!executable(python)) return `no Python venv at ${python} (scripts/test-python.sh makes it)`
+  const r = spawnSync(python, ['-c', 'import libconnect'], { timeout: T })
+  return r.status === 0 ? false : `libconnect is not installed in ${python} (scripts/test-python.sh)`
+})()
+
+const children = []
+
+// Spawns a process and resolves with it and the first stdout line matching `re` (bounded).
+function spawnUntil(cmd, args, env, re) {
+  const child = spawn(cmd, args, { env, stdio: ['pipe', 'pipe', 'pipe'] })
+  children.push(child)
+  let err = ''
+  child.stderr.on('data', (d) => (err += d))
+  const lines = createInterface({ input: child.stdout })
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${cmd}: no ${re} in ${T} ms; stderr: ${err}`)), T)
+    const fail = (why) => {
+      clearTimeout(timer)
+      reject(new Error(`${cmd} ${why}; stderr: ${err}`))
+    }
+    child.once('error', (e) => fail(String(e)))
+    child.once('exit', (code) => fail(`exited with ${code}`))
+    const onLine = (line) => {
+      const m = re.exec(line)
+      if (!m) return
+      clearTimeout(timer)
+      child.removeAllListeners('exit')
+      lines.off('line', onLine)
+      resolve({ child, match: m, stderr: () => err })
+    }
+    lines.on('line', onLine)
+    child.stdout.on('error', () => {})
+  })
+}
+
+// Runs a client to completion (bounded): { status, stdout, stderr }.
+function run(cmd, args, env) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] })
+    children.push(child)
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => (stderr += d))
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`${cmd} did not finish in ${2 * T} ms; stderr: ${stderr}`))
+    }, 2 * T)
+    child.once('error', reject)
+    child.once('close', (status) => {
+      clearTimeout(timer)
+      resolve({ status, stdout, stderr })
+    })
+  })
+}
+
+// Whether `svc` is refused by `target` at host:port: the handshake fails or the socket closes with
+// no echo. Plain `tls.connect` with the service's options, so that the error listener is there
+// before the server's alert can arrive.
+async function refused(svc, target, { host, port }) {
+  const socket = tls.connect({ ...svc.tlsClientOptions(target), host, port })
+  let got = ''
+  socket.on('data', (d) => (got += d))
+  socket.on('error', () => {})
+  socket.write('secret')
+  // Not `closed()`: its `once(socket, 'close')` rejects on the handshake's 'error'.
+  const timer = setTimeout(() => socket.destroy(new Error('neither echoed nor closed')), T)
+  await new Promise((resolve) => (socket.destroyed ? resolve() : socket.once('close', resolve)))
+  clearTimeout(timer)
+  return got === ''
+}
+
+// Waits until `svc` denies `name` (intentions arrive through a blocking query over HTTP).
+async function waitDenied(svc, name) {
+  const id = svc.spiffeId.replace(/[^/]+$/, name)
+  const deadline = Date.now() + T
+  while (svc.authorize(id).allowed) {
+    assert.ok(Date.now() < deadline, `the deny intention for ${name} never arrived`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+let agent, httpAddr, env
+
+before(async () => {
+  assert.ok(executable(connectBin), `no connect binary at ${connectBin} (cargo build --bin connect)`)
+  const { match } = await new Promise((resolve, reject) => {
+    const child = spawn(connectBin, ['agent', '-dev', '-http-port', '0'], { stdio: ['ignore', 'ignore', 'pipe'] })
+    children.push(child)
+    const lines = createInterface({ input: child.stderr })
+    const timer = setTimeout(() => reject(new Error('connect agent -dev did not start')), T)
+    child.once('exit', (code) => reject(new Error(`connect agent exited with ${code}`)))
+    lines.on('line', (line) => {
+      const m = /==> HTTP API listening on http:\/\/(\S+)/.exec(line)
+      if (m) {
+        clearTimeout(timer)
+        child.removeAllListeners('exit')
+        resolve({ match: m })
+      }
+    })
+  })
+  httpAddr = match[1]
+  env = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CONSUL_'))) }
+  env.CONSUL_HTTP_ADDR = `http://${httpAddr}`
+  agent = new Agent({ address: httpAddr, rootChangeJitterMs: 0 })
+  await agent.ready()
+})
+
+after(() => {
+  agent?.close()
+  for (const c of children) {
+    if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL')
+  }
+})
+
+describe('with C', { skip: cSkip }, () => {
+  test('a Node client and the C echo_server: allowed and denied', async () => {
+    const { match } = await spawnUntil(
+      join(cExamples, 'echo_server'),
+      ['-listen', '127.0.0.1:0', '-service', 'echo-c', '-allow', 'node-client'],
+      env,
+      /listening on (\S+):(\d+)$/,
+    )
+    const opts = { host: match[1], port: Number(match[2]), timeoutMs: T }
+    const client = await agent.service('node-client').ready(T)
+    const socket = await client.connect('echo-c', opts)
+    assert.equal(await roundTrip(socket, 'hello from node'), 'hello from node')
+    assert.match(socket.getPeerCertificate().subjectaltname, /svc\/echo-c$/)
+    socket.end()
+    await closed(socket)
+
+    const intruder = await agent.service('node-intruder').ready(T)
+    assert.equal(await agent.intentions.check('node-intruder', 'echo-c'), false)
+    assert.ok(await refused(intruder, 'echo-c', opts))
+
+    // Still serving after refusing one.
+    const again = await client.connect('echo-c', opts)
+    assert.equal(await roundTrip(again, 'again'), 'again')
+    again.destroy()
+    client.close()
+    intruder.close()
+  })
+
+  test('the C echo_client and a Node server: allowed and denied', async () => {
+    await agent.intentions.upsert('*', 'echo-node', 'deny')
+    await agent.intentions.upsert('c-client', 'echo-node', 'allow')
+    const svc = await agent.service('echo-node').ready(T)
+    await waitDenied(svc, 'c-intruder')
+    const seen = []
+    const server = await svc.listen(0, '127.0.0.1', echo(seen))
+    const addr = `127.0.0.1:${port(server)}`
+    const client = join(cExamples, 'echo_client')
+
+    const ok = await run(client, ['-service', 'c-client', '-target', 'echo-node', addr, 'hello from C'], env)
+    assert.equal(ok.status, 0, ok.stderr)
+    assert.match(ok.stdout, /^hello from C\n\(from spiffe:\/\/\S+\/svc\/echo-node\)/)
+
+    const denied = await run(client, ['-service', 'c-intruder', '-target', 'echo-node', addr, 'secret'], env)
+    assert.equal(denied.status, 1, denied.stdout + denied.stderr)
+    assert.match(denied.stderr, /echo_client: /)
+
+    assert.equal(seen.length, 1)
+    assert.match(seen[0].peer, /svc\/c-client$/)
+    server.close()
+    svc.close()
+  })
+})
+
+describe('with Python', { skip: pySkip }, () => {
+  test('a Node client and a Python server: allowed and denied', async () => {
+    const { match } = await spawnUntil(python, [pyPeer, 'serve', 'echo-py', 'node-client'], env, /^listening on (\S+):(\d+)$/)
+    const opts = { host: match[1], port: Number(match[2]), timeoutMs: T }
+    const client = await agent.service('node-client').ready(T)
+    const socket = await client.connect('echo-py', opts)
+    assert.equal(await roundTrip(socket, 'hello from node'), 'hello from node')
+    assert.match(socket.getPeerCertificate().subjectaltname, /svc\/echo-py$/)
+    socket.destroy()
+
+    const intruder = await agent.service('node-intruder').ready(T)
+    assert.ok(await refused(intruder, 'echo-py', opts))
+    client.close()
+    intruder.close()
+  })
+
+  test('a Python client and a Node server: allowed and denied', async () => {
+    await agent.intentions.upsert('*', 'echo-node2', 'deny')
+    await agent.intentions.upsert('py-client', 'echo-node2', 'allow')
+    const svc = await agent.service('echo-node2').ready(T)
+    await waitDenied(svc, 'py-intruder')
+    const seen = []
+    const server = await svc.listen(0, '127.0.0.1', echo(seen))
+    const addr = `127.0.0.1:${port(server)}`
+
+    const ok = await run(python, [pyPeer, 'dial', 'py-client', 'echo-node2', addr, 'hello from python'], env)
+    assert.equal(ok.status, 0, ok.stderr)
+    assert.match(ok.stdout, /^hello from python\n\(from spiffe:\/\/\S+\/svc\/echo-node2\)/)
+
+    const denied = await run(python, [pyPeer, 'dial', 'py-intruder', 'echo-node2', addr, 'secret'], env)
+    assert.equal(denied.status, 1, denied.stdout + denied.stderr)
+    assert.match(denied.stderr, /py_peer: /)
+
+    assert.equal(seen.length, 1)
+    assert.match(seen[0].peer, /svc\/py-client$/)
+    server.close()
+    svc.close()
+  })
+})

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The C API against the Rust API, side by side (`make bench-ffi`): release builds of
+# libconnect.so, `connect` and core/examples/bench_echo.rs; one `connect agent -dev` (one CA);
+# a Rust echo server (bench_echo serve); then the same work from the Rust client (bench_echo
+# client) and the C client (ffi/bench/bench_client.c): N dial + 1-byte echo handshakes, then
+# MIB MiB echoed in 64 KiB lock-step. Environment: N (default 500), MIB (default 256).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+out="$target/bench-ffi"
+N=${N:-500}
+MIB=${MIB:-256}
+mkdir -p "$out"
+
+cargo build --release --locked -p connect-core --bin connect --example bench_echo
+make -s -C ffi install PROFILE=release PREFIX="$out/prefix"
+cc -std=c11 -Wall -Wextra -Werror -O2 -I"$out/prefix/include" ffi/bench/bench_client.c \
+  -o "$out/bench_client" -L"$out/prefix/lib" -lconnect -Wl,-rpath,"$out/prefix/lib"
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# Waits (at most 10 s) for a line matching $2 in file $1; prints its capture.
+wait_line() {
+  for _ in $(seq 100); do
+    if m=$(sed -n "s|$2|\\1|p" "$1" | head -n 1) && [ -n "$m" ]; then echo "$m"; return; fi
+    sleep 0.1
+  done
+  echo "timed out waiting for '$2' in $1:" >&2; cat "$1" >&2; exit 1
+}
+
+"$target/release/connect" agent -dev -http-port 0 -log-level warn 2>"$out/agent.log" >/dev/null &
+pids+=($!)
+http=$(wait_line "$out/agent.log" '.*==> HTTP API listening on http://\([^ ]*\).*')
+export CONSUL_HTTP_ADDR="http://$http"
+unset CONSUL_HTTP_TOKEN
+
+"$target/release/examples/bench_echo" serve db >"$out/server.log" 2>&1 &
+pids+=($!)
+addr=$(wait_line "$out/server.log" '^listening on \(.*\)$')
+
+echo "== $N handshakes (dial + 1-byte echo), then $MIB MiB echoed, against a Rust server"
+timeout 300 "$target/release/examples/bench_echo" client web db "$addr" "$N" "$MIB"
+timeout 300 "$out/bench_client" web db "$addr" "$N" "$MIB"
