@@ -516,3 +516,77 @@ async fn an_expired_leaf_is_never_returned() {
     );
     agent.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_reissues_every_leaf_inside_the_jitter_window() {
+    let manual = ManualClock::new(time::OffsetDateTime::now_utc());
+    let clock: connect_core::SharedClock = Arc::new(manual.clone());
+    let server = strict_server(clock.clone());
+    let jitter = Duration::from_secs(30);
+    let agent = Agent::new(AgentConfig {
+        root_change_jitter: jitter,
+        ..config_in(&server, clock)
+    })
+    .unwrap();
+    let services: Vec<ConnectService> = (0..5)
+        .map(|i| agent.service(&format!("svc{i}")).unwrap())
+        .collect();
+    for s in &services {
+        s.ready_wait(T).await.unwrap();
+    }
+    agent
+        .ca_set_config(CaConfiguration::consul(
+            json!({"PrivateKeyBits": 384}).as_object().cloned().unwrap(),
+        ))
+        .await
+        .unwrap();
+    let rotated_at = connect_core::Clock::now(&manual);
+    let signing_key = server
+        .ca_roots()
+        .value
+        .active()
+        .unwrap()
+        .signing_key_id
+        .clone();
+    let on_new_root = |s: &ConnectService| {
+        s.identity().snapshot().svid().is_some_and(|v| {
+            connect_core::certs::CertInfo::from_der(v.leaf())
+                .unwrap()
+                .authority_key_id
+                == Some(hex_to_bytes(&signing_key))
+        })
+    };
+    // Let every service see the new roots: the leaf fetches pick their random re-issue point
+    // in the window then, and with the injected clock standing still none can fire yet.
+    tokio::time::timeout(T, async {
+        while !services.iter().all(|s| {
+            s.identity()
+                .snapshot()
+                .bundle()
+                .is_some_and(|b| b.roots().len() == 2)
+        }) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Moving the injected clock past the window re-issues every leaf; none needs real time.
+    manual.advance(jitter);
+    tokio::time::timeout(T, async {
+        while !services.iter().all(on_new_root) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every leaf re-issued once the jitter window has passed");
+    for s in &services {
+        let svid = s.identity().snapshot();
+        let issued = svid.svid().unwrap().not_before() + Duration::from_secs(60);
+        assert!(
+            issued >= rotated_at && issued <= rotated_at + jitter,
+            "{issued} outside the window"
+        );
+    }
+    agent.close();
+}
