@@ -32,8 +32,9 @@ mkdir -p "$out"
 prefix="$out/prefix"
 
 step "build libconnect (debug) and the connect agent"
-cargo build -p connect-ffi --locked
-cargo build -p connect-core --bin connect --locked
+# Whole-workspace builds share one feature resolution with `cargo test --workspace`, so
+# nothing is compiled twice with other features.
+cargo build --workspace --locked --lib --bins
 
 step "install into $prefix; build the examples against it with pkg-config, and as C++"
 make -s -C ffi install PROFILE=debug PREFIX="$prefix"
@@ -71,6 +72,6 @@ for t in test_misuse test_mtls; do
 done
 
 step "cargo test -p connect-ffi (header, C programs as processes, OpenSSL interop, examples)"
-cargo test -p connect-ffi --locked
+cargo test --workspace --locked --test header --test c_programs
 
 echo "libconnect C lane: $steps passed, 0 failed ($(($(date +%s) - started)) s)"
