@@ -47,6 +47,23 @@ async fn round_trip(c: &mut connect_core::tls::Connection, msg: &[u8]) -> Vec<u8
     buf
 }
 
+/// A client the target's intentions deny: under TLS 1.3 its dial completes, and the server's
+/// alert fails its first exchange.
+async fn assert_refused(client: &ConnectService, addr: std::net::SocketAddr, target: &str) {
+    let attempt = async {
+        let mut c = client.dial_addr(addr, target).await?;
+        c.write_all(b"x")
+            .await
+            .map_err(|e| connect_core::tls::error_from_io(&e))?;
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b)
+            .await
+            .map_err(|e| connect_core::tls::error_from_io(&e))?;
+        Ok::<_, connect_core::Error>(())
+    };
+    assert!(tokio::time::timeout(T, attempt).await.unwrap().is_err());
+}
+
 fn config_in(server: &Server, clock: connect_core::SharedClock) -> AgentConfig {
     AgentConfig {
         backend: AgentBackend::InProcess(server.clone()),
@@ -82,18 +99,7 @@ async fn intentions_decide_in_the_handshake_and_dial_finds_instances() {
     assert_eq!(round_trip(&mut c, b"hello").await, b"hello");
     assert_eq!(c.peer_id().as_service().unwrap().service, "db");
     // api is refused during the handshake: its first read fails.
-    let denied = async {
-        let mut c = api.dial_addr(addr, "db").await?;
-        c.write_all(b"x")
-            .await
-            .map_err(|e| connect_core::tls::error_from_io(&e))?;
-        let mut b = [0u8; 1];
-        c.read_exact(&mut b)
-            .await
-            .map_err(|e| connect_core::tls::error_from_io(&e))?;
-        Ok::<_, connect_core::Error>(())
-    };
-    assert!(tokio::time::timeout(T, denied).await.unwrap().is_err());
+    assert_refused(&api, addr, "db").await;
     assert!(!agent.intention_check("api", "db").await.unwrap());
     // Dial by name through the catalog.
     let mut reg = ServiceRegistration::new("db", addr.port());
@@ -257,18 +263,7 @@ async fn http_backend_gets_leaves_by_csr_and_intentions_from_the_match_cache() {
     .unwrap();
     let mut c = web.dial_addr(addr, "db").await.unwrap();
     assert_eq!(round_trip(&mut c, b"over http").await, b"over http");
-    let denied = async {
-        let mut c = api.dial_addr(addr, "db").await?;
-        c.write_all(b"x")
-            .await
-            .map_err(|e| connect_core::tls::error_from_io(&e))?;
-        let mut b = [0u8; 1];
-        c.read_exact(&mut b)
-            .await
-            .map_err(|e| connect_core::tls::error_from_io(&e))?;
-        Ok::<_, connect_core::Error>(())
-    };
-    assert!(tokio::time::timeout(T, denied).await.unwrap().is_err());
+    assert_refused(&api, addr, "db").await;
     agent.close();
 }
 
