@@ -8,7 +8,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::matching::or_default;
-use super::{Decision, DefaultPolicy, Intention, ServiceRef, WILDCARD, sort_by_precedence};
+use super::{
+    DEFAULT_PARTITION, Decision, DefaultPolicy, Intention, ServiceRef, WILDCARD, sort_by_precedence,
+};
 
 /// The intentions that may decide for one destination, in evaluation order, with their
 /// sources laid out flat beside them so the hot scan compares short strings in one array
@@ -48,13 +50,11 @@ impl<'a> Source<'a> {
         Source {
             name: s.name,
             namespace: or_default(s.namespace),
-            partition: (partition != DEFAULT).then_some(partition),
+            partition: (partition != DEFAULT_PARTITION).then_some(partition),
             peer: (!s.peer.is_empty()).then_some(s.peer),
         }
     }
 }
-
-const DEFAULT: &str = "default";
 
 /// String equality without a call into `memcmp` for the short names intentions use; profiling
 /// showed the library call dominating the hot path.
@@ -92,7 +92,7 @@ impl SourceMatcher {
         SourceMatcher {
             name: wild(&ixn.source_name),
             namespace: wild(or_default(&ixn.source_ns)),
-            partition: (partition != DEFAULT).then(|| partition.into()),
+            partition: (partition != DEFAULT_PARTITION).then(|| partition.into()),
             peer: (!ixn.source_peer.is_empty()).then(|| ixn.source_peer.as_str().into()),
         }
     }

@@ -10,7 +10,7 @@ use super::{
 
 /// Empty namespaces and partitions mean `default` everywhere Consul compares them (both
 /// defaults are spelled `default`).
-pub(super) fn or_default(value: &str) -> &str {
+pub(crate) fn or_default(value: &str) -> &str {
     if value.is_empty() {
         DEFAULT_NAMESPACE
     } else {

@@ -18,6 +18,7 @@ pub use authz::{
 };
 pub use error::IntentionError;
 pub use index::{IntentionIndex, SharedIntentionIndex};
+pub(crate) use matching::or_default;
 pub use matching::{MatchType, ServiceRef, authorize_intention_target, match_intentions};
 pub use model::{
     DEFAULT_NAMESPACE, DEFAULT_PARTITION, Intention, IntentionAction,

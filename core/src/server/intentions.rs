@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use super::Server;
 use crate::acl::Permission;
 use crate::filter::Filter;
+use crate::intentions::or_default;
 use crate::intentions::{
     Decision, Intention, IntentionIndex, MatchType, ServiceRef, match_intentions,
     sort_by_precedence,
@@ -360,10 +361,6 @@ impl Server {
             .intentions
             .authorize(&dst, &ServiceRef::from(svc)))
     }
-}
-
-fn or_default(s: &str) -> &str {
-    if s.is_empty() { "default" } else { s }
 }
 
 fn names_of(ixn: &Intention) -> (ServiceName, ServiceName) {
