@@ -12,6 +12,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# One build from scratch: incremental caches would only cost disk (GBs) and time.
+[ -n "${CI:-}${LIBCONNECT_CI:-}" ] && export CARGO_INCREMENTAL=0
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -53,11 +53,20 @@ fn library() -> PathBuf {
     .clone()
 }
 
-/// A scratch directory for this test process.
+/// A scratch directory for this test process, inside the target directory. Directories left by
+/// earlier runs whose process is gone are removed first, so repeated runs do not pile up copies
+/// of the library (a test process cannot clean up after itself: statics are never dropped).
 fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("connect-ffi-c-{}", std::process::id()));
+        let parent = profile_dir().join("c-programs");
+        for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            if !Path::new("/proc").join(&pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let d = parent.join(std::process::id().to_string());
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
