@@ -20,6 +20,7 @@ pub mod filter;
 pub mod http;
 pub mod intentions;
 pub mod json;
+pub mod logging;
 pub mod server;
 pub mod spiffe;
 pub mod state;

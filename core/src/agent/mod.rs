@@ -190,10 +190,12 @@ impl Agent {
         Agent::new(AgentConfig::dev())
     }
 
-    /// Starts an agent. With an HTTP backend this reads `/v1/agent/self` once to learn the
+    /// Starts an agent (and, if `LIBCONNECT_LOG` is set, logging to standard error: see
+    /// [`crate::logging`]). With an HTTP backend this reads `/v1/agent/self` once to learn the
     /// datacenter and the default intention policy; from async code use
     /// [`Agent::new_async`] for that.
     pub fn new(config: AgentConfig) -> Result<Agent, Error> {
+        crate::logging::init_from_env();
         let rt = match config.runtime.clone() {
             Some(h) => Rt::Borrowed(h),
             None => Rt::Owned(agent_runtime()?),
@@ -211,6 +213,7 @@ impl Agent {
     /// [`Agent::new`] for async callers; the agent runs on the current runtime unless the
     /// configuration names one.
     pub async fn new_async(mut config: AgentConfig) -> Result<Agent, Error> {
+        crate::logging::init_from_env();
         if config.runtime.is_none() {
             config.runtime = Some(Handle::current());
         }

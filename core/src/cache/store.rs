@@ -877,8 +877,14 @@ impl<T: CacheType> Shard<T> {
                 } else {
                     *attempt = attempt.saturating_add(1);
                 }
-                if self.opts.refresh {
-                    e.lost_contact = None;
+                if self.opts.refresh
+                    && let Some(lost) = e.lost_contact.take()
+                {
+                    tracing::info!(
+                        cache_type = T::NAME,
+                        outage = ?since(now, lost),
+                        "connect: control plane reachable again; cache refreshed"
+                    );
                 }
             }
             Err(err) => {
@@ -891,6 +897,14 @@ impl<T: CacheType> Shard<T> {
                 *attempt = attempt.saturating_add(1);
                 if self.opts.refresh && e.lost_contact.is_none() {
                     e.lost_contact = Some(now);
+                    // Once per outage and entry type, not per retry: the back-off keeps retrying.
+                    tracing::warn!(
+                        cache_type = T::NAME,
+                        error = %e.error.as_ref().map_or_else(String::new, ToString::to_string),
+                        has_value = e.value.is_some(),
+                        "connect: lost contact with the control plane; serving cached values \
+                         until it returns"
+                    );
                 }
             }
         }

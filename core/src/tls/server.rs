@@ -127,6 +127,12 @@ impl Shared {
 
     fn record_denial(&self, peer: &SpiffeId, denied: &AuthzDenied) {
         self.counters.denied.fetch_add(1, Ordering::Relaxed);
+        // The peer only sees an access_denied alert; the reason is for this side's operators.
+        tracing::info!(
+            peer = %peer,
+            reason = denied.reason(),
+            "connect: refused a client during the TLS handshake"
+        );
         *self
             .counters
             .last_denial
