@@ -1,5 +1,9 @@
 # libconnect — the two set-up commands of the README live here.
-.PHONY: test bench build header install c-test
+.PHONY: demo test bench build header install c-test
+
+## Run the demo: connect agent -dev, a C db, a Python web and a Node api (builds what it needs).
+demo:
+	./scripts/demo.sh
 
 ## Run every check and test (what CI runs).
 test:

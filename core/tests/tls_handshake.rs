@@ -215,6 +215,42 @@ async fn a_second_dial_resumes_the_session() {
     assert_eq!(db.server().stats().resumed, 1);
 }
 
+/// After a rotation the client's next handshake is a full one, so it sees the server's new
+/// leaf; a resumed session would keep reporting the certificate of before the rotation.
+#[tokio::test]
+async fn a_new_leaf_or_new_roots_end_resumption() {
+    let mut mesh = Mesh::new();
+    let db_identity = mesh.identity("db");
+    let web_identity = mesh.identity("web");
+    let db = Service::new(db_identity.clone(), authorizer::any()).unwrap();
+    let web = Service::new(web_identity.clone(), authorizer::any()).unwrap();
+    let mut listener = db.listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+    let mut dial = async || {
+        let mut c = web.dial_addr(addr, "db").await.unwrap();
+        let mut s = timeout(IO, listener.accept()).await.unwrap().unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).await.unwrap();
+        (c.is_resumed(), c.peer_certificates()[0].clone())
+    };
+    let (first_resumed, before) = dial().await;
+    assert!(!first_resumed);
+    assert!(dial().await.0, "the second dial should resume");
+
+    mesh.rotate();
+    db_identity.update_bundle(mesh.bundle()).unwrap();
+    db_identity.update_svid(mesh.svid("db")).unwrap();
+    web_identity.update_bundle(mesh.bundle()).unwrap();
+    let (resumed, after) = dial().await;
+    assert!(
+        !resumed,
+        "the first dial after new roots must be a full handshake"
+    );
+    assert_ne!(before, after, "the server's re-issued leaf is seen");
+    assert!(dial().await.0, "and later dials resume again");
+}
+
 #[test]
 fn blocking_wrappers_echo_and_time_out() {
     let mut mesh = Mesh::new();

@@ -71,13 +71,17 @@ pub(crate) struct Conn {
     /// The TLS failure that ended the connection (an alert from the peer, a bad record):
     /// every later call reports it again.
     failed: Option<Error>,
+    /// For an accepted connection: its listener's revocation may shut the socket down when
+    /// the intentions stop allowing the peer. Dropped with the connection.
+    _revocable: Option<connect_core::tls::Revocable>,
 }
 
 impl Conn {
     /// Takes over a connection whose handshake the core finished.
     fn from_core(c: Connection) -> Result<Conn, Error> {
         let peer_id = c.peer_id().to_string();
-        let (tcp, tls) = match c.into_inner() {
+        let (stream, revocable) = c.into_parts();
+        let (tcp, tls) = match stream {
             tokio_rustls::TlsStream::Client(s) => {
                 let (io, conn) = s.into_inner();
                 (io, rustls::Connection::Client(conn))
@@ -96,6 +100,7 @@ impl Conn {
             nonblocking: false,
             close_notify_queued: false,
             failed: None,
+            _revocable: revocable,
         })
     }
 

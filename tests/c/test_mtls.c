@@ -1,6 +1,7 @@
 /* Allow and deny between a C server and C clients, blocking and non-blocking I/O with poll,
    dial by name, a CA rotation seen through the change callback while a connection stays open,
-   and 8 threads sharing one agent. Runs under ASan+UBSan and under valgrind. */
+   8 threads sharing one agent, and an open connection closed when its intention turns to deny.
+   Runs under ASan+UBSan and under valgrind. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
@@ -410,6 +411,24 @@ static void test_threads(const char *addr) {
   }
 }
 
+/* An intention flipped to deny closes the open connection: the server's listener shuts the
+   socket down (libconnect's revocation), so the client's next read ends instead of waiting. */
+static void test_revocation(const char *addr) {
+  connect_conn *c = dial_db(web, addr);
+  CHECK(c != NULL);
+  if (!c) return;
+  CHECK(round_trip(c, "before the deny") == 0);
+  REQUIRE_OK(connect_agent_intention_upsert(agent, "web", "db", CONNECT_INTENTION_ACTION_DENY));
+  CHECK_RC(connect_conn_set_timeout(c, T_MS), CONNECT_OK);
+  uint8_t b[16];
+  size_t n = 1;
+  connect_result rc = connect_conn_read(c, b, sizeof b, &n);
+  /* A FIN without close_notify is a TLS error; either way not a timeout and no data. */
+  CHECK(rc == CONNECT_RESULT_TLS || rc == CONNECT_RESULT_IO || (rc == CONNECT_OK && n == 0));
+  connect_conn_free(c);
+  REQUIRE_OK(connect_agent_intention_upsert(agent, "web", "db", CONNECT_INTENTION_ACTION_ALLOW));
+}
+
 int main(void) {
   connect_agent_config_builder *b = connect_agent_config_builder_new();
   REQUIRE_OK(connect_agent_config_builder_set_root_change_jitter_ms(b, 0));
@@ -438,6 +457,7 @@ int main(void) {
   test_nonblocking(addr);
   test_threads(addr);
   test_rotation(addr);
+  test_revocation(addr);
 
   atomic_store(&server_stop, true);
   pthread_join(server, NULL);

@@ -407,6 +407,9 @@ impl MtlsClient {
             let tcp = TcpStream::connect(addr)
                 .await
                 .map_err(|e| error_from_io(&e))?;
+            // Small requests go out at once (Nagle would hold them for the peer's ACK); the
+            // listener sets the same on its side, as Go's net package does on both.
+            let _ = tcp.set_nodelay(true);
             self.handshake(tcp).await
         };
         tokio::time::timeout(timeout, dial)

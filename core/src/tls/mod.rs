@@ -119,7 +119,7 @@ pub use client::{ExpectedPeer, MtlsClient, MtlsClientBuilder, mtls_client};
 pub use errors::error_from_io;
 pub use identity::{Bundle, BundleSource, Identity, Snapshot, Svid, SvidSource};
 pub use material::{Material, PeerAuthorization, PeerInput};
-pub use net::{Connection, Listener};
+pub use net::{Connection, Listener, Revocable};
 pub use provider::{KeyExchange, crypto_provider};
 pub use server::{
     DenyHook, HandshakeErrorHook, MtlsServer, MtlsServerBuilder, ServerStats, mtls_server,

@@ -122,6 +122,26 @@ impl Connection {
         drop(self.live);
         self.stream
     }
+
+    /// The tokio-rustls stream and, for a connection a listener accepted, its registration
+    /// for revocation: while the [`Revocable`] is kept, a change of intentions that denies
+    /// the peer still shuts the socket down (reads see end-of-stream, the peer a FIN), also
+    /// when the application drives the stream itself, as the C ABI does. Drop the
+    /// `Revocable` with the stream.
+    pub fn into_parts(self) -> (TlsStream<TcpStream>, Option<Revocable>) {
+        (self.stream, self.live.map(Revocable))
+    }
+}
+
+/// Keeps a connection taken apart with [`Connection::into_parts`] registered with its
+/// listener's revocation; dropping it unregisters (and closes the descriptor revocation would
+/// have used).
+pub struct Revocable(LiveGuard);
+
+impl fmt::Debug for Revocable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Revocable").field("id", &self.0.id).finish()
+    }
 }
 
 impl AsyncRead for Connection {

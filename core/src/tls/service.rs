@@ -24,7 +24,8 @@ const MAX_CLIENTS: usize = 256;
 #[derive(Clone)]
 pub struct Service {
     server: MtlsServer,
-    clients: Arc<Mutex<HashMap<ExpectedPeer, MtlsClient>>>,
+    /// Each client with the identity generation it was built at.
+    clients: Arc<Mutex<HashMap<ExpectedPeer, (u64, MtlsClient)>>>,
 }
 
 impl fmt::Debug for Service {
@@ -66,18 +67,25 @@ impl Service {
         self.server.config()
     }
 
-    /// The client for `expected`, built on first use and kept, so its sessions resume.
+    /// The client for `expected`, built on first use and kept, so its sessions resume —
+    /// until this service's identity changes (a new leaf or new roots): then a new client
+    /// with an empty session cache is built, so the next handshakes are full ones in which
+    /// both sides present their current certificates. A resumed session would carry the
+    /// certificates of before a rotation on into the new one.
     pub fn client(&self, expected: impl Into<ExpectedPeer>) -> Result<MtlsClient> {
         let expected = expected.into();
+        let generation = self.identity().snapshot().generation();
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = clients.get(&expected) {
+        if let Some((built_at, c)) = clients.get(&expected)
+            && *built_at == generation
+        {
             return Ok(c.clone());
         }
         if clients.len() >= MAX_CLIENTS {
             clients.clear();
         }
         let c = mtls_client(self.identity(), expected.clone()).build()?;
-        clients.insert(expected, c.clone());
+        clients.insert(expected, (generation, c.clone()));
         Ok(c)
     }
 
