@@ -1,25 +1,35 @@
-//! mTLS cost of libconnect against bare rustls with the same keys and settings, in memory
-//! (two rustls connections pumping bytes through buffers, no sockets, so only TLS is
-//! measured): full handshakes, resumed handshakes, and 1 MiB of application data over an
+//! mTLS cost of libconnect against bare rustls with the same keys and settings.
+//!
+//! In memory (two rustls connections pumping bytes through buffers, no sockets, so only TLS
+//! is measured): full handshakes, resumed handshakes, and 1 MiB of application data over an
 //! established session.
 //!
+//! Over loopback TCP, with plain TCP as the baseline: 1 MiB of bulk data (acknowledged by the
+//! receiver), and a 64-byte request echoed back on an established connection, which is the
+//! latency TLS adds to every request once the handshake is paid. Client and server run on one
+//! current-thread tokio runtime, so the figures are CPU cost along the path, not parallelism;
+//! `TCP_NODELAY` is set on every socket.
+//!
 //! libconnect: `MtlsServer::config()` (current-leaf resolver, client verifier checking roots,
-//! SPIFFE ID and intentions) and `MtlsClient::config()` (server URI check). Bare rustls:
+//! SPIFFE ID and intentions) and `MtlsClient::config()` (server URI check) in memory; its
+//! `Listener` and `MtlsClient::connect` (its `Connection` type) over loopback. Bare rustls:
 //! `WebPkiClientVerifier` with the root, `with_single_cert`, `with_root_certificates` and a DNS
 //! name in the leaf, the same provider, versions, key-exchange groups, session cache and
-//! ticketer. Run: `cargo bench -p connect-core --bench tls_handshake`.
+//! ticketer, through tokio-rustls over loopback. Run:
+//! `cargo bench -p connect-core --bench tls_handshake` (filters: `mtls_`, `loopback_`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark set-up")]
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use connect_core::ca::{CaConfiguration, CaManager, SignPolicy, generate_leaf_request};
 use connect_core::intentions::{
     DefaultPolicy, Intention, IntentionAction, IntentionIndex, SharedIntentionIndex,
 };
-use connect_core::tls::{self, Bundle, Identity, KeyExchange, Svid};
+use connect_core::tls::{self, Bundle, Identity, KeyExchange, MtlsClient, MtlsServer, Svid};
 use connect_core::{ManualClock, SharedClock};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rustls::client::Resumption;
@@ -29,6 +39,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
 use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 /// One service's leaf, as both stacks load it.
 struct Leaf {
@@ -39,6 +51,9 @@ struct Leaf {
 struct Setup {
     libconnect: (Arc<ServerConfig>, Arc<ClientConfig>),
     bare: (Arc<ServerConfig>, Arc<ClientConfig>),
+    /// libconnect's own server and client, for the socket path.
+    server: MtlsServer,
+    client: MtlsClient,
 }
 
 fn leaf(ca: &mut CaManager, service: &str) -> Leaf {
@@ -121,6 +136,8 @@ fn setup() -> Setup {
     Setup {
         libconnect: (server.config(), client.config()),
         bare: (Arc::new(bare_server), Arc::new(bare_client)),
+        server,
+        client,
     }
 }
 
@@ -227,7 +244,6 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
-    const MIB: usize = 1024 * 1024;
     let data = vec![0x5au8; MIB];
     let mut g = c.benchmark_group("mtls_bulk_1mib");
     g.throughput(Throughput::Bytes(MIB as u64));
@@ -247,9 +263,164 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+const MIB: usize = 1024 * 1024;
+
+/// Any of the three client streams over loopback.
+trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// The server side of every stack. The first byte picks the mode: `e` echoes what it reads,
+/// `s` swallows it and acknowledges every whole MiB with one byte.
+async fn serve(mut s: impl Duplex) {
+    let mut mode = [0u8; 1];
+    if s.read_exact(&mut mode).await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let reply: &[u8] = if mode[0] == b'e' {
+            &buf[..n]
+        } else {
+            got += n;
+            if got < MIB {
+                continue;
+            }
+            got -= MIB;
+            b"k"
+        };
+        if s.write_all(reply).await.is_err() || s.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn tcp_to(addr: SocketAddr) -> TcpStream {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp
+}
+
+/// Binds a loopback port and serves every connection `wrap` turns into a stream.
+async fn accept_loop<S, F, W>(wrap: W) -> SocketAddr
+where
+    S: Duplex + 'static,
+    F: Future<Output = Option<S>> + Send + 'static,
+    W: Fn(TcpStream) -> F + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            tcp.set_nodelay(true).unwrap();
+            let conn = wrap(tcp);
+            tokio::spawn(async move {
+                if let Some(s) = conn.await {
+                    serve(s).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A client stream of each stack, connected to its server, in `mode`.
+async fn loopback_clients(setup: &Setup, mode: u8) -> Vec<(&'static str, Box<dyn Duplex>)> {
+    let tcp_addr = accept_loop(|tcp| async { Some(tcp) }).await;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&setup.bare.0));
+    let rustls_addr = accept_loop(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move { acceptor.accept(tcp).await.ok() }
+    })
+    .await;
+    // libconnect's own accept path: handshake task, authorization, revocation registry.
+    let mut listener = setup.server.listen("127.0.0.1:0").await.unwrap();
+    let lc_addr = listener.local_addr();
+    tokio::spawn(async move {
+        while let Ok(c) = listener.accept().await {
+            tokio::spawn(serve(c));
+        }
+    });
+
+    let plain: Box<dyn Duplex> = Box::new(tcp_to(tcp_addr).await);
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&setup.bare.1));
+    let name = ServerName::try_from("db").unwrap();
+    let bare: Box<dyn Duplex> = Box::new(
+        connector
+            .connect(name, tcp_to(rustls_addr).await)
+            .await
+            .unwrap(),
+    );
+    let lc: Box<dyn Duplex> = Box::new(setup.client.connect(tcp_to(lc_addr).await).await.unwrap());
+    let mut out = vec![("tcp", plain), ("rustls", bare), ("libconnect", lc)];
+    for (_, s) in &mut out {
+        s.write_all(&[mode]).await.unwrap();
+        s.flush().await.unwrap();
+    }
+    out
+}
+
+fn bench_loopback(c: &mut Criterion) {
+    let setup = setup();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let data = vec![0x5au8; MIB];
+    let mut g = c.benchmark_group("loopback_bulk_1mib");
+    g.throughput(Throughput::Bytes(MIB as u64));
+    for (name, mut s) in rt.block_on(loopback_clients(&setup, b's')) {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        // 64 KiB at a time, then wait for the receiver to have it all.
+                        for chunk in data.chunks(64 * 1024) {
+                            s.write_all(chunk).await.unwrap();
+                        }
+                        s.flush().await.unwrap();
+                        let mut ack = [0u8; 1];
+                        s.read_exact(&mut ack).await.unwrap();
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+
+    let request = [0x42u8; 64];
+    let mut g = c.benchmark_group("loopback_echo_64b");
+    for (name, mut s) in rt.block_on(loopback_clients(&setup, b'e')) {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut back = [0u8; 64];
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        s.write_all(&request).await.unwrap();
+                        s.flush().await.unwrap();
+                        s.read_exact(&mut back).await.unwrap();
+                    }
+                    let took = start.elapsed();
+                    assert_eq!(back, request);
+                    took
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = bench
+    targets = bench, bench_loopback
 }
 criterion_main!(benches);

@@ -139,6 +139,55 @@ async fn openssl_s_client_is_allowed_or_denied_by_intentions() {
 }
 
 #[tokio::test]
+async fn openssl_s_client_without_a_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mesh = Mesh::new();
+    let roots = write(dir.path(), "roots.pem", &mesh.ca.roots().roots_pem());
+    let (db, port, task) = echo_server(&mut mesh).await;
+    let connect = format!("127.0.0.1:{port}");
+
+    for version in ["-tls1_3", "-tls1_2"] {
+        // s_client trusts db's root and would print the echo; it just has no certificate.
+        let args: Vec<String> = [
+            "openssl",
+            "s_client",
+            "-connect",
+            &connect,
+            "-CAfile",
+            &roots,
+            "-verify_return_error",
+            "-quiet",
+            version,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (ok, out, err) = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&refs, "hello from openssl\n")
+        })
+        .await
+        .unwrap();
+        assert!(
+            !ok,
+            "{version}: s_client without a certificate succeeded: {out}{err}"
+        );
+        assert!(!out.contains("hello"), "{version}: got an echo: {out}");
+        assert!(
+            err.contains("alert certificate required"),
+            "{version}: no certificate_required alert: {err}"
+        );
+    }
+
+    let stats = db.server().stats();
+    assert_eq!((stats.accepted, stats.failed), (0, 2), "{stats:?}");
+    // Refused for the missing certificate, before intentions were asked.
+    assert_eq!(stats.denied, 0, "{stats:?}");
+    drop(db);
+    task.abort();
+}
+
+#[tokio::test]
 async fn python_ssl_client_is_allowed_or_denied_by_intentions() {
     const SCRIPT: &str = r#"
 import socket, ssl, sys

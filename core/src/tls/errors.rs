@@ -5,6 +5,7 @@ use std::io;
 use std::sync::Arc;
 
 use rustls::{AlertDescription, CertificateError, OtherError};
+use rustls_pki_types::UnixTime;
 
 use crate::{Error, ErrorKind};
 
@@ -87,9 +88,20 @@ fn from_certificate_error(ce: &CertificateError) -> Error {
     let verification = |m: &str| Error::new(ErrorKind::CertificateVerification, m);
     match ce {
         C::UnknownIssuer => verification("x509: certificate signed by unknown authority"),
-        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+        C::Expired | C::NotValidYet => {
             verification("x509: certificate has expired or is not yet valid")
         }
+        // Go's detail, so that a skewed clock is told apart from a stale leaf.
+        C::ExpiredContext { time, not_after } => verification(&format!(
+            "x509: certificate has expired or is not yet valid: current time {} is after {}",
+            rfc3339(*time),
+            rfc3339(*not_after)
+        )),
+        C::NotValidYetContext { time, not_before } => verification(&format!(
+            "x509: certificate has expired or is not yet valid: current time {} is before {}",
+            rfc3339(*time),
+            rfc3339(*not_before)
+        )),
         C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
             verification("x509: certificate specifies an incompatible key usage")
         }
@@ -103,6 +115,18 @@ fn from_certificate_error(ce: &CertificateError) -> Error {
         },
         other => verification(&format!("x509: {other}")),
     }
+}
+
+/// A certificate time as Go prints it (RFC 3339, UTC).
+fn rfc3339(t: UnixTime) -> String {
+    i64::try_from(t.as_secs())
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{} s after the epoch", t.as_secs()))
 }
 
 /// Maps an I/O error from a libconnect [`Connection`](super::Connection) or handshake to an
@@ -178,6 +202,34 @@ mod tests {
         assert!(
             e.to_string()
                 .starts_with("remote error: tls: access denied")
+        );
+    }
+
+    #[test]
+    fn validity_errors_carry_go_s_detail() {
+        let at = |s: u64| UnixTime::since_unix_epoch(std::time::Duration::from_secs(s));
+        let e = from_rustls(&rustls::Error::InvalidCertificate(
+            CertificateError::ExpiredContext {
+                time: at(1_700_000_000),
+                not_after: at(1_699_999_999),
+            },
+        ));
+        assert_eq!(e.kind(), ErrorKind::CertificateVerification);
+        assert_eq!(
+            e.to_string(),
+            "x509: certificate has expired or is not yet valid: \
+             current time 2023-11-14T22:13:20Z is after 2023-11-14T22:13:19Z"
+        );
+        let e = from_rustls(&rustls::Error::InvalidCertificate(
+            CertificateError::NotValidYetContext {
+                time: at(0),
+                not_before: at(60),
+            },
+        ));
+        assert_eq!(
+            e.to_string(),
+            "x509: certificate has expired or is not yet valid: \
+             current time 1970-01-01T00:00:00Z is before 1970-01-01T00:01:00Z"
         );
     }
 

@@ -63,8 +63,12 @@ fn webpki_error(e: webpki::Error) -> rustls::Error {
     use webpki::Error as W;
     let ce = match e {
         W::UnknownIssuer => CertificateError::UnknownIssuer,
-        W::CertExpired { .. } | W::InvalidCertValidity => CertificateError::Expired,
-        W::CertNotValidYet { .. } => CertificateError::NotValidYet,
+        // The times go along, so the error can say which clock reading failed which bound.
+        W::CertExpired { time, not_after } => CertificateError::ExpiredContext { time, not_after },
+        W::CertNotValidYet { time, not_before } => {
+            CertificateError::NotValidYetContext { time, not_before }
+        }
+        W::InvalidCertValidity => CertificateError::Expired,
         W::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
         W::BadDer | W::BadDerTime | W::TrailingData(_) => CertificateError::BadEncoding,
         other => {
@@ -99,8 +103,9 @@ pub fn verify_chain(
 
 /// The SPIFFE ID a leaf names, with the parsed leaf.
 ///
-/// The leaf must carry exactly one URI SAN and it must parse as an identity Consul knows;
-/// Consul's texts are kept (`connect: invalid leaf certificate`, `… URI`).
+/// The leaf must carry exactly one URI SAN and it must parse as an identity Consul knows.
+/// Consul's texts (`connect: invalid leaf certificate`, `… URI`) start the messages, and the
+/// rest says which of these rules the leaf broke.
 pub(crate) fn leaf_identity(
     leaf: &CertificateDer<'_>,
 ) -> std::result::Result<(SpiffeId, CertInfo), VerifyFailure> {
@@ -114,7 +119,7 @@ pub(crate) fn leaf_identity(
         [] => {
             return Err(VerifyFailure::new(
                 ErrorKind::InvalidCertificate,
-                "connect: invalid leaf certificate",
+                "connect: invalid leaf certificate: no URI SAN, want exactly one SPIFFE ID",
             ));
         }
         [one] => one,
@@ -122,7 +127,7 @@ pub(crate) fn leaf_identity(
             return Err(VerifyFailure::new(
                 ErrorKind::InvalidCertificate,
                 format!(
-                    "connect: invalid leaf certificate: {} URI SANs, want exactly one",
+                    "connect: invalid leaf certificate: {} URI SANs, want exactly one SPIFFE ID",
                     many.len()
                 ),
             ));
