@@ -9,14 +9,50 @@ demo:
 test:
 	./scripts/test.sh
 
-## Run the benchmarks (criterion, then the HTTP load harness against a release `connect`).
+# Where cargo builds (CARGO_TARGET_DIR when set) and where one benchmark run's results go.
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
+BENCH_OUT ?= $(TARGET_DIR)/bench
+QUICK_OUT := $(TARGET_DIR)/bench-quick
+# Every harness writes under BENCH_OUT, criterion included, so the report reads one run only.
+BENCH_ENV = BENCH_OUT=$(BENCH_OUT) CRITERION_HOME=$(BENCH_OUT)/criterion \
+	CONNECT_BIN=$(TARGET_DIR)/release/connect $(if $(BENCH_QUICK),BENCH_QUICK=1)
+# Criterion's options: the full run's per benchmark, or one short setting for all in quick mode.
+CRITERION_QUICK := $(if $(BENCH_QUICK),--warm-up-time 0.2 --measurement-time 0.5 --sample-size 10)
+
+.PHONY: bench-quick bench-report bench-run
+
+## Run every benchmark once, then rewrite the tables of BENCHMARKS.md from that run (takes
+## a while; results in <target>/bench).
 bench:
+	rm -rf $(BENCH_OUT)
+	$(MAKE) bench-run
+	python3 scripts/bench-report.py --out $(BENCH_OUT) --write BENCHMARKS.md
+
+## The same with short measurement times, to check the harnesses work. Its report goes to
+## <target>/bench-quick/BENCHMARKS.md, never to BENCHMARKS.md.
+bench-quick:
+	rm -rf $(QUICK_OUT)
+	$(MAKE) bench-run BENCH_QUICK=1 BENCH_OUT=$(QUICK_OUT)
+	python3 scripts/bench-report.py --out $(QUICK_OUT) --write $(QUICK_OUT)/BENCHMARKS.md
+
+## Rewrite BENCHMARKS.md from the results make bench left in <target>/bench.
+bench-report:
+	python3 scripts/bench-report.py --out $(BENCH_OUT) --write BENCHMARKS.md
+
+# agent_cache prints its figures rather than writing JSON; the report reads a copy of them.
+bench-run:
+	python3 scripts/bench-report.py --out $(BENCH_OUT) --start $(if $(BENCH_QUICK),--quick)
 	cargo build --release --bin connect
-	cargo bench -p connect-core --bench ca_sign -- --warm-up-time 2 --measurement-time 5
-	cargo bench -p connect-core --bench authorize -- --warm-up-time 1 --measurement-time 3
-	cargo bench -p connect-core --bench tls_handshake
-	cargo bench -p connect-core --bench agent_cache
-	CONNECT_BIN=$(CURDIR)/target/release/connect cargo bench -p connect-core --bench http_load
+	$(BENCH_ENV) cargo bench -p connect-core --bench ca_sign -- \
+		$(or $(CRITERION_QUICK),--warm-up-time 2 --measurement-time 5)
+	$(BENCH_ENV) cargo bench -p connect-core --bench authorize -- \
+		$(or $(CRITERION_QUICK),--warm-up-time 1 --measurement-time 3)
+	$(BENCH_ENV) cargo bench -p connect-core --bench tls_handshake -- $(CRITERION_QUICK)
+	$(BENCH_ENV) $(if $(BENCH_QUICK),BENCH_SERVICES=1000) cargo bench -p connect-core \
+		--bench agent_cache >$(BENCH_OUT)/agent_cache.txt; s=$$?; cat $(BENCH_OUT)/agent_cache.txt; exit $$s
+	$(BENCH_ENV) cargo bench -p connect-core --bench http_load
+	$(BENCH_ENV) cargo bench -p connect-core --bench conn_memory
+	$(BENCH_ENV) cargo bench -p connect-core --bench proxy_latency
 	$(MAKE) bench-ffi
 	$(MAKE) bench-python
 	$(MAKE) bench-node
@@ -24,20 +60,24 @@ bench:
 ## The C API against the Rust API: handshakes/s and MiB/s against one Rust server (release).
 .PHONY: bench-ffi bench-python bench-node
 bench-ffi:
-	bash scripts/bench-ffi.sh
+	$(BENCH_ENV) $(if $(BENCH_QUICK),N=100 MIB=32) bash scripts/bench-ffi.sh
 
 ## Python libconnect against Python ssl with the same certificates (a release build into the
 ## venv that scripts/test-python.sh makes; BENCH_ARGS=--quick for a few seconds).
 bench-python:
 	test -x bindings/python/.venv/bin/python || bash scripts/test-python.sh
 	cd bindings/python && PATH=$(CURDIR)/bindings/python/.venv/bin:$$PATH VIRTUAL_ENV=$(CURDIR)/bindings/python/.venv maturin develop --release --locked --quiet
-	cd bindings/python && .venv/bin/python bench/bench.py $(BENCH_ARGS)
+	mkdir -p $(BENCH_OUT)
+	cd bindings/python && .venv/bin/python bench/bench.py $(BENCH_ARGS) \
+		$(if $(BENCH_QUICK),--quick) --json $(BENCH_OUT)/python.json
 
 ## Node libconnect against Node tls with the same certificates (a release addon).
 bench-node:
 	cd bindings/node && npm ci --no-audit --no-fund --loglevel=error
 	cd bindings/node && CARGO=$(CURDIR)/bindings/node/scripts/cargo-host.sh npx napi build --platform --release
-	cd bindings/node && npm run bench
+	mkdir -p $(BENCH_OUT)
+	cd bindings/node && $(BENCH_ENV) $(if $(BENCH_QUICK),HANDSHAKES=50 MIB=16) \
+		BENCH_JSON=$(BENCH_OUT)/node.json npm run bench
 
 build:
 	cargo build --workspace --release

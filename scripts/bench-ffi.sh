@@ -3,7 +3,8 @@
 # libconnect.so, `connect` and core/examples/bench_echo.rs; one `connect agent -dev` (one CA);
 # a Rust echo server (bench_echo serve); then the same work from the Rust client (bench_echo
 # client) and the C client (ffi/bench/bench_client.c): N dial + 1-byte echo handshakes, then
-# MIB MiB echoed in 64 KiB lock-step. Environment: N (default 500), MIB (default 256).
+# MIB MiB echoed in 64 KiB lock-step. Environment: N (default 500), MIB (default 256), BENCH_OUT
+# (where ffi.json goes; default <target>/bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -41,5 +42,17 @@ pids+=($!)
 addr=$(wait_line "$out/server.log" '^listening on \(.*\)$')
 
 echo "== $N handshakes (dial + 1-byte echo), then $MIB MiB echoed, against a Rust server"
-timeout 300 "$target/release/examples/bench_echo" client web db "$addr" "$N" "$MIB"
-timeout 300 "$out/bench_client" web db "$addr" "$N" "$MIB"
+rust=$(timeout 300 "$target/release/examples/bench_echo" client web db "$addr" "$N" "$MIB")
+echo "$rust"
+c=$(timeout 300 "$out/bench_client" web db "$addr" "$N" "$MIB")
+echo "$c"
+
+# The same figures for scripts/bench-report.py: "<lang> handshakes/s H MiB/s M" lines.
+json_dir="${BENCH_OUT:-$target/bench}"
+mkdir -p "$json_dir"
+read -r _ _ rust_hs _ rust_mib <<<"$rust"
+read -r _ _ c_hs _ c_mib <<<"$c"
+printf '{"harness": "ffi", "quick": %s, "command": "make bench-ffi", "params": {"handshakes": %s, "mib": %s},\n "results": {"rust": {"handshakes_per_s": %s, "mib_per_s": %s}, "c": {"handshakes_per_s": %s, "mib_per_s": %s}}}\n' \
+  "$([ -n "${BENCH_QUICK:-}" ] && [ "${BENCH_QUICK}" != 0 ] && echo true || echo false)" \
+  "$N" "$MIB" "$rust_hs" "$rust_mib" "$c_hs" "$c_mib" >"$json_dir/ffi.json"
+echo "wrote $json_dir/ffi.json"

@@ -2,9 +2,12 @@
 //! authorize requests per second and latency percentiles over HTTP, and the time for one
 //! intention change to answer 10,000 blocked queries.
 //!
-//! Run through `make bench` (it builds the binary and sets `CONNECT_BIN`).
+//! Run through `make bench` (it builds the binary and sets `CONNECT_BIN`). Writes
+//! `http_load.json` for `scripts/bench-report.py`; `BENCH_QUICK=1` for a smoke run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark harness")]
+
+mod bench_support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -45,7 +48,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn authorize_load(addr: &str, concurrency: usize, duration: Duration) {
+async fn authorize_load(addr: &str, concurrency: usize, duration: Duration) -> serde_json::Value {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()
@@ -104,9 +107,18 @@ async fn authorize_load(addr: &str, concurrency: usize, duration: Duration) {
         percentile(&all, 0.99),
         all.last().unwrap()
     );
+    json!({
+        "requests": all.len(),
+        "seconds": secs,
+        "connections": concurrency,
+        "req_per_s": all.len() as f64 / secs,
+        "p50_us": percentile(&all, 0.5).as_secs_f64() * 1e6,
+        "p99_us": percentile(&all, 0.99).as_secs_f64() * 1e6,
+        "max_us": all.last().unwrap().as_secs_f64() * 1e6,
+    })
 }
 
-async fn wake_blocked(addr: &str, waiters: usize) {
+async fn wake_blocked(addr: &str, waiters: usize) -> Duration {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
@@ -157,6 +169,7 @@ async fn wake_blocked(addr: &str, waiters: usize) {
         "one intention change answered {waiters} blocked queries: last answer {:?} after the write",
         last - t0
     );
+    last - t0
 }
 
 fn main() {
@@ -168,14 +181,19 @@ fn main() {
         .build()
         .unwrap();
     let (_agent, addr) = start_agent();
-    let secs: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    rt.block_on(authorize_load(&addr, 32, Duration::from_secs(secs)));
-    let waiters: usize = std::env::var("BENCH_WAITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
-    rt.block_on(wake_blocked(&addr, waiters));
+    let quick = bench_support::quick();
+    let secs: u64 = bench_support::env_num("BENCH_SECONDS", if quick { 1 } else { 5 });
+    let authorize = rt.block_on(authorize_load(&addr, 32, Duration::from_secs(secs)));
+    let waiters: usize =
+        bench_support::env_num("BENCH_WAITERS", if quick { 1_000 } else { 10_000 });
+    let woken = rt.block_on(wake_blocked(&addr, waiters));
+    bench_support::write_json(
+        "http_load",
+        "cargo build --release --bin connect && cargo bench -p connect-core --bench http_load",
+        json!({"seconds": secs, "connections": 32, "waiters": waiters}),
+        json!({
+            "authorize": authorize,
+            "wake_blocked": {"waiters": waiters, "last_ms": woken.as_secs_f64() * 1e3},
+        }),
+    );
 }

@@ -4,7 +4,10 @@
 //
 //   node bench/tls.mjs            (after `napi build --platform`; a release build measures
 //                                  the addon as shipped: `napi build --platform --release`)
+//
+// BENCH_JSON=PATH also writes the figures for scripts/bench-report.py.
 import { once } from 'node:events'
+import { writeFileSync } from 'node:fs'
 import tls from 'node:tls'
 
 import { Agent } from 'libconnect'
@@ -70,10 +73,23 @@ const rows = [
 ]
 console.log(`| path | handshakes/s (${HANDSHAKES} sequential) | throughput MiB/s (${MIB} MiB) |`)
 console.log('|---|---|---|')
+const figures = {}
 for (const [name, dial] of rows) {
   const h = await handshakes(dial)
   const t = await throughput(dial)
   console.log(`| ${name} | ${h.toFixed(0)} | ${t.toFixed(0)} |`)
+  figures[name.replace(' ', '_')] = { handshakes_per_s: h, mib_per_s: t }
+}
+if (process.env.BENCH_JSON) {
+  const doc = {
+    harness: 'node',
+    quick: !!process.env.BENCH_QUICK && process.env.BENCH_QUICK !== '0',
+    command: 'make bench-node',
+    params: { handshakes: HANDSHAKES, mib: MIB, node: process.version },
+    results: figures,
+  }
+  writeFileSync(process.env.BENCH_JSON, JSON.stringify(doc, null, 2))
+  console.log(`wrote ${process.env.BENCH_JSON}`)
 }
 plain.close()
 mtls.close()

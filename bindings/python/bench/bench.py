@@ -9,12 +9,13 @@ Each row runs client and server in this process (two threads, loopback), so the 
 include both ends of every handshake. libconnect clients resume TLS sessions (as Consul's Go
 client does); the row says how many of its handshakes were resumed. Python's ``ssl`` client is
 shown both without resumption (every handshake full) and with it (``session=`` reuse).
-Prints a Markdown table for BENCHMARKS.md.
+Prints a Markdown table; ``--json PATH`` also writes the figures for scripts/bench-report.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import socket
 import ssl
@@ -134,6 +135,7 @@ def ssl_throughput(db: libconnect.Service, web: libconnect.Service, total: int) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="a few seconds instead of a minute")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     args = ap.parse_args()
     n = 200 if args.quick else 2000
     total = (64 if args.quick else 1024) << 20
@@ -144,16 +146,23 @@ def main() -> None:
         ssl_handshakes(db, web, 20, resume=False)
 
         rows = []
+        figures = {}
         t, resumed = libconnect_handshakes(db, web, n)
         rows.append(("handshakes/s", "libconnect", _rate(n, t), f"{resumed}/{n} resumed"))
+        figures["libconnect_handshakes_per_s"] = n / t
+        figures["libconnect_resumed"] = resumed
         t = ssl_handshakes(db, web, n, resume=False)
         rows.append(("handshakes/s", "Python ssl", _rate(n, t), "full handshakes"))
+        figures["ssl_full_handshakes_per_s"] = n / t
         t = ssl_handshakes(db, web, n, resume=True)
         rows.append(("handshakes/s", "Python ssl", _rate(n, t), "client reuses its session"))
+        figures["ssl_resumed_handshakes_per_s"] = n / t
         t = libconnect_throughput(db, web, total)
         rows.append(("MiB/s", "libconnect", _mib_s(total, t), f"{total >> 20} MiB, {CHUNK >> 10} KiB sends"))
+        figures["libconnect_mib_per_s"] = total / t / (1 << 20)
         t = ssl_throughput(db, web, total)
         rows.append(("MiB/s", "Python ssl", _mib_s(total, t), f"{total >> 20} MiB, {CHUNK >> 10} KiB sends"))
+        figures["ssl_mib_per_s"] = total / t / (1 << 20)
 
     print(f"Python {platform.python_version()}, {ssl.OPENSSL_VERSION}, libconnect {libconnect.__version__}")
     print()
@@ -162,6 +171,18 @@ def main() -> None:
     for r in rows:
         print("| " + " | ".join(r) + " |")
     sys.stdout.flush()
+    if args.json:
+        doc = {
+            "harness": "python",
+            "quick": args.quick,
+            "command": "make bench-python",
+            "params": {"handshakes": n, "mib": total >> 20, "python": platform.python_version(),
+                       "openssl": ssl.OPENSSL_VERSION, "libconnect": libconnect.__version__},
+            "results": figures,
+        }
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+//! What the harnesses that are not criterion benches share: where results go (the JSON that
+//! `scripts/bench-report.py` turns into BENCHMARKS.md), quick mode, and resident memory.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each harness uses a different part"
+)]
+
+use std::path::PathBuf;
+
+/// `$BENCH_OUT`, or `<target>/bench` next to this executable (`<target>/release/deps/x`), so
+/// a plain `cargo bench` writes where `make bench` reads.
+pub fn out_dir() -> PathBuf {
+    std::env::var_os("BENCH_OUT")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.ancestors().nth(3)?.join("bench"))
+        })
+        .unwrap_or_else(|| PathBuf::from("target/bench"))
+}
+
+/// `BENCH_QUICK=1`: a smoke run of a few seconds, whose numbers are not representative.
+pub fn quick() -> bool {
+    std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `$name` from the environment as a number, else `default`.
+pub fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Writes `<out_dir>/<harness>.json`: `{harness, quick, command, params, results}`.
+pub fn write_json(
+    harness: &str,
+    command: &str,
+    params: serde_json::Value,
+    results: serde_json::Value,
+) {
+    let dir = out_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{harness}.json"));
+    let doc = serde_json::json!({
+        "harness": harness,
+        "quick": quick(),
+        "command": command,
+        "params": params,
+        "results": results,
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    println!("wrote {}", path.display());
+}
+
+/// This process's resident set, in KiB (0 where /proc is missing).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
