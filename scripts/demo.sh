@@ -4,7 +4,8 @@
 # Installs what the machine lacks first (Debian packages, PyPI and npm only).
 #
 #   scripts/demo.sh            build, then run the demo
-#   scripts/demo.sh --no-build run it from what `make test` already built
+#   scripts/demo.sh --no-build use the Rust, Python and Node builds `make test` made (the
+#                              test command's last lane runs the demo this way)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -28,11 +29,6 @@ if [ $build = 1 ]; then
 
   echo "== building the connect CLI and libconnect.so (cargo, a few minutes the first time)"
   cargo build --workspace --locked --lib --bins --quiet
-  rm -rf "$out" && mkdir -p "$out"
-  make -s -C ffi install PROFILE=debug PREFIX="$out/prefix" >/dev/null
-  echo "== compiling db (C)"
-  cc -std=c11 -Wall -Wextra -Wpedantic -Werror -O2 -I"$out/prefix/include" \
-    examples/demo/db.c -o "$out/db" -L"$out/prefix/lib" -lconnect -Wl,-rpath,"$out/prefix/lib" -pthread
 
   echo "== building the Python module into bindings/python/.venv (maturin)"
   venv=bindings/python/.venv
@@ -45,6 +41,12 @@ if [ $build = 1 ]; then
   (cd bindings/node && npm ci --no-audit --no-fund --loglevel=error &&
     CARGO=$PWD/scripts/cargo-host.sh npx napi build --platform >/dev/null)
 fi
+
+rm -rf "$out" && mkdir -p "$out"
+make -s -C ffi install PROFILE=debug PREFIX="$out/prefix" CARGO="cargo --quiet" >/dev/null
+echo "== compiling db (C) against the installed libconnect.so"
+cc -std=c11 -Wall -Wextra -Wpedantic -Werror -O2 -I"$out/prefix/include" \
+  examples/demo/db.c -o "$out/db" -L"$out/prefix/lib" -lconnect -Wl,-rpath,"$out/prefix/lib" -pthread
 
 # `require('libconnect')` resolves through NODE_PATH to the package in bindings/node.
 mkdir -p "$out/node_modules"

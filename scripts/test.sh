@@ -37,6 +37,15 @@ for lane in c python node; do
   bash "$script" 2>&1 | tee "target/lane-$lane.txt"
 done
 
+# The README's first command, on what the lanes built: the demo checks each of its steps.
+echo "== lane: demo"
+if bash scripts/demo.sh --no-build 2>&1 | tee target/lane-demo.txt; then
+  echo "demo: 1 passed, 0 failed" | tee -a target/lane-demo.txt
+else
+  echo "demo: 0 passed, 1 failed" | tee -a target/lane-demo.txt
+  exit 1
+fi
+
 # One closing line for CI's reader, summed over cargo's binaries and the lanes' runners
 # (node:test "# pass N"/"# fail N", pytest "N passed"/"N failed", the C lane's own
 # "N passed, N failed").

@@ -283,6 +283,8 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
+    # Also when started from a script that ignores SIGINT for its background jobs.
+    signal.signal(signal.SIGINT, interrupted)
     try:
         demo.run()
         return 0
