@@ -12,6 +12,9 @@ const { Agent } = require('libconnect')
 
 const say = (text) => console.log(`api: ${text}`)
 
+// OpenSSL's message names the alert among file and line details; the alert is what matters.
+const alertOf = (error) => (/alert [a-z ]+/.exec(error.message)?.[0] ?? error.message).trim()
+
 async function main() {
   const agent = new Agent()
   try {
@@ -24,7 +27,7 @@ async function main() {
       socket = await service.connect('db')
     } catch (error) {
       // With TLS 1.2, or when the alert wins the race, the refusal rejects connect() itself.
-      say(`db refused us during the TLS handshake: ${error.message} (${error.code})`)
+      say(`db refused us during the TLS handshake: ${alertOf(error)} (${error.code})`)
       return 0
     }
     const outcome = await new Promise((resolve) => {
@@ -43,7 +46,7 @@ async function main() {
       return 1
     }
     if (outcome.error) {
-      say(`db refused us during the TLS handshake: ${outcome.error.message} (${outcome.error.code})`)
+      say(`db refused us during the TLS handshake: ${alertOf(outcome.error)} (${outcome.error.code})`)
     } else {
       say('db closed the connection during the handshake without an answer')
     }
