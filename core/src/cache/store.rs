@@ -743,6 +743,18 @@ impl<T: CacheType> Entry<T> {
         self.expires_at = now + ttl;
     }
 
+    /// Clears a lost contact, and says so: whichever proof of contact comes first (a fetch
+    /// that succeeds, or a blocking one held open 31 s) is the one recovery message.
+    fn regain_contact(&mut self, now: OffsetDateTime) {
+        if let Some(lost) = self.lost_contact.take() {
+            tracing::info!(
+                cache_type = T::NAME,
+                outage = ?since(now, lost),
+                "connect: control plane reachable again"
+            );
+        }
+    }
+
     /// Wakes every Get waiting on this entry; they look at it again.
     fn wake_waiters(&mut self) {
         self.done = None;
@@ -903,14 +915,8 @@ impl<T: CacheType> Shard<T> {
                 } else {
                     *attempt = attempt.saturating_add(1);
                 }
-                if self.opts.refresh
-                    && let Some(lost) = e.lost_contact.take()
-                {
-                    tracing::info!(
-                        cache_type = T::NAME,
-                        outage = ?since(now, lost),
-                        "connect: control plane reachable again; cache refreshed"
-                    );
+                if self.opts.refresh {
+                    e.regain_contact(now);
                 }
             }
             Err(err) => {
@@ -923,7 +929,7 @@ impl<T: CacheType> Shard<T> {
                 *attempt = attempt.saturating_add(1);
                 if self.opts.refresh && e.lost_contact.is_none() {
                     e.lost_contact = Some(now);
-                    // Once per outage and entry type, not per retry: the back-off keeps retrying.
+                    // Once per outage of the entry, not per retry: the back-off keeps retrying.
                     tracing::warn!(
                         cache_type = T::NAME,
                         error = %e.error.as_ref().map_or_else(String::new, ToString::to_string),
@@ -1063,7 +1069,14 @@ async fn drive<T: CacheType>(
         {
             return;
         }
-        let fetch = fetch_confirming_contact(&shard, &key, id, opts, &request, confirm_contact);
+        let fetch = fetch_confirming_contact(
+            &shard,
+            &key,
+            id,
+            opts,
+            &request,
+            confirm_contact.then_some(&inner.clock),
+        );
         let Some(result) = until_stopped(fetch, &mut shutdown, &mut stop).await else {
             return;
         };
@@ -1136,19 +1149,20 @@ impl<T: CacheType> Drop for DriverRelease<T> {
 }
 
 /// One fetch; for a refresh type that lost contact, a blocking fetch still alive after 31 s
-/// proves the connection is back, so the entry stops reporting an age (spec §4.4).
+/// proves the connection is back, so the entry stops reporting an age (spec §4.4). `clock`
+/// is given when that check applies.
 async fn fetch_confirming_contact<T: CacheType>(
     shard: &Shard<T>,
     key: &CacheKey,
     id: u64,
     opts: FetchOptions<T::Value, T::State>,
     request: &T::Request,
-    confirm_contact: bool,
+    clock: Option<&SharedClock>,
 ) -> Result<FetchResult<T::Value, T::State>> {
     let fetch = shard.ty.fetch(opts, request);
-    if !confirm_contact {
+    let Some(clock) = clock else {
         return fetch.await;
-    }
+    };
     tokio::pin!(fetch);
     let timer = tokio::time::sleep(CONTACT_CONFIRM_AFTER);
     tokio::pin!(timer);
@@ -1158,7 +1172,8 @@ async fn fetch_confirming_contact<T: CacheType>(
             r = &mut fetch => return r,
             () = &mut timer, if armed => {
                 armed = false;
-                shard.with_entry(key, id, |e| e.lost_contact = None);
+                let now = clock.now();
+                shard.with_entry(key, id, |e| e.regain_contact(now));
             }
         }
     }
