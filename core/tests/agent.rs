@@ -251,7 +251,7 @@ async fn http_backend_gets_leaves_by_csr_and_intentions_from_the_match_cache() {
     }
     // The leaf's key was generated here: the server never saw it (it has no leaf cache entry).
     let leaf = agent.leaf("web").await.unwrap();
-    assert!(leaf.key_pem.contains("EC PRIVATE KEY"));
+    assert!(leaf.key_pem().contains("EC PRIVATE KEY"));
     let addr = echo_server(&db).await;
     // Wait until db's index has the allow intention from the match cache.
     tokio::time::timeout(T, async {
@@ -500,7 +500,7 @@ async fn an_expired_leaf_is_never_returned() {
     link.abort_all();
     while link.join_next().await.is_some() {}
     manual.advance(Duration::from_secs(73 * 3600));
-    assert!(connect_core::Clock::now(&manual) > leaf.issued.valid_before);
+    assert!(connect_core::Clock::now(&manual) > leaf.valid_before());
     let e = tokio::time::timeout(T, agent.leaf("web"))
         .await
         .unwrap()

@@ -8,8 +8,8 @@
 
 mod cache_support;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cache_support::{A, Backend, Fake, Req, T0, advance, cache_for, cache_with, secs, settle};
@@ -226,6 +226,126 @@ async fn acl_not_found_stops_refresh_for_that_entry() {
     let (v, meta) = cache.get::<F>(&req, GetOptions::default()).await.unwrap();
     assert_eq!((v.as_str(), meta.index, meta.hit), ("v2", 2, true));
     assert_eq!(tasks(&cache), 3, "refreshing again");
+}
+
+/// Log lines written on this thread (the paused-time test runtime runs every task here)
+/// while the returned guards live.
+fn capture_logs() -> (
+    Arc<Mutex<Vec<u8>>>,
+    (tracing::subscriber::DefaultGuard, tracing::Dispatch),
+) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let buf = Arc::clone(&buf);
+        move || Captured(Arc::clone(&buf))
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .without_time()
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    // With a single dispatcher registered, tracing decides whether a log line is wanted from
+    // the subscriber of whichever thread reaches it first, and caches that for the process:
+    // a parallel test without one would silence these lines (tokio-rs/tracing#3611). A
+    // second dispatcher makes it ask every registered one.
+    let second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    (buf, (guard, second))
+}
+
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn log_lines(buf: &Mutex<Vec<u8>>) -> Vec<String> {
+    String::from_utf8(buf.lock().unwrap().clone())
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An outage is one warning however many retries it takes, and its end one info line,
+/// whichever way contact comes back; the entry's ACL token is in none of them.
+#[tokio::test(start_paused = true)]
+async fn an_outage_logs_one_warning_and_one_recovery_without_the_token() {
+    const TOKEN: &str = "secret-acl-token-5f0c";
+    let (logs, _guard) = capture_logs();
+    let backend = Backend::blocking(5, "v5");
+    let (cache, clock) = cache_for(&backend, TypeOptions::blocking_refresh());
+    let req = Req::with_token("k", TOKEN);
+    cache.get::<F>(&req, GetOptions::default()).await.unwrap();
+    settle().await;
+    let warnings = || {
+        log_lines(&logs)
+            .into_iter()
+            .filter(|l| l.contains("WARN") && l.contains("lost contact"))
+            .count()
+    };
+    let recoveries = || {
+        log_lines(&logs)
+            .into_iter()
+            .filter(|l| l.contains("INFO") && l.contains("reachable again"))
+            .count()
+    };
+
+    // First outage: many retries, one warning that names the cause.
+    backend.fail(ErrorKind::CacheFetch, "no cluster leader");
+    advance(secs(120)).await;
+    clock.advance(secs(10));
+    let retried = backend.fetches();
+    assert!(retried >= 8, "{retried} fetches");
+    assert_eq!((warnings(), recoveries()), (1, 0));
+    assert!(
+        log_lines(&logs)
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("no cluster leader"))
+    );
+
+    // Contact returns with nothing new to fetch: the blocking refresh held open for 31 s is
+    // the proof, and it is announced once. Retries ran at 0, 0, 0, 2, 6, 14, 30 and 62 s
+    // (stagger pinned to 0), so the next one starts at 122 s and has lasted 31 s at 153 s.
+    backend.heal();
+    advance(secs(2 + 30)).await;
+    let (_, meta) = cache.get::<F>(&req, GetOptions::default()).await.unwrap();
+    assert_eq!(meta.age, secs(10));
+    assert_eq!(recoveries(), 0, "the blocking query is not 31 s old yet");
+    advance(secs(2)).await;
+    let (_, meta) = cache.get::<F>(&req, GetOptions::default()).await.unwrap();
+    assert_eq!(meta.age, Duration::ZERO);
+    assert_eq!(
+        (warnings(), recoveries()),
+        (1, 1),
+        "{:#?}",
+        log_lines(&logs)
+    );
+
+    // Second outage, ended by new data: again one of each. No fetch has succeeded since the
+    // first one, so the retries keep the longest back-off (60 s).
+    backend.fail(ErrorKind::CacheFetch, "no cluster leader");
+    advance(secs(130)).await;
+    assert!(backend.fetches() >= retried + 3, "{}", backend.fetches());
+    assert_eq!((warnings(), recoveries()), (2, 1));
+    backend.heal();
+    backend.publish(6, "v6");
+    advance(secs(61)).await;
+    let (v, meta) = cache.get::<F>(&req, GetOptions::default()).await.unwrap();
+    assert_eq!((v.as_str(), meta.age), ("v6", Duration::ZERO));
+    assert_eq!((warnings(), recoveries()), (2, 2));
+
+    let lines = log_lines(&logs);
+    assert!(lines.iter().all(|l| !l.contains(TOKEN)), "{lines:#?}");
+    assert!(lines.iter().all(|l| !l.contains("secret")), "{lines:#?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -418,7 +418,7 @@ impl Agent {
             .cache
             .get::<LeafType>(&req, GetOptions::default())
             .await?;
-        if self.inner.clock.now() < leaf.issued.valid_before {
+        if self.inner.clock.now() < leaf.valid_before() {
             return Ok(leaf);
         }
         let revalidate = GetOptions {
@@ -426,7 +426,7 @@ impl Agent {
             ..GetOptions::default()
         };
         let (leaf, _) = self.inner.cache.get::<LeafType>(&req, revalidate).await?;
-        if self.inner.clock.now() < leaf.issued.valid_before {
+        if self.inner.clock.now() < leaf.valid_before() {
             return Ok(leaf);
         }
         Err(Error::new(

@@ -17,7 +17,7 @@ use crate::catalog::{ServiceConnect, ServiceRegistration};
 use crate::intentions::{IntentionIndex, SharedIntentionIndex};
 use crate::spiffe::SpiffeId;
 use crate::tls::{
-    self, Bundle, Connection, Identity, Listener, Material, PeerAuthorization, PeerInput, Svid,
+    self, Bundle, Connection, Identity, Listener, Material, PeerAuthorization, PeerInput,
 };
 use crate::{Error, ErrorKind};
 
@@ -137,8 +137,7 @@ impl ConnectService {
                             // rotation the new bundle may still be on its way.
                             let mut changes = identity.watch();
                             for _ in 0..30 {
-                                let Ok(svid) = Svid::from_pem(&leaf.issued.cert_pem, &leaf.key_pem)
-                                else {
+                                let Ok(svid) = leaf.to_svid() else {
                                     break;
                                 };
                                 if identity.update_svid(svid).is_ok() {

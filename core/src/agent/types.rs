@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
@@ -15,7 +17,8 @@ use crate::cache::{CacheKey, CacheRequest, CacheType, FetchOptions, FetchResult,
 use crate::catalog::ServiceEntry;
 use crate::certs::{self, CertInfo};
 use crate::intentions::Intention;
-use crate::spiffe::{ServiceId, TrustDomain};
+use crate::spiffe::{ServiceId, SpiffeId, TrustDomain};
+use crate::tls::Svid;
 use crate::{Error, ErrorKind, SharedClock};
 
 /// A request scoped to a datacenter and token, naming one thing.
@@ -168,26 +171,216 @@ impl CacheType for HealthConnectType {
 }
 
 /// A leaf certificate with the key generated in this process.
-#[derive(Clone)]
+///
+/// Held as DER, the form a handshake loads: with thousands of services cached, the PEM text
+/// and the API's string fields were most of the memory per service (BENCHMARKS.md). The PEM
+/// forms and the [`IssuedCert`] view are built on demand, off the hot path.
 pub struct Leaf {
-    /// The certificate bundle (leaf then intermediates) and its metadata.
-    pub issued: IssuedCert,
-    /// The private key, PEM.
-    pub key_pem: Zeroizing<String>,
-    /// Colon-hex AKID of the leaf: which signing key issued it.
-    pub authority_key_id: String,
-    /// When to renew: a random point in 60–90 % of the lifetime (spec §3.3).
-    pub renew_at: OffsetDateTime,
+    cert: CertificateDer<'static>,
+    intermediates: Box<[CertificateDer<'static>]>,
+    key: Zeroizing<PrivateKeyDer<'static>>,
+    /// Which signing key issued the leaf, compared with the active root's on every renewal
+    /// check; kept so that check does not parse the certificate.
+    authority_key_id: Box<[u8]>,
+    valid_after: OffsetDateTime,
+    valid_before: OffsetDateTime,
+    renew_at: OffsetDateTime,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl Clone for Leaf {
+    fn clone(&self) -> Self {
+        Leaf {
+            cert: self.cert.clone(),
+            intermediates: self.intermediates.clone(),
+            key: Zeroizing::new(self.key.clone_key()),
+            authority_key_id: self.authority_key_id.clone(),
+            valid_after: self.valid_after,
+            valid_before: self.valid_before,
+            renew_at: self.renew_at,
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+        }
+    }
 }
 
 impl std::fmt::Debug for Leaf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let info = CertInfo::from_der(&self.cert).ok();
         f.debug_struct("Leaf")
-            .field("service_uri", &self.issued.service_uri)
-            .field("serial", &self.issued.serial_number)
-            .field("valid_before", &self.issued.valid_before)
+            .field(
+                "service_uri",
+                &info
+                    .as_ref()
+                    .and_then(|i| i.uris.first())
+                    .map_or("", String::as_str),
+            )
+            .field("serial", &info.as_ref().map(CertInfo::serial_hex))
+            .field("valid_before", &self.valid_before)
             .field("renew_at", &self.renew_at)
             .finish_non_exhaustive()
+    }
+}
+
+/// Copies `der` into an allocation of exactly its size: PEM decoding leaves spare capacity,
+/// which would otherwise stay allocated for the life of the entry.
+fn exact_cert(der: &[u8]) -> CertificateDer<'static> {
+    CertificateDer::from(der.to_vec())
+}
+
+impl Leaf {
+    /// A leaf from what the CA returned and the PEM of its key (`EC PRIVATE KEY`,
+    /// `RSA PRIVATE KEY` or `PRIVATE KEY`), to be renewed at `renew_at`.
+    ///
+    /// Errors: `InvalidPem`/`InvalidCertificate` when `issued.cert_pem` holds no
+    /// certificate, `InvalidKey` when `key_pem` holds no key.
+    pub fn from_issued(
+        issued: &IssuedCert,
+        key_pem: &str,
+        renew_at: OffsetDateTime,
+    ) -> Result<Leaf, Error> {
+        let chain = certs::parse_pem_certificates(&issued.cert_pem)?;
+        let info = CertInfo::from_der(&chain[0])?;
+        let key = Zeroizing::new(PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(
+            |e| Error::new(ErrorKind::InvalidKey, format!("no private key in PEM: {e}")),
+        )?);
+        let key = Zeroizing::new(match &*key {
+            PrivateKeyDer::Pkcs1(k) => PrivateKeyDer::Pkcs1(k.secret_pkcs1_der().to_vec().into()),
+            PrivateKeyDer::Sec1(k) => PrivateKeyDer::Sec1(k.secret_sec1_der().to_vec().into()),
+            other => PrivateKeyDer::Pkcs8(other.secret_der().to_vec().into()),
+        });
+        Ok(Leaf {
+            cert: exact_cert(&chain[0]),
+            intermediates: chain[1..].iter().map(|c| exact_cert(c)).collect(),
+            key,
+            authority_key_id: info.authority_key_id.unwrap_or_default().into(),
+            valid_after: info.not_before,
+            valid_before: info.not_after,
+            renew_at,
+            create_index: issued.create_index,
+            modify_index: issued.modify_index,
+        })
+    }
+
+    /// The leaf certificate, DER.
+    pub fn cert(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// The intermediates that follow the leaf in its chain, DER.
+    pub fn intermediates(&self) -> &[CertificateDer<'static>] {
+        &self.intermediates
+    }
+
+    /// The chain, leaf first, as owned DER (what a TLS configuration takes).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        std::iter::once(&self.cert)
+            .chain(self.intermediates.iter())
+            .cloned()
+            .collect()
+    }
+
+    /// The chain as PEM, leaf first (the `CertPEM` of the API).
+    pub fn chain_pem(&self) -> String {
+        std::iter::once(&self.cert)
+            .chain(self.intermediates.iter())
+            .map(|c| certs::der_to_pem(c))
+            .collect()
+    }
+
+    /// The private key, DER; it never leaves the process.
+    pub fn key(&self) -> &PrivateKeyDer<'static> {
+        &self.key
+    }
+
+    /// The private key as PEM, in the block type it was given in (`EC PRIVATE KEY` for the
+    /// keys generated here).
+    pub fn key_pem(&self) -> Zeroizing<String> {
+        let label = match &*self.key {
+            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+            _ => "PRIVATE KEY",
+        };
+        Zeroizing::new(certs::pem_encode(label, self.key.secret_der()))
+    }
+
+    /// The certificate and key as an SVID (what a service's identity serves).
+    pub fn to_svid(&self) -> Result<Svid, Error> {
+        Svid::from_der(self.chain(), self.key.clone_key())
+    }
+
+    /// Colon-hex authority key ID of the leaf: which signing key issued it.
+    pub fn authority_key_id(&self) -> String {
+        certs::colon_hex(&self.authority_key_id)
+    }
+
+    /// NotBefore.
+    pub fn valid_after(&self) -> OffsetDateTime {
+        self.valid_after
+    }
+
+    /// NotAfter: the leaf is never handed out from this point on.
+    pub fn valid_before(&self) -> OffsetDateTime {
+        self.valid_before
+    }
+
+    /// When to renew: a random point in 60–90 % of the lifetime (spec §3.3).
+    pub fn renew_at(&self) -> OffsetDateTime {
+        self.renew_at
+    }
+
+    /// The index of the signing.
+    pub fn modify_index(&self) -> u64 {
+        self.modify_index
+    }
+
+    /// The leaf as the API describes it (spec §6.3), rebuilt from the certificate: serial,
+    /// service and SPIFFE ID, namespace and partition as the built-in CA fills them.
+    /// `PrivateKeyPEM` stays empty: the key is [`Leaf::key_pem`].
+    ///
+    /// Errors: `InvalidCertificate` if the stored certificate no longer parses (it was
+    /// parsed when the leaf was made, so this does not happen in practice).
+    pub fn issued(&self) -> Result<IssuedCert, Error> {
+        let info = CertInfo::from_der(&self.cert)?;
+        let uri = info.uris.first().cloned().unwrap_or_default();
+        let (mut service, mut namespace, mut partition) =
+            (String::new(), String::new(), String::new());
+        if let Ok(SpiffeId::Service(s)) = SpiffeId::parse(&uri) {
+            service = s.service;
+            namespace = s.namespace;
+            if !s.partition.is_empty() && !s.partition.eq_ignore_ascii_case("default") {
+                partition = s.partition;
+            }
+        }
+        Ok(IssuedCert {
+            serial_number: info.serial_hex(),
+            cert_pem: self.chain_pem(),
+            private_key_pem: String::new(),
+            service,
+            service_uri: uri,
+            agent: String::new(),
+            agent_uri: String::new(),
+            valid_after: self.valid_after,
+            valid_before: self.valid_before,
+            namespace,
+            partition,
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+        })
+    }
+
+    /// An estimate of the heap bytes the leaf holds, for the cache's `bytes` gauge.
+    fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Leaf>()
+            + self.cert.len()
+            + self
+                .intermediates
+                .iter()
+                .map(|c| c.len() + std::mem::size_of::<CertificateDer<'_>>())
+                .sum::<usize>()
+            + self.key.secret_der().len()
+            + self.authority_key_id.len()
     }
 }
 
@@ -298,26 +491,12 @@ impl LeafType {
             None => key.to_pem(),
         };
         let issued = signed.issued;
-        let chain = certs::parse_pem_certificates(&issued.cert_pem)?;
-        let info = CertInfo::from_der(&chain[0])?;
-        let authority_key_id = info
-            .authority_key_id
-            .as_deref()
-            .map(certs::colon_hex)
-            .unwrap_or_default();
-        let renew_at = pick_renewal_time(info.not_before, info.not_after, self.clock.now());
+        let mut leaf = Leaf::from_issued(&issued, &key_pem, OffsetDateTime::UNIX_EPOCH)?;
+        leaf.renew_at = pick_renewal_time(leaf.valid_after, leaf.valid_before, self.clock.now());
         // A new certificate must look new to blocked readers even if the backend's index has
         // not moved.
         let index = issued.modify_index.max(last_index + 1);
-        Ok((
-            Arc::new(Leaf {
-                issued,
-                key_pem,
-                authority_key_id,
-                renew_at,
-            }),
-            index,
-        ))
+        Ok((Arc::new(leaf), index))
     }
 
     /// Generates, applying the rate-limit retry window of spec §3.4 when a previous leaf can
@@ -335,7 +514,7 @@ impl LeafType {
                 let now = self.clock.now();
                 // Keep serving the old leaf only while it is valid: an expired leaf is never
                 // handed out.
-                if last.is_none_or(|l| now >= l.issued.valid_before) {
+                if last.is_none_or(|l| now >= l.valid_before) {
                     return Err(e);
                 }
                 let start = *state.rotation_start.get_or_insert(now);
@@ -380,7 +559,7 @@ impl CacheType for LeafType {
         let roots = self.current_roots().await?;
         if opts.must_revalidate || opts.min_index == 0 {
             // A fresh read: serve the leaf only if the active root still signs with its key.
-            if active_signing_key(&roots) == Some(last.authority_key_id.as_str()) {
+            if active_signing_key(&roots) == Some(last.authority_key_id().as_str()) {
                 return Ok(FetchResult::not_modified(opts.last_index).with_state(state));
             }
             return self.renew(req, Some(&last), opts.last_index, state).await;
@@ -404,7 +583,7 @@ impl CacheType for LeafType {
                     let rotated = now_roots
                         .as_deref()
                         .and_then(active_signing_key)
-                        .is_some_and(|k| k != last.authority_key_id);
+                        .is_some_and(|k| k != last.authority_key_id());
                     if rotated && state.rotation_start.is_none() {
                         // Spread re-issues over the jitter window so thousands of instances
                         // do not hit the CA at once (spec §3.2 step 5).
@@ -420,6 +599,78 @@ impl CacheType for LeafType {
     }
 
     fn size_of(&self, v: &Leaf) -> usize {
-        v.issued.cert_pem.len() + v.key_pem.len() + 512
+        v.heap_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::SignPolicy;
+    use crate::server::{Server, ServerConfig};
+
+    fn signed(service: &str) -> (IssuedCert, Zeroizing<String>) {
+        let server = Server::start(ServerConfig::dev(), crate::clock::system()).unwrap();
+        let td = TrustDomain::new(&server.trust_domain()).unwrap();
+        let uri = ServiceId::new(&td, server.datacenter(), service).uri();
+        let req = generate_leaf_request(&uri, &[], &[]).unwrap();
+        let issued = server
+            .sign(None, &req.csr_pem, SignPolicy::ServiceOnly)
+            .unwrap();
+        (issued, req.key.to_pem())
+    }
+
+    /// What used to be stored is now derived: it must come back exactly as the CA gave it.
+    #[test]
+    fn a_leaf_held_as_der_gives_back_what_was_issued() {
+        let (issued, key_pem) = signed("web");
+        let renew_at = issued.valid_after + time::Duration::hours(1);
+        let leaf = Leaf::from_issued(&issued, &key_pem, renew_at).unwrap();
+        assert_eq!(leaf.issued().unwrap(), issued);
+        assert_eq!(leaf.chain_pem(), issued.cert_pem);
+        assert_eq!(*leaf.key_pem(), *key_pem);
+        assert_eq!(leaf.valid_after(), issued.valid_after);
+        assert_eq!(leaf.valid_before(), issued.valid_before);
+        assert_eq!(leaf.renew_at(), renew_at);
+        assert_eq!(leaf.modify_index(), issued.modify_index);
+        let info = CertInfo::from_der(leaf.cert()).unwrap();
+        assert_eq!(
+            leaf.authority_key_id(),
+            certs::colon_hex(&info.authority_key_id.unwrap())
+        );
+        let svid = leaf.to_svid().unwrap();
+        assert_eq!(svid.serial(), issued.serial_number);
+        assert_eq!(leaf.clone().issued().unwrap(), issued);
+    }
+
+    #[test]
+    fn leaf_debug_output_holds_no_key() {
+        let (issued, key_pem) = signed("web");
+        let leaf = Leaf::from_issued(&issued, &key_pem, issued.valid_after).unwrap();
+        let debug = format!("{leaf:?}");
+        assert!(debug.contains(&issued.service_uri), "{debug}");
+        assert!(!debug.contains("PRIVATE"), "{debug}");
+        for line in key_pem.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!debug.contains(line), "{debug}");
+        }
+        let hex: String = leaf
+            .key()
+            .secret_der()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(!debug.contains(&hex[..16]), "{debug}");
+    }
+
+    /// A Consul peer hands out PKCS#8 keys; they keep their block type.
+    #[test]
+    fn a_pkcs8_key_stays_pkcs8() {
+        let (issued, _) = signed("api");
+        let key = crate::ca::PrivateKey::generate(crate::ca::KeySpec::EC_P256).unwrap();
+        let pkcs8 = certs::pem_encode("PRIVATE KEY", key.pair().serialized_der());
+        let leaf = Leaf::from_issued(&issued, &pkcs8, issued.valid_after).unwrap();
+        assert!(matches!(leaf.key(), PrivateKeyDer::Pkcs8(_)));
+        assert_eq!(*leaf.key_pem(), pkcs8);
+        assert!(Leaf::from_issued(&issued, "no key here", issued.valid_after).is_err());
     }
 }

@@ -501,8 +501,9 @@ impl Inner {
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|c| *c) => return Err(closed_error()),
-                // An error means the entry was evicted or cleared; looking it up again
-                // either recreates it or reports the closed cache.
+                // The fetch dropped the sender on completion (or the entry was evicted or
+                // cleared): looking the entry up again finds the result, recreates the entry
+                // or reports the closed cache.
                 _ = done.changed() => {
                     // One completed fetch satisfies a revalidation (Consul resets the flag
                     // after the first wait).
@@ -527,8 +528,11 @@ impl Inner {
         entry: &mut Entry<T>,
         req: &T::Request,
         must_revalidate: bool,
-    ) -> watch::Receiver<u64> {
-        let done = entry.done.subscribe();
+    ) -> watch::Receiver<()> {
+        let done = entry
+            .done
+            .get_or_insert_with(|| watch::channel(()).0)
+            .subscribe();
         if entry.fetching {
             // Request coalescing: everyone waits on the one fetch in flight.
             return done;
@@ -542,11 +546,14 @@ impl Inner {
             Driver::Sleeping(kick) => kick.notify_one(),
             Driver::Idle => {
                 entry.driver = Driver::Active;
+                let (stop, stopped) = watch::channel(false);
+                entry.stop = Some(stop);
                 self.spawn(drive(
                     Arc::clone(self),
                     Arc::clone(shard),
                     key.clone(),
                     entry.id,
+                    stopped,
                 ));
             }
             // Active always has `fetching` set; nothing to do.
@@ -625,7 +632,7 @@ impl Inner {
         entry.index = index.max(1);
         entry.error = None;
         entry.fetched_at = Some(now);
-        entry.done.send_modify(|g| *g += 1);
+        entry.wake_waiters();
         Ok(())
     }
 }
@@ -677,11 +684,14 @@ pub(crate) struct Shard<T: CacheType> {
 }
 
 struct ShardState<T: CacheType> {
-    entries: HashMap<CacheKey, Entry<T>>,
+    /// Boxed, and keyed by a key shared with the expiry heap: with tens of thousands of
+    /// entries the table's empty slots and a second copy of every key would otherwise cost
+    /// as much as the values (BENCHMARKS.md, memory per cached service).
+    entries: HashMap<Arc<CacheKey>, Box<Entry<T>>>,
     /// A lazy min-heap of `(expiry, entry id, key)`. Touching an entry does not update it:
     /// when an item comes due, the entry's real expiry decides between evicting and pushing
     /// it back, so a Get costs no heap work.
-    expiry: BinaryHeap<Reverse<(OffsetDateTime, u64, CacheKey)>>,
+    expiry: BinaryHeap<Reverse<(OffsetDateTime, u64, Arc<CacheKey>)>>,
 }
 
 /// Who is fetching for an entry.
@@ -719,15 +729,42 @@ struct Entry<T: CacheType> {
     revalidate: bool,
     driver: Driver,
     limiter: TokenBucket,
-    /// Bumped when a fetch completes (or a value is prepopulated); Gets wait on it.
-    done: watch::Sender<u64>,
-    /// Set when the entry is removed, so its task stops even mid-fetch.
-    stop: watch::Sender<bool>,
+    /// What Gets waiting for a fetch wait on; dropped (which wakes them) when the fetch
+    /// completes or a value is prepopulated. Only there while someone waits: a channel costs
+    /// a few hundred bytes, and most entries of a large cache are idle.
+    done: Option<watch::Sender<()>>,
+    /// There while a driver task runs; set when the entry is removed, so the task stops even
+    /// mid-fetch.
+    stop: Option<watch::Sender<bool>>,
 }
 
 impl<T: CacheType> Entry<T> {
     fn touch(&mut self, now: OffsetDateTime, ttl: Duration) {
         self.expires_at = now + ttl;
+    }
+
+    /// Clears a lost contact, and says so: whichever proof of contact comes first (a fetch
+    /// that succeeds, or a blocking one held open 31 s) is the one recovery message.
+    fn regain_contact(&mut self, now: OffsetDateTime) {
+        if let Some(lost) = self.lost_contact.take() {
+            tracing::info!(
+                cache_type = T::NAME,
+                outage = ?since(now, lost),
+                "connect: control plane reachable again"
+            );
+        }
+    }
+
+    /// Wakes every Get waiting on this entry; they look at it again.
+    fn wake_waiters(&mut self) {
+        self.done = None;
+    }
+
+    /// The driver task has ended (or is about to): the next Get that needs data starts one.
+    fn release_driver(&mut self) {
+        self.driver = Driver::Idle;
+        self.fetching = false;
+        self.stop = None;
     }
 }
 
@@ -757,10 +794,11 @@ impl<T: CacheType> Shard<T> {
         if !st.entries.contains_key(key) {
             let id = inner.next_entry_id.fetch_add(1, Ordering::Relaxed);
             let expires_at = now + self.opts.last_get_ttl;
-            st.expiry.push(Reverse((expires_at, id, key.clone())));
+            let key = Arc::new(key.clone());
+            st.expiry.push(Reverse((expires_at, id, Arc::clone(&key))));
             st.entries.insert(
-                key.clone(),
-                Entry {
+                key,
+                Box::new(Entry {
                     id,
                     request: req.clone(),
                     value: None,
@@ -779,9 +817,9 @@ impl<T: CacheType> Shard<T> {
                         inner.options.entry_fetch_max_burst,
                         Instant::now(),
                     ),
-                    done: watch::channel(0).0,
-                    stop: watch::channel(false).0,
-                },
+                    done: None,
+                    stop: None,
+                }),
             );
             adjust(&self.counters.entries, 1);
         }
@@ -877,14 +915,8 @@ impl<T: CacheType> Shard<T> {
                 } else {
                     *attempt = attempt.saturating_add(1);
                 }
-                if self.opts.refresh
-                    && let Some(lost) = e.lost_contact.take()
-                {
-                    tracing::info!(
-                        cache_type = T::NAME,
-                        outage = ?since(now, lost),
-                        "connect: control plane reachable again; cache refreshed"
-                    );
+                if self.opts.refresh {
+                    e.regain_contact(now);
                 }
             }
             Err(err) => {
@@ -897,7 +929,7 @@ impl<T: CacheType> Shard<T> {
                 *attempt = attempt.saturating_add(1);
                 if self.opts.refresh && e.lost_contact.is_none() {
                     e.lost_contact = Some(now);
-                    // Once per outage and entry type, not per retry: the back-off keeps retrying.
+                    // Once per outage of the entry, not per retry: the back-off keeps retrying.
                     tracing::warn!(
                         cache_type = T::NAME,
                         error = %e.error.as_ref().map_or_else(String::new, ToString::to_string),
@@ -920,7 +952,7 @@ impl<T: CacheType> Shard<T> {
     ) -> Option<R> {
         let mut st = self.lock();
         match st.entries.get_mut(key) {
-            Some(e) if e.id == id => Some(f(e)),
+            Some(e) if e.id == id => Some(f(&mut **e)),
             _ => None,
         }
     }
@@ -929,7 +961,9 @@ impl<T: CacheType> Shard<T> {
         let Some(e) = st.entries.remove(key) else {
             return;
         };
-        e.stop.send_replace(true);
+        if let Some(stop) = &e.stop {
+            stop.send_replace(true);
+        }
         adjust(&self.counters.entries, -1);
         adjust(
             &self.counters.bytes,
@@ -977,7 +1011,7 @@ impl<T: CacheType> AnyShard for Shard<T> {
     fn clear(&self) {
         let mut guard = self.lock();
         let st = &mut *guard;
-        let keys: Vec<CacheKey> = st.entries.keys().cloned().collect();
+        let keys: Vec<Arc<CacheKey>> = st.entries.keys().cloned().collect();
         for key in keys {
             self.remove_locked(st, &key);
         }
@@ -992,16 +1026,19 @@ impl<T: CacheType> AnyShard for Shard<T> {
 /// The task that fetches for one entry: one fetch for plain types; for refresh types, a loop
 /// of fetch, back-off, fetch (spec §4.5) until the entry is evicted, the cache closes, or an
 /// ACL-not-found error ends it.
-async fn drive<T: CacheType>(inner: Arc<Inner>, shard: Arc<Shard<T>>, key: CacheKey, id: u64) {
+async fn drive<T: CacheType>(
+    inner: Arc<Inner>,
+    shard: Arc<Shard<T>>,
+    key: CacheKey,
+    id: u64,
+    mut stop: watch::Receiver<bool>,
+) {
     let _release = DriverRelease {
         shard: Arc::clone(&shard),
         key: key.clone(),
         id,
     };
     let mut shutdown = inner.shutdown.subscribe();
-    let Some(mut stop) = shard.with_entry(&key, id, |e| e.stop.subscribe()) else {
-        return;
-    };
     let blocking = shard.opts.supports_blocking;
     let query_timeout = shard.opts.effective_query_timeout();
     let mut attempt: u32 = 0;
@@ -1032,7 +1069,14 @@ async fn drive<T: CacheType>(inner: Arc<Inner>, shard: Arc<Shard<T>>, key: Cache
         {
             return;
         }
-        let fetch = fetch_confirming_contact(&shard, &key, id, opts, &request, confirm_contact);
+        let fetch = fetch_confirming_contact(
+            &shard,
+            &key,
+            id,
+            opts,
+            &request,
+            confirm_contact.then_some(&inner.clock),
+        );
         let Some(result) = until_stopped(fetch, &mut shutdown, &mut stop).await else {
             return;
         };
@@ -1040,16 +1084,14 @@ async fn drive<T: CacheType>(inner: Arc<Inner>, shard: Arc<Shard<T>>, key: Cache
         let closed = inner.is_closed();
         let next = shard.with_entry(&key, id, |e| {
             let fatal = shard.apply(e, result, now, &mut attempt);
+            e.wake_waiters();
             if shard.opts.refresh && !fatal && !closed {
                 let kick = Arc::new(Notify::new());
                 e.driver = Driver::Sleeping(Arc::clone(&kick));
                 e.fetching = false;
-                e.done.send_modify(|g| *g += 1);
                 Some(kick)
             } else {
-                e.driver = Driver::Idle;
-                e.fetching = false;
-                e.done.send_modify(|g| *g += 1);
+                e.release_driver();
                 None
             }
         });
@@ -1096,31 +1138,31 @@ impl<T: CacheType> Drop for DriverRelease<T> {
             if matches!(e.driver, Driver::Idle) {
                 return;
             }
-            e.driver = Driver::Idle;
-            e.fetching = false;
+            e.release_driver();
             e.error = Some(Error::new(
                 ErrorKind::Internal,
                 format!("a {:?} cache fetch ended without a result", T::NAME),
             ));
-            e.done.send_modify(|g| *g += 1);
+            e.wake_waiters();
         });
     }
 }
 
 /// One fetch; for a refresh type that lost contact, a blocking fetch still alive after 31 s
-/// proves the connection is back, so the entry stops reporting an age (spec §4.4).
+/// proves the connection is back, so the entry stops reporting an age (spec §4.4). `clock`
+/// is given when that check applies.
 async fn fetch_confirming_contact<T: CacheType>(
     shard: &Shard<T>,
     key: &CacheKey,
     id: u64,
     opts: FetchOptions<T::Value, T::State>,
     request: &T::Request,
-    confirm_contact: bool,
+    clock: Option<&SharedClock>,
 ) -> Result<FetchResult<T::Value, T::State>> {
     let fetch = shard.ty.fetch(opts, request);
-    if !confirm_contact {
+    let Some(clock) = clock else {
         return fetch.await;
-    }
+    };
     tokio::pin!(fetch);
     let timer = tokio::time::sleep(CONTACT_CONFIRM_AFTER);
     tokio::pin!(timer);
@@ -1130,7 +1172,8 @@ async fn fetch_confirming_contact<T: CacheType>(
             r = &mut fetch => return r,
             () = &mut timer, if armed => {
                 armed = false;
-                shard.with_entry(key, id, |e| e.lost_contact = None);
+                let now = clock.now();
+                shard.with_entry(key, id, |e| e.regain_contact(now));
             }
         }
     }
