@@ -28,6 +28,9 @@ echo "== cargo test"
 mkdir -p target && rm -f target/lane-*.txt
 cargo test --workspace --locked 2>&1 | tee target/test-output.txt
 
+echo "== the README's Rust quick start (core/examples/quickstart.rs)"
+cargo run --locked --quiet -p connect-core --example quickstart
+
 # The language lanes (C, Python, Node) run after the Rust tests, each in its own script so it
 # can also be run alone.
 for lane in c python node; do
