@@ -12,7 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let agent = Agent::new_async(AgentConfig::dev()).await?; // or AgentConfig::from_env()
-    agent.intention_upsert("web", "db", IntentionAction::Allow).await?;
+    agent
+        .intention_upsert("web", "db", IntentionAction::Allow)
+        .await?;
     let db = agent.service("db")?;
     let web = agent.service("web")?;
     db.ready_wait(Duration::from_secs(10)).await?;
@@ -31,7 +33,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     conn.write_all(b"hello").await?;
     let mut answer = [0u8; 5];
     conn.read_exact(&mut answer).await?;
-    println!("{} answered {:?}", conn.peer_id(), String::from_utf8_lossy(&answer));
+    println!(
+        "{} answered {:?}",
+        conn.peer_id(),
+        String::from_utf8_lossy(&answer)
+    );
     agent.close();
     Ok(())
 }

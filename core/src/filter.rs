@@ -2,9 +2,14 @@
 //!
 //! Supported: `Sel == value`, `Sel != value`, `value in Sel`, `value not in Sel`,
 //! `Sel contains value`, `Sel not contains value`, `Sel is empty`, `Sel is not empty`,
-//! combined with `and`, `or`, `not` and parentheses. Selectors are dotted field paths
-//! (`Meta.env`, `Service.Tags`); values are quoted strings (`"x"` or `` `x` ``), numbers,
-//! booleans or bare words. `matches` (regular expressions) is refused with a clear error.
+//! `Sel matches "regexp"`, `Sel not matches "regexp"`, combined with `and`, `or`, `not` and
+//! parentheses. Selectors are dotted field paths (`Meta.env`, `Service.Tags`); values are
+//! quoted strings (`"x"` or `` `x` ``), numbers, booleans or bare words.
+//!
+//! `matches` takes RE2 syntax, as Go's `regexp` that bexpr uses (the `regex` crate is RE2's
+//! dialect and, like RE2, runs in linear time, so a hostile pattern cannot stall a request),
+//! and matches anywhere in a string field, as Go's `MatchString`. A field that is not a
+//! string never matches.
 
 use serde_json::Value;
 
@@ -28,6 +33,42 @@ pub enum Filter {
         /// The literal compared with (empty for `is empty`).
         value: String,
     },
+    /// `Sel matches "re"` (or, with `negate`, `Sel not matches "re"`).
+    Regex {
+        /// The field path.
+        selector: Vec<String>,
+        /// The compiled expression.
+        pattern: Pattern,
+        /// `not matches`.
+        negate: bool,
+    },
+}
+
+/// A compiled regular expression; equal when the source texts are.
+#[derive(Debug, Clone)]
+pub struct Pattern(regex::Regex);
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Pattern {
+    /// Compiles `source`, bounded so that a filter cannot make the server build a huge
+    /// automaton.
+    fn new(source: &str) -> Result<Pattern, Error> {
+        regex::RegexBuilder::new(source)
+            .size_limit(1 << 20)
+            .build()
+            .map(Pattern)
+            .map_err(|e| err(format!("invalid regular expression {source:?}: {e}")))
+    }
+
+    /// The expression's source text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
 }
 
 /// A comparison operator.
@@ -220,7 +261,8 @@ impl Parser {
             Some(Tok::Word(w)) if w == "contains" => Op::Contains,
             Some(Tok::Word(w)) if w == "not" => match self.next() {
                 Some(Tok::Word(x)) if x == "contains" => Op::NotContains,
-                _ => return Err(err("expected 'contains' after 'not'")),
+                Some(Tok::Word(x)) if x == "matches" => return self.regex(sel, true),
+                _ => return Err(err("expected 'contains' or 'matches' after 'not'")),
             },
             Some(Tok::Word(w)) if w == "is" => {
                 let negate = self.peek_word("not");
@@ -239,9 +281,7 @@ impl Parser {
                     _ => return Err(err("expected 'empty' after 'is'")),
                 }
             }
-            Some(Tok::Word(w)) if w == "matches" => {
-                return Err(err("the 'matches' operator is not supported"));
-            }
+            Some(Tok::Word(w)) if w == "matches" => return self.regex(sel, false),
             other => return Err(err(format!("expected an operator, found {other:?}"))),
         };
         match self.next() {
@@ -251,6 +291,19 @@ impl Parser {
                 value: v,
             }),
             _ => Err(err("expected a value after the operator")),
+        }
+    }
+}
+
+impl Parser {
+    fn regex(&mut self, selector: Vec<String>, negate: bool) -> Result<Filter, Error> {
+        match self.next() {
+            Some(Tok::Word(v)) | Some(Tok::Quoted(v)) => Ok(Filter::Regex {
+                selector,
+                pattern: Pattern::new(&v)?,
+                negate,
+            }),
+            _ => Err(err("expected a regular expression after 'matches'")),
         }
     }
 }
@@ -297,6 +350,16 @@ impl Filter {
                     Op::IsEmpty => field.is_none_or(is_empty),
                     Op::IsNotEmpty => !field.is_none_or(is_empty),
                 }
+            }
+            Filter::Regex {
+                selector,
+                pattern,
+                negate,
+            } => {
+                let hit = lookup(item, selector)
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| pattern.0.is_match(s));
+                hit != *negate
             }
         }
     }
@@ -391,7 +454,9 @@ mod tests {
             "SourceName ==",
             "(SourceName == web",
             "SourceName = web",
-            "Name matches \"x\"",
+            "Name matches \"(\"",
+            "Name matches",
+            "Name not equals x",
             r#"SourceName == "web"#,
             "a..b == c",
             "web in",
@@ -404,6 +469,35 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn matches_takes_re2_syntax_anywhere_in_string_fields() {
+        let ixn = json!({"SourceName": "web-frontend", "Precedence": 9, "Tags": ["a"]});
+        assert!(m(r#"SourceName matches "^web-""#, &ixn));
+        assert!(
+            m(r#"SourceName matches "front""#, &ixn),
+            "unanchored, as MatchString"
+        );
+        assert!(!m(r#"SourceName matches "^front""#, &ixn));
+        assert!(m(r#"SourceName not matches "^api""#, &ixn));
+        assert!(!m(r#"SourceName not matches "end$""#, &ixn));
+        assert!(m(r#"sourcename matches `(?i)WEB`"#, &ixn));
+        // Only strings match; a missing field does not, so `not matches` holds for it.
+        assert!(!m(r#"Precedence matches "9""#, &ixn));
+        assert!(!m(r#"Tags matches "a""#, &ixn));
+        assert!(m(r#"Missing not matches "x""#, &ixn));
+        assert_eq!(
+            Filter::parse(r#"A matches "x+""#).unwrap(),
+            Filter::parse("A matches `x+`").unwrap()
+        );
+    }
+
+    #[test]
+    fn a_huge_pattern_is_refused_not_compiled() {
+        let e = Filter::parse(r#"A matches "\w{1000}{1000}""#).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidParameter);
+        assert!(e.to_string().contains("invalid regular expression"), "{e}");
     }
 
     #[test]
