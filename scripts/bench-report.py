@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import re
@@ -72,7 +73,8 @@ def fmt_ratio(r: Optional[float], pct: bool = False) -> str:
     if r is None:
         return "—"
     if pct:
-        return f"{r * 100:.1f} %"
+        # Truncated, not rounded: 94.97 % must not read "95.0 %" beside a ≥ 95 % target it misses.
+        return f"{math.floor(r * 1000) / 10:.1f} %"
     if 0 < r < 0.1:
         # 0.002× says little; "1/624" says how many times smaller.
         return f"1/{fmt_num(1 / r)}"
