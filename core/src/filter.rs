@@ -6,10 +6,11 @@
 //! parentheses. Selectors are dotted field paths (`Meta.env`, `Service.Tags`); values are
 //! quoted strings (`"x"` or `` `x` ``), numbers, booleans or bare words.
 //!
-//! `matches` takes RE2 syntax, as Go's `regexp` that bexpr uses (the `regex` crate is RE2's
-//! dialect and, like RE2, runs in linear time, so a hostile pattern cannot stall a request),
-//! and matches anywhere in a string field, as Go's `MatchString`. A field that is not a
-//! string never matches.
+//! `matches` takes RE2-like syntax, as Go's `regexp` that bexpr uses (the `regex` crate
+//! follows RE2's dialect and, like RE2, runs in linear time, so a hostile pattern cannot stall
+//! a request), and matches anywhere in a string field, as Go's `MatchString`. One difference:
+//! `\w`, `\d` and `\b` are Unicode-aware here and ASCII in Go (write `(?-u:\w)` for Go's).
+//! A field that is not a string never matches.
 
 use serde_json::Value;
 

@@ -249,6 +249,16 @@ async fn a_new_leaf_or_new_roots_end_resumption() {
     );
     assert_ne!(before, after, "the server's re-issued leaf is seen");
     assert!(dial().await.0, "and later dials resume again");
+
+    // Only the server's leaf changes (re-issued before the client's, say): the server's
+    // tickets start over too, so the client cannot resume into the old certificate.
+    db_identity.update_svid(mesh.svid("db")).unwrap();
+    let (resumed, newest) = dial().await;
+    assert!(
+        !resumed,
+        "a ticket from before the server's new leaf must not resume"
+    );
+    assert_ne!(after, newest);
 }
 
 #[test]

@@ -11,7 +11,8 @@
  *
  * It prints one line per event, for the demo's transcript: the address it listens on, each
  * accepted client, each change of its certificate or roots, and each closed connection.
- * SIGINT or SIGTERM stops it; it frees everything before it exits.
+ * SIGINT or SIGTERM stops it: it frees its listener, service and agent; connections still
+ * being served end with the process.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -59,7 +60,7 @@ static void on_change(void *userdata, const connect_service_change_params *p) {
   (void)userdata;
   say("db: identity changed (generation %" PRIu64 "): leaf serial %.*s, %zu trusted root(s); "
       "open connections stay up",
-      p->generation, (int)p->serial.len, p->serial.data, p->roots_count);
+      p->generation, (int)p->serial.len, p->serial.len ? p->serial.data : "", p->roots_count);
 }
 
 struct client {
@@ -123,7 +124,8 @@ int main(int argc, char **argv) {
     return 2;
   }
 
-  /* Signals are taken by sigwait on a thread of our own; every other thread blocks them. */
+  /* SIGINT and SIGTERM are blocked in every thread (libconnect's inherit the mask) and polled
+     with sigtimedwait between accepts, so no handler runs inside library code. */
   sigset_t stop;
   sigemptyset(&stop);
   sigaddset(&stop, SIGINT);

@@ -24,6 +24,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,8 +62,8 @@ def show(text: str) -> None:
 class Child:
     """A process whose output lines are echoed into the transcript and kept for `expect`."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], echo: bool = True,
-                 stdin: bool = False) -> None:
+    def __init__(self, registry: list[Child], name: str, argv: list[str], env: dict[str, str],
+                 echo: bool = True, stdin: bool = False) -> None:
         self.name = name
         self.lines: list[str] = []
         self.times: list[float] = []  # when each line arrived (time.monotonic())
@@ -76,10 +77,14 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            encoding="utf-8",
+            errors="replace",
             bufsize=1,
-            # Its own process group: Ctrl-C reaches the demo only, which stops children itself.
-            start_new_session=True,
+            # Same process group as the demo: a Ctrl-C in the terminal, or a CI timeout that
+            # kills the group, reaches the children too; cleanup() stops them otherwise.
         )
+        # Registered at once, so that no interruption can leave it unknown to cleanup().
+        registry.append(self)
         for stream, tag in ((self.proc.stdout, ""), (self.proc.stderr, " (log)")):
             threading.Thread(target=self._pump, args=(stream, tag), daemon=True).start()
 
@@ -137,14 +142,11 @@ class Child:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
+            self.proc.terminate()
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout=5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
                 self.proc.wait(timeout=5)
 
 
@@ -156,9 +158,7 @@ class Demo:
         self.workdir = Path(tempfile.mkdtemp(prefix="libconnect-demo-"))
 
     def start(self, *a, **kw) -> Child:
-        c = Child(*a, **kw)
-        self.children.append(c)
-        return c
+        return Child(self.children, *a, **kw)
 
     def cli(self, *argv: str, check: bool = True) -> str:
         """Runs `connect <argv>` as an operator would, showing the command and its output."""
@@ -182,11 +182,15 @@ class Demo:
         return f"{active[0]['ID'][:23]}… ({active[0]['Name']}, {len(roots)} root(s) trusted)"
 
     def cleanup(self) -> None:
+        # A second Ctrl-C must not cut the cleanup short and leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for c in reversed(self.children):
-            c.stop()
-        for f in self.workdir.iterdir():
-            f.unlink()
-        self.workdir.rmdir()
+            try:
+                c.stop()
+            except Exception as e:  # keep stopping the others
+                print(f"could not stop {c.name}: {e}", file=sys.stderr)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def run(self) -> None:
         a = self.args
@@ -247,7 +251,7 @@ class Demo:
         for _ in range(3):
             web.expect(r"^web: request \d+ on the long-lived connection answered", after=m)
             m = web.mark()
-        if web.count(r"closed", after=mark_web):
+        if web.count(r"^web: .*closed", after=mark_web):
             raise DemoFailed("web's long-lived connection was interrupted by the rotation")
         show("✔ web's long-lived connection kept working through the rotation")
         # db's leaf is re-issued from the new root within the 1 s jitter db was given; new
@@ -256,14 +260,17 @@ class Demo:
         while True:
             m = web.mark()
             web.send("new")
-            got = web.expect(r"^web: new connection .*answered.*certificate is now (\w+)", after=m)
-            if got.group(1) != first_cert:
+            got = web.expect(r"^web: new connection (failed|.*answered.*certificate is now (\w+))",
+                             after=m)
+            if got.group(1) == "failed":
+                raise DemoFailed("web's new connection after the rotation failed")
+            if got.group(2) != first_cert:
                 break
             if time.monotonic() > deadline:
                 raise DemoFailed("db never presented a certificate from the new root")
             time.sleep(0.5)
         show(f"✔ new handshakes work and see db's re-issued certificate ({first_cert} → "
-             f"{got.group(1)})")
+             f"{got.group(2)})")
 
         narrate("Flipping the intention web → db to deny")
         mark_web, mark_db = web.mark(), db.mark()
@@ -276,8 +283,8 @@ class Demo:
         web.expect(r"^web: reconnect", after=mark_web)
         if web.count(r"^web: reconnected and was answered", after=mark_web):
             raise DemoFailed("web was let back in after the deny")
-        show(f"✔ db closed web's open connection {took * 1000:.0f} ms after the intention "
-             "changed (web noticed at its next request)")
+        show(f"✔ db closed web's open connection {took * 1000:.0f} ms after `connect intention "
+             "create` was started (web noticed at its next request)")
         show("✔ and refused web's attempt to reconnect")
 
         narrate("Done: every step happened as described. Stopping every process.")
@@ -304,7 +311,7 @@ def main() -> int:
     try:
         demo.run()
         return 0
-    except DemoFailed as e:
+    except Exception as e:  # DemoFailed, or a CLI call that failed or timed out
         print(f"\nDEMO FAILED: {e}", file=sys.stderr, flush=True)
         for c in demo.children:
             if not c.echo:

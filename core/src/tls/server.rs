@@ -63,6 +63,27 @@ struct Counters {
     revoked: AtomicU64,
 }
 
+/// The session store and ticketer of one identity generation. A new leaf or new roots bring
+/// new ones, so a client cannot resume into a session made under the old certificates: its
+/// first handshake after the change is a full one and sees this server's current leaf.
+struct Resumption {
+    generation: u64,
+    storage: Arc<dyn rustls::server::StoresServerSessions>,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+}
+
+impl Resumption {
+    fn new(generation: u64, cache_size: usize) -> Result<Resumption> {
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("session tickets: {e}")))?;
+        Ok(Resumption {
+            generation,
+            storage: ServerSessionMemoryCache::new(cache_size),
+            ticketer,
+        })
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) identity: Identity,
     authorizer: SharedAuthorizer,
@@ -71,8 +92,8 @@ pub(crate) struct Shared {
     counters: Counters,
     kx: KeyExchange,
     alpn: Vec<Vec<u8>>,
-    session_storage: Arc<dyn rustls::server::StoresServerSessions>,
-    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    session_cache_size: usize,
+    resumption: Mutex<Resumption>,
     pub(crate) handshake_timeout: Duration,
     pub(crate) revocation_interval: Option<Duration>,
 }
@@ -166,8 +187,16 @@ impl Shared {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(CurrentLeaf(self.identity.clone())));
         config.alpn_protocols = self.alpn.clone();
-        config.session_storage = self.session_storage.clone();
-        config.ticketer = self.ticketer.clone();
+        let generation = self.identity.snapshot().generation();
+        let mut resumption = self
+            .resumption
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if resumption.generation != generation {
+            *resumption = Resumption::new(generation, self.session_cache_size)?;
+        }
+        config.session_storage = resumption.storage.clone();
+        config.ticketer = resumption.ticketer.clone();
         Ok(Arc::new(config))
     }
 }
@@ -354,8 +383,10 @@ impl MtlsServerBuilder {
                 "mtls_server needs an authorizer: use authorizer::any() to allow every verified peer",
             )
         })?;
-        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("session tickets: {e}")))?;
+        let resumption = Resumption::new(
+            self.identity.snapshot().generation(),
+            self.session_cache_size,
+        )?;
         let shared = Arc::new(Shared {
             identity: self.identity,
             authorizer,
@@ -364,8 +395,8 @@ impl MtlsServerBuilder {
             counters: Counters::default(),
             kx: self.kx,
             alpn: self.alpn,
-            session_storage: ServerSessionMemoryCache::new(self.session_cache_size),
-            ticketer,
+            session_cache_size: self.session_cache_size,
+            resumption: Mutex::new(resumption),
             handshake_timeout: self.handshake_timeout,
             revocation_interval: self.revocation_interval,
         });
