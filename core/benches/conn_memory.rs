@@ -20,18 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use connect_core::ca::{CaConfiguration, CaManager, SignPolicy, generate_leaf_request};
-use connect_core::intentions::{
-    DefaultPolicy, Intention, IntentionAction, IntentionIndex, SharedIntentionIndex,
-};
-use connect_core::tls::{self, Bundle, Identity, KeyExchange, Svid};
-use connect_core::{ManualClock, SharedClock};
-use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use bench_support::mesh::Mesh;
+use connect_core::tls;
+use rustls::{ClientConfig, ServerConfig};
+use rustls_pki_types::ServerName;
 use serde_json::json;
-use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -86,25 +79,6 @@ fn live() -> i64 {
     LIVE.load(Ordering::SeqCst) as i64
 }
 
-struct Leaf {
-    chain_pem: String,
-    key_pem: String,
-}
-
-fn leaf(ca: &mut CaManager, service: &str) -> Leaf {
-    let uri = format!(
-        "spiffe://{}/ns/default/dc/dc1/svc/{service}",
-        ca.trust_domain()
-    );
-    // A DNS name too, so bare rustls can check the server by name (libconnect checks the URI).
-    let req = generate_leaf_request(&uri, &[service.to_owned()], &[]).unwrap();
-    let issued = ca.sign_leaf(&req.csr_pem, SignPolicy::ServiceOnly).unwrap();
-    Leaf {
-        chain_pem: issued.cert_pem,
-        key_pem: req.key.to_pem().to_string(),
-    }
-}
-
 /// The two stacks' endpoints, built from one CA.
 struct Setup {
     server: tls::Service,
@@ -114,75 +88,23 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let clock: SharedClock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
-    let cfg = CaConfiguration::consul(json!({}).as_object().cloned().unwrap_or_default());
-    let mut ca = CaManager::new_primary("dc1", None, cfg, clock.clone()).unwrap();
-    let roots = ca.roots();
-    let db = leaf(&mut ca, "db");
-    let web = leaf(&mut ca, "web");
-    let identity = |name: &str, l: &Leaf| {
-        let id = Identity::new(name, clock.clone());
-        id.update_bundle(Bundle::from_ca_roots(&roots).unwrap())
-            .unwrap();
-        id.update_svid(Svid::from_pem(&l.chain_pem, &l.key_pem).unwrap())
-            .unwrap();
-        id
-    };
-    let intentions = || {
-        SharedIntentionIndex::new(IntentionIndex::new(
-            [Intention::new("web", "db", IntentionAction::Allow)],
-            DefaultPolicy::acl(IntentionAction::Deny),
-        ))
-    };
+    let mesh = Mesh::new();
     let server = tls::Service::new(
-        identity("db", &db),
-        tls::authorizer::from_intentions("db", intentions()),
+        mesh.identity("db"),
+        tls::authorizer::from_intentions("db", Mesh::intentions()),
     )
     .unwrap();
     let client = tls::Service::new(
-        identity("web", &web),
-        tls::authorizer::from_intentions("web", intentions()),
+        mesh.identity("web"),
+        tls::authorizer::from_intentions("web", Mesh::intentions()),
     )
     .unwrap();
-
-    let provider = tls::crypto_provider(KeyExchange::default());
-    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
-    let mut store = RootCertStore::empty();
-    for r in &roots.roots {
-        for c in CertificateDer::pem_slice_iter(r.root_cert.as_bytes()) {
-            store.add(c.unwrap()).unwrap();
-        }
-    }
-    let store = Arc::new(store);
-    let chain = |l: &Leaf| {
-        CertificateDer::pem_slice_iter(l.chain_pem.as_bytes())
-            .map(Result::unwrap)
-            .collect::<Vec<_>>()
-    };
-    let key = |l: &Leaf| PrivateKeyDer::from_pem_slice(l.key_pem.as_bytes()).unwrap();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::clone(&store), Arc::clone(&provider))
-            .build()
-            .unwrap();
-    let mut bare_server = ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(&versions)
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain(&db), key(&db))
-        .unwrap();
-    bare_server.session_storage = ServerSessionMemoryCache::new(1024);
-    bare_server.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().unwrap();
-    let bare_client = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&versions)
-        .unwrap()
-        .with_root_certificates(store)
-        .with_client_auth_cert(chain(&web), key(&web))
-        .unwrap();
+    let (bare_server, bare_client) = mesh.bare_configs();
     Setup {
         server,
         client,
-        bare_server: Arc::new(bare_server),
-        bare_client: Arc::new(bare_client),
+        bare_server,
+        bare_client,
     }
 }
 

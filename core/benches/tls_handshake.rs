@@ -20,33 +20,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark set-up")]
 
+mod bench_support;
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use connect_core::ca::{CaConfiguration, CaManager, SignPolicy, generate_leaf_request};
-use connect_core::intentions::{
-    DefaultPolicy, Intention, IntentionAction, IntentionIndex, SharedIntentionIndex,
-};
-use connect_core::tls::{self, Bundle, Identity, KeyExchange, MtlsClient, MtlsServer, Svid};
-use connect_core::{ManualClock, SharedClock};
+use bench_support::mesh::Mesh;
+use connect_core::tls::{self, MtlsClient, MtlsServer};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rustls::client::Resumption;
-use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use serde_json::json;
-use time::OffsetDateTime;
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// One service's leaf, as both stacks load it.
-struct Leaf {
-    svid_chain_pem: String,
-    key_pem: String,
-}
 
 struct Setup {
     libconnect: (Arc<ServerConfig>, Arc<ClientConfig>),
@@ -56,86 +44,18 @@ struct Setup {
     client: MtlsClient,
 }
 
-fn leaf(ca: &mut CaManager, service: &str) -> Leaf {
-    let uri = format!(
-        "spiffe://{}/ns/default/dc/dc1/svc/{service}",
-        ca.trust_domain()
-    );
-    // A DNS name as well, so that bare rustls can check the server by name; libconnect checks
-    // the URI and ignores it.
-    let req = generate_leaf_request(&uri, &[service.to_owned()], &[]).unwrap();
-    let issued = ca.sign_leaf(&req.csr_pem, SignPolicy::ServiceOnly).unwrap();
-    Leaf {
-        // Leaf then the active root's intermediates.
-        svid_chain_pem: issued.cert_pem,
-        key_pem: req.key.to_pem().to_string(),
-    }
-}
-
 fn setup() -> Setup {
-    let clock: SharedClock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
-    let cfg = CaConfiguration::consul(json!({}).as_object().cloned().unwrap_or_default());
-    let mut ca = CaManager::new_primary("dc1", None, cfg, clock.clone()).unwrap();
-    let roots = ca.roots();
-    let db = leaf(&mut ca, "db");
-    let web = leaf(&mut ca, "web");
-
-    let identity = |name: &str, l: &Leaf| {
-        let id = Identity::new(name, clock.clone());
-        id.update_bundle(Bundle::from_ca_roots(&roots).unwrap())
-            .unwrap();
-        id.update_svid(Svid::from_pem(&l.svid_chain_pem, &l.key_pem).unwrap())
-            .unwrap();
-        id
-    };
-    let intentions = SharedIntentionIndex::new(IntentionIndex::new(
-        [Intention::new("web", "db", IntentionAction::Allow)],
-        DefaultPolicy::acl(IntentionAction::Deny),
-    ));
-    let server = tls::mtls_server(&identity("db", &db))
-        .authorize(tls::authorizer::from_intentions("db", intentions))
+    let mesh = Mesh::new();
+    let server = tls::mtls_server(&mesh.identity("db"))
+        .authorize(tls::authorizer::from_intentions("db", Mesh::intentions()))
         .build()
         .unwrap();
-    let client = tls::mtls_client(&identity("web", &web), "db")
+    let client = tls::mtls_client(&mesh.identity("web"), "db")
         .build()
-        .unwrap();
-
-    let provider = tls::crypto_provider(KeyExchange::default());
-    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
-    let mut store = RootCertStore::empty();
-    for r in &roots.roots {
-        for c in CertificateDer::pem_slice_iter(r.root_cert.as_bytes()) {
-            store.add(c.unwrap()).unwrap();
-        }
-    }
-    let store = Arc::new(store);
-    let chain = |l: &Leaf| {
-        CertificateDer::pem_slice_iter(l.svid_chain_pem.as_bytes())
-            .map(Result::unwrap)
-            .collect::<Vec<_>>()
-    };
-    let key = |l: &Leaf| PrivateKeyDer::from_pem_slice(l.key_pem.as_bytes()).unwrap();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::clone(&store), Arc::clone(&provider))
-            .build()
-            .unwrap();
-    let mut bare_server = ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(&versions)
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain(&db), key(&db))
-        .unwrap();
-    bare_server.session_storage = ServerSessionMemoryCache::new(1024);
-    bare_server.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().unwrap();
-    let bare_client = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&versions)
-        .unwrap()
-        .with_root_certificates(store)
-        .with_client_auth_cert(chain(&web), key(&web))
         .unwrap();
     Setup {
         libconnect: (server.config(), client.config()),
-        bare: (Arc::new(bare_server), Arc::new(bare_client)),
+        bare: mesh.bare_configs(),
         server,
         client,
     }

@@ -7,6 +7,8 @@
     reason = "each harness uses a different part"
 )]
 
+pub mod mesh;
+
 use std::path::PathBuf;
 
 /// `$BENCH_OUT`, or `<target>/bench` next to this executable (`<target>/release/deps/x`), so
