@@ -341,6 +341,9 @@ impl IntentionIndex {
 #[derive(Debug)]
 pub struct SharedIntentionIndex {
     current: ArcSwap<IntentionIndex>,
+    /// The store index of the intentions behind `current` (see
+    /// [`publish`](Self::publish)); the lock also orders concurrent publishers.
+    version: std::sync::Mutex<u64>,
     /// Bumped by every [`store`](Self::store), so that holders of live connections (the TLS
     /// listener's revocation task) learn of a change at once instead of polling.
     changes: tokio::sync::watch::Sender<u64>,
@@ -351,8 +354,38 @@ impl SharedIntentionIndex {
     pub fn new(index: IntentionIndex) -> SharedIntentionIndex {
         SharedIntentionIndex {
             current: ArcSwap::from_pointee(index),
+            version: std::sync::Mutex::new(0),
             changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Publishes `index`, built from the intentions as of store index `version`, unless an
+    /// index built from a newer version is already published; returns whether it was.
+    ///
+    /// Writers rebuild the index after their write commits and outside the store's write
+    /// lock, so two of them can finish in either order: without this check the later-built
+    /// but older snapshot would replace the newer one, and a saved deny would be missing from
+    /// the live authorizer until the next intention write.
+    pub fn publish(&self, version: u64, index: impl Into<Arc<IntentionIndex>>) -> bool {
+        let mut published = self
+            .version
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if version < *published {
+            return false;
+        }
+        *published = version;
+        self.store(index);
+        true
+    }
+
+    /// The store index of the intentions behind the current index (0 until the first
+    /// [`publish`](Self::publish)).
+    pub fn version(&self) -> u64 {
+        *self
+            .version
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The current index; later [`store`](Self::store)s do not change it.

@@ -68,13 +68,17 @@ fn not_found() -> Error {
 }
 
 impl Server {
+    /// Rebuilds the hot-path index from the store's current intentions. Concurrent callers
+    /// may finish in any order; the version check keeps the newest snapshot.
     fn rebuild_intentions(&self) {
         let view = self.store().view();
         let index = IntentionIndex::new(
             view.intentions().cloned(),
             self.config().intention_default(),
         );
-        self.inner.intentions.store(index);
+        self.inner
+            .intentions
+            .publish(view.table_index(Table::Intentions), index);
     }
 
     fn find_exact(&self, src: &ServiceName, dst: &ServiceName) -> Option<Intention> {

@@ -318,3 +318,59 @@ async fn blocking_wait_wakes_on_intention_change() {
         .await;
     assert_eq!(same, woke);
 }
+
+/// Concurrent intention writers rebuild the hot-path index after their commits, outside the
+/// store's write lock, so they can finish in any order. After every burst the live decision
+/// must be the stored intention's: an older snapshot published last would say allow while
+/// the store says deny.
+#[test]
+fn concurrent_intention_writes_never_leave_an_older_index_live() {
+    let s = dev();
+    // Enough intentions that a rebuild takes long enough for writers to overtake each other.
+    for i in 0..400 {
+        s.intention_upsert_exact(
+            None,
+            &format!("filler-{i}"),
+            "elsewhere",
+            body(IntentionAction::Allow),
+        )
+        .unwrap();
+    }
+    const WRITERS: usize = 4;
+    let mut stale = Vec::new();
+    for round in 0..60_u64 {
+        std::thread::scope(|scope| {
+            for w in 0..WRITERS {
+                let s = &s;
+                scope.spawn(move || {
+                    for k in 0..3_u64 {
+                        let action = if (round + w as u64 + k) % 2 == 0 {
+                            IntentionAction::Allow
+                        } else {
+                            IntentionAction::Deny
+                        };
+                        s.intention_upsert_exact(None, "web", "db", body(action))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let stored = s
+            .intention_get_exact(None, "web", "db")
+            .unwrap()
+            .value
+            .action;
+        let live = s.intention_check(None, "web", "db").unwrap();
+        if live != (stored == Some(IntentionAction::Allow)) {
+            stale.push(round);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "the live index disagreed with the store after rounds {stale:?}"
+    );
+    assert_eq!(
+        s.intention_index().version(),
+        s.store().table_index(Table::Intentions)
+    );
+}
