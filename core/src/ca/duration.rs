@@ -58,9 +58,13 @@ pub fn parse_go_duration(input: &str) -> Result<Duration, String> {
         };
         let mut part = whole.checked_mul(nanos_per).ok_or_else(err)?;
         if !frac_part.is_empty() {
-            let digits = frac_part.len().min(30) as u32;
+            // Digits past the 20th are worth less than a nanosecond even in hours, so they
+            // are dropped (as Go stops reading them) before they can overflow the product.
+            let digits = frac_part.len().min(20) as u32;
             let frac: u128 = frac_part[..digits as usize].parse().map_err(|_| err())?;
-            part += frac * nanos_per / 10u128.pow(digits);
+            part = part
+                .checked_add(frac * nanos_per / 10u128.pow(digits))
+                .ok_or_else(err)?;
         }
         total = total.checked_add(part).ok_or_else(err)?;
         s = rest;
@@ -145,6 +149,27 @@ mod tests {
         );
         assert_eq!(parse_go_duration(".5h").unwrap(), Duration::from_secs(1800));
         assert_eq!(parse_go_duration("3µs").unwrap(), Duration::from_micros(3));
+    }
+
+    /// A fraction of 30+ digits once overflowed the product (a panic in debug builds, a
+    /// wrapped, wrong duration in release).
+    #[test]
+    fn long_fractions_are_truncated_not_overflowed() {
+        let long = format!("1.{}h", "9".repeat(40));
+        assert_eq!(
+            parse_go_duration(&long).unwrap(),
+            Duration::from_nanos(2 * 3_600_000_000_000 - 1)
+        );
+        assert_eq!(
+            parse_go_duration(&format!("0.{}1s", "0".repeat(60))).unwrap(),
+            Duration::ZERO
+        );
+        assert_eq!(
+            parse_go_duration("1.5000000000000000000000000000001h").unwrap(),
+            Duration::from_secs(5400)
+        );
+        let huge = format!("{}h", "9".repeat(45));
+        assert!(parse_go_duration(&huge).is_err());
     }
 
     #[test]
