@@ -514,14 +514,35 @@ fn io_err(path: &Path, what: &str, e: std::io::Error) -> StateError {
     }
 }
 
-/// Creates the data directory owner-only (0700), or narrows an existing one to that: it holds
-/// the CA's private key, and a directory others can list or enter is one step from leaking it.
+/// Creates the data directory owner-only (0700). An existing directory keeps its mode: it is
+/// the operator's (`-data-dir /tmp` must not turn `/tmp` into a private directory), and what
+/// needs protecting, the database holding the CA's private key, is 0600 by itself. A warning
+/// says when others may list or enter the directory.
 fn secure_dir(dir: &Path) -> Result<(), StateError> {
+    if let Ok(meta) = fs::metadata(dir) {
+        if !meta.is_dir() {
+            return Err(io_err(
+                dir,
+                "cannot use data directory",
+                std::io::Error::other("not a directory"),
+            ));
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                data_dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "data directory is accessible by other users; its state files are kept 0600"
+            );
+        }
+        return Ok(());
+    }
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(|e| io_err(dir, "cannot create data directory", e))?;
+    // The umask may have narrowed the mode further, never widened it; make it exact.
     fs::set_permissions(dir, Permissions::from_mode(0o700))
         .map_err(|e| io_err(dir, "cannot restrict data directory to its owner", e))
 }

@@ -521,11 +521,15 @@ fn sqlite_files_are_owner_only() {
     );
     drop(store);
 
-    // Existing, too-open directory and file are narrowed on open.
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // An existing directory keeps the operator's mode (`-data-dir /tmp` must not make /tmp
+    // private); a too-open database file is narrowed on open.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o1777)).unwrap();
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
     let store = Store::open_dir(&data).unwrap();
-    assert_eq!(mode(&data), 0o700);
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().permissions().mode() & 0o7777,
+        0o1777
+    );
     assert_eq!(mode(&db), 0o600);
     assert_eq!(store.ca_secrets().value.0, Some(secrets()));
 }
