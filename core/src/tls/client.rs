@@ -25,9 +25,10 @@ use crate::{Error, ErrorKind, Result};
 /// Whom a client expects to reach.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ExpectedPeer {
-    /// Exactly this identity, compared as Consul's Go client does: the trust domain is
-    /// ignored (the presented host replaces the expected one) and the URIs are compared
-    /// case-insensitively.
+    /// Exactly this identity, compared as Consul's Go client does in that the trust domain is
+    /// ignored (the presented host replaces the expected one). Unlike Go's client the rest of
+    /// the URI must match exactly, case included: ACLs and intentions tell `db` from `DB`, so
+    /// a token allowed to write `DB` must not obtain a certificate that passes for `db`.
     Id(SpiffeId),
     /// A service of this name in the default partition and namespace, in any datacenter.
     Service(String),
@@ -111,7 +112,8 @@ impl ExpectedPeer {
                 .to_string()
             }
         };
-        if !got.eq_ignore_ascii_case(&want) {
+        // Exact, unlike Go's `strings.EqualFold`: see `ExpectedPeer::Id`.
+        if got != want {
             return Err(VerifyFailure::new(
                 ErrorKind::PeerIdentityMismatch,
                 format!("peer certificate mismatch got {got}, want {want}"),
@@ -502,9 +504,15 @@ mod tests {
         // ... unless strict.
         let e = want.check(&other_td, Some(TD), None, true).unwrap_err();
         assert_eq!(e.kind, ErrorKind::PeerIdentityMismatch);
-        // Case-insensitive.
-        let upper = id(&format!("spiffe://{TD}/ns/default/dc/DC1/svc/WEB"));
-        assert!(want.check(&upper, Some(TD), None, false).is_ok());
+        // Case-sensitive, unlike Go: a certificate for `WEB` (which a token with write on
+        // `WEB`, not `web`, can obtain) does not pass for `web`.
+        let upper = id(&format!("spiffe://{TD}/ns/default/dc/dc1/svc/WEB"));
+        let e = want.check(&upper, Some(TD), None, false).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PeerIdentityMismatch);
+        let e = ExpectedPeer::from("web")
+            .check(&upper, Some(TD), Some("dc1"), false)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PeerIdentityMismatch);
         let db = id(&format!("spiffe://{TD}/ns/default/dc/dc1/svc/db"));
         let e = ExpectedPeer::Id(db)
             .check(&web, Some(TD), None, false)
