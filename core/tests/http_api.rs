@@ -229,6 +229,53 @@ async fn blocking_queries_wake_on_change_and_time_out_with_the_same_index() {
     assert_eq!(same.index, woke.index);
 }
 
+/// `/v1/catalog/services` reports the services table's index but also watches nodes and
+/// checks; a watcher on an idle agent passing back that index was answered at once, every
+/// time (a busy loop). It must hold the query until something changes or `wait` passes,
+/// and then wake on a service registration.
+#[tokio::test]
+async fn blocking_catalog_services_holds_on_an_idle_agent() {
+    let (c, _) = start(ServerConfig::dev()).await;
+    let first = c.get::<Value>("/v1/catalog/services", &[]).await.unwrap();
+    let started = std::time::Instant::now();
+    let same = c
+        .get::<Value>(
+            "/v1/catalog/services",
+            &[("index", first.index.to_string()), ("wait", "1s".into())],
+        )
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "answered after {:?} without a change",
+        started.elapsed()
+    );
+    assert_eq!(same.index, first.index);
+
+    let c2 = c.clone();
+    let idx = first.index;
+    let waiter = tokio::spawn(async move {
+        c2.get::<Value>(
+            "/v1/catalog/services",
+            &[("index", idx.to_string()), ("wait", "30s".into())],
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let _: Value = c
+        .call(
+            Method::PUT,
+            "/v1/agent/service/register",
+            &[],
+            Some(&json!({"Name": "web", "Port": 8080})),
+        )
+        .await
+        .unwrap();
+    let woke = waiter.await.unwrap().unwrap();
+    assert!(woke.index > idx);
+    assert!(woke.value.get("web").is_some(), "{}", woke.value);
+}
+
 #[tokio::test]
 async fn acl_enforcement_over_http() {
     let mut cfg = ServerConfig::dev();

@@ -183,13 +183,24 @@ async fn read_blocking<T: Serialize>(
     tables: &[Table],
     read: impl Fn() -> Result<Indexed<T>, Error>,
 ) -> ApiResult {
-    let first = read()?;
-    if o.min_index == 0 || first.index > o.min_index {
-        return Ok(json_response(&first.value, Some(first.index)));
+    let deadline = tokio::time::Instant::now() + o.wait_with_jitter();
+    // The read's own index decides, not the watched tables': a read may report one table's
+    // index while it watches several (`/v1/catalog/services` reports the services table and
+    // watches nodes and checks too), and waiting for the tables to pass `min_index` would
+    // then return at once, forever, to a watcher on an idle agent. Taken before the read, so
+    // a change between the two wakes the wait below.
+    let mut seen = server.store().view().max_index(tables);
+    let mut current = read()?;
+    while o.min_index > 0 && current.index <= o.min_index {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        server.wait(tables, seen.max(o.min_index), left).await;
+        seen = server.store().view().max_index(tables);
+        current = read()?;
     }
-    server.wait(tables, o.min_index, o.wait_with_jitter()).await;
-    let again = read()?;
-    Ok(json_response(&again.value, Some(again.index)))
+    Ok(json_response(&current.value, Some(current.index)))
 }
 
 // ---- CA -------------------------------------------------------------------------------
