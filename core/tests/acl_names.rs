@@ -553,6 +553,36 @@ fn namespaces_and_partitions_are_refused_in_registration_and_intentions() {
         assert!(e.to_string().contains("not supported"), "{e}");
     }
     assert!(server.intention_list(None, None).unwrap().value.is_empty());
+
+    // Reads speak only of what a write could name.
+    for (src, dst) in [
+        ("prod/web", "db"),
+        ("web", "bizdev/default/db"),
+        ("a b", "db"),
+    ] {
+        let e = server.intention_check(None, src, dst).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidParameter, "{src} => {dst}: {e}");
+        let e = server
+            .intention_match(
+                None,
+                connect_core::intentions::MatchType::Source,
+                &[src, dst],
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidParameter, "{src}: {e}");
+    }
+    // And a client certificate URI of another namespace gets no answer.
+    let td = server.trust_domain();
+    for uri in [
+        format!("spiffe://{td}/ns/prod/dc/dc1/svc/web"),
+        format!("spiffe://{td}/ap/bizdev/ns/default/dc/dc1/svc/web"),
+    ] {
+        let e = server.authorize(None, "db", &uri).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidParameter, "{uri}: {e}");
+        assert!(e.to_string().contains("not supported"), "{e}");
+    }
+    let ok = format!("spiffe://{td}/ns/default/dc/dc1/svc/web");
+    assert!(server.authorize(None, "db", &ok).is_ok());
 }
 
 #[tokio::test]

@@ -11,7 +11,9 @@ use crate::intentions::{
     Decision, Intention, IntentionIndex, MatchType, ServiceRef, match_intentions,
     sort_by_precedence,
 };
-use crate::spiffe::SpiffeId;
+use crate::spiffe::{
+    SpiffeId, check_default_namespace, check_default_partition, check_service_name_or_wildcard,
+};
 use crate::state::{Indexed, Table};
 use crate::{Error, ErrorKind};
 
@@ -56,6 +58,11 @@ pub fn parse_service_name(input: &str, what: &str) -> Result<ServiceName, Error>
         [ap, ns, name] => (*ap, *ns, *name),
         _ => return Err(bad()),
     };
+    // Only the default tenancy exists (as in Consul CE), and names follow the one rule, so a
+    // read or delete cannot speak about a service no write could have named.
+    check_default_partition("partition", partition)?;
+    check_default_namespace("namespace", namespace)?;
+    check_service_name_or_wildcard("name", name)?;
     Ok(ServiceName {
         partition: partition.into(),
         namespace: namespace.into(),
@@ -353,6 +360,10 @@ impl Server {
         let SpiffeId::Service(svc) = &id else {
             return Err(bad("ClientCertURI not a valid Service identifier"));
         };
+        // No certificate from this CA names another namespace or partition; answering for one
+        // would match it against no intention of its service.
+        check_default_namespace("ClientCertURI namespace", &svc.namespace)?;
+        check_default_partition("ClientCertURI partition", &svc.partition)?;
         self.authorizer(token)?
             .require(Permission::ServiceWrite(target))?;
         let dst = ServiceRef::new(target);
