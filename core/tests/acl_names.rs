@@ -220,6 +220,31 @@ async fn agent_self_needs_agent_read() {
     assert_eq!(s, StatusCode::OK);
 }
 
+/// A service's own token has no `agent:read`; an HTTP-backend agent holding one still starts
+/// (on the configured datacenter, default deny) and gets the leaves its token allows.
+#[tokio::test]
+async fn an_http_agent_with_a_service_token_starts_without_agent_read() {
+    let base = serve(start_server(acl_config())).await;
+    let web = token_with(&base, "web", r#"service "web" { policy = "write" }"#).await;
+    let http = connect_core::http::client::ClientConfig {
+        address: Some(base.trim_start_matches("http://").to_owned()),
+        token: Some(web.clone()),
+        ..Default::default()
+    };
+    let config = AgentConfig {
+        backend: connect_core::agent::AgentBackend::Http(http),
+        token: Some(web),
+        ..AgentConfig::dev()
+    };
+    let agent = Agent::new_async(config).await.unwrap();
+    let leaf = agent.leaf("web").await.unwrap();
+    let uri = CertInfo::from_der(leaf.cert()).unwrap().uris[0].clone();
+    assert!(uri.ends_with("/ns/default/dc/dc1/svc/web"), "{uri}");
+    let e = agent.leaf("db").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    agent.close();
+}
+
 #[test]
 fn a_data_dir_from_an_older_release_gets_the_current_management_rules() {
     let dir = tempfile::tempdir().unwrap();
