@@ -59,10 +59,17 @@ fn redact(authz: &Authorizer, mut token: Token) -> Token {
 impl Server {
     /// Every ACL endpoint refuses with Consul's `ACL support disabled` (HTTP 401) when ACLs
     /// are off: with no enforcement, tokens and policies would only pretend to protect.
-    fn acl_system(&self, token: Option<&str>) -> Result<Arc<Authorizer>, Error> {
-        if !self.config().acl_enabled {
-            return Err(AclError::Disabled.into());
+    fn acls_enabled(&self) -> Result<(), Error> {
+        if self.config().acl_enabled {
+            Ok(())
+        } else {
+            Err(AclError::Disabled.into())
         }
+    }
+
+    /// The caller's authorizer, for an ACL endpoint.
+    fn acl_system(&self, token: Option<&str>) -> Result<Arc<Authorizer>, Error> {
+        self.acls_enabled()?;
         self.authorizer(token)
     }
 
@@ -75,9 +82,7 @@ impl Server {
 
     /// `PUT /v1/acl/bootstrap`: the one-time management token.
     pub fn acl_bootstrap(&self) -> Result<Token, Error> {
-        if !self.config().acl_enabled {
-            return Err(AclError::Disabled.into());
-        }
+        self.acls_enabled()?;
         let token = self.inner.acl.bootstrap()?;
         self.store().write(|tx| {
             tx.put_acl_token(token.clone())?;
@@ -140,8 +145,8 @@ impl Server {
         mirror_token(self.store(), created)
     }
 
-    /// Reads a token by AccessorID (`acl:read`).
-    /// The SecretID reads `<hidden>` unless the caller has `acl:write`.
+    /// Reads a token by AccessorID (`acl:read`); its SecretID reads `<hidden>` unless the
+    /// caller has `acl:write`.
     pub fn acl_token_read(&self, token: Option<&str>, accessor_id: &str) -> Result<Token, Error> {
         let authz = self.acl_system(token)?;
         authz.require(Permission::AclRead)?;
@@ -151,7 +156,7 @@ impl Server {
     /// The token the request carries (`/v1/acl/token/self`); needs no permission. Its SecretID
     /// is shown, as in Consul: the caller just presented it.
     pub fn acl_token_self(&self, token: Option<&str>) -> Result<Token, Error> {
-        self.acl_system(None)?;
+        self.acls_enabled()?;
         let secret = token.filter(|t| !t.is_empty()).ok_or(AclError::NotFound)?;
         Ok(self.inner.acl.read_token_by_secret(secret)?)
     }
