@@ -564,9 +564,9 @@ where
 /// The datacenter and default intention policy of an HTTP peer, from `/v1/agent/self`.
 ///
 /// `/v1/agent/self` needs `agent:read`, which a service's own token usually lacks (Consul's
-/// `consul connect envoy` met the same, hashicorp/consul#9215). Refused, the agent goes on with
-/// the configured datacenter (else `dc1`) and, since the refusal shows ACLs are on, a default
-/// of deny: the safe reading of a policy it may not see.
+/// `consul connect envoy` met the same). Refused, the agent goes on with the configured
+/// datacenter (else `dc1`) and, since the refusal shows ACLs are on, a default of deny: the
+/// safe reading of a policy it may not see.
 async fn describe_peer(
     http: HttpBackend,
     datacenter: Option<String>,
