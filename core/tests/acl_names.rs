@@ -610,6 +610,43 @@ fn namespaces_and_partitions_are_refused_in_registration_and_intentions() {
     assert!(server.authorize(None, "db", &ok).is_ok());
 }
 
+/// `default` in another case is the default namespace, not one of its own: a deny written
+/// as `DEFAULT/web` applies to `web`, and a URI spelling `ns/DEFAULT` is matched as `web`.
+#[test]
+fn default_in_any_case_is_the_one_namespace() {
+    let server = start_server(ServerConfig::dev());
+    let mut deny = Intention::default();
+    deny.action = Some(IntentionAction::Deny);
+    server
+        .intention_upsert_exact(None, "DEFAULT/web", "Default/db", deny)
+        .unwrap();
+    let mut ixn = Intention::new("api", "db", IntentionAction::Deny);
+    ixn.source_ns = "DEFAULT".into();
+    ixn.destination_partition = "Default".into();
+    server.intention_create(None, ixn).unwrap();
+    for i in server.intention_list(None, None).unwrap().value {
+        assert_eq!(
+            (i.source_ns.as_str(), i.destination_ns.as_str()),
+            ("default", "default")
+        );
+    }
+    // The dev default is allow: only the intentions can deny.
+    assert!(!server.intention_check(None, "web", "db").unwrap());
+    assert!(!server.intention_check(None, "api", "db").unwrap());
+    assert!(server.intention_check(None, "other", "db").unwrap());
+    let td = server.trust_domain();
+    for uri in [
+        format!("spiffe://{td}/ns/default/dc/dc1/svc/web"),
+        format!("spiffe://{td}/ns/DEFAULT/dc/dc1/svc/web"),
+        format!("spiffe://{td}/ap/Default/ns/Default/dc/dc1/svc/web"),
+    ] {
+        assert!(
+            !server.authorize(None, "db", &uri).unwrap().allowed,
+            "{uri}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_leaf_endpoint_refuses_bad_names() {
     let base = serve(start_server(ServerConfig::dev())).await;

@@ -23,8 +23,11 @@ const HTTP_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE",
 ];
 
+/// Empty, or `default` in any case, becomes `default`: the index compares namespaces and
+/// partitions exactly, so `DEFAULT/web` must not become a namespace of its own that no
+/// connection is ever in (a deny written so would never apply).
 fn fill(value: &mut String, default: &str) {
-    if value.is_empty() {
+    if value.is_empty() || value.eq_ignore_ascii_case(default) {
         default.clone_into(value);
     }
 }
@@ -44,7 +47,9 @@ impl Intention {
             fill(&mut self.source_partition, DEFAULT_PARTITION);
         }
         fill(&mut self.destination_partition, DEFAULT_PARTITION);
-        fill(&mut self.source_type, SOURCE_TYPE_CONSUL);
+        if self.source_type.is_empty() {
+            SOURCE_TYPE_CONSUL.clone_into(&mut self.source_type);
+        }
         for http in self.permissions.iter_mut().filter_map(|p| p.http.as_mut()) {
             for method in &mut http.methods {
                 *method = method.to_uppercase();
@@ -473,6 +478,26 @@ mod tests {
                 assert!(text.contains(crate::spiffe::SERVICE_NAME_RULE), "{text}");
             }
         }
+    }
+
+    #[test]
+    fn default_in_any_case_is_the_default_namespace_and_partition() {
+        let mut ixn = valid();
+        ixn.source_ns = "DEFAULT".into();
+        ixn.destination_ns = "Default".into();
+        ixn.source_partition = "DeFault".into();
+        ixn.destination_partition = "DEFAULT".into();
+        ixn.normalize();
+        assert_eq!(ixn.validate(), Ok(()));
+        assert_eq!(
+            (
+                ixn.source_ns.as_str(),
+                ixn.destination_ns.as_str(),
+                ixn.source_partition.as_str(),
+                ixn.destination_partition.as_str()
+            ),
+            ("default", "default", "default", "default")
+        );
     }
 
     #[test]

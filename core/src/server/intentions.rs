@@ -12,7 +12,8 @@ use crate::intentions::{
     sort_by_precedence,
 };
 use crate::spiffe::{
-    SpiffeId, check_default_namespace, check_default_partition, check_service_name_or_wildcard,
+    DEFAULT_NAMESPACE, DEFAULT_PARTITION, SpiffeId, check_default_namespace,
+    check_default_partition, check_service_name_or_wildcard,
 };
 use crate::state::{Indexed, Table};
 use crate::{Error, ErrorKind};
@@ -63,9 +64,10 @@ pub fn parse_service_name(input: &str, what: &str) -> Result<ServiceName, Error>
     check_default_partition("partition", partition)?;
     check_default_namespace("namespace", namespace)?;
     check_service_name_or_wildcard("name", name)?;
+    // `DEFAULT` and `default` are one namespace; stored intentions spell it `default`.
     Ok(ServiceName {
-        partition: partition.into(),
-        namespace: namespace.into(),
+        partition: DEFAULT_PARTITION.into(),
+        namespace: DEFAULT_NAMESPACE.into(),
         name: name.into(),
     })
 }
@@ -364,13 +366,12 @@ impl Server {
         // would match it against no intention of its service.
         check_default_namespace("ClientCertURI namespace", &svc.namespace)?;
         check_default_partition("ClientCertURI partition", &svc.partition)?;
+        // Matched as the one default namespace, however the URI spelled it.
+        let src = ServiceRef::new(&svc.service);
         self.authorizer(token)?
             .require(Permission::ServiceWrite(target))?;
         let dst = ServiceRef::new(target);
-        Ok(self
-            .inner
-            .intentions
-            .authorize(&dst, &ServiceRef::from(svc)))
+        Ok(self.inner.intentions.authorize(&dst, &src))
     }
 }
 
