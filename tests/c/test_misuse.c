@@ -127,6 +127,11 @@ static void test_agent_and_service(void) {
   CHECK_RC(connect_service_new(agent, NULL, &svc), CONNECT_RESULT_NULL_PARAMETER);
   CHECK_RC(connect_service_new(agent, "web", NULL), CONNECT_RESULT_NULL_PARAMETER);
   CHECK_RC(connect_service_new(agent, "", &svc), CONNECT_RESULT_INVALID_PARAMETER);
+  /* One name rule in every language: the characters of a SPIFFE path segment. */
+  CHECK_RC(connect_service_new(agent, "a/b", &svc), CONNECT_RESULT_INVALID_PARAMETER);
+  CHECK_RC(connect_service_new(agent, "..", &svc), CONNECT_RESULT_INVALID_PARAMETER);
+  CHECK_RC(connect_service_new(agent, "web\n", &svc), CONNECT_RESULT_INVALID_PARAMETER);
+  CHECK_RC(connect_agent_register_service(agent, "a/b", "127.0.0.1", 80), CONNECT_RESULT_INVALID_PARAMETER);
   const char bad_utf8[] = {'w', (char)0xc3, 0};
   CHECK_RC(connect_service_new(agent, bad_utf8, &svc), CONNECT_RESULT_INVALID_PARAMETER);
   CHECK(svc == NULL);

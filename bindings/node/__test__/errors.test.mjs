@@ -39,6 +39,11 @@ test('bad CA configurations', async () => {
 
 test('bad service names and registrations', async () => {
   assert.throws(() => agent.service(''), is('INVALID_PARAMETER'))
+  // One name rule in every language: the characters of a SPIFFE path segment, 256 at most.
+  for (const bad of ['a/b', '..', 'web\0', 'web\n', 'x'.repeat(10000)]) {
+    assert.throws(() => agent.service(bad), is('INVALID_PARAMETER'))
+  }
+  await assert.rejects(agent.registerService({ name: 'a/b', port: 80 }), is('INVALID_PARAMETER'))
   assert.throws(() => agent.service(7), is('INVALID_PARAMETER'))
   await assert.rejects(agent.registerService({ name: 'x', port: 70000 }), is('INVALID_PARAMETER'))
   await assert.rejects(agent.registerService({ port: 80 }), is('INVALID_PARAMETER'))

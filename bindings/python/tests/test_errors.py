@@ -119,6 +119,10 @@ def test_bad_ca_config(agent: libconnect.Agent) -> None:
 def test_bad_services_addresses_and_timeouts(agent: libconnect.Agent, db: libconnect.Service) -> None:
     with expect(libconnect.InvalidArgumentError, "INVALID_PARAMETER"):
         agent.service("")
+    # One name rule in every language: the characters of a SPIFFE path segment, 256 at most.
+    for bad in ["a/b", "..", "web\0", "web\n", "x" * 10_000]:
+        with expect(libconnect.InvalidArgumentError, "INVALID_PARAMETER"):
+            agent.service(bad)
     with expect(libconnect.InvalidArgumentError, "INVALID_PARAMETER"):
         agent.service("web", ready_timeout=-1)
     with expect(libconnect.InvalidArgumentError, "INVALID_PARAMETER"):

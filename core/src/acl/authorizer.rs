@@ -73,6 +73,10 @@ pub enum Permission<'a> {
     NodeRead(&'a str),
     /// `node:write` on a node.
     NodeWrite(&'a str),
+    /// `agent:read` on the agent of a node (for example `/v1/agent/self`).
+    AgentRead(&'a str),
+    /// `agent:write` on the agent of a node.
+    AgentWrite(&'a str),
     /// `operator:read`.
     OperatorRead,
     /// `operator:write` (for example the CA configuration).
@@ -88,13 +92,14 @@ pub enum Permission<'a> {
 }
 
 impl Permission<'_> {
-    /// The resource type as Consul names it in errors: `service`, `intention`, `node`,
+    /// The resource type as Consul names it in errors: `service`, `intention`, `node`, `agent`,
     /// `operator`, `mesh` or `acl`.
     pub const fn resource(&self) -> &'static str {
         match self {
             Permission::ServiceRead(_) | Permission::ServiceWrite(_) => "service",
             Permission::IntentionRead(_) | Permission::IntentionWrite(_) => "intention",
             Permission::NodeRead(_) | Permission::NodeWrite(_) => "node",
+            Permission::AgentRead(_) | Permission::AgentWrite(_) => "agent",
             Permission::OperatorRead | Permission::OperatorWrite => "operator",
             Permission::MeshRead | Permission::MeshWrite => "mesh",
             Permission::AclRead | Permission::AclWrite => "acl",
@@ -107,6 +112,7 @@ impl Permission<'_> {
             Permission::ServiceRead(_)
             | Permission::IntentionRead(_)
             | Permission::NodeRead(_)
+            | Permission::AgentRead(_)
             | Permission::OperatorRead
             | Permission::MeshRead
             | Permission::AclRead => AccessLevel::Read,
@@ -122,7 +128,9 @@ impl Permission<'_> {
             | Permission::IntentionRead(n)
             | Permission::IntentionWrite(n)
             | Permission::NodeRead(n)
-            | Permission::NodeWrite(n) => Some(n),
+            | Permission::NodeWrite(n)
+            | Permission::AgentRead(n)
+            | Permission::AgentWrite(n) => Some(n),
             _ => None,
         }
     }
@@ -256,6 +264,16 @@ impl Authorizer {
         self.allows(Permission::NodeWrite(name))
     }
 
+    /// `agent:read` on the agent of node `name`.
+    pub fn agent_read(&self, name: &str) -> bool {
+        self.allows(Permission::AgentRead(name))
+    }
+
+    /// `agent:write` on the agent of node `name`.
+    pub fn agent_write(&self, name: &str) -> bool {
+        self.allows(Permission::AgentWrite(name))
+    }
+
     /// `operator:read`.
     pub fn operator_read(&self) -> bool {
         self.allows(Permission::OperatorRead)
@@ -325,6 +343,9 @@ fn decide(rules: &PolicyRules, default: DefaultPolicy, permission: Permission<'_
         }
         Permission::NodeRead(name) | Permission::NodeWrite(name) => {
             or_default(lookup(&rules.nodes, &rules.node_prefixes, name).copied())
+        }
+        Permission::AgentRead(name) | Permission::AgentWrite(name) => {
+            or_default(lookup(&rules.agents, &rules.agent_prefixes, name).copied())
         }
         Permission::OperatorRead | Permission::OperatorWrite => or_default(rules.operator),
         Permission::MeshRead | Permission::MeshWrite => or_default(rules.mesh.or(rules.operator)),
@@ -449,6 +470,38 @@ mod tests {
         assert!(b.mesh_write() && !b.operator_write());
         let c = authz(DefaultPolicy::Allow, "operator = \"deny\"\nacl = \"read\"");
         assert!(!c.mesh_read() && c.acl_read() && !c.acl_write());
+    }
+
+    #[test]
+    fn agent_rules_follow_node_precedence() {
+        let a = authz(
+            DefaultPolicy::Deny,
+            r#"
+            agent_prefix "" { policy = "read" }
+            agent_prefix "edge-" { policy = "write" }
+            agent "edge-9" { policy = "deny" }
+            "#,
+        );
+        assert!(a.agent_read("node-1") && !a.agent_write("node-1"));
+        assert!(a.agent_write("edge-1"));
+        assert!(!a.agent_read("edge-9"));
+        // Agent rules are their own resource: node rules do not grant them, nor they nodes.
+        assert!(!a.node_read("node-1"));
+        let n = authz(
+            DefaultPolicy::Deny,
+            r#"node_prefix "" { policy = "write" }"#,
+        );
+        assert!(!n.agent_read("node-1"));
+        // No rule: the default policy decides.
+        assert!(authz(DefaultPolicy::Allow, "").agent_read("node-1"));
+        assert!(!authz(DefaultPolicy::Deny, "").agent_read("node-1"));
+        let err = authz(DefaultPolicy::Deny, "")
+            .require(Permission::AgentRead("node-1"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Permission denied: provided token lacks permission 'agent:read' on node-1"
+        );
     }
 
     #[test]

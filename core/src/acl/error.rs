@@ -48,6 +48,10 @@ pub enum AclError {
     /// The one-time bootstrap already happened (or an initial management token took its place).
     #[error("Permission denied: ACL bootstrap no longer allowed")]
     BootstrapNotAllowed,
+    /// ACLs are not enabled, so the ACL endpoints have nothing to manage. Consul's text; its
+    /// HTTP status is 401, as in Consul.
+    #[error("ACL support disabled")]
+    Disabled,
     /// The operation would remove or alter something Consul keeps built in: the anonymous
     /// token, or the rules of the global-management policy.
     #[error("{0}")]
@@ -61,7 +65,9 @@ impl AclError {
             AclError::RulesSyntax { .. }
             | AclError::InvalidRule { .. }
             | AclError::InvalidPolicy(_) => ErrorKind::InvalidAclPolicy,
-            AclError::InvalidToken(_) | AclError::NotPermitted(_) => ErrorKind::InvalidParameter,
+            AclError::InvalidToken(_) | AclError::NotPermitted(_) | AclError::Disabled => {
+                ErrorKind::InvalidParameter
+            }
             AclError::PolicyNotFound(_) => ErrorKind::NotFound,
             AclError::NotFound => ErrorKind::AclNotFound,
             AclError::PermissionDenied { .. } | AclError::BootstrapNotAllowed => {

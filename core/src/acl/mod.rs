@@ -18,8 +18,8 @@ pub use authorizer::{Authorizer, DefaultPolicy, Permission};
 pub use error::AclError;
 pub use model::{
     ANONYMOUS_TOKEN_ACCESSOR_ID, ANONYMOUS_TOKEN_SECRET_ID, GLOBAL_MANAGEMENT_POLICY_ID,
-    GLOBAL_MANAGEMENT_POLICY_NAME, GLOBAL_MANAGEMENT_RULES, Policy, PolicyLink, RESERVED_ID_PREFIX,
-    Token,
+    GLOBAL_MANAGEMENT_POLICY_NAME, GLOBAL_MANAGEMENT_RULES, Policy, PolicyLink, REDACTED_SECRET_ID,
+    RESERVED_ID_PREFIX, Token,
 };
 pub use rules::{AccessLevel, PolicyRules, ServiceRule};
 pub use store::{AclConfig, AclStore};

@@ -15,6 +15,9 @@ pub const ANONYMOUS_TOKEN_ACCESSOR_ID: &str = "00000000-0000-0000-0000-000000000
 /// presenting nothing.
 pub const ANONYMOUS_TOKEN_SECRET_ID: &str = "anonymous";
 
+/// What a token's SecretID reads as for a caller without `acl:write` (Consul's text).
+pub const REDACTED_SECRET_ID: &str = "<hidden>";
+
 /// The ID of the builtin `global-management` policy.
 pub const GLOBAL_MANAGEMENT_POLICY_ID: &str = "00000000-0000-0000-0000-000000000001";
 
@@ -25,6 +28,9 @@ pub const GLOBAL_MANAGEMENT_POLICY_NAME: &str = "global-management";
 /// knows. They are ordinary rules, as in Consul, so a management token is compiled like any
 /// other token rather than special-cased.
 pub const GLOBAL_MANAGEMENT_RULES: &str = r#"acl = "write"
+agent_prefix "" {
+  policy = "write"
+}
 operator = "write"
 mesh = "write"
 node_prefix "" {

@@ -6,8 +6,8 @@
 //! (a generic JSON map would silently drop a repeated key).
 //!
 //! Only the resources libconnect enforces are accepted. Consul's other resource types (`key`,
-//! `agent`, `session`, `event`, `query`, `keyring`, …) are rejected rather than ignored, so a
-//! policy never appears to grant something that nothing checks.
+//! `session`, `event`, `query`, `keyring`, …) are rejected rather than ignored, so a policy
+//! never appears to grant something that nothing checks.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -148,6 +148,10 @@ pub struct PolicyRules {
     pub nodes: BTreeMap<String, AccessLevel>,
     /// `node_prefix "<prefix>" { policy = … }` rules.
     pub node_prefixes: BTreeMap<String, AccessLevel>,
+    /// `agent "<node>" { policy = … }` rules: the agent running on that node.
+    pub agents: BTreeMap<String, AccessLevel>,
+    /// `agent_prefix "<prefix>" { policy = … }` rules.
+    pub agent_prefixes: BTreeMap<String, AccessLevel>,
 }
 
 impl PolicyRules {
@@ -194,6 +198,8 @@ impl PolicyRules {
         for (target, source) in [
             (&mut self.nodes, &other.nodes),
             (&mut self.node_prefixes, &other.node_prefixes),
+            (&mut self.agents, &other.agents),
+            (&mut self.agent_prefixes, &other.agent_prefixes),
         ] {
             for (name, level) in source {
                 let mut slot = target.get(name).copied();
@@ -239,13 +245,14 @@ impl PolicyRules {
                             .or_insert(rule);
                     }
                 }
-                "node" | "node_prefix" => {
+                "node" | "node_prefix" | "agent" | "agent_prefix" => {
                     for (name, body) in resource_entries(&key, value)? {
                         let level = node_rule(&key, &name, body)?;
-                        let map = if key == "node" {
-                            &mut rules.nodes
-                        } else {
-                            &mut rules.node_prefixes
+                        let map = match key.as_str() {
+                            "node" => &mut rules.nodes,
+                            "node_prefix" => &mut rules.node_prefixes,
+                            "agent" => &mut rules.agents,
+                            _ => &mut rules.agent_prefixes,
                         };
                         let mut slot = map.get(&name).copied();
                         merge_level(&mut slot, Some(level));
@@ -257,8 +264,8 @@ impl PolicyRules {
                 _ => {
                     return Err(AclError::invalid_rule(
                         key,
-                        "unsupported rule type; expected one of acl, mesh, node, node_prefix, \
-                         operator, service, service_prefix",
+                        "unsupported rule type; expected one of acl, agent, agent_prefix, mesh, \
+                         node, node_prefix, operator, service, service_prefix",
                     ));
                 }
             }
@@ -554,6 +561,12 @@ mod tests {
         node_prefix "" {
           policy = "read"
         }
+        agent "node-1" {
+          policy = "deny"
+        }
+        agent_prefix "" {
+          policy = "read"
+        }
         operator = "read"
         acl      = "deny"
         mesh     = "write"
@@ -570,6 +583,8 @@ mod tests {
         ],
         "node": { "node-1": { "policy": "write" } },
         "node_prefix": { "": { "policy": "read" } },
+        "agent": { "node-1": { "policy": "deny" } },
+        "agent_prefix": [{ "": { "policy": "read" } }],
         "operator": "read",
         "acl": "deny",
         "mesh": "write"
@@ -612,6 +627,8 @@ mod tests {
         );
         r.nodes.insert("node-1".into(), AccessLevel::Write);
         r.node_prefixes.insert(String::new(), AccessLevel::Read);
+        r.agents.insert("node-1".into(), AccessLevel::Deny);
+        r.agent_prefixes.insert(String::new(), AccessLevel::Read);
         r
     }
 
@@ -725,9 +742,19 @@ mod tests {
             ),
             (r#"keyring = "read""#, "keyring", "unsupported rule type"),
             (
-                r#"{"agent_prefix": {"": {"policy": "read"}}}"#,
-                "agent_prefix",
+                r#"{"session_prefix": {"": {"policy": "read"}}}"#,
+                "session_prefix",
                 "unsupported",
+            ),
+            (
+                "agent \"n\" {\n  policy = \"read\"\n  intentions = \"read\"\n}",
+                "agent \"n\"",
+                "unknown key \"intentions\"",
+            ),
+            (
+                r#"agent_prefix "" { policy = "list" }"#,
+                "agent_prefix \"\"",
+                "invalid policy",
             ),
             // Unknown keys inside a rule.
             (

@@ -291,8 +291,13 @@ impl AclStore {
         let store = AclStore::new(config);
         {
             let mut tables = store.write();
-            for policy in policies {
+            for mut policy in policies {
                 tables.index = tables.index.max(policy.modify_index);
+                // The builtin policy grants what this release knows, whatever an older one
+                // stored (its rules cannot be edited, so nothing of the operator's is lost).
+                if policy.id == GLOBAL_MANAGEMENT_POLICY_ID {
+                    GLOBAL_MANAGEMENT_RULES.clone_into(&mut policy.rules);
+                }
                 if let Some(old) = tables.policies.get(&policy.id).cloned() {
                     tables.remove_policy(&old.id);
                 }

@@ -203,7 +203,10 @@ impl Agent {
         let peer = match &config.backend {
             AgentBackend::Http(client) => {
                 let http = HttpBackend::new(client)?;
-                Some((http.clone(), run_sync(rt.handle(), describe_peer(http))??))
+                Some((
+                    http.clone(),
+                    run_sync(rt.handle(), describe_peer(http, client.datacenter.clone()))??,
+                ))
             }
             _ => None,
         };
@@ -220,7 +223,10 @@ impl Agent {
         let peer = match &config.backend {
             AgentBackend::Http(client) => {
                 let http = HttpBackend::new(client)?;
-                Some((http.clone(), describe_peer(http).await?))
+                Some((
+                    http.clone(),
+                    describe_peer(http, client.datacenter.clone()).await?,
+                ))
             }
             _ => None,
         };
@@ -556,12 +562,27 @@ where
 }
 
 /// The datacenter and default intention policy of an HTTP peer, from `/v1/agent/self`.
-async fn describe_peer(http: HttpBackend) -> Result<(String, DefaultPolicy), Error> {
-    let me = http
+///
+/// `/v1/agent/self` needs `agent:read`, which a service's own token usually lacks (Consul's
+/// `consul connect envoy` met the same). Refused, the agent goes on with the configured
+/// datacenter (else `dc1`) and, since the refusal shows ACLs are on, a default of deny: the
+/// safe reading of a policy it may not see.
+async fn describe_peer(
+    http: HttpBackend,
+    datacenter: Option<String>,
+) -> Result<(String, DefaultPolicy), Error> {
+    let me = match http
         .client()
         .get::<serde_json::Value>("/v1/agent/self", &[])
-        .await?
-        .value;
+        .await
+    {
+        Ok(me) => me.value,
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            let dc = datacenter.unwrap_or_else(|| "dc1".to_owned());
+            return Ok((dc, DefaultPolicy::acl(IntentionAction::Deny)));
+        }
+        Err(e) => return Err(e),
+    };
     let dc = me["Config"]["Datacenter"]
         .as_str()
         .unwrap_or("dc1")

@@ -55,12 +55,7 @@ impl Drop for ConnectService {
 
 impl ConnectService {
     pub(super) fn start(agent: Agent, name: &str) -> Result<ConnectService, Error> {
-        if name.is_empty() {
-            return Err(Error::new(
-                ErrorKind::InvalidParameter,
-                "service name must not be empty",
-            ));
-        }
+        crate::spiffe::check_service_name("service name", name)?;
         let identity = Identity::new(name, agent.clock().clone());
         // In process, the server's own index is the hot path; over HTTP a per-service index is
         // rebuilt from the intention-match cache.

@@ -55,6 +55,10 @@ pub enum CaError {
         /// Ours.
         want: String,
     },
+    /// The CSR's service ID names a service that breaks the one name rule, or a namespace or
+    /// partition other than `default`.
+    #[error("SPIFFE ID in CSR: {0}")]
+    CsrName(#[from] crate::spiffe::NameError),
     /// An intermediate CSR's URI is not our trust domain.
     #[error("incoming CSR domain {got:?} is not valid for our domain {want:?}")]
     IntermediateCsrDomain {
@@ -127,7 +131,9 @@ impl CaError {
             CaError::RateLimited => ErrorKind::RateLimited,
             CaError::CrossSigningUnsupported => ErrorKind::CrossSigningUnsupported,
             CaError::InvalidIntermediate(_) => ErrorKind::InvalidIntermediate,
-            CaError::NotPrimary | CaError::NotSecondary => ErrorKind::InvalidParameter,
+            CaError::NotPrimary | CaError::NotSecondary | CaError::CsrName(_) => {
+                ErrorKind::InvalidParameter
+            }
             CaError::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -13,7 +13,10 @@ use super::roots::{CaRoot, IndexedCaRoots};
 use super::{CaError, Csr};
 use crate::SharedClock;
 use crate::certs::{self, CertInfo};
-use crate::spiffe::SpiffeId;
+use crate::spiffe::{
+    DEFAULT_NAMESPACE, SpiffeId, check_default_namespace, check_default_partition,
+    check_service_name,
+};
 
 /// The CA configuration as the API reads and writes it (spec §6.5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -357,12 +360,14 @@ impl CaManager {
         };
         match &id {
             SpiffeId::Service(s) => {
+                // The certificate carries the identity exactly as checked and as answered in
+                // `ServiceURI`, whatever spelling the CSR used for it (escapes, `/ap/default`,
+                // the namespace's case).
+                let canonical = id.to_string();
+                csr.set_uri(canonical.clone());
                 issued.service = s.service.clone();
-                issued.service_uri = id.to_string();
-                issued.namespace = s.namespace.clone();
-                if !s.partition.is_empty() && !s.partition.eq_ignore_ascii_case("default") {
-                    issued.partition = s.partition.clone();
-                }
+                issued.service_uri = canonical;
+                issued.namespace = DEFAULT_NAMESPACE.to_owned();
             }
             SpiffeId::Agent(a) => {
                 let mut a = a.clone();
@@ -408,6 +413,9 @@ impl CaManager {
         };
         match &id {
             SpiffeId::Service(s) => {
+                check_service_name("service", &s.service)?;
+                check_default_namespace("namespace", &s.namespace)?;
+                check_default_partition("partition", &s.partition)?;
                 if s.datacenter != self.datacenter {
                     return Err(CaError::CsrWrongDatacenter {
                         got: s.datacenter.clone(),

@@ -109,6 +109,10 @@ pub enum CatalogError {
         /// The status as given.
         value: String,
     },
+    /// A service name breaks the one name rule, or a namespace or partition other than
+    /// `default` was asked for.
+    #[error(transparent)]
+    Name(#[from] crate::spiffe::NameError),
     /// Two checks of one registration end up with the same `CheckID`.
     #[error("duplicate check ID {check:?}")]
     DuplicateCheckId {

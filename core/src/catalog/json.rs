@@ -111,6 +111,9 @@ pub(super) const REGISTRATION_FIELDS: &[Field] = &[
     ("Connect", "Connect", Shape::Object(CONNECT_FIELDS)),
     ("Check", "Check", Shape::Object(CHECK_FIELDS)),
     ("Checks", "Checks", Shape::ListOf(CHECK_FIELDS)),
+    // Known so that a namespace or partition is refused rather than silently dropped.
+    ("Namespace", "Namespace", Shape::Leaf),
+    ("Partition", "Partition", Shape::Leaf),
 ];
 
 /// Whether `key` names `field`, ignoring ASCII case and underscores.

@@ -11,6 +11,7 @@ use super::{
     ServiceConnect, ServiceKind,
 };
 use crate::ca::parse_go_duration;
+use crate::spiffe::{check_default_namespace, check_default_partition, check_service_name};
 
 /// Pairs in a `Meta` map (Consul's `metaMaxKeyPairs`).
 pub const MAX_SERVICE_META_PAIRS: usize = 64;
@@ -169,6 +170,31 @@ impl ServiceRegistration {
     pub fn validate(&self) -> Result<(), CatalogError> {
         if self.name.is_empty() {
             return Err(CatalogError::MissingServiceName);
+        }
+        check_service_name("Name", &self.name)?;
+        if let Some(dest) = self.proxy.as_ref().map(|p| &p.destination_service_name)
+            && !dest.is_empty()
+        {
+            check_service_name("Proxy.DestinationServiceName", dest)?;
+        }
+        for upstream in self.proxy.iter().flat_map(|p| &p.upstreams) {
+            check_default_namespace(
+                "Proxy.Upstreams.DestinationNamespace",
+                &upstream.destination_namespace,
+            )?;
+            check_default_partition(
+                "Proxy.Upstreams.DestinationPartition",
+                &upstream.destination_partition,
+            )?;
+            // A prepared query's name is not a service name.
+            if matches!(upstream.destination_type.as_str(), "" | "service")
+                && !upstream.destination_name.is_empty()
+            {
+                check_service_name(
+                    "Proxy.Upstreams.DestinationName",
+                    &upstream.destination_name,
+                )?;
+            }
         }
         validate_meta(&self.meta)?;
         let native = self.connect.as_ref().is_some_and(|c| c.native);
@@ -344,6 +370,14 @@ fn precheck(object: &Map<String, Value>) -> Result<(), CatalogError> {
         return Err(CatalogError::InvalidKind { kind: kind.clone() });
     }
     check_port(object, "Port", "Port")?;
+    // Consul CE refuses these too; silently registering into `default` instead would leave
+    // the client believing in an isolation that does not exist.
+    if let Some(Value::String(ns)) = object.get("Namespace") {
+        check_default_namespace("Namespace", ns)?;
+    }
+    if let Some(Value::String(ap)) = object.get("Partition") {
+        check_default_partition("Partition", ap)?;
+    }
     if let Some(Value::Object(proxy)) = object.get("Proxy") {
         check_port(proxy, "LocalServicePort", "Proxy.LocalServicePort")?;
         if let Some(Value::Array(upstreams)) = proxy.get("Upstreams") {

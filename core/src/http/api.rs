@@ -605,7 +605,9 @@ async fn agent_services(State(st): State<AppState>, headers: HeaderMap, q: RawQu
     ))
 }
 
-async fn agent_self(State(st): State<AppState>) -> ApiResult {
+async fn agent_self(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
+    let (o, _) = opts(&headers, &q.0)?;
+    st.server.agent_self_allowed(o.token.as_deref())?;
     let c = st.server.config();
     Ok(json_response(
         &json!({

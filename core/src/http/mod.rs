@@ -48,7 +48,13 @@ impl<E: Into<Error>> From<E> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (status_for(self.0.kind()), self.0.to_string()).into_response()
+        // Consul answers every ACL endpoint with 401 when ACLs are off; no kind maps to 401,
+        // so this one error is told apart here.
+        let status = match &self.0 {
+            Error::Acl(crate::acl::AclError::Disabled) => StatusCode::UNAUTHORIZED,
+            e => status_for(e.kind()),
+        };
+        (status, self.0.to_string()).into_response()
     }
 }
 

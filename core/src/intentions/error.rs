@@ -26,6 +26,11 @@ pub enum IntentionError {
         /// `SourceNS`, `SourceName`, `DestinationNS` or `DestinationName`.
         field: &'static str,
     },
+    /// A source or destination name breaks the one service-name rule, or a namespace or
+    /// partition other than `default` was given. A bad argument rather than a bad intention,
+    /// so that every entry point reports a bad name alike.
+    #[error(transparent)]
+    Name(#[from] crate::spiffe::NameError),
     /// A namespace or name contains `*` without being exactly `*`.
     #[error("{field}: wildcard character '*' cannot be used with partial values")]
     PartialWildcard {
@@ -166,7 +171,9 @@ impl IntentionError {
     /// The stable kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            IntentionError::UnknownMatchType { .. } => ErrorKind::InvalidParameter,
+            IntentionError::UnknownMatchType { .. } | IntentionError::Name(_) => {
+                ErrorKind::InvalidParameter
+            }
             _ => ErrorKind::InvalidIntention,
         }
     }

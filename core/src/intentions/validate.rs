@@ -1,5 +1,9 @@
 //! Normalisation and validation of intentions (spec §5.1, §5.2).
 
+use crate::spiffe::{
+    check_default_namespace, check_default_partition, check_service_name_or_wildcard,
+};
+
 use super::{
     DEFAULT_NAMESPACE, DEFAULT_PARTITION, Intention, IntentionError, IntentionHttpPermission,
     SOURCE_TYPE_CONSUL, WILDCARD,
@@ -19,8 +23,11 @@ const HTTP_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE",
 ];
 
+/// Empty, or `default` in any case, becomes `default`: the index compares namespaces and
+/// partitions exactly, so `DEFAULT/web` must not become a namespace of its own that no
+/// connection is ever in (a deny written so would never apply).
 fn fill(value: &mut String, default: &str) {
-    if value.is_empty() {
+    if value.is_empty() || value.eq_ignore_ascii_case(default) {
         default.clone_into(value);
     }
 }
@@ -40,7 +47,9 @@ impl Intention {
             fill(&mut self.source_partition, DEFAULT_PARTITION);
         }
         fill(&mut self.destination_partition, DEFAULT_PARTITION);
-        fill(&mut self.source_type, SOURCE_TYPE_CONSUL);
+        if self.source_type.is_empty() {
+            SOURCE_TYPE_CONSUL.clone_into(&mut self.source_type);
+        }
         for http in self.permissions.iter_mut().filter_map(|p| p.http.as_mut()) {
             for method in &mut http.methods {
                 *method = method.to_uppercase();
@@ -103,7 +112,10 @@ impl Intention {
         validate_wildcards(
             ("DestinationNS", &self.destination_ns),
             ("DestinationName", &self.destination_name),
-        )
+        )?;
+        check_service_name_or_wildcard("SourceName", &self.source_name)?;
+        check_service_name_or_wildcard("DestinationName", &self.destination_name)?;
+        Ok(())
     }
 
     fn validate_tenancy(&self) -> Result<(), IntentionError> {
@@ -121,6 +133,12 @@ impl Intention {
         if !self.source_peer.is_empty() && !self.source_partition.is_empty() {
             return Err(IntentionError::PeerAndPartition);
         }
+        // Like Consul CE: one namespace and one partition, and `*` is not special. Checked
+        // after Consul's own rules so that their messages keep precedence.
+        check_default_namespace("SourceNS", &self.source_ns)?;
+        check_default_namespace("DestinationNS", &self.destination_ns)?;
+        check_default_partition("SourcePartition", &self.source_partition)?;
+        check_default_partition("DestinationPartition", &self.destination_partition)?;
         Ok(())
     }
 
@@ -319,11 +337,11 @@ mod tests {
     #[test]
     fn valid_intentions_pass() {
         assert_eq!(valid().validate(), Ok(()));
-        for (src_ns, src, dst_ns, dst) in [("ns", "*", "ns", "*"), ("*", "*", "*", "*")] {
+        for (src, dst) in [("*", "*"), ("web", "*"), ("*", "db"), ("a.b_c-D", "x")] {
             let mut ixn = valid();
-            (ixn.source_ns, ixn.source_name) = (src_ns.into(), src.into());
-            (ixn.destination_ns, ixn.destination_name) = (dst_ns.into(), dst.into());
-            assert_eq!(ixn.validate(), Ok(()), "{src_ns}/{src} => {dst_ns}/{dst}");
+            (ixn.source_ns, ixn.source_name) = ("default".into(), src.into());
+            (ixn.destination_ns, ixn.destination_name) = ("Default".into(), dst.into());
+            assert_eq!(ixn.validate(), Ok(()), "{src} => {dst}");
         }
         assert_eq!(l7(http()).validate(), Ok(()));
         // A permission needs no path: methods or headers alone are enough (at most one path).
@@ -443,6 +461,82 @@ mod tests {
     }
 
     #[test]
+    fn names_follow_the_one_rule() {
+        let long = "n".repeat(crate::spiffe::MAX_SERVICE_NAME_LEN + 1);
+        for bad in ["web\0", "web\n", "a/b", "..", ".", "we b", long.as_str()] {
+            for side in ["SourceName", "DestinationName"] {
+                let mut ixn = valid();
+                if side == "SourceName" {
+                    ixn.source_name = bad.into();
+                } else {
+                    ixn.destination_name = bad.into();
+                }
+                let err = ixn.validate().unwrap_err();
+                assert_eq!(err.kind(), crate::ErrorKind::InvalidParameter, "{bad:?}");
+                let text = err.to_string();
+                assert!(text.starts_with(&format!("invalid {side} ")), "{text}");
+                assert!(text.contains(crate::spiffe::SERVICE_NAME_RULE), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn default_in_any_case_is_the_default_namespace_and_partition() {
+        let mut ixn = valid();
+        ixn.source_ns = "DEFAULT".into();
+        ixn.destination_ns = "Default".into();
+        ixn.source_partition = "DeFault".into();
+        ixn.destination_partition = "DEFAULT".into();
+        ixn.normalize();
+        assert_eq!(ixn.validate(), Ok(()));
+        assert_eq!(
+            (
+                ixn.source_ns.as_str(),
+                ixn.destination_ns.as_str(),
+                ixn.source_partition.as_str(),
+                ixn.destination_partition.as_str()
+            ),
+            ("default", "default", "default", "default")
+        );
+    }
+
+    #[test]
+    fn only_the_default_namespace_and_partition() {
+        // Consul CE refuses these too ("Namespaces is a Consul Enterprise feature"); `*` is
+        // pointless with one namespace and refused alike.
+        for (change, starts) in [
+            (
+                (|i: &mut Intention| i.source_ns = "prod".into()) as fn(&mut Intention),
+                "namespaces are not supported: SourceNS is \"prod\"",
+            ),
+            (
+                |i: &mut Intention| {
+                    (i.destination_ns, i.destination_name) = ("*".into(), "*".into())
+                },
+                "namespaces are not supported: DestinationNS is \"*\"",
+            ),
+            (
+                |i: &mut Intention| (i.source_ns, i.source_name) = ("*".into(), "*".into()),
+                "namespaces are not supported: SourceNS",
+            ),
+            (
+                |i: &mut Intention| i.source_partition = "bizdev".into(),
+                "admin partitions are not supported: SourcePartition is \"bizdev\"",
+            ),
+            (
+                |i: &mut Intention| i.destination_partition = "bizdev".into(),
+                "admin partitions are not supported: DestinationPartition",
+            ),
+        ] {
+            let mut ixn = valid();
+            change(&mut ixn);
+            let err = ixn.validate().unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidParameter);
+            assert!(err.to_string().starts_with(starts), "{err}");
+        }
+    }
+
+    #[test]
     fn action_rules() {
         assert_eq!(
             message(|i| i.action = None),
@@ -454,7 +548,7 @@ mod tests {
             both.validate().unwrap_err().to_string(),
             "Action must be omitted if Permissions are specified"
         );
-        for (ns, name) in [("default", "*"), ("*", "*")] {
+        for (ns, name) in [("default", "*"), ("DEFAULT", "*")] {
             let mut wild = l7(http());
             (wild.destination_ns, wild.destination_name) = (ns.into(), name.into());
             assert_eq!(

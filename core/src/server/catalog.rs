@@ -4,11 +4,43 @@
 use std::collections::BTreeMap;
 
 use super::Server;
-use crate::acl::Permission;
-use crate::catalog::{AgentService, CatalogService, ServiceEntry, ServiceRegistration};
+use crate::acl::{Authorizer, Permission};
+use crate::catalog::{AgentService, Catalog, CatalogService, ServiceEntry, ServiceRegistration};
 use crate::filter::Filter;
 use crate::state::{Indexed, Table};
 use crate::{Error, ErrorKind};
+
+/// Consul's `vetServiceRegister` and `vetCheckRegister`: replacing an instance needs write on
+/// the service that holds its ID now, and taking over a check ID needs write on whatever owns
+/// the check now (its service, or the node for a node check). Without this, `service:write` on
+/// `web` could overwrite `db`'s instance, or move its checks, by reusing their IDs.
+fn vet_replacement(
+    authz: &Authorizer,
+    catalog: &Catalog,
+    node: &str,
+    reg: &ServiceRegistration,
+) -> Result<(), Error> {
+    if let Some(existing) = catalog.service(node, &reg.id)
+        && existing.service != reg.name
+    {
+        authz.require(Permission::ServiceWrite(&existing.service))?;
+    }
+    for check in reg.health_checks(node) {
+        let Some(existing) = catalog.check(node, &check.check_id) else {
+            continue;
+        };
+        if existing.service_id == reg.id {
+            // This instance's own check; the instance was vetted above.
+            continue;
+        }
+        if existing.service_id.is_empty() {
+            authz.require(Permission::NodeWrite(node))?;
+        } else {
+            authz.require(Permission::ServiceWrite(&existing.service_name))?;
+        }
+    }
+    Ok(())
+}
 
 impl Server {
     /// `PUT /v1/agent/service/register`: registers an instance on this node
@@ -30,9 +62,15 @@ impl Server {
         {
             authz.require(Permission::ServiceWrite(&dest))?;
         }
+        let node = &self.config().node_name;
+        // What is registered now is checked inside the write, so that no registration can
+        // slip in between the check and the replacement.
         Ok(self
             .store()
-            .register_service(&self.config().node_name, &reg)?
+            .write(|tx| {
+                vet_replacement(&authz, tx.catalog(), node, &reg)?;
+                Ok::<_, Error>(tx.register_service(node, &reg)?)
+            })?
             .value)
     }
 

@@ -11,7 +11,10 @@ use crate::intentions::{
     Decision, Intention, IntentionIndex, MatchType, ServiceRef, match_intentions,
     sort_by_precedence,
 };
-use crate::spiffe::SpiffeId;
+use crate::spiffe::{
+    DEFAULT_NAMESPACE, DEFAULT_PARTITION, SpiffeId, check_default_namespace,
+    check_default_partition, check_service_name_or_wildcard,
+};
 use crate::state::{Indexed, Table};
 use crate::{Error, ErrorKind};
 
@@ -56,9 +59,15 @@ pub fn parse_service_name(input: &str, what: &str) -> Result<ServiceName, Error>
         [ap, ns, name] => (*ap, *ns, *name),
         _ => return Err(bad()),
     };
+    // Only the default tenancy exists (as in Consul CE), and names follow the one rule, so a
+    // read or delete cannot speak about a service no write could have named.
+    check_default_partition("partition", partition)?;
+    check_default_namespace("namespace", namespace)?;
+    check_service_name_or_wildcard("name", name)?;
+    // `DEFAULT` and `default` are one namespace; stored intentions spell it `default`.
     Ok(ServiceName {
-        partition: partition.into(),
-        namespace: namespace.into(),
+        partition: DEFAULT_PARTITION.into(),
+        namespace: DEFAULT_NAMESPACE.into(),
         name: name.into(),
     })
 }
@@ -357,13 +366,16 @@ impl Server {
         let SpiffeId::Service(svc) = &id else {
             return Err(bad("ClientCertURI not a valid Service identifier"));
         };
+        // No certificate from this CA names another namespace or partition; answering for one
+        // would match it against no intention of its service.
+        check_default_namespace("ClientCertURI namespace", &svc.namespace)?;
+        check_default_partition("ClientCertURI partition", &svc.partition)?;
+        // Matched as the one default namespace, however the URI spelled it.
+        let src = ServiceRef::new(&svc.service);
         self.authorizer(token)?
             .require(Permission::ServiceWrite(target))?;
         let dst = ServiceRef::new(target);
-        Ok(self
-            .inner
-            .intentions
-            .authorize(&dst, &ServiceRef::from(svc)))
+        Ok(self.inner.intentions.authorize(&dst, &src))
     }
 }
 

@@ -168,8 +168,15 @@ fn authorize_validates_its_input_with_consuls_texts() {
         ErrorKind::InvalidParameter
     );
     assert_eq!(
-        parse_service_name("ns/web", "source").unwrap().namespace,
-        "ns"
+        parse_service_name("default/web", "source")
+            .unwrap()
+            .namespace,
+        "default"
+    );
+    // Only the default namespace exists, as in Consul CE.
+    assert_eq!(
+        parse_service_name("ns/web", "source").unwrap_err().kind(),
+        ErrorKind::InvalidParameter
     );
 }
 

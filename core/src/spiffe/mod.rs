@@ -22,6 +22,7 @@
 
 mod error;
 mod id;
+mod name;
 mod parse;
 mod sni;
 mod trust_domain;
@@ -30,6 +31,11 @@ pub use error::{SpiffeIdError, UnescapeError};
 pub use id::{
     AgentId, DEFAULT_NAMESPACE, DEFAULT_PARTITION, MeshGatewayId, SIGNING_DOMAIN, ServerId,
     ServiceId, SigningId, SpiffeId, WorkloadIdentityId, server_peering_dns_san,
+};
+pub use name::{
+    MAX_SERVICE_NAME_LEN, NameError, SERVICE_NAME_RULE, Shown, check_default_namespace,
+    check_default_partition, check_service_name, check_service_name_or_wildcard,
+    is_valid_service_name,
 };
 pub use sni::{datacenter_sni, peered_service_sni, query_sni, service_sni};
 pub use trust_domain::TrustDomain;

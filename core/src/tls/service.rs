@@ -39,6 +39,7 @@ impl fmt::Debug for Service {
 impl Service {
     /// A service presenting `identity` and admitting the peers `authorizer` allows.
     pub fn new(identity: Identity, authorizer: impl Authorizer) -> Result<Service> {
+        crate::spiffe::check_service_name("service name", identity.service())?;
         Ok(Service::from_server(
             mtls_server(&identity).authorize(authorizer).build()?,
         ))
