@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rustls_pki_types::CertificateDer;
 
 use crate::intentions::{ServiceRef, SharedIntentionIndex};
-use crate::spiffe::{SpiffeId, TrustDomain};
+use crate::spiffe::{SpiffeId, TrustDomain, check_default_namespace, check_default_partition};
 
 /// Why a peer was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,15 +168,22 @@ impl Intentions {
                 reason: "ClientCertURI not a valid Service identifier".into(),
             };
         };
-        let source = ServiceRef {
-            partition: &src.partition,
-            namespace: &src.namespace,
-            name: &src.service,
-            peer: "",
-        };
-        let decision = self
-            .index
-            .authorize(&ServiceRef::new(&self.target), &source);
+        // As the server's authorize: libconnect has the default namespace and partition only,
+        // so a peer naming another one (a certificate from another CA sharing the roots, or
+        // one issued before names were checked) matches no intention of its service's and
+        // is refused; `default` is matched however the certificate spells it.
+        if let Err(e) = check_default_namespace("peer namespace", &src.namespace)
+            .and_then(|()| check_default_partition("peer partition", &src.partition))
+        {
+            return AuthzDecision {
+                allowed: false,
+                reason: e.to_string(),
+            };
+        }
+        let decision = self.index.authorize(
+            &ServiceRef::new(&self.target),
+            &ServiceRef::new(&src.service),
+        );
         AuthzDecision {
             allowed: decision.allowed,
             reason: decision.reason.to_string(),
@@ -292,5 +299,27 @@ mod tests {
             a.authorize(&agent, &[]).unwrap_err().reason(),
             "ClientCertURI not a valid Service identifier"
         );
+    }
+
+    /// A deny on `web` under the default policy allow: a peer certificate naming another
+    /// namespace (which the intention index would match against nothing, so the default
+    /// allow would apply) is refused, and `DEFAULT` spelled in capitals is still `web`.
+    #[test]
+    fn peers_of_other_namespaces_are_refused_and_default_matches_in_any_case() {
+        let index = IntentionIndex::new(
+            [Intention::new("web", "db", IntentionAction::Deny)],
+            DefaultPolicy::intention_policy(IntentionAction::Allow),
+        );
+        let a = from_intentions("db", SharedIntentionIndex::new(index));
+        assert!(a.authorize(&svc("api"), &[]).is_ok());
+        assert!(a.authorize(&svc("web"), &[]).is_err());
+        let upper = SpiffeId::parse(&format!("spiffe://{TD}/ns/DEFAULT/dc/dc1/svc/web")).unwrap();
+        assert!(a.authorize(&upper, &[]).is_err());
+        let prod = SpiffeId::parse(&format!("spiffe://{TD}/ns/prod/dc/dc1/svc/web")).unwrap();
+        let d = a.authorize(&prod, &[]).unwrap_err();
+        assert!(d.reason().contains("namespaces are not supported"), "{d}");
+        let ap =
+            SpiffeId::parse(&format!("spiffe://{TD}/ap/team/ns/default/dc/dc1/svc/api")).unwrap();
+        assert!(a.authorize(&ap, &[]).is_err());
     }
 }
