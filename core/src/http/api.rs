@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use serde::Serialize;
 use serde_json::json;
+use time::OffsetDateTime;
 
 use super::ApiError;
 use super::query::{Params, QueryOptions, index_headers};
@@ -30,22 +31,98 @@ pub const MAX_BODY: usize = 1 << 20;
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Leaves the agent issued, by (token, service): the cache is partitioned by token, as
-/// Consul's is.
-type LeafMap = Arc<Mutex<HashMap<(String, String), Arc<IssuedCert>>>>;
+/// How long a leaf nobody asked for stays cached: Consul's agent cache drops a leaf entry
+/// after three days unused.
+pub const LEAF_IDLE_TTL: Duration = Duration::from_secs(72 * 3600);
+/// Most leaves cached at once (about 4 KiB each); past it the least recently used goes, and
+/// is issued again if asked for.
+pub const MAX_CACHED_LEAVES: usize = 4096;
+
+struct LeafEntry {
+    leaf: Arc<IssuedCert>,
+    last_used: OffsetDateTime,
+}
+
+/// Leaves the agent issued, by (token, service): partitioned by token, as Consul's cache
+/// is, and bounded in both time and size so that asking for many names cannot grow it
+/// forever.
+struct LeafCache {
+    entries: HashMap<(String, String), LeafEntry>,
+    capacity: usize,
+}
+
+impl LeafCache {
+    fn new(capacity: usize) -> LeafCache {
+        LeafCache {
+            entries: HashMap::new(),
+            capacity,
+        }
+    }
+
+    fn idle(entry: &LeafEntry, now: OffsetDateTime) -> bool {
+        now - entry.last_used >= LEAF_IDLE_TTL
+    }
+
+    fn get(&mut self, key: &(String, String), now: OffsetDateTime) -> Option<Arc<IssuedCert>> {
+        let entry = self.entries.get_mut(key)?;
+        if LeafCache::idle(entry, now) {
+            self.entries.remove(key);
+            return None;
+        }
+        entry.last_used = now;
+        Some(Arc::clone(&entry.leaf))
+    }
+
+    /// Sweeps here rather than on reads: inserting follows a key generation and a signing,
+    /// next to which a pass over at most `capacity` entries costs nothing.
+    fn insert(&mut self, key: (String, String), leaf: Arc<IssuedCert>, now: OffsetDateTime) {
+        self.entries.retain(|_, e| !LeafCache::idle(e, now));
+        while self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.entries.remove(&oldest);
+        }
+        self.entries.insert(
+            key,
+            LeafEntry {
+                leaf,
+                last_used: now,
+            },
+        );
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
 
 #[derive(Clone)]
 struct AppState {
     server: Server,
-    leaves: LeafMap,
+    leaves: Arc<Mutex<LeafCache>>,
 }
 
 /// The router for every endpoint libconnect serves.
 pub fn router(server: Server) -> Router {
-    let state = AppState {
-        server,
-        leaves: Arc::default(),
-    };
+    router_with_state(AppState::new(server, MAX_CACHED_LEAVES))
+}
+
+impl AppState {
+    fn new(server: Server, max_leaves: usize) -> AppState {
+        AppState {
+            server,
+            leaves: Arc::new(Mutex::new(LeafCache::new(max_leaves))),
+        }
+    }
+}
+
+fn router_with_state(state: AppState) -> Router {
     Router::new()
         .route("/v1/connect/ca/roots", get(ca_roots))
         .route("/v1/agent/connect/ca/roots", get(agent_ca_roots))
@@ -142,8 +219,14 @@ fn check_dc(server: &Server, o: &QueryOptions) -> Result<(), ApiError> {
     }
 }
 
-fn filter(o: &QueryOptions) -> Result<Option<Filter>, ApiError> {
-    Ok(o.filter.as_deref().map(Filter::parse).transpose()?)
+/// Parses `?filter=` only after the request's token resolves, so that a request with an
+/// unknown token is refused (403) before any work on a filter it chose.
+fn filter(server: &Server, o: &QueryOptions) -> Result<Option<Filter>, ApiError> {
+    let Some(expr) = o.filter.as_deref() else {
+        return Ok(None);
+    };
+    server.authorizer(o.token.as_deref())?;
+    Ok(Some(Filter::parse(expr)?))
 }
 
 fn json_response<T: Serialize>(value: &T, index: Option<u64>) -> Response {
@@ -273,8 +356,9 @@ async fn ca_sign(
 
 impl AppState {
     fn cached_leaf(&self, token: &str, service: &str) -> Option<Arc<IssuedCert>> {
-        let leaves = self.leaves.lock().unwrap_or_else(PoisonError::into_inner);
-        leaves.get(&(token.to_owned(), service.to_owned())).cloned()
+        let now = self.server.clock().now();
+        let mut leaves = self.leaves.lock().unwrap_or_else(PoisonError::into_inner);
+        leaves.get(&(token.to_owned(), service.to_owned()), now)
     }
 
     /// Whether the cached leaf can still be served: signed by the active root's signing key
@@ -306,10 +390,15 @@ impl AppState {
             .sign(tok, &req.csr_pem, SignPolicy::ServiceOnly)?;
         issued.private_key_pem = req.key.to_pem().to_string();
         let issued = Arc::new(issued);
+        let now = self.server.clock().now();
         self.leaves
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert((token.to_owned(), service.to_owned()), Arc::clone(&issued));
+            .insert(
+                (token.to_owned(), service.to_owned()),
+                Arc::clone(&issued),
+                now,
+            );
         Ok(issued)
     }
 }
@@ -404,7 +493,7 @@ async fn agent_authorize(
 
 async fn intention_list(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
     let (o, _) = opts(&headers, &q.0)?;
-    let f = filter(&o)?;
+    let f = filter(&st.server, &o)?;
     let s = st.server.clone();
     let token = o.token.clone();
     read_blocking(&st.server, &o, &[Table::Intentions], move || {
@@ -587,7 +676,7 @@ async fn service_deregister(
 
 async fn agent_services(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
     let (o, _) = opts(&headers, &q.0)?;
-    let f = filter(&o)?;
+    let f = filter(&st.server, &o)?;
     Ok(json_response(
         &st.server.agent_services(o.token.as_deref(), f.as_ref())?,
         None,
@@ -646,7 +735,7 @@ async fn catalog_rows(
 ) -> ApiResult {
     let (o, _) = opts(&headers, &q.0)?;
     check_dc(&st.server, &o)?;
-    let f = filter(&o)?;
+    let f = filter(&st.server, &o)?;
     let s = st.server.clone();
     let token = o.token.clone();
     read_blocking(&st.server, &o, Table::CATALOG, move || {
@@ -682,7 +771,7 @@ async fn health_rows(
 ) -> ApiResult {
     let (o, params) = opts(&headers, &q.0)?;
     check_dc(&st.server, &o)?;
-    let f = filter(&o)?;
+    let f = filter(&st.server, &o)?;
     let passing = params.flag("passing");
     let s = st.server.clone();
     let token = o.token.clone();
@@ -868,4 +957,65 @@ async fn acl_token_list(State(st): State<AppState>, headers: HeaderMap, q: RawQu
         &st.server.acl_token_list(o.token.as_deref())?,
         None,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ManualClock;
+    use crate::server::ServerConfig;
+
+    fn state(max_leaves: usize) -> (AppState, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(
+            time::macros::datetime!(2026-01-01 00:00:00 UTC),
+        ));
+        let server = Server::start(ServerConfig::dev(), clock.clone()).unwrap();
+        (AppState::new(server, max_leaves), clock)
+    }
+
+    fn cached(st: &AppState) -> usize {
+        st.leaves
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    #[test]
+    fn leaves_for_many_names_stay_within_the_bound() {
+        let (st, clock) = state(8);
+        for i in 0..40 {
+            st.issue_leaf("", &format!("svc-{i}")).unwrap();
+            clock.advance(Duration::from_secs(1));
+            assert!(cached(&st) <= 8, "{} cached after {i}", cached(&st));
+        }
+        assert_eq!(cached(&st), 8);
+        // The most recently used survive; the oldest were dropped and are issued again.
+        assert!(st.cached_leaf("", "svc-39").is_some());
+        assert!(st.cached_leaf("", "svc-0").is_none());
+    }
+
+    #[test]
+    fn an_unused_leaf_expires_after_the_idle_ttl() {
+        let (st, clock) = state(MAX_CACHED_LEAVES);
+        let first = st.issue_leaf("", "web").unwrap();
+        st.issue_leaf("", "db").unwrap();
+        clock.advance(LEAF_IDLE_TTL - Duration::from_secs(60));
+        // Reading counts as use, so `web` is kept and `db` is not.
+        assert_eq!(st.cached_leaf("", "web"), Some(first));
+        clock.advance(Duration::from_secs(120));
+        assert!(st.cached_leaf("", "db").is_none());
+        st.issue_leaf("", "api").unwrap();
+        assert_eq!(cached(&st), 2, "db was dropped");
+        clock.advance(LEAF_IDLE_TTL);
+        assert!(st.cached_leaf("", "web").is_none());
+        assert!(st.cached_leaf("", "api").is_none());
+        assert_eq!(cached(&st), 0);
+    }
+
+    #[test]
+    fn leaves_are_kept_apart_by_token() {
+        let (st, _) = state(MAX_CACHED_LEAVES);
+        st.issue_leaf("", "web").unwrap();
+        assert!(st.cached_leaf("other-token", "web").is_none());
+    }
 }
