@@ -97,6 +97,7 @@ impl LeafCache {
         );
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.len()
     }
