@@ -2,8 +2,7 @@
 //! [`Server`] (spec §6). Handlers convert, call the server, and map errors — no rule lives
 //! here.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -14,11 +13,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use serde::Serialize;
 use serde_json::json;
-use time::OffsetDateTime;
 
 use super::ApiError;
 use super::query::{Params, QueryOptions, index_headers};
-use crate::ca::{CaConfiguration, IssuedCert, SignPolicy, generate_leaf_request, renewal_window};
+use crate::agent::{Agent, AgentBackend, AgentConfig, Leaf};
+use crate::ca::{CaConfiguration, SignPolicy};
+use crate::cache::{GetOptions, ResultMeta};
 use crate::catalog::ServiceRegistration;
 use crate::filter::Filter;
 use crate::intentions::{Intention, MatchType};
@@ -31,94 +31,25 @@ pub const MAX_BODY: usize = 1 << 20;
 
 type ApiResult = Result<Response, ApiError>;
 
-/// How long a leaf nobody asked for stays cached: Consul's agent cache drops a leaf entry
-/// after three days unused.
-pub const LEAF_IDLE_TTL: Duration = Duration::from_secs(72 * 3600);
-/// Most leaves cached at once (about 4 KiB each); past it the least recently used goes, and
-/// is issued again if asked for.
-pub const MAX_CACHED_LEAVES: usize = 4096;
-
-struct LeafEntry {
-    leaf: Arc<IssuedCert>,
-    last_used: OffsetDateTime,
-}
-
-/// Leaves the agent issued, by (token, service): partitioned by token, as Consul's cache
-/// is, and bounded in both time and size so that asking for many names cannot grow it
-/// forever.
-struct LeafCache {
-    entries: HashMap<(String, String), LeafEntry>,
-    capacity: usize,
-}
-
-impl LeafCache {
-    fn new(capacity: usize) -> LeafCache {
-        LeafCache {
-            entries: HashMap::new(),
-            capacity,
-        }
-    }
-
-    fn idle(entry: &LeafEntry, now: OffsetDateTime) -> bool {
-        now - entry.last_used >= LEAF_IDLE_TTL
-    }
-
-    fn get(&mut self, key: &(String, String), now: OffsetDateTime) -> Option<Arc<IssuedCert>> {
-        let entry = self.entries.get_mut(key)?;
-        if LeafCache::idle(entry, now) {
-            self.entries.remove(key);
-            return None;
-        }
-        entry.last_used = now;
-        Some(Arc::clone(&entry.leaf))
-    }
-
-    /// Sweeps here rather than on reads: inserting follows a key generation and a signing,
-    /// next to which a pass over at most `capacity` entries costs nothing.
-    fn insert(&mut self, key: (String, String), leaf: Arc<IssuedCert>, now: OffsetDateTime) {
-        self.entries.retain(|_, e| !LeafCache::idle(e, now));
-        while self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
-            let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            self.entries.remove(&oldest);
-        }
-        self.entries.insert(
-            key,
-            LeafEntry {
-                leaf,
-                last_used: now,
-            },
-        );
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-}
-
 #[derive(Clone)]
 struct AppState {
     server: Server,
-    leaves: Arc<Mutex<LeafCache>>,
+    /// The agent whose cache serves `/v1/agent/connect/ca/leaf` (Consul's leaf cache: entries
+    /// dropped after 72 h unused, renewal jitter, blocking), over this same server. Started
+    /// on the first leaf request, on the runtime serving it.
+    leaf_agent: Arc<tokio::sync::OnceCell<Agent>>,
 }
 
 /// The router for every endpoint libconnect serves.
 pub fn router(server: Server) -> Router {
-    router_with_state(AppState::new(server, MAX_CACHED_LEAVES))
+    router_with_state(AppState::new(server))
 }
 
 impl AppState {
-    fn new(server: Server, max_leaves: usize) -> AppState {
+    fn new(server: Server) -> AppState {
         AppState {
             server,
-            leaves: Arc::new(Mutex::new(LeafCache::new(max_leaves))),
+            leaf_agent: Arc::default(),
         }
     }
 }
@@ -356,56 +287,81 @@ async fn ca_sign(
 }
 
 impl AppState {
-    fn cached_leaf(&self, token: &str, service: &str) -> Option<Arc<IssuedCert>> {
-        let now = self.server.clock().now();
-        let mut leaves = self.leaves.lock().unwrap_or_else(PoisonError::into_inner);
-        leaves.get(&(token.to_owned(), service.to_owned()), now)
+    async fn leaf_agent(&self) -> Result<&Agent, Error> {
+        self.leaf_agent
+            .get_or_try_init(|| {
+                Agent::new_async(AgentConfig {
+                    backend: AgentBackend::InProcess(self.server.clone()),
+                    token: None,
+                    datacenter: None,
+                    clock: self.server.clock().clone(),
+                    root_change_jitter: LEAF_ROOT_CHANGE_JITTER,
+                    runtime: None,
+                })
+            })
+            .await
     }
 
-    /// Whether the cached leaf can still be served: signed by the active root's signing key
-    /// and not yet in its renewal window (spec §3.2 steps 2–4).
-    fn leaf_current(&self, leaf: &IssuedCert) -> bool {
-        let now = self.server.clock().now();
-        let (soft, _) = renewal_window(leaf.valid_after, leaf.valid_before, now);
-        if now >= soft {
+    /// Whether a fresh read may be answered with `leaf`: signed by the active root's key
+    /// and not yet due for renewal. The cache answers a hit without asking its type, so
+    /// this is checked here.
+    fn leaf_current(&self, leaf: &Leaf) -> bool {
+        if self.server.clock().now() >= leaf.renew_at() {
             return false;
         }
         let roots = self.server.ca_roots().value;
-        let Some(active) = roots.active() else {
-            return false;
-        };
-        crate::certs::parse_pem_certificates(&leaf.cert_pem)
-            .ok()
-            .and_then(|c| crate::certs::CertInfo::from_der(&c[0]).ok())
-            .and_then(|i| i.authority_key_id)
-            .is_some_and(|akid| crate::certs::colon_hex(&akid) == active.signing_key_id)
+        roots
+            .active()
+            .is_some_and(|r| r.signing_key_id == leaf.authority_key_id())
     }
 
-    fn issue_leaf(&self, token: &str, service: &str) -> Result<Arc<IssuedCert>, Error> {
-        let td = crate::spiffe::TrustDomain::new(&self.server.trust_domain())?;
-        let uri = crate::spiffe::ServiceId::new(&td, self.server.datacenter(), service).uri();
-        let req = generate_leaf_request(&uri, &[], &[])?;
-        let tok = (!token.is_empty()).then_some(token);
-        let mut issued = self
-            .server
-            .sign(tok, &req.csr_pem, SignPolicy::ServiceOnly)?;
-        issued.private_key_pem = req.key.to_pem().to_string();
-        let issued = Arc::new(issued);
-        let now = self.server.clock().now();
-        self.leaves
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                (token.to_owned(), service.to_owned()),
-                Arc::clone(&issued),
-                now,
-            );
-        Ok(issued)
+    /// The leaf for (`token`, `service`) from the agent cache; with `min_index`, blocks until
+    /// a newer one is issued (renewal or root rotation) or `wait` passes.
+    async fn leaf(
+        &self,
+        token: Option<&str>,
+        service: &str,
+        min_index: u64,
+        wait: Duration,
+    ) -> Result<(Arc<Leaf>, ResultMeta), Error> {
+        let agent = self.leaf_agent().await?;
+        let opts = if min_index > 0 {
+            GetOptions::blocking(min_index, wait)
+        } else {
+            GetOptions::default()
+        };
+        let (mut leaf, mut meta) = agent.leaf_for_token(token, service, opts).await?;
+        let expired = self.server.clock().now() >= leaf.valid_before();
+        if expired || (min_index == 0 && !self.leaf_current(&leaf)) {
+            if let Some(active) = self.server.ca_roots().value.active() {
+                let id = active.id.clone();
+                agent.roots_caught_up(&id, ROOTS_CATCH_UP).await;
+            }
+            let revalidate = GetOptions {
+                must_revalidate: true,
+                ..GetOptions::default()
+            };
+            (leaf, meta) = agent.leaf_for_token(token, service, revalidate).await?;
+        }
+        if self.server.clock().now() >= leaf.valid_before() {
+            return Err(Error::new(
+                ErrorKind::NotReady,
+                format!("the leaf for {service:?} expired and could not be renewed"),
+            ));
+        }
+        Ok((leaf, meta))
     }
 }
 
+/// Upper bound of the random delay before blocked leaf readers get a leaf from a new root
+/// (Consul: 30 s), so that a rotation does not make every client re-issue at once.
+const LEAF_ROOT_CHANGE_JITTER: Duration = Duration::from_secs(30);
+/// How long a fresh leaf read waits for the cache's view of the roots to catch up with a
+/// rotation the server already made.
+const ROOTS_CATCH_UP: Duration = Duration::from_secs(5);
+
 /// `GET /v1/agent/connect/ca/leaf/:service`: the agent generates the key here and returns
-/// it with the certificate; `?index` blocks until a new certificate is due (expiry window
+/// it with the certificate; `?index` blocks until a new certificate is due (renewal point
 /// or root rotation).
 async fn agent_leaf(
     State(st): State<AppState>,
@@ -415,47 +371,20 @@ async fn agent_leaf(
 ) -> ApiResult {
     let (o, _) = opts(&headers, &q.0)?;
     check_dc(&st.server, &o)?;
-    let token = o.token.clone().unwrap_or_default();
     st.server
         .authorizer(o.token.as_deref())?
         .require(crate::acl::Permission::ServiceWrite(&service))?;
-    let deadline = tokio::time::Instant::now() + o.wait_with_jitter();
-    loop {
-        if let Some(leaf) = st.cached_leaf(&token, &service)
-            && st.leaf_current(&leaf)
-        {
-            let waiting = o.min_index > 0 && leaf.modify_index <= o.min_index;
-            if !waiting {
-                return Ok(leaf_response(&leaf));
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(leaf_response(&leaf));
-            }
-            // Wake on a root change, at the renewal point, or at the deadline.
-            let until_soft = {
-                let n = st.server.clock().now();
-                let (soft, _) = renewal_window(leaf.valid_after, leaf.valid_before, n);
-                Duration::try_from(soft - n).unwrap_or_default()
-            };
-            let wait = (deadline - now)
-                .min(until_soft)
-                .max(Duration::from_millis(1));
-            let roots_index = st.server.store().table_index(Table::CaRoots);
-            st.server.wait(&[Table::CaRoots], roots_index, wait).await;
-            continue;
-        }
-        let (s, t, svc) = (st.clone(), token.clone(), service.clone());
-        let leaf = blocking(move || s.issue_leaf(&t, &svc)).await?;
-        return Ok(leaf_response(&leaf));
-    }
-}
-
-fn leaf_response(leaf: &IssuedCert) -> Response {
-    let mut resp = json_response(leaf, Some(leaf.modify_index));
+    let token = o.token.as_deref().filter(|t| !t.is_empty());
+    let (leaf, meta) = st
+        .leaf(token, &service, o.min_index, o.wait_with_jitter())
+        .await?;
+    let mut issued = leaf.issued()?;
+    issued.private_key_pem = leaf.key_pem().to_string();
+    let mut resp = json_response(&issued, Some(meta.index));
+    let cache = if meta.hit { "HIT" } else { "MISS" };
     resp.headers_mut()
-        .insert("x-cache", HeaderValue::from_static("HIT"));
-    resp
+        .insert("x-cache", HeaderValue::from_static(cache));
+    Ok(resp)
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -964,59 +893,71 @@ async fn acl_token_list(State(st): State<AppState>, headers: HeaderMap, q: RawQu
 mod tests {
     use super::*;
     use crate::ManualClock;
+    use crate::cache::DEFAULT_LAST_GET_TTL;
     use crate::server::ServerConfig;
 
-    fn state(max_leaves: usize) -> (AppState, Arc<ManualClock>) {
+    fn state() -> (AppState, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new(
             time::macros::datetime!(2026-01-01 00:00:00 UTC),
         ));
         let server = Server::start(ServerConfig::dev(), clock.clone()).unwrap();
-        (AppState::new(server, max_leaves), clock)
+        (AppState::new(server), clock)
     }
 
-    fn cached(st: &AppState) -> usize {
-        st.leaves
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+    fn cached_leaves(st: &AppState) -> u64 {
+        st.leaf_agent.get().map_or(0, |a| {
+            a.cache()
+                .metrics()
+                .get("connect-ca-leaf")
+                .map_or(0, |m| m.entries)
+        })
     }
 
-    #[test]
-    fn leaves_for_many_names_stay_within_the_bound() {
-        let (st, clock) = state(8);
-        for i in 0..40 {
-            st.issue_leaf("", &format!("svc-{i}")).unwrap();
-            clock.advance(Duration::from_secs(1));
-            assert!(cached(&st) <= 8, "{} cached after {i}", cached(&st));
+    /// Waits (in real time, bounded) for the cache's eviction loop to notice the moved clock.
+    async fn until_cached(st: &AppState, n: u64) {
+        for _ in 0..500 {
+            if cached_leaves(st) == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(cached(&st), 8);
-        // The most recently used survive; the oldest were dropped and are issued again.
-        assert!(st.cached_leaf("", "svc-39").is_some());
-        assert!(st.cached_leaf("", "svc-0").is_none());
+        panic!("{} leaves cached, expected {n}", cached_leaves(st));
     }
 
-    #[test]
-    fn an_unused_leaf_expires_after_the_idle_ttl() {
-        let (st, clock) = state(MAX_CACHED_LEAVES);
-        let first = st.issue_leaf("", "web").unwrap();
-        st.issue_leaf("", "db").unwrap();
-        clock.advance(LEAF_IDLE_TTL - Duration::from_secs(60));
-        // Reading counts as use, so `web` is kept and `db` is not.
-        assert_eq!(st.cached_leaf("", "web"), Some(first));
-        clock.advance(Duration::from_secs(120));
-        assert!(st.cached_leaf("", "db").is_none());
-        st.issue_leaf("", "api").unwrap();
-        assert_eq!(cached(&st), 2, "db was dropped");
-        clock.advance(LEAF_IDLE_TTL);
-        assert!(st.cached_leaf("", "web").is_none());
-        assert!(st.cached_leaf("", "api").is_none());
-        assert_eq!(cached(&st), 0);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leaves_for_many_names_are_evicted_once_unused_for_the_ttl() {
+        let (st, clock) = state();
+        for i in 0..20 {
+            st.leaf(None, &format!("svc-{i}"), 0, Duration::ZERO)
+                .await
+                .unwrap();
+        }
+        assert_eq!(cached_leaves(&st), 20);
+        clock.advance(DEFAULT_LAST_GET_TTL - Duration::from_secs(3600));
+        // Reading counts as use (and renews the leaf, now past its renewal point).
+        let (again, _) = st.leaf(None, "svc-0", 0, Duration::ZERO).await.unwrap();
+        assert!(st.server.clock().now() < again.renew_at());
+        clock.advance(Duration::from_secs(2 * 3600));
+        until_cached(&st, 1).await;
+        clock.advance(DEFAULT_LAST_GET_TTL);
+        until_cached(&st, 0).await;
     }
 
-    #[test]
-    fn leaves_are_kept_apart_by_token() {
-        let (st, _) = state(MAX_CACHED_LEAVES);
-        st.issue_leaf("", "web").unwrap();
-        assert!(st.cached_leaf("other-token", "web").is_none());
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leaves_are_kept_apart_by_token() {
+        let (st, _) = state();
+        let (a, _) = st.leaf(None, "web", 0, Duration::ZERO).await.unwrap();
+        let (b, _) = st
+            .leaf(Some("other"), "web", 0, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_ne!(
+            a.issued().unwrap().serial_number,
+            b.issued().unwrap().serial_number
+        );
+        assert_eq!(cached_leaves(&st), 2);
+        let (a2, meta) = st.leaf(None, "web", 0, Duration::ZERO).await.unwrap();
+        assert!(meta.hit);
+        assert!(Arc::ptr_eq(&a, &a2));
     }
 }
