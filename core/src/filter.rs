@@ -737,6 +737,8 @@ mod limits {
         let piece = prop_oneof![
             Just("(".to_owned()),
             Just(")".to_owned()),
+            Just("(".repeat(MAX_DEPTH + 1)),
+            Just("not ".repeat(MAX_DEPTH / 2)),
             Just("not ".to_owned()),
             Just(" and ".to_owned()),
             Just(" or ".to_owned()),
@@ -758,8 +760,17 @@ mod limits {
         prop::collection::vec(piece, 0..64).prop_map(|v| v.concat())
     }
 
+    /// About a second by default; `PROPTEST_CASES=10000000` runs the same properties for
+    /// hours.
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(512)
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
         #[test]
         fn arbitrary_strings_parse_or_fail_typed(s in any::<String>()) {
