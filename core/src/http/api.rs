@@ -42,19 +42,7 @@ struct AppState {
 
 /// The router for every endpoint libconnect serves.
 pub fn router(server: Server) -> Router {
-    router_with_state(AppState::new(server))
-}
-
-impl AppState {
-    fn new(server: Server) -> AppState {
-        AppState {
-            server,
-            leaf_agent: Arc::default(),
-        }
-    }
-}
-
-fn router_with_state(state: AppState) -> Router {
+    let state = AppState::new(server);
     Router::new()
         .route("/v1/connect/ca/roots", get(ca_roots))
         .route("/v1/agent/connect/ca/roots", get(agent_ca_roots))
@@ -287,6 +275,13 @@ async fn ca_sign(
 }
 
 impl AppState {
+    fn new(server: Server) -> AppState {
+        AppState {
+            server,
+            leaf_agent: Arc::default(),
+        }
+    }
+
     async fn leaf_agent(&self) -> Result<&Agent, Error> {
         self.leaf_agent
             .get_or_try_init(|| {
