@@ -889,6 +889,7 @@ mod tests {
     use super::*;
     use crate::ManualClock;
     use crate::cache::DEFAULT_LAST_GET_TTL;
+    use crate::http::status_for;
     use crate::server::ServerConfig;
 
     fn state() -> (AppState, Arc<ManualClock>) {
@@ -954,5 +955,35 @@ mod tests {
         let (a2, meta) = st.leaf(None, "web", 0, Duration::ZERO).await.unwrap();
         assert!(meta.hit);
         assert!(Arc::ptr_eq(&a, &a2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_without_service_write_is_refused_before_any_leaf_work() {
+        let mut c = ServerConfig::dev();
+        c.acl_enabled = true;
+        c.acl_default_policy = crate::acl::DefaultPolicy::Deny;
+        c.acl_initial_management_token = Some("root-secret".into());
+        let server = Server::start(c, crate::clock::system()).unwrap();
+        let st = AppState::new(server);
+        let call = |token: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(t) = token {
+                headers.insert("x-consul-token", HeaderValue::from_static(t));
+            }
+            agent_leaf(
+                State(st.clone()),
+                Path("web".to_owned()),
+                headers,
+                RawQuery(None),
+            )
+        };
+        for token in [None, Some("not-a-token")] {
+            let e = call(token).await.unwrap_err();
+            assert_eq!(status_for(e.0.kind()), StatusCode::FORBIDDEN, "{}", e.0);
+        }
+        assert!(st.leaf_agent.get().is_none(), "no cache, no key, no CSR");
+        let ok = call(Some("root-secret")).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(cached_leaves(&st), 1);
     }
 }
