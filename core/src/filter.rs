@@ -11,18 +11,48 @@
 //! a request), and matches anywhere in a string field, as Go's `MatchString`. One difference:
 //! `\w`, `\d` and `\b` are Unicode-aware here and ASCII in Go (write `(?-u:\w)` for Go's).
 //! A field that is not a string never matches.
+//!
+//! The filter arrives in an unauthenticated query string, so parsing is bounded: the
+//! expression's length, its token count, its nesting depth, its selectors and the number and
+//! total compiled size of its regular expressions all have limits (below). go-bexpr has no
+//! explicit depth limit (a Go stack grows to a gigabyte); a Rust thread's does not, so past
+//! [`MAX_DEPTH`] the expression is refused before the parser recurses any deeper. Past any
+//! limit the error is `InvalidParameter` (HTTP 400) and names the limit.
 
 use serde_json::Value;
 
 use crate::{Error, ErrorKind};
 
+/// Longest expression accepted, in bytes. Hand-written and generated filters are a few
+/// hundred bytes; this leaves room for long `or` lists of names.
+pub const MAX_LENGTH: usize = 16 * 1024;
+/// Most tokens (words, values, operators, parentheses) in one expression: bounds the work of
+/// evaluating it against every result.
+pub const MAX_TOKENS: usize = 2048;
+/// Deepest nesting of parentheses and `not`. Real filters nest two or three levels; 32 keeps
+/// the parser's recursion (a few frames per level) and every walk of the parsed tree to a few
+/// tens of KiB of stack even in a debug build.
+pub const MAX_DEPTH: usize = 32;
+/// Most `matches` clauses in one expression.
+pub const MAX_PATTERNS: usize = 16;
+/// Total compiled size of all of one expression's regular expressions, in bytes: each pattern
+/// may use its share, so one pattern alone may still use all of it.
+pub const MAX_PATTERN_BYTES: usize = 1 << 20;
+/// Total lazy-DFA cache of one expression's regular expressions, shared out like
+/// [`MAX_PATTERN_BYTES`].
+const MAX_DFA_BYTES: usize = 2 << 20;
+/// Most dotted parts in one selector (`Service.Meta.env` has three).
+pub const MAX_SELECTOR_PARTS: usize = 16;
+/// Longest selector, in bytes.
+pub const MAX_SELECTOR_LENGTH: usize = 512;
+
 /// A parsed filter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
-    /// Both hold.
-    And(Box<Filter>, Box<Filter>),
-    /// Either holds.
-    Or(Box<Filter>, Box<Filter>),
+    /// Every one holds (`a and b and c`, kept flat so that a long chain is not a deep tree).
+    And(Vec<Filter>),
+    /// At least one holds.
+    Or(Vec<Filter>),
     /// The inner one does not hold.
     Not(Box<Filter>),
     /// One comparison.
@@ -56,11 +86,12 @@ impl PartialEq for Pattern {
 }
 
 impl Pattern {
-    /// Compiles `source`, bounded so that a filter cannot make the server build a huge
-    /// automaton.
-    fn new(source: &str) -> Result<Pattern, Error> {
+    /// Compiles `source` within `share` of the expression's budget, so that a filter cannot
+    /// make the server build a huge automaton, nor many of them.
+    fn new(source: &str, share: usize) -> Result<Pattern, Error> {
         regex::RegexBuilder::new(source)
-            .size_limit(1 << 20)
+            .size_limit(MAX_PATTERN_BYTES / share)
+            .dfa_size_limit(MAX_DFA_BYTES / share)
             .build()
             .map(Pattern)
             .map_err(|e| err(format!("invalid regular expression {source:?}: {e}")))
@@ -170,6 +201,10 @@ fn lex(input: &str) -> Result<Vec<Tok>, Error> {
 struct Parser {
     toks: Vec<Tok>,
     pos: usize,
+    /// Parentheses and `not`s open around the current position.
+    depth: usize,
+    /// How many patterns share the regex budget (the `matches` words, counted up front).
+    patterns: usize,
 }
 
 impl Parser {
@@ -184,27 +219,50 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Filter, Error> {
-        let mut left = self.and()?;
+        let mut terms = vec![self.and()?];
         while self.peek_word("or") {
             self.pos += 1;
-            left = Filter::Or(Box::new(left), Box::new(self.and()?));
+            terms.push(self.and()?);
         }
-        Ok(left)
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Filter::Or(terms)
+        })
     }
 
     fn and(&mut self) -> Result<Filter, Error> {
-        let mut left = self.not()?;
+        let mut terms = vec![self.not()?];
         while self.peek_word("and") {
             self.pos += 1;
-            left = Filter::And(Box::new(left), Box::new(self.not()?));
+            terms.push(self.not()?);
         }
-        Ok(left)
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Filter::And(terms)
+        })
+    }
+
+    /// Counts one more level of nesting, refusing before the parser recurses past the limit.
+    fn descend(&mut self) -> Result<(), Error> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(err(format!(
+                "expression nested too deeply (more than {MAX_DEPTH} levels of parentheses \
+                 and 'not')"
+            )));
+        }
+        Ok(())
     }
 
     fn not(&mut self) -> Result<Filter, Error> {
         if self.peek_word("not") {
             self.pos += 1;
-            return Ok(Filter::Not(Box::new(self.not()?)));
+            self.descend()?;
+            let inner = self.not()?;
+            self.depth -= 1;
+            return Ok(Filter::Not(Box::new(inner)));
         }
         self.primary()
     }
@@ -212,7 +270,9 @@ impl Parser {
     fn primary(&mut self) -> Result<Filter, Error> {
         match self.next() {
             Some(Tok::LParen) => {
+                self.descend()?;
                 let f = self.or()?;
+                self.depth -= 1;
                 match self.next() {
                     Some(Tok::RParen) => Ok(f),
                     _ => Err(err("missing closing parenthesis")),
@@ -301,7 +361,7 @@ impl Parser {
         match self.next() {
             Some(Tok::Word(v)) | Some(Tok::Quoted(v)) => Ok(Filter::Regex {
                 selector,
-                pattern: Pattern::new(&v)?,
+                pattern: Pattern::new(&v, self.patterns.max(1))?,
                 negate,
             }),
             _ => Err(err("expected a regular expression after 'matches'")),
@@ -310,19 +370,48 @@ impl Parser {
 }
 
 fn selector(word: &str) -> Result<Vec<String>, Error> {
+    if word.len() > MAX_SELECTOR_LENGTH {
+        return Err(err(format!(
+            "selector longer than {MAX_SELECTOR_LENGTH} bytes"
+        )));
+    }
     let parts: Vec<String> = word.split('.').map(str::to_owned).collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(err(format!("invalid selector {word:?}")));
+    }
+    if parts.len() > MAX_SELECTOR_PARTS {
+        return Err(err(format!(
+            "selector has more than {MAX_SELECTOR_PARTS} parts"
+        )));
     }
     Ok(parts)
 }
 
 impl Filter {
-    /// Parses an expression.
+    /// Parses an expression, refusing one past any of this module's limits.
     pub fn parse(input: &str) -> Result<Filter, Error> {
+        if input.len() > MAX_LENGTH {
+            return Err(err(format!("expression longer than {MAX_LENGTH} bytes")));
+        }
+        let toks = lex(input)?;
+        if toks.len() > MAX_TOKENS {
+            return Err(err(format!("expression has more than {MAX_TOKENS} tokens")));
+        }
+        // Counted before compiling any, so that the budget is shared out, never overrun.
+        let patterns = toks
+            .iter()
+            .filter(|t| matches!(t, Tok::Word(w) if w == "matches"))
+            .count();
+        if patterns > MAX_PATTERNS {
+            return Err(err(format!(
+                "expression has more than {MAX_PATTERNS} 'matches' clauses"
+            )));
+        }
         let mut p = Parser {
-            toks: lex(input)?,
+            toks,
             pos: 0,
+            depth: 0,
+            patterns,
         };
         let f = p.or()?;
         if p.pos < p.toks.len() {
@@ -334,8 +423,8 @@ impl Filter {
     /// Whether `item` (the JSON form of one result) passes.
     pub fn matches(&self, item: &Value) -> bool {
         match self {
-            Filter::And(a, b) => a.matches(item) && b.matches(item),
-            Filter::Or(a, b) => a.matches(item) || b.matches(item),
+            Filter::And(terms) => terms.iter().all(|t| t.matches(item)),
+            Filter::Or(terms) => terms.iter().any(|t| t.matches(item)),
             Filter::Not(a) => !a.matches(item),
             Filter::Match {
                 selector,
@@ -508,5 +597,196 @@ mod tests {
             Filter::parse("A == 2").unwrap().apply(items),
             vec![json!({"A": 2})]
         );
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// Runs `f` on a thread with a small stack, so that a test proves the limits, not the
+    /// test harness's big stack, keep the parser from overflowing.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn refused(expr: String, needle: &'static str) {
+        let e = on_small_stack(move || Filter::parse(&expr).map(drop)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidParameter, "{e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+
+    #[test]
+    fn deep_parentheses_are_refused_not_overflowed() {
+        // Within the length and token limits, so that the depth limit is what refuses them.
+        let deep = format!("{}A == b{}", "(".repeat(1000), ")".repeat(1000));
+        refused(deep, "nested too deeply (more than 32 levels");
+        refused("(".repeat(2000), "nested too deeply");
+        // The attack from the issue is refused by the first limit it meets.
+        let huge = format!("{}A == b{}", "(".repeat(5000), ")".repeat(5000));
+        refused(huge, "more than 2048 tokens");
+    }
+
+    #[test]
+    fn deep_nots_are_refused_not_overflowed() {
+        refused(
+            format!("{}A == b", "not ".repeat(2000)),
+            "nested too deeply",
+        );
+        refused(
+            format!("{}A == b", "not (".repeat(1000)),
+            "nested too deeply",
+        );
+        refused(
+            format!("{}A == b", "not ".repeat(5000)),
+            "longer than 16384 bytes",
+        );
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_parses_and_evaluates_on_a_small_stack() {
+        let half = MAX_DEPTH / 2;
+        let ok = format!(
+            "{}A == b{}",
+            "not (not (".repeat(half / 2),
+            "))".repeat(half / 2)
+        );
+        let item = json!({"A": "b"});
+        assert!(on_small_stack(move || Filter::parse(&ok)
+            .unwrap()
+            .matches(&item)));
+        let at = format!("{}A == b{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        assert!(on_small_stack(move || Filter::parse(&at).is_ok()));
+        let past = format!(
+            "{}A == b{}",
+            "(".repeat(MAX_DEPTH + 1),
+            ")".repeat(MAX_DEPTH + 1)
+        );
+        refused(past, "nested too deeply");
+    }
+
+    #[test]
+    fn a_long_chain_is_flat_so_evaluating_and_dropping_it_does_not_recurse() {
+        let chain = vec!["A == x"; 500].join(" or ") + " or A == b";
+        let item = json!({"A": "b"});
+        let hit = on_small_stack(move || {
+            let f = Filter::parse(&chain).unwrap();
+            let hit = f.matches(&item);
+            drop(f);
+            hit
+        });
+        assert!(hit);
+        let f = Filter::parse("A == 1 and B == 2 and (C == 3 or D == 4 or E == 5)").unwrap();
+        let Filter::And(terms) = &f else {
+            panic!("{f:?}")
+        };
+        assert_eq!(terms.len(), 3);
+        assert!(matches!(&terms[2], Filter::Or(t) if t.len() == 3));
+    }
+
+    #[test]
+    fn many_regexes_are_refused_before_any_is_compiled() {
+        let many = vec![r#"X matches "a{30000}""#; 300].join(" or ");
+        refused(many, "more than 16 'matches' clauses");
+        let seventeen = vec![r#"X matches "a""#; MAX_PATTERNS + 1].join(" and ");
+        refused(seventeen, "'matches' clauses");
+        let sixteen = vec![r#"X matches "a""#; MAX_PATTERNS].join(" and ");
+        assert!(Filter::parse(&sixteen).unwrap().matches(&json!({"X": "a"})));
+    }
+
+    #[test]
+    fn the_regex_size_budget_is_per_expression_not_per_pattern() {
+        // Fits the whole budget alone, but not a sixteenth of it.
+        let one = r#"X matches "[a-z]{2000}""#;
+        assert!(Filter::parse(one).is_ok());
+        let shared = vec![one; MAX_PATTERNS].join(" or ");
+        refused(shared, "exceeds size limit");
+    }
+
+    #[test]
+    fn long_expressions_many_tokens_and_big_selectors_are_refused() {
+        refused(
+            "A == b or ".repeat(2000) + "A == b",
+            "longer than 16384 bytes",
+        );
+        refused(
+            "A==b or ".repeat(MAX_TOKENS / 4 + 1) + "A==b",
+            "more than 2048 tokens",
+        );
+        refused(
+            format!("{} == b", "A".repeat(MAX_SELECTOR_LENGTH + 1)),
+            "selector longer than 512 bytes",
+        );
+        refused(
+            format!("{} == b", vec!["A"; MAX_SELECTOR_PARTS + 1].join(".")),
+            "selector has more than 16 parts",
+        );
+        let parts = vec!["A"; MAX_SELECTOR_PARTS].join(".");
+        assert!(Filter::parse(&format!("{parts} is empty")).is_ok());
+    }
+
+    /// Pieces of the grammar, put together in any order.
+    fn garbage() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("(".to_owned()),
+            Just(")".to_owned()),
+            Just("(".repeat(MAX_DEPTH + 1)),
+            Just("not ".repeat(MAX_DEPTH / 2)),
+            Just("not ".to_owned()),
+            Just(" and ".to_owned()),
+            Just(" or ".to_owned()),
+            Just(" == ".to_owned()),
+            Just(" != ".to_owned()),
+            Just(" in ".to_owned()),
+            Just(" contains ".to_owned()),
+            Just(" matches ".to_owned()),
+            Just(" is not empty".to_owned()),
+            Just("\"".to_owned()),
+            Just("`".to_owned()),
+            Just("\\".to_owned()),
+            Just("!".to_owned()),
+            Just("=".to_owned()),
+            "[A-Za-z.]{0,8}",
+            "\"[^\"]{0,12}\"",
+            "[(){}*+?|\\[\\]^$\\\\a-z0-9]{0,12}",
+        ];
+        prop::collection::vec(piece, 0..64).prop_map(|v| v.concat())
+    }
+
+    /// About a second by default; `PROPTEST_CASES=10000000` runs the same properties for
+    /// hours.
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(512)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_strings_parse_or_fail_typed(s in any::<String>()) {
+            if let Err(e) = Filter::parse(&s) {
+                prop_assert_eq!(e.kind(), ErrorKind::InvalidParameter);
+            }
+        }
+
+        #[test]
+        fn structured_garbage_parses_or_fails_typed(s in garbage()) {
+            match Filter::parse(&s) {
+                Ok(f) => {
+                    let _ = f.matches(&json!({"A": "x", "Tags": ["a"], "Meta": {"k": "v"}}));
+                }
+                Err(e) => prop_assert_eq!(e.kind(), ErrorKind::InvalidParameter),
+            }
+        }
     }
 }

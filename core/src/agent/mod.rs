@@ -26,7 +26,7 @@ pub use types::{
 };
 
 use crate::ca::{CaConfiguration, IndexedCaRoots};
-use crate::cache::{Cache, CacheOptions, GetOptions};
+use crate::cache::{Cache, CacheOptions, GetOptions, ResultMeta};
 use crate::catalog::{ServiceEntry, ServiceRegistration};
 use crate::http::client::ClientConfig;
 use crate::intentions::{DefaultPolicy, Intention, IntentionAction};
@@ -447,6 +447,44 @@ impl Agent {
             dns_names: Vec::new(),
             ip_addresses: Vec::new(),
         }
+    }
+
+    /// The cached leaf for `service` under a caller's `token` rather than the agent's own:
+    /// the HTTP leaf endpoint serves every caller from this cache, partitioned by token as
+    /// Consul's is. The caller checks `service:write` first.
+    pub(crate) async fn leaf_for_token(
+        &self,
+        token: Option<&str>,
+        service: &str,
+        opts: GetOptions,
+    ) -> Result<(Arc<Leaf>, ResultMeta), Error> {
+        self.check_open()?;
+        let req = LeafRequest {
+            scope: Scoped {
+                datacenter: self.inner.datacenter.clone(),
+                token: token.unwrap_or_default().to_owned(),
+                name: service.to_owned(),
+            },
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+        };
+        self.inner.cache.get::<LeafType>(&req, opts).await
+    }
+
+    /// Waits at most `wait` until the roots the leaf type judges leaves by name
+    /// `active_root_id` as active: they arrive through a background watch, so right after a
+    /// rotation they can lag the server by a moment. Returns whether they caught up.
+    pub(crate) async fn roots_caught_up(&self, active_root_id: &str, wait: Duration) -> bool {
+        let mut rx = self.inner.roots_tx.subscribe();
+        tokio::time::timeout(
+            wait,
+            rx.wait_for(|r| {
+                r.as_ref()
+                    .is_some_and(|r| r.active_root_id == active_root_id)
+            }),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
     }
 
     /// Intentions whose destination covers `service`, in evaluation order.

@@ -2,8 +2,7 @@
 //! [`Server`] (spec §6). Handlers convert, call the server, and map errors — no rule lives
 //! here.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -17,7 +16,9 @@ use serde_json::json;
 
 use super::ApiError;
 use super::query::{Params, QueryOptions, index_headers};
-use crate::ca::{CaConfiguration, IssuedCert, SignPolicy, generate_leaf_request, renewal_window};
+use crate::agent::{Agent, AgentBackend, AgentConfig, Leaf};
+use crate::ca::{CaConfiguration, SignPolicy};
+use crate::cache::{GetOptions, ResultMeta};
 use crate::catalog::ServiceRegistration;
 use crate::filter::Filter;
 use crate::intentions::{Intention, MatchType};
@@ -30,22 +31,18 @@ pub const MAX_BODY: usize = 1 << 20;
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Leaves the agent issued, by (token, service): the cache is partitioned by token, as
-/// Consul's is.
-type LeafMap = Arc<Mutex<HashMap<(String, String), Arc<IssuedCert>>>>;
-
 #[derive(Clone)]
 struct AppState {
     server: Server,
-    leaves: LeafMap,
+    /// The agent whose cache serves `/v1/agent/connect/ca/leaf` (Consul's leaf cache: entries
+    /// dropped after 72 h unused, renewal jitter, blocking), over this same server. Started
+    /// on the first leaf request, on the runtime serving it.
+    leaf_agent: Arc<tokio::sync::OnceCell<Agent>>,
 }
 
 /// The router for every endpoint libconnect serves.
 pub fn router(server: Server) -> Router {
-    let state = AppState {
-        server,
-        leaves: Arc::default(),
-    };
+    let state = AppState::new(server);
     Router::new()
         .route("/v1/connect/ca/roots", get(ca_roots))
         .route("/v1/agent/connect/ca/roots", get(agent_ca_roots))
@@ -142,8 +139,14 @@ fn check_dc(server: &Server, o: &QueryOptions) -> Result<(), ApiError> {
     }
 }
 
-fn filter(o: &QueryOptions) -> Result<Option<Filter>, ApiError> {
-    Ok(o.filter.as_deref().map(Filter::parse).transpose()?)
+/// Parses `?filter=` only after the request's token resolves, so that a request with an
+/// unknown token is refused (403) before any work on a filter it chose.
+fn filter(server: &Server, o: &QueryOptions) -> Result<Option<Filter>, ApiError> {
+    let Some(expr) = o.filter.as_deref() else {
+        return Ok(None);
+    };
+    server.authorizer(o.token.as_deref())?;
+    Ok(Some(Filter::parse(expr)?))
 }
 
 fn json_response<T: Serialize>(value: &T, index: Option<u64>) -> Response {
@@ -283,50 +286,88 @@ async fn ca_sign(
 }
 
 impl AppState {
-    fn cached_leaf(&self, token: &str, service: &str) -> Option<Arc<IssuedCert>> {
-        let leaves = self.leaves.lock().unwrap_or_else(PoisonError::into_inner);
-        leaves.get(&(token.to_owned(), service.to_owned())).cloned()
+    fn new(server: Server) -> AppState {
+        AppState {
+            server,
+            leaf_agent: Arc::default(),
+        }
     }
 
-    /// Whether the cached leaf can still be served: signed by the active root's signing key
-    /// and not yet in its renewal window (spec §3.2 steps 2–4).
-    fn leaf_current(&self, leaf: &IssuedCert) -> bool {
-        let now = self.server.clock().now();
-        let (soft, _) = renewal_window(leaf.valid_after, leaf.valid_before, now);
-        if now >= soft {
+    async fn leaf_agent(&self) -> Result<&Agent, Error> {
+        self.leaf_agent
+            .get_or_try_init(|| {
+                Agent::new_async(AgentConfig {
+                    backend: AgentBackend::InProcess(self.server.clone()),
+                    token: None,
+                    datacenter: None,
+                    clock: self.server.clock().clone(),
+                    root_change_jitter: LEAF_ROOT_CHANGE_JITTER,
+                    runtime: None,
+                })
+            })
+            .await
+    }
+
+    /// Whether a fresh read may be answered with `leaf`: signed by the active root's key
+    /// and not yet due for renewal. The cache answers a hit without asking its type, so
+    /// this is checked here.
+    fn leaf_current(&self, leaf: &Leaf) -> bool {
+        if self.server.clock().now() >= leaf.renew_at() {
             return false;
         }
         let roots = self.server.ca_roots().value;
-        let Some(active) = roots.active() else {
-            return false;
-        };
-        crate::certs::parse_pem_certificates(&leaf.cert_pem)
-            .ok()
-            .and_then(|c| crate::certs::CertInfo::from_der(&c[0]).ok())
-            .and_then(|i| i.authority_key_id)
-            .is_some_and(|akid| crate::certs::colon_hex(&akid) == active.signing_key_id)
+        roots
+            .active()
+            .is_some_and(|r| r.signing_key_id == leaf.authority_key_id())
     }
 
-    fn issue_leaf(&self, token: &str, service: &str) -> Result<Arc<IssuedCert>, Error> {
-        let td = crate::spiffe::TrustDomain::new(&self.server.trust_domain())?;
-        let uri = crate::spiffe::ServiceId::new(&td, self.server.datacenter(), service).uri();
-        let req = generate_leaf_request(&uri, &[], &[])?;
-        let tok = (!token.is_empty()).then_some(token);
-        let mut issued = self
-            .server
-            .sign(tok, &req.csr_pem, SignPolicy::ServiceOnly)?;
-        issued.private_key_pem = req.key.to_pem().to_string();
-        let issued = Arc::new(issued);
-        self.leaves
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert((token.to_owned(), service.to_owned()), Arc::clone(&issued));
-        Ok(issued)
+    /// The leaf for (`token`, `service`) from the agent cache; with `min_index`, blocks until
+    /// a newer one is issued (renewal or root rotation) or `wait` passes.
+    async fn leaf(
+        &self,
+        token: Option<&str>,
+        service: &str,
+        min_index: u64,
+        wait: Duration,
+    ) -> Result<(Arc<Leaf>, ResultMeta), Error> {
+        let agent = self.leaf_agent().await?;
+        let opts = if min_index > 0 {
+            GetOptions::blocking(min_index, wait)
+        } else {
+            GetOptions::default()
+        };
+        let (mut leaf, mut meta) = agent.leaf_for_token(token, service, opts).await?;
+        let expired = self.server.clock().now() >= leaf.valid_before();
+        if expired || (min_index == 0 && !self.leaf_current(&leaf)) {
+            if let Some(active) = self.server.ca_roots().value.active() {
+                let id = active.id.clone();
+                agent.roots_caught_up(&id, ROOTS_CATCH_UP).await;
+            }
+            let revalidate = GetOptions {
+                must_revalidate: true,
+                ..GetOptions::default()
+            };
+            (leaf, meta) = agent.leaf_for_token(token, service, revalidate).await?;
+        }
+        if self.server.clock().now() >= leaf.valid_before() {
+            return Err(Error::new(
+                ErrorKind::NotReady,
+                format!("the leaf for {service:?} expired and could not be renewed"),
+            ));
+        }
+        Ok((leaf, meta))
     }
 }
 
+/// Upper bound of the random delay before blocked leaf readers get a leaf from a new root
+/// (Consul: 30 s), so that a rotation does not make every client re-issue at once.
+const LEAF_ROOT_CHANGE_JITTER: Duration = Duration::from_secs(30);
+/// How long a fresh leaf read waits for the cache's view of the roots to catch up with a
+/// rotation the server already made.
+const ROOTS_CATCH_UP: Duration = Duration::from_secs(5);
+
 /// `GET /v1/agent/connect/ca/leaf/:service`: the agent generates the key here and returns
-/// it with the certificate; `?index` blocks until a new certificate is due (expiry window
+/// it with the certificate; `?index` blocks until a new certificate is due (renewal point
 /// or root rotation).
 async fn agent_leaf(
     State(st): State<AppState>,
@@ -336,47 +377,20 @@ async fn agent_leaf(
 ) -> ApiResult {
     let (o, _) = opts(&headers, &q.0)?;
     check_dc(&st.server, &o)?;
-    let token = o.token.clone().unwrap_or_default();
     st.server
         .authorizer(o.token.as_deref())?
         .require(crate::acl::Permission::ServiceWrite(&service))?;
-    let deadline = tokio::time::Instant::now() + o.wait_with_jitter();
-    loop {
-        if let Some(leaf) = st.cached_leaf(&token, &service)
-            && st.leaf_current(&leaf)
-        {
-            let waiting = o.min_index > 0 && leaf.modify_index <= o.min_index;
-            if !waiting {
-                return Ok(leaf_response(&leaf));
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(leaf_response(&leaf));
-            }
-            // Wake on a root change, at the renewal point, or at the deadline.
-            let until_soft = {
-                let n = st.server.clock().now();
-                let (soft, _) = renewal_window(leaf.valid_after, leaf.valid_before, n);
-                Duration::try_from(soft - n).unwrap_or_default()
-            };
-            let wait = (deadline - now)
-                .min(until_soft)
-                .max(Duration::from_millis(1));
-            let roots_index = st.server.store().table_index(Table::CaRoots);
-            st.server.wait(&[Table::CaRoots], roots_index, wait).await;
-            continue;
-        }
-        let (s, t, svc) = (st.clone(), token.clone(), service.clone());
-        let leaf = blocking(move || s.issue_leaf(&t, &svc)).await?;
-        return Ok(leaf_response(&leaf));
-    }
-}
-
-fn leaf_response(leaf: &IssuedCert) -> Response {
-    let mut resp = json_response(leaf, Some(leaf.modify_index));
+    let token = o.token.as_deref().filter(|t| !t.is_empty());
+    let (leaf, meta) = st
+        .leaf(token, &service, o.min_index, o.wait_with_jitter())
+        .await?;
+    let mut issued = leaf.issued()?;
+    issued.private_key_pem = leaf.key_pem().to_string();
+    let mut resp = json_response(&issued, Some(meta.index));
+    let cache = if meta.hit { "HIT" } else { "MISS" };
     resp.headers_mut()
-        .insert("x-cache", HeaderValue::from_static("HIT"));
-    resp
+        .insert("x-cache", HeaderValue::from_static(cache));
+    Ok(resp)
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -415,7 +429,7 @@ async fn agent_authorize(
 
 async fn intention_list(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
     let (o, _) = opts(&headers, &q.0)?;
-    let f = filter(&o)?;
+    let f = filter(&st.server, &o)?;
     let s = st.server.clone();
     let token = o.token.clone();
     read_blocking(&st.server, &o, &[Table::Intentions], move || {
@@ -598,7 +612,7 @@ async fn service_deregister(
 
 async fn agent_services(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
     let (o, _) = opts(&headers, &q.0)?;
-    let f = filter(&o)?;
+    let f = filter(&st.server, &o)?;
     Ok(json_response(
         &st.server.agent_services(o.token.as_deref(), f.as_ref())?,
         None,
@@ -659,7 +673,7 @@ async fn catalog_rows(
 ) -> ApiResult {
     let (o, _) = opts(&headers, &q.0)?;
     check_dc(&st.server, &o)?;
-    let f = filter(&o)?;
+    let f = filter(&st.server, &o)?;
     let s = st.server.clone();
     let token = o.token.clone();
     read_blocking(&st.server, &o, Table::CATALOG, move || {
@@ -695,7 +709,7 @@ async fn health_rows(
 ) -> ApiResult {
     let (o, params) = opts(&headers, &q.0)?;
     check_dc(&st.server, &o)?;
-    let f = filter(&o)?;
+    let f = filter(&st.server, &o)?;
     let passing = params.flag("passing");
     let s = st.server.clone();
     let token = o.token.clone();
@@ -881,4 +895,108 @@ async fn acl_token_list(State(st): State<AppState>, headers: HeaderMap, q: RawQu
         &st.server.acl_token_list(o.token.as_deref())?,
         None,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ManualClock;
+    use crate::cache::DEFAULT_LAST_GET_TTL;
+    use crate::http::status_for;
+    use crate::server::ServerConfig;
+
+    fn state() -> (AppState, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(
+            time::macros::datetime!(2026-01-01 00:00:00 UTC),
+        ));
+        let server = Server::start(ServerConfig::dev(), clock.clone()).unwrap();
+        (AppState::new(server), clock)
+    }
+
+    fn cached_leaves(st: &AppState) -> u64 {
+        st.leaf_agent.get().map_or(0, |a| {
+            a.cache()
+                .metrics()
+                .get("connect-ca-leaf")
+                .map_or(0, |m| m.entries)
+        })
+    }
+
+    /// Waits (in real time, bounded) for the cache's eviction loop to notice the moved clock.
+    async fn until_cached(st: &AppState, n: u64) {
+        for _ in 0..500 {
+            if cached_leaves(st) == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{} leaves cached, expected {n}", cached_leaves(st));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leaves_for_many_names_are_evicted_once_unused_for_the_ttl() {
+        let (st, clock) = state();
+        for i in 0..20 {
+            st.leaf(None, &format!("svc-{i}"), 0, Duration::ZERO)
+                .await
+                .unwrap();
+        }
+        assert_eq!(cached_leaves(&st), 20);
+        clock.advance(DEFAULT_LAST_GET_TTL - Duration::from_secs(3600));
+        // Reading counts as use (and renews the leaf, now past its renewal point).
+        let (again, _) = st.leaf(None, "svc-0", 0, Duration::ZERO).await.unwrap();
+        assert!(st.server.clock().now() < again.renew_at());
+        clock.advance(Duration::from_secs(2 * 3600));
+        until_cached(&st, 1).await;
+        clock.advance(DEFAULT_LAST_GET_TTL);
+        until_cached(&st, 0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leaves_are_kept_apart_by_token() {
+        let (st, _) = state();
+        let (a, _) = st.leaf(None, "web", 0, Duration::ZERO).await.unwrap();
+        let (b, _) = st
+            .leaf(Some("other"), "web", 0, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_ne!(
+            a.issued().unwrap().serial_number,
+            b.issued().unwrap().serial_number
+        );
+        assert_eq!(cached_leaves(&st), 2);
+        let (a2, meta) = st.leaf(None, "web", 0, Duration::ZERO).await.unwrap();
+        assert!(meta.hit);
+        assert!(Arc::ptr_eq(&a, &a2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_without_service_write_is_refused_before_any_leaf_work() {
+        let mut c = ServerConfig::dev();
+        c.acl_enabled = true;
+        c.acl_default_policy = crate::acl::DefaultPolicy::Deny;
+        c.acl_initial_management_token = Some("root-secret".into());
+        let server = Server::start(c, crate::clock::system()).unwrap();
+        let st = AppState::new(server);
+        let call = |token: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(t) = token {
+                headers.insert("x-consul-token", HeaderValue::from_static(t));
+            }
+            agent_leaf(
+                State(st.clone()),
+                Path("web".to_owned()),
+                headers,
+                RawQuery(None),
+            )
+        };
+        for token in [None, Some("not-a-token")] {
+            let e = call(token).await.unwrap_err();
+            assert_eq!(status_for(e.0.kind()), StatusCode::FORBIDDEN, "{}", e.0);
+        }
+        assert!(st.leaf_agent.get().is_none(), "no cache, no key, no CSR");
+        let ok = call(Some("root-secret")).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(cached_leaves(&st), 1);
+    }
 }
