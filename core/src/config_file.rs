@@ -29,6 +29,14 @@
 //!     private_key_type = "ec"
 //!   }
 //! }
+//! limits {
+//!   http_max_conns_per_client = 200
+//!   https_handshake_timeout   = "5s"
+//!   http_max_conns            = 4096
+//!   http_header_read_timeout  = "10s"
+//!   http_body_read_timeout    = "30s"
+//!   http_idle_timeout         = "90s"
+//! }
 //! ```
 //!
 //! Values are read weakly, as Consul reads them: `"8500"` is a port, `"true"` a boolean.
@@ -39,6 +47,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -117,6 +126,128 @@ impl fmt::Debug for ConnectFileConfig {
     }
 }
 
+/// The `limits` block: what the HTTP(S) API lets one client, and all clients together, hold.
+///
+/// `http_max_conns_per_client` and `https_handshake_timeout` are Consul's keys, with
+/// Consul's meaning; the others are libconnect's own (Consul has no equivalent). Values are
+/// checked when the file is read: counts are integers in range, durations Go duration
+/// strings (`"10s"`, `"1m30s"`) greater than zero and at most [`LimitsFileConfig::MAX_TIMEOUT`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitsFileConfig {
+    /// `limits.http_max_conns_per_client`: concurrent connections from one client IP
+    /// address (Consul's key; `0` means no limit, as in Consul).
+    pub http_max_conns_per_client: Option<u32>,
+    /// `limits.https_handshake_timeout`: time a client has to finish the TLS handshake
+    /// (Consul's key).
+    pub https_handshake_timeout: Option<Duration>,
+    /// `limits.http_max_conns`: concurrent connections from all clients together, over the
+    /// HTTP and HTTPS listeners (at least 1).
+    pub http_max_conns: Option<u32>,
+    /// `limits.http_header_read_timeout`: time a client has to send a whole request head
+    /// once it starts one, and a new connection to start its first request.
+    pub http_header_read_timeout: Option<Duration>,
+    /// `limits.http_body_read_timeout`: time a client has to send a request body once the
+    /// head is in.
+    pub http_body_read_timeout: Option<Duration>,
+    /// `limits.http_idle_timeout`: how long a keep-alive connection may wait, with no
+    /// request running, for its next request.
+    pub http_idle_timeout: Option<Duration>,
+}
+
+impl LimitsFileConfig {
+    /// The longest timeout accepted: a day (a longer one is a mistake, not a limit).
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+    /// The largest connection count accepted.
+    pub const MAX_CONNS: u32 = 1 << 20;
+
+    fn read(&mut self, value: &Value, unknown: &mut Vec<String>) -> Result<(), Error> {
+        for (k, v) in object(value, "limits")? {
+            let name = format!("limits.{k}");
+            match k.as_str() {
+                "http_max_conns_per_client" => {
+                    self.http_max_conns_per_client = Some(count(&name, &v, 0)?);
+                }
+                "http_max_conns" => self.http_max_conns = Some(count(&name, &v, 1)?),
+                "https_handshake_timeout" => {
+                    self.https_handshake_timeout = Some(timeout(&name, &v)?);
+                }
+                "http_header_read_timeout" => {
+                    self.http_header_read_timeout = Some(timeout(&name, &v)?);
+                }
+                "http_body_read_timeout" => {
+                    self.http_body_read_timeout = Some(timeout(&name, &v)?);
+                }
+                "http_idle_timeout" => self.http_idle_timeout = Some(timeout(&name, &v)?),
+                _ => unknown.push(name),
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, later: LimitsFileConfig) {
+        fn over<T>(a: &mut Option<T>, b: Option<T>) {
+            if b.is_some() {
+                *a = b;
+            }
+        }
+        over(
+            &mut self.http_max_conns_per_client,
+            later.http_max_conns_per_client,
+        );
+        over(
+            &mut self.https_handshake_timeout,
+            later.https_handshake_timeout,
+        );
+        over(&mut self.http_max_conns, later.http_max_conns);
+        over(
+            &mut self.http_header_read_timeout,
+            later.http_header_read_timeout,
+        );
+        over(
+            &mut self.http_body_read_timeout,
+            later.http_body_read_timeout,
+        );
+        over(&mut self.http_idle_timeout, later.http_idle_timeout);
+    }
+}
+
+/// A connection count in `min..=MAX_CONNS`.
+fn count(name: &str, value: &Value, min: u32) -> Result<u32, Error> {
+    let n = integer(name, value)?;
+    let max = LimitsFileConfig::MAX_CONNS;
+    match u32::try_from(n) {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ if min == 0 => Err(invalid(format!(
+            "{name}: must be between 0 (no limit) and {max}, got {n}"
+        ))),
+        _ => Err(invalid(format!(
+            "{name}: must be between {min} and {max}, got {n}"
+        ))),
+    }
+}
+
+/// A Go duration string, greater than zero and at most a day.
+fn timeout(name: &str, value: &Value) -> Result<Duration, Error> {
+    let Value::String(text) = value else {
+        return Err(invalid(format!(
+            "{name}: expected a duration string such as \"10s\""
+        )));
+    };
+    let d =
+        crate::ca::parse_go_duration(text.trim()).map_err(|e| invalid(format!("{name}: {e}")))?;
+    if d.is_zero() {
+        return Err(invalid(format!(
+            "{name}: must be greater than zero, got {text:?}"
+        )));
+    }
+    if d > LimitsFileConfig::MAX_TIMEOUT {
+        return Err(invalid(format!(
+            "{name}: must be at most 24h, got {text:?}"
+        )));
+    }
+    Ok(d)
+}
+
 /// One agent configuration file (or several merged). Every field is optional: command-line
 /// flags override what is set, and defaults fill the rest.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -147,6 +278,8 @@ pub struct AgentConfigFile {
     pub acl: AclFileConfig,
     /// `connect { … }`.
     pub connect: ConnectFileConfig,
+    /// `limits { … }`.
+    pub limits: LimitsFileConfig,
     /// Dotted names of keys libconnect does not use (values are never kept).
     pub unknown_keys: Vec<String>,
 }
@@ -211,6 +344,7 @@ impl AgentConfigFile {
                 }
                 "acl" => c.read_acl(value)?,
                 "connect" => c.read_connect(value)?,
+                "limits" => c.limits.read(value, &mut c.unknown_keys)?,
                 _ => c.unknown_keys.push(key.clone()),
             }
         }
@@ -294,6 +428,7 @@ impl AgentConfigFile {
             (Some(a), Some(b)) => a.extend(b),
             (a, b) => over(a, b),
         }
+        self.limits.merge(later.limits);
         self.unknown_keys.extend(later.unknown_keys);
     }
 }
