@@ -627,6 +627,93 @@ mod tests {
     }
 
     #[test]
+    fn limits_in_hcl_and_json_merge_key_by_key() {
+        let mut a = AgentConfigFile::parse(
+            r#"limits {
+                 http_max_conns_per_client = 50
+                 https_handshake_timeout   = "2s"
+                 http_idle_timeout         = "1m30s"
+                 rpc_rate                  = 100
+               }"#,
+            ConfigFormat::Hcl,
+        )
+        .unwrap();
+        assert_eq!(a.limits.http_max_conns_per_client, Some(50));
+        assert_eq!(
+            a.limits.https_handshake_timeout,
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(a.limits.http_idle_timeout, Some(Duration::from_secs(90)));
+        // Consul's other limits (RPC, KV) mean nothing here: reported, not refused.
+        assert_eq!(a.unknown_keys, ["limits.rpc_rate"]);
+        let b = AgentConfigFile::parse(
+            r#"{"limits": {"http_max_conns": "64", "http_header_read_timeout": "500ms",
+                           "http_body_read_timeout": "5s", "http_max_conns_per_client": 0}}"#,
+            ConfigFormat::Json,
+        )
+        .unwrap();
+        a.merge(b);
+        assert_eq!(
+            a.limits,
+            LimitsFileConfig {
+                http_max_conns_per_client: Some(0),
+                https_handshake_timeout: Some(Duration::from_secs(2)),
+                http_max_conns: Some(64),
+                http_header_read_timeout: Some(Duration::from_millis(500)),
+                http_body_read_timeout: Some(Duration::from_secs(5)),
+                http_idle_timeout: Some(Duration::from_secs(90)),
+            }
+        );
+    }
+
+    #[test]
+    fn bad_limits_are_refused_with_the_key_named() {
+        for (text, want) in [
+            (
+                "limits { http_max_conns_per_client = -1 }",
+                "limits.http_max_conns_per_client: must be between 0 (no limit) and 1048576, got -1",
+            ),
+            (
+                "limits { http_max_conns_per_client = 1048577 }",
+                "limits.http_max_conns_per_client: must be between 0",
+            ),
+            (
+                "limits { http_max_conns = 0 }",
+                "limits.http_max_conns: must be between 1 and 1048576, got 0",
+            ),
+            (
+                "limits { http_max_conns = 1.5 }",
+                "limits.http_max_conns: expected an integer",
+            ),
+            (
+                "limits { https_handshake_timeout = \"5\" }",
+                "limits.https_handshake_timeout: time: missing unit",
+            ),
+            (
+                "limits { http_idle_timeout = \"-1s\" }",
+                "limits.http_idle_timeout: duration must not be negative",
+            ),
+            (
+                "limits { http_idle_timeout = \"0\" }",
+                "limits.http_idle_timeout: must be greater than zero",
+            ),
+            (
+                "limits { http_header_read_timeout = true }",
+                "limits.http_header_read_timeout: expected a duration string",
+            ),
+            (
+                "limits { http_body_read_timeout = \"24h0m1s\" }",
+                "limits.http_body_read_timeout: must be at most 24h",
+            ),
+            ("limits = \"none\"", "limits: expected a block"),
+        ] {
+            let e = AgentConfigFile::parse(text, ConfigFormat::Hcl).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidParameter);
+            assert!(e.to_string().contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn format_detection() {
         assert_eq!(
             ConfigFormat::detect(Path::new("a.json"), "x"),

@@ -537,6 +537,38 @@ mod tests {
     }
 
     #[test]
+    fn limits_come_from_the_files_over_the_defaults() {
+        assert_eq!(parse(&["-dev"]).unwrap().limits, HttpLimits::default());
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.hcl"), dir.path().join("b.json"));
+        std::fs::write(
+            &a,
+            r#"limits {
+                 http_max_conns_per_client = 10
+                 http_idle_timeout = "5s"
+               }"#,
+        )
+        .unwrap();
+        std::fs::write(&b, r#"{"limits": {"http_idle_timeout": "7s"}}"#).unwrap();
+        let s = parse(&[
+            "-dev",
+            "-config-file",
+            a.to_str().unwrap(),
+            "-config-file",
+            b.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.limits,
+            HttpLimits {
+                max_conns_per_client: 10,
+                idle_timeout: Duration::from_secs(7),
+                ..HttpLimits::default()
+            }
+        );
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
         for (args, want) in [
             (&["-server"][..], "data_dir is required"),
