@@ -16,13 +16,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-/// The agent and the directory of its configuration file.
-struct Agent(Child, tempfile::TempDir);
+/// The agent, and the directory of its configuration file (removed when dropped).
+struct Agent {
+    child: Child,
+    _config: tempfile::TempDir,
+}
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -53,7 +56,13 @@ fn start_agent() -> (Agent, String) {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    (Agent(child, dir), addr)
+    (
+        Agent {
+            child,
+            _config: dir,
+        },
+        addr,
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -269,6 +269,7 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let service = TowerToHyperService::new(app);
+    let mut last_warning: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -280,8 +281,12 @@ pub(crate) async fn serve(
             Err(e) => {
                 if !is_connection_error(&e) {
                     // Out of descriptors (or memory): wait for connections to close rather
-                    // than spin.
-                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    // than spin, and say so without flooding the log.
+                    let now = Instant::now();
+                    if last_warning.is_none_or(|t| now >= t + Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                        last_warning = Some(now);
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 continue;
@@ -443,7 +448,8 @@ enum Phase {
     Head(Instant),
     /// A handler is running: no timeout (blocking queries wait here).
     Handler,
-    /// No request running; the instant is the last byte read or written.
+    /// No request running since the instant (the last response ended, or last wrote a
+    /// byte); the first byte read starts a new head.
     Idle(Instant),
 }
 
@@ -600,7 +606,8 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.activity.set(Phase::Handler);
         let running = HandlerRunning(Arc::clone(&self.activity));
-        let received = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(req.body())));
+        let whole = http_body::Body::is_end_stream(req.body());
+        let received = Arc::new(AtomicBool::new(whole));
         let req = req.map(|inner| TimedBody {
             inner,
             received: Arc::clone(&received),
@@ -609,6 +616,10 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
         let limit = self.body_read_timeout;
         Box::pin(async move {
             let _running = running;
+            if whole {
+                // No body to wait for (most requests): no timer either.
+                return handler.await;
+            }
             let late = async {
                 tokio::time::sleep(limit).await;
                 if received.load(Ordering::Acquire) {
