@@ -433,6 +433,11 @@ async fn serve_connection<I>(
                 return;
             }
             _ = stop.wait_for(|s| *s), if !stopping => {
+                // A request head not yet complete has no answer owed: close now rather
+                // than hold the shutdown up. Otherwise hyper finishes what is running.
+                if matches!(*activity.phase(), Phase::Head(_)) {
+                    return;
+                }
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
             }
