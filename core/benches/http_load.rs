@@ -16,19 +16,34 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-struct Agent(Child);
+/// The agent, and the directory of its configuration file (removed when dropped).
+struct Agent {
+    child: Child,
+    _config: tempfile::TempDir,
+}
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 fn start_agent() -> (Agent, String) {
     let bin = std::env::var("CONNECT_BIN").unwrap_or_else(|_| "target/release/connect".into());
+    // Every waiter is a connection from this one client: lift the per-client limit and the
+    // cap (default 200 and 4096) that protect the agent from exactly that.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("limits.hcl");
+    std::fs::write(
+        &cfg,
+        "limits {\n  http_max_conns_per_client = 0\n  http_max_conns = 1000000\n}\n",
+    )
+    .unwrap();
     let mut child = Command::new(&bin)
         .args(["agent", "-dev", "-http-port", "0", "-log-level", "error"])
+        .arg("-config-file")
+        .arg(&cfg)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {bin}: {e} (run `make bench`)"));
@@ -41,7 +56,13 @@ fn start_agent() -> (Agent, String) {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    (Agent(child), addr)
+    (
+        Agent {
+            child,
+            _config: dir,
+        },
+        addr,
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

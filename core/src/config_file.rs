@@ -29,6 +29,14 @@
 //!     private_key_type = "ec"
 //!   }
 //! }
+//! limits {
+//!   http_max_conns_per_client = 200
+//!   https_handshake_timeout   = "5s"
+//!   http_max_conns            = 4096
+//!   http_header_read_timeout  = "10s"
+//!   http_body_read_timeout    = "30s"
+//!   http_idle_timeout         = "90s"
+//! }
 //! ```
 //!
 //! Values are read weakly, as Consul reads them: `"8500"` is a port, `"true"` a boolean.
@@ -39,6 +47,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -117,6 +126,128 @@ impl fmt::Debug for ConnectFileConfig {
     }
 }
 
+/// The `limits` block: what the HTTP(S) API lets one client, and all clients together, hold.
+///
+/// `http_max_conns_per_client` and `https_handshake_timeout` are Consul's keys, with
+/// Consul's meaning; the others are libconnect's own (Consul has no equivalent). Values are
+/// checked when the file is read: counts are integers in range, durations Go duration
+/// strings (`"10s"`, `"1m30s"`) greater than zero and at most [`LimitsFileConfig::MAX_TIMEOUT`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitsFileConfig {
+    /// `limits.http_max_conns_per_client`: concurrent connections from one client IP
+    /// address (Consul's key; `0` means no limit, as in Consul).
+    pub http_max_conns_per_client: Option<u32>,
+    /// `limits.https_handshake_timeout`: time a client has to finish the TLS handshake
+    /// (Consul's key).
+    pub https_handshake_timeout: Option<Duration>,
+    /// `limits.http_max_conns`: concurrent connections from all clients together, over the
+    /// HTTP and HTTPS listeners (at least 1).
+    pub http_max_conns: Option<u32>,
+    /// `limits.http_header_read_timeout`: time a client has to send a whole request head
+    /// once it starts one, and a new connection to start its first request.
+    pub http_header_read_timeout: Option<Duration>,
+    /// `limits.http_body_read_timeout`: time a client has to send a request body once the
+    /// head is in.
+    pub http_body_read_timeout: Option<Duration>,
+    /// `limits.http_idle_timeout`: how long a keep-alive connection may wait, with no
+    /// request running, for its next request.
+    pub http_idle_timeout: Option<Duration>,
+}
+
+impl LimitsFileConfig {
+    /// The longest timeout accepted: a day (a longer one is a mistake, not a limit).
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+    /// The largest connection count accepted.
+    pub const MAX_CONNS: u32 = 1 << 20;
+
+    fn read(&mut self, value: &Value, unknown: &mut Vec<String>) -> Result<(), Error> {
+        for (k, v) in object(value, "limits")? {
+            let name = format!("limits.{k}");
+            match k.as_str() {
+                "http_max_conns_per_client" => {
+                    self.http_max_conns_per_client = Some(count(&name, &v, 0)?);
+                }
+                "http_max_conns" => self.http_max_conns = Some(count(&name, &v, 1)?),
+                "https_handshake_timeout" => {
+                    self.https_handshake_timeout = Some(timeout(&name, &v)?);
+                }
+                "http_header_read_timeout" => {
+                    self.http_header_read_timeout = Some(timeout(&name, &v)?);
+                }
+                "http_body_read_timeout" => {
+                    self.http_body_read_timeout = Some(timeout(&name, &v)?);
+                }
+                "http_idle_timeout" => self.http_idle_timeout = Some(timeout(&name, &v)?),
+                _ => unknown.push(name),
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, later: LimitsFileConfig) {
+        fn over<T>(a: &mut Option<T>, b: Option<T>) {
+            if b.is_some() {
+                *a = b;
+            }
+        }
+        over(
+            &mut self.http_max_conns_per_client,
+            later.http_max_conns_per_client,
+        );
+        over(
+            &mut self.https_handshake_timeout,
+            later.https_handshake_timeout,
+        );
+        over(&mut self.http_max_conns, later.http_max_conns);
+        over(
+            &mut self.http_header_read_timeout,
+            later.http_header_read_timeout,
+        );
+        over(
+            &mut self.http_body_read_timeout,
+            later.http_body_read_timeout,
+        );
+        over(&mut self.http_idle_timeout, later.http_idle_timeout);
+    }
+}
+
+/// A connection count in `min..=MAX_CONNS`.
+fn count(name: &str, value: &Value, min: u32) -> Result<u32, Error> {
+    let n = integer(name, value)?;
+    let max = LimitsFileConfig::MAX_CONNS;
+    match u32::try_from(n) {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ if min == 0 => Err(invalid(format!(
+            "{name}: must be between 0 (no limit) and {max}, got {n}"
+        ))),
+        _ => Err(invalid(format!(
+            "{name}: must be between {min} and {max}, got {n}"
+        ))),
+    }
+}
+
+/// A Go duration string, greater than zero and at most a day.
+fn timeout(name: &str, value: &Value) -> Result<Duration, Error> {
+    let Value::String(text) = value else {
+        return Err(invalid(format!(
+            "{name}: expected a duration string such as \"10s\""
+        )));
+    };
+    let d =
+        crate::ca::parse_go_duration(text.trim()).map_err(|e| invalid(format!("{name}: {e}")))?;
+    if d.is_zero() {
+        return Err(invalid(format!(
+            "{name}: must be greater than zero, got {text:?}"
+        )));
+    }
+    if d > LimitsFileConfig::MAX_TIMEOUT {
+        return Err(invalid(format!(
+            "{name}: must be at most 24h, got {text:?}"
+        )));
+    }
+    Ok(d)
+}
+
 /// One agent configuration file (or several merged). Every field is optional: command-line
 /// flags override what is set, and defaults fill the rest.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -147,6 +278,8 @@ pub struct AgentConfigFile {
     pub acl: AclFileConfig,
     /// `connect { … }`.
     pub connect: ConnectFileConfig,
+    /// `limits { … }`.
+    pub limits: LimitsFileConfig,
     /// Dotted names of keys libconnect does not use (values are never kept).
     pub unknown_keys: Vec<String>,
 }
@@ -211,6 +344,7 @@ impl AgentConfigFile {
                 }
                 "acl" => c.read_acl(value)?,
                 "connect" => c.read_connect(value)?,
+                "limits" => c.limits.read(value, &mut c.unknown_keys)?,
                 _ => c.unknown_keys.push(key.clone()),
             }
         }
@@ -294,6 +428,7 @@ impl AgentConfigFile {
             (Some(a), Some(b)) => a.extend(b),
             (a, b) => over(a, b),
         }
+        self.limits.merge(later.limits);
         self.unknown_keys.extend(later.unknown_keys);
     }
 }
@@ -489,6 +624,93 @@ mod tests {
         .unwrap();
         assert_eq!(c.acl.enabled, Some(true));
         assert_eq!(c.acl.default_policy, Some(crate::acl::DefaultPolicy::Deny));
+    }
+
+    #[test]
+    fn limits_in_hcl_and_json_merge_key_by_key() {
+        let mut a = AgentConfigFile::parse(
+            r#"limits {
+                 http_max_conns_per_client = 50
+                 https_handshake_timeout   = "2s"
+                 http_idle_timeout         = "1m30s"
+                 rpc_rate                  = 100
+               }"#,
+            ConfigFormat::Hcl,
+        )
+        .unwrap();
+        assert_eq!(a.limits.http_max_conns_per_client, Some(50));
+        assert_eq!(
+            a.limits.https_handshake_timeout,
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(a.limits.http_idle_timeout, Some(Duration::from_secs(90)));
+        // Consul's other limits (RPC, KV) mean nothing here: reported, not refused.
+        assert_eq!(a.unknown_keys, ["limits.rpc_rate"]);
+        let b = AgentConfigFile::parse(
+            r#"{"limits": {"http_max_conns": "64", "http_header_read_timeout": "500ms",
+                           "http_body_read_timeout": "5s", "http_max_conns_per_client": 0}}"#,
+            ConfigFormat::Json,
+        )
+        .unwrap();
+        a.merge(b);
+        assert_eq!(
+            a.limits,
+            LimitsFileConfig {
+                http_max_conns_per_client: Some(0),
+                https_handshake_timeout: Some(Duration::from_secs(2)),
+                http_max_conns: Some(64),
+                http_header_read_timeout: Some(Duration::from_millis(500)),
+                http_body_read_timeout: Some(Duration::from_secs(5)),
+                http_idle_timeout: Some(Duration::from_secs(90)),
+            }
+        );
+    }
+
+    #[test]
+    fn bad_limits_are_refused_with_the_key_named() {
+        for (text, want) in [
+            (
+                "limits { http_max_conns_per_client = -1 }",
+                "limits.http_max_conns_per_client: must be between 0 (no limit) and 1048576, got -1",
+            ),
+            (
+                "limits { http_max_conns_per_client = 1048577 }",
+                "limits.http_max_conns_per_client: must be between 0",
+            ),
+            (
+                "limits { http_max_conns = 0 }",
+                "limits.http_max_conns: must be between 1 and 1048576, got 0",
+            ),
+            (
+                "limits { http_max_conns = 1.5 }",
+                "limits.http_max_conns: expected an integer",
+            ),
+            (
+                "limits { https_handshake_timeout = \"5\" }",
+                "limits.https_handshake_timeout: time: missing unit",
+            ),
+            (
+                "limits { http_idle_timeout = \"-1s\" }",
+                "limits.http_idle_timeout: duration must not be negative",
+            ),
+            (
+                "limits { http_idle_timeout = \"0\" }",
+                "limits.http_idle_timeout: must be greater than zero",
+            ),
+            (
+                "limits { http_header_read_timeout = true }",
+                "limits.http_header_read_timeout: expected a duration string",
+            ),
+            (
+                "limits { http_body_read_timeout = \"24h0m1s\" }",
+                "limits.http_body_read_timeout: must be at most 24h",
+            ),
+            ("limits = \"none\"", "limits: expected a block"),
+        ] {
+            let e = AgentConfigFile::parse(text, ConfigFormat::Hcl).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidParameter);
+            assert!(e.to_string().contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

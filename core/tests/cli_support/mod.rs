@@ -99,6 +99,67 @@ impl Agent {
         agent
     }
 
+    /// `connect agent ARGS -http-port 0` under an open-file limit of `limit` (soft and
+    /// hard, set by `sh`'s `ulimit -n` before the agent starts); waits until it runs.
+    pub fn start_with_open_file_limit(args: &[&str], limit: u32) -> Agent {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(BIN)
+            .arg("agent")
+            .args(args)
+            .args(["-http-port", "0"]);
+        for k in [
+            "CONSUL_HTTP_ADDR",
+            "CONSUL_HTTP_TOKEN",
+            "CONSUL_CACERT",
+            "CONSUL_HTTP_SSL",
+            "RUST_LOG",
+        ] {
+            cmd.env_remove(k);
+        }
+        Agent::launch(cmd)
+    }
+
+    /// Spawns `cmd` (a `connect agent` command line) and waits until it says it is running.
+    pub fn launch(mut cmd: Command) -> Agent {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn connect agent");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new((Mutex::new(Log::default()), Condvar::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = reader.read_line(&mut line).unwrap_or(0);
+                let (lock, cv) = &*sink;
+                let mut l = lock.lock().unwrap();
+                if n == 0 {
+                    l.done = true;
+                    cv.notify_all();
+                    return;
+                }
+                l.text.push_str(&line);
+                cv.notify_all();
+            }
+        });
+        let mut agent = Agent {
+            child,
+            http: String::new(),
+            https: None,
+            log,
+        };
+        let text = agent.wait_for_log("==> libconnect agent running!", TIMEOUT);
+        agent.http = listening(&text, "==> HTTP API listening on http://")
+            .unwrap_or_else(|| panic!("no HTTP address in:\n{text}"));
+        agent.https = listening(&text, "==> HTTPS API listening on https://");
+        agent
+    }
+
     /// Waits until stderr contains `needle`; returns all of stderr so far.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;

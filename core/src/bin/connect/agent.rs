@@ -11,6 +11,20 @@
 //! SIGINT or SIGTERM stops it: listeners close, requests in flight get a few seconds to
 //! finish (blocking queries are cut short), and the process exits 0. Every write was durable
 //! when it was acknowledged, so nothing else needs flushing.
+//!
+//! Both listeners bound every connection (see [`crate::http_server`]), set in the `limits`
+//! block of a configuration file:
+//!
+//! ```hcl
+//! limits {
+//!   http_max_conns_per_client = 200    # Consul's key; 0 = no per-client limit
+//!   https_handshake_timeout   = "5s"   # Consul's key
+//!   http_max_conns            = 4096   # all clients, both listeners
+//!   http_header_read_timeout  = "10s"
+//!   http_body_read_timeout    = "30s"
+//!   http_idle_timeout         = "90s"
+//! }
+//! ```
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,7 +42,8 @@ use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use crate::AgentArgs;
-use crate::https::{CertSubject, TlsListener};
+use crate::http_server::{ConnTracker, HttpLimits};
+use crate::https::CertSubject;
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -43,6 +58,7 @@ struct AgentSettings {
     log_level: String,
     unknown_keys: Vec<String>,
     connect_disabled: bool,
+    limits: HttpLimits,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -215,6 +231,7 @@ fn settings(args: &AgentArgs) -> Result<AgentSettings, Error> {
         https: https_port.map(|p| SocketAddr::new(https_ip, p)),
         unknown_keys: file.unknown_keys,
         connect_disabled: file.connect.enabled == Some(false),
+        limits: HttpLimits::from_file(&file.limits),
         server,
     })
 }
@@ -298,6 +315,19 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
 
     let app = connect_core::http::api::router(server.clone())
         .layer(axum::middleware::from_fn(log_request));
+    let mut limits = settings.limits.clone();
+    if let Some(open_files) = crate::http_server::raise_open_file_limit()
+        && let Some(configured) = limits.fit_open_files(open_files)
+    {
+        tracing::warn!(
+            configured,
+            open_file_limit = open_files,
+            using = limits.max_conns,
+            "limits.http_max_conns is more than the open-file limit allows; lowered"
+        );
+    }
+    tracing::debug!(?limits, "HTTP limits");
+    let tracker = ConnTracker::new(limits);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut lines = Vec::new();
@@ -313,20 +343,19 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
             "==> HTTP API listening on http://{}",
             url_host(local)
         ));
-        let (app, mut rx) = (app.clone(), stop_rx.clone());
-        tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        tasks.spawn(crate::http_server::serve(
+            listener,
+            None,
+            app.clone(),
+            tracker.clone(),
+            stop_rx.clone(),
+        ));
     }
     if let Some(addr) = settings.https {
-        let tcp = tokio::net::TcpListener::bind(addr)
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Error::new(ErrorKind::Io, format!("binding HTTPS on {addr}: {e}")))?;
-        let local = tcp
+        let local = listener
             .local_addr()
             .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
         let subject = CertSubject::new(&server.config().node_name, addr.ip());
@@ -335,20 +364,17 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
             .await
             .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))??;
         let tls_config = crate::https::tls_config(&server, subject, tls)?;
-        let listener = TlsListener::new(tcp, tls_config)
-            .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
         lines.push(format!(
             "==> HTTPS API listening on https://{}",
             url_host(local)
         ));
-        let (app, mut rx) = (app.clone(), stop_rx.clone());
-        tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        tasks.spawn(crate::http_server::serve(
+            listener,
+            Some(tokio_rustls::TlsAcceptor::from(tls_config)),
+            app.clone(),
+            tracker.clone(),
+            stop_rx.clone(),
+        ));
     }
 
     tokio::spawn(prune_roots(server.clone()));
@@ -383,11 +409,8 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     tracing::info!(signal, "shutting down");
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while let Some(r) = tasks.join_next().await {
-            if let Ok(Err(e)) = r {
-                tracing::warn!(error = %e, "listener ended with an error");
-            }
-        }
+        while tasks.join_next().await.is_some() {}
+        tracker.drained().await;
     })
     .await;
     if drained.is_err() {
@@ -511,6 +534,38 @@ mod tests {
         assert!(s.server.acl_enabled);
         assert_eq!(s.server.default_intention_policy, None);
         assert_eq!(s.log_level, "debug");
+    }
+
+    #[test]
+    fn limits_come_from_the_files_over_the_defaults() {
+        assert_eq!(parse(&["-dev"]).unwrap().limits, HttpLimits::default());
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.hcl"), dir.path().join("b.json"));
+        std::fs::write(
+            &a,
+            r#"limits {
+                 http_max_conns_per_client = 10
+                 http_idle_timeout = "5s"
+               }"#,
+        )
+        .unwrap();
+        std::fs::write(&b, r#"{"limits": {"http_idle_timeout": "7s"}}"#).unwrap();
+        let s = parse(&[
+            "-dev",
+            "-config-file",
+            a.to_str().unwrap(),
+            "-config-file",
+            b.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.limits,
+            HttpLimits {
+                max_conns_per_client: 10,
+                idle_timeout: Duration::from_secs(7),
+                ..HttpLimits::default()
+            }
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@
 
 mod agent;
 mod client;
+mod http_server;
 mod https;
 mod proxy;
 
@@ -92,9 +93,22 @@ struct Cli {
     command: Command,
 }
 
+/// `connect agent -h`: the connection limits, which only a configuration file sets.
+const AGENT_LIMITS_HELP: &str = "\
+HTTP(S) limits, set in a -config-file's `limits { ... }` block (defaults shown):
+  http_max_conns_per_client = 200    connections from one client IP (0: no limit); over it, 429 and close
+  http_max_conns            = 4096   connections in all, both listeners (at most the open-file limit
+                                     allows); over it, 503 and close
+  https_handshake_timeout   = \"5s\"   to finish the TLS handshake
+  http_header_read_timeout  = \"10s\"  to send a request head (a new connection: to start one); then closed
+  http_body_read_timeout    = \"30s\"  to send a request body; then 408 and close
+  http_idle_timeout         = \"90s\"  a keep-alive connection with no request running; then closed
+A running handler (a blocking query) is never timed out.";
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the control plane: CA, intentions, ACLs and catalog behind Consul's HTTP API.
+    #[command(after_help = AGENT_LIMITS_HELP)]
     Agent(Box<AgentArgs>),
     /// Creates, checks and lists intentions.
     #[command(subcommand)]
