@@ -297,9 +297,10 @@ async fn our_client_against_openssl_s_server_with_required_client_certs() {
 
     let web = mesh.identity("web");
     let client = mtls_client(&web, "db").build().unwrap();
-    // Wait (bounded) for s_server to listen.
+    // Wait (bounded: 20 s, since openssl starts slowly on a loaded machine) for s_server
+    // to listen.
     let mut conn = None;
-    for _ in 0..100 {
+    for _ in 0..400 {
         match client.dial_addr(("127.0.0.1", port)).await {
             Ok(c) => {
                 conn = Some(c);
