@@ -15,7 +15,7 @@ use crate::spiffe::{
     DEFAULT_NAMESPACE, DEFAULT_PARTITION, SpiffeId, check_default_namespace,
     check_default_partition, check_service_name_or_wildcard,
 };
-use crate::state::{Indexed, Table};
+use crate::state::{Indexed, Table, Tables};
 use crate::{Error, ErrorKind};
 
 /// A service name as the intention endpoints take it: `name`, `ns/name` or
@@ -91,45 +91,62 @@ impl Server {
     }
 
     fn find_exact(&self, src: &ServiceName, dst: &ServiceName) -> Option<Intention> {
-        self.store()
-            .view()
-            .intentions()
-            .find(|i| {
-                i.source_name == src.name
-                    && i.source_ns == src.namespace
-                    && or_default(&i.source_partition) == src.partition
-                    && i.destination_name == dst.name
-                    && i.destination_ns == dst.namespace
-                    && or_default(&i.destination_partition) == dst.partition
-                    && i.source_peer.is_empty()
-            })
-            .cloned()
+        find_exact_in(&self.store().view(), src, dst).cloned()
     }
 
     /// Validates, stamps and stores an intention; rebuilds the hot-path index.
-    fn store_intention(
-        &self,
-        mut ixn: Intention,
-        existing: Option<&Intention>,
-    ) -> Result<Intention, Error> {
+    ///
+    /// Which row it replaces and Consul's one-intention-per-pair rule are decided inside the
+    /// store's write transaction: decided on an earlier snapshot, two concurrent creates of
+    /// one pair could both be stored, and the later one in precedence order could shadow a
+    /// deny.
+    fn store_intention(&self, mut ixn: Intention, target: Target<'_>) -> Result<Intention, Error> {
         ixn.normalize();
         ixn.validate()?;
+        let (src, dst) = names_of(&ixn);
         let now = self.clock().now();
-        match existing {
-            Some(old) => {
-                ixn.id = old.id.clone();
-                ixn.created_at = old.created_at;
-                ixn.create_index = old.create_index;
-            }
-            None => {
-                if ixn.id.is_empty() {
-                    ixn.id = uuid::Uuid::new_v4().to_string();
+        let stored = self.store().write(|tx| {
+            let same_pair = find_exact_in(tx, &src, &dst);
+            let existing = match target {
+                Target::New => {
+                    if let Some(dup) = same_pair {
+                        return Err(duplicate(dup));
+                    }
+                    None
                 }
-                ixn.created_at = Some(now);
+                Target::Id { id, destination } => {
+                    let old = tx.intention(id).ok_or_else(not_found)?;
+                    // The caller was authorized against this destination; a concurrent
+                    // update may have moved the row since.
+                    if old.destination_name != destination {
+                        return Err(Error::new(
+                            ErrorKind::InvalidIntention,
+                            "intention changed concurrently; retry the update",
+                        ));
+                    }
+                    if let Some(dup) = same_pair.filter(|d| d.id != id) {
+                        return Err(duplicate(dup));
+                    }
+                    Some(old.clone())
+                }
+                Target::Pair => same_pair.cloned(),
+            };
+            match &existing {
+                Some(old) => {
+                    ixn.id = old.id.clone();
+                    ixn.created_at = old.created_at;
+                    ixn.create_index = old.create_index;
+                }
+                None => {
+                    if ixn.id.is_empty() {
+                        ixn.id = uuid::Uuid::new_v4().to_string();
+                    }
+                    ixn.created_at = Some(now);
+                }
             }
-        }
-        ixn.updated_at = Some(now);
-        let stored = self.store().put_intention(ixn)?;
+            ixn.updated_at = Some(now);
+            Ok(tx.put_intention(ixn)?)
+        })?;
         self.rebuild_intentions();
         Ok(stored.value)
     }
@@ -201,14 +218,7 @@ impl Server {
         ixn.normalize();
         self.authorizer(token)?
             .require(Permission::IntentionWrite(&ixn.destination_name))?;
-        let (src, dst) = names_of(&ixn);
-        if let Some(dup) = self.find_exact(&src, &dst) {
-            return Err(Error::new(
-                ErrorKind::InvalidIntention,
-                format!("duplicate intention found: {dup}"),
-            ));
-        }
-        self.store_intention(ixn, None)
+        self.store_intention(ixn, Target::New)
     }
 
     /// Legacy `PUT /v1/connect/intentions/:id`.
@@ -223,14 +233,13 @@ impl Server {
         let authz = self.authorizer(token)?;
         authz.require(Permission::IntentionWrite(&existing.destination_name))?;
         authz.require(Permission::IntentionWrite(&ixn.destination_name))?;
-        let (src, dst) = names_of(&ixn);
-        if let Some(dup) = self.find_exact(&src, &dst).filter(|d| d.id != id) {
-            return Err(Error::new(
-                ErrorKind::InvalidIntention,
-                format!("duplicate intention found: {dup}"),
-            ));
-        }
-        self.store_intention(ixn, Some(&existing))
+        self.store_intention(
+            ixn,
+            Target::Id {
+                id,
+                destination: &existing.destination_name,
+            },
+        )
     }
 
     /// `PUT /v1/connect/intentions/exact`: upsert by (source, destination).
@@ -252,11 +261,8 @@ impl Server {
         ixn.destination_partition = dst.partition.clone();
         ixn.destination_ns = dst.namespace.clone();
         ixn.destination_name = dst.name.clone();
-        let existing = self.find_exact(&src, &dst);
-        if existing.is_none() {
-            ixn.id.clear();
-        }
-        self.store_intention(ixn, existing.as_ref())
+        ixn.id.clear();
+        self.store_intention(ixn, Target::Pair)
     }
 
     /// `DELETE /v1/connect/intentions/:id`.
@@ -391,5 +397,39 @@ fn names_of(ixn: &Intention) -> (ServiceName, ServiceName) {
             namespace: ixn.destination_ns.clone(),
             name: ixn.destination_name.clone(),
         },
+    )
+}
+
+/// Which stored intention a write replaces.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// None: a new intention, refused if its pair already has one.
+    New,
+    /// The one with this ID, which the caller was authorized on through `destination`.
+    Id { id: &'a str, destination: &'a str },
+    /// The one of the same pair, if any (an upsert).
+    Pair,
+}
+
+fn find_exact_in<'t>(
+    tables: &'t Tables,
+    src: &ServiceName,
+    dst: &ServiceName,
+) -> Option<&'t Intention> {
+    tables.intentions().find(|i| {
+        i.source_name == src.name
+            && i.source_ns == src.namespace
+            && or_default(&i.source_partition) == src.partition
+            && i.destination_name == dst.name
+            && i.destination_ns == dst.namespace
+            && or_default(&i.destination_partition) == dst.partition
+            && i.source_peer.is_empty()
+    })
+}
+
+fn duplicate(dup: &Intention) -> Error {
+    Error::new(
+        ErrorKind::InvalidIntention,
+        format!("duplicate intention found: {dup}"),
     )
 }

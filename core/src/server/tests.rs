@@ -381,3 +381,53 @@ fn concurrent_intention_writes_never_leave_an_older_index_live() {
         s.store().table_index(Table::Intentions)
     );
 }
+
+/// Consul keeps one intention per (source, destination). Decided on a snapshot taken before
+/// the write, concurrent creates or upserts of one pair could each store a row, and a deny
+/// could then be shadowed by its allow twin in precedence order.
+#[test]
+fn concurrent_writes_of_one_pair_store_one_intention() {
+    let s = dev();
+    // A longer scan for the pair widens the window between looking and writing.
+    for i in 0..500 {
+        s.intention_upsert_exact(None, &format!("f-{i}"), "x", body(IntentionAction::Allow))
+            .unwrap();
+    }
+    for round in 0..60 {
+        let (src, dst) = (format!("web-{round}"), format!("db-{round}"));
+        let created = std::sync::atomic::AtomicUsize::new(0);
+        let start = std::sync::Barrier::new(4);
+        std::thread::scope(|scope| {
+            for w in 0..4 {
+                let (s, src, dst, created, start) = (&s, &src, &dst, &created, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    if w % 2 == 0 {
+                        let mut ixn = Intention::new(src, dst, IntentionAction::Deny);
+                        ixn.id.clear();
+                        match s.intention_create(None, ixn) {
+                            Ok(_) => {
+                                created.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            Err(e) => {
+                                assert_eq!(e.kind(), ErrorKind::InvalidIntention, "{e}");
+                                assert!(e.to_string().contains("duplicate intention"), "{e}");
+                            }
+                        }
+                    } else {
+                        s.intention_upsert_exact(None, src, dst, body(IntentionAction::Deny))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let rows = s
+            .store()
+            .view()
+            .intentions()
+            .filter(|i| i.source_name == src && i.destination_name == dst)
+            .count();
+        assert_eq!(rows, 1, "round {round}: {rows} intentions for one pair");
+        assert!(created.into_inner() <= 1);
+    }
+}
