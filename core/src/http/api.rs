@@ -2,28 +2,33 @@
 //! [`Server`] (spec §6). Handlers convert, call the server, and map errors — no rule lives
 //! here.
 
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
+use rustls::sign::CertifiedKey;
 use serde::Serialize;
 use serde_json::json;
 
 use super::ApiError;
 use super::query::{Params, QueryOptions, index_headers};
-use crate::agent::{Agent, AgentBackend, AgentConfig, Leaf};
-use crate::ca::{CaConfiguration, SignPolicy};
+use crate::agent::{Agent, AgentBackend, AgentConfig, Leaf, LeafRequest};
+use crate::ca::{CaConfiguration, IndexedCaRoots, SignPolicy};
 use crate::cache::{GetOptions, ResultMeta};
 use crate::catalog::ServiceRegistration;
 use crate::filter::Filter;
-use crate::intentions::{Intention, MatchType};
+use crate::intentions::{Intention, IntentionIndex, MatchType, ServiceRef};
 use crate::server::Server;
 use crate::state::{Indexed, Table};
+use crate::tls::{CurrentLeaf, KeyExchange, certified_key, crypto_provider};
 use crate::{Error, ErrorKind};
 
 /// Request bodies larger than this are refused with 413.
@@ -34,15 +39,138 @@ type ApiResult = Result<Response, ApiError>;
 #[derive(Clone)]
 struct AppState {
     server: Server,
-    /// The agent whose cache serves `/v1/agent/connect/ca/leaf` (Consul's leaf cache: entries
-    /// dropped after 72 h unused, renewal jitter, blocking), over this same server. Started
-    /// on the first leaf request, on the runtime serving it.
-    leaf_agent: Arc<tokio::sync::OnceCell<Agent>>,
+    /// The agent whose cache serves the `/v1/agent/connect/...` endpoints and the HTTPS
+    /// certificate (Consul's agent cache: roots and intentions kept fresh by blocking
+    /// queries; leaves with renewal jitter, dropped after 72 h unused), over this same
+    /// server. Started on first use, on the runtime serving it.
+    agent: Arc<tokio::sync::OnceCell<Agent>>,
 }
 
 /// The router for every endpoint libconnect serves.
 pub fn router(server: Server) -> Router {
-    let state = AppState::new(server);
+    Api::new(server).router()
+}
+
+/// The HTTP API over one server, with the agent cache that its agent endpoints and its HTTPS
+/// certificate are served from. Cheap to clone.
+#[derive(Clone)]
+pub struct Api {
+    state: AppState,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("datacenter", &self.state.server.datacenter())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    /// The API over `server`; its agent cache starts on first use.
+    pub fn new(server: Server) -> Api {
+        Api {
+            state: AppState::new(server),
+        }
+    }
+
+    /// The router for every endpoint libconnect serves.
+    pub fn router(&self) -> Router {
+        routes(self.state.clone())
+    }
+
+    /// The TLS configuration of the HTTPS listener: it serves this node's certificate (the
+    /// client-agent SPIFFE ID of `node`, DNS SAN `localhost`, IP SANs for the loopback
+    /// addresses and `bind` when it is a specific address), issued through the agent cache's
+    /// leaf lifecycle like every service leaf: renewed in its renewal window and reissued
+    /// when the active root changes. Waits for the first certificate.
+    pub async fn https_config(
+        &self,
+        node: &str,
+        bind: IpAddr,
+    ) -> Result<Arc<rustls::ServerConfig>, Error> {
+        let st = &self.state;
+        let mut ips = vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ];
+        if !bind.is_unspecified() && !ips.contains(&bind) {
+            ips.push(bind);
+        }
+        let req = st
+            .agent()
+            .await?
+            .agent_leaf_request(node, vec!["localhost".to_owned()], ips);
+        let (leaf, _) = st.leaf_of(&req, 0, Duration::ZERO).await?;
+        let current = Arc::new(ArcSwapOption::from_pointee(https_key(&leaf)?));
+        tokio::spawn(keep_https_cert(st.clone(), req, leaf, current.clone()));
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(crypto_provider(KeyExchange::default()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| Error::new(ErrorKind::Tls, e.to_string()))?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(CurrentLeaf(current)));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+fn https_key(leaf: &Leaf) -> Result<CertifiedKey, Error> {
+    certified_key(leaf.chain(), leaf.key().clone_key(), "HTTPS certificate")
+}
+
+/// How long the HTTPS certificate's keeper waits after a failed renewal.
+const HTTPS_RETRY: Duration = Duration::from_secs(60);
+
+/// Keeps the HTTPS certificate current: at the leaf's renewal point, and whenever the roots
+/// change, it reads the leaf afresh (the leaf cache renews it when due or when the active
+/// root no longer signs it) and serves the new one from the next handshake on.
+async fn keep_https_cert(
+    st: AppState,
+    req: LeafRequest,
+    mut leaf: Arc<Leaf>,
+    current: Arc<ArcSwapOption<CertifiedKey>>,
+) {
+    let Ok(agent) = st.agent().await.cloned() else {
+        return;
+    };
+    let mut roots = agent.roots_watch();
+    roots.borrow_and_update();
+    let clock = st.server.clock().clone();
+    loop {
+        tokio::select! {
+            () = clock.sleep_until(leaf.renew_at()) => {}
+            changed = roots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let renewed = st
+            .leaf_of(&req, 0, Duration::ZERO)
+            .await
+            .and_then(|(next, _)| Ok((https_key(&next)?, next)));
+        match renewed {
+            Ok((_, next)) if next.cert() == leaf.cert() => {
+                // Not renewed although due (a renewal put off): do not spin on it.
+                if clock.now() >= leaf.renew_at() {
+                    tokio::time::sleep(HTTPS_RETRY).await;
+                }
+            }
+            Ok((key, next)) => {
+                current.store(Some(Arc::new(key)));
+                leaf = next;
+                tracing::info!(renew_at = %leaf.renew_at(), "HTTPS certificate renewed");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the HTTPS certificate failed; retrying in 1m");
+                tokio::time::sleep(HTTPS_RETRY).await;
+            }
+        }
+    }
+}
+
+fn routes(state: AppState) -> Router {
     Router::new()
         .route("/v1/connect/ca/roots", get(ca_roots))
         .route("/v1/agent/connect/ca/roots", get(agent_ca_roots))
@@ -208,33 +336,83 @@ async fn read_blocking<T: Serialize>(
 
 // ---- CA -------------------------------------------------------------------------------
 
+/// `GET /v1/connect/ca/roots`: read from the server, as Consul's is.
 async fn ca_roots(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
     let (o, params) = opts(&headers, &q.0)?;
     check_dc(&st.server, &o)?;
     if params.flag("pem") {
         let roots = st.server.ca_roots();
-        let mut resp = roots.value.roots_pem().into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/pem-certificate-chain"),
-        );
-        for (k, v) in index_headers(roots.index) {
-            resp.headers_mut().insert(k, v);
-        }
-        return Ok(resp);
+        return Ok(pem_response(&roots.value, roots.index));
     }
     let s = st.server.clone();
     read_blocking(&st.server, &o, &[Table::CaRoots], move || Ok(s.ca_roots())).await
 }
 
-async fn agent_ca_roots(st: State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let mut resp = ca_roots(st, headers, q).await?;
-    // Served from the agent's in-process view: always a cache hit.
-    resp.headers_mut()
-        .insert("x-cache", HeaderValue::from_static("HIT"));
-    resp.headers_mut()
-        .insert("age", HeaderValue::from_static("0"));
+/// `GET /v1/agent/connect/ca/roots`: from the agent cache, blocking on `?index` there.
+async fn agent_ca_roots(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
+    let (o, params) = opts(&headers, &q.0)?;
+    check_dc(&st.server, &o)?;
+    let agent = st.agent().await?;
+    let (roots, meta) = if o.min_index > 0 {
+        let wait = GetOptions::blocking(o.min_index, o.wait_with_jitter());
+        agent.roots_get(wait).await?
+    } else {
+        let server_index = st.server.ca_roots().index;
+        not_older_than(server_index, |opts| agent.roots_get(opts)).await?
+    };
+    let mut resp = if params.flag("pem") {
+        pem_response(&roots, meta.index)
+    } else {
+        json_response(&*roots, Some(meta.index))
+    };
+    cache_headers(&mut resp, &meta);
     Ok(resp)
+}
+
+fn pem_response(roots: &IndexedCaRoots, index: u64) -> Response {
+    let mut resp = roots.roots_pem().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pem-certificate-chain"),
+    );
+    for (k, v) in index_headers(index) {
+        resp.headers_mut().insert(k, v);
+    }
+    resp
+}
+
+/// Consul's cache headers: `X-Cache`, and on a hit `Age` in seconds.
+fn cache_headers(resp: &mut Response, meta: &ResultMeta) {
+    let headers = resp.headers_mut();
+    let cache = if meta.hit { "HIT" } else { "MISS" };
+    headers.insert("x-cache", HeaderValue::from_static(cache));
+    if meta.hit {
+        headers.insert("age", HeaderValue::from(meta.age.as_secs()));
+    }
+}
+
+/// How long a fresh read waits for the cache's background refresh to reach a write the
+/// server already made.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// A cache read no older than the server's `index`. In process the server's index is at
+/// hand, so a read right after a write (an intention change, a root rotation) waits for the
+/// cache's background refresh, at most [`CATCH_UP`], rather than answering from before it.
+async fn not_older_than<V, F, Fut>(index: u64, get: F) -> Result<(Arc<V>, ResultMeta), Error>
+where
+    F: Fn(GetOptions) -> Fut,
+    Fut: Future<Output = Result<(Arc<V>, ResultMeta), Error>>,
+{
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    let (mut value, mut meta) = get(GetOptions::default()).await?;
+    while meta.index < index {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        (value, meta) = get(GetOptions::blocking(meta.index, left)).await?;
+    }
+    Ok((value, meta))
 }
 
 async fn ca_config_get(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
@@ -289,12 +467,12 @@ impl AppState {
     fn new(server: Server) -> AppState {
         AppState {
             server,
-            leaf_agent: Arc::default(),
+            agent: Arc::default(),
         }
     }
 
-    async fn leaf_agent(&self) -> Result<&Agent, Error> {
-        self.leaf_agent
+    async fn agent(&self) -> Result<&Agent, Error> {
+        self.agent
             .get_or_try_init(|| {
                 Agent::new_async(AgentConfig {
                     backend: AgentBackend::InProcess(self.server.clone()),
@@ -330,13 +508,24 @@ impl AppState {
         min_index: u64,
         wait: Duration,
     ) -> Result<(Arc<Leaf>, ResultMeta), Error> {
-        let agent = self.leaf_agent().await?;
+        let req = self.agent().await?.leaf_request_for_token(token, service);
+        self.leaf_of(&req, min_index, wait).await
+    }
+
+    /// [`AppState::leaf`] for any leaf request (a service's, or the agent's own).
+    async fn leaf_of(
+        &self,
+        req: &LeafRequest,
+        min_index: u64,
+        wait: Duration,
+    ) -> Result<(Arc<Leaf>, ResultMeta), Error> {
+        let agent = self.agent().await?;
         let opts = if min_index > 0 {
             GetOptions::blocking(min_index, wait)
         } else {
             GetOptions::default()
         };
-        let (mut leaf, mut meta) = agent.leaf_for_token(token, service, opts).await?;
+        let (mut leaf, mut meta) = agent.leaf_get(req, opts).await?;
         let expired = self.server.clock().now() >= leaf.valid_before();
         if expired || (min_index == 0 && !self.leaf_current(&leaf)) {
             if let Some(active) = self.server.ca_roots().value.active() {
@@ -347,12 +536,15 @@ impl AppState {
                 must_revalidate: true,
                 ..GetOptions::default()
             };
-            (leaf, meta) = agent.leaf_for_token(token, service, revalidate).await?;
+            (leaf, meta) = agent.leaf_get(req, revalidate).await?;
         }
         if self.server.clock().now() >= leaf.valid_before() {
             return Err(Error::new(
                 ErrorKind::NotReady,
-                format!("the leaf for {service:?} expired and could not be renewed"),
+                format!(
+                    "the leaf for {:?} expired and could not be renewed",
+                    req.scope.name
+                ),
             ));
         }
         Ok((leaf, meta))
@@ -387,9 +579,7 @@ async fn agent_leaf(
     let mut issued = leaf.issued()?;
     issued.private_key_pem = leaf.key_pem().to_string();
     let mut resp = json_response(&issued, Some(meta.index));
-    let cache = if meta.hit { "HIT" } else { "MISS" };
-    resp.headers_mut()
-        .insert("x-cache", HeaderValue::from_static(cache));
+    cache_headers(&mut resp, &meta);
     Ok(resp)
 }
 
@@ -413,15 +603,25 @@ async fn agent_authorize(
     let (o, _) = opts(&headers, &q.0)?;
     let req: AuthorizeRequest = decode(&body)?;
     let _unused_as_in_consul = req.client_cert_serial;
-    let d = st
+    let token = o.token.as_deref().filter(|t| !t.is_empty());
+    let source = st
         .server
-        .authorize(o.token.as_deref(), &req.target, &req.client_cert_uri)?;
+        .authorize_request(token, &req.target, &req.client_cert_uri)?;
+    let agent = st.agent().await?;
+    let server_index = st.server.store().table_index(Table::Intentions).max(1);
+    let (intentions, meta) = not_older_than(server_index, |opts| {
+        agent.intentions_for_token(token, &req.target, opts)
+    })
+    .await?;
+    // The cached list holds the intentions whose destination covers the target, in
+    // evaluation order: the first whose source covers the client decides.
+    let index = IntentionIndex::new(intentions.iter().cloned(), agent.default_policy());
+    let d = index.authorize(&ServiceRef::new(&req.target), &ServiceRef::new(&source));
     let mut resp = json_response(
         &json!({"Authorized": d.allowed, "Reason": d.reason.to_string()}),
         None,
     );
-    resp.headers_mut()
-        .insert("x-cache", HeaderValue::from_static("HIT"));
+    cache_headers(&mut resp, &meta);
     Ok(resp)
 }
 
@@ -914,7 +1114,7 @@ mod tests {
     }
 
     fn cached_leaves(st: &AppState) -> u64 {
-        st.leaf_agent.get().map_or(0, |a| {
+        st.agent.get().map_or(0, |a| {
             a.cache()
                 .metrics()
                 .get("connect-ca-leaf")
@@ -994,7 +1194,7 @@ mod tests {
             let e = call(token).await.unwrap_err();
             assert_eq!(status_for(e.0.kind()), StatusCode::FORBIDDEN, "{}", e.0);
         }
-        assert!(st.leaf_agent.get().is_none(), "no cache, no key, no CSR");
+        assert!(st.agent.get().is_none(), "no cache, no key, no CSR");
         let ok = call(Some("root-secret")).await.unwrap();
         assert_eq!(ok.status(), StatusCode::OK);
         assert_eq!(cached_leaves(&st), 1);

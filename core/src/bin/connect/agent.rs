@@ -8,6 +8,11 @@
 //! ==> HTTPS API listening on https://127.0.0.1:8501
 //! ```
 //!
+//! The HTTPS listener serves a certificate the CA issues to this node (its client-agent
+//! SPIFFE ID, DNS SAN `localhost`, the loopback IPs and the bind address), kept current by the
+//! same agent cache that serves the `/v1/agent/connect/...` endpoints: see
+//! [`connect_core::http::api::Api::https_config`].
+//!
 //! SIGINT or SIGTERM stops it: listeners close, requests in flight get a few seconds to
 //! finish (blocking queries are cut short), and the process exits 0. Every write was durable
 //! when it was acknowledged, so nothing else needs flushing.
@@ -43,7 +48,6 @@ use tracing_subscriber::EnvFilter;
 
 use crate::AgentArgs;
 use crate::http_server::{ConnTracker, HttpLimits};
-use crate::https::CertSubject;
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -313,8 +317,8 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
         "server started"
     );
 
-    let app = connect_core::http::api::router(server.clone())
-        .layer(axum::middleware::from_fn(log_request));
+    let api = connect_core::http::api::Api::new(server.clone());
+    let app = api.router().layer(axum::middleware::from_fn(log_request));
     let mut limits = settings.limits.clone();
     if let Some(open_files) = crate::http_server::raise_open_file_limit()
         && let Some(configured) = limits.fit_open_files(open_files)
@@ -358,12 +362,9 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
         let local = listener
             .local_addr()
             .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
-        let subject = CertSubject::new(&server.config().node_name, addr.ip());
-        let (s, subj) = (server.clone(), subject.clone());
-        let tls = tokio::task::spawn_blocking(move || crate::https::issue(&s, &subj))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))??;
-        let tls_config = crate::https::tls_config(&server, subject, tls)?;
+        let tls_config = api
+            .https_config(&server.config().node_name, addr.ip())
+            .await?;
         lines.push(format!(
             "==> HTTPS API listening on https://{}",
             url_host(local)

@@ -20,7 +20,6 @@
 mod agent;
 mod client;
 mod http_server;
-mod https;
 mod proxy;
 
 use std::ffi::OsString;
