@@ -89,21 +89,7 @@ impl Api {
         node: &str,
         bind: IpAddr,
     ) -> Result<Arc<rustls::ServerConfig>, Error> {
-        let st = &self.state;
-        let mut ips = vec![
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ];
-        if !bind.is_unspecified() && !ips.contains(&bind) {
-            ips.push(bind);
-        }
-        let req = st
-            .agent()
-            .await?
-            .agent_leaf_request(node, vec!["localhost".to_owned()], ips);
-        let (leaf, _) = st.leaf_of(&req, 0, Duration::ZERO).await?;
-        let current = Arc::new(ArcSwapOption::from_pointee(https_key(&leaf)?));
-        tokio::spawn(keep_https_cert(st.clone(), req, leaf, current.clone()));
+        let current = self.state.https_cert(node, bind).await?;
         let mut config =
             rustls::ServerConfig::builder_with_provider(crypto_provider(KeyExchange::default()))
                 .with_safe_default_protocol_versions()
@@ -112,6 +98,31 @@ impl Api {
                 .with_cert_resolver(Arc::new(CurrentLeaf(current)));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
+    }
+}
+
+impl AppState {
+    /// The HTTPS certificate of [`Api::https_config`], and the task that keeps it current.
+    async fn https_cert(
+        &self,
+        node: &str,
+        bind: IpAddr,
+    ) -> Result<Arc<ArcSwapOption<CertifiedKey>>, Error> {
+        let mut ips = vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ];
+        if !bind.is_unspecified() && !ips.contains(&bind) {
+            ips.push(bind);
+        }
+        let req = self
+            .agent()
+            .await?
+            .agent_leaf_request(node, vec!["localhost".to_owned()], ips);
+        let (leaf, _) = self.leaf_of(&req, 0, Duration::ZERO).await?;
+        let current = Arc::new(ArcSwapOption::from_pointee(https_key(&leaf)?));
+        tokio::spawn(keep_https_cert(self.clone(), req, leaf, current.clone()));
+        Ok(current)
     }
 }
 
@@ -1133,6 +1144,281 @@ mod tests {
         panic!("{} leaves cached, expected {n}", cached_leaves(st));
     }
 
+    fn acl_state() -> AppState {
+        let mut c = ServerConfig::dev();
+        c.acl_enabled = true;
+        c.acl_default_policy = crate::acl::DefaultPolicy::Deny;
+        c.acl_initial_management_token = Some("root-secret".into());
+        AppState::new(Server::start(c, crate::clock::system()).unwrap())
+    }
+
+    fn with_token(token: Option<&'static str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(t) = token {
+            headers.insert("x-consul-token", HeaderValue::from_static(t));
+        }
+        headers
+    }
+
+    fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
+        resp.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    async fn body_json(resp: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(resp.into_body(), MAX_BODY)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn entries(st: &AppState, cache_type: &str) -> u64 {
+        st.agent.get().map_or(0, |a| {
+            a.cache().metrics().get(cache_type).map_or(0, |m| m.entries)
+        })
+    }
+
+    async fn authorize_call(
+        st: &AppState,
+        token: Option<&'static str>,
+        target: &str,
+        source_uri: &str,
+    ) -> ApiResult {
+        let body = json!({"Target": target, "ClientCertURI": source_uri}).to_string();
+        agent_authorize(
+            State(st.clone()),
+            with_token(token),
+            RawQuery(None),
+            Bytes::from(body),
+        )
+        .await
+    }
+
+    fn uri(st: &AppState, service: &str) -> String {
+        format!(
+            "spiffe://{}/ns/default/dc/dc1/svc/{service}",
+            st.server.trust_domain()
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn agent_roots_come_from_the_cache_and_say_so() {
+        let (st, _) = state();
+        let call = |q: Option<&str>| {
+            agent_ca_roots(
+                State(st.clone()),
+                HeaderMap::new(),
+                RawQuery(q.map(str::to_owned)),
+            )
+        };
+        // One entry: the agent's own roots watch and the endpoint share it.
+        call(None).await.unwrap();
+        assert_eq!(entries(&st, "connect-ca-root"), 1);
+        let second = call(None).await.unwrap();
+        assert_eq!(header(&second, "x-cache"), Some("HIT"));
+        assert_eq!(header(&second, "age"), Some("0"));
+        let index = header(&second, "x-consul-index").unwrap().to_owned();
+        let roots = body_json(second).await;
+        assert_eq!(
+            roots,
+            serde_json::to_value(st.server.ca_roots().value).unwrap()
+        );
+        let pem = call(Some("pem")).await.unwrap();
+        assert_eq!(header(&pem, "x-cache"), Some("HIT"));
+        assert_eq!(
+            header(&pem, "content-type"),
+            Some("application/pem-certificate-chain")
+        );
+
+        // A rotation is seen by the next read at once, and wakes a blocked one.
+        let blocked = tokio::spawn(call(Some(&format!("index={index}&wait=30s"))));
+        // Let it block first: a reader that waited for the new roots was not a hit.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut config = st.server.ca_config(None).unwrap().value;
+        config.config.insert("PrivateKeyBits".into(), json!(384));
+        st.server.set_ca_config(None, config).unwrap();
+        let after = body_json(call(None).await.unwrap()).await;
+        let active = st.server.ca_roots().value.active_root_id.clone();
+        assert_eq!(after["ActiveRootID"], json!(active));
+        let woken = blocked.await.unwrap().unwrap();
+        assert_eq!(header(&woken, "x-cache"), Some("MISS"));
+        assert_eq!(header(&woken, "age"), None);
+        let woken = body_json(woken).await;
+        assert_eq!(woken["ActiveRootID"], json!(active));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn authorize_comes_from_the_intention_cache_and_follows_writes() {
+        let (st, _) = state();
+        let put = |src: &str, action: &str| {
+            let ixn =
+                Intention::from_json(json!({"Action": action}).to_string().as_bytes()).unwrap();
+            st.server
+                .intention_upsert_exact(None, src, "db", ixn)
+                .unwrap();
+        };
+        put("web", "allow");
+        put("*", "deny");
+        let first = authorize_call(&st, None, "db", &uri(&st, "web"))
+            .await
+            .unwrap();
+        assert_eq!(header(&first, "x-cache"), Some("MISS"));
+        assert_eq!(
+            body_json(first).await,
+            json!({"Authorized": true, "Reason": st.server.authorize(None, "db", &uri(&st, "web")).unwrap().reason.to_string()})
+        );
+        // Every answer is the server's own, for sources matched and not.
+        for src in ["web", "api", "cache"] {
+            let resp = authorize_call(&st, None, "db", &uri(&st, src))
+                .await
+                .unwrap();
+            assert_eq!(header(&resp, "x-cache"), Some("HIT"));
+            assert_eq!(header(&resp, "age"), Some("0"));
+            let d = st.server.authorize(None, "db", &uri(&st, src)).unwrap();
+            assert_eq!(
+                body_json(resp).await,
+                json!({"Authorized": d.allowed, "Reason": d.reason.to_string()}),
+                "{src}"
+            );
+        }
+        // A target no intention names falls to the default, as the server's does.
+        let other = body_json(
+            authorize_call(&st, None, "other", &uri(&st, "web"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        let d = st
+            .server
+            .authorize(None, "other", &uri(&st, "web"))
+            .unwrap();
+        assert_eq!(
+            other,
+            json!({"Authorized": d.allowed, "Reason": d.reason.to_string()})
+        );
+        // A write is seen by the very next request.
+        put("web", "deny");
+        let after = body_json(
+            authorize_call(&st, None, "db", &uri(&st, "web"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(after["Authorized"], false, "{after}");
+        assert_eq!(entries(&st, "intention-match"), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn authorize_checks_the_request_and_the_token_before_any_cache_work() {
+        let st = acl_state();
+        let web = uri(&st, "web");
+        for (token, target, client, status) in [
+            (None, "db", web.as_str(), StatusCode::FORBIDDEN),
+            (
+                Some("not-a-token"),
+                "db",
+                web.as_str(),
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                Some("root-secret"),
+                "",
+                web.as_str(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (Some("root-secret"), "db", "nope", StatusCode::BAD_REQUEST),
+        ] {
+            let e = authorize_call(&st, token, target, client)
+                .await
+                .unwrap_err();
+            assert_eq!(status_for(e.0.kind()), status, "{}", e.0);
+        }
+        assert!(st.agent.get().is_none(), "no cache work");
+        let ok = authorize_call(&st, Some("root-secret"), "db", &web)
+            .await
+            .unwrap();
+        let d = st
+            .server
+            .authorize(Some("root-secret"), "db", &web)
+            .unwrap();
+        assert_eq!(
+            body_json(ok).await,
+            json!({"Authorized": d.allowed, "Reason": d.reason.to_string()})
+        );
+        assert_eq!(entries(&st, "intention-match"), 1);
+    }
+
+    fn served(cert: &ArcSwapOption<CertifiedKey>) -> crate::certs::CertInfo {
+        let key = cert.load_full().unwrap();
+        crate::certs::CertInfo::from_der(&key.cert[0]).unwrap()
+    }
+
+    /// Waits (in real time, bounded) for the HTTPS certificate's keeper.
+    async fn until_served(
+        cert: &ArcSwapOption<CertifiedKey>,
+        what: &str,
+        done: impl Fn(&crate::certs::CertInfo) -> bool,
+    ) -> crate::certs::CertInfo {
+        for _ in 0..500 {
+            let info = served(cert);
+            if done(&info) {
+                return info;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the HTTPS certificate was not {what}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_https_certificate_is_the_agents_and_follows_renewal_and_rotation() {
+        let (st, clock) = state();
+        let bind: IpAddr = "10.1.2.3".parse().unwrap();
+        let cert = st.https_cert("node-1", bind).await.unwrap();
+        let td = crate::spiffe::TrustDomain::new(&st.server.trust_domain()).unwrap();
+        let first = served(&cert);
+        assert_eq!(
+            first.uris,
+            [crate::spiffe::AgentId::new(&td, "dc1", "node-1").uri()]
+        );
+        assert_eq!(first.dns_names, ["localhost"]);
+        assert_eq!(
+            first.ip_addresses,
+            [
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                bind
+            ]
+        );
+        // One leaf-cache entry, apart from every service's.
+        assert_eq!(cached_leaves(&st), 1);
+
+        // Renewed in its renewal window.
+        let renew_at = first.not_before + (first.not_after - first.not_before) * 0.9;
+        clock.advance(Duration::try_from(renew_at - st.server.clock().now()).unwrap());
+        let renewed = until_served(&cert, "renewed", |i| i.serial != first.serial).await;
+        assert_eq!(renewed.uris, first.uris);
+
+        // Reissued from the new root when the active root changes.
+        let mut config = st.server.ca_config(None).unwrap().value;
+        config.config.insert("PrivateKeyBits".into(), json!(384));
+        st.server.set_ca_config(None, config).unwrap();
+        let active = st
+            .server
+            .ca_roots()
+            .value
+            .active()
+            .unwrap()
+            .signing_key_id
+            .clone();
+        let rotated = until_served(&cert, "reissued from the new root", |i| {
+            i.authority_key_id
+                .as_deref()
+                .is_some_and(|k| crate::certs::colon_hex(k) == active)
+        })
+        .await;
+        assert_eq!(rotated.ip_addresses, first.ip_addresses);
+        assert_eq!(cached_leaves(&st), 1);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn leaves_for_many_names_are_evicted_once_unused_for_the_ttl() {
         let (st, clock) = state();
@@ -1176,8 +1462,7 @@ mod tests {
         c.acl_enabled = true;
         c.acl_default_policy = crate::acl::DefaultPolicy::Deny;
         c.acl_initial_management_token = Some("root-secret".into());
-        let server = Server::start(c, crate::clock::system()).unwrap();
-        let st = AppState::new(server);
+        let st = AppState::new(Server::start(c, crate::clock::system()).unwrap());
         let call = |token: Option<&'static str>| {
             let mut headers = HeaderMap::new();
             if let Some(t) = token {
