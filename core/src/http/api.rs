@@ -10,7 +10,8 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
@@ -262,10 +263,69 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError)
 }
 
-fn opts(headers: &HeaderMap, q: &Option<String>) -> Result<(QueryOptions, Params), ApiError> {
-    let params = Params::parse(q.as_deref());
-    let o = QueryOptions::from_request(headers, &params)?;
-    Ok((o, params))
+/// What every handler reads first: Consul's query options (token, `dc`, blocking, filter)
+/// and the raw parameters, from the request's head.
+struct Req {
+    o: QueryOptions,
+    params: Params,
+}
+
+impl Req {
+    fn parse(headers: &HeaderMap, query: Option<&str>) -> Result<Req, ApiError> {
+        let params = Params::parse(query);
+        let o = QueryOptions::from_request(headers, &params)?;
+        Ok(Req { o, params })
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Req {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Req, ApiError> {
+        Req::parse(&parts.headers, parts.uri.query())
+    }
+}
+
+impl AppState {
+    /// A read of the server with the request's token, blocking first when `?index` asks for
+    /// something newer (Consul's blocking queries) than what `tables` hold.
+    async fn read<T: Serialize>(
+        &self,
+        o: &QueryOptions,
+        tables: &[Table],
+        read: impl Fn(&Server, Option<&str>) -> Result<Indexed<T>, Error>,
+    ) -> ApiResult {
+        let (server, token) = (&self.server, o.token.as_deref());
+        let deadline = tokio::time::Instant::now() + o.wait_with_jitter();
+        // The read's own index decides, not the watched tables': a read may report one
+        // table's index while it watches several (`/v1/catalog/services` reports the services
+        // table and watches nodes and checks too), and waiting for the tables to pass
+        // `min_index` would then return at once, forever, to a watcher on an idle agent.
+        // Taken before the read, so a change between the two wakes the wait below.
+        let mut seen = server.store().view().max_index(tables);
+        let mut current = read(server, token)?;
+        while o.min_index > 0 && current.index <= o.min_index {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            server.wait(tables, seen.max(o.min_index), left).await;
+            seen = server.store().view().max_index(tables);
+            current = read(server, token)?;
+        }
+        Ok(json_response(&current.value, Some(current.index)))
+    }
+
+    /// A write to the server with the request's token, off the async workers (writes are
+    /// durable before they return).
+    async fn write<T: Send + 'static>(
+        &self,
+        o: QueryOptions,
+        write: impl FnOnce(&Server, Option<&str>) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let s = self.server.clone();
+        blocking(move || write(&s, o.token.as_deref())).await
+    }
 }
 
 fn check_dc(server: &Server, o: &QueryOptions) -> Result<(), ApiError> {
@@ -318,50 +378,21 @@ fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// Answers a read, blocking first when `?index` asks for something newer (spec §6).
-async fn read_blocking<T: Serialize>(
-    server: &Server,
-    o: &QueryOptions,
-    tables: &[Table],
-    read: impl Fn() -> Result<Indexed<T>, Error>,
-) -> ApiResult {
-    let deadline = tokio::time::Instant::now() + o.wait_with_jitter();
-    // The read's own index decides, not the watched tables': a read may report one table's
-    // index while it watches several (`/v1/catalog/services` reports the services table and
-    // watches nodes and checks too), and waiting for the tables to pass `min_index` would
-    // then return at once, forever, to a watcher on an idle agent. Taken before the read, so
-    // a change between the two wakes the wait below.
-    let mut seen = server.store().view().max_index(tables);
-    let mut current = read()?;
-    while o.min_index > 0 && current.index <= o.min_index {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        server.wait(tables, seen.max(o.min_index), left).await;
-        seen = server.store().view().max_index(tables);
-        current = read()?;
-    }
-    Ok(json_response(&current.value, Some(current.index)))
-}
-
 // ---- CA -------------------------------------------------------------------------------
 
 /// `GET /v1/connect/ca/roots`: read from the server, as Consul's is.
-async fn ca_roots(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
+async fn ca_roots(State(st): State<AppState>, Req { o, params }: Req) -> ApiResult {
     check_dc(&st.server, &o)?;
     if params.flag("pem") {
         let roots = st.server.ca_roots();
         return Ok(pem_response(&roots.value, roots.index));
     }
-    let s = st.server.clone();
-    read_blocking(&st.server, &o, &[Table::CaRoots], move || Ok(s.ca_roots())).await
+    st.read(&o, &[Table::CaRoots], |s, _| Ok(s.ca_roots()))
+        .await
 }
 
 /// `GET /v1/agent/connect/ca/roots`: from the agent cache, blocking on `?index` there.
-async fn agent_ca_roots(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
+async fn agent_ca_roots(State(st): State<AppState>, Req { o, params }: Req) -> ApiResult {
     check_dc(&st.server, &o)?;
     let agent = st.agent().await?;
     let (roots, meta) = if o.min_index > 0 {
@@ -426,29 +457,18 @@ where
     Ok((value, meta))
 }
 
-async fn ca_config_get(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, &[Table::CaConfig], move || {
-        s.ca_config(token.as_deref())
-    })
-    .await
+async fn ca_config_get(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
+    st.read(&o, &[Table::CaConfig], move |s, token| s.ca_config(token))
+        .await
 }
 
-async fn ca_config_put(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
-    body: Bytes,
-) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn ca_config_put(State(st): State<AppState>, Req { o, .. }: Req, body: Bytes) -> ApiResult {
     let config: CaConfiguration = decode(&body)?;
     if config.provider.is_empty() {
         return Err(Error::new(ErrorKind::InvalidParameter, "Provider must be set").into());
     }
-    let s = st.server.clone();
-    blocking(move || s.set_ca_config(o.token.as_deref(), config)).await?;
+    st.write(o, move |s, token| s.set_ca_config(token, config))
+        .await?;
     Ok(json_response(&true, None))
 }
 
@@ -460,17 +480,13 @@ struct SignRequest {
 
 /// Not in Consul: signs a CSR made elsewhere, so that an agent keeps its key in its own
 /// process (`service:write` on the CSR's service).
-async fn ca_sign(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
-    body: Bytes,
-) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn ca_sign(State(st): State<AppState>, Req { o, .. }: Req, body: Bytes) -> ApiResult {
     let req: SignRequest = decode(&body)?;
-    let s = st.server.clone();
-    let issued =
-        blocking(move || s.sign(o.token.as_deref(), &req.csr, SignPolicy::ServiceOnly)).await?;
+    let issued = st
+        .write(o, move |s, token| {
+            s.sign(token, &req.csr, SignPolicy::ServiceOnly)
+        })
+        .await?;
     Ok(json_response(&issued, Some(issued.modify_index)))
 }
 
@@ -575,10 +591,8 @@ const ROOTS_CATCH_UP: Duration = Duration::from_secs(5);
 async fn agent_leaf(
     State(st): State<AppState>,
     Path(service): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     check_dc(&st.server, &o)?;
     st.server
         .authorizer(o.token.as_deref())?
@@ -605,13 +619,7 @@ struct AuthorizeRequest {
     client_cert_serial: String,
 }
 
-async fn agent_authorize(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
-    body: Bytes,
-) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn agent_authorize(State(st): State<AppState>, Req { o, .. }: Req, body: Bytes) -> ApiResult {
     let req: AuthorizeRequest = decode(&body)?;
     let _unused_as_in_consul = req.client_cert_serial;
     let token = o.token.as_deref().filter(|t| !t.is_empty());
@@ -638,27 +646,23 @@ async fn agent_authorize(
 
 // ---- Intentions ------------------------------------------------------------------------
 
-async fn intention_list(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn intention_list(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     let f = filter(&st.server, &o)?;
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, &[Table::Intentions], move || {
-        s.intention_list(token.as_deref(), f.as_ref())
+    st.read(&o, &[Table::Intentions], move |s, token| {
+        s.intention_list(token, f.as_ref())
     })
     .await
 }
 
 async fn intention_create(
     State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     let ixn = Intention::from_json(&body)?;
-    let s = st.server.clone();
-    let created = blocking(move || s.intention_create(o.token.as_deref(), ixn)).await?;
+    let created = st
+        .write(o, move |s, token| s.intention_create(token, ixn))
+        .await?;
     Ok(json_response(&json!({"ID": created.id}), None))
 }
 
@@ -671,71 +675,57 @@ fn required<'a>(params: &'a Params, key: &str) -> Result<&'a str, ApiError> {
     })
 }
 
-async fn intention_exact_get(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
-) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
+async fn intention_exact_get(State(st): State<AppState>, Req { o, params }: Req) -> ApiResult {
     let (src, dst) = (
         required(&params, "source")?.to_owned(),
         required(&params, "destination")?.to_owned(),
     );
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, &[Table::Intentions], move || {
-        s.intention_get_exact(token.as_deref(), &src, &dst)
+    st.read(&o, &[Table::Intentions], move |s, token| {
+        s.intention_get_exact(token, &src, &dst)
     })
     .await
 }
 
 async fn intention_exact_put(
     State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, params }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
     let (src, dst) = (
         required(&params, "source")?.to_owned(),
         required(&params, "destination")?.to_owned(),
     );
     let ixn = Intention::from_json(&body)?;
-    let s = st.server.clone();
-    blocking(move || s.intention_upsert_exact(o.token.as_deref(), &src, &dst, ixn)).await?;
+    st.write(o, move |s, token| {
+        s.intention_upsert_exact(token, &src, &dst, ixn)
+    })
+    .await?;
     Ok(json_response(&true, None))
 }
 
-async fn intention_exact_delete(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
-) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
+async fn intention_exact_delete(State(st): State<AppState>, Req { o, params }: Req) -> ApiResult {
     let (src, dst) = (
         required(&params, "source")?.to_owned(),
         required(&params, "destination")?.to_owned(),
     );
-    let s = st.server.clone();
-    blocking(move || s.intention_delete_exact(o.token.as_deref(), &src, &dst)).await?;
+    st.write(o, move |s, token| {
+        s.intention_delete_exact(token, &src, &dst)
+    })
+    .await?;
     Ok(json_response(&true, None))
 }
 
-async fn intention_match(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
+async fn intention_match(State(st): State<AppState>, Req { o, params }: Req) -> ApiResult {
     let by: MatchType = required(&params, "by")?.parse()?;
     let names: Vec<String> = params.all("name").into_iter().map(str::to_owned).collect();
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, &[Table::Intentions], move || {
+    st.read(&o, &[Table::Intentions], move |s, token| {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        s.intention_match(token.as_deref(), by, &refs)
+        s.intention_match(token, by, &refs)
     })
     .await
 }
 
-async fn intention_check(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
+async fn intention_check(State(st): State<AppState>, Req { o, params }: Req) -> ApiResult {
     let (src, dst) = (
         required(&params, "source")?,
         required(&params, "destination")?,
@@ -756,14 +746,10 @@ async fn intention_check(State(st): State<AppState>, headers: HeaderMap, q: RawQ
 async fn intention_get(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, &[Table::Intentions], move || {
-        s.intention_get(token.as_deref(), &id)
+    st.read(&o, &[Table::Intentions], move |s, token| {
+        s.intention_get(token, &id)
     })
     .await
 }
@@ -771,26 +757,22 @@ async fn intention_get(
 async fn intention_put(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     let ixn = Intention::from_json(&body)?;
-    let s = st.server.clone();
-    blocking(move || s.intention_update(o.token.as_deref(), &id, ixn)).await?;
+    st.write(o, move |s, token| s.intention_update(token, &id, ixn))
+        .await?;
     Ok(json_response(&true, None))
 }
 
 async fn intention_delete(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
-    let s = st.server.clone();
-    blocking(move || s.intention_delete(o.token.as_deref(), &id)).await?;
+    st.write(o, move |s, token| s.intention_delete(token, &id))
+        .await?;
     Ok(json_response(&true, None))
 }
 
@@ -798,31 +780,26 @@ async fn intention_delete(
 
 async fn service_register(
     State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     let reg = ServiceRegistration::from_json(&body)?;
-    let s = st.server.clone();
-    blocking(move || s.register_service(o.token.as_deref(), reg)).await?;
+    st.write(o, move |s, token| s.register_service(token, reg))
+        .await?;
     Ok(StatusCode::OK.into_response())
 }
 
 async fn service_deregister(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
-    let s = st.server.clone();
-    blocking(move || s.deregister_service(o.token.as_deref(), &id)).await?;
+    st.write(o, move |s, token| s.deregister_service(token, &id))
+        .await?;
     Ok(StatusCode::OK.into_response())
 }
 
-async fn agent_services(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn agent_services(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     let f = filter(&st.server, &o)?;
     Ok(json_response(
         &st.server.agent_services(o.token.as_deref(), f.as_ref())?,
@@ -830,8 +807,7 @@ async fn agent_services(State(st): State<AppState>, headers: HeaderMap, q: RawQu
     ))
 }
 
-async fn agent_self(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn agent_self(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     st.server.agent_self_allowed(o.token.as_deref())?;
     let c = st.server.config();
     Ok(json_response(
@@ -860,35 +836,19 @@ async fn agent_self(State(st): State<AppState>, headers: HeaderMap, q: RawQuery)
     ))
 }
 
-async fn catalog_services(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
-) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn catalog_services(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     check_dc(&st.server, &o)?;
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, Table::CATALOG, move || {
-        s.catalog_services(token.as_deref())
+    st.read(&o, Table::CATALOG, move |s, token| {
+        s.catalog_services(token)
     })
     .await
 }
 
-async fn catalog_rows(
-    st: AppState,
-    name: String,
-    headers: HeaderMap,
-    q: RawQuery,
-    connect: bool,
-) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn catalog_rows(st: AppState, name: String, Req { o, .. }: Req, connect: bool) -> ApiResult {
     check_dc(&st.server, &o)?;
     let f = filter(&st.server, &o)?;
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, Table::CATALOG, move || {
-        s.catalog_service(token.as_deref(), &name, connect, f.as_ref())
+    st.read(&o, Table::CATALOG, move |s, token| {
+        s.catalog_service(token, &name, connect, f.as_ref())
     })
     .await
 }
@@ -896,36 +856,30 @@ async fn catalog_rows(
 async fn catalog_service(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    req: Req,
 ) -> ApiResult {
-    catalog_rows(st, name, headers, q, false).await
+    catalog_rows(st, name, req, false).await
 }
 
 async fn catalog_connect(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    req: Req,
 ) -> ApiResult {
-    catalog_rows(st, name, headers, q, true).await
+    catalog_rows(st, name, req, true).await
 }
 
 async fn health_rows(
     st: AppState,
     name: String,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, params }: Req,
     connect: bool,
 ) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
     check_dc(&st.server, &o)?;
     let f = filter(&st.server, &o)?;
     let passing = params.flag("passing");
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, Table::CATALOG, move || {
-        s.health(token.as_deref(), &name, connect, passing, f.as_ref())
+    st.read(&o, Table::CATALOG, move |s, token| {
+        s.health(token, &name, connect, passing, f.as_ref())
     })
     .await
 }
@@ -933,19 +887,17 @@ async fn health_rows(
 async fn health_service(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    req: Req,
 ) -> ApiResult {
-    health_rows(st, name, headers, q, false).await
+    health_rows(st, name, req, false).await
 }
 
 async fn health_connect(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    req: Req,
 ) -> ApiResult {
-    health_rows(st, name, headers, q, true).await
+    health_rows(st, name, req, true).await
 }
 
 async fn status_leader() -> Response {
@@ -962,24 +914,21 @@ async fn acl_bootstrap(State(st): State<AppState>) -> ApiResult {
 
 async fn acl_policy_create(
     State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     let policy = decode(&body)?;
-    let s = st.server.clone();
-    let p = blocking(move || s.acl_policy_create(o.token.as_deref(), policy)).await?;
+    let p = st
+        .write(o, move |s, token| s.acl_policy_create(token, policy))
+        .await?;
     Ok(json_response(&p, None))
 }
 
 async fn acl_policy_read(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     Ok(json_response(
         &st.server.acl_policy_read(o.token.as_deref(), &id)?,
         None,
@@ -989,10 +938,8 @@ async fn acl_policy_read(
 async fn acl_policy_by_name(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     Ok(json_response(
         &st.server
             .acl_policy_read_by_name(o.token.as_deref(), &name)?,
@@ -1003,34 +950,30 @@ async fn acl_policy_by_name(
 async fn acl_policy_update(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     let mut policy: crate::acl::Policy = decode(&body)?;
     if policy.id.is_empty() {
         policy.id = id;
     }
-    let s = st.server.clone();
-    let p = blocking(move || s.acl_policy_update(o.token.as_deref(), policy)).await?;
+    let p = st
+        .write(o, move |s, token| s.acl_policy_update(token, policy))
+        .await?;
     Ok(json_response(&p, None))
 }
 
 async fn acl_policy_delete(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
-    let s = st.server.clone();
-    blocking(move || s.acl_policy_delete(o.token.as_deref(), &id)).await?;
+    st.write(o, move |s, token| s.acl_policy_delete(token, &id))
+        .await?;
     Ok(json_response(&true, None))
 }
 
-async fn acl_policy_list(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn acl_policy_list(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     Ok(json_response(
         &st.server.acl_policy_list(o.token.as_deref())?,
         None,
@@ -1039,32 +982,28 @@ async fn acl_policy_list(State(st): State<AppState>, headers: HeaderMap, q: RawQ
 
 async fn acl_token_create(
     State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     let token = decode(&body)?;
-    let s = st.server.clone();
-    let t = blocking(move || s.acl_token_create(o.token.as_deref(), token)).await?;
+    let t = st
+        .write(o, move |s, caller| s.acl_token_create(caller, token))
+        .await?;
     Ok(json_response(&t, None))
 }
 
 async fn acl_token_read(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     Ok(json_response(
         &st.server.acl_token_read(o.token.as_deref(), &id)?,
         None,
     ))
 }
 
-async fn acl_token_self(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn acl_token_self(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     Ok(json_response(
         &st.server.acl_token_self(o.token.as_deref())?,
         None,
@@ -1074,34 +1013,30 @@ async fn acl_token_self(State(st): State<AppState>, headers: HeaderMap, q: RawQu
 async fn acl_token_update(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     let mut token: crate::acl::Token = decode(&body)?;
     if token.accessor_id.is_empty() {
         token.accessor_id = id;
     }
-    let s = st.server.clone();
-    let t = blocking(move || s.acl_token_update(o.token.as_deref(), token)).await?;
+    let t = st
+        .write(o, move |s, caller| s.acl_token_update(caller, token))
+        .await?;
     Ok(json_response(&t, None))
 }
 
 async fn acl_token_delete(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
-    let s = st.server.clone();
-    blocking(move || s.acl_token_delete(o.token.as_deref(), &id)).await?;
+    st.write(o, move |s, token| s.acl_token_delete(token, &id))
+        .await?;
     Ok(json_response(&true, None))
 }
 
-async fn acl_token_list(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn acl_token_list(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     Ok(json_response(
         &st.server.acl_token_list(o.token.as_deref())?,
         None,
@@ -1186,8 +1121,7 @@ mod tests {
         let body = json!({"Target": target, "ClientCertURI": source_uri}).to_string();
         agent_authorize(
             State(st.clone()),
-            with_token(token),
-            RawQuery(None),
+            Req::parse(&with_token(token), None).unwrap(),
             Bytes::from(body),
         )
         .await
@@ -1204,10 +1138,10 @@ mod tests {
     async fn agent_roots_come_from_the_cache_and_say_so() {
         let (st, _) = state();
         let call = |q: Option<&str>| {
+            let q = q.map(str::to_owned);
             agent_ca_roots(
                 State(st.clone()),
-                HeaderMap::new(),
-                RawQuery(q.map(str::to_owned)),
+                Req::parse(&HeaderMap::new(), q.as_deref()).unwrap(),
             )
         };
         // One entry: the agent's own roots watch and the endpoint share it.
@@ -1471,8 +1405,7 @@ mod tests {
             agent_leaf(
                 State(st.clone()),
                 Path("web".to_owned()),
-                headers,
-                RawQuery(None),
+                Req::parse(&headers, None).unwrap(),
             )
         };
         for token in [None, Some("not-a-token")] {
