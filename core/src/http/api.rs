@@ -26,7 +26,7 @@ use crate::ca::{CaConfiguration, IndexedCaRoots, SignPolicy};
 use crate::cache::{GetOptions, ResultMeta};
 use crate::catalog::ServiceRegistration;
 use crate::filter::Filter;
-use crate::intentions::{Intention, IntentionIndex, MatchType, ServiceRef};
+use crate::intentions::{Decision, Intention, IntentionIndex, MatchType, ServiceRef};
 use crate::server::Server;
 use crate::state::{Indexed, Table};
 use crate::tls::{CurrentLeaf, KeyExchange, certified_key, crypto_provider};
@@ -626,6 +626,16 @@ async fn agent_authorize(State(st): State<AppState>, Req { o, .. }: Req, body: B
     let source = st
         .server
         .authorize_request(token, &req.target, &req.client_cert_uri)?;
+    if !crate::spiffe::is_valid_service_name(&req.target) {
+        // No intention can name such a target, and the intention-match lookup would refuse
+        // it as a name: the server's own index answers, with the wildcards and the default.
+        let d = st
+            .server
+            .authorize(token, &req.target, &req.client_cert_uri)?;
+        let mut resp = authorize_response(&d);
+        cache_headers(&mut resp, &ResultMeta::default());
+        return Ok(resp);
+    }
     let agent = st.agent().await?;
     let server_index = st.server.store().table_index(Table::Intentions).max(1);
     let (intentions, meta) = not_older_than(server_index, |opts| {
@@ -636,12 +646,16 @@ async fn agent_authorize(State(st): State<AppState>, Req { o, .. }: Req, body: B
     // evaluation order: the first whose source covers the client decides.
     let index = IntentionIndex::new(intentions.iter().cloned(), agent.default_policy());
     let d = index.authorize(&ServiceRef::new(&req.target), &ServiceRef::new(&source));
-    let mut resp = json_response(
-        &json!({"Authorized": d.allowed, "Reason": d.reason.to_string()}),
-        None,
-    );
+    let mut resp = authorize_response(&d);
     cache_headers(&mut resp, &meta);
     Ok(resp)
+}
+
+fn authorize_response(d: &Decision) -> Response {
+    json_response(
+        &json!({"Authorized": d.allowed, "Reason": d.reason.to_string()}),
+        None,
+    )
 }
 
 // ---- Intentions ------------------------------------------------------------------------
@@ -1229,6 +1243,18 @@ mod tests {
             other,
             json!({"Authorized": d.allowed, "Reason": d.reason.to_string()})
         );
+        // Targets that are no service name are answered as the server answers them.
+        for target in ["default/db", "a b", "*"] {
+            let resp = authorize_call(&st, None, target, &uri(&st, "web"))
+                .await
+                .unwrap();
+            let d = st.server.authorize(None, target, &uri(&st, "web")).unwrap();
+            assert_eq!(
+                body_json(resp).await,
+                json!({"Authorized": d.allowed, "Reason": d.reason.to_string()}),
+                "{target}"
+            );
+        }
         // A write is seen by the very next request.
         put("web", "deny");
         let after = body_json(
