@@ -170,6 +170,27 @@ impl Backend {
         }
     }
 
+    /// Signs this agent's own certificate (Consul's agent leaf: the HTTPS listener's), as the
+    /// in-process server signs for itself, with no token. Over HTTP no endpoint signs an
+    /// agent identity for a caller, so this is refused.
+    pub(crate) async fn sign_agent(&self, csr_pem: &str) -> Result<Signed, Error> {
+        match self {
+            Backend::InProcess(s) => {
+                let (s, csr) = (s.clone(), csr_pem.to_owned());
+                let issued =
+                    in_blocking(move || s.sign_local(&csr, SignPolicy::ServiceOrAgent)).await?;
+                Ok(Signed {
+                    issued,
+                    peer_key_pem: None,
+                })
+            }
+            Backend::Http(_) => Err(Error::new(
+                ErrorKind::InvalidParameter,
+                "an agent certificate is signed only by a server in this process",
+            )),
+        }
+    }
+
     /// Intentions whose destination covers `service`, in evaluation order.
     pub async fn intention_match(
         &self,

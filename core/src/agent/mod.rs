@@ -446,29 +446,87 @@ impl Agent {
             scope: self.scoped(service),
             dns_names: Vec::new(),
             ip_addresses: Vec::new(),
+            agent: false,
         }
     }
 
-    /// The cached leaf for `service` under a caller's `token` rather than the agent's own:
-    /// the HTTP leaf endpoint serves every caller from this cache, partitioned by token as
-    /// Consul's is. The caller checks `service:write` first.
-    pub(crate) async fn leaf_for_token(
+    /// The scope of `name` under a caller's `token` rather than the agent's own: the HTTP
+    /// agent endpoints serve every caller from this cache, partitioned by token as Consul's
+    /// is. The caller checks its ACLs first.
+    pub(crate) fn scoped_for(&self, token: Option<&str>, name: &str) -> Scoped {
+        Scoped {
+            datacenter: self.inner.datacenter.clone(),
+            token: token.unwrap_or_default().to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// The leaf request for `service` under a caller's `token` (see [`Agent::scoped_for`]).
+    pub(crate) fn leaf_request_for_token(&self, token: Option<&str>, service: &str) -> LeafRequest {
+        LeafRequest {
+            scope: self.scoped_for(token, service),
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+            agent: false,
+        }
+    }
+
+    /// The request for this agent's own leaf as node `node` (its HTTPS certificate), with
+    /// extra SANs.
+    pub(crate) fn agent_leaf_request(
+        &self,
+        node: &str,
+        dns_names: Vec<String>,
+        ip_addresses: Vec<std::net::IpAddr>,
+    ) -> LeafRequest {
+        LeafRequest {
+            scope: self.scoped_for(None, node),
+            dns_names,
+            ip_addresses,
+            agent: true,
+        }
+    }
+
+    /// A leaf-cache read.
+    pub(crate) async fn leaf_get(
+        &self,
+        req: &LeafRequest,
+        opts: GetOptions,
+    ) -> Result<(Arc<Leaf>, ResultMeta), Error> {
+        self.check_open()?;
+        self.inner.cache.get::<LeafType>(req, opts).await
+    }
+
+    /// A roots-cache read, with how it was answered.
+    pub(crate) async fn roots_get(
+        &self,
+        opts: GetOptions,
+    ) -> Result<(Arc<IndexedCaRoots>, ResultMeta), Error> {
+        self.check_open()?;
+        self.inner
+            .cache
+            .get::<RootsType>(&self.scoped(""), opts)
+            .await
+    }
+
+    /// An intention-match read for `service` under a caller's `token` (see
+    /// [`Agent::scoped_for`]), with how it was answered.
+    pub(crate) async fn intentions_for_token(
         &self,
         token: Option<&str>,
         service: &str,
         opts: GetOptions,
-    ) -> Result<(Arc<Leaf>, ResultMeta), Error> {
+    ) -> Result<(Arc<Vec<Intention>>, ResultMeta), Error> {
         self.check_open()?;
-        let req = LeafRequest {
-            scope: Scoped {
-                datacenter: self.inner.datacenter.clone(),
-                token: token.unwrap_or_default().to_owned(),
-                name: service.to_owned(),
-            },
-            dns_names: Vec::new(),
-            ip_addresses: Vec::new(),
-        };
-        self.inner.cache.get::<LeafType>(&req, opts).await
+        self.inner
+            .cache
+            .get::<IntentionMatchType>(&self.scoped_for(token, service), opts)
+            .await
+    }
+
+    /// The roots the leaf type judges leaves by, as they change.
+    pub(crate) fn roots_watch(&self) -> watch::Receiver<Option<Arc<IndexedCaRoots>>> {
+        self.inner.roots_tx.subscribe()
     }
 
     /// Waits at most `wait` until the roots the leaf type judges leaves by name

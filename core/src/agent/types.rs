@@ -17,7 +17,7 @@ use crate::cache::{CacheKey, CacheRequest, CacheType, FetchOptions, FetchResult,
 use crate::catalog::ServiceEntry;
 use crate::certs::{self, CertInfo};
 use crate::intentions::Intention;
-use crate::spiffe::{ServiceId, SpiffeId, TrustDomain};
+use crate::spiffe::{AgentId, ServiceId, SpiffeId, TrustDomain};
 use crate::tls::Svid;
 use crate::{Error, ErrorKind, SharedClock};
 
@@ -401,6 +401,10 @@ pub struct LeafRequest {
     pub dns_names: Vec<String>,
     /// Extra IP SANs.
     pub ip_addresses: Vec<IpAddr>,
+    /// The leaf is this agent's own (Consul's `Agent` leaf request, for its HTTPS listener):
+    /// `scope.name` is the node, the certificate names the agent's SPIFFE ID, and the
+    /// in-process server signs it for itself.
+    pub(crate) agent: bool,
 }
 
 impl std::fmt::Debug for LeafRequest {
@@ -413,7 +417,8 @@ impl std::fmt::Debug for LeafRequest {
 
 impl CacheRequest for LeafRequest {
     fn cache_key(&self) -> CacheKey {
-        let mut key = format!("service:{}", self.scope.name);
+        let kind = if self.agent { "agent" } else { "service" };
+        let mut key = format!("{kind}:{}", self.scope.name);
         for d in &self.dns_names {
             key.push_str(&format!(";dns={d}"));
         }
@@ -474,7 +479,11 @@ impl LeafType {
             ));
         }
         let td = TrustDomain::new(&roots.trust_domain)?;
-        let uri = ServiceId::new(&td, &req.scope.datacenter, &req.scope.name).uri();
+        let uri = if req.agent {
+            AgentId::new(&td, &req.scope.datacenter, &req.scope.name).uri()
+        } else {
+            ServiceId::new(&td, &req.scope.datacenter, &req.scope.name).uri()
+        };
         let (dns, ips, service) = (
             req.dns_names.clone(),
             req.ip_addresses.clone(),
@@ -485,7 +494,11 @@ impl LeafType {
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))??;
-        let signed = self.backend.sign(req.scope.token(), &service, &csr).await?;
+        let signed = if req.agent {
+            self.backend.sign_agent(&csr).await?
+        } else {
+            self.backend.sign(req.scope.token(), &service, &csr).await?
+        };
         let key_pem = match signed.peer_key_pem {
             Some(k) => Zeroizing::new(k),
             None => key.to_pem(),

@@ -2,28 +2,34 @@
 //! [`Server`] (spec §6). Handlers convert, call the server, and map errors — no rule lives
 //! here.
 
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
+use rustls::sign::CertifiedKey;
 use serde::Serialize;
 use serde_json::json;
 
 use super::ApiError;
 use super::query::{Params, QueryOptions, index_headers};
-use crate::agent::{Agent, AgentBackend, AgentConfig, Leaf};
-use crate::ca::{CaConfiguration, SignPolicy};
+use crate::agent::{Agent, AgentBackend, AgentConfig, Leaf, LeafRequest};
+use crate::ca::{CaConfiguration, IndexedCaRoots, SignPolicy};
 use crate::cache::{GetOptions, ResultMeta};
 use crate::catalog::ServiceRegistration;
 use crate::filter::Filter;
-use crate::intentions::{Intention, MatchType};
+use crate::intentions::{Decision, Intention, IntentionIndex, MatchType, ServiceRef};
 use crate::server::Server;
 use crate::state::{Indexed, Table};
+use crate::tls::{CurrentLeaf, KeyExchange, certified_key, crypto_provider};
 use crate::{Error, ErrorKind};
 
 /// Request bodies larger than this are refused with 413.
@@ -34,15 +40,149 @@ type ApiResult = Result<Response, ApiError>;
 #[derive(Clone)]
 struct AppState {
     server: Server,
-    /// The agent whose cache serves `/v1/agent/connect/ca/leaf` (Consul's leaf cache: entries
-    /// dropped after 72 h unused, renewal jitter, blocking), over this same server. Started
-    /// on the first leaf request, on the runtime serving it.
-    leaf_agent: Arc<tokio::sync::OnceCell<Agent>>,
+    /// The agent whose cache serves the `/v1/agent/connect/...` endpoints and the HTTPS
+    /// certificate (Consul's agent cache: roots and intentions kept fresh by blocking
+    /// queries; leaves with renewal jitter, dropped after 72 h unused), over this same
+    /// server. Started on first use, on the runtime serving it.
+    agent: Arc<tokio::sync::OnceCell<Agent>>,
 }
 
 /// The router for every endpoint libconnect serves.
 pub fn router(server: Server) -> Router {
-    let state = AppState::new(server);
+    Api::new(server).router()
+}
+
+/// The HTTP API over one server, with the agent cache that its agent endpoints and its HTTPS
+/// certificate are served from. Cheap to clone.
+#[derive(Clone)]
+pub struct Api {
+    state: AppState,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("datacenter", &self.state.server.datacenter())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    /// The API over `server`; its agent cache starts on first use.
+    pub fn new(server: Server) -> Api {
+        Api {
+            state: AppState::new(server),
+        }
+    }
+
+    /// The router for every endpoint libconnect serves.
+    pub fn router(&self) -> Router {
+        routes(self.state.clone())
+    }
+
+    /// The TLS configuration of the HTTPS listener: it serves this node's certificate (the
+    /// client-agent SPIFFE ID of `node`, DNS SAN `localhost`, IP SANs for the loopback
+    /// addresses and `bind` when it is a specific address), issued through the agent cache's
+    /// leaf lifecycle like every service leaf: renewed in its renewal window and reissued
+    /// when the active root changes. Waits for the first certificate.
+    pub async fn https_config(
+        &self,
+        node: &str,
+        bind: IpAddr,
+    ) -> Result<Arc<rustls::ServerConfig>, Error> {
+        let current = self.state.https_cert(node, bind).await?;
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(crypto_provider(KeyExchange::default()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| Error::new(ErrorKind::Tls, e.to_string()))?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(CurrentLeaf(current)));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+impl AppState {
+    /// The HTTPS certificate of [`Api::https_config`], and the task that keeps it current.
+    async fn https_cert(
+        &self,
+        node: &str,
+        bind: IpAddr,
+    ) -> Result<Arc<ArcSwapOption<CertifiedKey>>, Error> {
+        let mut ips = vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ];
+        if !bind.is_unspecified() && !ips.contains(&bind) {
+            ips.push(bind);
+        }
+        let req = self
+            .agent()
+            .await?
+            .agent_leaf_request(node, vec!["localhost".to_owned()], ips);
+        let (leaf, _) = self.leaf_of(&req, 0, Duration::ZERO).await?;
+        let current = Arc::new(ArcSwapOption::from_pointee(https_key(&leaf)?));
+        tokio::spawn(keep_https_cert(self.clone(), req, leaf, current.clone()));
+        Ok(current)
+    }
+}
+
+fn https_key(leaf: &Leaf) -> Result<CertifiedKey, Error> {
+    certified_key(leaf.chain(), leaf.key().clone_key(), "HTTPS certificate")
+}
+
+/// How long the HTTPS certificate's keeper waits after a failed renewal.
+const HTTPS_RETRY: Duration = Duration::from_secs(60);
+
+/// Keeps the HTTPS certificate current: at the leaf's renewal point, and whenever the roots
+/// change, it reads the leaf afresh (the leaf cache renews it when due or when the active
+/// root no longer signs it) and serves the new one from the next handshake on.
+async fn keep_https_cert(
+    st: AppState,
+    req: LeafRequest,
+    mut leaf: Arc<Leaf>,
+    current: Arc<ArcSwapOption<CertifiedKey>>,
+) {
+    let Ok(agent) = st.agent().await.cloned() else {
+        return;
+    };
+    let mut roots = agent.roots_watch();
+    roots.borrow_and_update();
+    let clock = st.server.clock().clone();
+    loop {
+        tokio::select! {
+            () = clock.sleep_until(leaf.renew_at()) => {}
+            changed = roots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let renewed = st
+            .leaf_of(&req, 0, Duration::ZERO)
+            .await
+            .and_then(|(next, _)| Ok((https_key(&next)?, next)));
+        match renewed {
+            Ok((_, next)) if next.cert() == leaf.cert() => {
+                // Not renewed although due (a renewal put off): do not spin on it.
+                if clock.now() >= leaf.renew_at() {
+                    tokio::time::sleep(HTTPS_RETRY).await;
+                }
+            }
+            Ok((key, next)) => {
+                current.store(Some(Arc::new(key)));
+                leaf = next;
+                tracing::info!(renew_at = %leaf.renew_at(), "HTTPS certificate renewed");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the HTTPS certificate failed; retrying in 1m");
+                tokio::time::sleep(HTTPS_RETRY).await;
+            }
+        }
+    }
+}
+
+fn routes(state: AppState) -> Router {
     Router::new()
         .route("/v1/connect/ca/roots", get(ca_roots))
         .route("/v1/agent/connect/ca/roots", get(agent_ca_roots))
@@ -123,10 +263,69 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError)
 }
 
-fn opts(headers: &HeaderMap, q: &Option<String>) -> Result<(QueryOptions, Params), ApiError> {
-    let params = Params::parse(q.as_deref());
-    let o = QueryOptions::from_request(headers, &params)?;
-    Ok((o, params))
+/// What every handler reads first: Consul's query options (token, `dc`, blocking, filter)
+/// and the raw parameters, from the request's head.
+struct Req {
+    o: QueryOptions,
+    params: Params,
+}
+
+impl Req {
+    fn parse(headers: &HeaderMap, query: Option<&str>) -> Result<Req, ApiError> {
+        let params = Params::parse(query);
+        let o = QueryOptions::from_request(headers, &params)?;
+        Ok(Req { o, params })
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Req {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Req, ApiError> {
+        Req::parse(&parts.headers, parts.uri.query())
+    }
+}
+
+impl AppState {
+    /// A read of the server with the request's token, blocking first when `?index` asks for
+    /// something newer (Consul's blocking queries) than what `tables` hold.
+    async fn read<T: Serialize>(
+        &self,
+        o: &QueryOptions,
+        tables: &[Table],
+        read: impl Fn(&Server, Option<&str>) -> Result<Indexed<T>, Error>,
+    ) -> ApiResult {
+        let (server, token) = (&self.server, o.token.as_deref());
+        let deadline = tokio::time::Instant::now() + o.wait_with_jitter();
+        // The read's own index decides, not the watched tables': a read may report one
+        // table's index while it watches several (`/v1/catalog/services` reports the services
+        // table and watches nodes and checks too), and waiting for the tables to pass
+        // `min_index` would then return at once, forever, to a watcher on an idle agent.
+        // Taken before the read, so a change between the two wakes the wait below.
+        let mut seen = server.store().view().max_index(tables);
+        let mut current = read(server, token)?;
+        while o.min_index > 0 && current.index <= o.min_index {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            server.wait(tables, seen.max(o.min_index), left).await;
+            seen = server.store().view().max_index(tables);
+            current = read(server, token)?;
+        }
+        Ok(json_response(&current.value, Some(current.index)))
+    }
+
+    /// A write to the server with the request's token, off the async workers (writes are
+    /// durable before they return).
+    async fn write<T: Send + 'static>(
+        &self,
+        o: QueryOptions,
+        write: impl FnOnce(&Server, Option<&str>) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let s = self.server.clone();
+        blocking(move || write(&s, o.token.as_deref())).await
+    }
 }
 
 fn check_dc(server: &Server, o: &QueryOptions) -> Result<(), ApiError> {
@@ -179,87 +378,97 @@ fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// Answers a read, blocking first when `?index` asks for something newer (spec §6).
-async fn read_blocking<T: Serialize>(
-    server: &Server,
-    o: &QueryOptions,
-    tables: &[Table],
-    read: impl Fn() -> Result<Indexed<T>, Error>,
-) -> ApiResult {
-    let deadline = tokio::time::Instant::now() + o.wait_with_jitter();
-    // The read's own index decides, not the watched tables': a read may report one table's
-    // index while it watches several (`/v1/catalog/services` reports the services table and
-    // watches nodes and checks too), and waiting for the tables to pass `min_index` would
-    // then return at once, forever, to a watcher on an idle agent. Taken before the read, so
-    // a change between the two wakes the wait below.
-    let mut seen = server.store().view().max_index(tables);
-    let mut current = read()?;
-    while o.min_index > 0 && current.index <= o.min_index {
+// ---- CA -------------------------------------------------------------------------------
+
+/// `GET /v1/connect/ca/roots`: read from the server, as Consul's is.
+async fn ca_roots(State(st): State<AppState>, Req { o, params }: Req) -> ApiResult {
+    check_dc(&st.server, &o)?;
+    if params.flag("pem") {
+        let roots = st.server.ca_roots();
+        return Ok(pem_response(&roots.value, roots.index));
+    }
+    st.read(&o, &[Table::CaRoots], |s, _| Ok(s.ca_roots()))
+        .await
+}
+
+/// `GET /v1/agent/connect/ca/roots`: from the agent cache, blocking on `?index` there.
+async fn agent_ca_roots(State(st): State<AppState>, Req { o, params }: Req) -> ApiResult {
+    check_dc(&st.server, &o)?;
+    let agent = st.agent().await?;
+    let (roots, meta) = if o.min_index > 0 {
+        let wait = GetOptions::blocking(o.min_index, o.wait_with_jitter());
+        agent.roots_get(wait).await?
+    } else {
+        let server_index = st.server.ca_roots().index;
+        not_older_than(server_index, |opts| agent.roots_get(opts)).await?
+    };
+    let mut resp = if params.flag("pem") {
+        pem_response(&roots, meta.index)
+    } else {
+        json_response(&*roots, Some(meta.index))
+    };
+    cache_headers(&mut resp, &meta);
+    Ok(resp)
+}
+
+fn pem_response(roots: &IndexedCaRoots, index: u64) -> Response {
+    let mut resp = roots.roots_pem().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pem-certificate-chain"),
+    );
+    for (k, v) in index_headers(index) {
+        resp.headers_mut().insert(k, v);
+    }
+    resp
+}
+
+/// Consul's cache headers: `X-Cache`, and on a hit `Age` in seconds.
+fn cache_headers(resp: &mut Response, meta: &ResultMeta) {
+    let headers = resp.headers_mut();
+    let cache = if meta.hit { "HIT" } else { "MISS" };
+    headers.insert("x-cache", HeaderValue::from_static(cache));
+    if meta.hit {
+        headers.insert("age", HeaderValue::from(meta.age.as_secs()));
+    }
+}
+
+/// How long a fresh read waits for the cache's background refresh to reach a write the
+/// server already made.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// A cache read no older than the server's `index`. In process the server's index is at
+/// hand, so a read right after a write (an intention change, a root rotation) waits for the
+/// cache's background refresh, at most [`CATCH_UP`], rather than answering from before it.
+async fn not_older_than<V, F, Fut>(index: u64, get: F) -> Result<(Arc<V>, ResultMeta), Error>
+where
+    F: Fn(GetOptions) -> Fut,
+    Fut: Future<Output = Result<(Arc<V>, ResultMeta), Error>>,
+{
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    let (mut value, mut meta) = get(GetOptions::default()).await?;
+    while meta.index < index {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
             break;
         }
-        server.wait(tables, seen.max(o.min_index), left).await;
-        seen = server.store().view().max_index(tables);
-        current = read()?;
+        (value, meta) = get(GetOptions::blocking(meta.index, left)).await?;
     }
-    Ok(json_response(&current.value, Some(current.index)))
+    Ok((value, meta))
 }
 
-// ---- CA -------------------------------------------------------------------------------
-
-async fn ca_roots(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
-    check_dc(&st.server, &o)?;
-    if params.flag("pem") {
-        let roots = st.server.ca_roots();
-        let mut resp = roots.value.roots_pem().into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/pem-certificate-chain"),
-        );
-        for (k, v) in index_headers(roots.index) {
-            resp.headers_mut().insert(k, v);
-        }
-        return Ok(resp);
-    }
-    let s = st.server.clone();
-    read_blocking(&st.server, &o, &[Table::CaRoots], move || Ok(s.ca_roots())).await
+async fn ca_config_get(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
+    st.read(&o, &[Table::CaConfig], move |s, token| s.ca_config(token))
+        .await
 }
 
-async fn agent_ca_roots(st: State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let mut resp = ca_roots(st, headers, q).await?;
-    // Served from the agent's in-process view: always a cache hit.
-    resp.headers_mut()
-        .insert("x-cache", HeaderValue::from_static("HIT"));
-    resp.headers_mut()
-        .insert("age", HeaderValue::from_static("0"));
-    Ok(resp)
-}
-
-async fn ca_config_get(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, &[Table::CaConfig], move || {
-        s.ca_config(token.as_deref())
-    })
-    .await
-}
-
-async fn ca_config_put(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
-    body: Bytes,
-) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn ca_config_put(State(st): State<AppState>, Req { o, .. }: Req, body: Bytes) -> ApiResult {
     let config: CaConfiguration = decode(&body)?;
     if config.provider.is_empty() {
         return Err(Error::new(ErrorKind::InvalidParameter, "Provider must be set").into());
     }
-    let s = st.server.clone();
-    blocking(move || s.set_ca_config(o.token.as_deref(), config)).await?;
+    st.write(o, move |s, token| s.set_ca_config(token, config))
+        .await?;
     Ok(json_response(&true, None))
 }
 
@@ -271,17 +480,13 @@ struct SignRequest {
 
 /// Not in Consul: signs a CSR made elsewhere, so that an agent keeps its key in its own
 /// process (`service:write` on the CSR's service).
-async fn ca_sign(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
-    body: Bytes,
-) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn ca_sign(State(st): State<AppState>, Req { o, .. }: Req, body: Bytes) -> ApiResult {
     let req: SignRequest = decode(&body)?;
-    let s = st.server.clone();
-    let issued =
-        blocking(move || s.sign(o.token.as_deref(), &req.csr, SignPolicy::ServiceOnly)).await?;
+    let issued = st
+        .write(o, move |s, token| {
+            s.sign(token, &req.csr, SignPolicy::ServiceOnly)
+        })
+        .await?;
     Ok(json_response(&issued, Some(issued.modify_index)))
 }
 
@@ -289,12 +494,12 @@ impl AppState {
     fn new(server: Server) -> AppState {
         AppState {
             server,
-            leaf_agent: Arc::default(),
+            agent: Arc::default(),
         }
     }
 
-    async fn leaf_agent(&self) -> Result<&Agent, Error> {
-        self.leaf_agent
+    async fn agent(&self) -> Result<&Agent, Error> {
+        self.agent
             .get_or_try_init(|| {
                 Agent::new_async(AgentConfig {
                     backend: AgentBackend::InProcess(self.server.clone()),
@@ -330,13 +535,24 @@ impl AppState {
         min_index: u64,
         wait: Duration,
     ) -> Result<(Arc<Leaf>, ResultMeta), Error> {
-        let agent = self.leaf_agent().await?;
+        let req = self.agent().await?.leaf_request_for_token(token, service);
+        self.leaf_of(&req, min_index, wait).await
+    }
+
+    /// [`AppState::leaf`] for any leaf request (a service's, or the agent's own).
+    async fn leaf_of(
+        &self,
+        req: &LeafRequest,
+        min_index: u64,
+        wait: Duration,
+    ) -> Result<(Arc<Leaf>, ResultMeta), Error> {
+        let agent = self.agent().await?;
         let opts = if min_index > 0 {
             GetOptions::blocking(min_index, wait)
         } else {
             GetOptions::default()
         };
-        let (mut leaf, mut meta) = agent.leaf_for_token(token, service, opts).await?;
+        let (mut leaf, mut meta) = agent.leaf_get(req, opts).await?;
         let expired = self.server.clock().now() >= leaf.valid_before();
         if expired || (min_index == 0 && !self.leaf_current(&leaf)) {
             if let Some(active) = self.server.ca_roots().value.active() {
@@ -347,12 +563,15 @@ impl AppState {
                 must_revalidate: true,
                 ..GetOptions::default()
             };
-            (leaf, meta) = agent.leaf_for_token(token, service, revalidate).await?;
+            (leaf, meta) = agent.leaf_get(req, revalidate).await?;
         }
         if self.server.clock().now() >= leaf.valid_before() {
             return Err(Error::new(
                 ErrorKind::NotReady,
-                format!("the leaf for {service:?} expired and could not be renewed"),
+                format!(
+                    "the leaf for {:?} expired and could not be renewed",
+                    req.scope.name
+                ),
             ));
         }
         Ok((leaf, meta))
@@ -372,10 +591,8 @@ const ROOTS_CATCH_UP: Duration = Duration::from_secs(5);
 async fn agent_leaf(
     State(st): State<AppState>,
     Path(service): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     check_dc(&st.server, &o)?;
     st.server
         .authorizer(o.token.as_deref())?
@@ -387,9 +604,7 @@ async fn agent_leaf(
     let mut issued = leaf.issued()?;
     issued.private_key_pem = leaf.key_pem().to_string();
     let mut resp = json_response(&issued, Some(meta.index));
-    let cache = if meta.hit { "HIT" } else { "MISS" };
-    resp.headers_mut()
-        .insert("x-cache", HeaderValue::from_static(cache));
+    cache_headers(&mut resp, &meta);
     Ok(resp)
 }
 
@@ -404,50 +619,64 @@ struct AuthorizeRequest {
     client_cert_serial: String,
 }
 
-async fn agent_authorize(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
-    body: Bytes,
-) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn agent_authorize(State(st): State<AppState>, Req { o, .. }: Req, body: Bytes) -> ApiResult {
     let req: AuthorizeRequest = decode(&body)?;
     let _unused_as_in_consul = req.client_cert_serial;
-    let d = st
+    let token = o.token.as_deref().filter(|t| !t.is_empty());
+    let source = st
         .server
-        .authorize(o.token.as_deref(), &req.target, &req.client_cert_uri)?;
-    let mut resp = json_response(
+        .authorize_request(token, &req.target, &req.client_cert_uri)?;
+    if !crate::spiffe::is_valid_service_name(&req.target) {
+        // No intention can name such a target, and the intention-match lookup would refuse
+        // it as a name: the server's own index answers, with the wildcards and the default.
+        let d = st
+            .server
+            .authorize(token, &req.target, &req.client_cert_uri)?;
+        let mut resp = authorize_response(&d);
+        cache_headers(&mut resp, &ResultMeta::default());
+        return Ok(resp);
+    }
+    let agent = st.agent().await?;
+    let server_index = st.server.store().table_index(Table::Intentions).max(1);
+    let (intentions, meta) = not_older_than(server_index, |opts| {
+        agent.intentions_for_token(token, &req.target, opts)
+    })
+    .await?;
+    // The cached list holds the intentions whose destination covers the target, in
+    // evaluation order: the first whose source covers the client decides.
+    let index = IntentionIndex::new(intentions.iter().cloned(), agent.default_policy());
+    let d = index.authorize(&ServiceRef::new(&req.target), &ServiceRef::new(&source));
+    let mut resp = authorize_response(&d);
+    cache_headers(&mut resp, &meta);
+    Ok(resp)
+}
+
+fn authorize_response(d: &Decision) -> Response {
+    json_response(
         &json!({"Authorized": d.allowed, "Reason": d.reason.to_string()}),
         None,
-    );
-    resp.headers_mut()
-        .insert("x-cache", HeaderValue::from_static("HIT"));
-    Ok(resp)
+    )
 }
 
 // ---- Intentions ------------------------------------------------------------------------
 
-async fn intention_list(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn intention_list(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     let f = filter(&st.server, &o)?;
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, &[Table::Intentions], move || {
-        s.intention_list(token.as_deref(), f.as_ref())
+    st.read(&o, &[Table::Intentions], move |s, token| {
+        s.intention_list(token, f.as_ref())
     })
     .await
 }
 
 async fn intention_create(
     State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     let ixn = Intention::from_json(&body)?;
-    let s = st.server.clone();
-    let created = blocking(move || s.intention_create(o.token.as_deref(), ixn)).await?;
+    let created = st
+        .write(o, move |s, token| s.intention_create(token, ixn))
+        .await?;
     Ok(json_response(&json!({"ID": created.id}), None))
 }
 
@@ -460,71 +689,57 @@ fn required<'a>(params: &'a Params, key: &str) -> Result<&'a str, ApiError> {
     })
 }
 
-async fn intention_exact_get(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
-) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
+async fn intention_exact_get(State(st): State<AppState>, Req { o, params }: Req) -> ApiResult {
     let (src, dst) = (
         required(&params, "source")?.to_owned(),
         required(&params, "destination")?.to_owned(),
     );
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, &[Table::Intentions], move || {
-        s.intention_get_exact(token.as_deref(), &src, &dst)
+    st.read(&o, &[Table::Intentions], move |s, token| {
+        s.intention_get_exact(token, &src, &dst)
     })
     .await
 }
 
 async fn intention_exact_put(
     State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, params }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
     let (src, dst) = (
         required(&params, "source")?.to_owned(),
         required(&params, "destination")?.to_owned(),
     );
     let ixn = Intention::from_json(&body)?;
-    let s = st.server.clone();
-    blocking(move || s.intention_upsert_exact(o.token.as_deref(), &src, &dst, ixn)).await?;
+    st.write(o, move |s, token| {
+        s.intention_upsert_exact(token, &src, &dst, ixn)
+    })
+    .await?;
     Ok(json_response(&true, None))
 }
 
-async fn intention_exact_delete(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
-) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
+async fn intention_exact_delete(State(st): State<AppState>, Req { o, params }: Req) -> ApiResult {
     let (src, dst) = (
         required(&params, "source")?.to_owned(),
         required(&params, "destination")?.to_owned(),
     );
-    let s = st.server.clone();
-    blocking(move || s.intention_delete_exact(o.token.as_deref(), &src, &dst)).await?;
+    st.write(o, move |s, token| {
+        s.intention_delete_exact(token, &src, &dst)
+    })
+    .await?;
     Ok(json_response(&true, None))
 }
 
-async fn intention_match(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
+async fn intention_match(State(st): State<AppState>, Req { o, params }: Req) -> ApiResult {
     let by: MatchType = required(&params, "by")?.parse()?;
     let names: Vec<String> = params.all("name").into_iter().map(str::to_owned).collect();
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, &[Table::Intentions], move || {
+    st.read(&o, &[Table::Intentions], move |s, token| {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        s.intention_match(token.as_deref(), by, &refs)
+        s.intention_match(token, by, &refs)
     })
     .await
 }
 
-async fn intention_check(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
+async fn intention_check(State(st): State<AppState>, Req { o, params }: Req) -> ApiResult {
     let (src, dst) = (
         required(&params, "source")?,
         required(&params, "destination")?,
@@ -545,14 +760,10 @@ async fn intention_check(State(st): State<AppState>, headers: HeaderMap, q: RawQ
 async fn intention_get(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, &[Table::Intentions], move || {
-        s.intention_get(token.as_deref(), &id)
+    st.read(&o, &[Table::Intentions], move |s, token| {
+        s.intention_get(token, &id)
     })
     .await
 }
@@ -560,26 +771,22 @@ async fn intention_get(
 async fn intention_put(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     let ixn = Intention::from_json(&body)?;
-    let s = st.server.clone();
-    blocking(move || s.intention_update(o.token.as_deref(), &id, ixn)).await?;
+    st.write(o, move |s, token| s.intention_update(token, &id, ixn))
+        .await?;
     Ok(json_response(&true, None))
 }
 
 async fn intention_delete(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
-    let s = st.server.clone();
-    blocking(move || s.intention_delete(o.token.as_deref(), &id)).await?;
+    st.write(o, move |s, token| s.intention_delete(token, &id))
+        .await?;
     Ok(json_response(&true, None))
 }
 
@@ -587,31 +794,26 @@ async fn intention_delete(
 
 async fn service_register(
     State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     let reg = ServiceRegistration::from_json(&body)?;
-    let s = st.server.clone();
-    blocking(move || s.register_service(o.token.as_deref(), reg)).await?;
+    st.write(o, move |s, token| s.register_service(token, reg))
+        .await?;
     Ok(StatusCode::OK.into_response())
 }
 
 async fn service_deregister(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
-    let s = st.server.clone();
-    blocking(move || s.deregister_service(o.token.as_deref(), &id)).await?;
+    st.write(o, move |s, token| s.deregister_service(token, &id))
+        .await?;
     Ok(StatusCode::OK.into_response())
 }
 
-async fn agent_services(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn agent_services(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     let f = filter(&st.server, &o)?;
     Ok(json_response(
         &st.server.agent_services(o.token.as_deref(), f.as_ref())?,
@@ -619,8 +821,7 @@ async fn agent_services(State(st): State<AppState>, headers: HeaderMap, q: RawQu
     ))
 }
 
-async fn agent_self(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn agent_self(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     st.server.agent_self_allowed(o.token.as_deref())?;
     let c = st.server.config();
     Ok(json_response(
@@ -649,35 +850,19 @@ async fn agent_self(State(st): State<AppState>, headers: HeaderMap, q: RawQuery)
     ))
 }
 
-async fn catalog_services(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
-) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn catalog_services(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     check_dc(&st.server, &o)?;
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, Table::CATALOG, move || {
-        s.catalog_services(token.as_deref())
+    st.read(&o, Table::CATALOG, move |s, token| {
+        s.catalog_services(token)
     })
     .await
 }
 
-async fn catalog_rows(
-    st: AppState,
-    name: String,
-    headers: HeaderMap,
-    q: RawQuery,
-    connect: bool,
-) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn catalog_rows(st: AppState, name: String, Req { o, .. }: Req, connect: bool) -> ApiResult {
     check_dc(&st.server, &o)?;
     let f = filter(&st.server, &o)?;
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, Table::CATALOG, move || {
-        s.catalog_service(token.as_deref(), &name, connect, f.as_ref())
+    st.read(&o, Table::CATALOG, move |s, token| {
+        s.catalog_service(token, &name, connect, f.as_ref())
     })
     .await
 }
@@ -685,36 +870,30 @@ async fn catalog_rows(
 async fn catalog_service(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    req: Req,
 ) -> ApiResult {
-    catalog_rows(st, name, headers, q, false).await
+    catalog_rows(st, name, req, false).await
 }
 
 async fn catalog_connect(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    req: Req,
 ) -> ApiResult {
-    catalog_rows(st, name, headers, q, true).await
+    catalog_rows(st, name, req, true).await
 }
 
 async fn health_rows(
     st: AppState,
     name: String,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, params }: Req,
     connect: bool,
 ) -> ApiResult {
-    let (o, params) = opts(&headers, &q.0)?;
     check_dc(&st.server, &o)?;
     let f = filter(&st.server, &o)?;
     let passing = params.flag("passing");
-    let s = st.server.clone();
-    let token = o.token.clone();
-    read_blocking(&st.server, &o, Table::CATALOG, move || {
-        s.health(token.as_deref(), &name, connect, passing, f.as_ref())
+    st.read(&o, Table::CATALOG, move |s, token| {
+        s.health(token, &name, connect, passing, f.as_ref())
     })
     .await
 }
@@ -722,19 +901,17 @@ async fn health_rows(
 async fn health_service(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    req: Req,
 ) -> ApiResult {
-    health_rows(st, name, headers, q, false).await
+    health_rows(st, name, req, false).await
 }
 
 async fn health_connect(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    req: Req,
 ) -> ApiResult {
-    health_rows(st, name, headers, q, true).await
+    health_rows(st, name, req, true).await
 }
 
 async fn status_leader() -> Response {
@@ -751,24 +928,21 @@ async fn acl_bootstrap(State(st): State<AppState>) -> ApiResult {
 
 async fn acl_policy_create(
     State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     let policy = decode(&body)?;
-    let s = st.server.clone();
-    let p = blocking(move || s.acl_policy_create(o.token.as_deref(), policy)).await?;
+    let p = st
+        .write(o, move |s, token| s.acl_policy_create(token, policy))
+        .await?;
     Ok(json_response(&p, None))
 }
 
 async fn acl_policy_read(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     Ok(json_response(
         &st.server.acl_policy_read(o.token.as_deref(), &id)?,
         None,
@@ -778,10 +952,8 @@ async fn acl_policy_read(
 async fn acl_policy_by_name(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     Ok(json_response(
         &st.server
             .acl_policy_read_by_name(o.token.as_deref(), &name)?,
@@ -792,34 +964,30 @@ async fn acl_policy_by_name(
 async fn acl_policy_update(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     let mut policy: crate::acl::Policy = decode(&body)?;
     if policy.id.is_empty() {
         policy.id = id;
     }
-    let s = st.server.clone();
-    let p = blocking(move || s.acl_policy_update(o.token.as_deref(), policy)).await?;
+    let p = st
+        .write(o, move |s, token| s.acl_policy_update(token, policy))
+        .await?;
     Ok(json_response(&p, None))
 }
 
 async fn acl_policy_delete(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
-    let s = st.server.clone();
-    blocking(move || s.acl_policy_delete(o.token.as_deref(), &id)).await?;
+    st.write(o, move |s, token| s.acl_policy_delete(token, &id))
+        .await?;
     Ok(json_response(&true, None))
 }
 
-async fn acl_policy_list(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn acl_policy_list(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     Ok(json_response(
         &st.server.acl_policy_list(o.token.as_deref())?,
         None,
@@ -828,32 +996,28 @@ async fn acl_policy_list(State(st): State<AppState>, headers: HeaderMap, q: RawQ
 
 async fn acl_token_create(
     State(st): State<AppState>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     let token = decode(&body)?;
-    let s = st.server.clone();
-    let t = blocking(move || s.acl_token_create(o.token.as_deref(), token)).await?;
+    let t = st
+        .write(o, move |s, caller| s.acl_token_create(caller, token))
+        .await?;
     Ok(json_response(&t, None))
 }
 
 async fn acl_token_read(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     Ok(json_response(
         &st.server.acl_token_read(o.token.as_deref(), &id)?,
         None,
     ))
 }
 
-async fn acl_token_self(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn acl_token_self(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     Ok(json_response(
         &st.server.acl_token_self(o.token.as_deref())?,
         None,
@@ -863,34 +1027,30 @@ async fn acl_token_self(State(st): State<AppState>, headers: HeaderMap, q: RawQu
 async fn acl_token_update(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
     body: Bytes,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
     let mut token: crate::acl::Token = decode(&body)?;
     if token.accessor_id.is_empty() {
         token.accessor_id = id;
     }
-    let s = st.server.clone();
-    let t = blocking(move || s.acl_token_update(o.token.as_deref(), token)).await?;
+    let t = st
+        .write(o, move |s, caller| s.acl_token_update(caller, token))
+        .await?;
     Ok(json_response(&t, None))
 }
 
 async fn acl_token_delete(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    q: RawQuery,
+    Req { o, .. }: Req,
 ) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
-    let s = st.server.clone();
-    blocking(move || s.acl_token_delete(o.token.as_deref(), &id)).await?;
+    st.write(o, move |s, token| s.acl_token_delete(token, &id))
+        .await?;
     Ok(json_response(&true, None))
 }
 
-async fn acl_token_list(State(st): State<AppState>, headers: HeaderMap, q: RawQuery) -> ApiResult {
-    let (o, _) = opts(&headers, &q.0)?;
+async fn acl_token_list(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     Ok(json_response(
         &st.server.acl_token_list(o.token.as_deref())?,
         None,
@@ -914,7 +1074,7 @@ mod tests {
     }
 
     fn cached_leaves(st: &AppState) -> u64 {
-        st.leaf_agent.get().map_or(0, |a| {
+        st.agent.get().map_or(0, |a| {
             a.cache()
                 .metrics()
                 .get("connect-ca-leaf")
@@ -931,6 +1091,292 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("{} leaves cached, expected {n}", cached_leaves(st));
+    }
+
+    fn acl_state() -> AppState {
+        let mut c = ServerConfig::dev();
+        c.acl_enabled = true;
+        c.acl_default_policy = crate::acl::DefaultPolicy::Deny;
+        c.acl_initial_management_token = Some("root-secret".into());
+        AppState::new(Server::start(c, crate::clock::system()).unwrap())
+    }
+
+    fn with_token(token: Option<&'static str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(t) = token {
+            headers.insert("x-consul-token", HeaderValue::from_static(t));
+        }
+        headers
+    }
+
+    fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
+        resp.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    async fn body_json(resp: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(resp.into_body(), MAX_BODY)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn entries(st: &AppState, cache_type: &str) -> u64 {
+        st.agent.get().map_or(0, |a| {
+            a.cache().metrics().get(cache_type).map_or(0, |m| m.entries)
+        })
+    }
+
+    async fn authorize_call(
+        st: &AppState,
+        token: Option<&'static str>,
+        target: &str,
+        source_uri: &str,
+    ) -> ApiResult {
+        let body = json!({"Target": target, "ClientCertURI": source_uri}).to_string();
+        agent_authorize(
+            State(st.clone()),
+            Req::parse(&with_token(token), None).unwrap(),
+            Bytes::from(body),
+        )
+        .await
+    }
+
+    fn uri(st: &AppState, service: &str) -> String {
+        format!(
+            "spiffe://{}/ns/default/dc/dc1/svc/{service}",
+            st.server.trust_domain()
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn agent_roots_come_from_the_cache_and_say_so() {
+        let (st, _) = state();
+        let call = |q: Option<&str>| {
+            let q = q.map(str::to_owned);
+            agent_ca_roots(
+                State(st.clone()),
+                Req::parse(&HeaderMap::new(), q.as_deref()).unwrap(),
+            )
+        };
+        // One entry: the agent's own roots watch and the endpoint share it.
+        call(None).await.unwrap();
+        assert_eq!(entries(&st, "connect-ca-root"), 1);
+        let second = call(None).await.unwrap();
+        assert_eq!(header(&second, "x-cache"), Some("HIT"));
+        assert_eq!(header(&second, "age"), Some("0"));
+        let index = header(&second, "x-consul-index").unwrap().to_owned();
+        let roots = body_json(second).await;
+        assert_eq!(
+            roots,
+            serde_json::to_value(st.server.ca_roots().value).unwrap()
+        );
+        let pem = call(Some("pem")).await.unwrap();
+        assert_eq!(header(&pem, "x-cache"), Some("HIT"));
+        assert_eq!(
+            header(&pem, "content-type"),
+            Some("application/pem-certificate-chain")
+        );
+
+        // A rotation is seen by the next read at once, and wakes a blocked one.
+        let blocked = tokio::spawn(call(Some(&format!("index={index}&wait=30s"))));
+        // Let it block first: a reader that waited for the new roots was not a hit.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut config = st.server.ca_config(None).unwrap().value;
+        config.config.insert("PrivateKeyBits".into(), json!(384));
+        st.server.set_ca_config(None, config).unwrap();
+        let after = body_json(call(None).await.unwrap()).await;
+        let active = st.server.ca_roots().value.active_root_id.clone();
+        assert_eq!(after["ActiveRootID"], json!(active));
+        let woken = blocked.await.unwrap().unwrap();
+        assert_eq!(header(&woken, "x-cache"), Some("MISS"));
+        assert_eq!(header(&woken, "age"), None);
+        let woken = body_json(woken).await;
+        assert_eq!(woken["ActiveRootID"], json!(active));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn authorize_comes_from_the_intention_cache_and_follows_writes() {
+        let (st, _) = state();
+        let put = |src: &str, action: &str| {
+            let ixn =
+                Intention::from_json(json!({"Action": action}).to_string().as_bytes()).unwrap();
+            st.server
+                .intention_upsert_exact(None, src, "db", ixn)
+                .unwrap();
+        };
+        put("web", "allow");
+        put("*", "deny");
+        let first = authorize_call(&st, None, "db", &uri(&st, "web"))
+            .await
+            .unwrap();
+        assert_eq!(header(&first, "x-cache"), Some("MISS"));
+        assert_eq!(
+            body_json(first).await,
+            json!({"Authorized": true, "Reason": st.server.authorize(None, "db", &uri(&st, "web")).unwrap().reason.to_string()})
+        );
+        // Every answer is the server's own, for sources matched and not.
+        for src in ["web", "api", "cache"] {
+            let resp = authorize_call(&st, None, "db", &uri(&st, src))
+                .await
+                .unwrap();
+            assert_eq!(header(&resp, "x-cache"), Some("HIT"));
+            assert_eq!(header(&resp, "age"), Some("0"));
+            let d = st.server.authorize(None, "db", &uri(&st, src)).unwrap();
+            assert_eq!(
+                body_json(resp).await,
+                json!({"Authorized": d.allowed, "Reason": d.reason.to_string()}),
+                "{src}"
+            );
+        }
+        // A target no intention names falls to the default, as the server's does.
+        let other = body_json(
+            authorize_call(&st, None, "other", &uri(&st, "web"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        let d = st
+            .server
+            .authorize(None, "other", &uri(&st, "web"))
+            .unwrap();
+        assert_eq!(
+            other,
+            json!({"Authorized": d.allowed, "Reason": d.reason.to_string()})
+        );
+        // Targets that are no service name are answered as the server answers them.
+        for target in ["default/db", "a b", "*"] {
+            let resp = authorize_call(&st, None, target, &uri(&st, "web"))
+                .await
+                .unwrap();
+            let d = st.server.authorize(None, target, &uri(&st, "web")).unwrap();
+            assert_eq!(
+                body_json(resp).await,
+                json!({"Authorized": d.allowed, "Reason": d.reason.to_string()}),
+                "{target}"
+            );
+        }
+        // A write is seen by the very next request.
+        put("web", "deny");
+        let after = body_json(
+            authorize_call(&st, None, "db", &uri(&st, "web"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(after["Authorized"], false, "{after}");
+        assert_eq!(entries(&st, "intention-match"), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn authorize_checks_the_request_and_the_token_before_any_cache_work() {
+        let st = acl_state();
+        let web = uri(&st, "web");
+        for (token, target, client, status) in [
+            (None, "db", web.as_str(), StatusCode::FORBIDDEN),
+            (
+                Some("not-a-token"),
+                "db",
+                web.as_str(),
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                Some("root-secret"),
+                "",
+                web.as_str(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (Some("root-secret"), "db", "nope", StatusCode::BAD_REQUEST),
+        ] {
+            let e = authorize_call(&st, token, target, client)
+                .await
+                .unwrap_err();
+            assert_eq!(status_for(e.0.kind()), status, "{}", e.0);
+        }
+        assert!(st.agent.get().is_none(), "no cache work");
+        let ok = authorize_call(&st, Some("root-secret"), "db", &web)
+            .await
+            .unwrap();
+        let d = st
+            .server
+            .authorize(Some("root-secret"), "db", &web)
+            .unwrap();
+        assert_eq!(
+            body_json(ok).await,
+            json!({"Authorized": d.allowed, "Reason": d.reason.to_string()})
+        );
+        assert_eq!(entries(&st, "intention-match"), 1);
+    }
+
+    fn served(cert: &ArcSwapOption<CertifiedKey>) -> crate::certs::CertInfo {
+        let key = cert.load_full().unwrap();
+        crate::certs::CertInfo::from_der(&key.cert[0]).unwrap()
+    }
+
+    /// Waits (in real time, bounded) for the HTTPS certificate's keeper.
+    async fn until_served(
+        cert: &ArcSwapOption<CertifiedKey>,
+        what: &str,
+        done: impl Fn(&crate::certs::CertInfo) -> bool,
+    ) -> crate::certs::CertInfo {
+        for _ in 0..500 {
+            let info = served(cert);
+            if done(&info) {
+                return info;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the HTTPS certificate was not {what}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_https_certificate_is_the_agents_and_follows_renewal_and_rotation() {
+        let (st, clock) = state();
+        let bind: IpAddr = "10.1.2.3".parse().unwrap();
+        let cert = st.https_cert("node-1", bind).await.unwrap();
+        let td = crate::spiffe::TrustDomain::new(&st.server.trust_domain()).unwrap();
+        let first = served(&cert);
+        assert_eq!(
+            first.uris,
+            [crate::spiffe::AgentId::new(&td, "dc1", "node-1").uri()]
+        );
+        assert_eq!(first.dns_names, ["localhost"]);
+        assert_eq!(
+            first.ip_addresses,
+            [
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                bind
+            ]
+        );
+        // One leaf-cache entry, apart from every service's.
+        assert_eq!(cached_leaves(&st), 1);
+
+        // Renewed in its renewal window.
+        let renew_at = first.not_before + (first.not_after - first.not_before) * 0.9;
+        clock.advance(Duration::try_from(renew_at - st.server.clock().now()).unwrap());
+        let renewed = until_served(&cert, "renewed", |i| i.serial != first.serial).await;
+        assert_eq!(renewed.uris, first.uris);
+
+        // Reissued from the new root when the active root changes.
+        let mut config = st.server.ca_config(None).unwrap().value;
+        config.config.insert("PrivateKeyBits".into(), json!(384));
+        st.server.set_ca_config(None, config).unwrap();
+        let active = st
+            .server
+            .ca_roots()
+            .value
+            .active()
+            .unwrap()
+            .signing_key_id
+            .clone();
+        let rotated = until_served(&cert, "reissued from the new root", |i| {
+            i.authority_key_id
+                .as_deref()
+                .is_some_and(|k| crate::certs::colon_hex(k) == active)
+        })
+        .await;
+        assert_eq!(rotated.ip_addresses, first.ip_addresses);
+        assert_eq!(cached_leaves(&st), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -976,8 +1422,7 @@ mod tests {
         c.acl_enabled = true;
         c.acl_default_policy = crate::acl::DefaultPolicy::Deny;
         c.acl_initial_management_token = Some("root-secret".into());
-        let server = Server::start(c, crate::clock::system()).unwrap();
-        let st = AppState::new(server);
+        let st = AppState::new(Server::start(c, crate::clock::system()).unwrap());
         let call = |token: Option<&'static str>| {
             let mut headers = HeaderMap::new();
             if let Some(t) = token {
@@ -986,15 +1431,14 @@ mod tests {
             agent_leaf(
                 State(st.clone()),
                 Path("web".to_owned()),
-                headers,
-                RawQuery(None),
+                Req::parse(&headers, None).unwrap(),
             )
         };
         for token in [None, Some("not-a-token")] {
             let e = call(token).await.unwrap_err();
             assert_eq!(status_for(e.0.kind()), StatusCode::FORBIDDEN, "{}", e.0);
         }
-        assert!(st.leaf_agent.get().is_none(), "no cache, no key, no CSR");
+        assert!(st.agent.get().is_none(), "no cache, no key, no CSR");
         let ok = call(Some("root-secret")).await.unwrap();
         assert_eq!(ok.status(), StatusCode::OK);
         assert_eq!(cached_leaves(&st), 1);

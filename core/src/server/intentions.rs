@@ -363,6 +363,20 @@ impl Server {
         target: &str,
         client_cert_uri: &str,
     ) -> Result<Decision, Error> {
+        let src = self.authorize_request(token, target, client_cert_uri)?;
+        let (dst, src) = (ServiceRef::new(target), ServiceRef::new(&src));
+        Ok(self.inner.intentions.authorize(&dst, &src))
+    }
+
+    /// The checks of [`Server::authorize`], in Consul's order, before any decision: the
+    /// request is well formed and `token` has `service:write` on `target`. Returns the
+    /// client's service name, which is matched as the one default namespace.
+    pub(crate) fn authorize_request(
+        &self,
+        token: Option<&str>,
+        target: &str,
+        client_cert_uri: &str,
+    ) -> Result<String, Error> {
         let bad = |m: &str| Error::new(ErrorKind::InvalidParameter, m);
         if target.is_empty() {
             return Err(bad("Target service must be specified"));
@@ -376,12 +390,10 @@ impl Server {
         // would match it against no intention of its service.
         check_default_namespace("ClientCertURI namespace", &svc.namespace)?;
         check_default_partition("ClientCertURI partition", &svc.partition)?;
-        // Matched as the one default namespace, however the URI spelled it.
-        let src = ServiceRef::new(&svc.service);
         self.authorizer(token)?
             .require(Permission::ServiceWrite(target))?;
-        let dst = ServiceRef::new(target);
-        Ok(self.inner.intentions.authorize(&dst, &src))
+        // Matched as the one default namespace, however the URI spelled it.
+        Ok(svc.service.clone())
     }
 }
 

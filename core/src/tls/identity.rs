@@ -20,6 +20,31 @@ use crate::certs::{self, pem_encode};
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::{Error, ErrorKind, Result, SharedClock};
 
+/// Loads `key` with the one crypto provider, once, and pairs it with `chain` (leaf first), as
+/// every certificate libconnect serves is held: a handshake then only clones an `Arc`.
+/// `what` names the certificate in errors.
+pub(crate) fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    what: &str,
+) -> Result<CertifiedKey> {
+    let provider = crypto_provider(KeyExchange::default());
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| Error::new(ErrorKind::InvalidKey, format!("{what} private key: {e}")))?;
+    let certified = CertifiedKey::new(chain, signing);
+    // A key whose public half is unknown cannot be checked, and an unchecked pair would fail
+    // every handshake later, so both mismatch and "unknown" are refused here.
+    certified.keys_match().map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidKey,
+            format!("{what} private key does not match the leaf certificate: {e}"),
+        )
+    })?;
+    Ok(certified)
+}
+
 /// A leaf certificate chain with its private key: one service's X.509 SVID.
 ///
 /// Built only through constructors that check it: the chain parses, the leaf names exactly one
@@ -83,20 +108,7 @@ impl Svid {
                 ));
             }
         });
-        let provider = crypto_provider(KeyExchange::default());
-        let signing = provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|e| Error::new(ErrorKind::InvalidKey, format!("SVID private key: {e}")))?;
-        let certified = CertifiedKey::new(chain, signing);
-        // A key whose public half is unknown cannot be checked, and an unchecked pair would
-        // fail every handshake later, so both mismatch and "unknown" are refused here.
-        certified.keys_match().map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidKey,
-                format!("SVID private key does not match the leaf certificate: {e}"),
-            )
-        })?;
+        let certified = certified_key(chain, key, "SVID")?;
         Ok(Svid {
             certified: Arc::new(certified),
             key_pem,

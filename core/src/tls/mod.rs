@@ -117,10 +117,12 @@ mod tests;
 pub use authorizer::{Authorizer, AuthzDecision, AuthzDenied, SharedAuthorizer};
 pub use client::{ExpectedPeer, MtlsClient, MtlsClientBuilder, mtls_client};
 pub use errors::error_from_io;
+pub(crate) use identity::certified_key;
 pub use identity::{Bundle, BundleSource, Identity, Snapshot, Svid, SvidSource};
 pub use material::{Material, PeerAuthorization, PeerInput};
 pub use net::{Connection, Listener, Revocable};
 pub use provider::{KeyExchange, crypto_provider};
+pub(crate) use server::CurrentLeaf;
 pub use server::{
     DenyHook, HandshakeErrorHook, MtlsServer, MtlsServerBuilder, ServerStats, mtls_server,
 };

@@ -201,14 +201,38 @@ impl Shared {
     }
 }
 
-/// Serves the current leaf: reads the latest snapshot on every handshake, so a rotated leaf
-/// is used from the next handshake on without rebuilding anything.
-#[derive(Debug)]
-struct CurrentLeaf(Identity);
+/// Where a server's current certificate is read from on every handshake.
+pub(crate) trait CurrentCert: fmt::Debug + Send + Sync {
+    /// The certificate to serve now, if there is one yet.
+    fn current(&self) -> Option<Arc<CertifiedKey>>;
+}
 
-impl ResolvesServerCert for CurrentLeaf {
+impl CurrentCert for Identity {
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.snapshot().svid().map(|s| s.certified_key().clone())
+    }
+}
+
+impl<T: CurrentCert + ?Sized> CurrentCert for Arc<T> {
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        (**self).current()
+    }
+}
+
+impl CurrentCert for arc_swap::ArcSwapOption<CertifiedKey> {
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.load_full()
+    }
+}
+
+/// Serves the current leaf: reads it on every handshake, so a rotated leaf is used from the
+/// next handshake on without rebuilding anything.
+#[derive(Debug)]
+pub(crate) struct CurrentLeaf<S>(pub(crate) S);
+
+impl<S: CurrentCert> ResolvesServerCert for CurrentLeaf<S> {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.snapshot().svid().map(|s| s.certified_key().clone())
+        self.0.current()
     }
 }
 

@@ -8,6 +8,11 @@
 //! ==> HTTPS API listening on https://127.0.0.1:8501
 //! ```
 //!
+//! The HTTPS listener serves a certificate the CA issues to this node (its client-agent
+//! SPIFFE ID, DNS SAN `localhost`, the loopback IPs and the bind address), kept current by the
+//! same agent cache that serves the `/v1/agent/connect/...` endpoints: see
+//! [`connect_core::http::api::Api::https_config`].
+//!
 //! SIGINT or SIGTERM stops it: listeners close, requests in flight get a few seconds to
 //! finish (blocking queries are cut short), and the process exits 0. Every write was durable
 //! when it was acknowledged, so nothing else needs flushing.
@@ -39,11 +44,9 @@ use connect_core::intentions::IntentionAction;
 use connect_core::server::{Server, ServerConfig};
 use connect_core::{Error, ErrorKind};
 use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
 
 use crate::AgentArgs;
 use crate::http_server::{ConnTracker, HttpLimits};
-use crate::https::CertSubject;
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -245,35 +248,18 @@ pub(crate) fn run(args: AgentArgs) -> u8 {
             return 1;
         }
     };
-    let filter = EnvFilter::new(format!(
-        "{},hyper=warn,hyper_util=warn,reqwest=warn,rustls=warn",
-        settings.log_level
-    ));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("Error: starting the runtime: {e}");
-            return 1;
-        }
+    crate::init_logging(&settings.log_level);
+    // Blocking work still running (a write mid-commit) gets a moment; nothing waits longer.
+    let runtime = crate::Runtime::MultiThread {
+        grace: Duration::from_secs(2),
     };
-    let code = match runtime.block_on(serve(settings)) {
+    crate::with_runtime(runtime, |rt| match rt.block_on(serve(settings)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("Error: {e}");
             1
         }
-    };
-    // Blocking work still running (a write mid-commit) gets a moment; nothing waits longer.
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    code
+    })
 }
 
 /// Logs each request's method, path (never the query, which may carry `?token=`), status
@@ -313,8 +299,8 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
         "server started"
     );
 
-    let app = connect_core::http::api::router(server.clone())
-        .layer(axum::middleware::from_fn(log_request));
+    let api = connect_core::http::api::Api::new(server.clone());
+    let app = api.router().layer(axum::middleware::from_fn(log_request));
     let mut limits = settings.limits.clone();
     if let Some(open_files) = crate::http_server::raise_open_file_limit()
         && let Some(configured) = limits.fit_open_files(open_files)
@@ -333,16 +319,8 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     let mut lines = Vec::new();
 
     if let Some(addr) = settings.http {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::new(ErrorKind::Io, format!("binding HTTP on {addr}: {e}")))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
-        lines.push(format!(
-            "==> HTTP API listening on http://{}",
-            url_host(local)
-        ));
+        let (listener, local) = bind("HTTP", addr).await?;
+        lines.push(format!("==> HTTP API listening on http://{local}"));
         tasks.spawn(crate::http_server::serve(
             listener,
             None,
@@ -352,22 +330,11 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
         ));
     }
     if let Some(addr) = settings.https {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::new(ErrorKind::Io, format!("binding HTTPS on {addr}: {e}")))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
-        let subject = CertSubject::new(&server.config().node_name, addr.ip());
-        let (s, subj) = (server.clone(), subject.clone());
-        let tls = tokio::task::spawn_blocking(move || crate::https::issue(&s, &subj))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))??;
-        let tls_config = crate::https::tls_config(&server, subject, tls)?;
-        lines.push(format!(
-            "==> HTTPS API listening on https://{}",
-            url_host(local)
-        ));
+        let (listener, local) = bind("HTTPS", addr).await?;
+        let tls_config = api
+            .https_config(&server.config().node_name, addr.ip())
+            .await?;
+        lines.push(format!("==> HTTPS API listening on https://{local}"));
         tasks.spawn(crate::http_server::serve(
             listener,
             Some(tokio_rustls::TlsAcceptor::from(tls_config)),
@@ -404,7 +371,7 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     }
     eprintln!("==> libconnect agent running!");
 
-    let signal = shutdown_signal().await?;
+    let signal = crate::shutdown_signal().await?;
     eprintln!("==> Caught signal: {signal}");
     tracing::info!(signal, "shutting down");
     let _ = stop_tx.send(true);
@@ -421,6 +388,17 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     Ok(())
 }
 
+/// Binds the `what` listener on `addr`; returns it with the `host:port` it is reached at.
+async fn bind(what: &str, addr: SocketAddr) -> Result<(tokio::net::TcpListener, String), Error> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io, format!("binding {what} on {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+    Ok((listener, url_host(local)))
+}
+
 /// `host:port` for a URL (IPv6 in brackets; the unspecified address as loopback, since that
 /// is where a local client reaches it).
 fn url_host(addr: SocketAddr) -> String {
@@ -430,19 +408,6 @@ fn url_host(addr: SocketAddr) -> String {
         ip => ip,
     };
     SocketAddr::new(ip, addr.port()).to_string()
-}
-
-/// Waits for SIGINT or SIGTERM; returns its name.
-async fn shutdown_signal() -> Result<&'static str, Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let io =
-        |e: std::io::Error| Error::new(ErrorKind::Io, format!("installing signal handlers: {e}"));
-    let mut term = signal(SignalKind::terminate()).map_err(io)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
-    Ok(tokio::select! {
-        _ = term.recv() => "terminated",
-        _ = int.recv() => "interrupt",
-    })
 }
 
 /// Prunes roots rotated out long ago, hourly (Consul's leader loop).

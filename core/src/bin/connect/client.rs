@@ -37,29 +37,21 @@ impl Outcome {
 
 /// Runs a client command; returns the exit code. Errors print `Error: …` on stderr, exit 1.
 pub(crate) fn run(cmd: ClientCommand) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("Error: starting the runtime: {e}");
-            return 1;
-        }
-    };
-    match runtime.block_on(execute(cmd)) {
-        Ok(out) => {
-            print!("{}", out.stdout);
-            if !out.stdout.is_empty() && !out.stdout.ends_with('\n') {
-                println!();
+    crate::with_runtime(crate::Runtime::CurrentThread, |rt| {
+        match rt.block_on(execute(cmd)) {
+            Ok(out) => {
+                print!("{}", out.stdout);
+                if !out.stdout.is_empty() && !out.stdout.ends_with('\n') {
+                    println!();
+                }
+                out.code
             }
-            out.code
+            Err(e) => {
+                eprintln!("Error: {e}");
+                1
+            }
         }
-        Err(e) => {
-            eprintln!("Error: {e}");
-            1
-        }
-    }
+    })
 }
 
 fn client(http: &HttpArgs) -> Result<ApiClient, Error> {

@@ -20,12 +20,12 @@
 mod agent;
 mod client;
 mod http_server;
-mod https;
 mod proxy;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -314,6 +314,64 @@ pub(crate) enum CaCommand {
         #[arg(long)]
         pem: bool,
     },
+}
+
+/// Logs to standard error at `level` (a tracing filter), with the HTTP and TLS libraries
+/// held at warn so that a debug level shows libconnect's own events.
+pub(crate) fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::new(format!(
+        "{level},hyper=warn,hyper_util=warn,reqwest=warn,rustls=warn"
+    ));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+/// The runtime a command runs on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Runtime {
+    /// Worker threads, for the long-running commands (agent, proxy); on the way out,
+    /// blocking work still running gets this long to finish.
+    MultiThread { grace: Duration },
+    /// This thread only, for one request and its answer.
+    CurrentThread,
+}
+
+/// Runs `f` on a new runtime and returns its exit code; a runtime that cannot start is
+/// reported as `Error: ...` with exit code 1.
+pub(crate) fn with_runtime(kind: Runtime, f: impl FnOnce(&tokio::runtime::Runtime) -> u8) -> u8 {
+    let mut builder = match kind {
+        Runtime::MultiThread { .. } => tokio::runtime::Builder::new_multi_thread(),
+        Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: starting the runtime: {e}");
+            return 1;
+        }
+    };
+    let code = f(&runtime);
+    if let Runtime::MultiThread { grace } = kind {
+        runtime.shutdown_timeout(grace);
+    }
+    code
+}
+
+/// Waits for SIGINT or SIGTERM; returns its name.
+pub(crate) async fn shutdown_signal() -> Result<&'static str, connect_core::Error> {
+    use connect_core::{Error, ErrorKind};
+    use tokio::signal::unix::{SignalKind, signal};
+    let io =
+        |e: std::io::Error| Error::new(ErrorKind::Io, format!("installing signal handlers: {e}"));
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    Ok(tokio::select! {
+        _ = term.recv() => "terminated",
+        _ = int.recv() => "interrupt",
+    })
 }
 
 fn main() -> ExitCode {

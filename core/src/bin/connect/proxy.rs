@@ -18,7 +18,6 @@ use connect_core::{Error, ErrorKind};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
-use tracing_subscriber::EnvFilter;
 
 use crate::ProxyArgs;
 
@@ -52,40 +51,26 @@ pub(crate) fn parse_upstream(s: &str) -> Result<Upstream, String> {
 
 /// Runs the proxy until SIGINT or SIGTERM; returns the exit code.
 pub(crate) fn run(args: ProxyArgs) -> u8 {
-    let level = args.log_level.clone().unwrap_or_else(|| "info".into());
-    let filter = EnvFilter::new(format!(
-        "{level},hyper=warn,hyper_util=warn,reqwest=warn,rustls=warn"
-    ));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("Error: starting the runtime: {e}");
-            return 1;
-        }
+    crate::init_logging(args.log_level.as_deref().unwrap_or("info"));
+    let runtime = crate::Runtime::MultiThread {
+        grace: Duration::from_secs(1),
     };
-    let (code, svc) = match runtime.block_on(serve(args)) {
-        Ok(svc) => (0, Some(svc)),
-        Err((e, svc)) => {
-            eprintln!("Error: {e}");
-            (1, svc)
+    crate::with_runtime(runtime, |rt| {
+        let (code, svc) = match rt.block_on(serve(args)) {
+            Ok(svc) => (0, Some(svc)),
+            Err((e, svc)) => {
+                eprintln!("Error: {e}");
+                (1, svc)
+            }
+        };
+        // Closed outside the runtime's block_on, where close waits for the deregistration to
+        // reach the agent (inside a runtime it would only start it).
+        if let Some(svc) = svc {
+            svc.close();
+            svc.agent().close();
         }
-    };
-    // Closed outside the runtime's block_on, where close waits for the deregistration to
-    // reach the agent (inside a runtime it would only start it).
-    if let Some(svc) = svc {
-        svc.close();
-        svc.agent().close();
-    }
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    code
+        code
+    })
 }
 
 type Failed = (Error, Option<ServiceHandle>);
@@ -143,7 +128,7 @@ async fn serve(args: ProxyArgs) -> Result<ServiceHandle, Failed> {
         tasks.spawn(outbound(l, Arc::clone(&svc), up.service.clone()));
     }
     eprintln!("==> Proxy for {} running!", args.service);
-    match shutdown_signal().await {
+    match crate::shutdown_signal().await {
         Ok(signal) => {
             eprintln!("==> Caught signal: {signal}");
             // Stop accepting; connections in flight end with the process.
@@ -202,19 +187,6 @@ where
 
 /// The proxy's service, shared with the per-connection tasks.
 type ServiceHandle = Arc<ConnectService>;
-
-/// Waits for SIGINT or SIGTERM; returns its name.
-async fn shutdown_signal() -> Result<&'static str, Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let io =
-        |e: std::io::Error| Error::new(ErrorKind::Io, format!("installing signal handlers: {e}"));
-    let mut term = signal(SignalKind::terminate()).map_err(io)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
-    Ok(tokio::select! {
-        _ = term.recv() => "terminated",
-        _ = int.recv() => "interrupt",
-    })
-}
 
 #[cfg(test)]
 mod tests {
