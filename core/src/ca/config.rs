@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use super::CaError;
-use super::duration::{format_go_duration, parse_go_duration};
 use super::keys::{KeySpec, KeyType};
+use crate::duration::{format_go_duration, parse_go_duration};
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// Shortest allowed leaf TTL.

@@ -10,7 +10,7 @@ use super::{
     AgentService, CatalogError, CheckDefinition, HealthCheck, HealthStatus, ProxyConfig,
     ServiceConnect, ServiceKind,
 };
-use crate::ca::parse_go_duration;
+use crate::duration::parse_go_duration;
 use crate::spiffe::{check_default_namespace, check_default_partition, check_service_name};
 
 /// Pairs in a `Meta` map (Consul's `metaMaxKeyPairs`).

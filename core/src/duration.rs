@@ -1,11 +1,12 @@
-//! Go's `time.Duration` text form, which Consul's CA configuration uses (`"72h"`,
-//! `"8760h0m0s"`, `"1h30m"`), both parsed and printed exactly as Go does.
+//! Go's `time.Duration` text form (`"72h"`, `"8760h0m0s"`, `"1h30m"`), both parsed and printed
+//! exactly as Go does. Consul uses it wherever it takes a duration as text: the CA
+//! configuration, check TTLs, the `?wait=` query parameter and the agent's configuration files.
 
 use std::time::Duration;
 
 /// Parses a Go duration string: a sequence of decimal numbers with optional fraction and a
 /// unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), optionally signed. Negative durations are
-/// rejected: no CA setting can be negative.
+/// rejected: no duration Consul takes as text can be negative.
 pub fn parse_go_duration(input: &str) -> Result<Duration, String> {
     let err = || format!("time: invalid duration {input:?}");
     let mut s = input;
