@@ -107,6 +107,38 @@ pub fn format_go_duration(d: Duration) -> String {
     }
 }
 
+/// Reads a duration field as Consul's configuration does: Go text (`"72h"`), or a bare number
+/// of nanoseconds (a Go `time.Duration`). For `#[serde(deserialize_with)]`.
+pub(crate) fn deserialize_go_duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Duration, D::Error> {
+    struct GoDuration;
+
+    impl serde::de::Visitor<'_> for GoDuration {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse_go_duration(v).map_err(E::custom)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_nanos(v))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_nanos)
+                .map_err(|_| E::custom(format!("expected a non-negative duration, got {v}")))
+        }
+    }
+
+    deserializer.deserialize_any(GoDuration)
+}
+
 fn frac(value: u128, div: u128) -> String {
     let whole = value / div;
     let rem = value % div;
