@@ -233,8 +233,8 @@ fn timeout(name: &str, value: &Value) -> Result<Duration, Error> {
             "{name}: expected a duration string such as \"10s\""
         )));
     };
-    let d =
-        crate::ca::parse_go_duration(text.trim()).map_err(|e| invalid(format!("{name}: {e}")))?;
+    let d = crate::duration::parse_go_duration(text.trim())
+        .map_err(|e| invalid(format!("{name}: {e}")))?;
     if d.is_zero() {
         return Err(invalid(format!(
             "{name}: must be greater than zero, got {text:?}"

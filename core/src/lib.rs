@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod certs;
 pub mod clock;
 pub mod config_file;
+pub mod duration;
 pub mod error;
 pub mod filter;
 pub mod http;

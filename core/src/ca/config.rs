@@ -2,17 +2,20 @@
 //!
 //! Keys arrive CamelCase over HTTP (`LeafCertTTL`) and snake_case from agent config files
 //! (`leaf_cert_ttl`); Consul matches them case-insensitively and decodes values weakly
-//! (numbers may arrive as strings), so we do the same.
+//! (numbers may arrive as strings), so the options are read with [`crate::json`] under
+//! [`Rules::CONFIG`], their names taken from the structs below.
 
 use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use super::CaError;
-use super::duration::{format_go_duration, parse_go_duration};
 use super::keys::{KeySpec, KeyType};
+use crate::duration::{deserialize_go_duration, format_go_duration};
+use crate::json::{DecodeError, Rules};
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// Shortest allowed leaf TTL.
@@ -27,21 +30,33 @@ pub const CROSS_SIGN_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const CLOCK_DRIFT_BUFFER: Duration = Duration::from_secs(60);
 
 /// Options shared by every provider.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
 pub struct CommonCaConfig {
     /// Lifetime of leaf certificates (`LeafCertTTL`, default 72h).
+    #[serde(rename = "LeafCertTTL", deserialize_with = "deserialize_go_duration")]
     pub leaf_cert_ttl: Duration,
     /// Lifetime of intermediates (`IntermediateCertTTL`, default 8760h).
+    #[serde(
+        rename = "IntermediateCertTTL",
+        deserialize_with = "deserialize_go_duration"
+    )]
     pub intermediate_cert_ttl: Duration,
     /// Lifetime of generated roots (`RootCertTTL`, default 87600h).
+    #[serde(rename = "RootCertTTL", deserialize_with = "deserialize_go_duration")]
     pub root_cert_ttl: Duration,
     /// Type of generated CA keys (`PrivateKeyType`, default `ec`).
+    // Read as text by `from_map`: Consul rejects an unknown type in validation, with its own
+    // message rather than a decoding error.
+    #[serde(skip)]
     pub private_key_type: KeyType,
     /// Size of generated CA keys (`PrivateKeyBits`, default 256).
     pub private_key_bits: u32,
     /// Server-wide CSR rate (`CSRMaxPerSecond`, default 50; 0 disables).
+    #[serde(rename = "CSRMaxPerSecond")]
     pub csr_max_per_second: f64,
     /// Concurrent CSR limit (`CSRMaxConcurrent`, default 0; used only when the rate is 0).
+    #[serde(rename = "CSRMaxConcurrent")]
     pub csr_max_concurrent: u32,
     /// Skip the checks of [`CommonCaConfig::validate`] (`SkipValidate`).
     pub skip_validate: bool,
@@ -65,19 +80,11 @@ impl Default for CommonCaConfig {
 impl CommonCaConfig {
     /// Reads the common options from a raw `Config` map; absent keys keep their defaults.
     pub fn from_map(map: &Map<String, Value>) -> Result<Self, CaError> {
-        let mut c = CommonCaConfig::default();
-        for (key, value) in map {
-            match normalize_key(key).as_str() {
-                "leafcertttl" => c.leaf_cert_ttl = duration(key, value)?,
-                "intermediatecertttl" => c.intermediate_cert_ttl = duration(key, value)?,
-                "rootcertttl" => c.root_cert_ttl = duration(key, value)?,
-                "privatekeytype" => c.private_key_type = KeyType::parse(&string(key, value)?)?,
-                "privatekeybits" => c.private_key_bits = uint(key, value)?,
-                "csrmaxpersecond" => c.csr_max_per_second = float(key, value)?,
-                "csrmaxconcurrent" => c.csr_max_concurrent = uint(key, value)?,
-                "skipvalidate" => c.skip_validate = boolean(key, value)?,
-                _ => {}
-            }
+        let mut c: CommonCaConfig = decode(map)?;
+        if let Some(value) = Rules::CONFIG.get(map, "PrivateKeyType") {
+            let text: String = crate::json::decode(value.clone(), Rules::CONFIG)
+                .map_err(|e| CaError::InvalidConfig(format!("PrivateKeyType: {e}")))?;
+            c.private_key_type = KeyType::parse(&text)?;
         }
         Ok(c)
     }
@@ -157,15 +164,22 @@ impl CommonCaConfig {
 }
 
 /// Options of the built-in (`consul`) provider.
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
 pub struct ConsulCaConfig {
     /// The common options.
+    // Read from the same map by `CommonCaConfig::from_map`: serde's `flatten` would bypass
+    // the decoder's key matching.
+    #[serde(skip)]
     pub common: CommonCaConfig,
     /// An operator-supplied CA key (`PrivateKey`), PEM.
+    #[serde(deserialize_with = "secret")]
     pub private_key: Option<Zeroizing<String>>,
     /// An operator-supplied root (`RootCert`), PEM.
+    #[serde(deserialize_with = "non_empty")]
     pub root_cert: Option<String>,
     /// Legacy `RotationPeriod`: accepted and ignored, as in Consul.
+    #[serde(deserialize_with = "some_go_duration")]
     pub rotation_period: Option<Duration>,
     /// Test-only `DisableCrossSigning`.
     pub disable_cross_signing: bool,
@@ -188,28 +202,9 @@ impl fmt::Debug for ConsulCaConfig {
 impl ConsulCaConfig {
     /// Reads and validates a raw `Config` map.
     pub fn from_map(map: &Map<String, Value>) -> Result<Self, CaError> {
-        let mut c = ConsulCaConfig {
-            common: CommonCaConfig::from_map(map)?,
-            private_key: None,
-            root_cert: None,
-            rotation_period: None,
-            disable_cross_signing: false,
-        };
-        for (key, value) in map {
-            match normalize_key(key).as_str() {
-                "privatekey" => {
-                    let s = string(key, value)?;
-                    c.private_key = (!s.is_empty()).then(|| Zeroizing::new(s));
-                }
-                "rootcert" => {
-                    let s = string(key, value)?;
-                    c.root_cert = (!s.is_empty()).then_some(s);
-                }
-                "rotationperiod" => c.rotation_period = Some(duration(key, value)?),
-                "disablecrosssigning" => c.disable_cross_signing = boolean(key, value)?,
-                _ => {}
-            }
-        }
+        let common = CommonCaConfig::from_map(map)?;
+        let mut c: ConsulCaConfig = decode(map)?;
+        c.common = common;
         c.validate()?;
         Ok(c)
     }
@@ -225,73 +220,27 @@ impl ConsulCaConfig {
     }
 }
 
-/// Consul matches config keys case-insensitively and the file form is snake_case.
-fn normalize_key(key: &str) -> String {
-    key.chars()
-        .filter(|c| *c != '_' && *c != '-')
-        .flat_map(char::to_lowercase)
-        .collect()
+/// Reads a configuration map into `T`, keys and values as Consul's `mapstructure` reads them.
+fn decode<T: serde::de::DeserializeOwned>(map: &Map<String, Value>) -> Result<T, CaError> {
+    crate::json::decode(Value::Object(map.clone()), Rules::CONFIG)
+        .map_err(|e: DecodeError| CaError::InvalidConfig(e.to_string()))
 }
 
-fn type_error(key: &str, want: &str, value: &Value) -> CaError {
-    CaError::InvalidConfig(format!(
-        "error decoding '{key}': expected {want}, got {value}"
-    ))
+fn non_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(deserializer)?;
+    Ok((!s.is_empty()).then_some(s))
 }
 
-fn string(key: &str, value: &Value) -> Result<String, CaError> {
-    match value {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(if *b { "1".into() } else { "0".into() }),
-        Value::Null => Ok(String::new()),
-        _ => Err(type_error(key, "a string", value)),
-    }
+fn secret<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Zeroizing<String>>, D::Error> {
+    Ok(non_empty(deserializer)?.map(Zeroizing::new))
 }
 
-fn duration(key: &str, value: &Value) -> Result<Duration, CaError> {
-    match value {
-        Value::String(s) => parse_go_duration(s)
-            .map_err(|e| CaError::InvalidConfig(format!("error decoding '{key}': {e}"))),
-        // A bare number is a Go time.Duration, i.e. nanoseconds.
-        Value::Number(n) => n
-            .as_u64()
-            .map(Duration::from_nanos)
-            .ok_or_else(|| type_error(key, "a non-negative duration", value)),
-        _ => Err(type_error(key, "a duration", value)),
-    }
-}
-
-fn uint(key: &str, value: &Value) -> Result<u32, CaError> {
-    let n = match value {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse::<u64>().ok(),
-        _ => None,
-    };
-    n.and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| type_error(key, "a non-negative integer", value))
-}
-
-fn float(key: &str, value: &Value) -> Result<f64, CaError> {
-    let n = match value {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse::<f64>().ok(),
-        _ => None,
-    };
-    n.ok_or_else(|| type_error(key, "a number", value))
-}
-
-fn boolean(key: &str, value: &Value) -> Result<bool, CaError> {
-    match value {
-        Value::Bool(b) => Ok(*b),
-        Value::Number(n) => Ok(n.as_f64().is_some_and(|f| f != 0.0)),
-        Value::String(s) => match s.to_ascii_lowercase().as_str() {
-            "1" | "t" | "true" => Ok(true),
-            "0" | "f" | "false" | "" => Ok(false),
-            _ => Err(type_error(key, "a boolean", value)),
-        },
-        _ => Err(type_error(key, "a boolean", value)),
-    }
+fn some_go_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    deserialize_go_duration(deserializer).map(Some)
 }
 
 #[cfg(test)]
@@ -345,6 +294,46 @@ mod tests {
         assert_eq!(c.common.csr_max_per_second, 0.0);
         assert_eq!(c.common.csr_max_concurrent, 4);
         assert_eq!(c.rotation_period, Some(2160 * HOUR));
+    }
+
+    /// Every option the API writes is read back under any spelling Consul accepts: the names
+    /// come from the struct, so no table of them can miss one.
+    #[test]
+    fn every_option_is_read_in_every_spelling() {
+        let config = ConsulCaConfig::from_map(&map(json!({
+            "LeafCertTTL": "24h", "IntermediateCertTTL": "100h", "RootCertTTL": "1000h",
+            "PrivateKeyType": "rsa", "PrivateKeyBits": 2048, "CSRMaxPerSecond": 0,
+            "CSRMaxConcurrent": 4
+        })))
+        .unwrap();
+        let written = config.common.to_map();
+        assert_eq!(written.len(), 7);
+        let snake = |k: &str| {
+            let mut out = String::new();
+            for (i, c) in k.char_indices() {
+                let prev_lower = k[..i]
+                    .chars()
+                    .last()
+                    .is_some_and(|p| p.is_ascii_lowercase());
+                if c.is_ascii_uppercase() && prev_lower {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_lowercase());
+            }
+            out
+        };
+        for rename in [
+            &snake as &dyn Fn(&str) -> String,
+            &|k: &str| snake(k).replace('_', "-"),
+            &|k: &str| k.to_ascii_uppercase(),
+        ] {
+            let renamed: Map<String, Value> = written
+                .iter()
+                .map(|(k, v)| (rename(k), v.clone()))
+                .collect();
+            let read = ConsulCaConfig::from_map(&renamed).unwrap();
+            assert_eq!(read.common, config.common, "{renamed:?}");
+        }
     }
 
     #[test]

@@ -4,7 +4,6 @@
 mod builtin;
 mod config;
 mod csr;
-mod duration;
 mod error;
 mod keys;
 mod leaf;
@@ -18,7 +17,6 @@ pub use config::{
     INTERMEDIATE_RENEW_INTERVAL, MAX_LEAF_CERT_TTL, MIN_LEAF_CERT_TTL,
 };
 pub use csr::{Csr, build_csr};
-pub use duration::{format_go_duration, parse_go_duration};
 pub use error::CaError;
 pub use keys::{KeySpec, KeyType, PrivateKey};
 pub use leaf::{LeafRequest, generate_leaf_request, pick_renewal_time, renewal_window};

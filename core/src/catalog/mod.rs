@@ -8,7 +8,6 @@
 //! blocks queries on it.
 
 mod error;
-mod json;
 mod model;
 mod register;
 mod tables;

@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::json::{REGISTRATION_FIELDS, UNSUPPORTED_CHECK_FIELDS, canonical_object};
 use super::{
     AgentService, CatalogError, CheckDefinition, HealthCheck, HealthStatus, ProxyConfig,
     ServiceConnect, ServiceKind,
 };
-use crate::ca::parse_go_duration;
+use crate::duration::parse_go_duration;
+use crate::json::Rules;
 use crate::spiffe::{check_default_namespace, check_default_partition, check_service_name};
 
 /// Pairs in a `Meta` map (Consul's `metaMaxKeyPairs`).
@@ -59,14 +59,35 @@ pub struct ServiceRegistration {
     pub checks: Vec<CheckRegistration>,
 }
 
+/// Check fields that select a check type libconnect does not run; known so that they are
+/// refused with a clear message rather than ignored as unknown keys.
+const UNSUPPORTED_CHECK_FIELDS: &[&str] = &[
+    "Args",
+    "ScriptArgs",
+    "HTTP",
+    "TCP",
+    "UDP",
+    "GRPC",
+    "H2PING",
+    "DockerContainerID",
+    "Shell",
+    "AliasNode",
+    "AliasService",
+    "OSService",
+];
+
 /// A check registered with a service. Only TTL checks are run by libconnect.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]
 #[non_exhaustive]
 pub struct CheckRegistration {
     /// The check ID; defaults to `service:<service id>` (`:<n>` appended when the service has
-    /// several checks).
-    #[serde(rename = "CheckID", skip_serializing_if = "String::is_empty")]
+    /// several checks). `ID` is read as an alias, as Consul's agent reads it.
+    #[serde(
+        rename = "CheckID",
+        alias = "ID",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub check_id: String,
     /// A name for people; defaults to `Service '<name>' check`.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -134,20 +155,21 @@ impl ServiceRegistration {
                 message: "expected a JSON object".to_owned(),
             });
         };
-        let object = canonical_object(object, REGISTRATION_FIELDS, "")?;
+        let decoded =
+            crate::json::decode::<ServiceRegistration>(Value::Object(object.clone()), Rules::AGENT);
+        // A key given twice is reported first, as it is the document that is ambiguous;
+        // then Consul's typed errors for the values serde would call type errors.
+        if let Err(e) = &decoded
+            && let Some(field) = e.duplicate_field()
+        {
+            return Err(CatalogError::Json {
+                message: format!("{field}: key given more than once (keys are case-insensitive)"),
+            });
+        }
         precheck(&object)?;
-        let mut registration: ServiceRegistration =
-            serde_path_to_error::deserialize(Value::Object(object)).map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                CatalogError::Json {
-                    message: if path == "." {
-                        inner.to_string()
-                    } else {
-                        format!("{path}: {inner}")
-                    },
-                }
-            })?;
+        let mut registration = decoded.map_err(|e| CatalogError::Json {
+            message: e.to_string(),
+        })?;
         registration.normalize();
         registration.validate()?;
         Ok(registration)
@@ -361,10 +383,12 @@ fn validate_meta(meta: &BTreeMap<String, String>) -> Result<(), CatalogError> {
     Ok(())
 }
 
-/// Turns the mistakes `serde` would report as type errors into the typed errors clients get
-/// from Consul's validation: an unknown kind, a port out of range, an unsupported check type.
+/// Turns the mistakes `serde` would report as type errors, or ignore as unknown keys, into the
+/// typed errors clients get from Consul's validation: an unknown kind, a port out of range, an
+/// unsupported check type, a namespace or partition. Reads the document as it was sent, with
+/// keys matched as the decoder matches them.
 fn precheck(object: &Map<String, Value>) -> Result<(), CatalogError> {
-    if let Some(Value::String(kind)) = object.get("Kind")
+    if let Some(Value::String(kind)) = field(object, "Kind")
         && ServiceKind::from_name(kind).is_none()
     {
         return Err(CatalogError::InvalidKind { kind: kind.clone() });
@@ -372,15 +396,15 @@ fn precheck(object: &Map<String, Value>) -> Result<(), CatalogError> {
     check_port(object, "Port", "Port")?;
     // Consul CE refuses these too; silently registering into `default` instead would leave
     // the client believing in an isolation that does not exist.
-    if let Some(Value::String(ns)) = object.get("Namespace") {
+    if let Some(Value::String(ns)) = field(object, "Namespace") {
         check_default_namespace("Namespace", ns)?;
     }
-    if let Some(Value::String(ap)) = object.get("Partition") {
+    if let Some(Value::String(ap)) = field(object, "Partition") {
         check_default_partition("Partition", ap)?;
     }
-    if let Some(Value::Object(proxy)) = object.get("Proxy") {
+    if let Some(Value::Object(proxy)) = field(object, "Proxy") {
         check_port(proxy, "LocalServicePort", "Proxy.LocalServicePort")?;
-        if let Some(Value::Array(upstreams)) = proxy.get("Upstreams") {
+        if let Some(Value::Array(upstreams)) = field(proxy, "Upstreams") {
             for (i, upstream) in upstreams.iter().enumerate() {
                 if let Value::Object(upstream) = upstream {
                     check_port(
@@ -392,16 +416,16 @@ fn precheck(object: &Map<String, Value>) -> Result<(), CatalogError> {
             }
         }
     }
-    if let Some(Value::Object(connect)) = object.get("Connect")
-        && connect.contains_key("SidecarService")
+    if let Some(Value::Object(connect)) = field(object, "Connect")
+        && field(connect, "SidecarService").is_some()
     {
         return Err(CatalogError::UnsupportedField {
             field: "Connect.SidecarService",
             hint: "register the sidecar proxy as its own service of kind \"connect-proxy\"",
         });
     }
-    let single = object.get("Check").map(|c| ("Check".to_owned(), c));
-    let many = match object.get("Checks") {
+    let single = field(object, "Check").map(|c| ("Check".to_owned(), c));
+    let many = match field(object, "Checks") {
         Some(Value::Array(checks)) => checks
             .iter()
             .enumerate()
@@ -413,13 +437,13 @@ fn precheck(object: &Map<String, Value>) -> Result<(), CatalogError> {
         let Value::Object(check) = check else {
             continue;
         };
-        let label = match check.get("CheckID") {
+        let label = match field(check, "CheckID").or_else(|| field(check, "ID")) {
             Some(Value::String(id)) if !id.is_empty() => id.clone(),
             _ => position,
         };
         if let Some(field) = UNSUPPORTED_CHECK_FIELDS
             .iter()
-            .find(|f| check.contains_key(**f))
+            .find(|f| field(check, f).is_some())
         {
             return Err(CatalogError::UnsupportedCheck {
                 check: label,
@@ -431,7 +455,7 @@ fn precheck(object: &Map<String, Value>) -> Result<(), CatalogError> {
 }
 
 fn check_port(object: &Map<String, Value>, key: &str, path: &str) -> Result<(), CatalogError> {
-    match object.get(key) {
+    match field(object, key) {
         Some(Value::Number(n)) if n.as_u64().is_none_or(|p| p > u64::from(u16::MAX)) => {
             Err(CatalogError::InvalidPort {
                 field: path.to_owned(),
@@ -440,4 +464,9 @@ fn check_port(object: &Map<String, Value>, key: &str, path: &str) -> Result<(), 
         }
         _ => Ok(()),
     }
+}
+
+/// The value of the field `name` in `object`, its key matched as decoding matches it.
+fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    Rules::AGENT.get(object, name)
 }

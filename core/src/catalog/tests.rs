@@ -317,6 +317,103 @@ fn malformed_bodies_are_json_errors_naming_the_field() {
 }
 
 #[test]
+fn a_key_given_twice_names_the_field_at_any_depth() {
+    let json_error = |value: Value| match decode(value) {
+        Err(CatalogError::Json { message }) => message,
+        other => panic!("expected a JSON error, got {other:?}"),
+    };
+    assert_eq!(
+        json_error(json!({"Name": "w", "name": "v"})),
+        "Name: key given more than once (keys are case-insensitive)"
+    );
+    assert_eq!(
+        json_error(json!({"Name": "w", "Proxy": {"Upstreams": [
+            {"DestinationName": "a", "destination_name": "b", "LocalBindPort": 1}]}})),
+        "Proxy.Upstreams[0].DestinationName: key given more than once (keys are case-insensitive)"
+    );
+    assert_eq!(
+        json_error(json!({"Name": "w", "Checks": [{"TTL": "1s", "ttl": "2s"}]})),
+        "Checks[0].TTL: key given more than once (keys are case-insensitive)"
+    );
+}
+
+/// Renames the keys of every object to `rename(key)`, except the keys of the maps whose keys
+/// are data (`Meta`, `Config`).
+fn rename_keys(value: Value, rename: &dyn Fn(&str) -> String) -> Value {
+    match value {
+        Value::Object(object) => Value::Object(
+            object
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = if k == "Meta" || k == "Config" {
+                        v
+                    } else {
+                        rename_keys(v, rename)
+                    };
+                    (rename(&k), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|v| rename_keys(v, rename)).collect())
+        }
+        other => other,
+    }
+}
+
+fn snake_case(key: &str) -> String {
+    let mut out = String::new();
+    let mut previous_lower = false;
+    for c in key.chars() {
+        if c.is_ascii_uppercase() && previous_lower {
+            out.push('_');
+        }
+        previous_lower = c.is_ascii_lowercase();
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// Every field of a registration, at every depth, is read whatever the case of its key and in
+/// snake_case: the decoder takes the field names from the structs, so there is no table of
+/// them that a new field could be missing from.
+#[test]
+fn every_registration_field_is_read_in_any_case_and_in_snake_case() {
+    let full = json!({
+        "Kind": "connect-proxy", "ID": "web-proxy-1", "Name": "web-proxy", "Tags": ["a"],
+        "Address": "10.0.0.9", "Port": 21000, "Meta": {"Owner": "team-a"},
+        "Proxy": {
+            "DestinationServiceName": "web", "DestinationServiceID": "web-1",
+            "LocalServiceAddress": "127.0.0.2", "LocalServicePort": 8080,
+            "Config": {"Protocol": "http"},
+            "Upstreams": [{
+                "DestinationType": "service", "DestinationNamespace": "default",
+                "DestinationPartition": "default", "DestinationPeer": "peer-1",
+                "DestinationName": "db", "Datacenter": "dc2", "LocalBindAddress": "127.0.0.3",
+                "LocalBindPort": 9191, "Config": {"ConnectTimeoutMs": 500},
+                "MeshGateway": {"Mode": "local"}
+            }]
+        },
+        "Connect": {},
+        "Check": {"CheckID": "c1", "Name": "ttl one", "TTL": "10s", "Status": "passing",
+                  "Notes": "n1"},
+        "Checks": [{"CheckID": "c2", "Name": "ttl two", "TTL": "20s", "Status": "warning",
+                    "Notes": "n2"}]
+    });
+    let expected = decode(full.clone()).unwrap();
+    // Nothing was dropped: what is read is written back unchanged.
+    assert_eq!(serde_json::to_value(&expected).unwrap(), full);
+    for rename in [
+        &snake_case as &dyn Fn(&str) -> String,
+        &|k: &str| k.to_ascii_lowercase(),
+        &|k: &str| k.to_ascii_uppercase(),
+    ] {
+        let renamed = rename_keys(full.clone(), rename);
+        assert_eq!(decode(renamed.clone()).unwrap(), expected, "{renamed}");
+    }
+}
+
+#[test]
 fn health_connect_returns_sidecars_and_native_services() {
     let c = sample();
     let web = c.health_connect("web", false);

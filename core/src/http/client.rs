@@ -9,6 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::state::Indexed;
 use crate::{Error, ErrorKind};
 
 /// Where and how to reach the API; read from code or from Consul's environment variables.
@@ -83,15 +84,6 @@ impl ClientConfig {
         })?;
         Ok(url)
     }
-}
-
-/// One response: the decoded body and `X-Consul-Index`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Indexed<T> {
-    /// The body.
-    pub value: T,
-    /// `X-Consul-Index` (1 when absent).
-    pub index: u64,
 }
 
 /// An API client.
@@ -212,7 +204,7 @@ impl ApiClient {
         let wait = query
             .iter()
             .find(|(k, _)| *k == "wait")
-            .and_then(|(_, v)| crate::ca::parse_go_duration(v).ok());
+            .and_then(|(_, v)| crate::duration::parse_go_duration(v).ok());
         // Leave the server room to answer a blocking query before we give up on it.
         let timeout = wait.map(|w| w + w / 16 + Duration::from_secs(10));
         let (bytes, index) = self.send(Method::GET, path, query, None, timeout).await?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue};
 
-use crate::ca::parse_go_duration;
+use crate::duration::parse_go_duration;
 use crate::{Error, ErrorKind};
 
 /// Longest blocking wait a client may ask for.

@@ -35,15 +35,9 @@ impl Intention {
     }
 }
 
-/// The value of `key` in `object`, matched as the decoder matches it (exact, else ignoring
-/// case).
+/// The value of `key` in `object`, matched as the decoder matches it.
 fn field<'a>(object: &'a Value, key: &str) -> Option<&'a Value> {
-    let map = object.as_object()?;
-    map.get(key).or_else(|| {
-        map.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
-    })
+    crate::json::Rules::GO.get(object.as_object()?, key)
 }
 
 /// Gives unknown action texts Consul's validation message instead of a decoding error.

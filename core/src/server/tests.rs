@@ -351,7 +351,7 @@ fn concurrent_intention_writes_never_leave_an_older_index_live() {
                 let s = &s;
                 scope.spawn(move || {
                     for k in 0..3_u64 {
-                        let action = if (round + w as u64 + k) % 2 == 0 {
+                        let action = if (round + w as u64 + k).is_multiple_of(2) {
                             IntentionAction::Allow
                         } else {
                             IntentionAction::Deny

@@ -83,13 +83,15 @@ impl fmt::Display for Table {
     }
 }
 
-/// A value read from the store with the index to send as `X-Consul-Index` and to block on next.
+/// A value with the index it was read at: the `X-Consul-Index` to send and to block on next.
 ///
-/// The index is that of the table(s) the value came from, never 0.
+/// The store returns it with the index of the table(s) the value came from, never 0; the HTTP
+/// client returns a decoded response body with its `X-Consul-Index` (1 when absent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Indexed<T> {
     /// What was read (or, for a write, what was stored).
     pub value: T,
-    /// The table's index at the read (or the index the write committed at).
+    /// The table's index at the read (or the index the write committed at); for a response,
+    /// its `X-Consul-Index`.
     pub index: u64,
 }

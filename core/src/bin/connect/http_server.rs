@@ -643,7 +643,7 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
 fn body_too_slow(limit: Duration) -> Response<Body> {
     let text = format!(
         "request body not received within {} (limits.http_body_read_timeout)\n",
-        connect_core::ca::format_go_duration(limit)
+        connect_core::duration::format_go_duration(limit)
     );
     let mut resp = Response::new(Body::from(text));
     *resp.status_mut() = StatusCode::REQUEST_TIMEOUT;

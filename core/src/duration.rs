@@ -1,11 +1,12 @@
-//! Go's `time.Duration` text form, which Consul's CA configuration uses (`"72h"`,
-//! `"8760h0m0s"`, `"1h30m"`), both parsed and printed exactly as Go does.
+//! Go's `time.Duration` text form (`"72h"`, `"8760h0m0s"`, `"1h30m"`), both parsed and printed
+//! exactly as Go does. Consul uses it wherever it takes a duration as text: the CA
+//! configuration, check TTLs, the `?wait=` query parameter and the agent's configuration files.
 
 use std::time::Duration;
 
 /// Parses a Go duration string: a sequence of decimal numbers with optional fraction and a
 /// unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), optionally signed. Negative durations are
-/// rejected: no CA setting can be negative.
+/// rejected: no duration Consul takes as text can be negative.
 pub fn parse_go_duration(input: &str) -> Result<Duration, String> {
     let err = || format!("time: invalid duration {input:?}");
     let mut s = input;
@@ -104,6 +105,38 @@ pub fn format_go_duration(d: Duration) -> String {
     } else {
         format!("{secs}s")
     }
+}
+
+/// Reads a duration field as Consul's configuration does: Go text (`"72h"`), or a bare number
+/// of nanoseconds (a Go `time.Duration`). For `#[serde(deserialize_with)]`.
+pub(crate) fn deserialize_go_duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Duration, D::Error> {
+    struct GoDuration;
+
+    impl serde::de::Visitor<'_> for GoDuration {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse_go_duration(v).map_err(E::custom)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_nanos(v))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_nanos)
+                .map_err(|_| E::custom(format!("expected a non-negative duration, got {v}")))
+        }
+    }
+
+    deserializer.deserialize_any(GoDuration)
 }
 
 fn frac(value: u128, div: u128) -> String {
