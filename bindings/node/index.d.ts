@@ -137,6 +137,14 @@ export interface AgentOptions {
   rootChangeJitterMs?: number
 }
 
+/**
+ * Gives an error thrown by a call into the addon libconnect's shape. The addon's own errors
+ * have it already; napi-rs raises its own when it cannot convert an argument, with its status
+ * name as `code`, which becomes the libconnect code of that status (the status stays in
+ * `napiStatus`). Anything that is not an `Error` is returned as is.
+ */
+export declare function connectError(err: unknown): unknown
+
 /** The version of libconnect's core. */
 export declare function coreVersion(): string
 
@@ -148,6 +156,12 @@ export interface DevOptions {
 
 /** Every error code an `Error` from libconnect can carry in `.code`, in numeric order. */
 export declare function errorCodes(): Array<string>
+
+/**
+ * A failure of Node's own sockets or TLS as a libconnect error (see `nodeError`), with the
+ * original as its `cause`; a libconnect error is returned as is.
+ */
+export declare function fromNodeError(err: unknown): Error
 
 /** The service's current certificate material, for Node's `tls`. */
 export interface Material {

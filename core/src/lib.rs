@@ -9,6 +9,7 @@
 
 pub mod acl;
 pub mod agent;
+pub mod blocking;
 pub mod ca;
 pub mod cache;
 pub mod catalog;

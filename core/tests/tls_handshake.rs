@@ -1,6 +1,6 @@
 //! Real loopback mTLS between services whose leaves the built-in CA issued (convention 41):
 //! data both ways, the identity checks of spec §8.3 and §8.5, typed errors, resumption, and the
-//! blocking wrappers.
+//! blocking bridge driving the async API.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,10 +10,10 @@
 
 mod tls_support;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use connect_core::ErrorKind;
+use connect_core::blocking::{self, Call};
 use connect_core::tls::{self, Bundle, Identity, Service, authorizer, mtls_client};
 use tls_support::{IO, Mesh};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -262,38 +262,82 @@ async fn a_new_leaf_or_new_roots_end_resumption() {
 }
 
 #[test]
-fn blocking_wrappers_echo_and_time_out() {
+fn blocking_bridge_echoes_and_times_out() {
     let mut mesh = Mesh::new();
     let db = Service::new(mesh.identity("db"), authorizer::any()).unwrap();
     let web = Service::new(mesh.identity("web"), authorizer::any()).unwrap();
-    tls::blocking::ready_wait(web.identity(), IO).unwrap();
-    let mut listener = tls::blocking::listen(&db, "127.0.0.1:0").unwrap();
+    let rt = blocking::runtime().unwrap();
+    Call::new("ready wait")
+        .unwrap()
+        .run(&rt, web.identity().ready_wait(IO))
+        .unwrap();
+    let mut listener = Call::new("listen")
+        .unwrap()
+        .run(&rt, db.listen("127.0.0.1:0"))
+        .unwrap();
     let addr = listener.local_addr();
 
-    let e = listener
-        .accept(Some(Duration::from_millis(50)))
+    let e = Call::new("accept")
+        .unwrap()
+        .timeout(Some(Duration::from_millis(50)))
+        .run(&rt, listener.accept())
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout);
 
     let client = std::thread::spawn(move || {
-        let mut c = tls::blocking::dial_addr(&web, addr, "db").unwrap();
-        c.set_read_timeout(Some(IO));
-        c.write_all(b"hello").unwrap();
+        let rt = blocking::runtime().unwrap();
+        let io = |what| Call::new(what).unwrap().timeout(Some(IO));
+        let mut c = Call::new("dial")
+            .unwrap()
+            .run(&rt, web.dial_addr(addr, "db"))
+            .unwrap();
+        io("write")
+            .run(&rt, async {
+                c.write_all(b"hello")
+                    .await
+                    .map_err(|e| tls::error_from_io(&e))
+            })
+            .unwrap();
         let mut buf = [0u8; 5];
-        c.read_exact(&mut buf).unwrap();
+        io("read")
+            .run(&rt, async {
+                c.read_exact(&mut buf)
+                    .await
+                    .map_err(|e| tls::error_from_io(&e))
+            })
+            .unwrap();
         // A read with nothing to read times out instead of hanging.
-        c.set_read_timeout(Some(Duration::from_millis(50)));
-        let e = c.read(&mut [0u8; 1]).unwrap_err();
-        assert_eq!(tls::error_from_io(&e).kind(), ErrorKind::Timeout);
+        let e = Call::new("read")
+            .unwrap()
+            .timeout(Some(Duration::from_millis(50)))
+            .run(&rt, async {
+                c.read(&mut [0u8; 1])
+                    .await
+                    .map_err(|e| tls::error_from_io(&e))
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
         (buf, c.peer_id().to_string())
     });
-    let mut s = listener.accept(Some(IO)).unwrap();
-    s.set_read_timeout(Some(IO));
+    let io = |what| Call::new(what).unwrap().timeout(Some(IO));
+    let mut s = io("accept").run(&rt, listener.accept()).unwrap();
     assert_eq!(s.peer_id().to_string(), mesh.uri("web"));
     let mut buf = [0u8; 5];
-    s.read_exact(&mut buf).unwrap();
-    s.write_all(&buf).unwrap();
-    s.flush().unwrap();
+    io("read")
+        .run(&rt, async {
+            s.read_exact(&mut buf)
+                .await
+                .map_err(|e| tls::error_from_io(&e))
+        })
+        .unwrap();
+    io("write")
+        .run(&rt, async {
+            s.write_all(&buf)
+                .await
+                .map_err(|e| tls::error_from_io(&e))?;
+            s.flush().await.map_err(|e| tls::error_from_io(&e))
+        })
+        .unwrap();
     let (echo, peer) = client.join().unwrap();
     assert_eq!(&echo, b"hello");
     assert_eq!(peer, mesh.uri("db"));
@@ -301,9 +345,7 @@ fn blocking_wrappers_echo_and_time_out() {
 
 #[tokio::test]
 async fn blocking_calls_inside_a_runtime_are_refused() {
-    let mut mesh = Mesh::new();
-    let db = Service::new(mesh.identity("db"), authorizer::any()).unwrap();
-    let e = tls::blocking::listen(&db, "127.0.0.1:0").unwrap_err();
+    let e = Call::new("listen").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidParameter);
 }
 

@@ -7,13 +7,13 @@ use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use connect_core::agent::{Agent, AgentBackend, AgentConfig};
+use connect_core::blocking::{Call, CloseSignal};
 use connect_core::ca::CaConfiguration;
 use connect_core::catalog::{ServiceConnect, ServiceRegistration};
 use connect_core::http::client::ClientConfig;
 use connect_core::intentions::IntentionAction;
 use connect_core::{Error, ErrorKind};
 use tokio::runtime::Runtime;
-use tokio::sync::watch;
 
 use crate::error::{boundary, connect_result, err};
 use crate::handle::{
@@ -80,7 +80,7 @@ impl Castable for connect_agent_config_builder {
 pub(crate) struct AgentInner {
     agent: Agent,
     rt: RwLock<Option<Runtime>>,
-    closing: watch::Sender<bool>,
+    closing: CloseSignal,
 }
 
 impl std::fmt::Debug for AgentInner {
@@ -97,11 +97,11 @@ impl Castable for connect_agent {
     const NAME: &'static str = "agent";
 }
 
+/// The `CLOSED` message of every call on a freed agent.
+const CLOSED: &str = "the agent is closed (connect_agent_free was called)";
+
 fn closed() -> Error {
-    err(
-        ErrorKind::Closed,
-        "the agent is closed (connect_agent_free was called)",
-    )
+    err(ErrorKind::Closed, CLOSED)
 }
 
 impl AgentInner {
@@ -127,42 +127,17 @@ impl AgentInner {
         what: &str,
         fut: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(err(
-                ErrorKind::InvalidParameter,
-                format!(
-                    "{what}: blocking libconnect calls are refused on libconnect's own threads \
-                     (inside a callback)"
-                ),
-            ));
-        }
+        let call = Call::new(what)?.timeout(timeout).cancel_on(&self.closing);
         let guard = self.rt.read().unwrap_or_else(PoisonError::into_inner);
         let rt = guard.as_ref().ok_or_else(closed)?;
         let _sigpipe = SigpipeGuard::new();
-        let mut closing = self.closing.subscribe();
-        rt.block_on(async move {
-            let work = async {
-                match timeout {
-                    None => fut.await,
-                    Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
-                        Err(err(
-                            ErrorKind::Timeout,
-                            format!("{what}: timed out after {} ms", t.as_millis()),
-                        ))
-                    }),
-                }
-            };
-            tokio::select! {
-                r = work => r,
-                _ = closing.wait_for(|c| *c) => Err(closed()),
-            }
-        })
+        call.run(rt.handle(), fut)
     }
 
     /// Stops the agent: calls in flight return `CLOSED`, background tasks stop, and the
     /// runtime's threads are joined. Idempotent.
     fn close(&self) {
-        self.closing.send_replace(true);
+        self.closing.close();
         self.agent.close();
         let rt = self
             .rt
@@ -238,7 +213,7 @@ fn start_agent(b: &AgentConfigBuilder) -> Result<AgentInner, Error> {
     Ok(AgentInner {
         agent,
         rt: RwLock::new(Some(rt)),
-        closing: watch::channel(false).0,
+        closing: CloseSignal::new(CLOSED),
     })
 }
 

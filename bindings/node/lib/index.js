@@ -12,26 +12,17 @@ const { EventEmitter } = require('node:events')
 const tls = require('node:tls')
 const native = require('../index.js')
 
-const CODES = new Set(native.errorCodes())
+// Errors get libconnect's shape in one place, the addon (src/error.rs): `connectError` for
+// what a call into the addon throws (napi-rs converts arguments before any addon code runs,
+// and raises its own errors), `fromNodeError` for Node's sockets and TLS.
+const { connectError, fromNodeError } = native
 const NATIVE = Symbol('libconnect.native')
-
-// napi-rs reports arguments it cannot convert with its own status names (`StringExpected`,
-// `InvalidArg`, …); they are the caller's mistake, so they carry INVALID_PARAMETER like every
-// other bad input. Errors from the addon already carry a libconnect code.
-function fix(e) {
-  if (e instanceof Error && !CODES.has(e.code)) {
-    const status = e.code
-    e.code = /Expected$|^InvalidArg$/.test(String(status)) ? 'INVALID_PARAMETER' : 'INTERNAL'
-    if (status !== undefined) e.napiStatus = status
-  }
-  return e
-}
 
 function call(fn) {
   try {
     return fn()
   } catch (e) {
-    throw fix(e)
+    throw connectError(e)
   }
 }
 
@@ -39,18 +30,8 @@ async function callAsync(fn) {
   try {
     return await fn()
   } catch (e) {
-    throw fix(e)
+    throw connectError(e)
   }
-}
-
-// An error from Node's sockets or TLS, as a libconnect error (the original is its `cause`).
-function fromNodeError(err) {
-  if (err instanceof Error && CODES.has(err.code)) return err
-  const errno = typeof err?.errno === 'number' ? err.errno : null
-  const code = typeof err?.code === 'string' ? err.code : null
-  const e = native.nodeError(errno, code, String(err?.message ?? err))
-  e.cause = err
-  return e
 }
 
 // The peer's chain as DER buffers, leaf first, from what Node's tls reports.
@@ -163,7 +144,7 @@ class Service extends EventEmitter {
   constructor(handle) {
     super()
     if (!handle || !handle[NATIVE]) {
-      throw fix(Object.assign(new TypeError('use agent.service(name)'), { code: 'INVALID_PARAMETER' }))
+      throw Object.assign(new TypeError('use agent.service(name)'), { code: 'INVALID_PARAMETER' })
     }
     this.#native = handle[NATIVE]
     this.#watch = this.#native.watch((generation) => {
@@ -172,7 +153,7 @@ class Service extends EventEmitter {
           server.setSecureContext(this.#context())
         } catch (e) {
           // Not ready: the server keeps its last certificate.
-          this.emit('rotationError', fix(e), server)
+          this.emit('rotationError', connectError(e), server)
         }
       }
       this.emit('change', generation)
@@ -240,7 +221,7 @@ class Service extends EventEmitter {
           svc.verifyServer(target, chainOf(cert))
           return undefined
         } catch (e) {
-          return fix(e)
+          return connectError(e)
         }
       },
     }
@@ -253,7 +234,7 @@ class Service extends EventEmitter {
         peer = this.#native.admit(chainOf(socket.getPeerCertificate(true)))
       } catch (e) {
         socket.destroy()
-        server.emit('tlsClientError', fix(e), socket)
+        server.emit('tlsClientError', connectError(e), socket)
         return
       }
       socket.peer = peer

@@ -18,6 +18,9 @@ use napi_derive::napi;
 pub use agent::{AgentOptions, DevOptions, NativeAgent, ServiceRegistrationOptions};
 pub use service::{Address, Material, NativeService, PeerAuthorization, ServiceWatch};
 
+// Used by `lib/index.js` only: errors napi-rs and Node raise get libconnect's shape there.
+pub use error::{connect_error, from_node_error};
+
 /// The version of libconnect's core.
 #[napi]
 pub fn core_version() -> String {

@@ -9,12 +9,13 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{Mutex as AsyncMutex, watch};
+use tokio::sync::Mutex as AsyncMutex;
 
+use connect_core::blocking::{Call, CloseSignal};
 use connect_core::tls;
 
 use crate::errors::{Error, Result, closed};
-use crate::runtime::{self, wait};
+use crate::runtime::{self, wait_or_close};
 use crate::service::lock;
 
 /// An address: `"host:port"` or `(host, port)`.
@@ -34,17 +35,12 @@ fn io_error(e: &std::io::Error) -> Error {
     Error::Core(tls::error_from_io(e))
 }
 
-/// Resolves when `closed` turns true (or its sender is gone).
-async fn closing(closed: &mut watch::Receiver<bool>) {
-    let _ = closed.wait_for(|c| *c).await;
-}
-
 /// Accepts mutual-TLS connections that passed verification and the intention check.
 #[pyclass(frozen, module = "libconnect", name = "Listener")]
 pub(crate) struct Listener {
     inner: AsyncMutex<Option<tls::Listener>>,
     address: SocketAddr,
-    closed: watch::Sender<bool>,
+    closed: CloseSignal,
 }
 
 impl Listener {
@@ -52,7 +48,7 @@ impl Listener {
         Listener {
             address: l.local_addr(),
             inner: AsyncMutex::new(Some(l)),
-            closed: watch::channel(false).0,
+            closed: CloseSignal::new("the listener is closed"),
         }
     }
 }
@@ -66,30 +62,30 @@ impl Listener {
 
     #[getter]
     fn closed(&self) -> bool {
-        *self.closed.borrow()
+        self.closed.is_closed()
     }
 
     #[pyo3(signature = (timeout=None))]
     fn accept(&self, py: Python<'_>, timeout: Option<f64>) -> Result<Connection> {
-        let mut stop = self.closed.subscribe();
-        let conn = wait(py, runtime::timeout(timeout)?, "accept", async move {
-            tokio::select! {
-                r = async {
-                    let mut guard = self.inner.lock().await;
-                    let l = guard.as_mut().ok_or_else(|| closed("listener"))?;
-                    Ok(l.accept().await?)
-                } => r,
-                () = closing(&mut stop) => Err(closed("listener")),
-            }
+        let limit = runtime::timeout(timeout)?;
+        let conn = wait_or_close(py, limit, "accept", &self.closed, async {
+            let mut guard = self.inner.lock().await;
+            let l = guard.as_mut().ok_or_else(|| closed("listener"))?;
+            Ok(l.accept().await?)
         })?;
         Ok(Connection::new(conn))
     }
 
     fn close(&self, py: Python<'_>) -> Result<()> {
-        self.closed.send_replace(true);
+        self.closed.close();
         let handle = runtime::handle()?;
         // Blocked accepts see the flag and let go of the listener; dropping it stops it.
-        let l = py.detach(|| handle.block_on(async { self.inner.lock().await.take() }));
+        let call = Call::new("close")?;
+        let l = py.detach(|| {
+            call.run(&handle, async {
+                Ok::<_, Error>(self.inner.lock().await.take())
+            })
+        })?;
         drop(l);
         Ok(())
     }
@@ -127,7 +123,7 @@ const MAX_RECV: usize = 1 << 20;
 pub(crate) struct Connection {
     reader: AsyncMutex<Option<ReadHalf<tls::Connection>>>,
     writer: AsyncMutex<Option<WriteHalf<tls::Connection>>>,
-    closed: watch::Sender<bool>,
+    closed: CloseSignal,
     timeout: Mutex<Option<Duration>>,
     peer_id: String,
     peer_certificate: Vec<u8>,
@@ -155,7 +151,7 @@ impl Connection {
         Connection {
             reader: AsyncMutex::new(Some(r)),
             writer: AsyncMutex::new(Some(w)),
-            closed: watch::channel(false).0,
+            closed: CloseSignal::new("the connection is closed"),
             timeout: Mutex::new(None),
             peer_id,
             peer_certificate,
@@ -170,23 +166,17 @@ impl Connection {
     }
 
     fn write(&self, py: Python<'_>, data: &[u8], all: bool) -> Result<usize> {
-        let mut stop = self.closed.subscribe();
-        wait(py, self.limit(), "send", async move {
-            tokio::select! {
-                r = async {
-                    let mut guard = self.writer.lock().await;
-                    let w = guard.as_mut().ok_or_else(|| closed("connection"))?;
-                    let n = if all {
-                        w.write_all(data).await.map_err(|e| io_error(&e))?;
-                        data.len()
-                    } else {
-                        w.write(data).await.map_err(|e| io_error(&e))?
-                    };
-                    w.flush().await.map_err(|e| io_error(&e))?;
-                    Ok(n)
-                } => r,
-                () = closing(&mut stop) => Err(closed("connection")),
-            }
+        wait_or_close(py, self.limit(), "send", &self.closed, async {
+            let mut guard = self.writer.lock().await;
+            let w = guard.as_mut().ok_or_else(|| closed("connection"))?;
+            let n = if all {
+                w.write_all(data).await.map_err(|e| io_error(&e))?;
+                data.len()
+            } else {
+                w.write(data).await.map_err(|e| io_error(&e))?
+            };
+            w.flush().await.map_err(|e| io_error(&e))?;
+            Ok(n)
         })
     }
 }
@@ -220,7 +210,7 @@ impl Connection {
 
     #[getter]
     fn closed(&self) -> bool {
-        *self.closed.borrow()
+        self.closed.is_closed()
     }
 
     fn settimeout(&self, timeout: Option<f64>) -> Result<()> {
@@ -233,19 +223,13 @@ impl Connection {
     }
 
     fn recv<'py>(&self, py: Python<'py>, bufsize: usize) -> Result<Bound<'py, PyBytes>> {
-        let mut stop = self.closed.subscribe();
-        let data = wait(py, self.limit(), "recv", async move {
-            tokio::select! {
-                r = async {
-                    let mut guard = self.reader.lock().await;
-                    let r = guard.as_mut().ok_or_else(|| closed("connection"))?;
-                    let mut buf = vec![0u8; bufsize.min(MAX_RECV)];
-                    let n = r.read(&mut buf).await.map_err(|e| io_error(&e))?;
-                    buf.truncate(n);
-                    Ok(buf)
-                } => r,
-                () = closing(&mut stop) => Err(closed("connection")),
-            }
+        let data = wait_or_close(py, self.limit(), "recv", &self.closed, async {
+            let mut guard = self.reader.lock().await;
+            let r = guard.as_mut().ok_or_else(|| closed("connection"))?;
+            let mut buf = vec![0u8; bufsize.min(MAX_RECV)];
+            let n = r.read(&mut buf).await.map_err(|e| io_error(&e))?;
+            buf.truncate(n);
+            Ok(buf)
         })?;
         Ok(PyBytes::new(py, &data))
     }
@@ -280,21 +264,22 @@ impl Connection {
     /// Sends close_notify (bounded by a short timeout) and releases the socket. Blocked
     /// `recv`/`send` calls in other threads fail with `CLOSED`.
     fn close(&self, py: Python<'_>) -> Result<()> {
-        if self.closed.send_replace(true) {
+        if self.closed.close() {
             return Ok(());
         }
         let handle = runtime::handle()?;
+        let call = Call::new("close")?;
         py.detach(|| {
-            handle.block_on(async {
+            call.run(&handle, async {
                 let r = self.reader.lock().await.take();
                 let w = self.writer.lock().await.take();
                 if let (Some(r), Some(w)) = (r, w) {
                     let mut c = r.unsplit(w);
                     let _ = tokio::time::timeout(Duration::from_secs(1), c.shutdown()).await;
                 }
-            });
-        });
-        Ok(())
+                Ok::<(), Error>(())
+            })
+        })
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {

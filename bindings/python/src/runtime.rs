@@ -1,14 +1,16 @@
-//! Running core futures from Python: on libconnect's I/O runtime, with the GIL released, in
-//! short slices so that Ctrl-C (and any other signal handler) runs between them.
+//! Running core futures from Python through the core's blocking bridge
+//! ([`connect_core::blocking`]): on libconnect's I/O runtime, with the GIL released, in short
+//! slices so that Ctrl-C (and any other signal handler) runs between them.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pyo3::Python;
 use tokio::runtime::Handle;
 
-use crate::errors::{Error, Result, error, invalid};
-use connect_core::ErrorKind;
+use connect_core::blocking::{self, Call, CloseSignal};
+
+use crate::errors::{Error, Result, invalid};
 
 /// How long one slice of a blocking call waits before signals are checked again.
 const SLICE: Duration = Duration::from_millis(50);
@@ -20,7 +22,7 @@ pub(crate) const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 /// as long as the process (an agent's runtime stops with the agent; connections and
 /// listeners outlive it).
 pub(crate) fn handle() -> Result<Handle> {
-    Ok(connect_core::tls::blocking::handle()?)
+    Ok(blocking::runtime()?)
 }
 
 /// A Python timeout (`float` seconds, `None` for none) as a `Duration`.
@@ -40,30 +42,35 @@ where
     F: Future<Output = Result<T>> + Send,
     T: Send,
 {
-    if Handle::try_current().is_ok() {
-        return Err(invalid(
-            "a blocking libconnect call was made from a libconnect runtime thread",
-        ));
-    }
+    run(py, Call::new(what)?.timeout(limit), fut)
+}
+
+/// [`wait`], ended with `signal`'s `CLOSED` as soon as the object's `close()` closes it.
+pub(crate) fn wait_or_close<T, F>(
+    py: Python<'_>,
+    limit: Option<Duration>,
+    what: &str,
+    signal: &CloseSignal,
+    fut: F,
+) -> Result<T>
+where
+    F: Future<Output = Result<T>> + Send,
+    T: Send,
+{
+    run(py, Call::new(what)?.timeout(limit).cancel_on(signal), fut)
+}
+
+fn run<T, F>(py: Python<'_>, call: Call<'_>, fut: F) -> Result<T>
+where
+    F: Future<Output = Result<T>> + Send,
+    T: Send,
+{
     let handle = handle()?;
-    let deadline = limit.map(|l| Instant::now() + l);
     let mut fut = std::pin::pin!(fut);
     loop {
-        let slice = match deadline {
-            Some(d) => SLICE.min(d.saturating_duration_since(Instant::now())),
-            None => SLICE,
-        };
         let fut = fut.as_mut();
-        let step = py.detach(|| handle.block_on(async { tokio::time::timeout(slice, fut).await }));
-        if let Ok(done) = step {
+        if let Some(done) = py.detach(|| call.run_slice(&handle, fut, SLICE)) {
             return done;
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            let limit = limit.unwrap_or_default();
-            return Err(error(
-                ErrorKind::Timeout,
-                format!("{what}: timed out after {limit:?}"),
-            ));
         }
         py.check_signals().map_err(Error::Py)?;
     }

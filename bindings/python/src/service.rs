@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString, PyType};
 use rustls_pki_types::CertificateDer;
-use tokio::sync::watch;
 
 use connect_core::ErrorKind;
 use connect_core::agent::ConnectService;
+use connect_core::blocking::{Call, CloseSignal};
 use connect_core::tls::{ExpectedPeer, PeerInput, PeerRole, peer_identity, verify_chain};
 
 use crate::errors::{Result, closed, error, invalid};
@@ -29,7 +29,13 @@ type Callbacks = Arc<CallbackList>;
 struct Dispatcher {
     callbacks: Callbacks,
     next_id: u64,
-    stop: watch::Sender<bool>,
+    stop: Arc<CloseSignal>,
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        self.stop.close();
+    }
 }
 
 /// A Connect service on an agent (see `Agent.service`).
@@ -80,29 +86,26 @@ impl Service {
             svc.close();
         }
         if let Some(d) = lock(&self.dispatcher).take() {
-            d.stop.send_replace(true);
+            d.stop.close();
         }
     }
 }
 
 /// Calls every callback after each change of `svc`'s identity until `stop`.
-fn dispatch(
-    svc: &ConnectService,
-    callbacks: Callbacks,
-    mut stop: watch::Receiver<bool>,
-) -> Result<()> {
+fn dispatch(svc: &ConnectService, callbacks: Callbacks, stop: Arc<CloseSignal>) -> Result<()> {
     let handle = runtime::handle()?;
     let mut changes = svc.identity().watch();
     std::thread::Builder::new()
         .name(format!("libconnect-on-change-{}", svc.name()))
         .spawn(move || {
             loop {
-                let go = handle.block_on(async {
-                    tokio::select! {
-                        r = changes.changed() => r.is_ok(),
-                        _ = stop.wait_for(|s| *s) => false,
-                    }
-                });
+                let go = Call::new("on_change")
+                    .and_then(|call| {
+                        call.cancel_on(&stop).run(&handle, async {
+                            changes.changed().await.map_err(|_| stop.error())
+                        })
+                    })
+                    .is_ok();
                 if !go {
                     return;
                 }
@@ -303,8 +306,8 @@ impl Service {
         let mut slot = lock(&self.dispatcher);
         if slot.is_none() {
             let callbacks: Callbacks = Arc::new(Mutex::new(Vec::new()));
-            let (stop, stop_rx) = watch::channel(false);
-            dispatch(&svc, Arc::clone(&callbacks), stop_rx)?;
+            let stop = Arc::new(CloseSignal::new("the service is closed"));
+            dispatch(&svc, Arc::clone(&callbacks), Arc::clone(&stop))?;
             *slot = Some(Dispatcher {
                 callbacks,
                 next_id: 0,

@@ -159,6 +159,7 @@ pub fn error_from_io(e: &io::Error) -> Error {
 }
 
 /// An [`Error`] as an `io::Error` that [`error_from_io`] maps back to the same kind and text.
+#[cfg(test)]
 pub(crate) fn to_io(e: Error) -> io::Error {
     let io_kind = match e.kind() {
         ErrorKind::Timeout => io::ErrorKind::TimedOut,

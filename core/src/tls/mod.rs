@@ -15,8 +15,8 @@
 //! * [`mtls_client`] builds a `ClientConfig` that checks the server's chain and that the server
 //!   names the service we meant to reach, the way Consul's Go client compares URIs
 //!   (spec §8.3, surprising detail 5).
-//! * [`Service`] adds tokio `listen`/`dial_addr`, and [`blocking`] wraps them for callers with no
-//!   async runtime (the C ABI).
+//! * [`Service`] adds tokio `listen`/`dial_addr` (callers with no async runtime drive them
+//!   through [`crate::blocking`]).
 //! * [`Material`] and [`Service::authorize_peer`] serve applications that keep their own TLS
 //!   stack (OpenSSL, Python `ssl`, Node `tls`).
 //!
@@ -100,7 +100,6 @@ compile_error!(
 compile_error!("connect-core needs its `aws-lc-rs` feature: it is the one crypto provider");
 
 pub mod authorizer;
-pub mod blocking;
 mod client;
 mod errors;
 mod identity;
