@@ -437,7 +437,8 @@ connect_result connect_agent_config_builder_set_http_address(connect_agent_confi
 
  Parameters:
  - `builder`: the builder.
- - `token`: NUL-terminated UTF-8; the empty string clears it.
+ - `token`: NUL-terminated UTF-8; the empty string clears it (a token from
+   `CONSUL_HTTP_TOKEN` too).
 
  Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
  `CONNECT_RESULT_INVALID_PARAMETER` (not UTF-8), `CONNECT_RESULT_ALREADY_USED`,
@@ -486,8 +487,8 @@ connect_result connect_agent_config_builder_set_ca_file(connect_agent_config_bui
                                                         const char *path);
 
 /*
- Uses HTTPS for an HTTP address given without a scheme (Consul's `CONSUL_HTTP_SSL`).
- HTTP agents only.
+ Uses HTTPS, or not, for an HTTP address given without a scheme (Consul's
+ `CONSUL_HTTP_SSL`, which this overrides either way). HTTP agents only.
 
  Parameters:
  - `builder`: the builder.

@@ -27,8 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use connect_core::agent::{Agent, AgentBackend, AgentConfig, ConnectService};
-use connect_core::http::client::ClientConfig;
+use connect_core::agent::{Agent, AgentConfig, ConnectService};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -187,12 +186,7 @@ fn run_role(role: &str) {
 
 /// A libconnect service over HTTP to the agent named by `CONSUL_HTTP_ADDR`.
 async fn service(name: &str) -> (Agent, ConnectService) {
-    let agent = Agent::new_async(AgentConfig {
-        backend: AgentBackend::Http(ClientConfig::from_env()),
-        ..AgentConfig::dev()
-    })
-    .await
-    .unwrap();
+    let agent = Agent::new_async(AgentConfig::from_env()).await.unwrap();
     let svc = agent.service(name).unwrap();
     svc.ready_wait(Duration::from_secs(30)).await.unwrap();
     (agent, svc)
@@ -322,12 +316,9 @@ fn main() {
         .unwrap();
     let results = rt.block_on(async {
         // Named directly: setting this process's environment is unsafe once threads run.
-        let agent = Agent::new_async(AgentConfig {
-            backend: AgentBackend::Http(ClientConfig::from_lookup(|k| {
-                (k == "CONSUL_HTTP_ADDR").then(|| http.clone())
-            })),
-            ..AgentConfig::dev()
-        })
+        let agent = Agent::new_async(AgentConfig::from_lookup(|k| {
+            (k == "CONSUL_HTTP_ADDR").then(|| http.clone())
+        }))
         .await
         .unwrap();
         let web = agent.service("web").unwrap();

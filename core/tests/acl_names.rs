@@ -226,11 +226,7 @@ async fn agent_self_needs_agent_read() {
 async fn an_http_agent_with_a_service_token_starts_without_agent_read() {
     let base = serve(start_server(acl_config())).await;
     let web = token_with(&base, "web", r#"service "web" { policy = "write" }"#).await;
-    let http = connect_core::http::client::ClientConfig {
-        address: Some(base.trim_start_matches("http://").to_owned()),
-        token: Some(web.clone()),
-        ..Default::default()
-    };
+    let http = connect_core::http::client::HttpEndpoint::new(base.trim_start_matches("http://"));
     let config = AgentConfig {
         backend: connect_core::agent::AgentBackend::Http(http),
         token: Some(web),

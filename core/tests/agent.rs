@@ -10,7 +10,7 @@ use std::time::Duration;
 use connect_core::agent::{Agent, AgentBackend, AgentConfig, ConnectService};
 use connect_core::ca::CaConfiguration;
 use connect_core::catalog::{ServiceConnect, ServiceRegistration};
-use connect_core::http::client::ClientConfig;
+use connect_core::http::client::HttpEndpoint;
 use connect_core::intentions::IntentionAction;
 use connect_core::server::{Server, ServerConfig};
 use connect_core::{ErrorKind, ManualClock};
@@ -227,10 +227,7 @@ async fn http_backend_gets_leaves_by_csr_and_intentions_from_the_match_cache() {
     let http_addr = listener.local_addr().unwrap().to_string();
     let router = connect_core::http::api::router(server.clone());
     tokio::spawn(async move { axum::serve(listener, router).await });
-    let http_cfg = ClientConfig {
-        address: Some(http_addr),
-        ..ClientConfig::default()
-    };
+    let http_cfg = HttpEndpoint::new(http_addr);
     let config = AgentConfig {
         backend: AgentBackend::Http(http_cfg),
         root_change_jitter: Duration::ZERO,
@@ -405,10 +402,7 @@ async fn the_agent_rides_out_a_server_outage_and_catches_up() {
     let http_addr = front.local_addr().unwrap();
     let mut outage = proxy(front, upstream).await;
     let config = AgentConfig {
-        backend: AgentBackend::Http(ClientConfig {
-            address: Some(http_addr.to_string()),
-            ..ClientConfig::default()
-        }),
+        backend: AgentBackend::Http(HttpEndpoint::new(http_addr.to_string())),
         root_change_jitter: Duration::ZERO,
         runtime: Some(tokio::runtime::Handle::current()),
         ..AgentConfig::dev()
@@ -485,10 +479,7 @@ async fn an_expired_leaf_is_never_returned() {
     let http_addr = front.local_addr().unwrap();
     let mut link = proxy(front, upstream).await;
     let config = AgentConfig {
-        backend: AgentBackend::Http(ClientConfig {
-            address: Some(http_addr.to_string()),
-            ..ClientConfig::default()
-        }),
+        backend: AgentBackend::Http(HttpEndpoint::new(http_addr.to_string())),
         clock,
         root_change_jitter: Duration::ZERO,
         runtime: Some(tokio::runtime::Handle::current()),

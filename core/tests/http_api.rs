@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use connect_core::http::client::{ApiClient, ClientConfig};
+use connect_core::http::client::{ApiClient, ClientConfig, HttpEndpoint};
 use connect_core::server::{Server, ServerConfig};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -18,7 +18,7 @@ async fn start(config: ServerConfig) -> (ApiClient, String) {
         async move { axum::serve(listener, connect_core::http::api::router(server)).await },
     );
     let client = ApiClient::new(&ClientConfig {
-        address: Some(addr.clone()),
+        endpoint: HttpEndpoint::new(addr.clone()),
         ..Default::default()
     })
     .unwrap();

@@ -6,11 +6,11 @@ use std::future::Future;
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
-use connect_core::agent::{Agent, AgentBackend, AgentConfig};
+use connect_core::agent::{Agent, AgentConfig, AgentOverrides};
 use connect_core::blocking::{Call, CloseSignal};
 use connect_core::ca::CaConfiguration;
 use connect_core::catalog::{ServiceConnect, ServiceRegistration};
-use connect_core::http::client::ClientConfig;
+use connect_core::http::client::HttpEndpoint;
 use connect_core::intentions::IntentionAction;
 use connect_core::{Error, ErrorKind};
 use tokio::runtime::Runtime;
@@ -57,16 +57,36 @@ pub enum connect_intention_action {
     Allow = 1,
 }
 
-/// The builder's state.
+/// The builder's state: the setters' values, merged over the environment by the core.
 #[derive(Debug, Default)]
 pub(crate) struct AgentConfigBuilder {
-    http: Option<ClientConfig>,
-    token: Option<String>,
-    datacenter: Option<String>,
-    ca_file: Option<String>,
-    https: bool,
-    root_change_jitter: Option<Duration>,
+    /// What the setters said.
+    overrides: AgentOverrides,
+    /// Consul's environment as `connect_agent_config_builder_new_with_env` read it; `None`
+    /// for `connect_agent_config_builder_new`, whose agents read no environment.
+    env: Option<AgentConfig>,
     built: bool,
+}
+
+impl AgentConfigBuilder {
+    /// A builder over Consul's variables as `get` reads them.
+    fn with_env(get: impl Fn(&str) -> Option<String>) -> AgentConfigBuilder {
+        AgentConfigBuilder {
+            env: Some(AgentConfig::from_lookup(get)),
+            ..AgentConfigBuilder::default()
+        }
+    }
+
+    /// The agent's configuration: the setters over the environment read at creation, if
+    /// any, over the defaults; a dev agent unless an HTTP address is known.
+    fn config(&self) -> Result<AgentConfig, Error> {
+        let base = match &self.env {
+            Some(env) => env.clone(),
+            None if self.overrides.address.is_some() => AgentConfig::http(HttpEndpoint::default()),
+            None => AgentConfig::dev(),
+        };
+        base.with_overrides(self.overrides.clone())
+    }
 }
 
 impl Castable for connect_agent_config_builder {
@@ -163,24 +183,7 @@ impl Drop for AgentInner {
 }
 
 fn start_agent(b: &AgentConfigBuilder) -> Result<AgentInner, Error> {
-    let backend = match &b.http {
-        Some(http) => AgentBackend::Http(ClientConfig {
-            token: b.token.clone().or_else(|| http.token.clone()),
-            datacenter: b.datacenter.clone(),
-            ca_file: b.ca_file.clone().or_else(|| http.ca_file.clone()),
-            https: b.https || http.https,
-            address: http.address.clone(),
-        }),
-        None => {
-            if b.ca_file.is_some() || b.https {
-                return Err(err(
-                    ErrorKind::InvalidParameter,
-                    "a CA file and HTTPS apply to HTTP agents: set an HTTP address first",
-                ));
-            }
-            AgentBackend::Dev
-        }
-    };
+    let mut config = b.config()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("libconnect-agent")
@@ -188,17 +191,7 @@ fn start_agent(b: &AgentConfigBuilder) -> Result<AgentInner, Error> {
         .enable_all()
         .build()
         .map_err(|e| err(ErrorKind::Io, format!("starting the agent's threads: {e}")))?;
-    let mut config = AgentConfig::dev();
-    config.backend = backend;
-    config.token = b.token.clone().or_else(|| match &b.http {
-        Some(h) => h.token.clone(),
-        None => None,
-    });
-    config.datacenter = b.datacenter.clone();
     config.runtime = Some(rt.handle().clone());
-    if let Some(j) = b.root_change_jitter {
-        config.root_change_jitter = j;
-    }
     let started = {
         let _sigpipe = SigpipeGuard::new();
         Agent::new(config)
@@ -262,10 +255,9 @@ pub extern "C" fn connect_agent_config_builder_new() -> *mut connect_agent_confi
 #[unsafe(no_mangle)]
 pub extern "C" fn connect_agent_config_builder_new_with_env() -> *mut connect_agent_config_builder {
     crate::error::boundary_or(std::ptr::null_mut(), || {
-        box_into_ptr::<connect_agent_config_builder>(AgentConfigBuilder {
-            http: Some(ClientConfig::from_env()),
-            ..AgentConfigBuilder::default()
-        })
+        box_into_ptr::<connect_agent_config_builder>(AgentConfigBuilder::with_env(|k| {
+            std::env::var(k).ok()
+        }))
     })
 }
 
@@ -294,9 +286,7 @@ pub unsafe extern "C" fn connect_agent_config_builder_set_http_address(
         if address.trim().is_empty() {
             return Err(err(ErrorKind::InvalidParameter, "address is empty"));
         }
-        let mut http = b.http.take().unwrap_or_default();
-        http.address = Some(address.to_owned());
-        b.http = Some(http);
+        b.overrides.address = Some(address.to_owned());
         Ok(())
     })
 }
@@ -305,7 +295,8 @@ pub unsafe extern "C" fn connect_agent_config_builder_set_http_address(
 ///
 /// Parameters:
 /// - `builder`: the builder.
-/// - `token`: NUL-terminated UTF-8; the empty string clears it.
+/// - `token`: NUL-terminated UTF-8; the empty string clears it (a token from
+///   `CONSUL_HTTP_TOKEN` too).
 ///
 /// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
 /// `CONNECT_RESULT_INVALID_PARAMETER` (not UTF-8), `CONNECT_RESULT_ALREADY_USED`,
@@ -322,7 +313,7 @@ pub unsafe extern "C" fn connect_agent_config_builder_set_token(
     boundary(|| {
         // SAFETY: live builder handle and C string (documented).
         let (b, token) = unsafe { (try_builder(builder)?, try_str(token, "token")?) };
-        b.token = (!token.is_empty()).then(|| token.to_owned());
+        b.overrides.token = Some(token.to_owned());
         Ok(())
     })
 }
@@ -350,7 +341,7 @@ pub unsafe extern "C" fn connect_agent_config_builder_set_datacenter(
         if dc.is_empty() {
             return Err(err(ErrorKind::InvalidParameter, "datacenter is empty"));
         }
-        b.datacenter = Some(dc.to_owned());
+        b.overrides.datacenter = Some(dc.to_owned());
         Ok(())
     })
 }
@@ -379,13 +370,13 @@ pub unsafe extern "C" fn connect_agent_config_builder_set_ca_file(
         if path.is_empty() {
             return Err(err(ErrorKind::InvalidParameter, "CA file path is empty"));
         }
-        b.ca_file = Some(path.to_owned());
+        b.overrides.ca_file = Some(path.to_owned());
         Ok(())
     })
 }
 
-/// Uses HTTPS for an HTTP address given without a scheme (Consul's `CONSUL_HTTP_SSL`).
-/// HTTP agents only.
+/// Uses HTTPS, or not, for an HTTP address given without a scheme (Consul's
+/// `CONSUL_HTTP_SSL`, which this overrides either way). HTTP agents only.
 ///
 /// Parameters:
 /// - `builder`: the builder.
@@ -405,7 +396,7 @@ pub unsafe extern "C" fn connect_agent_config_builder_set_https(
     boundary(|| {
         // SAFETY: live builder handle (documented).
         let b = unsafe { try_builder(builder) }?;
-        b.https = https;
+        b.overrides.https = Some(https);
         Ok(())
     })
 }
@@ -431,7 +422,7 @@ pub unsafe extern "C" fn connect_agent_config_builder_set_root_change_jitter_ms(
     boundary(|| {
         // SAFETY: live builder handle (documented).
         let b = unsafe { try_builder(builder) }?;
-        b.root_change_jitter = Some(Duration::from_millis(jitter_ms));
+        b.overrides.root_change_jitter = Some(Duration::from_millis(jitter_ms));
         Ok(())
     })
 }
@@ -806,4 +797,84 @@ pub unsafe extern "C" fn connect_agent_register_service(
         server.register_service(a.agent.token(), reg)?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+
+    const ENV: [(&str, &str); 4] = [
+        ("CONSUL_HTTP_ADDR", "env.example:8500"),
+        ("CONSUL_HTTP_TOKEN", "env-token"),
+        ("CONSUL_CACERT", "/env/ca.pem"),
+        ("CONSUL_HTTP_SSL", "true"),
+    ];
+
+    /// The configuration a builder over `ENV` makes after `set`, through the C setters.
+    fn configured(set: impl FnOnce(*mut connect_agent_config_builder)) -> AgentConfig {
+        let b = box_into_ptr::<connect_agent_config_builder>(AgentConfigBuilder::with_env(|k| {
+            ENV.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        }));
+        set(b);
+        // SAFETY: a live builder handle, freed once just below.
+        let config = unsafe { try_box_mut::<connect_agent_config_builder>(b) }
+            .unwrap()
+            .config()
+            .unwrap();
+        // SAFETY: as above.
+        unsafe { connect_agent_config_builder_free(b) };
+        config
+    }
+
+    #[test]
+    fn setters_win_over_the_environment_read_by_new_with_env() {
+        let c = configured(|b| {
+            // SAFETY: a live builder handle and C strings.
+            unsafe {
+                assert_eq!(
+                    connect_agent_config_builder_set_http_address(b, c"opt.example:1".as_ptr()),
+                    connect_result::Ok
+                );
+                assert_eq!(
+                    connect_agent_config_builder_set_token(b, c"opt-token".as_ptr()),
+                    connect_result::Ok
+                );
+                assert_eq!(
+                    connect_agent_config_builder_set_ca_file(b, c"/opt/ca.pem".as_ptr()),
+                    connect_result::Ok
+                );
+            }
+        });
+        let client = c.client_config().unwrap();
+        assert_eq!(client.base_url().unwrap(), "https://opt.example:1");
+        assert_eq!(client.token.as_deref(), Some("opt-token"));
+        assert_eq!(client.endpoint.ca_file.as_deref(), Some("/opt/ca.pem"));
+        let env = configured(|_| {}).client_config().unwrap();
+        assert_eq!(env.base_url().unwrap(), "https://env.example:8500");
+        assert_eq!(env.token.as_deref(), Some("env-token"));
+    }
+
+    #[test]
+    fn https_off_and_an_empty_token_override_the_environment() {
+        let c = configured(|b| {
+            // SAFETY: a live builder handle and a C string.
+            unsafe {
+                assert_eq!(
+                    connect_agent_config_builder_set_https(b, false),
+                    connect_result::Ok
+                );
+                assert_eq!(
+                    connect_agent_config_builder_set_token(b, c"".as_ptr()),
+                    connect_result::Ok
+                );
+            }
+        });
+        let client = c.client_config().unwrap();
+        assert_eq!(client.base_url().unwrap(), "http://env.example:8500");
+        assert_eq!(client.token, None);
+    }
 }

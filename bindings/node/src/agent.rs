@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use connect_core::agent::{Agent, AgentBackend, AgentConfig};
+use connect_core::agent::{Agent, AgentConfig, AgentOverrides};
 use connect_core::ca::CaConfiguration;
 use connect_core::catalog::{ServiceConnect, ServiceRegistration};
 use connect_core::intentions::IntentionAction;
@@ -61,15 +61,18 @@ pub struct ServiceRegistrationOptions {
     pub tags: Option<Vec<String>>,
 }
 
-fn jitter(config: &mut AgentConfig, ms: Option<u32>) {
-    if let Some(ms) = ms {
-        config.root_change_jitter = Duration::from_millis(u64::from(ms));
-    }
+fn jitter(ms: Option<u32>) -> Option<Duration> {
+    ms.map(|ms| Duration::from_millis(u64::from(ms)))
 }
 
 /// Starts the agent on a thread of its own (with an HTTP backend, starting asks the peer
-/// for its datacenter, which must not block the event loop).
-fn start(config: AgentConfig) -> Lazy<Agent> {
+/// for its datacenter, which must not block the event loop). A configuration that could not
+/// be made rejects `ready()`, as a failed start does.
+fn start(config: std::result::Result<AgentConfig, Error>) -> Lazy<Agent> {
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => return Lazy::ready(Err(e), "agent"),
+    };
     let (tx, lazy): (Filler<Agent>, _) = Lazy::new("agent");
     let spawned = std::thread::Builder::new()
         .name("libconnect-start".into())
@@ -120,27 +123,14 @@ impl NativeAgent {
     #[napi(constructor)]
     pub fn new(options: Option<AgentOptions>) -> Self {
         let o = options.unwrap_or_default();
-        let mut config = AgentConfig::from_env();
-        if let AgentBackend::Http(http) = &mut config.backend {
-            if o.address.is_some() {
-                http.address = o.address;
-            }
-            if o.token.is_some() {
-                http.token = o.token.clone();
-            }
-            if o.ca_file.is_some() {
-                http.ca_file = o.ca_file;
-            }
-            if let Some(https) = o.https {
-                http.https = https;
-            }
-            http.datacenter = o.datacenter.clone();
-        }
-        if o.token.is_some() {
-            config.token = o.token;
-        }
-        config.datacenter = o.datacenter;
-        jitter(&mut config, o.root_change_jitter_ms);
+        let config = AgentConfig::from_env_with(AgentOverrides {
+            address: o.address,
+            token: o.token,
+            datacenter: o.datacenter,
+            ca_file: o.ca_file,
+            https: o.https,
+            root_change_jitter: jitter(o.root_change_jitter_ms),
+        });
         NativeAgent {
             agent: start(config),
         }
@@ -150,11 +140,10 @@ impl NativeAgent {
     /// process). Returns at once; `ready()` settles when the CA is initialized.
     #[napi(factory)]
     pub fn dev(options: Option<DevOptions>) -> Self {
-        let mut config = AgentConfig::dev();
-        jitter(
-            &mut config,
-            options.unwrap_or_default().root_change_jitter_ms,
-        );
+        let config = AgentConfig::dev().with_overrides(AgentOverrides {
+            root_change_jitter: jitter(options.unwrap_or_default().root_change_jitter_ms),
+            ..AgentOverrides::default()
+        });
         NativeAgent {
             agent: start(config),
         }

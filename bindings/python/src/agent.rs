@@ -5,7 +5,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyType};
 
-use connect_core::agent::{self, AgentBackend, AgentConfig};
+use connect_core::agent::{self, AgentConfig, AgentOverrides};
 use connect_core::ca::CaConfiguration;
 use connect_core::intentions::IntentionAction;
 
@@ -18,13 +18,6 @@ use crate::service::Service;
 #[pyclass(frozen, module = "libconnect", name = "Agent")]
 pub(crate) struct Agent {
     pub(crate) inner: agent::Agent,
-}
-
-fn jitter(config: &mut AgentConfig, secs: Option<f64>) -> Result<()> {
-    if let Some(j) = runtime::timeout(secs)? {
-        config.root_change_jitter = j;
-    }
-    Ok(())
 }
 
 fn start(py: Python<'_>, config: AgentConfig) -> Result<Agent> {
@@ -46,27 +39,14 @@ impl Agent {
         https: Option<bool>,
         root_change_jitter: Option<f64>,
     ) -> Result<Self> {
-        let mut config = AgentConfig::from_env();
-        if let AgentBackend::Http(http) = &mut config.backend {
-            if address.is_some() {
-                http.address = address;
-            }
-            if token.is_some() {
-                http.token.clone_from(&token);
-                config.token = token;
-            }
-            if datacenter.is_some() {
-                http.datacenter.clone_from(&datacenter);
-                config.datacenter = datacenter;
-            }
-            if ca_file.is_some() {
-                http.ca_file = ca_file;
-            }
-            if let Some(h) = https {
-                http.https = h;
-            }
-        }
-        jitter(&mut config, root_change_jitter)?;
+        let config = AgentConfig::from_env_with(AgentOverrides {
+            address,
+            token,
+            datacenter,
+            ca_file,
+            https,
+            root_change_jitter: runtime::timeout(root_change_jitter)?,
+        })?;
         start(py, config)
     }
 
@@ -74,8 +54,10 @@ impl Agent {
     #[staticmethod]
     #[pyo3(signature = (*, root_change_jitter=None))]
     fn dev(py: Python<'_>, root_change_jitter: Option<f64>) -> Result<Self> {
-        let mut config = AgentConfig::dev();
-        jitter(&mut config, root_change_jitter)?;
+        let config = AgentConfig::dev().with_overrides(AgentOverrides {
+            root_change_jitter: runtime::timeout(root_change_jitter)?,
+            ..AgentOverrides::default()
+        })?;
         start(py, config)
     }
 

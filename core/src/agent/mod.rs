@@ -5,6 +5,7 @@
 //! blocking queries keep them fresh (DESIGN rule 1).
 
 mod backend;
+mod config;
 mod service;
 mod types;
 
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use backend::{Backend, HttpBackend, Signed};
+pub use config::{AgentBackend, AgentConfig, AgentOverrides};
 pub use service::ConnectService;
 pub use types::{
     HealthConnectType, IntentionMatchType, Leaf, LeafRequest, LeafState, LeafType, RootsType,
@@ -28,74 +30,9 @@ pub use types::{
 use crate::ca::{CaConfiguration, IndexedCaRoots};
 use crate::cache::{Cache, CacheOptions, GetOptions, ResultMeta};
 use crate::catalog::{ServiceEntry, ServiceRegistration};
-use crate::http::client::ClientConfig;
 use crate::intentions::{DefaultPolicy, Intention, IntentionAction};
 use crate::server::{Server, ServerConfig};
 use crate::{Error, ErrorKind, SharedClock};
-
-/// Where the agent gets its data.
-#[derive(Debug, Clone)]
-pub enum AgentBackend {
-    /// Start a `-dev` server in this process.
-    Dev,
-    /// Use this server, in this process.
-    InProcess(Server),
-    /// Talk to a `connect agent` or Consul agent over HTTP(S).
-    Http(ClientConfig),
-}
-
-/// How an agent is set up.
-#[derive(Clone)]
-pub struct AgentConfig {
-    /// The data source.
-    pub backend: AgentBackend,
-    /// The ACL token for every request (`CONSUL_HTTP_TOKEN`).
-    pub token: Option<String>,
-    /// The datacenter (default: the backend's).
-    pub datacenter: Option<String>,
-    /// Time for renewals and rotations.
-    pub clock: SharedClock,
-    /// Upper bound of the random delay before re-issuing leaves after a root rotation
-    /// (Consul: 30 s).
-    pub root_change_jitter: Duration,
-    /// Run on this runtime instead of one the agent owns.
-    pub runtime: Option<Handle>,
-}
-
-impl fmt::Debug for AgentConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AgentConfig")
-            .field("backend", &self.backend)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("datacenter", &self.datacenter)
-            .field("root_change_jitter", &self.root_change_jitter)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AgentConfig {
-    /// An in-process `-dev` server, like `connect agent -dev`.
-    pub fn dev() -> AgentConfig {
-        AgentConfig {
-            backend: AgentBackend::Dev,
-            token: None,
-            datacenter: None,
-            clock: crate::clock::system(),
-            root_change_jitter: Duration::from_secs(30),
-            runtime: None,
-        }
-    }
-
-    /// An HTTP agent configured from Consul's environment variables.
-    pub fn from_env() -> AgentConfig {
-        let http = ClientConfig::from_env();
-        AgentConfig {
-            token: http.token.clone(),
-            backend: AgentBackend::Http(http),
-            ..AgentConfig::dev()
-        }
-    }
-}
 
 enum Rt {
     Owned(Runtime),
@@ -200,15 +137,15 @@ impl Agent {
             Some(h) => Rt::Borrowed(h),
             None => Rt::Owned(agent_runtime()?),
         };
-        let peer = match &config.backend {
-            AgentBackend::Http(client) => {
-                let http = HttpBackend::new(client)?;
+        let peer = match config.client_config() {
+            Some(client) => {
+                let http = HttpBackend::new(&client)?;
                 Some((
                     http.clone(),
-                    run_sync(rt.handle(), describe_peer(http, client.datacenter.clone()))??,
+                    run_sync(rt.handle(), describe_peer(http, client.datacenter))??,
                 ))
             }
-            _ => None,
+            None => None,
         };
         Agent::build(config, rt, peer)
     }
@@ -220,15 +157,12 @@ impl Agent {
         if config.runtime.is_none() {
             config.runtime = Some(Handle::current());
         }
-        let peer = match &config.backend {
-            AgentBackend::Http(client) => {
-                let http = HttpBackend::new(client)?;
-                Some((
-                    http.clone(),
-                    describe_peer(http, client.datacenter.clone()).await?,
-                ))
+        let peer = match config.client_config() {
+            Some(client) => {
+                let http = HttpBackend::new(&client)?;
+                Some((http.clone(), describe_peer(http, client.datacenter).await?))
             }
-            _ => None,
+            None => None,
         };
         let rt = Rt::Borrowed(config.runtime.clone().unwrap_or_else(Handle::current));
         Agent::build(config, rt, peer)

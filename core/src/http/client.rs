@@ -12,50 +12,24 @@ use serde::de::DeserializeOwned;
 use crate::state::Indexed;
 use crate::{Error, ErrorKind};
 
-/// Where and how to reach the API; read from code or from Consul's environment variables.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct ClientConfig {
+/// Where the HTTP API is and how to reach it: the part of a client's settings that does not
+/// depend on who asks (an agent's token and datacenter live in its `AgentConfig`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpEndpoint {
     /// `host:port`, or a URL (`http://…`, `https://…`). Default `127.0.0.1:8500`.
     pub address: Option<String>,
-    /// The ACL token sent as `X-Consul-Token`.
-    pub token: Option<String>,
-    /// Default datacenter for requests.
-    pub datacenter: Option<String>,
     /// PEM file of CAs to trust for HTTPS (`CONSUL_CACERT`).
     pub ca_file: Option<String>,
     /// Use HTTPS when the address has no scheme (`CONSUL_HTTP_SSL`).
     pub https: bool,
 }
 
-impl fmt::Debug for ClientConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientConfig")
-            .field("address", &self.address)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("datacenter", &self.datacenter)
-            .field("ca_file", &self.ca_file)
-            .field("https", &self.https)
-            .finish()
-    }
-}
-
-impl ClientConfig {
-    /// Consul's variables: `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN`, `CONSUL_CACERT`,
-    /// `CONSUL_HTTP_SSL`.
-    pub fn from_env() -> ClientConfig {
-        Self::from_lookup(|k| std::env::var(k).ok())
-    }
-
-    /// Like [`ClientConfig::from_env`] over any lookup (tests pass a map).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> ClientConfig {
-        let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
-        ClientConfig {
-            address: nonempty("CONSUL_HTTP_ADDR"),
-            token: nonempty("CONSUL_HTTP_TOKEN"),
-            datacenter: None,
-            ca_file: nonempty("CONSUL_CACERT"),
-            https: nonempty("CONSUL_HTTP_SSL")
-                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "t")),
+impl HttpEndpoint {
+    /// The endpoint at `address`, plain HTTP unless the address says `https://`.
+    pub fn new(address: impl Into<String>) -> HttpEndpoint {
+        HttpEndpoint {
+            address: Some(address.into()),
+            ..HttpEndpoint::default()
         }
     }
 
@@ -83,6 +57,57 @@ impl ClientConfig {
             )
         })?;
         Ok(url)
+    }
+}
+
+/// Where and how to reach the API, and as whom; read from code or from Consul's environment
+/// variables.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Address and TLS settings.
+    pub endpoint: HttpEndpoint,
+    /// The ACL token sent as `X-Consul-Token`.
+    pub token: Option<String>,
+    /// Default datacenter for requests.
+    pub datacenter: Option<String>,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("datacenter", &self.datacenter)
+            .finish()
+    }
+}
+
+impl ClientConfig {
+    /// Consul's variables: `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN`, `CONSUL_CACERT`,
+    /// `CONSUL_HTTP_SSL`.
+    pub fn from_env() -> ClientConfig {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Like [`ClientConfig::from_env`] over any lookup (tests pass a map). The one reader of
+    /// Consul's variables: an empty variable counts as unset, as in Consul's API client.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> ClientConfig {
+        let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
+        ClientConfig {
+            endpoint: HttpEndpoint {
+                address: nonempty("CONSUL_HTTP_ADDR"),
+                ca_file: nonempty("CONSUL_CACERT"),
+                https: nonempty("CONSUL_HTTP_SSL")
+                    .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "t")),
+            },
+            token: nonempty("CONSUL_HTTP_TOKEN"),
+            datacenter: None,
+        }
+    }
+
+    /// The base URL, `scheme://host:port`.
+    pub fn base_url(&self) -> Result<String, Error> {
+        self.endpoint.base_url()
     }
 }
 
@@ -129,7 +154,7 @@ impl ApiClient {
     /// A client for `config`.
     pub fn new(config: &ClientConfig) -> Result<ApiClient, Error> {
         let base = config.base_url()?;
-        let tls = tls_config(config.ca_file.as_deref())?;
+        let tls = tls_config(config.endpoint.ca_file.as_deref())?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(Duration::from_secs(10))
@@ -296,12 +321,12 @@ mod tests {
         let c = ClientConfig::from_lookup(|k| env.get(k).map(|v| (*v).to_owned()));
         assert_eq!(c.base_url().unwrap(), "https://10.0.0.1:8501");
         assert_eq!(c.token.as_deref(), Some("tok"));
-        assert_eq!(c.ca_file.as_deref(), Some("/ca.pem"));
+        assert_eq!(c.endpoint.ca_file.as_deref(), Some("/ca.pem"));
         assert!(!format!("{c:?}").contains("tok\""));
         let d = ClientConfig::from_lookup(|_| None);
         assert_eq!(d.base_url().unwrap(), "http://127.0.0.1:8500");
         let e = ClientConfig {
-            address: Some("http://[bad".into()),
+            endpoint: HttpEndpoint::new("http://[bad"),
             ..Default::default()
         };
         assert_eq!(
@@ -340,7 +365,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         drop(l);
         let c = ApiClient::new(&ClientConfig {
-            address: Some(addr.to_string()),
+            endpoint: HttpEndpoint::new(addr.to_string()),
             ..Default::default()
         })
         .unwrap();

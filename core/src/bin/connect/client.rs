@@ -62,13 +62,13 @@ fn client(http: &HttpArgs) -> Result<ApiClient, Error> {
 pub(crate) fn client_config(http: &HttpArgs) -> ClientConfig {
     let mut config = ClientConfig::from_env();
     if let Some(addr) = &http.http_addr {
-        config.address = Some(addr.clone());
+        config.endpoint.address = Some(addr.clone());
     }
     if let Some(token) = &http.token {
         config.token = Some(token.clone());
     }
     if let Some(ca) = &http.ca_file {
-        config.ca_file = Some(ca.clone());
+        config.endpoint.ca_file = Some(ca.clone());
     }
     if let Some(dc) = &http.datacenter {
         config.datacenter = Some(dc.clone());

@@ -93,7 +93,7 @@ async fn serve(args: ProxyArgs) -> Result<ServiceHandle, Failed> {
     let agent = Agent::new_async(AgentConfig {
         token: http.token.clone(),
         datacenter: http.datacenter.clone(),
-        backend: AgentBackend::Http(http),
+        backend: AgentBackend::Http(http.endpoint),
         ..AgentConfig::dev()
     })
     .await
