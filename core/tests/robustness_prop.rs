@@ -99,9 +99,18 @@ fn nasty_number() -> BoxedStrategy<String> {
             .prop_filter("finite", |f| f.is_finite())
             .prop_map(|f| f.to_string()),
         prop::sample::select(vec![
-            "0", "-0", "1e999", "-1e999", "1e-999", "18446744073709551616",
-            "-9223372036854775809", "123456789012345678901234567890123456789",
-            "1.0000000000000000000000000000000000001", "65536", "-1", "4294967296",
+            "0",
+            "-0",
+            "1e999",
+            "-1e999",
+            "1e-999",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "123456789012345678901234567890123456789",
+            "1.0000000000000000000000000000000000001",
+            "65536",
+            "-1",
+            "4294967296",
         ])
         .prop_map(str::to_owned),
         (1usize..400).prop_map(|n| "9".repeat(n)),
@@ -132,27 +141,106 @@ fn duration_text() -> impl Strategy<Value = String> {
 /// Every field name the decoders know, in several spellings, and garbage keys.
 const KEYS: &[&str] = &[
     // Intentions.
-    "ID", "SourceName", "DestinationName", "SourceNS", "DestinationNS", "SourcePartition",
-    "DestinationPartition", "SourcePeer", "SourceSamenessGroup", "SourceType", "Action",
-    "Description", "Meta", "Precedence", "Permissions", "HTTP", "PathExact", "PathPrefix",
-    "PathRegex", "Methods", "Header", "Name", "Present", "Exact", "Prefix", "Suffix", "Regex",
-    "Contains", "IgnoreCase", "Invert", "CreateIndex", "ModifyIndex", "LegacyID", "Hash",
+    "ID",
+    "SourceName",
+    "DestinationName",
+    "SourceNS",
+    "DestinationNS",
+    "SourcePartition",
+    "DestinationPartition",
+    "SourcePeer",
+    "SourceSamenessGroup",
+    "SourceType",
+    "Action",
+    "Description",
+    "Meta",
+    "Precedence",
+    "Permissions",
+    "HTTP",
+    "PathExact",
+    "PathPrefix",
+    "PathRegex",
+    "Methods",
+    "Header",
+    "Name",
+    "Present",
+    "Exact",
+    "Prefix",
+    "Suffix",
+    "Regex",
+    "Contains",
+    "IgnoreCase",
+    "Invert",
+    "CreateIndex",
+    "ModifyIndex",
+    "LegacyID",
+    "Hash",
     // Service registration.
-    "Tags", "Address", "Port", "Kind", "Proxy", "DestinationServiceName",
-    "DestinationServiceID", "LocalServiceAddress", "LocalServicePort", "Upstreams",
-    "DestinationType", "LocalBindPort", "Check", "Checks", "CheckID", "TTL", "Status", "Notes",
-    "Connect", "Native", "SidecarService", "EnableTagOverride", "Weights", "Passing",
-    "Warning", "TaggedAddresses", "Namespace", "Partition", "Datacenter",
+    "Tags",
+    "Address",
+    "Port",
+    "Kind",
+    "Proxy",
+    "DestinationServiceName",
+    "DestinationServiceID",
+    "LocalServiceAddress",
+    "LocalServicePort",
+    "Upstreams",
+    "DestinationType",
+    "LocalBindPort",
+    "Check",
+    "Checks",
+    "CheckID",
+    "TTL",
+    "Status",
+    "Notes",
+    "Connect",
+    "Native",
+    "SidecarService",
+    "EnableTagOverride",
+    "Weights",
+    "Passing",
+    "Warning",
+    "TaggedAddresses",
+    "Namespace",
+    "Partition",
+    "Datacenter",
     // CA configuration.
-    "Provider", "Config", "LeafCertTTL", "leaf_cert_ttl", "RotationPeriod",
-    "IntermediateCertTTL", "RootCertTTL", "PrivateKeyType", "PrivateKeyBits", "PrivateKey",
-    "RootCert", "ForceWithoutCrossSigning", "ClusterID", "CSRMaxPerSecond",
-    "CSRMaxConcurrent", "csr_max_per_second", "State",
+    "Provider",
+    "Config",
+    "LeafCertTTL",
+    "leaf_cert_ttl",
+    "RotationPeriod",
+    "IntermediateCertTTL",
+    "RootCertTTL",
+    "PrivateKeyType",
+    "PrivateKeyBits",
+    "PrivateKey",
+    "RootCert",
+    "ForceWithoutCrossSigning",
+    "ClusterID",
+    "CSRMaxPerSecond",
+    "CSRMaxConcurrent",
+    "csr_max_per_second",
+    "State",
     // ACL policies and tokens.
-    "Rules", "Datacenters", "AccessorID", "SecretID", "Policies", "Local", "ExpirationTTL",
-    "ExpirationTime", "ServiceIdentities", "ServiceName", "NodeIdentities", "Roles",
+    "Rules",
+    "Datacenters",
+    "AccessorID",
+    "SecretID",
+    "Policies",
+    "Local",
+    "ExpirationTTL",
+    "ExpirationTime",
+    "ServiceIdentities",
+    "ServiceName",
+    "NodeIdentities",
+    "Roles",
     // Authorize and sign.
-    "Target", "ClientCertURI", "ClientCertSerial", "CSR",
+    "Target",
+    "ClientCertURI",
+    "ClientCertSerial",
+    "CSR",
 ];
 
 fn key() -> impl Strategy<Value = String> {
@@ -179,8 +267,15 @@ fn json_text() -> BoxedStrategy<String> {
         nasty_number(),
         nasty_name().prop_map(|s| quoted(&s)),
         duration_text().prop_map(|s| quoted(&s)),
-        prop::sample::select(vec!["allow", "deny", "consul", "ec", "rsa", "connect-proxy"])
-            .prop_map(quoted),
+        prop::sample::select(vec![
+            "allow",
+            "deny",
+            "consul",
+            "ec",
+            "rsa",
+            "connect-proxy"
+        ])
+        .prop_map(quoted),
     ];
     leaf.prop_recursive(6, 96, 8, |inner| {
         prop_oneof![
@@ -252,7 +347,11 @@ fn is_input_error(kind: ErrorKind) -> bool {
 
 fn assert_typed<T>(r: Result<T, Error>) -> Result<(), TestCaseError> {
     if let Err(e) = r {
-        prop_assert!(is_input_error(e.kind()), "untyped error {:?}: {e}", e.kind());
+        prop_assert!(
+            is_input_error(e.kind()),
+            "untyped error {:?}: {e}",
+            e.kind()
+        );
         prop_assert!(!e.to_string().is_empty());
     }
     Ok(())
@@ -261,8 +360,18 @@ fn assert_typed<T>(r: Result<T, Error>) -> Result<(), TestCaseError> {
 // ---- filters ----------------------------------------------------------------------------
 
 const SELECTORS: &[&str] = &[
-    "ServiceName", "Service", "ServiceTags", "ServiceMeta.env", "Meta.env", "Tags",
-    "SourceName", "DestinationName", "Action", "Node", "Service.Meta.a.b.c", "Checks.Status",
+    "ServiceName",
+    "Service",
+    "ServiceTags",
+    "ServiceMeta.env",
+    "Meta.env",
+    "Tags",
+    "SourceName",
+    "DestinationName",
+    "Action",
+    "Node",
+    "Service.Meta.a.b.c",
+    "Checks.Status",
 ];
 
 /// One comparison, as written or broken.
@@ -291,15 +400,34 @@ fn comparison() -> BoxedStrategy<String> {
     ]
     .boxed();
     prop_oneof![
-        (sel.clone(), prop::sample::select(vec!["==", "!="]), value.clone())
+        (
+            sel.clone(),
+            prop::sample::select(vec!["==", "!="]),
+            value.clone()
+        )
             .prop_map(|(s, op, v)| format!("{s} {op} {v}")),
-        (value.clone(), prop::sample::select(vec!["in", "not in"]), sel.clone())
+        (
+            value.clone(),
+            prop::sample::select(vec!["in", "not in"]),
+            sel.clone()
+        )
             .prop_map(|(v, op, s)| format!("{v} {op} {s}")),
-        (sel.clone(), prop::sample::select(vec!["contains", "not contains"]), value)
+        (
+            sel.clone(),
+            prop::sample::select(vec!["contains", "not contains"]),
+            value
+        )
             .prop_map(|(s, op, v)| format!("{s} {op} {v}")),
-        (sel.clone(), prop::sample::select(vec!["is empty", "is not empty"]))
+        (
+            sel.clone(),
+            prop::sample::select(vec!["is empty", "is not empty"])
+        )
             .prop_map(|(s, op)| format!("{s} {op}")),
-        (sel, prop::sample::select(vec!["matches", "not matches"]), regex)
+        (
+            sel,
+            prop::sample::select(vec!["matches", "not matches"]),
+            regex
+        )
             .prop_map(|(s, op, r)| format!("{s} {op} {}", quoted(&r))),
     ]
     .boxed()
@@ -309,7 +437,11 @@ fn comparison() -> BoxedStrategy<String> {
 fn filter_text() -> BoxedStrategy<String> {
     let tree = comparison().prop_recursive(6, 48, 4, |inner| {
         prop_oneof![
-            (inner.clone(), prop::sample::select(vec!["and", "or"]), inner.clone())
+            (
+                inner.clone(),
+                prop::sample::select(vec!["and", "or"]),
+                inner.clone()
+            )
                 .prop_map(|(a, op, b)| format!("{a} {op} {b}")),
             inner.clone().prop_map(|a| format!("not {a}")),
             inner.prop_map(|a| format!("({a})")),
@@ -368,23 +500,26 @@ proptest! {
 /// until the stack overflows (one unauthenticated `?filter=` killed the agent).
 #[test]
 fn filter_deep_nesting_is_refused_not_a_stack_overflow() {
-    in_child("filter_deep_nesting_is_refused_not_a_stack_overflow", || {
-        for depth in [1_000, 10_000, 100_000] {
-            for text in [
-                nest("(", "Name == x", ")", depth, true),
-                nest("(", "", "", depth, false),
-                nest("not ", "Name == x", "", depth, true),
-                nest("(not ", "Name == x", ")", depth, true),
-            ] {
-                match Filter::parse(&text) {
-                    Ok(f) => {
-                        f.matches(&catalog_like_item());
+    in_child(
+        "filter_deep_nesting_is_refused_not_a_stack_overflow",
+        || {
+            for depth in [1_000, 10_000, 100_000] {
+                for text in [
+                    nest("(", "Name == x", ")", depth, true),
+                    nest("(", "", "", depth, false),
+                    nest("not ", "Name == x", "", depth, true),
+                    nest("(not ", "Name == x", ")", depth, true),
+                ] {
+                    match Filter::parse(&text) {
+                        Ok(f) => {
+                            f.matches(&catalog_like_item());
+                        }
+                        Err(e) => assert_eq!(e.kind(), ErrorKind::InvalidParameter, "{e}"),
                     }
-                    Err(e) => assert_eq!(e.kind(), ErrorKind::InvalidParameter, "{e}"),
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 // ---- SPIFFE IDs and trust domains ---------------------------------------------------------
@@ -561,14 +696,35 @@ fn rules_text() -> BoxedStrategy<String> {
         1 => Just("{}".to_owned()),
     ];
     let resource = prop::sample::select(vec![
-        "service", "service_prefix", "node", "node_prefix", "key", "key_prefix", "agent",
-        "agent_prefix", "query", "session", "event", "intentions", "identity", "mesh",
-        "operator", "acl", "keyring", "peering", "namespace", "partition", "unknown",
+        "service",
+        "service_prefix",
+        "node",
+        "node_prefix",
+        "key",
+        "key_prefix",
+        "agent",
+        "agent_prefix",
+        "query",
+        "session",
+        "event",
+        "intentions",
+        "identity",
+        "mesh",
+        "operator",
+        "acl",
+        "keyring",
+        "peering",
+        "namespace",
+        "partition",
+        "unknown",
     ]);
     let hcl_rule = (resource.clone(), nasty_name(), level.clone(), any::<bool>()).prop_map(
         |(r, name, level, labelled)| {
             if labelled {
-                format!("{r} {} {{\n  policy = {level}\n  intentions = {level}\n}}\n", quoted(&name))
+                format!(
+                    "{r} {} {{\n  policy = {level}\n  intentions = {level}\n}}\n",
+                    quoted(&name)
+                )
             } else {
                 format!("{r} = {level}\n")
             }
@@ -616,21 +772,30 @@ proptest! {
 /// policy must not be able to take the agent down either.
 #[test]
 fn acl_rules_deep_nesting_is_refused_not_a_stack_overflow() {
-    in_child("acl_rules_deep_nesting_is_refused_not_a_stack_overflow", || {
-        for depth in [1_000, 10_000, 100_000] {
-            for text in [
-                nest("service \"x\" {\n", "policy = \"read\"\n", "}\n", depth, true),
-                format!("service = {}", nest("[", "1", "]", depth, true)),
-                format!("service = {}", nest("(", "1", ")", depth, true)),
-                format!("service = {}", nest("{a = ", "1", "}", depth, true)),
-                format!("service = {}", nest("-", "1", "", depth, true)),
-                format!("service = {}", nest("!", "true", "", depth, true)),
-                nest("{\"service\":", "{}", "}", depth, true),
-            ] {
-                assert_typed(PolicyRules::parse(&text).map_err(Error::from)).unwrap();
+    in_child(
+        "acl_rules_deep_nesting_is_refused_not_a_stack_overflow",
+        || {
+            for depth in [1_000, 10_000, 100_000] {
+                for text in [
+                    nest(
+                        "service \"x\" {\n",
+                        "policy = \"read\"\n",
+                        "}\n",
+                        depth,
+                        true,
+                    ),
+                    format!("service = {}", nest("[", "1", "]", depth, true)),
+                    format!("service = {}", nest("(", "1", ")", depth, true)),
+                    format!("service = {}", nest("{a = ", "1", "}", depth, true)),
+                    format!("service = {}", nest("-", "1", "", depth, true)),
+                    format!("service = {}", nest("!", "true", "", depth, true)),
+                    nest("{\"service\":", "{}", "}", depth, true),
+                ] {
+                    assert_typed(PolicyRules::parse(&text).map_err(Error::from)).unwrap();
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 // ---- CSRs, certificates and PEM ---------------------------------------------------------
@@ -805,7 +970,11 @@ proptest! {
 fn exact_nanos(int: &str, frac: &str, unit_nanos: u128) -> Option<u128> {
     let whole: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
     let digits = &frac[..frac.len().min(25)];
-    let f: u128 = if digits.is_empty() { 0 } else { digits.parse().unwrap() };
+    let f: u128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().unwrap()
+    };
     let frac_ns = f * unit_nanos / 10u128.pow(digits.len() as u32);
     let total = whole.checked_mul(unit_nanos)?.checked_add(frac_ns)?;
     (total <= i64::MAX as u128).then_some(total)
@@ -859,8 +1028,14 @@ const BODY_ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/v1/agent/connect/authorize"),
     ("PUT", "/v1/agent/service/register"),
     ("POST", "/v1/connect/intentions"),
-    ("PUT", "/v1/connect/intentions/exact?source=web&destination=db"),
-    ("PUT", "/v1/connect/intentions/00000000-0000-0000-0000-000000000000"),
+    (
+        "PUT",
+        "/v1/connect/intentions/exact?source=web&destination=db",
+    ),
+    (
+        "PUT",
+        "/v1/connect/intentions/00000000-0000-0000-0000-000000000000",
+    ),
     ("PUT", "/v1/acl/policy"),
     ("PUT", "/v1/acl/token"),
     ("PUT", "/v1/acl/bootstrap"),
