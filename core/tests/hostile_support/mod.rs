@@ -2,9 +2,9 @@
 //! by `tests/hostile_agent.rs` (a short run in `make test`) and `benches/hostile.rs` (the long,
 //! recorded run of `make hostile` against a release agent). One implementation, two lengths.
 //!
-//! Attackers come from other loopback addresses (127.0.0.2 and up) than the legitimate writer
-//! and the probe (127.0.0.1), as they would from other hosts, so that a per-client connection
-//! limit applies to them and not to the clients the run checks on.
+//! Attackers come from other loopback addresses (127.0.0.2 and up) than the legitimate writers
+//! (127.0.1.x) and the probe (127.0.0.1), as they would from other hosts, so that a per-client
+//! connection limit applies to them and not to the clients the run checks on.
 
 #![allow(
     dead_code,
@@ -144,6 +144,11 @@ fn connect_from(src: Ipv4Addr, dst: SocketAddr, timeout: Duration) -> std::io::R
     Ok(s)
 }
 
+thread_local! {
+    /// How long this thread's last TCP connect took (the probe reports it apart).
+    static LAST_CONNECT: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
 /// One request on a fresh connection from `src`; `extra` is raw header lines.
 #[allow(
     clippy::too_many_arguments,
@@ -160,7 +165,9 @@ pub fn send(
     timeout: Duration,
 ) -> Answer {
     let attempt = || -> std::io::Result<(u16, String)> {
+        let start = Instant::now();
         let mut s = connect_from(src, addr.parse().unwrap(), timeout)?;
+        LAST_CONNECT.set(start.elapsed());
         let mut head =
             format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}");
         if !extra.to_ascii_lowercase().contains("content-length") {
@@ -312,6 +319,11 @@ pub struct Report {
     pub probe: Vec<Duration>,
     /// Probes without an answer within the plan's bound.
     pub probe_failures: u64,
+    /// The slowest TCP connect of a probe (part of its latency: a dropped SYN is retried
+    /// after a second by the kernel, whatever the agent does).
+    pub probe_connect_max: Duration,
+    /// Probes slower than 100 ms.
+    pub probe_over_100ms: u64,
     /// Whether the agent was running at the end.
     pub alive: bool,
     /// Wall time of the attack.
@@ -391,13 +403,15 @@ impl Report {
         let _ = writeln!(
             out,
             "probe (GET /v1/connect/ca/roots every {} ms): {} answered, {} not; \
-             p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+             p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms; over 100 ms: {}; slowest connect {:.2} ms",
             self.probe_every.as_millis(),
             self.probe.len(),
             self.probe_failures,
             ms(self.probe_percentile(0.5)),
             ms(self.probe_percentile(0.99)),
             ms(self.probe_percentile(1.0)),
+            self.probe_over_100ms,
+            ms(self.probe_connect_max),
         );
         for (k, t) in &self.kinds {
             for e in &t.examples {
@@ -859,7 +873,8 @@ fn quoted(s: &str) -> String {
     serde_json::to_string(s).unwrap()
 }
 
-/// A legitimate client: intention writes with the management token, from 127.0.0.1. Returns,
+/// A legitimate client: intention writes with the management token, from 127.0.1.x (the
+/// probe alone uses 127.0.0.1, so that its connections share no port space). Returns,
 /// per source written at least once with an acknowledgement, the actions it may hold now:
 /// the last acknowledged one, and any written after it without an answer (which the agent
 /// may have applied all the same).
@@ -874,7 +889,7 @@ fn writer(ctx: &Ctx, id: usize) -> HashMap<String, Vec<&'static str>> {
             "deny"
         };
         let a = send(
-            Ipv4Addr::LOCALHOST,
+            Ipv4Addr::new(127, 0, 1, 1 + id as u8),
             &ctx.addr,
             "PUT",
             &format!("/v1/connect/intentions/exact?source={source}&destination=legit-db"),
@@ -918,6 +933,10 @@ fn probe(ctx: &Ctx) {
             match &a {
                 Answer::Status(200, _) => r.probe.push(took),
                 _ => r.probe_failures += 1,
+            }
+            r.probe_connect_max = r.probe_connect_max.max(LAST_CONNECT.get());
+            if took > Duration::from_millis(100) {
+                r.probe_over_100ms += 1;
             }
         }
         ctx.record("probe", "GET /v1/connect/ca/roots", &a, false);
