@@ -93,3 +93,29 @@ install:
 ## The C test lane: C tests, examples, sanitizers, valgrind, interop with OpenSSL.
 c-test:
 	bash scripts/test-c.sh
+
+## Robustness: the property suite of core/tests/robustness_prop.rs (filters, SPIFFE IDs,
+## endpoint JSON, ACL rules, CSR/PEM, Go durations, the HTTP API) in rounds of FUZZ_CASES
+## cases per property, fresh random seeds each round, until FUZZ_SECS have passed (default one
+## hour; `make fuzz FUZZ_SECS=28800` for a night). Stops at the first failure, which proptest
+## shrinks and saves in core/tests/robustness_prop.proptest-regressions. Debug build on
+## purpose: integer overflow panics there instead of wrapping.
+.PHONY: fuzz hostile
+FUZZ_SECS ?= 3600
+FUZZ_CASES ?= 20000
+fuzz:
+	cargo test -p connect-core --locked --test robustness_prop --no-run
+	end=$$(( $$(date +%s) + $(FUZZ_SECS) )); round=0; \
+	while [ $$(date +%s) -lt $$end ]; do \
+		round=$$((round + 1)); echo "== fuzz round $$round ($(FUZZ_CASES) cases per property)"; \
+		LIBCONNECT_FUZZ_CASES=$(FUZZ_CASES) cargo test -p connect-core --locked \
+			--test robustness_prop -- --test-threads 2 || exit 1; \
+	done
+
+## The recorded hostile-input run: HOSTILE_SECS (default 60) of the attack mix of
+## core/tests/hostile_support against a release `connect agent` (ACLs on, default deny);
+## prints requests by kind, 5xx, crashes, unauthorized successes, lost writes and the probe's
+## p50/p99/max, and fails when a target is missed. A copy goes to <target>/bench/hostile.txt.
+HOSTILE_SECS ?= 60
+hostile:
+	HOSTILE_SECS=$(HOSTILE_SECS) BENCH_OUT=$(BENCH_OUT) cargo bench -p connect-core --locked --bench hostile

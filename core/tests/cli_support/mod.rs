@@ -449,3 +449,12 @@ pub fn service_uri(roots: &Value, dc: &str, service: &str) -> String {
         roots["TrustDomain"].as_str().unwrap()
     )
 }
+
+// ---- Added for the hostile-client run (tests/hostile_agent.rs, benches/hostile.rs) ----------
+
+impl Agent {
+    /// Whether the process is still running (false once it exited or crashed).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
