@@ -276,6 +276,28 @@ async fn blocking_catalog_services_holds_on_an_idle_agent() {
     assert!(woke.value.get("web").is_some(), "{}", woke.value);
 }
 
+/// A body declared larger than the 1 MiB limit is refused at once with 413, without waiting
+/// for bytes that never come (before, the request hung until the client gave up).
+#[tokio::test]
+async fn a_declared_oversized_body_is_refused_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_, addr) = start(ServerConfig::dev()).await;
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        b"PUT /v1/agent/service/register HTTP/1.1\r\nHost: x\r\n\
+          Content-Length: 10737418240\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("no answer to a declared 10 GiB body")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+}
+
 #[tokio::test]
 async fn acl_enforcement_over_http() {
     let mut cfg = ServerConfig::dev();

@@ -145,3 +145,19 @@ async fn a_fresh_read_after_a_root_rotation_gets_a_leaf_from_the_new_root() {
     assert_eq!(signing_key(&new.body), active);
     assert!(new.index > old.index);
 }
+
+/// A blocking read (`?index` far ahead, a 1 ms `wait`) of a leaf never issued: the cache has
+/// no value when the wait passes. It answered 500 ("timed out before any value arrived");
+/// Consul's agent answers with the first certificate once it is signed.
+#[tokio::test]
+async fn a_blocking_read_of_a_new_leaf_answers_with_the_first_certificate() {
+    let addr = start().await;
+    let got = get(
+        &addr,
+        "/v1/agent/connect/ca/leaf/fresh-name?index=999999&wait=1ms",
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(got.body["Service"], "fresh-name");
+    assert!(got.index >= 1);
+}

@@ -245,7 +245,37 @@ fn routes(state: AppState) -> Router {
         .route("/v1/acl/tokens", get(acl_token_list))
         .fallback(any(not_found))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .with_state(state)
+}
+
+/// Answers 413 at once when `Content-Length` already says the body is over [`MAX_BODY`]:
+/// the body limit alone reads up to the limit first, so a client declaring 10 GiB and
+/// sending two bytes held its connection until the body-read timeout.
+async fn refuse_declared_oversize(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        let mut resp = (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Request body too large: {} bytes declared, at most {MAX_BODY}",
+                declared.unwrap_or_default()
+            ),
+        )
+            .into_response();
+        // The unread body stays on the socket: this connection cannot serve another request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    next.run(req).await
 }
 
 async fn not_found() -> Response {
@@ -552,7 +582,15 @@ impl AppState {
         } else {
             GetOptions::default()
         };
-        let (mut leaf, mut meta) = agent.leaf_get(req, opts).await?;
+        let (mut leaf, mut meta) = match agent.leaf_get(req, opts).await {
+            // A blocking read of a leaf not issued yet: the cache has nothing to answer with
+            // when `wait` passes, and Consul's agent answers with the first certificate once
+            // it is signed rather than an error.
+            Err(e) if e.kind() == ErrorKind::Timeout && min_index > 0 => {
+                agent.leaf_get(req, GetOptions::default()).await?
+            }
+            r => r?,
+        };
         let expired = self.server.clock().now() >= leaf.valid_before();
         if expired || (min_index == 0 && !self.leaf_current(&leaf)) {
             if let Some(active) = self.server.ca_roots().value.active() {
