@@ -988,10 +988,10 @@ proptest! {
         4 => duration_text(),
         1 => any::<String>(),
     ]) {
-        if let Ok(d) = connect_core::ca::parse_go_duration(&text) {
+        if let Ok(d) = connect_core::duration::parse_go_duration(&text) {
             prop_assert!(d.as_nanos() <= i64::MAX as u128);
-            let printed = connect_core::ca::format_go_duration(d);
-            prop_assert_eq!(connect_core::ca::parse_go_duration(&printed), Ok(d), "{}", printed);
+            let printed = connect_core::duration::format_go_duration(d);
+            prop_assert_eq!(connect_core::duration::parse_go_duration(&printed), Ok(d), "{}", printed);
         }
     }
 
@@ -1007,7 +1007,7 @@ proptest! {
         ]),
     ) {
         let text = format!("{int}.{frac}{}", unit.0);
-        let got = connect_core::ca::parse_go_duration(&text);
+        let got = connect_core::duration::parse_go_duration(&text);
         match exact_nanos(&int, &frac, unit.1) {
             Some(want) => {
                 let got = got.map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
