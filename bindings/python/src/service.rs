@@ -11,7 +11,7 @@ use rustls_pki_types::CertificateDer;
 use connect_core::ErrorKind;
 use connect_core::agent::ConnectService;
 use connect_core::blocking::{Call, CloseSignal};
-use connect_core::tls::{ExpectedPeer, PeerInput, PeerRole, peer_identity, verify_chain};
+use connect_core::tls::PeerInput;
 
 use crate::errors::{Result, closed, error, invalid};
 use crate::net::{Addr, Connection, Listener};
@@ -265,21 +265,8 @@ impl Service {
 
     fn verify_server(&self, py: Python<'_>, cert: &[u8], target: &str) -> Result<String> {
         let svc = self.get()?;
-        let identity = svc.identity();
         let chain = [CertificateDer::from(cert.to_vec())];
-        let id = py.detach(|| {
-            let snapshot = identity.snapshot();
-            let bundle = snapshot.bundle().ok_or_else(|| {
-                connect_core::Error::new(
-                    ErrorKind::NotReady,
-                    format!("service {:?} has no CA roots yet", identity.service()),
-                )
-            })?;
-            verify_chain(bundle, &chain, identity.clock().now(), PeerRole::Server)?;
-            let id = peer_identity(&chain[0])?;
-            ExpectedPeer::from(target).check_presented(&id)?;
-            Ok::<_, connect_core::Error>(id)
-        })?;
+        let id = py.detach(|| svc.verify_server(target, &chain))?;
         Ok(id.to_string())
     }
 
