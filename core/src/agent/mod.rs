@@ -23,7 +23,7 @@ pub use backend::{Backend, HttpBackend, Signed};
 pub use config::{AgentBackend, AgentConfig, AgentOverrides};
 pub use service::ConnectService;
 pub use types::{
-    HealthConnectType, IntentionMatchType, Leaf, LeafRequest, LeafState, LeafType, RootsType,
+    HealthConnectType, IntentionMatchType, Leaf, LeafCacheRequest, LeafState, LeafType, RootsType,
     Scoped,
 };
 
@@ -375,8 +375,8 @@ impl Agent {
         ))
     }
 
-    pub(crate) fn leaf_request(&self, service: &str) -> LeafRequest {
-        LeafRequest {
+    pub(crate) fn leaf_request(&self, service: &str) -> LeafCacheRequest {
+        LeafCacheRequest {
             scope: self.scoped(service),
             dns_names: Vec::new(),
             ip_addresses: Vec::new(),
@@ -396,8 +396,12 @@ impl Agent {
     }
 
     /// The leaf request for `service` under a caller's `token` (see [`Agent::scoped_for`]).
-    pub(crate) fn leaf_request_for_token(&self, token: Option<&str>, service: &str) -> LeafRequest {
-        LeafRequest {
+    pub(crate) fn leaf_request_for_token(
+        &self,
+        token: Option<&str>,
+        service: &str,
+    ) -> LeafCacheRequest {
+        LeafCacheRequest {
             scope: self.scoped_for(token, service),
             dns_names: Vec::new(),
             ip_addresses: Vec::new(),
@@ -412,8 +416,8 @@ impl Agent {
         node: &str,
         dns_names: Vec<String>,
         ip_addresses: Vec<std::net::IpAddr>,
-    ) -> LeafRequest {
-        LeafRequest {
+    ) -> LeafCacheRequest {
+        LeafCacheRequest {
             scope: self.scoped_for(None, node),
             dns_names,
             ip_addresses,
@@ -424,7 +428,7 @@ impl Agent {
     /// A leaf-cache read.
     pub(crate) async fn leaf_get(
         &self,
-        req: &LeafRequest,
+        req: &LeafCacheRequest,
         opts: GetOptions,
     ) -> Result<(Arc<Leaf>, ResultMeta), Error> {
         self.check_open()?;

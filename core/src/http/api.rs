@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::ApiError;
 use super::query::{Params, QueryOptions, index_headers};
-use crate::agent::{Agent, AgentBackend, AgentConfig, Leaf, LeafRequest};
+use crate::agent::{Agent, AgentBackend, AgentConfig, Leaf, LeafCacheRequest};
 use crate::ca::{CaConfiguration, IndexedCaRoots, SignPolicy};
 use crate::cache::{GetOptions, ResultMeta};
 use crate::catalog::ServiceRegistration;
@@ -139,7 +139,7 @@ const HTTPS_RETRY: Duration = Duration::from_secs(60);
 /// root no longer signs it) and serves the new one from the next handshake on.
 async fn keep_https_cert(
     st: AppState,
-    req: LeafRequest,
+    req: LeafCacheRequest,
     mut leaf: Arc<Leaf>,
     current: Arc<ArcSwapOption<CertifiedKey>>,
 ) {
@@ -542,7 +542,7 @@ impl AppState {
     /// [`AppState::leaf`] for any leaf request (a service's, or the agent's own).
     async fn leaf_of(
         &self,
-        req: &LeafRequest,
+        req: &LeafCacheRequest,
         min_index: u64,
         wait: Duration,
     ) -> Result<(Arc<Leaf>, ResultMeta), Error> {
