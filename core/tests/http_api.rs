@@ -280,7 +280,7 @@ async fn blocking_catalog_services_holds_on_an_idle_agent() {
 async fn acl_enforcement_over_http() {
     let mut cfg = ServerConfig::dev();
     cfg.acl_enabled = true;
-    cfg.acl_default_policy = connect_core::acl::DefaultPolicy::Deny;
+    cfg.acl_default_policy = connect_core::acl::AclDefaultPolicy::Deny;
     cfg.acl_initial_management_token = Some("root".into());
     let (c, addr) = start(cfg).await;
     let http = raw_client();

@@ -14,7 +14,7 @@ mod model;
 mod rules;
 mod store;
 
-pub use authorizer::{Authorizer, DefaultPolicy, Permission};
+pub use authorizer::{AclDefaultPolicy, Authorizer, Permission};
 pub use error::AclError;
 pub use model::{
     ANONYMOUS_TOKEN_ACCESSOR_ID, ANONYMOUS_TOKEN_SECRET_ID, GLOBAL_MANAGEMENT_POLICY_ID,

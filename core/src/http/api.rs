@@ -838,8 +838,8 @@ async fn agent_self(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult
                 "ConnectEnabled": true,
                 "ACLsEnabled": c.acl_enabled,
                 "ACLDefaultPolicy": match c.acl_default_policy {
-                    crate::acl::DefaultPolicy::Allow => "allow",
-                    crate::acl::DefaultPolicy::Deny => "deny",
+                    crate::acl::AclDefaultPolicy::Allow => "allow",
+                    crate::acl::AclDefaultPolicy::Deny => "deny",
                 },
                 "DefaultIntentionPolicy": c.default_intention_policy.map(|a| a.as_str()).unwrap_or(""),
             },
@@ -1096,7 +1096,7 @@ mod tests {
     fn acl_state() -> AppState {
         let mut c = ServerConfig::dev();
         c.acl_enabled = true;
-        c.acl_default_policy = crate::acl::DefaultPolicy::Deny;
+        c.acl_default_policy = crate::acl::AclDefaultPolicy::Deny;
         c.acl_initial_management_token = Some("root-secret".into());
         AppState::new(Server::start(c, crate::clock::system()).unwrap())
     }
@@ -1420,7 +1420,7 @@ mod tests {
     async fn a_token_without_service_write_is_refused_before_any_leaf_work() {
         let mut c = ServerConfig::dev();
         c.acl_enabled = true;
-        c.acl_default_policy = crate::acl::DefaultPolicy::Deny;
+        c.acl_default_policy = crate::acl::AclDefaultPolicy::Deny;
         c.acl_initial_management_token = Some("root-secret".into());
         let st = AppState::new(Server::start(c, crate::clock::system()).unwrap());
         let call = |token: Option<&'static str>| {

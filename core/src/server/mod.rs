@@ -38,7 +38,7 @@ pub struct ServerConfig {
     /// Whether ACLs are enforced.
     pub acl_enabled: bool,
     /// The ACL default policy.
-    pub acl_default_policy: crate::acl::DefaultPolicy,
+    pub acl_default_policy: crate::acl::AclDefaultPolicy,
     /// `acl.tokens.initial_management`.
     pub acl_initial_management_token: Option<String>,
     /// An explicit default for connections no intention matches (`allow` in `-dev`).
@@ -80,7 +80,7 @@ impl ServerConfig {
             node_address: "127.0.0.1".into(),
             data_dir: None,
             acl_enabled: false,
-            acl_default_policy: crate::acl::DefaultPolicy::Allow,
+            acl_default_policy: crate::acl::AclDefaultPolicy::Allow,
             acl_initial_management_token: None,
             default_intention_policy: Some(IntentionAction::Allow),
             ca: CaConfiguration::consul(Default::default()),
@@ -99,8 +99,8 @@ impl ServerConfig {
         match (self.default_intention_policy, self.acl_enabled) {
             (Some(action), _) => DefaultPolicy::intention_policy(action),
             (None, true) => DefaultPolicy::acl(match self.acl_default_policy {
-                crate::acl::DefaultPolicy::Allow => IntentionAction::Allow,
-                crate::acl::DefaultPolicy::Deny => IntentionAction::Deny,
+                crate::acl::AclDefaultPolicy::Allow => IntentionAction::Allow,
+                crate::acl::AclDefaultPolicy::Deny => IntentionAction::Deny,
             }),
             (None, false) => DefaultPolicy::ACLS_DISABLED,
         }

@@ -22,7 +22,7 @@ fn dev() -> Server {
 fn acl_server(dir: Option<std::path::PathBuf>) -> Server {
     let mut c = ServerConfig::dev();
     c.acl_enabled = true;
-    c.acl_default_policy = crate::acl::DefaultPolicy::Deny;
+    c.acl_default_policy = crate::acl::AclDefaultPolicy::Deny;
     c.acl_initial_management_token = Some("root-secret".into());
     c.default_intention_policy = None;
     c.data_dir = dir;
