@@ -1,6 +1,6 @@
 //! Authorizers: the answer to "may this token do X to Y".
 //!
-//! An [`Authorizer`] is compiled from the merged rules of a token's policies plus the ACL
+//! An [`AclAuthorizer`] is compiled from the merged rules of a token's policies plus the ACL
 //! default policy. It holds no reference to any store, so the same logic serves the in-memory
 //! [`AclStore`](super::AclStore) today and a replicated state store later.
 
@@ -144,10 +144,10 @@ impl fmt::Display for Permission<'_> {
 
 /// Decides permissions for one token.
 ///
-/// Cheap to share: the store hands out `Arc<Authorizer>` and callers check as many
+/// Cheap to share: the store hands out `Arc<AclAuthorizer>` and callers check as many
 /// permissions as a request needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authorizer {
+pub struct AclAuthorizer {
     inner: Inner,
     accessor_id: Option<String>,
 }
@@ -162,11 +162,11 @@ enum Inner {
     },
 }
 
-impl Authorizer {
+impl AclAuthorizer {
     /// The authorizer used when ACLs are disabled: every permission is granted and intentions
     /// default to allow.
-    pub fn allow_all() -> Authorizer {
-        Authorizer {
+    pub fn allow_all() -> AclAuthorizer {
+        AclAuthorizer {
             inner: Inner::AllowAll,
             accessor_id: None,
         }
@@ -178,7 +178,7 @@ impl Authorizer {
     /// lookup then takes the exact rule, else the longest matching prefix rule, else the
     /// default. The default never grants `acl:*`: in Consul only a rule (or disabled ACLs)
     /// gives access to the ACL system itself.
-    pub fn from_rules<'a, I>(default: AclDefaultPolicy, policies: I) -> Authorizer
+    pub fn from_rules<'a, I>(default: AclDefaultPolicy, policies: I) -> AclAuthorizer
     where
         I: IntoIterator<Item = &'a PolicyRules>,
     {
@@ -186,14 +186,14 @@ impl Authorizer {
         for policy in policies {
             rules.merge(policy);
         }
-        Authorizer {
+        AclAuthorizer {
             inner: Inner::Rules { rules, default },
             accessor_id: None,
         }
     }
 
     /// Records which token this authorizer belongs to, so denials can name it.
-    pub fn with_accessor_id(mut self, accessor_id: impl Into<String>) -> Authorizer {
+    pub fn with_accessor_id(mut self, accessor_id: impl Into<String>) -> AclAuthorizer {
         self.accessor_id = Some(accessor_id.into());
         self
     }
@@ -211,7 +211,7 @@ impl Authorizer {
         }
     }
 
-    /// Like [`Authorizer::allows`], but a denial is the error to return to the client.
+    /// Like [`AclAuthorizer::allows`], but a denial is the error to return to the client.
     ///
     /// # Errors
     ///
@@ -357,8 +357,8 @@ fn decide(rules: &PolicyRules, default: AclDefaultPolicy, permission: Permission
 mod tests {
     use super::*;
 
-    fn authz(default: AclDefaultPolicy, text: &str) -> Authorizer {
-        Authorizer::from_rules(default, [&PolicyRules::parse(text).unwrap()])
+    fn authz(default: AclDefaultPolicy, text: &str) -> AclAuthorizer {
+        AclAuthorizer::from_rules(default, [&PolicyRules::parse(text).unwrap()])
     }
 
     #[test]
@@ -515,16 +515,16 @@ mod tests {
         let p1 = PolicyRules::parse(r#"service "web" { policy = "write" }"#).unwrap();
         let p2 = PolicyRules::parse(r#"service "web" { policy = "deny" }"#).unwrap();
         let p3 = PolicyRules::parse(r#"service "db" { policy = "write" }"#).unwrap();
-        let a = Authorizer::from_rules(AclDefaultPolicy::Allow, [&p1, &p2, &p3]);
+        let a = AclAuthorizer::from_rules(AclDefaultPolicy::Allow, [&p1, &p2, &p3]);
         assert!(!a.service_read("web"));
         assert!(a.service_write("db"));
-        let b = Authorizer::from_rules(AclDefaultPolicy::Deny, [&p3, &p1]);
+        let b = AclAuthorizer::from_rules(AclDefaultPolicy::Deny, [&p3, &p1]);
         assert!(b.service_write("web") && b.service_write("db"));
     }
 
     #[test]
     fn allow_all_allows_everything() {
-        let a = Authorizer::allow_all();
+        let a = AclAuthorizer::allow_all();
         assert!(a.service_write("x") && a.intention_write("x") && a.node_write("x"));
         assert!(a.operator_write() && a.mesh_write() && a.acl_write());
         assert!(a.intention_default_allow());

@@ -1,7 +1,7 @@
 //! An in-memory ACL store: tokens and policies, bootstrap, and token resolution.
 //!
 //! The maps live in [`Tables`], which knows nothing about rules; compiling rules into an
-//! [`Authorizer`] happens in `authorizer.rs`. That split is deliberate: a later state store
+//! [`AclAuthorizer`] happens in `authorizer.rs`. That split is deliberate: a later state store
 //! replaces `Tables` (persistence, replication, blocking queries) without touching the
 //! semantics of a rule.
 
@@ -10,9 +10,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::{
-    ANONYMOUS_TOKEN_ACCESSOR_ID, ANONYMOUS_TOKEN_SECRET_ID, AclDefaultPolicy, AclError, Authorizer,
-    GLOBAL_MANAGEMENT_POLICY_ID, GLOBAL_MANAGEMENT_POLICY_NAME, GLOBAL_MANAGEMENT_RULES, Policy,
-    PolicyLink, PolicyRules, RESERVED_ID_PREFIX, Token,
+    ANONYMOUS_TOKEN_ACCESSOR_ID, ANONYMOUS_TOKEN_SECRET_ID, AclAuthorizer, AclDefaultPolicy,
+    AclError, GLOBAL_MANAGEMENT_POLICY_ID, GLOBAL_MANAGEMENT_POLICY_NAME, GLOBAL_MANAGEMENT_RULES,
+    Policy, PolicyLink, PolicyRules, RESERVED_ID_PREFIX, Token,
 };
 
 /// How the ACL system is configured.
@@ -52,7 +52,7 @@ pub struct AclStore {
     tables: RwLock<Tables>,
     /// Compiled authorizers by AccessorID (not by secret, to keep secrets in one map only).
     /// Lock order: `tables` first, then this.
-    authorizers: Mutex<HashMap<String, Arc<Authorizer>>>,
+    authorizers: Mutex<HashMap<String, Arc<AclAuthorizer>>>,
 }
 
 impl fmt::Debug for AclStore {
@@ -335,7 +335,7 @@ impl AclStore {
         tables
     }
 
-    fn cache(&self) -> MutexGuard<'_, HashMap<String, Arc<Authorizer>>> {
+    fn cache(&self) -> MutexGuard<'_, HashMap<String, Arc<AclAuthorizer>>> {
         self.authorizers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -397,7 +397,7 @@ impl AclStore {
     ///
     /// [`AclError::NotFound`] if no token has this secret; rule errors only if a stored
     /// policy no longer parses, which validation on write prevents.
-    pub fn resolve(&self, secret_id: Option<&str>) -> Result<Arc<Authorizer>, AclError> {
+    pub fn resolve(&self, secret_id: Option<&str>) -> Result<Arc<AclAuthorizer>, AclError> {
         let tables = self.read();
         let accessor = match secret_id {
             None | Some("") => ANONYMOUS_TOKEN_ACCESSOR_ID,
@@ -415,7 +415,7 @@ impl AclStore {
         Ok(authorizer)
     }
 
-    fn compile(&self, tables: &Tables, token: &Token) -> Result<Authorizer, AclError> {
+    fn compile(&self, tables: &Tables, token: &Token) -> Result<AclAuthorizer, AclError> {
         let mut rules = Vec::with_capacity(token.policies.len());
         for link in &token.policies {
             // A link to a deleted policy grants nothing; Consul skips it the same way.
@@ -430,8 +430,10 @@ impl AclStore {
             }
             rules.push(PolicyRules::parse(&policy.rules)?);
         }
-        Ok(Authorizer::from_rules(self.config.default_policy, &rules)
-            .with_accessor_id(token.accessor_id.clone()))
+        Ok(
+            AclAuthorizer::from_rules(self.config.default_policy, &rules)
+                .with_accessor_id(token.accessor_id.clone()),
+        )
     }
 
     /// Creates a token. Empty AccessorID or SecretID are generated; given ones must be
@@ -749,7 +751,7 @@ mod tests {
             .unwrap()
     }
 
-    fn assert_management(authz: &Authorizer) {
+    fn assert_management(authz: &AclAuthorizer) {
         for name in ["web", "db", "", "anything-at-all"] {
             assert!(authz.service_read(name) && authz.service_write(name));
             assert!(authz.intention_read(name) && authz.intention_write(name));

@@ -16,7 +16,7 @@ use std::time::Duration;
 pub use intentions::{ServiceName, parse_service_name};
 pub use limiter::{CSR_LIMIT_WAIT, CsrLimiter, Permit};
 
-use crate::acl::{AclStore, Authorizer};
+use crate::acl::{AclAuthorizer, AclStore};
 use crate::ca::{CaConfiguration, CaManager};
 use crate::intentions::{DefaultPolicy, IntentionAction, IntentionIndex, SharedIntentionIndex};
 use crate::state::{Store, Table};
@@ -213,9 +213,9 @@ impl Server {
 
     /// The authorizer for a request's token: everything allowed when ACLs are off; the
     /// anonymous token when the request has none.
-    pub fn authorizer(&self, token: Option<&str>) -> Result<Arc<Authorizer>, Error> {
+    pub fn authorizer(&self, token: Option<&str>) -> Result<Arc<AclAuthorizer>, Error> {
         if !self.inner.config.acl_enabled {
-            return Ok(Arc::new(Authorizer::allow_all()));
+            return Ok(Arc::new(AclAuthorizer::allow_all()));
         }
         Ok(self.inner.acl.resolve(token.filter(|t| !t.is_empty()))?)
     }
