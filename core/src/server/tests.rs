@@ -7,7 +7,8 @@ use super::*;
 use crate::ca::{CaConfiguration, RotationOutcome, SignPolicy, generate_leaf_request};
 use crate::catalog::ServiceRegistration;
 use crate::intentions::{Intention, IntentionAction, MatchType};
-use crate::{ErrorKind, ManualClock};
+use crate::state::Table;
+use crate::{ErrorKind, ManualClock, SharedClock};
 
 fn clock() -> SharedClock {
     Arc::new(ManualClock::new(
