@@ -80,7 +80,7 @@ pub struct AclFileConfig {
     /// `acl.enabled`.
     pub enabled: Option<bool>,
     /// `acl.default_policy`: `allow` or `deny`.
-    pub default_policy: Option<crate::acl::DefaultPolicy>,
+    pub default_policy: Option<crate::acl::AclDefaultPolicy>,
     /// `acl.tokens.initial_management` (or the legacy `acl.tokens.master`).
     pub initial_management: Option<String>,
 }
@@ -358,8 +358,8 @@ impl AgentConfigFile {
                 "enabled" => self.acl.enabled = Some(boolean(&name, &v)?),
                 "default_policy" => {
                     self.acl.default_policy = Some(match string(&name, &v)?.as_str() {
-                        "allow" => crate::acl::DefaultPolicy::Allow,
-                        "deny" => crate::acl::DefaultPolicy::Deny,
+                        "allow" => crate::acl::AclDefaultPolicy::Allow,
+                        "deny" => crate::acl::AclDefaultPolicy::Deny,
                         other => {
                             return Err(invalid(format!(
                                 "{name}: must be \"allow\" or \"deny\", got {other:?}"
@@ -532,7 +532,10 @@ mod tests {
         assert_eq!(c.http_port, Some(8600));
         assert_eq!(c.https_port, Some(8601));
         assert_eq!(c.acl.enabled, Some(true));
-        assert_eq!(c.acl.default_policy, Some(crate::acl::DefaultPolicy::Deny));
+        assert_eq!(
+            c.acl.default_policy,
+            Some(crate::acl::AclDefaultPolicy::Deny)
+        );
         assert_eq!(c.acl.initial_management.as_deref(), Some("s3cr3t"));
         assert_eq!(c.connect.ca_provider.as_deref(), Some("consul"));
         let ca = c.connect.ca_config.clone().unwrap();
@@ -623,7 +626,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.acl.enabled, Some(true));
-        assert_eq!(c.acl.default_policy, Some(crate::acl::DefaultPolicy::Deny));
+        assert_eq!(
+            c.acl.default_policy,
+            Some(crate::acl::AclDefaultPolicy::Deny)
+        );
     }
 
     #[test]

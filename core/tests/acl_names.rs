@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use connect_core::acl::DefaultPolicy;
+use connect_core::acl::AclDefaultPolicy;
 use connect_core::agent::{Agent, AgentConfig};
 use connect_core::ca::{SignPolicy, generate_leaf_request};
 use connect_core::catalog::{HealthCheck, HealthStatus, ServiceRegistration};
@@ -25,7 +25,7 @@ const ROOT: &str = "b0d7a1c6-1111-4222-8333-944445555666";
 fn acl_config() -> ServerConfig {
     let mut c = ServerConfig::dev();
     c.acl_enabled = true;
-    c.acl_default_policy = DefaultPolicy::Deny;
+    c.acl_default_policy = AclDefaultPolicy::Deny;
     c.acl_initial_management_token = Some(ROOT.into());
     c.default_intention_policy = None;
     c

@@ -302,7 +302,7 @@ async fn a_declared_oversized_body_is_refused_at_once() {
 async fn acl_enforcement_over_http() {
     let mut cfg = ServerConfig::dev();
     cfg.acl_enabled = true;
-    cfg.acl_default_policy = connect_core::acl::DefaultPolicy::Deny;
+    cfg.acl_default_policy = connect_core::acl::AclDefaultPolicy::Deny;
     cfg.acl_initial_management_token = Some("root".into());
     let (c, addr) = start(cfg).await;
     let http = raw_client();

@@ -48,8 +48,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<service::Service>()?;
     m.add_class::<service::Subscription>()?;
     m.add_class::<service::Authorization>()?;
-    m.add_class::<net::Listener>()?;
-    m.add_class::<net::Connection>()?;
+    m.add_class::<net::PyListener>()?;
+    m.add_class::<net::PyConnection>()?;
     m.add_function(wrap_pyfunction!(_error_table, m)?)?;
     m.add_function(wrap_pyfunction!(_raise_error, m)?)?;
     m.add_function(wrap_pyfunction!(_exception_classes, m)?)?;

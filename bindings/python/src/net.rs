@@ -37,15 +37,15 @@ fn io_error(e: &std::io::Error) -> Error {
 
 /// Accepts mutual-TLS connections that passed verification and the intention check.
 #[pyclass(frozen, module = "libconnect", name = "Listener")]
-pub(crate) struct Listener {
+pub(crate) struct PyListener {
     inner: AsyncMutex<Option<tls::Listener>>,
     address: SocketAddr,
     closed: CloseSignal,
 }
 
-impl Listener {
-    pub(crate) fn new(l: tls::Listener) -> Listener {
-        Listener {
+impl PyListener {
+    pub(crate) fn new(l: tls::Listener) -> PyListener {
+        PyListener {
             address: l.local_addr(),
             inner: AsyncMutex::new(Some(l)),
             closed: CloseSignal::new("the listener is closed"),
@@ -54,7 +54,7 @@ impl Listener {
 }
 
 #[pymethods]
-impl Listener {
+impl PyListener {
     #[getter]
     fn address(&self) -> (String, u16) {
         (self.address.ip().to_string(), self.address.port())
@@ -66,14 +66,14 @@ impl Listener {
     }
 
     #[pyo3(signature = (timeout=None))]
-    fn accept(&self, py: Python<'_>, timeout: Option<f64>) -> Result<Connection> {
+    fn accept(&self, py: Python<'_>, timeout: Option<f64>) -> Result<PyConnection> {
         let limit = runtime::timeout(timeout)?;
         let conn = wait_or_close(py, limit, "accept", &self.closed, async {
             let mut guard = self.inner.lock().await;
             let l = guard.as_mut().ok_or_else(|| closed("listener"))?;
             Ok(l.accept().await?)
         })?;
-        Ok(Connection::new(conn))
+        Ok(PyConnection::new(conn))
     }
 
     fn close(&self, py: Python<'_>) -> Result<()> {
@@ -120,7 +120,7 @@ const MAX_RECV: usize = 1 << 20;
 /// An authenticated mutual-TLS connection, used like a blocking socket. One thread may read
 /// while another writes.
 #[pyclass(frozen, module = "libconnect", name = "Connection")]
-pub(crate) struct Connection {
+pub(crate) struct PyConnection {
     reader: AsyncMutex<Option<ReadHalf<tls::Connection>>>,
     writer: AsyncMutex<Option<WriteHalf<tls::Connection>>>,
     closed: CloseSignal,
@@ -136,8 +136,8 @@ fn pair(a: Option<SocketAddr>) -> Option<(String, u16)> {
     a.map(|a| (a.ip().to_string(), a.port()))
 }
 
-impl Connection {
-    pub(crate) fn new(c: tls::Connection) -> Connection {
+impl PyConnection {
+    pub(crate) fn new(c: tls::Connection) -> PyConnection {
         let peer_id = c.peer_id().to_string();
         let peer_certificate = c
             .peer_certificates()
@@ -148,7 +148,7 @@ impl Connection {
         let local_address = c.local_addr().ok();
         let resumed = c.is_resumed();
         let (r, w) = tokio::io::split(c);
-        Connection {
+        PyConnection {
             reader: AsyncMutex::new(Some(r)),
             writer: AsyncMutex::new(Some(w)),
             closed: CloseSignal::new("the connection is closed"),
@@ -182,7 +182,7 @@ impl Connection {
 }
 
 #[pymethods]
-impl Connection {
+impl PyConnection {
     #[getter]
     fn peer_id(&self) -> &str {
         &self.peer_id

@@ -14,7 +14,7 @@ use connect_core::blocking::{Call, CloseSignal};
 use connect_core::tls::PeerInput;
 
 use crate::errors::{Result, closed, error, invalid};
-use crate::net::{Addr, Connection, Listener};
+use crate::net::{Addr, PyConnection, PyListener};
 use crate::runtime::{self, FOREVER, wait};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -200,7 +200,7 @@ impl Service {
     }
 
     #[pyo3(signature = (addr=Addr::default()), text_signature = "(self, /, addr='127.0.0.1:0')")]
-    fn listen(&self, py: Python<'_>, addr: Addr) -> Result<Listener> {
+    fn listen(&self, py: Python<'_>, addr: Addr) -> Result<PyListener> {
         let svc = self.get()?;
         let l = wait(py, None, "listen", async move {
             Ok(match addr {
@@ -208,16 +208,16 @@ impl Service {
                 Addr::Pair(h, p) => svc.listen((h, p)).await?,
             })
         })?;
-        Ok(Listener::new(l))
+        Ok(PyListener::new(l))
     }
 
     #[pyo3(signature = (target, timeout=None))]
-    fn dial(&self, py: Python<'_>, target: &str, timeout: Option<f64>) -> Result<Connection> {
+    fn dial(&self, py: Python<'_>, target: &str, timeout: Option<f64>) -> Result<PyConnection> {
         let svc = self.get()?;
         let c = wait(py, runtime::timeout(timeout)?, "dial", async move {
             Ok(svc.dial(target).await?)
         })?;
-        Ok(Connection::new(c))
+        Ok(PyConnection::new(c))
     }
 
     #[pyo3(signature = (addr, target, timeout=None))]
@@ -227,7 +227,7 @@ impl Service {
         addr: Addr,
         target: &str,
         timeout: Option<f64>,
-    ) -> Result<Connection> {
+    ) -> Result<PyConnection> {
         let svc = self.get()?;
         let c = wait(py, runtime::timeout(timeout)?, "dial_addr", async move {
             Ok(match addr {
@@ -235,7 +235,7 @@ impl Service {
                 Addr::Pair(h, p) => svc.dial_addr((h, p), target).await?,
             })
         })?;
-        Ok(Connection::new(c))
+        Ok(PyConnection::new(c))
     }
 
     fn resolve(&self, py: Python<'_>, target: &str) -> Result<Vec<(String, u16)>> {

@@ -1,6 +1,6 @@
 //! Authorizers: the answer to "may this token do X to Y".
 //!
-//! An [`Authorizer`] is compiled from the merged rules of a token's policies plus the ACL
+//! An [`AclAuthorizer`] is compiled from the merged rules of a token's policies plus the ACL
 //! default policy. It holds no reference to any store, so the same logic serves the in-memory
 //! [`AclStore`](super::AclStore) today and a replicated state store later.
 
@@ -13,7 +13,7 @@ use super::{AccessLevel, AclError, PolicyRules};
 /// The ACL `default_policy`: what happens when no rule speaks about a resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
-pub enum DefaultPolicy {
+pub enum AclDefaultPolicy {
     /// Allow what no rule covers (Consul's default, for gradual rollout).
     #[default]
     Allow,
@@ -21,33 +21,33 @@ pub enum DefaultPolicy {
     Deny,
 }
 
-impl DefaultPolicy {
+impl AclDefaultPolicy {
     /// The configuration spelling: `"allow"` or `"deny"`.
     pub const fn as_str(self) -> &'static str {
         match self {
-            DefaultPolicy::Allow => "allow",
-            DefaultPolicy::Deny => "deny",
+            AclDefaultPolicy::Allow => "allow",
+            AclDefaultPolicy::Deny => "deny",
         }
     }
 
     const fn allows(self) -> bool {
-        matches!(self, DefaultPolicy::Allow)
+        matches!(self, AclDefaultPolicy::Allow)
     }
 }
 
-impl fmt::Display for DefaultPolicy {
+impl fmt::Display for AclDefaultPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl FromStr for DefaultPolicy {
+impl FromStr for AclDefaultPolicy {
     type Err = AclError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "allow" => Ok(DefaultPolicy::Allow),
-            "deny" => Ok(DefaultPolicy::Deny),
+            "allow" => Ok(AclDefaultPolicy::Allow),
+            "deny" => Ok(AclDefaultPolicy::Deny),
             other => Err(AclError::invalid_rule(
                 "default_policy",
                 format!("{other:?} is not \"allow\" or \"deny\""),
@@ -144,10 +144,10 @@ impl fmt::Display for Permission<'_> {
 
 /// Decides permissions for one token.
 ///
-/// Cheap to share: the store hands out `Arc<Authorizer>` and callers check as many
+/// Cheap to share: the store hands out `Arc<AclAuthorizer>` and callers check as many
 /// permissions as a request needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authorizer {
+pub struct AclAuthorizer {
     inner: Inner,
     accessor_id: Option<String>,
 }
@@ -158,15 +158,15 @@ enum Inner {
     AllowAll,
     Rules {
         rules: PolicyRules,
-        default: DefaultPolicy,
+        default: AclDefaultPolicy,
     },
 }
 
-impl Authorizer {
+impl AclAuthorizer {
     /// The authorizer used when ACLs are disabled: every permission is granted and intentions
     /// default to allow.
-    pub fn allow_all() -> Authorizer {
-        Authorizer {
+    pub fn allow_all() -> AclAuthorizer {
+        AclAuthorizer {
             inner: Inner::AllowAll,
             accessor_id: None,
         }
@@ -178,7 +178,7 @@ impl Authorizer {
     /// lookup then takes the exact rule, else the longest matching prefix rule, else the
     /// default. The default never grants `acl:*`: in Consul only a rule (or disabled ACLs)
     /// gives access to the ACL system itself.
-    pub fn from_rules<'a, I>(default: DefaultPolicy, policies: I) -> Authorizer
+    pub fn from_rules<'a, I>(default: AclDefaultPolicy, policies: I) -> AclAuthorizer
     where
         I: IntoIterator<Item = &'a PolicyRules>,
     {
@@ -186,14 +186,14 @@ impl Authorizer {
         for policy in policies {
             rules.merge(policy);
         }
-        Authorizer {
+        AclAuthorizer {
             inner: Inner::Rules { rules, default },
             accessor_id: None,
         }
     }
 
     /// Records which token this authorizer belongs to, so denials can name it.
-    pub fn with_accessor_id(mut self, accessor_id: impl Into<String>) -> Authorizer {
+    pub fn with_accessor_id(mut self, accessor_id: impl Into<String>) -> AclAuthorizer {
         self.accessor_id = Some(accessor_id.into());
         self
     }
@@ -211,7 +211,7 @@ impl Authorizer {
         }
     }
 
-    /// Like [`Authorizer::allows`], but a denial is the error to return to the client.
+    /// Like [`AclAuthorizer::allows`], but a denial is the error to return to the client.
     ///
     /// # Errors
     ///
@@ -329,7 +329,7 @@ fn lookup<'r, T>(
     })
 }
 
-fn decide(rules: &PolicyRules, default: DefaultPolicy, permission: Permission<'_>) -> bool {
+fn decide(rules: &PolicyRules, default: AclDefaultPolicy, permission: Permission<'_>) -> bool {
     let need = permission.access();
     let or_default =
         |level: Option<AccessLevel>| level.map_or(default.allows(), |l| l.grants(need));
@@ -357,14 +357,14 @@ fn decide(rules: &PolicyRules, default: DefaultPolicy, permission: Permission<'_
 mod tests {
     use super::*;
 
-    fn authz(default: DefaultPolicy, text: &str) -> Authorizer {
-        Authorizer::from_rules(default, [&PolicyRules::parse(text).unwrap()])
+    fn authz(default: AclDefaultPolicy, text: &str) -> AclAuthorizer {
+        AclAuthorizer::from_rules(default, [&PolicyRules::parse(text).unwrap()])
     }
 
     #[test]
     fn exact_beats_prefix_and_longest_prefix_wins() {
         let a = authz(
-            DefaultPolicy::Deny,
+            AclDefaultPolicy::Deny,
             r#"
             service_prefix "" { policy = "read" }
             service_prefix "api" { policy = "write" }
@@ -383,7 +383,7 @@ mod tests {
         assert!(!a.service_read("api"));
         // A deny on a broader prefix does not override a more specific grant.
         let b = authz(
-            DefaultPolicy::Allow,
+            AclDefaultPolicy::Allow,
             r#"
             service_prefix "" { policy = "deny" }
             service_prefix "web" { policy = "write" }
@@ -396,7 +396,7 @@ mod tests {
     #[test]
     fn prefixes_respect_utf8_boundaries() {
         let a = authz(
-            DefaultPolicy::Deny,
+            AclDefaultPolicy::Deny,
             r#"service_prefix "caf" { policy = "read" }"#,
         );
         assert!(a.service_read("café"));
@@ -406,8 +406,8 @@ mod tests {
     #[test]
     fn default_policy_covers_what_no_rule_does() {
         let text = r#"service "web" { policy = "read" }"#;
-        let allow = authz(DefaultPolicy::Allow, text);
-        let deny = authz(DefaultPolicy::Deny, text);
+        let allow = authz(AclDefaultPolicy::Allow, text);
+        let deny = authz(AclDefaultPolicy::Deny, text);
         assert!(allow.service_write("db") && allow.node_write("n") && allow.operator_write());
         assert!(allow.mesh_write() && allow.intention_write("db"));
         assert!(!deny.service_read("db") && !deny.node_read("n") && !deny.operator_read());
@@ -423,7 +423,7 @@ mod tests {
     #[test]
     fn intentions_implied_by_service_policy() {
         let a = authz(
-            DefaultPolicy::Allow,
+            AclDefaultPolicy::Allow,
             r#"
             service "read" { policy = "read" }
             service "write" { policy = "write" }
@@ -453,7 +453,7 @@ mod tests {
     #[test]
     fn nodes_operator_mesh_acl() {
         let a = authz(
-            DefaultPolicy::Deny,
+            AclDefaultPolicy::Deny,
             r#"
             node_prefix "" { policy = "read" }
             node "gw" { policy = "write" }
@@ -466,16 +466,22 @@ mod tests {
         // mesh falls back to operator.
         assert!(a.mesh_read() && !a.mesh_write());
         assert!(a.acl_read() && a.acl_write());
-        let b = authz(DefaultPolicy::Deny, "operator = \"read\"\nmesh = \"write\"");
+        let b = authz(
+            AclDefaultPolicy::Deny,
+            "operator = \"read\"\nmesh = \"write\"",
+        );
         assert!(b.mesh_write() && !b.operator_write());
-        let c = authz(DefaultPolicy::Allow, "operator = \"deny\"\nacl = \"read\"");
+        let c = authz(
+            AclDefaultPolicy::Allow,
+            "operator = \"deny\"\nacl = \"read\"",
+        );
         assert!(!c.mesh_read() && c.acl_read() && !c.acl_write());
     }
 
     #[test]
     fn agent_rules_follow_node_precedence() {
         let a = authz(
-            DefaultPolicy::Deny,
+            AclDefaultPolicy::Deny,
             r#"
             agent_prefix "" { policy = "read" }
             agent_prefix "edge-" { policy = "write" }
@@ -488,14 +494,14 @@ mod tests {
         // Agent rules are their own resource: node rules do not grant them, nor they nodes.
         assert!(!a.node_read("node-1"));
         let n = authz(
-            DefaultPolicy::Deny,
+            AclDefaultPolicy::Deny,
             r#"node_prefix "" { policy = "write" }"#,
         );
         assert!(!n.agent_read("node-1"));
         // No rule: the default policy decides.
-        assert!(authz(DefaultPolicy::Allow, "").agent_read("node-1"));
-        assert!(!authz(DefaultPolicy::Deny, "").agent_read("node-1"));
-        let err = authz(DefaultPolicy::Deny, "")
+        assert!(authz(AclDefaultPolicy::Allow, "").agent_read("node-1"));
+        assert!(!authz(AclDefaultPolicy::Deny, "").agent_read("node-1"));
+        let err = authz(AclDefaultPolicy::Deny, "")
             .require(Permission::AgentRead("node-1"))
             .unwrap_err();
         assert_eq!(
@@ -509,16 +515,16 @@ mod tests {
         let p1 = PolicyRules::parse(r#"service "web" { policy = "write" }"#).unwrap();
         let p2 = PolicyRules::parse(r#"service "web" { policy = "deny" }"#).unwrap();
         let p3 = PolicyRules::parse(r#"service "db" { policy = "write" }"#).unwrap();
-        let a = Authorizer::from_rules(DefaultPolicy::Allow, [&p1, &p2, &p3]);
+        let a = AclAuthorizer::from_rules(AclDefaultPolicy::Allow, [&p1, &p2, &p3]);
         assert!(!a.service_read("web"));
         assert!(a.service_write("db"));
-        let b = Authorizer::from_rules(DefaultPolicy::Deny, [&p3, &p1]);
+        let b = AclAuthorizer::from_rules(AclDefaultPolicy::Deny, [&p3, &p1]);
         assert!(b.service_write("web") && b.service_write("db"));
     }
 
     #[test]
     fn allow_all_allows_everything() {
-        let a = Authorizer::allow_all();
+        let a = AclAuthorizer::allow_all();
         assert!(a.service_write("x") && a.intention_write("x") && a.node_write("x"));
         assert!(a.operator_write() && a.mesh_write() && a.acl_write());
         assert!(a.intention_default_allow());
@@ -527,14 +533,14 @@ mod tests {
 
     #[test]
     fn require_names_accessor_and_permission() {
-        let a = authz(DefaultPolicy::Deny, "").with_accessor_id("acc-1");
+        let a = authz(AclDefaultPolicy::Deny, "").with_accessor_id("acc-1");
         let err = a.require(Permission::ServiceWrite("web")).unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::PermissionDenied);
         assert_eq!(
             err.to_string(),
             "Permission denied: token with AccessorID 'acc-1' lacks permission 'service:write' on web"
         );
-        let err = authz(DefaultPolicy::Deny, "")
+        let err = authz(AclDefaultPolicy::Deny, "")
             .require(Permission::OperatorRead)
             .unwrap_err();
         assert_eq!(
@@ -550,14 +556,14 @@ mod tests {
     #[test]
     fn default_policy_parses() {
         assert_eq!(
-            "deny".parse::<DefaultPolicy>().unwrap(),
-            DefaultPolicy::Deny
+            "deny".parse::<AclDefaultPolicy>().unwrap(),
+            AclDefaultPolicy::Deny
         );
         assert_eq!(
-            "allow".parse::<DefaultPolicy>().unwrap(),
-            DefaultPolicy::Allow
+            "allow".parse::<AclDefaultPolicy>().unwrap(),
+            AclDefaultPolicy::Allow
         );
-        assert!("extend-cache".parse::<DefaultPolicy>().is_err());
-        assert_eq!(DefaultPolicy::default(), DefaultPolicy::Allow);
+        assert!("extend-cache".parse::<AclDefaultPolicy>().is_err());
+        assert_eq!(AclDefaultPolicy::default(), AclDefaultPolicy::Allow);
     }
 }

@@ -1,9 +1,9 @@
 //! ACLs, as in Consul: tokens, policies and their rule language, authorizers, and a store.
 //!
 //! A request's token (the `X-Consul-Token` header, or none) resolves through an
-//! [`AclStore`] to an [`Authorizer`], which answers permission questions such as
+//! [`AclStore`] to an [`AclAuthorizer`], which answers permission questions such as
 //! `service:write` on `web`. Denials are [`AclError::PermissionDenied`], shown to clients as
-//! `Permission denied` (HTTP 403). When ACLs are disabled, use [`Authorizer::allow_all`].
+//! `Permission denied` (HTTP 403). When ACLs are disabled, use [`AclAuthorizer::allow_all`].
 //!
 //! Rules are written in HCL or JSON; see [`PolicyRules`] for the supported resources and
 //! their precedence.
@@ -14,7 +14,7 @@ mod model;
 mod rules;
 mod store;
 
-pub use authorizer::{Authorizer, DefaultPolicy, Permission};
+pub use authorizer::{AclAuthorizer, AclDefaultPolicy, Permission};
 pub use error::AclError;
 pub use model::{
     ANONYMOUS_TOKEN_ACCESSOR_ID, ANONYMOUS_TOKEN_SECRET_ID, GLOBAL_MANAGEMENT_POLICY_ID,

@@ -129,7 +129,7 @@ impl ServiceRule {
 /// in one text or across merged policies — keeps the higher of the two by Consul's merge order
 /// (deny, write, read).
 ///
-/// When an [`Authorizer`](super::Authorizer) looks a name up, the most specific rule decides:
+/// When an [`AclAuthorizer`](super::AclAuthorizer) looks a name up, the most specific rule decides:
 /// an exact rule, else the longest matching prefix rule, else the ACL default policy. A deny
 /// on a broader prefix therefore does not take back what a narrower rule grants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! An in-memory ACL store: tokens and policies, bootstrap, and token resolution.
 //!
 //! The maps live in [`Tables`], which knows nothing about rules; compiling rules into an
-//! [`Authorizer`] happens in `authorizer.rs`. That split is deliberate: a later state store
+//! [`AclAuthorizer`] happens in `authorizer.rs`. That split is deliberate: a later state store
 //! replaces `Tables` (persistence, replication, blocking queries) without touching the
 //! semantics of a rule.
 
@@ -10,9 +10,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::{
-    ANONYMOUS_TOKEN_ACCESSOR_ID, ANONYMOUS_TOKEN_SECRET_ID, AclError, Authorizer, DefaultPolicy,
-    GLOBAL_MANAGEMENT_POLICY_ID, GLOBAL_MANAGEMENT_POLICY_NAME, GLOBAL_MANAGEMENT_RULES, Policy,
-    PolicyLink, PolicyRules, RESERVED_ID_PREFIX, Token,
+    ANONYMOUS_TOKEN_ACCESSOR_ID, ANONYMOUS_TOKEN_SECRET_ID, AclAuthorizer, AclDefaultPolicy,
+    AclError, GLOBAL_MANAGEMENT_POLICY_ID, GLOBAL_MANAGEMENT_POLICY_NAME, GLOBAL_MANAGEMENT_RULES,
+    Policy, PolicyLink, PolicyRules, RESERVED_ID_PREFIX, Token,
 };
 
 /// How the ACL system is configured.
@@ -20,7 +20,7 @@ use super::{
 #[non_exhaustive]
 pub struct AclConfig {
     /// What applies where no rule does. Consul's default is `allow`.
-    pub default_policy: DefaultPolicy,
+    pub default_policy: AclDefaultPolicy,
     /// The local datacenter. When set, policies limited to other datacenters are ignored when
     /// resolving tokens; when unset, every policy applies.
     pub datacenter: Option<String>,
@@ -28,7 +28,7 @@ pub struct AclConfig {
 
 impl AclConfig {
     /// A configuration with this default policy and no datacenter.
-    pub fn new(default_policy: DefaultPolicy) -> AclConfig {
+    pub fn new(default_policy: AclDefaultPolicy) -> AclConfig {
         AclConfig {
             default_policy,
             datacenter: None,
@@ -52,7 +52,7 @@ pub struct AclStore {
     tables: RwLock<Tables>,
     /// Compiled authorizers by AccessorID (not by secret, to keep secrets in one map only).
     /// Lock order: `tables` first, then this.
-    authorizers: Mutex<HashMap<String, Arc<Authorizer>>>,
+    authorizers: Mutex<HashMap<String, Arc<AclAuthorizer>>>,
 }
 
 impl fmt::Debug for AclStore {
@@ -335,7 +335,7 @@ impl AclStore {
         tables
     }
 
-    fn cache(&self) -> MutexGuard<'_, HashMap<String, Arc<Authorizer>>> {
+    fn cache(&self) -> MutexGuard<'_, HashMap<String, Arc<AclAuthorizer>>> {
         self.authorizers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -397,7 +397,7 @@ impl AclStore {
     ///
     /// [`AclError::NotFound`] if no token has this secret; rule errors only if a stored
     /// policy no longer parses, which validation on write prevents.
-    pub fn resolve(&self, secret_id: Option<&str>) -> Result<Arc<Authorizer>, AclError> {
+    pub fn resolve(&self, secret_id: Option<&str>) -> Result<Arc<AclAuthorizer>, AclError> {
         let tables = self.read();
         let accessor = match secret_id {
             None | Some("") => ANONYMOUS_TOKEN_ACCESSOR_ID,
@@ -415,7 +415,7 @@ impl AclStore {
         Ok(authorizer)
     }
 
-    fn compile(&self, tables: &Tables, token: &Token) -> Result<Authorizer, AclError> {
+    fn compile(&self, tables: &Tables, token: &Token) -> Result<AclAuthorizer, AclError> {
         let mut rules = Vec::with_capacity(token.policies.len());
         for link in &token.policies {
             // A link to a deleted policy grants nothing; Consul skips it the same way.
@@ -430,8 +430,10 @@ impl AclStore {
             }
             rules.push(PolicyRules::parse(&policy.rules)?);
         }
-        Ok(Authorizer::from_rules(self.config.default_policy, &rules)
-            .with_accessor_id(token.accessor_id.clone()))
+        Ok(
+            AclAuthorizer::from_rules(self.config.default_policy, &rules)
+                .with_accessor_id(token.accessor_id.clone()),
+        )
     }
 
     /// Creates a token. Empty AccessorID or SecretID are generated; given ones must be
@@ -731,7 +733,7 @@ mod tests {
     const SECRET: &str = "3f8a9b3c-5d6e-4f70-8192-a3b4c5d6e7f8";
     const OTHER_SECRET: &str = "c0ffee00-1234-4abc-8def-0123456789ab";
 
-    fn store(default: DefaultPolicy) -> AclStore {
+    fn store(default: AclDefaultPolicy) -> AclStore {
         AclStore::new(AclConfig::new(default))
     }
 
@@ -749,7 +751,7 @@ mod tests {
             .unwrap()
     }
 
-    fn assert_management(authz: &Authorizer) {
+    fn assert_management(authz: &AclAuthorizer) {
         for name in ["web", "db", "", "anything-at-all"] {
             assert!(authz.service_read(name) && authz.service_write(name));
             assert!(authz.intention_read(name) && authz.intention_write(name));
@@ -762,7 +764,7 @@ mod tests {
 
     #[test]
     fn new_store_has_the_builtins() {
-        let s = store(DefaultPolicy::Deny);
+        let s = store(AclDefaultPolicy::Deny);
         let anon = s.read_token(ANONYMOUS_TOKEN_ACCESSOR_ID).unwrap();
         assert_eq!(anon.secret_id, ANONYMOUS_TOKEN_SECRET_ID);
         assert!(anon.policies.is_empty());
@@ -776,7 +778,7 @@ mod tests {
 
     #[test]
     fn bootstrap_once_then_refused() {
-        let s = store(DefaultPolicy::Deny);
+        let s = store(AclDefaultPolicy::Deny);
         let token = s.bootstrap().unwrap();
         assert!(is_uuid(&token.secret_id) && is_uuid(&token.accessor_id));
         assert_eq!(token.policies[0].id, GLOBAL_MANAGEMENT_POLICY_ID);
@@ -790,7 +792,7 @@ mod tests {
 
     #[test]
     fn management_token_allows_everything_under_default_deny() {
-        let s = store(DefaultPolicy::Deny);
+        let s = store(AclDefaultPolicy::Deny);
         let t = s.bootstrap().unwrap();
         let authz = s.resolve(Some(&t.secret_id)).unwrap();
         assert_management(&authz);
@@ -801,7 +803,7 @@ mod tests {
 
     #[test]
     fn initial_management_token_uses_up_bootstrap() {
-        let s = store(DefaultPolicy::Deny);
+        let s = store(AclDefaultPolicy::Deny);
         let t = s.set_initial_management_token(SECRET).unwrap();
         assert_eq!(t.secret_id, SECRET);
         assert_eq!(t.description, "Initial Management Token");
@@ -817,7 +819,7 @@ mod tests {
 
     #[test]
     fn anonymous_token_serves_requests_without_one() {
-        let s = store(DefaultPolicy::Deny);
+        let s = store(AclDefaultPolicy::Deny);
         let none = s.resolve(None).unwrap();
         assert!(Arc::ptr_eq(&none, &s.resolve(Some("")).unwrap()));
         assert!(Arc::ptr_eq(&none, &s.resolve(Some("anonymous")).unwrap()));
@@ -837,7 +839,10 @@ mod tests {
 
     #[test]
     fn default_allow_vs_deny_for_tokens() {
-        for (default, expect) in [(DefaultPolicy::Allow, true), (DefaultPolicy::Deny, false)] {
+        for (default, expect) in [
+            (AclDefaultPolicy::Allow, true),
+            (AclDefaultPolicy::Deny, false),
+        ] {
             let s = store(default);
             policy(&s, "web", r#"service "web" { policy = "write" }"#);
             token_with(&s, SECRET, &["web"]);
@@ -853,7 +858,7 @@ mod tests {
 
     #[test]
     fn unknown_token_is_acl_not_found() {
-        let s = store(DefaultPolicy::Allow);
+        let s = store(AclDefaultPolicy::Allow);
         let err = s.resolve(Some(SECRET)).unwrap_err();
         assert_eq!(err, AclError::NotFound);
         assert_eq!(err.kind(), ErrorKind::AclNotFound);
@@ -878,7 +883,7 @@ mod tests {
 
     #[test]
     fn policy_validation() {
-        let s = store(DefaultPolicy::Deny);
+        let s = store(AclDefaultPolicy::Deny);
         let invalid_policy = |p: Policy| match s.create_policy(p) {
             Err(e @ AclError::InvalidPolicy(_)) => {
                 assert_eq!(e.kind(), ErrorKind::InvalidAclPolicy);
@@ -916,7 +921,7 @@ mod tests {
 
     #[test]
     fn policy_ids_are_kept_or_generated() {
-        let s = store(DefaultPolicy::Deny);
+        let s = store(AclDefaultPolicy::Deny);
         let mut p = Policy::new("fixed", "");
         p.id = OTHER_SECRET.into();
         let created = s.create_policy(p.clone()).unwrap();
@@ -935,7 +940,7 @@ mod tests {
 
     #[test]
     fn token_validation() {
-        let s = store(DefaultPolicy::Deny);
+        let s = store(AclDefaultPolicy::Deny);
         let invalid = |t: Token| match s.create_token(t) {
             Err(e @ AclError::InvalidToken(_)) => {
                 assert_eq!(e.kind(), ErrorKind::InvalidParameter);
@@ -972,7 +977,7 @@ mod tests {
 
     #[test]
     fn token_links_are_normalised_and_deduplicated() {
-        let s = store(DefaultPolicy::Deny);
+        let s = store(AclDefaultPolicy::Deny);
         let p = policy(&s, "web", "");
         let t = s
             .create_token(Token {
@@ -1013,7 +1018,7 @@ mod tests {
 
     #[test]
     fn token_updates_keep_secret_and_local() {
-        let s = store(DefaultPolicy::Deny);
+        let s = store(AclDefaultPolicy::Deny);
         let t = token_with(&s, SECRET, &[]);
         let changed_secret = s.update_token(Token {
             secret_id: OTHER_SECRET.into(),
@@ -1045,7 +1050,7 @@ mod tests {
 
     #[test]
     fn cached_authorizers_follow_every_change() {
-        let s = store(DefaultPolicy::Deny);
+        let s = store(AclDefaultPolicy::Deny);
         let p = policy(&s, "web", r#"service "web" { policy = "read" }"#);
         let t = token_with(&s, SECRET, &["web"]);
         let first = s.resolve(Some(SECRET)).unwrap();
@@ -1077,7 +1082,7 @@ mod tests {
 
     #[test]
     fn deny_in_one_policy_beats_write_in_another() {
-        let s = store(DefaultPolicy::Allow);
+        let s = store(AclDefaultPolicy::Allow);
         policy(&s, "writer", r#"service_prefix "" { policy = "write" }"#);
         policy(&s, "no-db", r#"service "db" { policy = "deny" }"#);
         token_with(&s, SECRET, &["writer", "no-db"]);
@@ -1096,7 +1101,7 @@ mod tests {
 
     #[test]
     fn datacenter_limited_policies() {
-        let s = AclStore::new(AclConfig::new(DefaultPolicy::Deny).with_datacenter("dc1"));
+        let s = AclStore::new(AclConfig::new(AclDefaultPolicy::Deny).with_datacenter("dc1"));
         let mut here = Policy::new("here", r#"service "a" { policy = "read" }"#);
         here.datacenters = vec!["dc1".into()];
         let mut there = Policy::new("there", r#"service "b" { policy = "read" }"#);
@@ -1111,7 +1116,7 @@ mod tests {
 
     #[test]
     fn global_management_is_protected() {
-        let s = store(DefaultPolicy::Deny);
+        let s = store(AclDefaultPolicy::Deny);
         let gm = s.read_policy(GLOBAL_MANAGEMENT_POLICY_ID).unwrap();
         let err = s.delete_policy(GLOBAL_MANAGEMENT_POLICY_ID).unwrap_err();
         assert!(
@@ -1147,7 +1152,7 @@ mod tests {
 
     #[test]
     fn secrets_never_leak_through_debug_or_errors() {
-        let s = store(DefaultPolicy::Deny);
+        let s = store(AclDefaultPolicy::Deny);
         let boot = s.bootstrap().unwrap();
         let t = token_with(&s, SECRET, &[]);
         let mut rendered = vec![
@@ -1190,7 +1195,7 @@ mod tests {
 
     #[test]
     fn store_is_shareable_across_threads() {
-        let s = Arc::new(store(DefaultPolicy::Deny));
+        let s = Arc::new(store(AclDefaultPolicy::Deny));
         policy(&s, "web", r#"service "web" { policy = "write" }"#);
         token_with(&s, SECRET, &["web"]);
         let handles: Vec<_> = (0..4)
@@ -1208,7 +1213,7 @@ mod tests {
 
     #[test]
     fn restore_brings_back_tokens_policies_and_the_bootstrap_flag() {
-        let a = AclStore::new(AclConfig::new(DefaultPolicy::Deny));
+        let a = AclStore::new(AclConfig::new(AclDefaultPolicy::Deny));
         let mgmt = a.bootstrap().unwrap();
         let p = a
             .create_policy(Policy::new(
@@ -1217,7 +1222,7 @@ mod tests {
             ))
             .unwrap();
         let b = AclStore::restore(
-            AclConfig::new(DefaultPolicy::Deny),
+            AclConfig::new(AclDefaultPolicy::Deny),
             a.list_tokens(),
             a.list_policies(),
             true,

@@ -394,7 +394,7 @@ pub struct LeafState {
 
 /// A leaf request: the service, and extra SANs.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct LeafRequest {
+pub struct LeafCacheRequest {
     /// Datacenter, token and service name.
     pub scope: Scoped,
     /// Extra DNS SANs.
@@ -407,15 +407,15 @@ pub struct LeafRequest {
     pub(crate) agent: bool,
 }
 
-impl std::fmt::Debug for LeafRequest {
+impl std::fmt::Debug for LeafCacheRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeafRequest")
+        f.debug_struct("LeafCacheRequest")
             .field("scope", &self.scope)
             .finish_non_exhaustive()
     }
 }
 
-impl CacheRequest for LeafRequest {
+impl CacheRequest for LeafCacheRequest {
     fn cache_key(&self) -> CacheKey {
         let kind = if self.agent { "agent" } else { "service" };
         let mut key = format!("{kind}:{}", self.scope.name);
@@ -468,7 +468,7 @@ impl LeafType {
     /// Makes a new key and CSR here and has the backend sign it.
     async fn generate(
         &self,
-        req: &LeafRequest,
+        req: &LeafCacheRequest,
         last_index: u64,
     ) -> Result<(Arc<Leaf>, u64), Error> {
         let roots = self.current_roots().await?;
@@ -516,7 +516,7 @@ impl LeafType {
     /// still be served.
     async fn renew(
         &self,
-        req: &LeafRequest,
+        req: &LeafCacheRequest,
         last: Option<&Arc<Leaf>>,
         last_index: u64,
         mut state: LeafState,
@@ -544,7 +544,7 @@ impl LeafType {
 
 impl CacheType for LeafType {
     const NAME: &'static str = "connect-ca-leaf";
-    type Request = LeafRequest;
+    type Request = LeafCacheRequest;
     type Value = Leaf;
     type State = LeafState;
 
@@ -555,7 +555,7 @@ impl CacheType for LeafType {
     async fn fetch(
         &self,
         opts: FetchOptions<Leaf, LeafState>,
-        req: &LeafRequest,
+        req: &LeafCacheRequest,
     ) -> Result<FetchResult<Leaf, LeafState>, Error> {
         let timeout = timeout_of(&opts);
         let Some(last) = opts.last_value.clone() else {

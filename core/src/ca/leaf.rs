@@ -11,7 +11,7 @@ use super::{CaError, csr::build_csr};
 
 /// A leaf key generated in this process, with the CSR that asks for its certificate.
 #[derive(Debug)]
-pub struct LeafRequest {
+pub struct LeafCsr {
     /// The new key; it never leaves the process.
     pub key: PrivateKey,
     /// The CSR, PEM.
@@ -24,10 +24,10 @@ pub fn generate_leaf_request(
     uri: &str,
     dns_names: &[String],
     ip_addresses: &[IpAddr],
-) -> Result<LeafRequest, CaError> {
+) -> Result<LeafCsr, CaError> {
     let key = PrivateKey::generate(KeySpec::EC_P256)?;
     let csr_pem = build_csr(&key, uri, dns_names, ip_addresses, false)?;
-    Ok(LeafRequest { key, csr_pem })
+    Ok(LeafCsr { key, csr_pem })
 }
 
 /// Consul's `calculateSoftExpiry` (spec §3.3): the window `[min, max]` in which a leaf valid

@@ -19,7 +19,7 @@ pub use config::{
 pub use csr::{Csr, build_csr};
 pub use error::CaError;
 pub use keys::{KeySpec, KeyType, PrivateKey};
-pub use leaf::{LeafRequest, generate_leaf_request, pick_renewal_time, renewal_window};
+pub use leaf::{LeafCsr, generate_leaf_request, pick_renewal_time, renewal_window};
 pub use manager::{CaConfiguration, CaManager, IssuedCert, RotationOutcome, SignPolicy};
 pub use provider::{Provider, ProviderConfig, Serials};
 pub use roots::{CaRoot, IndexedCaRoots};

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::ApiError;
 use super::query::{Params, QueryOptions, index_headers};
-use crate::agent::{Agent, AgentBackend, AgentConfig, Leaf, LeafRequest};
+use crate::agent::{Agent, AgentBackend, AgentConfig, Leaf, LeafCacheRequest};
 use crate::ca::{CaConfiguration, IndexedCaRoots, SignPolicy};
 use crate::cache::{GetOptions, ResultMeta};
 use crate::catalog::ServiceRegistration;
@@ -139,7 +139,7 @@ const HTTPS_RETRY: Duration = Duration::from_secs(60);
 /// root no longer signs it) and serves the new one from the next handshake on.
 async fn keep_https_cert(
     st: AppState,
-    req: LeafRequest,
+    req: LeafCacheRequest,
     mut leaf: Arc<Leaf>,
     current: Arc<ArcSwapOption<CertifiedKey>>,
 ) {
@@ -572,7 +572,7 @@ impl AppState {
     /// [`AppState::leaf`] for any leaf request (a service's, or the agent's own).
     async fn leaf_of(
         &self,
-        req: &LeafRequest,
+        req: &LeafCacheRequest,
         min_index: u64,
         wait: Duration,
     ) -> Result<(Arc<Leaf>, ResultMeta), Error> {
@@ -876,8 +876,8 @@ async fn agent_self(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult
                 "ConnectEnabled": true,
                 "ACLsEnabled": c.acl_enabled,
                 "ACLDefaultPolicy": match c.acl_default_policy {
-                    crate::acl::DefaultPolicy::Allow => "allow",
-                    crate::acl::DefaultPolicy::Deny => "deny",
+                    crate::acl::AclDefaultPolicy::Allow => "allow",
+                    crate::acl::AclDefaultPolicy::Deny => "deny",
                 },
                 "DefaultIntentionPolicy": c.default_intention_policy.map(|a| a.as_str()).unwrap_or(""),
             },
@@ -1134,7 +1134,7 @@ mod tests {
     fn acl_state() -> AppState {
         let mut c = ServerConfig::dev();
         c.acl_enabled = true;
-        c.acl_default_policy = crate::acl::DefaultPolicy::Deny;
+        c.acl_default_policy = crate::acl::AclDefaultPolicy::Deny;
         c.acl_initial_management_token = Some("root-secret".into());
         AppState::new(Server::start(c, crate::clock::system()).unwrap())
     }
@@ -1458,7 +1458,7 @@ mod tests {
     async fn a_token_without_service_write_is_refused_before_any_leaf_work() {
         let mut c = ServerConfig::dev();
         c.acl_enabled = true;
-        c.acl_default_policy = crate::acl::DefaultPolicy::Deny;
+        c.acl_default_policy = crate::acl::AclDefaultPolicy::Deny;
         c.acl_initial_management_token = Some("root-secret".into());
         let st = AppState::new(Server::start(c, crate::clock::system()).unwrap());
         let call = |token: Option<&'static str>| {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{Server, ServerConfig};
 use crate::Error;
 use crate::acl::{
-    AclConfig, AclError, AclStore, Authorizer, Permission, Policy, REDACTED_SECRET_ID, Token,
+    AclAuthorizer, AclConfig, AclError, AclStore, Permission, Policy, REDACTED_SECRET_ID, Token,
 };
 use crate::state::Store;
 
@@ -49,7 +49,7 @@ fn mirror_token(store: &Store, token: Token) -> Result<Token, Error> {
 
 /// Consul shows a token's SecretID only to a caller with `acl:write`: with `acl:read` alone a
 /// caller could otherwise read the management token's secret and become it.
-fn redact(authz: &Authorizer, mut token: Token) -> Token {
+fn redact(authz: &AclAuthorizer, mut token: Token) -> Token {
     if !authz.acl_write() {
         REDACTED_SECRET_ID.clone_into(&mut token.secret_id);
     }
@@ -68,7 +68,7 @@ impl Server {
     }
 
     /// The caller's authorizer, for an ACL endpoint.
-    fn acl_system(&self, token: Option<&str>) -> Result<Arc<Authorizer>, Error> {
+    fn acl_system(&self, token: Option<&str>) -> Result<Arc<AclAuthorizer>, Error> {
         self.acls_enabled()?;
         self.authorizer(token)
     }

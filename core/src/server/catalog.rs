@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::Server;
-use crate::acl::{Authorizer, Permission};
+use crate::acl::{AclAuthorizer, Permission};
 use crate::catalog::{AgentService, Catalog, CatalogService, ServiceEntry, ServiceRegistration};
 use crate::filter::Filter;
 use crate::state::{Indexed, Table};
@@ -15,7 +15,7 @@ use crate::{Error, ErrorKind};
 /// the check now (its service, or the node for a node check). Without this, `service:write` on
 /// `web` could overwrite `db`'s instance, or move its checks, by reusing their IDs.
 fn vet_replacement(
-    authz: &Authorizer,
+    authz: &AclAuthorizer,
     catalog: &Catalog,
     node: &str,
     reg: &ServiceRegistration,

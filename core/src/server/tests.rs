@@ -7,7 +7,8 @@ use super::*;
 use crate::ca::{CaConfiguration, RotationOutcome, SignPolicy, generate_leaf_request};
 use crate::catalog::ServiceRegistration;
 use crate::intentions::{Intention, IntentionAction, MatchType};
-use crate::{ErrorKind, ManualClock};
+use crate::state::Table;
+use crate::{ErrorKind, ManualClock, SharedClock};
 
 fn clock() -> SharedClock {
     Arc::new(ManualClock::new(
@@ -22,7 +23,7 @@ fn dev() -> Server {
 fn acl_server(dir: Option<std::path::PathBuf>) -> Server {
     let mut c = ServerConfig::dev();
     c.acl_enabled = true;
-    c.acl_default_policy = crate::acl::DefaultPolicy::Deny;
+    c.acl_default_policy = crate::acl::AclDefaultPolicy::Deny;
     c.acl_initial_management_token = Some("root-secret".into());
     c.default_intention_policy = None;
     c.data_dir = dir;
