@@ -1,6 +1,6 @@
 //! One datacenter's control plane: the state store, the CA manager, intentions, ACLs and the
 //! catalog, behind one type used both in-process and by the HTTP API. Every rule lives here
-//! once (DESIGN rule 3).
+//! once (ARCHITECTURE.md, Principles: one Server).
 
 mod acl;
 mod ca;
@@ -94,7 +94,8 @@ impl ServerConfig {
             .is_none_or(|p| p == self.datacenter)
     }
 
-    /// The default decision for connections no intention matches (spec §5.5 step 7).
+    /// The default decision for connections no intention matches (Consul docs: Intentions, default
+    /// behavior).
     pub fn intention_default(&self) -> DefaultPolicy {
         match (self.default_intention_policy, self.acl_enabled) {
             (Some(action), _) => DefaultPolicy::intention_policy(action),
