@@ -1,5 +1,6 @@
 //! Sets the SONAME of `libconnect.so` (plain cargo sets none). The library is 0.x, so every
-//! minor release may break the ABI: the SONAME carries major and minor (conventions 18).
+//! minor release may break the ABI: the SONAME carries major and minor (ARCHITECTURE.md, C ABI
+//! conventions).
 
 fn main() {
     let major = std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap_or_default();

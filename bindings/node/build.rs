@@ -1,4 +1,4 @@
-//! Links the addon against Node-API (conventions 28).
+//! Links the addon against Node-API (ARCHITECTURE.md, Node conventions).
 
 fn main() {
     napi_build::setup();

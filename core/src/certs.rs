@@ -15,8 +15,8 @@ use crate::ca::CaError;
 
 /// Consul's key identifier: SHA-256 over the DER SubjectPublicKeyInfo, all 32 bytes.
 ///
-/// RFC 5280 suggests SHA-1; Consul deliberately uses the full SHA-256 (spec §2.2), and peers
-/// match AKID to SKID byte for byte, so we must too.
+/// RFC 5280 suggests SHA-1; Consul deliberately uses the full SHA-256 (ARCHITECTURE.md, certs), and
+/// peers match AKID to SKID byte for byte, so we must too.
 pub fn key_id(spki_der: &[u8]) -> Vec<u8> {
     digest::digest(&digest::SHA256, spki_der).as_ref().to_vec()
 }

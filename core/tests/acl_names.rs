@@ -1,4 +1,4 @@
-//! Issue 13 hardening, ACL and names: SecretIDs hidden without `acl:write`, the ACL endpoints
+//! Hardening, ACL and names: SecretIDs hidden without `acl:write`, the ACL endpoints
 //! when ACLs are off, `agent:read` on `/v1/agent/self`, no takeover of another service's
 //! instance or check IDs, one service-name rule at every entry point, and only the `default`
 //! namespace and partition. Driven through a real HTTP listener and through the `Server` and

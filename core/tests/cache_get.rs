@@ -1,4 +1,4 @@
-//! The Get algorithm of the agent cache (spec §4.2–4.4, 4.8): validity, blocking, timeouts,
+//! The Get algorithm of the agent cache (ARCHITECTURE.md, cache): validity, blocking, timeouts,
 //! errors, coalescing, partitioning, bypass, rate limit and metrics.
 #![allow(
     clippy::unwrap_used,

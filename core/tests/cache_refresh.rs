@@ -1,5 +1,5 @@
 //! Background refresh, back-off, idle eviction and shutdown of the agent cache
-//! (spec §4.5, 4.6).
+//! (ARCHITECTURE.md, cache).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

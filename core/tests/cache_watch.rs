@@ -1,4 +1,4 @@
-//! Watching cache entries (spec §4.7): `Cache::notify` / `Cache::watch`.
+//! Watching cache entries (ARCHITECTURE.md, cache): `Cache::notify` / `Cache::watch`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

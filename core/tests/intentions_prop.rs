@@ -1,5 +1,5 @@
 //! Property: the hot-path `IntentionIndex` decides exactly as a plain reference scan of
-//! spec §5.3–§5.5, written here independently of the library's matching code.
+//! Consul docs: Intentions, written here independently of the library's matching code.
 
 #![allow(clippy::unwrap_used, reason = "test code")]
 
@@ -81,7 +81,7 @@ fn exact(ns: &str, name: &str) -> u32 {
     }
 }
 
-/// Spec §5.3, restated.
+/// Consul's precedence (Consul docs: Intentions), restated.
 fn precedence(s: &Spec) -> u32 {
     let max = match exact(s.dst_ns, s.dst) {
         2 => 9,

@@ -1,5 +1,6 @@
 //! Proves libconnect's certificates to a TLS implementation nobody here wrote: the `openssl`
-//! command-line tool verifies chains and prints the fields spec §2.3–§2.7 require.
+//! command-line tool verifies chains and prints the fields Consul's built-in CA sets
+//! (ARCHITECTURE.md, ca).
 
 #![allow(
     clippy::unwrap_used,

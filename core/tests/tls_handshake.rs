@@ -1,6 +1,6 @@
-//! Real loopback mTLS between services whose leaves the built-in CA issued (convention 41):
-//! data both ways, the identity checks of spec §8.3 and §8.5, typed errors, resumption, and the
-//! blocking bridge driving the async API.
+//! Real loopback mTLS between services whose leaves the built-in CA issued (ARCHITECTURE.md, Test
+//! habits): data both ways, the identity checks of ARCHITECTURE.md, Data path: a handshake, typed
+//! errors, resumption, and the blocking bridge driving the async API.
 
 #![allow(
     clippy::unwrap_used,

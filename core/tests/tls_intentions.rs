@@ -1,5 +1,6 @@
-//! Intentions decide inside the handshake (spec §8.3 server side, §8.5): with `*→db deny` and
-//! `web→db allow`, `web` gets in, `api` gets an alert and db's application never sees it.
+//! Intentions decide inside the handshake (ARCHITECTURE.md, Data path: a handshake): with
+//! `*→db deny` and `web→db allow`, `web` gets in, `api` gets an alert and db's application never
+//! sees it.
 
 #![allow(
     clippy::unwrap_used,

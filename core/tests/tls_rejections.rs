@@ -1,6 +1,6 @@
 //! Every way a client certificate can be wrong, one test each: the server refuses it inside
 //! the handshake with a typed error that names the problem, and its application never sees
-//! the connection (spec §8.3; issue 6).
+//! the connection (ARCHITECTURE.md, Data path: a handshake).
 //!
 //! The odd certificates are written with rcgen and, where a CA signature is needed, signed by
 //! the test CA's own key with the CA's leaf profile, so each one differs from a good leaf only

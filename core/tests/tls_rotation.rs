@@ -1,5 +1,5 @@
-//! CA rotation and leaf renewal under live traffic (spec §2.7, §8.2, §8.5; conventions 39, 41):
-//! cross-signed chains bridge the old and new roots, open connections survive, new handshakes
+//! CA rotation and leaf renewal under live traffic (Consul CA docs, root rotation; ARCHITECTURE.md,
+//! tls): cross-signed chains bridge the old and new roots, open connections survive, new handshakes
 //! present the new leaf, a leaf that does not fit is never published, and a rotation through
 //! the agent in the middle of continuous handshakes fails none of them.
 

@@ -1,7 +1,7 @@
 //! Opaque handles. Each C handle type is a zero-sized Rust struct tied by [`Castable`] to the
 //! Rust value it stands for and to one ownership kind, `Box` (exclusive, `T *` in C) or `Arc`
 //! (shared and thread-safe, `const T *` in C), so the wrong cast or the wrong free does not
-//! compile (conventions 3 and 4).
+//! compile (ARCHITECTURE.md, C ABI conventions).
 
 use std::sync::Arc;
 

@@ -1,16 +1,17 @@
 //! The C ABI of libconnect: `libconnect.so` / `libconnect.a` and `include/connect.h`.
 //!
 //! A thin layer over `connect-core`: each function checks its arguments, converts them, calls
-//! the core and maps the error to a `connect_result` (conventions 1–19). There is no logic of
-//! its own here beyond driving a finished TLS connection synchronously, so that C can use it
-//! with poll/epoll.
+//! the core and maps the error to a `connect_result` (ARCHITECTURE.md, C ABI conventions). There is
+//! no logic of its own here beyond driving a finished TLS connection synchronously, so that C can
+//! use it with poll/epoll.
 //!
 //! The header is generated from these sources by the pinned cbindgen (`make header`) and
 //! checked by `tests/header.rs`.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 // The C contract of each exported function (valid pointers, lifetimes, threads) is its doc
 // comment's `Parameters:`, `Memory and lifetimes:` and `Thread safety:` sections, which become
-// the header's documentation (conventions 14); a Rust-only `# Safety` heading would repeat them.
+// the header's documentation (ARCHITECTURE.md, C ABI conventions); a Rust-only `# Safety` heading
+// would repeat them.
 #![allow(clippy::missing_safety_doc)]
 
 pub mod agent;

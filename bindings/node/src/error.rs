@@ -1,4 +1,5 @@
-//! The one place where errors become libconnect's JavaScript errors (conventions 32).
+//! The one place where errors become libconnect's JavaScript errors (ARCHITECTURE.md, Node
+//! conventions).
 //!
 //! Every error thrown or rejected by libconnect is an `Error` whose `code` is the stable kind
 //! string of [`connect_core::ErrorKind`] (`"INVALID_SPIFFE_ID"`, `"AUTHORIZATION_DENIED"`, …)

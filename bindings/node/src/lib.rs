@@ -1,9 +1,10 @@
 //! The Node binding of libconnect: `require('libconnect')`.
 //!
-//! Thin by rule (DESIGN rule 5): every function converts its arguments, moves work off the
-//! JavaScript thread (the agent's runtime, or a thread of its own for starting), calls the
-//! core and maps errors through one `map_error` (in `error.rs`). The JavaScript API in `lib/` adds what
-//! only JavaScript can do: `tls.Server`/`tls.TLSSocket` plumbing and `EventEmitter` events.
+//! Thin by rule (ARCHITECTURE.md, Principles: thin bindings): every function converts its
+//! arguments, moves work off the JavaScript thread (the agent's runtime, or a thread of its own for
+//! starting), calls the core and maps errors through one `map_error` (in `error.rs`). The
+//! JavaScript API in `lib/` adds what only JavaScript can do: `tls.Server`/`tls.TLSSocket` plumbing
+//! and `EventEmitter` events.
 
 mod agent;
 mod error;

@@ -1,9 +1,10 @@
 //! `libconnect._native`: the Python binding of libconnect, on pyo3.
 //!
-//! Thin by design (DESIGN rule 5): every function converts its arguments, releases the GIL
-//! around anything that blocks or computes, calls the core and maps its error through the one
-//! conversion in `errors.rs`. The Python package `libconnect` (in `python/`) re-exports these
-//! classes and adds the standard-library glue (`ssl.SSLContext`, asyncio streams, `makefile`).
+//! Thin by design (ARCHITECTURE.md, Principles: thin bindings): every function converts its
+//! arguments, releases the GIL around anything that blocks or computes, calls the core and maps its
+//! error through the one conversion in `errors.rs`. The Python package `libconnect` (in `python/`)
+//! re-exports these classes and adds the standard-library glue (`ssl.SSLContext`, asyncio streams,
+//! `makefile`).
 
 mod agent;
 mod errors;

@@ -114,8 +114,8 @@ impl Backend {
 
     /// Signs `csr_pem` for `service` with `token`. Over HTTP it uses libconnect's CSR
     /// endpoint, so the key never leaves this process; a Consul agent has none, and then its
-    /// leaf endpoint (which returns the agent's key) is used instead (DESIGN rule 2's one
-    /// exception).
+    /// leaf endpoint (which returns the agent's key) is used instead (ARCHITECTURE.md, Principles:
+    /// keys stay local, its one exception).
     pub async fn sign(
         &self,
         token: Option<&str>,
@@ -226,7 +226,7 @@ impl Backend {
         }
     }
 
-    /// Passing connect-capable instances of `service` (spec §6.7).
+    /// Passing connect-capable instances of `service` (Consul API docs, Health).
     pub async fn health_connect(
         &self,
         token: Option<&str>,

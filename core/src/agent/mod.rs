@@ -2,7 +2,7 @@
 //! backend (a server in this process or an agent over HTTP), and the services built on it.
 //!
 //! After the first fetch, roots, leaves and authorization are memory reads; background
-//! blocking queries keep them fresh (DESIGN rule 1).
+//! blocking queries keep them fresh (ARCHITECTURE.md, Principles: hot path).
 
 mod backend;
 mod config;

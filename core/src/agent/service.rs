@@ -196,7 +196,8 @@ impl ConnectService {
         &self.intentions
     }
 
-    /// Whether the service has a leaf that verifies against the current roots (spec §8.1).
+    /// Whether the service has a leaf that verifies against the current roots (ARCHITECTURE.md,
+    /// tls).
     pub fn ready(&self) -> bool {
         self.identity.ready()
     }
@@ -289,8 +290,8 @@ impl ConnectService {
     }
 
     /// Checks a server's chain (leaf first) as [`ConnectService::dial`] does inside its
-    /// handshake: it verifies against the current roots and names `target` (spec §8.3). For
-    /// applications whose own TLS stack did the handshake.
+    /// handshake: it verifies against the current roots and names `target` (Consul docs:
+    /// Connect-Native). For applications whose own TLS stack did the handshake.
     ///
     /// Errors: `PeerIdentityMismatch`, `CertificateVerification`, `InvalidCertificate`,
     /// `NotReady`.

@@ -1,5 +1,6 @@
-//! The Connect cache types (spec §4.1): CA roots, leaf certificates (with the lifecycle of
-//! §3), intention match by destination, and healthy connect instances of a service.
+//! The Connect cache types (ARCHITECTURE.md, agent): CA roots, leaf certificates (with the
+//! lifecycle of ARCHITECTURE.md, agent), intention match by destination, and healthy connect
+//! instances of a service.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -325,7 +326,7 @@ impl Leaf {
         self.valid_before
     }
 
-    /// When to renew: a random point in 60–90 % of the lifetime (spec §3.3).
+    /// When to renew: a random point in 60–90 % of the lifetime (ARCHITECTURE.md, agent).
     pub fn renew_at(&self) -> OffsetDateTime {
         self.renew_at
     }
@@ -335,9 +336,9 @@ impl Leaf {
         self.modify_index
     }
 
-    /// The leaf as the API describes it (spec §6.3), rebuilt from the certificate: serial,
-    /// service and SPIFFE ID, namespace and partition as the built-in CA fills them.
-    /// `PrivateKeyPEM` stays empty: the key is [`Leaf::key_pem`].
+    /// The leaf as the API describes it (Consul API docs, Agent Connect), rebuilt from the
+    /// certificate: serial, service and SPIFFE ID, namespace and partition as the built-in CA fills
+    /// them. `PrivateKeyPEM` stays empty: the key is [`Leaf::key_pem`].
     ///
     /// Errors: `InvalidCertificate` if the stored certificate no longer parses (it was
     /// parsed when the leaf was made, so this does not happen in practice).
@@ -384,7 +385,7 @@ impl Leaf {
     }
 }
 
-/// The leaf type's per-entry bookkeeping (spec §3.2).
+/// The leaf type's per-entry bookkeeping (ARCHITECTURE.md, agent).
 #[derive(Debug, Clone, Default)]
 pub struct LeafState {
     force_expire_after: Option<OffsetDateTime>,
@@ -430,7 +431,7 @@ impl CacheRequest for LeafCacheRequest {
 }
 
 /// `connect-ca-leaf`: blocking, not refreshed in the background; the blocking fetch itself
-/// waits for the renewal point or a root rotation (spec §3.2).
+/// waits for the renewal point or a root rotation (ARCHITECTURE.md, agent).
 #[derive(Debug, Clone)]
 pub struct LeafType {
     pub(super) backend: Backend,
@@ -512,8 +513,8 @@ impl LeafType {
         Ok((Arc::new(leaf), index))
     }
 
-    /// Generates, applying the rate-limit retry window of spec §3.4 when a previous leaf can
-    /// still be served.
+    /// Generates, applying the rate-limit retry window of ARCHITECTURE.md, agent when a previous
+    /// leaf can still be served.
     async fn renew(
         &self,
         req: &LeafCacheRequest,
@@ -599,7 +600,7 @@ impl CacheType for LeafType {
                         .is_some_and(|k| k != last.authority_key_id());
                     if rotated && state.rotation_start.is_none() {
                         // Spread re-issues over the jitter window so thousands of instances
-                        // do not hit the CA at once (spec §3.2 step 5).
+                        // do not hit the CA at once (ARCHITECTURE.md, agent).
                         let now = self.clock.now();
                         state.rotation_start = Some(now);
                         let force = now + jitter(self.root_change_jitter);

@@ -1,4 +1,4 @@
-//! The built-in (`consul`) CA provider (spec §2.3–§2.7): rcgen for writing certificates,
+//! The built-in (`consul`) CA provider (Consul docs: Built-in CA): rcgen for writing certificates,
 //! x509-parser for reading them, aws-lc-rs for every signature.
 
 use std::collections::BTreeMap;
@@ -22,8 +22,8 @@ use crate::SharedClock;
 use crate::certs::{self, CertInfo};
 use crate::spiffe::SpiffeId;
 
-/// Consul's short random CA name component (spec §2.6): 8 random bytes read little-endian,
-/// taken as a signed 64-bit number, written in base 36 and cut to 8 characters.
+/// Consul's short random CA name component (ARCHITECTURE.md, ca): 8 random bytes read
+/// little-endian, taken as a signed 64-bit number, written in base 36 and cut to 8 characters.
 pub fn compact_uid() -> String {
     let v = i64::from_le_bytes(rand::random::<[u8; 8]>());
     let mut n = v.unsigned_abs();
@@ -44,7 +44,7 @@ pub fn compact_uid() -> String {
     s.chars().take(8).collect()
 }
 
-/// Consul's CA common name: `<pri|sec>-<uid8>.<provider32>.ca.<td8>.consul` (spec §2.6).
+/// Consul's CA common name: `<pri|sec>-<uid8>.<provider32>.ca.<td8>.consul` (ARCHITECTURE.md, ca).
 pub fn ca_common_name(provider: &str, uid: &str, trust_domain: &str, primary: bool) -> String {
     let clean = |s: &str, n: usize| -> String {
         s.to_lowercase()

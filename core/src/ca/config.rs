@@ -1,4 +1,4 @@
-//! CA configuration (spec §2.9): every option, default, rule and message.
+//! CA configuration (Consul CA docs, configuration): every option, default, rule and message.
 //!
 //! Keys arrive CamelCase over HTTP (`LeafCertTTL`) and snake_case from agent config files
 //! (`leaf_cert_ttl`); Consul matches them case-insensitively and decodes values weakly

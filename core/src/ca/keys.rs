@@ -63,7 +63,8 @@ impl KeySpec {
         bits: 256,
     };
 
-    /// Checks the size against Consul's rules (spec §2.1), with Consul's messages.
+    /// Checks the size against Consul's rules (Consul CA docs, PrivateKeyBits), with Consul's
+    /// messages.
     pub fn validate(&self) -> Result<(), CaError> {
         match self.key_type {
             KeyType::Ec if ![224, 256, 384, 521].contains(&self.bits) => {

@@ -1,5 +1,5 @@
-//! The agent side of leaf certificates (spec §3): a fresh EC P-256 key and CSR for an
-//! identity, and the randomised renewal window.
+//! The agent side of leaf certificates (ARCHITECTURE.md, agent): a fresh EC P-256 key and CSR for
+//! an identity, and the randomised renewal window.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -30,8 +30,8 @@ pub fn generate_leaf_request(
     Ok(LeafCsr { key, csr_pem })
 }
 
-/// Consul's `calculateSoftExpiry` (spec §3.3): the window `[min, max]` in which a leaf valid
-/// from `valid_after` to `valid_before` should be renewed, seen at `now`.
+/// Consul's `calculateSoftExpiry` (ARCHITECTURE.md, agent): the window `[min, max]` in which a leaf
+/// valid from `valid_after` to `valid_before` should be renewed, seen at `now`.
 ///
 /// Renewal is spread over 60–90 % of the lifetime so that thousands of instances do not
 /// renew at once; lifetimes under 10 minutes renew at once.
@@ -77,7 +77,7 @@ mod tests {
 
     const ISSUED: OffsetDateTime = datetime!(2018-01-01 00:00:00 UTC);
 
-    /// Every vector of spec §3.3.
+    /// Every vector of Consul's renewal window (ARCHITECTURE.md, agent).
     #[test]
     fn renewal_window_vectors() {
         let h = |n: i64| time::Duration::hours(n);

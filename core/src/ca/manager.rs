@@ -1,6 +1,6 @@
 //! One datacenter's CA: initialise, sign leaves (with Consul's identity checks), rotate with
-//! cross-signing, prune, and the secondary-datacenter intermediate dance (spec §2.4–§2.7,
-//! §7.1). Persistence and rate limiting are layered on by the server.
+//! cross-signing, prune, and the secondary-datacenter intermediate dance (Consul CA docs,
+//! secondary datacenters). Persistence and rate limiting are layered on by the server.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -18,7 +18,7 @@ use crate::spiffe::{
     check_service_name,
 };
 
-/// The CA configuration as the API reads and writes it (spec §6.5).
+/// The CA configuration as the API reads and writes it (Consul API docs, Connect CA).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct CaConfiguration {
@@ -53,7 +53,7 @@ impl CaConfiguration {
     }
 }
 
-/// A signed leaf as the API returns it (spec §6.3).
+/// A signed leaf as the API returns it (Consul API docs, Agent Connect).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct IssuedCert {
@@ -336,8 +336,8 @@ impl CaManager {
         }
     }
 
-    /// Signs a leaf from a CSR after Consul's checks (spec §2.4): exactly one URI SAN that
-    /// is a service ID of this datacenter and trust domain (or, when allowed, an agent ID,
+    /// Signs a leaf from a CSR after Consul's checks (ARCHITECTURE.md, ca): exactly one URI SAN
+    /// that is a service ID of this datacenter and trust domain (or, when allowed, an agent ID,
     /// whose host is rewritten). Returns the leaf followed by the active root's
     /// intermediates.
     pub fn sign_leaf(&mut self, csr_pem: &str, policy: SignPolicy) -> Result<IssuedCert, CaError> {
@@ -444,8 +444,8 @@ impl CaManager {
         Ok(id)
     }
 
-    /// Applies a new configuration (spec §2.7). A change of key material makes a new root,
-    /// cross-signed by the old one unless forced without; other changes keep the root.
+    /// Applies a new configuration (Consul CA docs, root rotation). A change of key material makes
+    /// a new root, cross-signed by the old one unless forced without; other changes keep the root.
     pub fn set_config(&mut self, new: CaConfiguration) -> Result<RotationOutcome, CaError> {
         if let Some(state) = &new.state
             && !state.is_empty()
@@ -602,8 +602,8 @@ impl CaManager {
         self.common = common;
     }
 
-    /// Removes inactive roots rotated out more than 2 × LeafCertTTL ago (spec §2.7);
-    /// returns how many were removed.
+    /// Removes inactive roots rotated out more than 2 × LeafCertTTL ago (Consul CA docs, root
+    /// rotation); returns how many were removed.
     pub fn prune(&mut self) -> usize {
         let now = self.clock.now();
         let keep_for = 2 * self.common.leaf_cert_ttl;

@@ -1,4 +1,4 @@
-//! The CA provider interface (spec §2.8).
+//! The CA provider interface (ARCHITECTURE.md, ca).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

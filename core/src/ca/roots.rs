@@ -1,4 +1,4 @@
-//! The roots model (spec §2.2, §2.7, §6.1): what `/v1/connect/ca/roots` returns.
+//! The roots model (Consul API docs, Connect CA): what `/v1/connect/ca/roots` returns.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

@@ -1,4 +1,4 @@
-//! Tests of the built-in provider and the CA manager against spec §2.
+//! Tests of the built-in provider and the CA manager against Consul CA docs.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The refresh and watch back-off (spec §4.5, Consul's `backOffWait`).
+//! The refresh and watch back-off (ARCHITECTURE.md, cache, Consul's `backOffWait`).
 
 use std::time::Duration;
 

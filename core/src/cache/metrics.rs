@@ -1,4 +1,4 @@
-//! Cache metrics (spec §4.8), readable from code and as Prometheus text.
+//! Cache metrics (ARCHITECTURE.md, cache), readable from code and as Prometheus text.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -1,4 +1,4 @@
-//! Watching an entry: a loop of Gets that turns index changes into events (spec §4.7).
+//! Watching an entry: a loop of Gets that turns index changes into events (ARCHITECTURE.md, cache).
 
 use std::sync::Arc;
 use std::time::Duration;

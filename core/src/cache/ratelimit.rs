@@ -1,5 +1,5 @@
 //! The per-entry fetch rate limit (Consul's `cache.entry_fetch_rate` and
-//! `entry_fetch_max_burst`, spec §4.4).
+//! `entry_fetch_max_burst`, Consul docs: Agent configuration, cache).
 //!
 //! It measures real waiting, so it runs on tokio time (which tests pause and advance), not on
 //! the injected wall clock.

@@ -31,8 +31,8 @@ use crate::clock::{self, SharedClock};
 use crate::error::{Error, ErrorKind, Result};
 
 /// How long a blocking fetch must stay alive before the cache trusts its connection again
-/// (yamux keepalive 30 s + 1, spec §4.4): until then a refresh type that lost contact keeps
-/// reporting its age.
+/// (yamux keepalive 30 s + 1, ARCHITECTURE.md, cache): until then a refresh type that lost contact
+/// keeps reporting its age.
 const CONTACT_CONFIRM_AFTER: Duration = Duration::from_secs(31);
 
 /// Cache-wide settings.
@@ -50,8 +50,8 @@ pub struct CacheOptions {
     /// the next entry expires; this bound is what lets it notice an injected clock that
     /// jumps (default 1 s).
     pub expiry_poll_interval: Duration,
-    /// The random stagger added to back-off waits (spec §4.5): given the base wait, returns
-    /// an extra wait in `[0, base)`. [`random_stagger`] unless a test pins it.
+    /// The random stagger added to back-off waits (ARCHITECTURE.md, cache): given the base wait,
+    /// returns an extra wait in `[0, base)`. [`random_stagger`] unless a test pins it.
     pub stagger: fn(Duration) -> Duration,
 }
 
@@ -77,8 +77,8 @@ impl CacheOptions {
     }
 }
 
-/// The agent cache (spec §4): typed entries keyed by type, datacenter, ACL token and key,
-/// with blocking Gets, request coalescing, background refresh with back-off, idle eviction
+/// The agent cache (Consul docs: Agent Caching): typed entries keyed by type, datacenter, ACL token
+/// and key, with blocking Gets, request coalescing, background refresh with back-off, idle eviction
 /// and metrics.
 ///
 /// `Cache` is a cheap handle: clones share one cache. Its background tasks run on the tokio
@@ -225,7 +225,7 @@ impl Cache {
         Ok(())
     }
 
-    /// Gets the value for `req` following Consul's algorithm (spec §4.3).
+    /// Gets the value for `req` following Consul's algorithm (ARCHITECTURE.md, cache).
     ///
     /// A valid entry is returned at once (`meta.hit`). Otherwise the Get joins the entry's
     /// in-flight fetch or starts one and waits; with `opts.min_index` on a blocking type it
@@ -256,8 +256,8 @@ impl Cache {
 
     /// Seeds the entry for `req` with `value` at `index` (coerced to at least 1), as if it had
     /// been fetched now; waiting Gets re-check it. Used to start from material obtained some
-    /// other way (Consul seeds auto-encrypt roots and leaf this way, spec §4.6). It does not
-    /// start background refresh; the next Get that needs newer data does.
+    /// other way (Consul seeds auto-encrypt roots and leaf this way, ARCHITECTURE.md, cache). It
+    /// does not start background refresh; the next Get that needs newer data does.
     ///
     /// Errors: [`ErrorKind::InvalidParameter`] if `T` is not registered or `req` has an
     /// empty key; [`ErrorKind::Closed`].
@@ -456,7 +456,7 @@ impl Inner {
                 // shards, so either this sees it or the entry made here is cleared.
                 self.ensure_open()?;
                 let entry = shard.entry_or_insert(&mut st, self, &key, req, now);
-                // Every attempt counts as use, valid or not (spec §4.3 step 2).
+                // Every attempt counts as use, valid or not (ARCHITECTURE.md, cache).
                 entry.touch(now, shard.opts.last_get_ttl);
                 if shard.is_valid(entry, &opts, must_revalidate, now)
                     && let Some(value) = &entry.value
@@ -472,7 +472,7 @@ impl Inner {
                     return Ok(GetOutcome::Value(Arc::clone(value), meta));
                 }
                 // A waiter that saw a fetch complete with an error reports it now instead of
-                // blocking until its timeout (spec §4.3 step 4, surprising detail 10).
+                // blocking until its timeout (ARCHITECTURE.md, cache).
                 if !first && let Some(err) = &entry.error {
                     return Err(err.clone());
                 }
@@ -562,7 +562,7 @@ impl Inner {
         done
     }
 
-    /// An uncached request: one direct fetch (spec §4.2).
+    /// An uncached request: one direct fetch (ARCHITECTURE.md, cache).
     async fn bypass<T: CacheType>(
         &self,
         shard: &Shard<T>,
@@ -829,7 +829,7 @@ impl<T: CacheType> Shard<T> {
         }
     }
 
-    /// Spec §4.3 step 1.
+    /// Step 1 of Consul's Get (ARCHITECTURE.md, cache).
     fn is_valid(
         &self,
         e: &Entry<T>,
@@ -877,7 +877,7 @@ impl<T: CacheType> Shard<T> {
         e.value = Some(value);
     }
 
-    /// Stores a fetch result (spec §4.4). Returns whether the error forbids further
+    /// Stores a fetch result (ARCHITECTURE.md, cache). Returns whether the error forbids further
     /// background refresh. Updates `attempt` for back-off.
     fn apply(
         &self,
@@ -909,7 +909,7 @@ impl<T: CacheType> Shard<T> {
                     incr(&self.counters.fetch_not_modified);
                 }
                 // A zero index never blocks, so treating it as success would let a refresh
-                // loop spin; count it as a failure for back-off only (spec §4.5).
+                // loop spin; count it as a failure for back-off only (ARCHITECTURE.md, cache).
                 if r.index > 0 {
                     *attempt = 0;
                 } else {
@@ -1024,8 +1024,8 @@ impl<T: CacheType> AnyShard for Shard<T> {
 }
 
 /// The task that fetches for one entry: one fetch for plain types; for refresh types, a loop
-/// of fetch, back-off, fetch (spec §4.5) until the entry is evicted, the cache closes, or an
-/// ACL-not-found error ends it.
+/// of fetch, back-off, fetch (ARCHITECTURE.md, cache) until the entry is evicted, the cache closes,
+/// or an ACL-not-found error ends it.
 async fn drive<T: CacheType>(
     inner: Arc<Inner>,
     shard: Arc<Shard<T>>,
@@ -1149,8 +1149,8 @@ impl<T: CacheType> Drop for DriverRelease<T> {
 }
 
 /// One fetch; for a refresh type that lost contact, a blocking fetch still alive after 31 s
-/// proves the connection is back, so the entry stops reporting an age (spec §4.4). `clock`
-/// is given when that check applies.
+/// proves the connection is back, so the entry stops reporting an age (ARCHITECTURE.md, cache).
+/// `clock` is given when that check applies.
 async fn fetch_confirming_contact<T: CacheType>(
     shard: &Shard<T>,
     key: &CacheKey,
@@ -1179,8 +1179,9 @@ async fn fetch_confirming_contact<T: CacheType>(
     }
 }
 
-/// Evicts idle entries (spec §4.6). It sleeps until the next expiry on the injected clock,
-/// but never longer than the poll interval, so a clock that jumps is noticed promptly.
+/// Evicts idle entries (Consul docs: Agent Caching). It sleeps until the next expiry on the
+/// injected clock, but never longer than the poll interval, so a clock that jumps is noticed
+/// promptly.
 async fn expiry_loop(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     loop {

@@ -8,10 +8,11 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 /// How long an entry lives after its last Get unless the type says otherwise (the "3 days"
-/// of Consul's docs, spec §4.6).
+/// of Consul docs: Agent Caching).
 pub const DEFAULT_LAST_GET_TTL: Duration = Duration::from_secs(72 * 60 * 60);
 
-/// The server-side wait of a blocking fetch when the type does not set one (spec §4.4).
+/// The server-side wait of a blocking fetch when the type does not set one (ARCHITECTURE.md,
+/// cache).
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// One kind of cached data (CA roots, a leaf certificate, an intention match, …) and the
@@ -37,8 +38,8 @@ pub trait CacheType: Send + Sync + 'static {
     type Value: Send + Sync + 'static;
 
     /// Per-entry state private to the type, handed to every fetch of that entry and replaced
-    /// by what the fetch returns (the leaf type keeps its renewal bookkeeping here, spec §3.2).
-    /// Use `()` when there is none.
+    /// by what the fetch returns (the leaf type keeps its renewal bookkeeping here,
+    /// ARCHITECTURE.md, agent). Use `()` when there is none.
     type State: Clone + Default + Send + Sync + 'static;
 
     /// How the cache treats this type.
@@ -76,14 +77,14 @@ pub trait CacheType: Send + Sync + 'static {
 /// A request that knows which cache entry answers it.
 pub trait CacheRequest {
     /// The entry for this request. An empty [`CacheKey::key`] means "do not cache": the
-    /// request is fetched directly every time (spec §4.2, metric `bypass`).
+    /// request is fetched directly every time (ARCHITECTURE.md, cache, metric `bypass`).
     fn cache_key(&self) -> CacheKey;
 }
 
 /// Which entry answers a request: the type's key within a datacenter and ACL-token partition.
 ///
 /// The token is part of the key on purpose: data fetched with one token is never served to a
-/// caller holding another (spec §4.2, surprising detail 13), at the price of one copy per
+/// caller holding another (ARCHITECTURE.md, cache), at the price of one copy per
 /// token.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct CacheKey {
@@ -146,7 +147,7 @@ impl fmt::Debug for CacheKey {
     }
 }
 
-/// How the cache treats one type (Consul's `RegisterOptions`, spec §4.1).
+/// How the cache treats one type (Consul's `RegisterOptions`, ARCHITECTURE.md, cache).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TypeOptions {
     /// Keep entries fresh with background blocking fetches after the first Get.
@@ -222,7 +223,7 @@ pub struct FetchOptions<V, S> {
     /// The entry's type-private state.
     pub state: S,
     /// The Get that started this fetch asked for revalidation; a blocking type should answer
-    /// without waiting (the leaf type re-checks its signing key instead, spec §3.2 step 4).
+    /// without waiting (the leaf type re-checks its signing key instead, ARCHITECTURE.md, agent).
     pub must_revalidate: bool,
 }
 
@@ -275,7 +276,7 @@ impl<V, S> FetchResult<V, S> {
     }
 }
 
-/// How one Get wants to be answered (Consul's `RequestInfo` minus the key, spec §4.2).
+/// How one Get wants to be answered (Consul's `RequestInfo` minus the key, ARCHITECTURE.md, cache).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GetOptions {
     /// Block until the entry's index is above this (blocking types only; 0 = any value).

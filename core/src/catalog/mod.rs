@@ -3,8 +3,8 @@
 //!
 //! [`ServiceRegistration`] is the body of `/v1/agent/service/register`, decoded as Consul does
 //! (keys case-insensitive) and validated into typed [`CatalogError`]s. [`Catalog`] holds the
-//! rows and answers `/v1/health/service/:service`, `/v1/health/connect/:service` (spec §6.7)
-//! and `/v1/catalog/*`; the [`state`](crate::state) store keeps it, indexes its writes and
+//! rows and answers `/v1/health/service/:service`, `/v1/health/connect/:service` (Consul API docs,
+//! Health) and `/v1/catalog/*`; the [`state`](crate::state) store keeps it, indexes its writes and
 //! blocks queries on it.
 
 mod error;

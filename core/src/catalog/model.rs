@@ -1,5 +1,5 @@
 //! The catalog model with Consul's JSON names: nodes, services, health checks, and the rows the
-//! health and catalog endpoints return (spec §6.7).
+//! health and catalog endpoints return (Consul API docs, Health).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -155,7 +155,7 @@ impl ProxyConfig {
     }
 }
 
-/// One upstream of a proxy (spec §7.4).
+/// One upstream of a proxy (Consul docs: Upstream Configuration).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]
 #[non_exhaustive]
@@ -267,7 +267,7 @@ pub struct AgentService {
 
 impl AgentService {
     /// Whether this instance accepts Connect traffic for `destination`: a sidecar proxy for it,
-    /// or the service itself speaking Connect natively (spec §6.7).
+    /// or the service itself speaking Connect natively (Consul API docs, Health).
     pub fn is_connect_endpoint_for(&self, destination: &str) -> bool {
         match self.kind {
             ServiceKind::ConnectProxy => self
@@ -396,7 +396,7 @@ pub struct ServiceEntry {
 
 impl ServiceEntry {
     /// Where to connect: the service's address if it has one, else its node's, with the
-    /// service's port (spec §6.7).
+    /// service's port (Consul API docs, Health).
     pub fn dial_address(&self) -> (&str, u16) {
         let host = if self.service.address.is_empty() {
             &self.node.address

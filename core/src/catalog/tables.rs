@@ -74,9 +74,9 @@ impl Catalog {
         self.entries(|s| s.service == name, passing_only)
     }
 
-    /// The Connect-capable endpoints of `name` (`/v1/health/connect/:service`, spec §6.7):
-    /// sidecar proxies whose `Proxy.DestinationServiceName` is `name`, and instances of `name`
-    /// registered with `Connect.Native`. Dial them at [`ServiceEntry::dial_address`].
+    /// The Connect-capable endpoints of `name` (`/v1/health/connect/:service`, Consul API docs,
+    /// Health): sidecar proxies whose `Proxy.DestinationServiceName` is `name`, and instances of
+    /// `name` registered with `Connect.Native`. Dial them at [`ServiceEntry::dial_address`].
     pub fn health_connect(&self, name: &str, passing_only: bool) -> Vec<ServiceEntry> {
         self.entries(|s| s.is_connect_endpoint_for(name), passing_only)
     }

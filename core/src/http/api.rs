@@ -1,5 +1,5 @@
 //! The HTTP API server: Consul's paths, JSON field names, status codes and headers over one
-//! [`Server`] (spec §6). Handlers convert, call the server, and map errors — no rule lives
+//! [`Server`] (Consul API docs). Handlers convert, call the server, and map errors — no rule lives
 //! here.
 
 use std::future::Future;

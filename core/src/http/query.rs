@@ -1,4 +1,4 @@
-//! Consul's common request conventions (spec §6): the ACL token, datacenter, blocking
+//! Consul's common request conventions (Consul API docs): the ACL token, datacenter, blocking
 //! `index`/`wait`, consistency flags, and the response headers of read endpoints.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The L4 authorization decision (spec §5.5, `/v1/agent/connect/authorize`).
+//! The L4 authorization decision (Consul API docs, Agent Connect, `/v1/agent/connect/authorize`).
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! The error type of the intentions module.
 //!
-//! Validation messages are Consul's own texts (spec §5.2) because clients and operators compare
-//! them; the config-entry prefix `Sources[i].` is dropped since an [`Intention`] has one source.
+//! Validation messages are Consul's own texts (Consul docs: Intentions) because clients and
+//! operators compare them; the config-entry prefix `Sources[i].` is dropped since an [`Intention`]
+//! has one source.
 //!
 //! [`Intention`]: super::Intention
 

@@ -21,7 +21,7 @@ struct Candidates {
     sources: Box<[SourceMatcher]>,
 }
 
-/// One candidate's source side, pre-normalized (spec §5.5 step 5).
+/// One candidate's source side, pre-normalized (ARCHITECTURE.md, intentions).
 #[derive(Debug)]
 struct SourceMatcher {
     /// `None` for `*`.
@@ -166,9 +166,10 @@ impl<'a> Slot<'a> {
 /// lookups and a scan of the candidates, allocating nothing.
 ///
 /// Each destination's list already holds the wildcard intentions that apply to it, merged in
-/// evaluation order, so the scan is the agent's first-match walk (spec §5.5) and gives the same
-/// answer as [`authorize`](super::authorize) over the same intentions. The index is immutable;
-/// build a new one when intentions change and publish it through [`SharedIntentionIndex`].
+/// evaluation order, so the scan is the agent's first-match walk (Consul API docs, Agent Connect)
+/// and gives the same answer as [`authorize`](super::authorize) over the same intentions. The index
+/// is immutable; build a new one when intentions change and publish it through
+/// [`SharedIntentionIndex`].
 #[derive(Debug)]
 pub struct IntentionIndex {
     intentions: Box<[Arc<Intention>]>,

@@ -1,4 +1,5 @@
-//! Which intentions apply to a service (spec §5.4, and the per-intention test of §5.5).
+//! Which intentions apply to a service (Consul API docs, Intentions, and the per-intention test of
+//! authorize).
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -141,14 +142,15 @@ impl<'a> Side<'a> {
     }
 }
 
-/// Whether `ixn`'s chosen side covers `service` under the store's lookup rule (spec §5.4).
+/// Whether `ixn`'s chosen side covers `service` under the store's lookup rule (Consul API docs,
+/// Intentions).
 fn covers(ixn: &Intention, by: MatchType, service: &ServiceRef<'_>) -> bool {
     let side = Side::of(ixn, by);
     side.same_tenancy(service) && side_matches(side.ns, side.name, service.namespace, service.name)
 }
 
 /// The intentions whose `by` side covers each of `services`, each list in evaluation order
-/// (spec §5.4, `/v1/connect/intentions/match`).
+/// (Consul API docs, `/v1/connect/intentions/match`).
 ///
 /// Partitions compare with empty meaning `default`. Matching by source also requires the
 /// source peer to equal the service's; destinations are always local, so their peer is ignored.
@@ -230,7 +232,8 @@ mod tests {
             .collect()
     }
 
-    /// The store vectors of §5.4, run against both sides.
+    /// The store vectors of Consul's intention match (ARCHITECTURE.md, intentions), run against
+    /// both sides.
     #[test]
     fn store_match_vectors() {
         for by in [MatchType::Source, MatchType::Destination] {
@@ -521,7 +524,7 @@ mod tests {
 
 impl<'a> From<&'a crate::spiffe::ServiceId> for ServiceRef<'a> {
     /// The source side of an authorization: a peer's parsed SPIFFE service ID. Trust domain and
-    /// datacenter are deliberately not part of the match (spec §5.5, step 3).
+    /// datacenter are deliberately not part of the match (ARCHITECTURE.md, intentions).
     fn from(id: &'a crate::spiffe::ServiceId) -> ServiceRef<'a> {
         ServiceRef {
             partition: &id.partition,

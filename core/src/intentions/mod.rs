@@ -1,8 +1,9 @@
-//! Intentions: which services may talk to which (spec §5).
+//! Intentions: which services may talk to which (Consul docs: Intentions).
 //!
-//! The model and its Consul JSON ([`Intention`]), validation and normalisation (§5.2),
-//! precedence and evaluation order (§5.3), matching (§5.4) and the L4 authorization decision
-//! (§5.5), and [`IntentionIndex`], which answers the authorization on the hot path.
+//! The model and its Consul JSON ([`Intention`]), validation and normalisation (Consul docs:
+//! Intentions), precedence and evaluation order (Consul docs: Intentions), matching (Consul API
+//! docs) and the L4 authorization decision (Consul API docs, Agent Connect), and
+//! [`IntentionIndex`], which answers the authorization on the hot path.
 
 mod authz;
 mod error;

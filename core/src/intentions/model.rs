@@ -1,4 +1,4 @@
-//! The intention data model and its Consul JSON shape (spec §5.1, §6.6).
+//! The intention data model and its Consul JSON shape (Consul API docs, Intentions).
 
 use std::collections::BTreeMap;
 use std::fmt;

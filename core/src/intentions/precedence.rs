@@ -1,4 +1,5 @@
-//! Precedence (spec §5.3): which intention wins when several cover the same connection.
+//! Precedence (Consul docs: Intentions, precedence): which intention wins when several cover the
+//! same connection.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
@@ -84,7 +85,8 @@ mod tests {
 
     #[test]
     fn precedence_table() {
-        // The nine rows of §5.3: (precedence, SrcNS, Src, DstNS, Dst).
+        // The nine rows of Consul's precedence table (Consul docs: Intentions):
+        // (precedence, SrcNS, Src, DstNS, Dst).
         let rows = [
             (9, "exact", "exact", "exact", "exact"),
             (8, "exact", "*", "exact", "exact"),

@@ -1,4 +1,4 @@
-//! Normalisation and validation of intentions (spec §5.1, §5.2).
+//! Normalisation and validation of intentions (Consul docs: Intentions).
 
 use crate::spiffe::{
     check_default_namespace, check_default_partition, check_service_name_or_wildcard,
@@ -58,8 +58,8 @@ impl Intention {
         self.precedence = self.compute_precedence();
     }
 
-    /// Checks the rules of spec §5.2 and returns the first broken one, in Consul's order and
-    /// with Consul's message.
+    /// Checks the rules of ARCHITECTURE.md, intentions and returns the first broken one, in
+    /// Consul's order and with Consul's message.
     ///
     /// Run [`Intention::normalize`] first: validation, like Consul's, requires the namespaces to
     /// be set and the methods upper-cased.
@@ -162,7 +162,7 @@ impl Intention {
 }
 
 /// A wildcard is only ever a whole value, and an exact name under a wildcard namespace would
-/// have no precedence slot (§5.3), so both are refused.
+/// have no precedence slot (Consul docs: Intentions, precedence), so both are refused.
 fn validate_wildcards(
     (ns_field, ns): (&'static str, &str),
     (name_field, name): (&'static str, &str),

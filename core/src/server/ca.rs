@@ -111,7 +111,7 @@ impl Server {
     }
 
     /// Applies a new CA configuration (`operator:write`); a change of key material rotates
-    /// the root with cross-signing (spec §2.7).
+    /// the root with cross-signing (Consul CA docs, root rotation).
     pub fn set_ca_config(
         &self,
         token: Option<&str>,
@@ -129,7 +129,7 @@ impl Server {
 
     /// Signs a leaf for the identity in `csr_pem`: the token needs `service:write` on the
     /// service (or `node:write` on an agent's node), and the server-wide CSR rate limit
-    /// applies (spec §3.4).
+    /// applies (Consul CA docs, CSR rate limits).
     pub fn sign(
         &self,
         token: Option<&str>,

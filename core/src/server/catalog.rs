@@ -149,7 +149,7 @@ impl Server {
         })
     }
 
-    /// `GET /v1/health/service/:name` and `/v1/health/connect/:name` (spec §6.7).
+    /// `GET /v1/health/service/:name` and `/v1/health/connect/:name` (Consul API docs, Health).
     pub fn health(
         &self,
         token: Option<&str>,

@@ -86,7 +86,8 @@ impl ServerConfig {
             .is_none_or(|p| p == self.datacenter)
     }
 
-    /// The default decision for connections no intention matches (spec §5.5 step 7).
+    /// The default decision for connections no intention matches (Consul docs: Intentions, default
+    /// behavior).
     pub fn intention_default(&self) -> DefaultPolicy {
         match (self.default_intention_policy, self.acl_enabled) {
             (Some(action), _) => DefaultPolicy::intention_policy(action),

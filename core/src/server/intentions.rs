@@ -1,5 +1,5 @@
 //! Intentions on the server: storage with Consul's uniqueness and ACL rules, match, check,
-//! and the authorize decision (spec §5.4–§5.5, §6.4, §6.6).
+//! and the authorize decision (Consul API docs: Intentions, Agent Connect).
 
 use std::collections::BTreeMap;
 
@@ -355,8 +355,8 @@ impl Server {
             .allowed)
     }
 
-    /// `POST /v1/agent/connect/authorize` (spec §5.5): may the peer with `client_cert_uri`
-    /// connect to `target`? The token needs `service:write` on the target.
+    /// `POST /v1/agent/connect/authorize` (Consul API docs, Agent Connect): may the peer with
+    /// `client_cert_uri` connect to `target`? The token needs `service:write` on the target.
     pub fn authorize(
         &self,
         token: Option<&str>,

@@ -1,6 +1,6 @@
-//! The server-wide CSR limit (spec §3.4): a token bucket of `CSRMaxPerSecond` with burst 1,
-//! or, when the rate is 0, at most `CSRMaxConcurrent` signings at once. A request waits at
-//! most 500 ms, then fails with the exact text clients compare.
+//! The server-wide CSR limit (Consul CA docs, CSR rate limits): a token bucket of `CSRMaxPerSecond`
+//! with burst 1, or, when the rate is 0, at most `CSRMaxConcurrent` signings at once. A request
+//! waits at most 500 ms, then fails with the exact text clients compare.
 
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};

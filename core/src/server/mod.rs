@@ -1,6 +1,6 @@
 //! One datacenter's control plane: the state store, the CA manager, intentions, ACLs and the
 //! catalog, behind one type used both in-process and by the HTTP API. Every rule lives here
-//! once (DESIGN rule 3).
+//! once (ARCHITECTURE.md, Principles: one Server).
 
 mod acl;
 mod ca;

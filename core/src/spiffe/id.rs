@@ -1,4 +1,5 @@
-//! The identity kinds Consul issues certificates for, and how each is written as a URI (spec §1.1).
+//! The identity kinds Consul issues certificates for, and how each is written as a URI
+//! (ARCHITECTURE.md, spiffe).
 //!
 //! The structs are plain data with public fields, mirroring Consul's `SpiffeID*` types, so the
 //! binding layers and tests can build any value. Emission therefore does not validate: a value
@@ -281,7 +282,8 @@ impl SigningId {
         self.to_string()
     }
 
-    /// Whether a CA with this signing ID may issue a certificate for `other` (spec §1.5).
+    /// Whether a CA with this signing ID may issue a certificate for `other` (ARCHITECTURE.md,
+    /// spiffe).
     ///
     /// Services, mesh gateways and servers qualify when their host equals this trust domain,
     /// ignoring case; another signing ID only when its URI is identical. Agent IDs never do:
@@ -375,7 +377,7 @@ pub enum SpiffeId {
 }
 
 impl SpiffeId {
-    /// Parses a SPIFFE ID as Consul's `ParseCertURI` does (spec §1.3).
+    /// Parses a SPIFFE ID as Consul's `ParseCertURI` does (ARCHITECTURE.md, spiffe).
     ///
     /// The path is matched against the service, agent, mesh gateway and server grammars, each
     /// captured segment is percent-decoded on its own (so `%2F` stays inside a name), a missing
@@ -537,7 +539,7 @@ mod tests {
         }
     }
 
-    // §1.4 emit table.
+    // Consul's emit vectors (ARCHITECTURE.md, spiffe).
 
     #[test]
     fn emit_service() {
@@ -713,7 +715,7 @@ mod tests {
         }
     }
 
-    // §1.5 CanSign.
+    // Consul's CanSign (ARCHITECTURE.md, spiffe).
 
     fn signing() -> SigningId {
         SigningId::new(TEST_CLUSTER_ID)

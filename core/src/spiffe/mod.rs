@@ -3,7 +3,7 @@
 //!
 //! Every certificate in the mesh names exactly one of these identities in its URI SAN, and every
 //! authorization decision starts from a parsed [`SpiffeId`]. Parsing and emission follow Consul
-//! byte for byte (spec §1 and §7.3), including its quirks: the CE build always emits
+//! byte for byte (ARCHITECTURE.md, spiffe), including its quirks: the CE build always emits
 //! `/ns/default/` for services, drops the partition of agents and mesh gateways, and the parser
 //! keeps the host's case. Interoperating with real Consul clusters depends on those details.
 //!

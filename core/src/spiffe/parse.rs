@@ -1,4 +1,4 @@
-//! String → [`SpiffeId`], following Consul's `ParseCertURI` (spec §1.3).
+//! String → [`SpiffeId`], following Consul's `ParseCertURI` (ARCHITECTURE.md, spiffe).
 //!
 //! Consul runs Go's URL parser and then regexes over the path. Here the URI is split by hand and
 //! the path matched segment by segment, which is equivalent because every regex segment is
@@ -26,7 +26,7 @@ pub(super) fn parse(input: &str) -> Result<SpiffeId, SpiffeIdError> {
     }
 
     // A non-empty raw path never decodes to an empty one, so testing the raw path is testing the
-    // decoded path as the spec asks.
+    // decoded path as Consul's parser does.
     if path.is_empty()
         && let Some((cluster_id, domain)) = host.split_once('.')
         && !cluster_id.is_empty()
@@ -262,7 +262,7 @@ mod tests {
         );
     }
 
-    // §1.4 parse table, row by row.
+    // Consul's parse vectors (ARCHITECTURE.md, spiffe), row by row.
 
     #[test]
     fn vector_http_scheme() {

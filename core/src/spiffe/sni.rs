@@ -1,4 +1,4 @@
-//! The TLS server names upstreams put in their ClientHello (spec §7.3).
+//! The TLS server names upstreams put in their ClientHello (Consul docs: Mesh Gateways).
 //!
 //! Mesh gateways never terminate the end-to-end TLS session: they route purely on these names,
 //! so each label must be byte-identical to what Consul's gateways expect. The functions only

@@ -63,7 +63,7 @@ impl TrustDomain {
     }
 
     /// The cluster ID: the part before the first `.`, which is how secondary datacenters learn
-    /// it from the primary's roots response (spec §1.2).
+    /// it from the primary's roots response (Consul API docs, Connect CA).
     pub fn cluster_id(&self) -> &str {
         self.0
             .split_once('.')

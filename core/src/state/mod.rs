@@ -13,9 +13,9 @@
 //! Reads return [`Indexed`] values: the value and the index of the table(s) it came from, which
 //! the HTTP layer sends as `X-Consul-Index`. A client then blocks with
 //! [`Store::wait`]/[`Store::wait_any`] until that table's index passes the one it has, or its
-//! wait time runs out — in which case it gets the unchanged index and no error (spec §4.3,
-//! §6). Each table has its own `tokio::sync::watch` channel, so a write wakes only the queries
-//! on the tables it changed.
+//! wait time runs out — in which case it gets the unchanged index and no error (Consul docs:
+//! Blocking Queries). Each table has its own `tokio::sync::watch` channel, so a write wakes only
+//! the queries on the tables it changed.
 //!
 //! # Writes and durability
 //!
@@ -56,7 +56,7 @@
 //!   [`Store::write`].
 //!
 //! Scale beyond one machine is otherwise the job of a real Consul cluster behind the HTTP
-//! backend (DESIGN.md, rule 6).
+//! backend (ARCHITECTURE.md, Principles: scale elsewhere).
 
 mod error;
 mod ops;

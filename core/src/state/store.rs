@@ -154,8 +154,8 @@ impl Store {
     }
 
     /// Waits until `table`'s index exceeds `min_index` or `timeout` passes, and returns the
-    /// table's index then (a blocking query, spec §4.3 and §6). Timing out is not an error: the
-    /// caller answers with what it has, as Consul does.
+    /// table's index then (a blocking query, Consul docs: Blocking Queries). Timing out is not an
+    /// error: the caller answers with what it has, as Consul does.
     pub async fn wait(&self, table: Table, min_index: u64, timeout: Duration) -> u64 {
         self.wait_any(&[table], min_index, timeout).await
     }

@@ -1,4 +1,4 @@
-//! Who may connect: [`Authorizer`] and its constructors (convention 37).
+//! Who may connect: [`Authorizer`] and its constructors (ARCHITECTURE.md, tls).
 //!
 //! An authorizer runs after the peer's chain has verified and its SPIFFE ID has been parsed,
 //! inside the handshake, and returns a reason when it says no: the reason is what operators
@@ -150,8 +150,8 @@ pub fn member_of(trust_domain: TrustDomain) -> MemberOf {
     MemberOf(trust_domain)
 }
 
-/// Consul's intentions, as the agent's authorize endpoint applies them (spec §5.5, §8.3): the
-/// destination is our service, the source is the peer's service identity.
+/// Consul's intentions, as the agent's authorize endpoint applies them (Consul API docs, Agent
+/// Connect): the destination is our service, the source is the peer's service identity.
 #[derive(Debug, Clone)]
 pub struct Intentions {
     target: String,

@@ -1,5 +1,5 @@
 //! The client side: a rustls `ClientConfig` that checks the server's chain and that it names
-//! the service we meant to reach (spec §8.3), and presents our current leaf.
+//! the service we meant to reach (Consul docs: Connect-Native), and presents our current leaf.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -93,7 +93,8 @@ impl ExpectedPeer {
     ) -> std::result::Result<(), VerifyFailure> {
         let got = presented.to_string();
         let host = presented.host();
-        // The expected URI with the presented host, as Go overwrites it (spec §8.3).
+        // The expected URI with the presented host, as Go overwrites it (ARCHITECTURE.md, Data
+        // path: a handshake).
         let want = match self {
             ExpectedPeer::Id(id) => format!("spiffe://{host}{}", path_of(&id.to_string())),
             ExpectedPeer::Service(name) => {
@@ -286,14 +287,15 @@ pub fn mtls_client(identity: &Identity, expected: impl Into<ExpectedPeer>) -> Mt
 
 impl MtlsClientBuilder {
     /// Also require the server to be in our trust domain and in the expected datacenter (our
-    /// own for a name-only expectation). Consul does neither (spec §11.5); off by default.
+    /// own for a name-only expectation). Consul does neither (ARCHITECTURE.md, Differences from
+    /// Consul); off by default.
     pub fn strict(mut self, strict: bool) -> Self {
         self.strict = strict;
         self
     }
 
-    /// Sends this name as SNI (a DNS name; mesh gateways route by it, spec §7.3). Without it
-    /// no SNI is sent. Never used for hostname verification.
+    /// Sends this name as SNI (a DNS name; mesh gateways route by it, Consul docs: Mesh Gateways).
+    /// Without it no SNI is sent. Never used for hostname verification.
     pub fn server_name(mut self, name: impl Into<String>) -> Self {
         self.server_name = Some(name.into());
         self
@@ -492,7 +494,7 @@ mod tests {
         SpiffeId::parse(s).unwrap()
     }
 
-    /// The vectors of Go's `verifyServerCertMatchesURI` (spec §8.5).
+    /// The vectors of Go's `verifyServerCertMatchesURI` (ARCHITECTURE.md, Test habits).
     #[test]
     fn go_uri_matching() {
         let web = id(&format!("spiffe://{TD}/ns/default/dc/dc1/svc/web"));

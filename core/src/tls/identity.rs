@@ -184,7 +184,7 @@ impl Svid {
 /// The roots a service trusts, for one trust domain.
 ///
 /// All roots count, not only the active one: during a rotation peers still hold leaves of the
-/// old root (spec §2.7).
+/// old root (Consul CA docs, root rotation).
 #[derive(Clone)]
 pub struct Bundle {
     trust_domain: TrustDomain,
@@ -285,8 +285,8 @@ impl Snapshot {
         self.bundle.as_ref()
     }
 
-    /// Ready at `now` (spec §8.2): an SVID and a bundle are set and the leaf verifies against
-    /// the roots. A root rotation without a new leaf can make a ready snapshot not ready.
+    /// Ready at `now` (ARCHITECTURE.md, tls): an SVID and a bundle are set and the leaf verifies
+    /// against the roots. A root rotation without a new leaf can make a ready snapshot not ready.
     pub fn is_ready_at(&self, now: OffsetDateTime) -> bool {
         match (&self.svid, &self.bundle) {
             (Some(svid), Some(bundle)) => {
@@ -298,7 +298,7 @@ impl Snapshot {
     }
 }
 
-/// The "give me the current leaf" half of an identity source (convention 37).
+/// The "give me the current leaf" half of an identity source (ARCHITECTURE.md, tls).
 pub trait SvidSource: Send + Sync + 'static {
     /// The current SVID.
     fn current_svid(&self) -> Option<Arc<Svid>>;
@@ -306,7 +306,7 @@ pub trait SvidSource: Send + Sync + 'static {
     fn watch(&self) -> watch::Receiver<Arc<Snapshot>>;
 }
 
-/// The "give me the current roots" half of an identity source (convention 37).
+/// The "give me the current roots" half of an identity source (ARCHITECTURE.md, tls).
 pub trait BundleSource: Send + Sync + 'static {
     /// The current bundle.
     fn current_bundle(&self) -> Option<Arc<Bundle>>;
@@ -457,7 +457,8 @@ impl Identity {
         Ok(self.publish(prev.svid.clone(), Some(Arc::new(bundle)), &prev))
     }
 
-    /// Ready (spec §8.2): leaf and roots are set and the leaf verifies against the roots now.
+    /// Ready (ARCHITECTURE.md, tls): leaf and roots are set and the leaf verifies against the roots
+    /// now.
     pub fn ready(&self) -> bool {
         self.snapshot().is_ready_at(self.inner.clock.now())
     }

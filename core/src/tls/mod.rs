@@ -1,9 +1,9 @@
-//! Mutual TLS between services, with Consul Connect's identity rules (spec §8).
+//! Mutual TLS between services, with Consul Connect's identity rules (Consul docs: Connect-Native).
 //!
 //! An [`Identity`] holds what one service needs for mTLS: its current leaf ([`Svid`]) and the
 //! current trust bundle ([`Bundle`]), published together as an immutable [`Snapshot`] with a
 //! generation counter. Updates are validated before they are published, and a failed update
-//! leaves the last good snapshot in place (conventions 37 and 39).
+//! leaves the last good snapshot in place (ARCHITECTURE.md, tls).
 //!
 //! On top of it:
 //!
@@ -14,7 +14,7 @@
 //!   application never sees its connection.
 //! * [`mtls_client`] builds a `ClientConfig` that checks the server's chain and that the server
 //!   names the service we meant to reach, the way Consul's Go client compares URIs
-//!   (spec §8.3, surprising detail 5).
+//!   (ARCHITECTURE.md, Differences from Consul).
 //! * [`Service`] adds tokio `listen`/`dial_addr` (callers with no async runtime drive them
 //!   through [`crate::blocking`]).
 //! * [`Material`] and [`Service::authorize_peer`] serve applications that keep their own TLS
@@ -34,7 +34,7 @@
 //! # Protocol choices
 //!
 //! * TLS 1.3 is preferred and TLS 1.2 is allowed, because Consul's Go peers and older OpenSSL
-//!   builds still negotiate 1.2 (spec §8.2: minimum 1.2). Cipher suites are aws-lc-rs's
+//!   builds still negotiate 1.2 (ARCHITECTURE.md, tls). Cipher suites are aws-lc-rs's
 //!   defaults: AES-GCM first, then ChaCha20-Poly1305, ECDHE only.
 //! * Hostname verification is not done, as in Consul: the identity is the URI SAN, checked
 //!   against the expected service; SNI is not sent unless configured.

@@ -1,5 +1,5 @@
 //! The server side: a rustls `ServerConfig` that serves the current leaf and verifies and
-//! authorizes clients inside the handshake (spec §8.2, §8.3).
+//! authorizes clients inside the handshake (Consul docs: Connect-Native).
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
-//! Chain verification against the current roots, and the identity a leaf names (spec §8.3).
+//! Chain verification against the current roots, and the identity a leaf names (Consul docs:
+//! Connect-Native).
 
 use rustls::CertificateError;
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -32,7 +33,7 @@ pub(crate) fn unix_time(t: OffsetDateTime) -> UnixTime {
 ///
 /// Every root of the bundle is a trust anchor, so during a CA rotation leaves of the old and
 /// the new root both verify, and a new leaf whose chain carries the new root cross-signed by the
-/// old one verifies for a peer that has only the old root (spec §2.7).
+/// old one verifies for a peer that has only the old root (Consul CA docs, root rotation).
 pub(crate) fn check_chain(
     bundle: &Bundle,
     end_entity: &CertificateDer<'_>,

@@ -85,7 +85,7 @@ impl Mesh {
     }
 }
 
-/// `*` → `db` deny, `web` → `db` allow (spec §8.5).
+/// `*` → `db` deny, `web` → `db` allow (ARCHITECTURE.md, Test habits).
 pub(crate) fn db_intentions() -> SharedIntentionIndex {
     SharedIntentionIndex::new(IntentionIndex::new(
         [
