@@ -42,7 +42,7 @@ bench-report:
 # agent_cache prints its figures rather than writing JSON; the report reads a copy of them.
 bench-run:
 	python3 scripts/bench-report.py --out $(BENCH_OUT) --start $(if $(BENCH_QUICK),--quick)
-	cargo build --release --bin connect
+	cargo build --release -p connect-core --features cli --bin connect
 	$(BENCH_ENV) cargo bench -p connect-core --bench ca_sign -- \
 		$(or $(CRITERION_QUICK),--warm-up-time 2 --measurement-time 5)
 	$(BENCH_ENV) cargo bench -p connect-core --bench authorize -- \
@@ -80,7 +80,7 @@ bench-node:
 		BENCH_JSON=$(BENCH_OUT)/node.json npm run bench
 
 build:
-	cargo build --workspace --release
+	cargo build --workspace --release --features connect-core/cli
 
 ## Regenerate include/connect.h with the pinned cbindgen (installed on first use).
 header:

@@ -2,9 +2,7 @@
 
 pub mod api;
 pub mod client;
-pub mod query;
-
-pub use query::{Params, QueryOptions};
+pub(crate) mod query;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use connect_core::http::client::{ApiClient, ClientConfig};
+use connect_core::agent::{AgentConfig, AgentOverrides};
+use connect_core::http::client::ApiClient;
 use connect_core::{Error, ErrorKind};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -55,25 +56,25 @@ pub(crate) fn run(cmd: ClientCommand) -> u8 {
 }
 
 fn client(http: &HttpArgs) -> Result<ApiClient, Error> {
-    ApiClient::new(&client_config(http))
+    let config = agent_config(http)?.client_config().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Internal,
+            "the environment describes no HTTP agent",
+        )
+    })?;
+    ApiClient::new(&config)
 }
 
-/// The client settings from Consul's environment variables, overridden by the flags.
-pub(crate) fn client_config(http: &HttpArgs) -> ClientConfig {
-    let mut config = ClientConfig::from_env();
-    if let Some(addr) = &http.http_addr {
-        config.endpoint.address = Some(addr.clone());
-    }
-    if let Some(token) = &http.token {
-        config.token = Some(token.clone());
-    }
-    if let Some(ca) = &http.ca_file {
-        config.endpoint.ca_file = Some(ca.clone());
-    }
-    if let Some(dc) = &http.datacenter {
-        config.datacenter = Some(dc.clone());
-    }
-    config
+/// The agent settings: the flags over Consul's environment variables, merged as every
+/// binding merges its options.
+pub(crate) fn agent_config(http: &HttpArgs) -> Result<AgentConfig, Error> {
+    AgentConfig::from_env_with(AgentOverrides {
+        address: http.http_addr.clone(),
+        token: http.token.clone(),
+        datacenter: http.datacenter.clone(),
+        ca_file: http.ca_file.clone(),
+        ..AgentOverrides::default()
+    })
 }
 
 async fn execute(cmd: ClientCommand) -> Result<Outcome, Error> {
