@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 /// How keys are matched to fields and how scalar values are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Rules {
+pub struct Rules {
     /// Bytes left out of a key before it is compared with a field name, ignoring ASCII case.
     ignored: &'static [u8],
     /// Whether scalars convert to the field's type, as `mapstructure`'s weakly typed input.
@@ -28,7 +28,7 @@ pub(crate) struct Rules {
 impl Rules {
     /// Go's `encoding/json`: keys match ignoring ASCII case; a value must have the field's
     /// type. What Consul's HTTP API decodes request bodies with.
-    pub(crate) const GO: Rules = Rules {
+    pub const GO: Rules = Rules {
         ignored: b"",
         weak: false,
     };
@@ -36,7 +36,7 @@ impl Rules {
     /// Consul's agent endpoints (`/v1/agent/service/register`): as [`Rules::GO`], and
     /// snake_case keys (`destination_service_name`) too, which the agent translates before
     /// decoding.
-    pub(crate) const AGENT: Rules = Rules {
+    pub const AGENT: Rules = Rules {
         ignored: b"_",
         weak: false,
     };
@@ -45,13 +45,13 @@ impl Rules {
     /// input: keys match ignoring case, `_` and `-` (`leaf_cert_ttl`, `LeafCertTTL`), numbers
     /// and booleans may arrive as strings (`"4096"`, `"true"`), a string may arrive as a number
     /// or a boolean.
-    pub(crate) const CONFIG: Rules = Rules {
+    pub const CONFIG: Rules = Rules {
         ignored: b"_-",
         weak: true,
     };
 
     /// Whether `key` names `field` under these rules.
-    pub(crate) fn key_matches(self, key: &str, field: &str) -> bool {
+    pub fn key_matches(self, key: &str, field: &str) -> bool {
         let mut key = key.bytes().filter(|b| !self.ignored.contains(b));
         let mut field = field.bytes().filter(|b| !self.ignored.contains(b));
         loop {
@@ -67,7 +67,7 @@ impl Rules {
     /// exact key if present, else the first key matching under these rules. For checks that
     /// must look at the document before it is decoded (to give a value Consul's validation
     /// message rather than a type error).
-    pub(crate) fn get<'a>(self, object: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+    pub fn get<'a>(self, object: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
         object.get(field).or_else(|| {
             object
                 .iter()
@@ -79,7 +79,7 @@ impl Rules {
 
 /// Why a document could not be decoded, with the path of the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DecodeError {
+pub struct DecodeError {
     /// `serde_path_to_error`'s path; `.` for the document itself.
     path: String,
     reason: Reason,
@@ -96,13 +96,13 @@ enum Reason {
 impl DecodeError {
     /// The path of the field or object the error is about (`Permissions[0].HTTP`), or `None`
     /// for the document itself.
-    pub(crate) fn path(&self) -> Option<&str> {
+    pub fn path(&self) -> Option<&str> {
         (self.path != ".").then_some(self.path.as_str())
     }
 
     /// When two keys of one object name the same field (`Name` and `name`): that field's path
     /// (`Proxy.Upstreams[0].DestinationName`).
-    pub(crate) fn duplicate_field(&self) -> Option<String> {
+    pub fn duplicate_field(&self) -> Option<String> {
         match &self.reason {
             Reason::DuplicateKey(key) => Some(match self.path() {
                 Some(path) => format!("{path}.{key}"),
@@ -132,18 +132,18 @@ impl std::error::Error for DecodeError {}
 
 /// Decodes `bytes` into `T` under [`Rules::GO`]. Errors name the path of the offending field
 /// (`Permissions[0].HTTP.Methods: invalid type …`).
-pub(crate) fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     from_value(value)
 }
 
 /// [`from_slice`] over an already parsed value.
-pub(crate) fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, String> {
     decode(value, Rules::GO).map_err(|e| e.to_string())
 }
 
 /// Decodes `value` into `T` under `rules`.
-pub(crate) fn decode<T: DeserializeOwned>(value: Value, rules: Rules) -> Result<T, DecodeError> {
+pub fn decode<T: DeserializeOwned>(value: Value, rules: Rules) -> Result<T, DecodeError> {
     serde_path_to_error::deserialize(Document { value, rules }).map_err(|e| DecodeError {
         path: e.path().to_string(),
         reason: match e.into_inner() {

@@ -20,7 +20,7 @@ pub mod error;
 pub mod filter;
 pub mod http;
 pub mod intentions;
-pub(crate) mod json;
+pub mod json;
 pub(crate) mod logging;
 pub mod server;
 pub mod spiffe;
