@@ -42,7 +42,7 @@ bench-report:
 # agent_cache prints its figures rather than writing JSON; the report reads a copy of them.
 bench-run:
 	python3 scripts/bench-report.py --out $(BENCH_OUT) --start $(if $(BENCH_QUICK),--quick)
-	cargo build --release --bin connect
+	cargo build --release -p connect-core --features cli --bin connect
 	$(BENCH_ENV) cargo bench -p connect-core --bench ca_sign -- \
 		$(or $(CRITERION_QUICK),--warm-up-time 2 --measurement-time 5)
 	$(BENCH_ENV) cargo bench -p connect-core --bench authorize -- \
@@ -80,7 +80,7 @@ bench-node:
 		BENCH_JSON=$(BENCH_OUT)/node.json npm run bench
 
 build:
-	cargo build --workspace --release
+	cargo build --workspace --release --features connect-core/cli
 
 ## Regenerate include/connect.h with the pinned cbindgen (installed on first use).
 header:
@@ -104,11 +104,11 @@ c-test:
 FUZZ_SECS ?= 3600
 FUZZ_CASES ?= 20000
 fuzz:
-	cargo test -p connect-core --locked --test robustness_prop --no-run
+	cargo test -p connect-core --locked --features cli --test robustness_prop --no-run
 	end=$$(( $$(date +%s) + $(FUZZ_SECS) )); round=0; \
 	while [ $$(date +%s) -lt $$end ]; do \
 		round=$$((round + 1)); echo "== fuzz round $$round ($(FUZZ_CASES) cases per property)"; \
-		LIBCONNECT_FUZZ_CASES=$(FUZZ_CASES) cargo test -p connect-core --locked \
+		LIBCONNECT_FUZZ_CASES=$(FUZZ_CASES) cargo test -p connect-core --locked --features cli \
 			--test robustness_prop -- --test-threads 2 || exit 1; \
 	done
 
@@ -118,4 +118,4 @@ fuzz:
 ## p50/p99/max, and fails when a target is missed. A copy goes to <target>/bench/hostile.txt.
 HOSTILE_SECS ?= 60
 hostile:
-	HOSTILE_SECS=$(HOSTILE_SECS) BENCH_OUT=$(BENCH_OUT) cargo bench -p connect-core --locked --bench hostile
+	HOSTILE_SECS=$(HOSTILE_SECS) BENCH_OUT=$(BENCH_OUT) cargo bench -p connect-core --locked --features cli --bench hostile

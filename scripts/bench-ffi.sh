@@ -13,7 +13,7 @@ N=${N:-500}
 MIB=${MIB:-256}
 mkdir -p "$out"
 
-cargo build --release --locked -p connect-core --bin connect --example bench_echo
+cargo build --release --locked -p connect-core --features cli --bin connect --example bench_echo
 make -s -C ffi install PROFILE=release PREFIX="$out/prefix"
 cc -std=c11 -Wall -Wextra -Werror -O2 -I"$out/prefix/include" ffi/bench/bench_client.c \
   -o "$out/bench_client" -L"$out/prefix/lib" -lconnect -Wl,-rpath,"$out/prefix/lib"

@@ -28,7 +28,7 @@ if [ $build = 1 ]; then
   fi
 
   echo "== building the connect CLI and libconnect.so (cargo, a few minutes the first time)"
-  cargo build --workspace --locked --lib --bins --quiet
+  cargo build --workspace --locked --features connect-core/cli --lib --bins --quiet
 
   echo "== building the Python module into bindings/python/.venv (maturin)"
   venv=bindings/python/.venv

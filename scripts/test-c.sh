@@ -34,7 +34,7 @@ prefix="$out/prefix"
 step "build libconnect (debug) and the connect agent"
 # Whole-workspace builds share one feature resolution with `cargo test --workspace`, so
 # nothing is compiled twice with other features.
-cargo build --workspace --locked --lib --bins
+cargo build --workspace --locked --features connect-core/cli --lib --bins
 
 step "install into $prefix; build the examples against it with pkg-config, and as C++"
 make -s -C ffi install PROFILE=debug PREFIX="$prefix"
@@ -72,6 +72,6 @@ for t in test_misuse test_mtls; do
 done
 
 step "cargo test -p connect-ffi (header, C programs as processes, OpenSSL interop, examples)"
-cargo test --workspace --locked --test header --test c_programs
+cargo test --workspace --locked --features connect-core/cli --test header --test c_programs
 
 echo "libconnect C lane: $steps passed, 0 failed ($(($(date +%s) - started)) s)"

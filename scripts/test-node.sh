@@ -38,8 +38,8 @@ fi
 # The cross-language tests (__test__/cross_language.test.mjs) run a `connect agent -dev`, the C
 # examples the C lane built and a Python peer in the Python lane's venv (scripts/test.sh runs
 # the C and Python lanes first; without them those tests are skipped).
-echo "== cargo build --bin connect"
-(cd "$root" && cargo build -p connect-core --bin connect --locked --quiet)
+echo "== cargo build --features cli --bin connect"
+(cd "$root" && cargo build -p connect-core --features cli --bin connect --locked --quiet)
 export LIBCONNECT_CONNECT_BIN="$CARGO_TARGET_DIR/debug/connect"
 export LIBCONNECT_C_EXAMPLES="${LIBCONNECT_C_EXAMPLES:-$CARGO_TARGET_DIR/c-test}"
 

@@ -34,8 +34,8 @@ echo "== maturin develop (debug)"
 (cd "$py" && maturin develop --locked --quiet)
 
 # The HTTP-backend tests run against a `connect agent -dev` process.
-echo "== cargo build --bin connect --example echo_client"
-cargo build -p connect-core --bin connect --example echo_client --locked --quiet
+echo "== cargo build --features cli --bin connect --example echo_client"
+cargo build -p connect-core --features cli --bin connect --example echo_client --locked --quiet
 export LIBCONNECT_CONNECT_BIN="$target/debug/connect"
 # The cross-language tests: the Rust example client, and the C examples the C lane built
 # (scripts/test-c.sh runs first in scripts/test.sh; without them those tests are skipped).

@@ -34,12 +34,12 @@ pub fn colon_hex(bytes: &[u8]) -> String {
 }
 
 /// Consul's root ID: colon-hex SHA-1 of the certificate DER.
-pub fn sha1_fingerprint(der: &[u8]) -> String {
+pub(crate) fn sha1_fingerprint(der: &[u8]) -> String {
     colon_hex(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref())
 }
 
 /// The minimal big-endian bytes of a serial number, as Consul prints it (`8` → `08`).
-pub fn serial_bytes(serial: u64) -> Vec<u8> {
+pub(crate) fn serial_bytes(serial: u64) -> Vec<u8> {
     let bytes = serial.to_be_bytes();
     let first = bytes
         .iter()

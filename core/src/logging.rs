@@ -10,12 +10,12 @@
 use std::sync::OnceLock;
 
 /// The environment variable read by [`init_from_env`].
-pub const LOG_ENV: &str = "LIBCONNECT_LOG";
+pub(crate) const LOG_ENV: &str = "LIBCONNECT_LOG";
 
 /// Installs the standard-error subscriber if `LIBCONNECT_LOG` is set and no global subscriber
 /// exists yet. Idempotent and cheap after the first call; returns whether this call (or an
 /// earlier one) installed it.
-pub fn init_from_env() -> bool {
+pub(crate) fn init_from_env() -> bool {
     static INSTALLED: OnceLock<bool> = OnceLock::new();
     *INSTALLED.get_or_init(|| {
         let Some(directives) = std::env::var_os(LOG_ENV) else {

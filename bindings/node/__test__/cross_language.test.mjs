@@ -123,7 +123,7 @@ async function waitDenied(svc, name) {
 let agent, httpAddr, env
 
 before(async () => {
-  assert.ok(executable(connectBin), `no connect binary at ${connectBin} (cargo build --bin connect)`)
+  assert.ok(executable(connectBin), `no connect binary at ${connectBin} (cargo build -p connect-core --features cli --bin connect)`)
   const { match } = await new Promise((resolve, reject) => {
     const child = spawn(connectBin, ['agent', '-dev', '-http-port', '0'], { stdio: ['ignore', 'ignore', 'pipe'] })
     children.push(child)

@@ -114,9 +114,9 @@ impl Agent {
         Agent::new(AgentConfig::dev())
     }
 
-    /// Starts an agent (and, if `LIBCONNECT_LOG` is set, logging to standard error: see
-    /// [`crate::logging`]). With an HTTP backend this reads `/v1/agent/self` once to learn the
-    /// datacenter and the default intention policy; from async code use
+    /// Starts an agent (and, if `LIBCONNECT_LOG` is set to `tracing` filter directives such as
+    /// `info`, logging to standard error). With an HTTP backend this reads `/v1/agent/self` once
+    /// to learn the datacenter and the default intention policy; from async code use
     /// [`Agent::new_async`] for that.
     pub fn new(config: AgentConfig) -> Result<Agent, Error> {
         crate::logging::init_from_env();

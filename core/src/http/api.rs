@@ -33,7 +33,7 @@ use crate::tls::{CurrentLeaf, KeyExchange, certified_key, crypto_provider};
 use crate::{Error, ErrorKind};
 
 /// Request bodies larger than this are refused with 413.
-pub const MAX_BODY: usize = 1 << 20;
+pub(crate) const MAX_BODY: usize = 1 << 20;
 
 type ApiResult = Result<Response, ApiError>;
 

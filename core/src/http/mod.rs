@@ -2,9 +2,7 @@
 
 pub mod api;
 pub mod client;
-pub mod query;
-
-pub use query::{Params, QueryOptions};
+pub(crate) mod query;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -12,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use crate::{Error, ErrorKind};
 
 /// The status Consul answers with for an error of `kind`.
-pub fn status_for(kind: ErrorKind) -> StatusCode {
+pub(crate) fn status_for(kind: ErrorKind) -> StatusCode {
     use ErrorKind as K;
     match kind {
         K::PermissionDenied | K::AclNotFound => StatusCode::FORBIDDEN,
@@ -38,7 +36,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
 
 /// An error on its way out of a handler: Consul's status and a plain-text body.
 #[derive(Debug)]
-pub struct ApiError(pub Error);
+pub(crate) struct ApiError(pub(crate) Error);
 
 impl<E: Into<Error>> From<E> for ApiError {
     fn from(e: E) -> Self {

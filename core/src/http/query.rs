@@ -9,17 +9,17 @@ use crate::duration::parse_go_duration;
 use crate::{Error, ErrorKind};
 
 /// Longest blocking wait a client may ask for.
-pub const MAX_QUERY_TIME: Duration = Duration::from_secs(600);
+pub(crate) const MAX_QUERY_TIME: Duration = Duration::from_secs(600);
 /// Blocking wait when `?wait` is absent.
-pub const DEFAULT_QUERY_TIME: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_QUERY_TIME: Duration = Duration::from_secs(300);
 
 /// The parsed query string, multi-valued (`?name=web&name=db`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params(Vec<(String, String)>);
+pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
     /// Parses a raw query string.
-    pub fn parse(query: Option<&str>) -> Params {
+    pub(crate) fn parse(query: Option<&str>) -> Params {
         Params(
             form_urlencoded::parse(query.unwrap_or_default().as_bytes())
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -28,7 +28,7 @@ impl Params {
     }
 
     /// The first value of `key`.
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == key)
@@ -36,7 +36,7 @@ impl Params {
     }
 
     /// Every value of `key`, in order.
-    pub fn all(&self, key: &str) -> Vec<&str> {
+    pub(crate) fn all(&self, key: &str) -> Vec<&str> {
         self.0
             .iter()
             .filter(|(k, _)| k == key)
@@ -45,12 +45,12 @@ impl Params {
     }
 
     /// Whether `key` is present (flags such as `?stale` carry no value).
-    pub fn has(&self, key: &str) -> bool {
+    pub(crate) fn has(&self, key: &str) -> bool {
         self.0.iter().any(|(k, _)| k == key)
     }
 
     /// A flag that is set when present with no value or with a true value (`?pem`, `?pem=true`).
-    pub fn flag(&self, key: &str) -> bool {
+    pub(crate) fn flag(&self, key: &str) -> bool {
         self.get(key)
             .is_some_and(|v| matches!(v, "" | "1" | "true" | "t" | "True" | "TRUE"))
     }
@@ -58,23 +58,23 @@ impl Params {
 
 /// What every read endpoint takes.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct QueryOptions {
+pub(crate) struct QueryOptions {
     /// The ACL token, if the request carried one.
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
     /// `?dc=`.
-    pub datacenter: Option<String>,
+    pub(crate) datacenter: Option<String>,
     /// `?index=`: block until the result's index exceeds this.
-    pub min_index: u64,
+    pub(crate) min_index: u64,
     /// `?wait=`, capped at ten minutes; the default when blocking without it.
-    pub wait: Duration,
+    pub(crate) wait: Duration,
     /// `?filter=`.
-    pub filter: Option<String>,
+    pub(crate) filter: Option<String>,
     /// `?stale`.
-    pub stale: bool,
+    pub(crate) stale: bool,
     /// `?consistent`.
-    pub consistent: bool,
+    pub(crate) consistent: bool,
     /// `?cached`.
-    pub cached: bool,
+    pub(crate) cached: bool,
 }
 
 impl std::fmt::Debug for QueryOptions {
@@ -95,7 +95,10 @@ fn bad(msg: &str) -> Error {
 
 impl QueryOptions {
     /// Reads the options of one request, with Consul's 400 texts on bad input.
-    pub fn from_request(headers: &HeaderMap, params: &Params) -> Result<QueryOptions, Error> {
+    pub(crate) fn from_request(
+        headers: &HeaderMap,
+        params: &Params,
+    ) -> Result<QueryOptions, Error> {
         let mut o = QueryOptions {
             token: token(headers, params),
             datacenter: params
@@ -134,7 +137,7 @@ impl QueryOptions {
 
     /// The wait to block for, with Consul's random jitter of up to `wait / 16` so that many
     /// clients do not return at once.
-    pub fn wait_with_jitter(&self) -> Duration {
+    pub(crate) fn wait_with_jitter(&self) -> Duration {
         let jitter = self.wait / 16;
         self.wait + jitter.mul_f64(rand::random::<f64>())
     }
@@ -142,7 +145,7 @@ impl QueryOptions {
 
 /// The request's ACL token: `?token=` wins, then `X-Consul-Token`, then
 /// `Authorization: Bearer <token>` (scheme case-insensitive).
-pub fn token(headers: &HeaderMap, params: &Params) -> Option<String> {
+pub(crate) fn token(headers: &HeaderMap, params: &Params) -> Option<String> {
     if let Some(t) = params.get("token").filter(|t| !t.is_empty()) {
         return Some(t.to_owned());
     }
@@ -163,7 +166,7 @@ pub fn token(headers: &HeaderMap, params: &Params) -> Option<String> {
 }
 
 /// Consul's headers for a read at `index` (never 0: 0 is sent as 1).
-pub fn index_headers(index: u64) -> [(&'static str, HeaderValue); 3] {
+pub(crate) fn index_headers(index: u64) -> [(&'static str, HeaderValue); 3] {
     [
         ("x-consul-index", HeaderValue::from(index.max(1))),
         ("x-consul-knownleader", HeaderValue::from_static("true")),

@@ -35,11 +35,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config_file::AgentConfigFile;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use connect_core::ca::CaConfiguration;
-use connect_core::config_file::AgentConfigFile;
 use connect_core::intentions::IntentionAction;
 use connect_core::server::{Server, ServerConfig};
 use connect_core::{Error, ErrorKind};

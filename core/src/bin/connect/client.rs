@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use connect_core::http::client::{ApiClient, ClientConfig};
+use connect_core::agent::{AgentConfig, AgentOverrides};
+use connect_core::http::client::ApiClient;
 use connect_core::{Error, ErrorKind};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -55,25 +56,36 @@ pub(crate) fn run(cmd: ClientCommand) -> u8 {
 }
 
 fn client(http: &HttpArgs) -> Result<ApiClient, Error> {
-    ApiClient::new(&client_config(http))
+    let config = agent_config(http)?.client_config().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Internal,
+            "the environment describes no HTTP agent",
+        )
+    })?;
+    ApiClient::new(&config)
 }
 
-/// The client settings from Consul's environment variables, overridden by the flags.
-pub(crate) fn client_config(http: &HttpArgs) -> ClientConfig {
-    let mut config = ClientConfig::from_env();
-    if let Some(addr) = &http.http_addr {
-        config.endpoint.address = Some(addr.clone());
-    }
-    if let Some(token) = &http.token {
-        config.token = Some(token.clone());
-    }
-    if let Some(ca) = &http.ca_file {
-        config.endpoint.ca_file = Some(ca.clone());
-    }
-    if let Some(dc) = &http.datacenter {
-        config.datacenter = Some(dc.clone());
-    }
-    config
+/// The agent settings: the flags over Consul's environment variables, merged as every
+/// binding merges its options.
+pub(crate) fn agent_config(http: &HttpArgs) -> Result<AgentConfig, Error> {
+    agent_config_from(http, |k| std::env::var(k).ok())
+}
+
+/// [`agent_config`] over any lookup of the environment (tests pass a map).
+fn agent_config_from(
+    http: &HttpArgs,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<AgentConfig, Error> {
+    AgentConfig::from_lookup_with(
+        AgentOverrides {
+            address: http.http_addr.clone(),
+            token: http.token.clone(),
+            datacenter: http.datacenter.clone(),
+            ca_file: http.ca_file.clone(),
+            ..AgentOverrides::default()
+        },
+        env,
+    )
 }
 
 async fn execute(cmd: ClientCommand) -> Result<Outcome, Error> {
@@ -469,6 +481,61 @@ async fn leaf(http: &HttpArgs, service: &str) -> Result<Outcome, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "CONSUL_HTTP_ADDR" => Some("env.example:8500".into()),
+            "CONSUL_HTTP_TOKEN" => Some("env-token".into()),
+            "CONSUL_CACERT" => Some("/env/ca.pem".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_environment() {
+        let http = HttpArgs {
+            http_addr: Some("flag.example:8501".into()),
+            token: Some("flag-token".into()),
+            ca_file: Some("/flag/ca.pem".into()),
+            datacenter: Some("dc9".into()),
+        };
+        let c = agent_config_from(&http, env)
+            .unwrap()
+            .client_config()
+            .unwrap();
+        assert_eq!(c.endpoint.address.as_deref(), Some("flag.example:8501"));
+        assert_eq!(c.token.as_deref(), Some("flag-token"));
+        assert_eq!(c.endpoint.ca_file.as_deref(), Some("/flag/ca.pem"));
+        assert_eq!(c.datacenter.as_deref(), Some("dc9"));
+    }
+
+    #[test]
+    fn the_environment_fills_what_no_flag_says() {
+        let http = HttpArgs {
+            http_addr: None,
+            token: None,
+            ca_file: None,
+            datacenter: None,
+        };
+        let c = agent_config_from(&http, env)
+            .unwrap()
+            .client_config()
+            .unwrap();
+        assert_eq!(c.endpoint.address.as_deref(), Some("env.example:8500"));
+        assert_eq!(c.token.as_deref(), Some("env-token"));
+        assert_eq!(c.endpoint.ca_file.as_deref(), Some("/env/ca.pem"));
+        assert_eq!(c.datacenter, None);
+        // An empty -token hides the environment's, as Consul's CLI does.
+        let empty = HttpArgs {
+            token: Some(String::new()),
+            ..http
+        };
+        let c = agent_config_from(&empty, env)
+            .unwrap()
+            .client_config()
+            .unwrap();
+        assert_eq!(c.token, None);
+    }
 
     #[test]
     fn intention_lines_are_consuls() {

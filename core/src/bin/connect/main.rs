@@ -19,6 +19,7 @@
 
 mod agent;
 mod client;
+mod config_file;
 mod http_server;
 mod proxy;
 

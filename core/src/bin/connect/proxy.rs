@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use connect_core::agent::{Agent, AgentBackend, AgentConfig, ConnectService};
+use connect_core::agent::{Agent, ConnectService};
 use connect_core::{Error, ErrorKind};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -89,15 +89,8 @@ async fn serve(args: ProxyArgs) -> Result<ServiceHandle, Failed> {
             "nothing to proxy: give -listen with -service-addr, or -upstream",
         )));
     }
-    let http = crate::client::client_config(&args.http);
-    let agent = Agent::new_async(AgentConfig {
-        token: http.token.clone(),
-        datacenter: http.datacenter.clone(),
-        backend: AgentBackend::Http(http.endpoint),
-        ..AgentConfig::dev()
-    })
-    .await
-    .map_err(fail)?;
+    let config = crate::client::agent_config(&args.http).map_err(fail)?;
+    let agent = Agent::new_async(config).await.map_err(fail)?;
     let svc = Arc::new(agent.service(&args.service).map_err(fail)?);
     if let Err(e) = svc.ready_wait(READY).await {
         return Err((e, Some(svc)));

@@ -42,7 +42,7 @@
 //! Values are read weakly, as Consul reads them: `"8500"` is a port, `"true"` a boolean.
 //! Keys libconnect does not use are collected in [`AgentConfigFile::unknown_keys`] (names
 //! only) so that the agent can warn about them instead of refusing a Consul file.
-//! `ca_config` is passed through as a map; [`crate::ca::CaConfiguration`] accepts its
+//! `ca_config` is passed through as a map; [`connect_core::ca::CaConfiguration`] accepts its
 //! snake_case keys.
 
 use std::fmt;
@@ -51,11 +51,11 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::{Error, ErrorKind};
+use connect_core::{Error, ErrorKind};
 
 /// The format of a configuration file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigFormat {
+pub(crate) enum ConfigFormat {
     /// JSON.
     Json,
     /// HCL (version 2 syntax, as Consul reads it).
@@ -64,7 +64,7 @@ pub enum ConfigFormat {
 
 impl ConfigFormat {
     /// By extension (`.json`, `.hcl`); otherwise JSON when the text starts with `{`.
-    pub fn detect(path: &Path, text: &str) -> ConfigFormat {
+    pub(crate) fn detect(path: &Path, text: &str) -> ConfigFormat {
         match path.extension().and_then(|e| e.to_str()) {
             Some(e) if e.eq_ignore_ascii_case("json") => ConfigFormat::Json,
             Some(e) if e.eq_ignore_ascii_case("hcl") => ConfigFormat::Hcl,
@@ -76,13 +76,13 @@ impl ConfigFormat {
 
 /// The `acl` block.
 #[derive(Clone, Default, PartialEq)]
-pub struct AclFileConfig {
+pub(crate) struct AclFileConfig {
     /// `acl.enabled`.
-    pub enabled: Option<bool>,
+    pub(crate) enabled: Option<bool>,
     /// `acl.default_policy`: `allow` or `deny`.
-    pub default_policy: Option<crate::acl::AclDefaultPolicy>,
+    pub(crate) default_policy: Option<connect_core::acl::AclDefaultPolicy>,
     /// `acl.tokens.initial_management` (or the legacy `acl.tokens.master`).
-    pub initial_management: Option<String>,
+    pub(crate) initial_management: Option<String>,
 }
 
 impl fmt::Debug for AclFileConfig {
@@ -100,13 +100,13 @@ impl fmt::Debug for AclFileConfig {
 
 /// The `connect` block.
 #[derive(Clone, Default, PartialEq)]
-pub struct ConnectFileConfig {
+pub(crate) struct ConnectFileConfig {
     /// `connect.enabled` (libconnect always runs Connect; `false` is reported).
-    pub enabled: Option<bool>,
+    pub(crate) enabled: Option<bool>,
     /// `connect.ca_provider` (`consul`).
-    pub ca_provider: Option<String>,
+    pub(crate) ca_provider: Option<String>,
     /// `connect.ca_config`, keys as written (snake_case or CamelCase).
-    pub ca_config: Option<Map<String, Value>>,
+    pub(crate) ca_config: Option<Map<String, Value>>,
 }
 
 impl fmt::Debug for ConnectFileConfig {
@@ -133,32 +133,32 @@ impl fmt::Debug for ConnectFileConfig {
 /// checked when the file is read: counts are integers in range, durations Go duration
 /// strings (`"10s"`, `"1m30s"`) greater than zero and at most [`LimitsFileConfig::MAX_TIMEOUT`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LimitsFileConfig {
+pub(crate) struct LimitsFileConfig {
     /// `limits.http_max_conns_per_client`: concurrent connections from one client IP
     /// address (Consul's key; `0` means no limit, as in Consul).
-    pub http_max_conns_per_client: Option<u32>,
+    pub(crate) http_max_conns_per_client: Option<u32>,
     /// `limits.https_handshake_timeout`: time a client has to finish the TLS handshake
     /// (Consul's key).
-    pub https_handshake_timeout: Option<Duration>,
+    pub(crate) https_handshake_timeout: Option<Duration>,
     /// `limits.http_max_conns`: concurrent connections from all clients together, over the
     /// HTTP and HTTPS listeners (at least 1).
-    pub http_max_conns: Option<u32>,
+    pub(crate) http_max_conns: Option<u32>,
     /// `limits.http_header_read_timeout`: time a client has to send a whole request head
     /// once it starts one, and a new connection to start its first request.
-    pub http_header_read_timeout: Option<Duration>,
+    pub(crate) http_header_read_timeout: Option<Duration>,
     /// `limits.http_body_read_timeout`: time a client has to send a request body once the
     /// head is in.
-    pub http_body_read_timeout: Option<Duration>,
+    pub(crate) http_body_read_timeout: Option<Duration>,
     /// `limits.http_idle_timeout`: how long a keep-alive connection may wait, with no
     /// request running, for its next request.
-    pub http_idle_timeout: Option<Duration>,
+    pub(crate) http_idle_timeout: Option<Duration>,
 }
 
 impl LimitsFileConfig {
     /// The longest timeout accepted: a day (a longer one is a mistake, not a limit).
-    pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+    pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
     /// The largest connection count accepted.
-    pub const MAX_CONNS: u32 = 1 << 20;
+    pub(crate) const MAX_CONNS: u32 = 1 << 20;
 
     fn read(&mut self, value: &Value, unknown: &mut Vec<String>) -> Result<(), Error> {
         for (k, v) in object(value, "limits")? {
@@ -233,7 +233,7 @@ fn timeout(name: &str, value: &Value) -> Result<Duration, Error> {
             "{name}: expected a duration string such as \"10s\""
         )));
     };
-    let d = crate::duration::parse_go_duration(text.trim())
+    let d = connect_core::duration::parse_go_duration(text.trim())
         .map_err(|e| invalid(format!("{name}: {e}")))?;
     if d.is_zero() {
         return Err(invalid(format!(
@@ -251,37 +251,37 @@ fn timeout(name: &str, value: &Value) -> Result<Duration, Error> {
 /// One agent configuration file (or several merged). Every field is optional: command-line
 /// flags override what is set, and defaults fill the rest.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct AgentConfigFile {
+pub(crate) struct AgentConfigFile {
     /// `datacenter`.
-    pub datacenter: Option<String>,
+    pub(crate) datacenter: Option<String>,
     /// `primary_datacenter`.
-    pub primary_datacenter: Option<String>,
+    pub(crate) primary_datacenter: Option<String>,
     /// `node_name`.
-    pub node_name: Option<String>,
+    pub(crate) node_name: Option<String>,
     /// `data_dir`.
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// `server`.
-    pub server: Option<bool>,
+    pub(crate) server: Option<bool>,
     /// `client_addr`: the address the HTTP(S) API binds to.
-    pub client_addr: Option<String>,
+    pub(crate) client_addr: Option<String>,
     /// `addresses.http`: overrides `client_addr` for HTTP.
-    pub http_addr: Option<String>,
+    pub(crate) http_addr: Option<String>,
     /// `addresses.https`: overrides `client_addr` for HTTPS.
-    pub https_addr: Option<String>,
+    pub(crate) https_addr: Option<String>,
     /// `ports.http` (negative disables the listener).
-    pub http_port: Option<i64>,
+    pub(crate) http_port: Option<i64>,
     /// `ports.https` (negative disables the listener).
-    pub https_port: Option<i64>,
+    pub(crate) https_port: Option<i64>,
     /// `log_level`.
-    pub log_level: Option<String>,
+    pub(crate) log_level: Option<String>,
     /// `acl { … }`.
-    pub acl: AclFileConfig,
+    pub(crate) acl: AclFileConfig,
     /// `connect { … }`.
-    pub connect: ConnectFileConfig,
+    pub(crate) connect: ConnectFileConfig,
     /// `limits { … }`.
-    pub limits: LimitsFileConfig,
+    pub(crate) limits: LimitsFileConfig,
     /// Dotted names of keys libconnect does not use (values are never kept).
-    pub unknown_keys: Vec<String>,
+    pub(crate) unknown_keys: Vec<String>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -290,7 +290,7 @@ fn invalid(msg: impl Into<String>) -> Error {
 
 impl AgentConfigFile {
     /// Reads and parses a file.
-    pub fn load(path: &Path) -> Result<AgentConfigFile, Error> {
+    pub(crate) fn load(path: &Path) -> Result<AgentConfigFile, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::new(
                 ErrorKind::Io,
@@ -302,7 +302,7 @@ impl AgentConfigFile {
     }
 
     /// Parses the text of a file.
-    pub fn parse(text: &str, format: ConfigFormat) -> Result<AgentConfigFile, Error> {
+    pub(crate) fn parse(text: &str, format: ConfigFormat) -> Result<AgentConfigFile, Error> {
         let doc: Value = match format {
             ConfigFormat::Json => {
                 serde_json::from_str(text).map_err(|e| invalid(format!("invalid JSON: {e}")))?
@@ -358,8 +358,8 @@ impl AgentConfigFile {
                 "enabled" => self.acl.enabled = Some(boolean(&name, &v)?),
                 "default_policy" => {
                     self.acl.default_policy = Some(match string(&name, &v)?.as_str() {
-                        "allow" => crate::acl::AclDefaultPolicy::Allow,
-                        "deny" => crate::acl::AclDefaultPolicy::Deny,
+                        "allow" => connect_core::acl::AclDefaultPolicy::Allow,
+                        "deny" => connect_core::acl::AclDefaultPolicy::Deny,
                         other => {
                             return Err(invalid(format!(
                                 "{name}: must be \"allow\" or \"deny\", got {other:?}"
@@ -399,7 +399,7 @@ impl AgentConfigFile {
 
     /// Merges `later` over `self`, as Consul merges several `-config-file`s: a value set
     /// in `later` wins; `ca_config` maps merge key by key.
-    pub fn merge(&mut self, later: AgentConfigFile) {
+    pub(crate) fn merge(&mut self, later: AgentConfigFile) {
         fn over<T>(a: &mut Option<T>, b: Option<T>) {
             if b.is_some() {
                 *a = b;
@@ -534,7 +534,7 @@ mod tests {
         assert_eq!(c.acl.enabled, Some(true));
         assert_eq!(
             c.acl.default_policy,
-            Some(crate::acl::AclDefaultPolicy::Deny)
+            Some(connect_core::acl::AclDefaultPolicy::Deny)
         );
         assert_eq!(c.acl.initial_management.as_deref(), Some("s3cr3t"));
         assert_eq!(c.connect.ca_provider.as_deref(), Some("consul"));
@@ -545,7 +545,7 @@ mod tests {
         unknown.sort();
         assert_eq!(unknown, ["ports.grpc", "ui_config"]);
         // The CA accepts the snake_case keys as they are.
-        let cfg = crate::ca::ConsulCaConfig::from_map(&ca).unwrap();
+        let cfg = connect_core::ca::ConsulCaConfig::from_map(&ca).unwrap();
         assert_eq!(cfg.common.leaf_cert_ttl.as_secs(), 24 * 3600);
         assert!(!format!("{c:?}").contains("s3cr3t"));
     }
@@ -628,7 +628,7 @@ mod tests {
         assert_eq!(c.acl.enabled, Some(true));
         assert_eq!(
             c.acl.default_policy,
-            Some(crate::acl::AclDefaultPolicy::Deny)
+            Some(connect_core::acl::AclDefaultPolicy::Deny)
         );
     }
 
