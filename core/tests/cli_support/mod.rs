@@ -59,44 +59,8 @@ impl Agent {
     /// `connect agent ARGS -http-port 0`; waits until it says it is running.
     pub fn start(args: &[&str]) -> Agent {
         let mut cmd = command();
-        cmd.arg("agent")
-            .args(args)
-            .args(["-http-port", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn connect agent");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new((Mutex::new(Log::default()), Condvar::new()));
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                let n = reader.read_line(&mut line).unwrap_or(0);
-                let (lock, cv) = &*sink;
-                let mut l = lock.lock().unwrap();
-                if n == 0 {
-                    l.done = true;
-                    cv.notify_all();
-                    return;
-                }
-                l.text.push_str(&line);
-                cv.notify_all();
-            }
-        });
-        let mut agent = Agent {
-            child,
-            http: String::new(),
-            https: None,
-            log,
-        };
-        let text = agent.wait_for_log("==> libconnect agent running!", TIMEOUT);
-        agent.http = listening(&text, "==> HTTP API listening on http://")
-            .unwrap_or_else(|| panic!("no HTTP address in:\n{text}"));
-        agent.https = listening(&text, "==> HTTPS API listening on https://");
-        agent
+        cmd.arg("agent").args(args).args(["-http-port", "0"]);
+        Agent::launch(cmd)
     }
 
     /// `connect agent ARGS -http-port 0` under an open-file limit of `limit` (soft and
