@@ -263,56 +263,70 @@ async fn our_client_against_openssl_s_server_with_required_client_certs() {
     let (db_cert, db_key) = mesh.pem_pair("db");
     let db_cert = write(dir.path(), "db.pem", &db_cert);
     let db_key = write(dir.path(), "db.key", &db_key);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let port_s = port.to_string();
-    let mut server = Command::new("timeout")
-        .args([
-            "15",
-            "openssl",
-            "s_server",
-            "-accept",
-            &port_s,
-            "-cert",
-            &db_cert,
-            "-key",
-            &db_key,
-            "-CAfile",
-            &roots,
-            "-Verify",
-            "1",
-            "-verify_return_error",
-            "-rev",
-            "-naccept",
-            "2",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-
     let web = mesh.identity("web");
     let client = mtls_client(&web, "db").build().unwrap();
-    // Wait (bounded: 20 s, since openssl starts slowly on a loaded machine) for s_server
-    // to listen.
-    let mut conn = None;
-    for _ in 0..400 {
-        match client.dial_addr(("127.0.0.1", port)).await {
-            Ok(c) => {
-                conn = Some(c);
-                break;
+    // The port is chosen by binding and releasing it, so another process may take it before
+    // s_server binds; s_server then exits at once. Start again on a fresh port in that case
+    // (at most 5 times) instead of waiting out the whole bound, and show s_server's error if
+    // every attempt fails.
+    let mut last_err = String::new();
+    let mut started = None;
+    'attempts: for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let accept = format!("127.0.0.1:{port}");
+        let mut server = Command::new("timeout")
+            .args([
+                "15",
+                "openssl",
+                "s_server",
+                "-accept",
+                &accept,
+                "-cert",
+                &db_cert,
+                "-key",
+                &db_key,
+                "-CAfile",
+                &roots,
+                "-Verify",
+                "1",
+                "-verify_return_error",
+                "-rev",
+                "-naccept",
+                "2",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded (20 s, since openssl starts slowly on a loaded machine).
+        for _ in 0..400 {
+            match client.dial_addr(("127.0.0.1", port)).await {
+                Ok(c) => {
+                    started = Some((server, port, c));
+                    break 'attempts;
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    if server.try_wait().unwrap().is_some() {
+                        let out = server.wait_with_output().unwrap();
+                        last_err = String::from_utf8_lossy(&out.stderr).into_owned();
+                        continue 'attempts;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("dial: {e}"),
             }
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("dial: {e}"),
         }
+        let _ = server.kill();
+        let out = server.wait_with_output().unwrap();
+        last_err = String::from_utf8_lossy(&out.stderr).into_owned();
     }
-    let mut conn = conn.expect("openssl s_server did not come up");
+    let (mut server, port, mut conn) =
+        started.unwrap_or_else(|| panic!("openssl s_server did not come up: {last_err}"));
     assert_eq!(conn.peer_id().to_string(), mesh.uri("db"));
     conn.write_all(b"hello\n").await.unwrap();
     let mut buf = vec![0u8; 64];
