@@ -228,6 +228,32 @@ unsafe fn try_builder<'a>(
     Ok(b)
 }
 
+/// The body of the builder's text setters: the unbuilt builder behind `builder`, the C string
+/// `value` (named `what` in errors), then `set` on the overrides, all inside [`boundary`].
+///
+/// # Safety
+/// As [`try_builder`] and [`try_str`].
+unsafe fn set_text(
+    builder: *mut connect_agent_config_builder,
+    value: *const c_char,
+    what: &str,
+    set: impl FnOnce(&mut AgentOverrides, &str) -> Result<(), Error>,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: forwarded contract.
+        let (b, value) = unsafe { (try_builder(builder)?, try_str(value, what)?) };
+        set(&mut b.overrides, value)
+    })
+}
+
+/// `InvalidParameter` with `message` when `value` is empty.
+fn refuse_empty(value: &str, message: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(err(ErrorKind::InvalidParameter, message));
+    }
+    Ok(())
+}
+
 /// A new agent config builder, set up for a dev agent (an in-process `-dev` server).
 ///
 /// Returns: the builder, or NULL if a panic was caught.
@@ -280,15 +306,14 @@ pub unsafe extern "C" fn connect_agent_config_builder_set_http_address(
     builder: *mut connect_agent_config_builder,
     address: *const c_char,
 ) -> connect_result {
-    boundary(|| {
-        // SAFETY: `builder` is a live builder handle, `address` a C string (documented).
-        let (b, address) = unsafe { (try_builder(builder)?, try_str(address, "address")?) };
-        if address.trim().is_empty() {
-            return Err(err(ErrorKind::InvalidParameter, "address is empty"));
-        }
-        b.overrides.address = Some(address.to_owned());
-        Ok(())
-    })
+    // SAFETY: `builder` is a live builder handle, `address` a C string (documented).
+    unsafe {
+        set_text(builder, address, "address", |o, address| {
+            refuse_empty(address.trim(), "address is empty")?;
+            o.address = Some(address.to_owned());
+            Ok(())
+        })
+    }
 }
 
 /// Sets the ACL token sent with every request (Consul's `X-Consul-Token`).
@@ -310,12 +335,13 @@ pub unsafe extern "C" fn connect_agent_config_builder_set_token(
     builder: *mut connect_agent_config_builder,
     token: *const c_char,
 ) -> connect_result {
-    boundary(|| {
-        // SAFETY: live builder handle and C string (documented).
-        let (b, token) = unsafe { (try_builder(builder)?, try_str(token, "token")?) };
-        b.overrides.token = Some(token.to_owned());
-        Ok(())
-    })
+    // SAFETY: live builder handle and C string (documented).
+    unsafe {
+        set_text(builder, token, "token", |o, token| {
+            o.token = Some(token.to_owned());
+            Ok(())
+        })
+    }
 }
 
 /// Sets the datacenter (default: the one the control plane reports, `dc1` for dev).
@@ -335,15 +361,14 @@ pub unsafe extern "C" fn connect_agent_config_builder_set_datacenter(
     builder: *mut connect_agent_config_builder,
     datacenter: *const c_char,
 ) -> connect_result {
-    boundary(|| {
-        // SAFETY: live builder handle and C string (documented).
-        let (b, dc) = unsafe { (try_builder(builder)?, try_str(datacenter, "datacenter")?) };
-        if dc.is_empty() {
-            return Err(err(ErrorKind::InvalidParameter, "datacenter is empty"));
-        }
-        b.overrides.datacenter = Some(dc.to_owned());
-        Ok(())
-    })
+    // SAFETY: live builder handle and C string (documented).
+    unsafe {
+        set_text(builder, datacenter, "datacenter", |o, dc| {
+            refuse_empty(dc, "datacenter is empty")?;
+            o.datacenter = Some(dc.to_owned());
+            Ok(())
+        })
+    }
 }
 
 /// Sets a PEM file of CA certificates to trust for HTTPS to the agent (Consul's
@@ -364,15 +389,14 @@ pub unsafe extern "C" fn connect_agent_config_builder_set_ca_file(
     builder: *mut connect_agent_config_builder,
     path: *const c_char,
 ) -> connect_result {
-    boundary(|| {
-        // SAFETY: live builder handle and C string (documented).
-        let (b, path) = unsafe { (try_builder(builder)?, try_str(path, "path")?) };
-        if path.is_empty() {
-            return Err(err(ErrorKind::InvalidParameter, "CA file path is empty"));
-        }
-        b.overrides.ca_file = Some(path.to_owned());
-        Ok(())
-    })
+    // SAFETY: live builder handle and C string (documented).
+    unsafe {
+        set_text(builder, path, "path", |o, path| {
+            refuse_empty(path, "CA file path is empty")?;
+            o.ca_file = Some(path.to_owned());
+            Ok(())
+        })
+    }
 }
 
 /// Uses HTTPS, or not, for an HTTP address given without a scheme (Consul's
@@ -455,12 +479,7 @@ pub unsafe extern "C" fn connect_agent_config_builder_build(
         // SAFETY: live builder handle (documented).
         let b = unsafe { try_builder(builder) }?;
         let out = try_out(out, "out")?;
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(err(
-                ErrorKind::InvalidParameter,
-                "connect_agent_config_builder_build: refused on libconnect's own threads",
-            ));
-        }
+        connect_core::blocking::refuse_inside_runtime("connect_agent_config_builder_build")?;
         b.built = true;
         let inner = start_agent(b)?;
         let ptr = arc_into_ptr::<connect_agent>(std::sync::Arc::new(inner));

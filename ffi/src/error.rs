@@ -227,47 +227,43 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// Runs the body of an exported fallible function: panics become `CONNECT_RESULT_PANIC`, errors
-/// become their code, and the detail of any failure is kept for `connect_last_error_message`.
-pub(crate) fn boundary(f: impl FnOnce() -> Result<(), Error>) -> connect_result {
+/// Runs `f`, turning a panic into `None` and keeping its detail for
+/// `connect_last_error_message`: the one panic rule of [`boundary`] and [`boundary_or`].
+fn catch_panic<T>(f: impl FnOnce() -> T) -> Option<T> {
     match catch_unwind(AssertUnwindSafe(|| {
         #[cfg(test)]
         crate::testing::maybe_panic();
         f()
     })) {
-        Ok(Ok(())) => connect_result::Ok,
-        Ok(Err(e)) => {
-            let code = connect_result::from_kind(e.kind());
-            set_last_error(e.to_string());
-            code
-        }
+        Ok(v) => Some(v),
         Err(payload) => {
             set_last_error(format!(
                 "panic caught at the libconnect API boundary: {}",
                 panic_message(payload.as_ref())
             ));
-            connect_result::Panic
+            None
         }
+    }
+}
+
+/// Runs the body of an exported fallible function: panics become `CONNECT_RESULT_PANIC`, errors
+/// become their code, and the detail of any failure is kept for `connect_last_error_message`.
+pub(crate) fn boundary(f: impl FnOnce() -> Result<(), Error>) -> connect_result {
+    match catch_panic(f) {
+        Some(Ok(())) => connect_result::Ok,
+        Some(Err(e)) => {
+            let code = connect_result::from_kind(e.kind());
+            set_last_error(e.to_string());
+            code
+        }
+        None => connect_result::Panic,
     }
 }
 
 /// Runs the body of an exported function that cannot fail: a panic returns `fallback` (and
 /// leaves its detail for `connect_last_error_message`).
 pub(crate) fn boundary_or<T>(fallback: T, f: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(|| {
-        #[cfg(test)]
-        crate::testing::maybe_panic();
-        f()
-    })) {
-        Ok(v) => v,
-        Err(payload) => {
-            set_last_error(format!(
-                "panic caught at the libconnect API boundary: {}",
-                panic_message(payload.as_ref())
-            ));
-            fallback
-        }
-    }
+    catch_panic(f).unwrap_or(fallback)
 }
 
 /// Shorthand for an error of `kind`.

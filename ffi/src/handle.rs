@@ -26,6 +26,11 @@ pub(crate) trait Castable {
     const NAME: &'static str;
 }
 
+/// The error for a NULL handle of type `C`, named as C sees it.
+fn null_handle<C: Castable>() -> Error {
+    err(ErrorKind::NullParameter, format!("{} is NULL", C::NAME))
+}
+
 /// Moves `value` to the heap and hands out the exclusive pointer.
 pub(crate) fn box_into_ptr<C>(value: C::RustType) -> *mut C
 where
@@ -44,10 +49,7 @@ where
     C: Castable<Ownership = OwnershipBox>,
 {
     if p.is_null() {
-        return Err(err(
-            ErrorKind::NullParameter,
-            format!("{} is NULL", C::NAME),
-        ));
+        return Err(null_handle::<C>());
     }
     // SAFETY: per the caller's contract the pointer came from `Box::into_raw` of a
     // `C::RustType` and is exclusively ours for `'a`.
@@ -87,10 +89,7 @@ where
     C: Castable<Ownership = OwnershipArc>,
 {
     if p.is_null() {
-        return Err(err(
-            ErrorKind::NullParameter,
-            format!("{} is NULL", C::NAME),
-        ));
+        return Err(null_handle::<C>());
     }
     // SAFETY: per the caller's contract the pointer came from `Arc::into_raw` and a strong
     // count is held for `'a`; `RustType` is `Sync` for every shared handle.
@@ -106,10 +105,7 @@ where
     C: Castable<Ownership = OwnershipArc>,
 {
     if p.is_null() {
-        return Err(err(
-            ErrorKind::NullParameter,
-            format!("{} is NULL", C::NAME),
-        ));
+        return Err(null_handle::<C>());
     }
     let raw = p.cast::<C::RustType>();
     // SAFETY: `raw` came from `Arc::into_raw` and its count is held by the caller, so adding

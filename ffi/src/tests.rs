@@ -135,3 +135,59 @@ fn intention_actions_are_checked_not_transmuted() {
         connect_agent_free(agent);
     }
 }
+
+#[test]
+fn building_an_agent_inside_an_async_runtime_is_refused_by_the_core_rule() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let b = connect_agent_config_builder_new();
+    let mut agent = ptr::null();
+    let rc = rt.block_on(async {
+        // SAFETY: a fresh builder and a valid out pointer.
+        unsafe { connect_agent_config_builder_build(b, &mut agent) }
+    });
+    assert_eq!(rc, connect_result::InvalidParameter);
+    assert!(agent.is_null());
+    let msg = last_error();
+    assert!(
+        msg.starts_with("connect_agent_config_builder_build: "),
+        "{msg}"
+    );
+    assert!(msg.contains("inside an async runtime"), "{msg}");
+    // SAFETY: the builder is freed once.
+    unsafe { connect_agent_config_builder_free(b) };
+}
+
+#[test]
+fn builder_text_setters_check_their_values_and_refuse_after_build() {
+    let b = connect_agent_config_builder_new();
+    // SAFETY: a live builder and C strings; the builder and the agent are freed once.
+    unsafe {
+        let set_address = connect_agent_config_builder_set_http_address;
+        assert_eq!(
+            set_address(b, c"  ".as_ptr()),
+            connect_result::InvalidParameter
+        );
+        assert!(last_error().contains("address is empty"));
+        let set_dc = connect_agent_config_builder_set_datacenter;
+        assert_eq!(set_dc(b, c"".as_ptr()), connect_result::InvalidParameter);
+        assert!(last_error().contains("datacenter is empty"));
+        let set_ca = connect_agent_config_builder_set_ca_file;
+        assert_eq!(set_ca(b, c"".as_ptr()), connect_result::InvalidParameter);
+        assert!(last_error().contains("CA file path is empty"));
+        let set_token = connect_agent_config_builder_set_token;
+        assert_eq!(set_token(b, c"".as_ptr()), connect_result::Ok);
+        assert_eq!(set_token(b, ptr::null()), connect_result::NullParameter);
+        assert!(last_error().contains("token"), "{}", last_error());
+        assert_eq!(set_dc(b, c"dc1".as_ptr()), connect_result::Ok);
+        let mut agent = ptr::null();
+        assert_eq!(
+            connect_agent_config_builder_build(b, &mut agent),
+            connect_result::Ok
+        );
+        assert_eq!(set_dc(b, c"dc2".as_ptr()), connect_result::AlreadyUsed);
+        connect_agent_free(agent);
+        connect_agent_config_builder_free(b);
+    }
+}

@@ -4,18 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use connect::connect_result;
 use connect_core::ErrorKind;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use support::root;
 
 fn header_path() -> PathBuf {
     root().join("include/connect.h")
