@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
-import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import IO, Iterator, List, Optional
 
@@ -24,25 +21,11 @@ import pytest
 
 import libconnect
 
-from .support import T, EchoServer, round_trip
-
-_ROOT = Path(__file__).resolve().parents[3]
-
-
-def _target_dir() -> Path:
-    return Path(os.environ.get("CARGO_TARGET_DIR") or _ROOT / "target")
-
-
-def _connect_binary() -> Optional[str]:
-    explicit = os.environ.get("LIBCONNECT_CONNECT_BIN")
-    if explicit:
-        return explicit
-    built = _target_dir() / "debug" / "connect"
-    return str(built) if built.exists() else shutil.which("connect")
+from .support import T, EchoServer, dev_agent_process, round_trip, stop, target_dir
 
 
 def _c_example(name: str) -> Path:
-    base = Path(os.environ.get("LIBCONNECT_C_EXAMPLES") or _target_dir() / "c-test")
+    base = Path(os.environ.get("LIBCONNECT_C_EXAMPLES") or target_dir() / "c-test")
     path = base / name
     if not os.access(path, os.X_OK):
         pytest.skip(f"the C example {path} is not built (scripts/test-c.sh builds it)")
@@ -51,7 +34,7 @@ def _c_example(name: str) -> Path:
 
 def _rust_echo_client() -> Path:
     explicit = os.environ.get("LIBCONNECT_RUST_ECHO_CLIENT")
-    path = Path(explicit) if explicit else _target_dir() / "debug" / "examples" / "echo_client"
+    path = Path(explicit) if explicit else target_dir() / "debug" / "examples" / "echo_client"
     if not os.access(path, os.X_OK):
         pytest.fail(
             f"the Rust example {path} is not built: "
@@ -60,54 +43,9 @@ def _rust_echo_client() -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _stop(proc: "subprocess.Popen[str]") -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(T)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(T)
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
-
-
 @pytest.fixture(scope="module")
 def http_addr() -> Iterator[str]:
-    binary = _connect_binary()
-    if binary is None:
-        pytest.skip("the connect binary is not built (scripts/test-python.sh builds it)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "agent", "-dev", "-http-port", str(port), "-log-level", "warn"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    addr = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + T
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{addr}/v1/agent/self", timeout=1) as r:
-                    r.read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("connect agent -dev did not start")
-                time.sleep(0.05)
-        yield addr
-    finally:
-        _stop(proc)
+    yield from dev_agent_process()
 
 
 def _env(http_addr: str) -> dict[str, str]:
@@ -129,7 +67,7 @@ class _Lines:
             for line in pipe:
                 self._q.put(line)
         except (OSError, ValueError):
-            pass  # closed by _stop
+            pass  # closed by stop
         self._q.put(None)
 
     def wait_for(self, needle: str, timeout: float = T) -> str:
@@ -167,7 +105,7 @@ def c_echo_server(http_addr: str) -> Iterator[tuple[str, int]]:
         host, port = line.rsplit(" ", 1)[1].strip().rsplit(":", 1)
         yield host, int(port)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def test_python_client_c_server_allowed(http_addr: str, c_echo_server: tuple[str, int]) -> None:

@@ -5,65 +5,19 @@ the catalog."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
 import time
-import urllib.request
-from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import pytest
 
 import libconnect
 
-from .support import T, EchoServer, round_trip
-
-
-def _connect_binary() -> Optional[str]:
-    explicit = os.environ.get("LIBCONNECT_CONNECT_BIN")
-    if explicit:
-        return explicit
-    target = os.environ.get("CARGO_TARGET_DIR") or str(Path(__file__).resolve().parents[3] / "target")
-    built = Path(target) / "debug" / "connect"
-    return str(built) if built.exists() else shutil.which("connect")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from .support import T, EchoServer, dev_agent_process, round_trip
 
 
 @pytest.fixture(scope="module")
 def http_addr() -> Iterator[str]:
-    binary = _connect_binary()
-    if binary is None:
-        pytest.skip("the connect binary is not built (scripts/test-python.sh builds it)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "agent", "-dev", "-http-port", str(port), "-log-level", "warn"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    addr = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + T
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{addr}/v1/agent/self", timeout=1) as r:
-                    r.read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("connect agent -dev did not start")
-                time.sleep(0.05)
-        yield addr
-    finally:
-        proc.terminate()
-        proc.wait(T)
+    yield from dev_agent_process()
 
 
 def test_http_agent_dials_by_name(http_addr: str) -> None:
