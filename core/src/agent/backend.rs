@@ -281,19 +281,10 @@ impl Backend {
                 .await
             }
             Backend::Http(h) => {
-                let q = [
-                    ("source", source.to_owned()),
-                    ("destination", destination.to_owned()),
-                ];
-                h.with_token(token)?
-                    .call::<_, serde_json::Value>(
-                        Method::PUT,
-                        "/v1/connect/intentions/exact",
-                        &q,
-                        Some(&json!({"SourceType": "consul", "Action": action.as_str()})),
-                    )
+                let body = json!({"SourceType": "consul", "Action": action.as_str()});
+                let q = exact_pair(source, destination);
+                h.write(token, Method::PUT, INTENTIONS_EXACT, &q, Some(&body))
                     .await
-                    .map(|_| ())
             }
         }
     }
@@ -316,19 +307,9 @@ impl Backend {
                 in_blocking(move || s.intention_delete_exact(t.as_deref(), &src, &dst)).await
             }
             Backend::Http(h) => {
-                let q = [
-                    ("source", source.to_owned()),
-                    ("destination", destination.to_owned()),
-                ];
-                h.with_token(token)?
-                    .call::<(), serde_json::Value>(
-                        Method::DELETE,
-                        "/v1/connect/intentions/exact",
-                        &q,
-                        None,
-                    )
+                let q = exact_pair(source, destination);
+                h.write::<()>(token, Method::DELETE, INTENTIONS_EXACT, &q, None)
                     .await
-                    .map(|_| ())
             }
         }
     }
@@ -343,10 +324,7 @@ impl Backend {
         match self {
             Backend::InProcess(s) => s.intention_check(token, source, destination),
             Backend::Http(h) => {
-                let q = [
-                    ("source", source.to_owned()),
-                    ("destination", destination.to_owned()),
-                ];
+                let q = exact_pair(source, destination);
                 let r = h
                     .with_token(token)?
                     .get::<serde_json::Value>("/v1/connect/intentions/check", &q)
@@ -370,16 +348,16 @@ impl Backend {
                 let (s, t) = (s.clone(), token.map(str::to_owned));
                 in_blocking(move || s.set_ca_config(t.as_deref(), config).map(|_| ())).await
             }
-            Backend::Http(h) => h
-                .with_token(token)?
-                .call::<_, serde_json::Value>(
+            Backend::Http(h) => {
+                h.write(
+                    token,
                     Method::PUT,
                     "/v1/connect/ca/configuration",
                     &[],
                     Some(&config),
                 )
                 .await
-                .map(|_| ()),
+            }
         }
     }
 
@@ -395,16 +373,11 @@ impl Backend {
                 in_blocking(move || s.register_service(t.as_deref(), registration).map(|_| ()))
                     .await
             }
-            Backend::Http(h) => h
-                .with_token(token)?
-                .call::<_, serde_json::Value>(
-                    Method::PUT,
-                    "/v1/agent/service/register",
-                    &[],
-                    Some(&registration),
-                )
-                .await
-                .map(|_| ()),
+            Backend::Http(h) => {
+                let path = "/v1/agent/service/register";
+                h.write(token, Method::PUT, path, &[], Some(&registration))
+                    .await
+            }
         }
     }
 
@@ -427,10 +400,7 @@ impl Backend {
                         percent_encoding::NON_ALPHANUMERIC
                     )
                 );
-                h.with_token(token)?
-                    .call::<(), serde_json::Value>(Method::PUT, &path, &[], None)
-                    .await
-                    .map(|_| ())
+                h.write::<()>(token, Method::PUT, &path, &[], None).await
             }
         }
     }
@@ -444,4 +414,31 @@ impl HttpBackend {
             None => self.client.clone(),
         })
     }
+
+    /// A write whose answer callers do not need: `method path?query` with `body` as JSON,
+    /// under `token` when given.
+    async fn write<B: serde::Serialize>(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<(), Error> {
+        self.with_token(token)?
+            .call::<B, serde_json::Value>(method, path, query, body)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Consul's endpoint for one intention by its source and destination names.
+const INTENTIONS_EXACT: &str = "/v1/connect/intentions/exact";
+
+/// The query of [`INTENTIONS_EXACT`] (and of the check endpoint).
+fn exact_pair(source: &str, destination: &str) -> [(&'static str, String); 2] {
+    [
+        ("source", source.to_owned()),
+        ("destination", destination.to_owned()),
+    ]
 }
