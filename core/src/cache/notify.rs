@@ -83,6 +83,20 @@ enum Step {
     Stop,
 }
 
+/// A Get that the watcher dropping its receiver cancels: `None` once nobody listens.
+async fn get_while_watched<T: CacheType>(
+    inner: &Arc<Inner>,
+    req: &T::Request,
+    opts: GetOptions,
+    tx: &mpsc::Sender<UpdateEvent<T::Value>>,
+) -> Option<Result<GetOutcome<T::Value>>> {
+    tokio::select! {
+        biased;
+        () = tx.closed() => None,
+        r = inner.get::<T>(req, opts) => Some(r),
+    }
+}
+
 async fn watch_blocking<T: CacheType>(
     inner: Arc<Inner>,
     req: T::Request,
@@ -95,19 +109,13 @@ async fn watch_blocking<T: CacheType>(
     let mut failures: u32 = 0;
     loop {
         opts.min_index = index;
-        let got = tokio::select! {
-            biased;
-            () = tx.closed() => return,
-            r = inner.get::<T>(&req, opts) => r,
+        let Some(got) = get_while_watched::<T>(&inner, &req, opts, &tx).await else {
+            return;
         };
         let succeeded_at = match got {
             Ok(GetOutcome::Value(value, meta)) => {
                 if index == 0 || index < meta.index {
-                    let event = UpdateEvent {
-                        value: Some(value),
-                        index: meta.index,
-                        error: None,
-                    };
+                    let event = UpdateEvent::of_value(value, meta.index);
                     if let Step::Stop = send(&tx, event, &mut shutdown).await {
                         return;
                     }
@@ -120,11 +128,7 @@ async fn watch_blocking<T: CacheType>(
             Err(e) if e.kind() == ErrorKind::Closed => return,
             Err(e) => {
                 if index == 0 {
-                    let event = UpdateEvent {
-                        value: None,
-                        index: 0,
-                        error: Some(e),
-                    };
+                    let event = UpdateEvent::of_error(e);
                     if let Step::Stop = send(&tx, event, &mut shutdown).await {
                         return;
                     }
@@ -166,10 +170,8 @@ async fn watch_polling<T: CacheType>(
     let mut last: Option<Arc<T::Value>> = None;
     let mut failures: u32 = 0;
     loop {
-        let got = tokio::select! {
-            biased;
-            () = tx.closed() => return,
-            r = inner.get::<T>(&req, opts) => r,
+        let Some(got) = get_while_watched::<T>(&inner, &req, opts, &tx).await else {
+            return;
         };
         let wait = match got {
             Ok(GetOutcome::Value(value, meta)) => {
@@ -180,11 +182,7 @@ async fn watch_polling<T: CacheType>(
                 if index < meta.index || changed {
                     last = Some(Arc::clone(&value));
                     index = meta.index;
-                    let event = UpdateEvent {
-                        value: Some(value),
-                        index: meta.index,
-                        error: None,
-                    };
+                    let event = UpdateEvent::of_value(value, meta.index);
                     if let Step::Stop = send(&tx, event, &mut shutdown).await {
                         return;
                     }
@@ -204,11 +202,7 @@ async fn watch_polling<T: CacheType>(
             Err(e) => {
                 failures = failures.saturating_add(1);
                 if last.is_none() {
-                    let event = UpdateEvent {
-                        value: None,
-                        index: 0,
-                        error: Some(e),
-                    };
+                    let event = UpdateEvent::of_error(e);
                     if let Step::Stop = send(&tx, event, &mut shutdown).await {
                         return;
                     }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -360,26 +360,24 @@ impl Inner {
             return;
         }
         self.shutdown.send_replace(true);
-        let shards: Vec<Arc<dyn AnyShard>> = self
-            .registry
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        for s in shards {
+        for s in self.shards() {
             s.clear();
         }
     }
 
+    /// The registered types' shards, read-locked (a poisoned lock is read anyway: inserts
+    /// are single calls, so a panic cannot leave the map half-written).
+    fn registry(&self) -> RwLockReadGuard<'_, HashMap<TypeId, Arc<dyn AnyShard>>> {
+        self.registry.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A snapshot of the shards, so that work on them runs without the registry lock.
+    fn shards(&self) -> Vec<Arc<dyn AnyShard>> {
+        self.registry().values().cloned().collect()
+    }
+
     fn type_names(&self) -> Vec<&'static str> {
-        let mut v: Vec<&'static str> = self
-            .registry
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .map(|s| s.name())
-            .collect();
+        let mut v: Vec<&'static str> = self.registry().values().map(|s| s.name()).collect();
         v.sort_unstable();
         v
     }
@@ -402,9 +400,7 @@ impl Inner {
 
     pub(crate) fn shard<T: CacheType>(&self) -> Result<Arc<Shard<T>>> {
         let shard = self
-            .registry
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+            .registry()
             .get(&TypeId::of::<T>())
             .cloned()
             .ok_or_else(|| {
@@ -424,9 +420,7 @@ impl Inner {
 
     fn metrics(&self) -> MetricsSnapshot {
         let types: BTreeMap<&'static str, TypeMetrics> = self
-            .registry
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+            .registry()
             .values()
             .map(|s| (s.name(), s.metrics()))
             .collect();
@@ -1186,14 +1180,7 @@ async fn expiry_loop(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     loop {
         let now = inner.clock.now();
-        let shards: Vec<Arc<dyn AnyShard>> = inner
-            .registry
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        let next = shards.iter().filter_map(|s| s.sweep(now)).min();
+        let next = inner.shards().iter().filter_map(|s| s.sweep(now)).min();
         let poll = inner.options.expiry_poll_interval;
         let wait = next.map_or(poll, |at| since(at, now).min(poll));
         tokio::select! {

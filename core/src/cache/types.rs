@@ -327,3 +327,23 @@ pub struct UpdateEvent<V> {
     /// not delivered; the watcher backs off and retries).
     pub error: Option<Error>,
 }
+
+impl<V> UpdateEvent<V> {
+    /// A new value at `index`.
+    pub(crate) fn of_value(value: Arc<V>, index: u64) -> Self {
+        UpdateEvent {
+            value: Some(value),
+            index,
+            error: None,
+        }
+    }
+
+    /// The failure of a watch's first fetch.
+    pub(crate) fn of_error(error: Error) -> Self {
+        UpdateEvent {
+            value: None,
+            index: 0,
+            error: Some(error),
+        }
+    }
+}

@@ -82,17 +82,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reads_the_get_response_of_the_spec() {
-        let ixn = decode(json!({
+    /// The answer of Consul's `GET /v1/connect/intentions/:uuid` from its HTTP API docs;
+    /// every field is one this type writes back.
+    fn get_response() -> Value {
+        json!({
             "ID": "e9ebc19f-d481-42b1-4871-4d298d3acd5c", "Description": "",
             "SourceNS": "default", "SourceName": "web",
             "DestinationNS": "default", "DestinationName": "db",
             "SourceType": "consul", "Action": "allow", "Meta": {}, "Precedence": 9,
             "CreatedAt": "2018-05-21T16:41:27.977155457Z", "UpdatedAt": "2018-05-21T16:41:27.977157724Z",
             "CreateIndex": 11, "ModifyIndex": 11
-        }))
-        .unwrap();
+        })
+    }
+
+    #[test]
+    fn reads_the_get_response_of_consuls_docs() {
+        let ixn = decode(get_response()).unwrap();
         assert_eq!(ixn.id, "e9ebc19f-d481-42b1-4871-4d298d3acd5c");
         assert_eq!(ixn.action, Some(IntentionAction::Allow));
         assert_eq!(ixn.precedence, 9);
@@ -109,28 +114,9 @@ mod tests {
 
     #[test]
     fn writes_consul_field_names_and_round_trips() {
-        let ixn = decode(json!({
-            "ID": "e9ebc19f-d481-42b1-4871-4d298d3acd5c", "Description": "",
-            "SourceNS": "default", "SourceName": "web",
-            "DestinationNS": "default", "DestinationName": "db",
-            "SourceType": "consul", "Action": "allow", "Meta": {}, "Precedence": 9,
-            "CreatedAt": "2018-05-21T16:41:27.977155457Z", "UpdatedAt": "2018-05-21T16:41:27.977157724Z",
-            "CreateIndex": 11, "ModifyIndex": 11
-        }))
-        .unwrap();
+        let ixn = decode(get_response()).unwrap();
         let written = serde_json::to_value(&ixn).unwrap();
-        assert_eq!(
-            written,
-            json!({
-                "ID": "e9ebc19f-d481-42b1-4871-4d298d3acd5c", "Description": "",
-                "SourceNS": "default", "SourceName": "web",
-                "DestinationNS": "default", "DestinationName": "db",
-                "SourceType": "consul", "Action": "allow", "Meta": {}, "Precedence": 9,
-                "CreatedAt": "2018-05-21T16:41:27.977155457Z",
-                "UpdatedAt": "2018-05-21T16:41:27.977157724Z",
-                "CreateIndex": 11, "ModifyIndex": 11
-            })
-        );
+        assert_eq!(written, get_response());
         assert_eq!(decode(written).unwrap(), ixn);
     }
 

@@ -121,6 +121,18 @@ fn fill(store: &Store) {
     assert!(store.deregister_node("node2").unwrap().value);
 }
 
+/// A reader blocked in `wait_any(tables, min_index, timeout)` on a task of its own, as a
+/// blocking query is; the task's result is the index it returned.
+fn blocked_reader(
+    store: &Store,
+    tables: &'static [Table],
+    min_index: u64,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<u64> {
+    let store = store.clone();
+    tokio::spawn(async move { store.wait_any(tables, min_index, timeout).await })
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -226,14 +238,7 @@ async fn wait_wakes_on_a_write_to_its_table_and_not_on_others() {
         .put_intention(intention("i1", "web", "db"))
         .unwrap()
         .index;
-    let waiter = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .wait(Table::Intentions, start, Duration::from_secs(30))
-                .await
-        })
-    };
+    let waiter = blocked_reader(&store, &[Table::Intentions], start, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(50)).await;
     store.put_acl_token(token("t1")).unwrap();
     store
@@ -309,14 +314,7 @@ async fn wait_any_wakes_on_any_of_its_tables() {
         .register_node(Node::new("n1", "10.0.0.1", "dc1"))
         .unwrap();
     let start = store.health_service("web", false).index;
-    let waiter = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .wait_any(Table::CATALOG, start, Duration::from_secs(30))
-                .await
-        })
-    };
+    let waiter = blocked_reader(&store, Table::CATALOG, start, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(50)).await;
     store.put_intention(intention("i1", "web", "db")).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -374,14 +372,7 @@ impl Persistence for FailingPersistence {
 #[tokio::test]
 async fn a_write_that_cannot_be_persisted_is_neither_visible_nor_published() {
     let store = Store::open(FailingPersistence).unwrap();
-    let waiter = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .wait(Table::Intentions, 1, Duration::from_millis(300))
-                .await
-        })
-    };
+    let waiter = blocked_reader(&store, &[Table::Intentions], 1, Duration::from_millis(300));
     let err = store
         .put_intention(intention("i1", "web", "db"))
         .unwrap_err();

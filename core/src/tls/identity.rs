@@ -1,7 +1,7 @@
 //! The current leaf and roots of one service, published as immutable snapshots.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -385,6 +385,17 @@ impl Identity {
         self.inner.tx.subscribe()
     }
 
+    /// Takes the update lock and reads the snapshot the update will replace; publish before
+    /// dropping the guard.
+    fn begin_update(&self) -> (MutexGuard<'_, ()>, Arc<Snapshot>) {
+        let guard = self
+            .inner
+            .update
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (guard, self.snapshot())
+    }
+
     fn publish(
         &self,
         svid: Option<Arc<Svid>>,
@@ -407,12 +418,7 @@ impl Identity {
     ///
     /// Returns the new generation.
     pub fn update_svid(&self, svid: Svid) -> Result<u64> {
-        let _guard = self
-            .inner
-            .update
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let prev = self.snapshot();
+        let (_guard, prev) = self.begin_update();
         let named = svid.spiffe_id.as_service().map(|s| s.service.as_str());
         if named != Some(self.inner.service.as_str()) {
             return Err(Error::new(
@@ -448,12 +454,7 @@ impl Identity {
     ///
     /// Returns the new generation.
     pub fn update_bundle(&self, bundle: Bundle) -> Result<u64> {
-        let _guard = self
-            .inner
-            .update
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let prev = self.snapshot();
+        let (_guard, prev) = self.begin_update();
         Ok(self.publish(prev.svid.clone(), Some(Arc::new(bundle)), &prev))
     }
 

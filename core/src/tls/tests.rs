@@ -86,6 +86,25 @@ fn an_svid_for_another_service_is_refused_and_the_old_one_kept() {
     );
 }
 
+/// Hands everything `from` has to send to `to` and lets `to` process it; returns the bytes
+/// moved.
+fn pump<A, B>(
+    from: &mut rustls::ConnectionCommon<A>,
+    to: &mut rustls::ConnectionCommon<B>,
+) -> usize {
+    let mut buf = Vec::new();
+    let mut sent = 0;
+    while from.wants_write() {
+        sent += from.write_tls(&mut buf).unwrap();
+    }
+    let mut rd = &buf[..];
+    while !rd.is_empty() {
+        to.read_tls(&mut rd).unwrap();
+    }
+    to.process_new_packets().unwrap();
+    sent
+}
+
 /// Runs one full handshake in memory and returns the bytes each side sent.
 fn handshake_bytes(server: &MtlsServer, client: &MtlsClient) -> (usize, usize, rustls::NamedGroup) {
     let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
@@ -93,24 +112,8 @@ fn handshake_bytes(server: &MtlsServer, client: &MtlsClient) -> (usize, usize, r
     let mut s = ServerConnection::new(server.config()).unwrap();
     let (mut c2s, mut s2c) = (0usize, 0usize);
     for _ in 0..20 {
-        let mut buf = Vec::new();
-        while c.wants_write() {
-            c2s += c.write_tls(&mut buf).unwrap();
-        }
-        let mut rd = &buf[..];
-        while !rd.is_empty() {
-            s.read_tls(&mut rd).unwrap();
-        }
-        s.process_new_packets().unwrap();
-        let mut buf = Vec::new();
-        while s.wants_write() {
-            s2c += s.write_tls(&mut buf).unwrap();
-        }
-        let mut rd = &buf[..];
-        while !rd.is_empty() {
-            c.read_tls(&mut rd).unwrap();
-        }
-        c.process_new_packets().unwrap();
+        c2s += pump(&mut c, &mut s);
+        s2c += pump(&mut s, &mut c);
         if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() && !s.wants_write() {
             break;
         }
