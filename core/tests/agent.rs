@@ -74,6 +74,20 @@ fn config_in(server: &Server, clock: connect_core::SharedClock) -> AgentConfig {
     }
 }
 
+/// A [`strict_server`] on the system clock and an in-process agent of it, with the intentions
+/// `source → destination` of `allow` allowed.
+async fn strict_agent(allow: &[(&str, &str)]) -> (Server, Agent) {
+    let server = strict_server(connect_core::clock::system());
+    let agent = Agent::new(config_in(&server, connect_core::clock::system())).unwrap();
+    for (source, destination) in allow {
+        agent
+            .intention_upsert(source, destination, IntentionAction::Allow)
+            .await
+            .unwrap();
+    }
+    (server, agent)
+}
+
 fn strict_server(clock: connect_core::SharedClock) -> Server {
     let mut c = ServerConfig::dev();
     c.default_intention_policy = Some(IntentionAction::Deny);
@@ -82,12 +96,7 @@ fn strict_server(clock: connect_core::SharedClock) -> Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intentions_decide_in_the_handshake_and_dial_finds_instances() {
-    let server = strict_server(connect_core::clock::system());
-    let agent = Agent::new(config_in(&server, connect_core::clock::system())).unwrap();
-    agent
-        .intention_upsert("web", "db", IntentionAction::Allow)
-        .await
-        .unwrap();
+    let (server, agent) = strict_agent(&[("web", "db")]).await;
     let db = agent.service("db").unwrap();
     let web = agent.service("web").unwrap();
     let api = agent.service("api").unwrap();
@@ -117,12 +126,7 @@ async fn intentions_decide_in_the_handshake_and_dial_finds_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_open_connections_and_reissues_leaves() {
-    let server = strict_server(connect_core::clock::system());
-    let agent = Agent::new(config_in(&server, connect_core::clock::system())).unwrap();
-    agent
-        .intention_upsert("web", "db", IntentionAction::Allow)
-        .await
-        .unwrap();
+    let (server, agent) = strict_agent(&[("web", "db")]).await;
     let db = agent.service("db").unwrap();
     let web = agent.service("web").unwrap();
     db.ready_wait(T).await.unwrap();
@@ -287,8 +291,7 @@ fn an_owned_runtime_agent_closes_cleanly_and_refuses_later_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_resolve_and_verify_server_for_other_tls_stacks() {
-    let server = strict_server(connect_core::clock::system());
-    let agent = Agent::new(config_in(&server, connect_core::clock::system())).unwrap();
+    let (_server, agent) = strict_agent(&[]).await;
     let db = agent.service("db").unwrap();
     let web = agent.service("web").unwrap();
     db.ready_wait(T).await.unwrap();
@@ -333,12 +336,7 @@ async fn register_resolve_and_verify_server_for_other_tls_stacks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listening_registers_the_instance_and_closing_deregisters_it() {
-    let server = strict_server(connect_core::clock::system());
-    let agent = Agent::new(config_in(&server, connect_core::clock::system())).unwrap();
-    agent
-        .intention_upsert("web", "db", IntentionAction::Allow)
-        .await
-        .unwrap();
+    let (server, agent) = strict_agent(&[("web", "db")]).await;
     let db = agent.service("db").unwrap();
     let web = agent.service("web").unwrap();
     db.ready_wait(T).await.unwrap();

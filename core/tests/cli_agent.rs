@@ -7,7 +7,9 @@ mod cli_support;
 
 use std::time::{Duration, Instant};
 
-use cli_support::{Agent, command, openssl_verify, pem_blocks, run, service_uri};
+use cli_support::{
+    Agent, command, default_deny_config, openssl_verify, pem_blocks, run, service_uri,
+};
 use serde_json::{Value, json};
 
 #[test]
@@ -238,20 +240,7 @@ fn ca_rotation_by_set_config_cross_signs() {
 #[test]
 fn acls_from_a_config_file_are_enforced() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("acl.hcl");
-    std::fs::write(
-        &cfg,
-        r#"
-        acl {
-          enabled        = true
-          default_policy = "deny"
-          tokens {
-            initial_management = "root-secret-1234"
-          }
-        }
-        "#,
-    )
-    .unwrap();
+    let cfg = default_deny_config(dir.path(), "root-secret-1234");
     let agent = Agent::start(&[
         "-dev",
         "-config-file",

@@ -7,18 +7,17 @@
 
 mod cli_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use cli_support::{Agent, TIMEOUT, command};
+use cli_support::{Agent, StderrLog, TIMEOUT, command, signal_and_wait};
 
 /// A running `connect proxy`; killed on drop.
 struct Proxy {
     child: Child,
-    log: Arc<(Mutex<(String, bool)>, Condvar)>,
+    log: StderrLog,
 }
 
 impl Proxy {
@@ -32,65 +31,18 @@ impl Proxy {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn connect proxy");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new((Mutex::new((String::new(), false)), Condvar::new()));
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                let n = reader.read_line(&mut line).unwrap_or(0);
-                let mut l = sink.0.lock().unwrap();
-                if n == 0 {
-                    l.1 = true;
-                    sink.1.notify_all();
-                    return;
-                }
-                l.0.push_str(&line);
-                sink.1.notify_all();
-            }
-        });
+        let log = StderrLog::capture(&mut child);
         let p = Proxy { child, log };
         p.wait_for_log("running!");
         p
     }
 
     fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + TIMEOUT;
-        let mut l = self.log.0.lock().unwrap();
-        loop {
-            if l.0.contains(needle) {
-                return l.0.clone();
-            }
-            let now = Instant::now();
-            assert!(
-                !l.1 && now < deadline,
-                "proxy did not log {needle:?}; stderr:\n{}",
-                l.0
-            );
-            l = self.log.1.wait_timeout(l, deadline - now).unwrap().0;
-        }
+        self.log.wait_for("proxy", needle, TIMEOUT)
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let ok = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "proxy still running after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        signal_and_wait(&mut self.child, "TERM", TIMEOUT)
     }
 }
 

@@ -306,33 +306,25 @@ async fn acl_enforcement_over_http() {
     cfg.acl_initial_management_token = Some("root".into());
     let (c, addr) = start(cfg).await;
     let http = raw_client();
-    let r = http
-        .get(format!("http://{addr}/v1/connect/ca/configuration"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    let r = http
-        .get(format!("http://{addr}/v1/connect/ca/configuration"))
-        .header("X-Consul-Token", "root")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = http
-        .get(format!("http://{addr}/v1/connect/ca/configuration"))
-        .header("Authorization", "Bearer root")
-        .send()
+    let config = format!("http://{addr}/v1/connect/ca/configuration");
+    // The token in Consul's three places: none, X-Consul-Token, a bearer token, `?token=`.
+    let get = |url: &str, header: Option<(&str, &str)>| {
+        let mut req = http.get(url);
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
+        }
+        req.send()
+    };
+    assert_eq!(get(&config, None).await.unwrap().status(), 403);
+    let r = get(&config, Some(("X-Consul-Token", "root")))
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = http
-        .get(format!(
-            "http://{addr}/v1/connect/ca/configuration?token=wrong"
-        ))
-        .send()
+    let r = get(&config, Some(("Authorization", "Bearer root")))
         .await
         .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = get(&format!("{config}?token=wrong"), None).await.unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(r.text().await.unwrap(), "ACL not found");
     let _ = c;

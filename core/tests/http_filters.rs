@@ -5,7 +5,7 @@
 
 mod cli_support;
 
-use cli_support::Agent;
+use cli_support::{Agent, default_deny_config};
 
 /// Every endpoint that takes `?filter=`.
 const FILTERED: &[&str] = &[
@@ -88,20 +88,7 @@ fn hostile_filters_get_400_and_the_agent_keeps_serving() {
 #[test]
 fn with_default_deny_a_bad_token_is_refused_before_its_filter_is_parsed() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("acl.hcl");
-    std::fs::write(
-        &cfg,
-        r#"
-        acl {
-          enabled        = true
-          default_policy = "deny"
-          tokens {
-            initial_management = "root-secret-1234"
-          }
-        }
-        "#,
-    )
-    .unwrap();
+    let cfg = default_deny_config(dir.path(), "root-secret-1234");
     let agent = Agent::start(&["-dev", "-config-file", cfg.to_str().unwrap()]);
     let root = [("X-Consul-Token", "root-secret-1234")];
     register_web(&agent, &root);

@@ -15,7 +15,7 @@ use std::time::Duration;
 use connect_core::ErrorKind;
 use connect_core::blocking::{self, Call};
 use connect_core::tls::{self, Bundle, Identity, Service, authorizer, mtls_client};
-use tls_support::{IO, Mesh};
+use tls_support::{IO, Mesh, accept_once};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -142,13 +142,7 @@ async fn an_untrusted_ca_fails_verification_on_both_sides() {
     let web = Identity::new("web", mesh.clock.clone());
     web.update_svid(other.svid("web")).unwrap();
     web.update_bundle(mesh.bundle()).unwrap();
-    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = raw.local_addr().unwrap();
-    let server = db.server().clone();
-    let accept = tokio::spawn(async move {
-        let (tcp, _) = raw.accept().await.unwrap();
-        server.accept(tcp).await
-    });
+    let (addr, accept) = accept_once(db.server()).await;
     let client = mtls_client(&web, "db").build().unwrap();
     let dialed = client.dial_addr(addr).await;
     let server_err = timeout(IO, accept).await.unwrap().unwrap().unwrap_err();

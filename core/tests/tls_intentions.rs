@@ -19,7 +19,7 @@ use connect_core::intentions::{
 };
 use connect_core::spiffe::SpiffeId;
 use connect_core::tls::{self, PeerInput, Service, authorizer, mtls_server};
-use tls_support::{IO, Mesh, db_intentions};
+use tls_support::{IO, Mesh, accept_once, db_intentions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -105,13 +105,7 @@ async fn the_servers_own_error_is_authorization_denied_with_the_reason() {
     let mut mesh = Mesh::new();
     let (db, _) = db_service(&mut mesh, Arc::new(db_intentions()));
     let api = Service::new(mesh.identity("api"), authorizer::any()).unwrap();
-    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = raw.local_addr().unwrap();
-    let server = db.server().clone();
-    let accept = tokio::spawn(async move {
-        let (tcp, _) = raw.accept().await.unwrap();
-        server.accept(tcp).await
-    });
+    let (addr, accept) = accept_once(db.server()).await;
     let _client = api.dial_addr(addr, "db").await;
     let e = timeout(IO, accept).await.unwrap().unwrap().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AuthorizationDenied);

@@ -129,6 +129,24 @@ async fn first_read_error(mut stream: impl AsyncRead + Unpin) -> Error {
     }
 }
 
+/// Dials db with a client that presents `cert`, and checks both ends of the refusal: db's
+/// error is `kind` with `message`, and the client gets the TLS alert `alert`.
+async fn assert_refused(
+    mesh: &mut Mesh,
+    db: &mut Db,
+    cert: Option<Arc<CertifiedKey>>,
+    kind: ErrorKind,
+    message: &str,
+    alert: &str,
+) {
+    let connector = raw_client(mesh, cert);
+    let client = client_failure(&connector, db).await;
+    let e = db.refusal().await;
+    assert_eq!(e.kind(), kind, "{e}");
+    assert_eq!(e.to_string(), message);
+    assert_alert(&client, alert);
+}
+
 fn assert_alert(client: &Error, alert: &str) {
     assert_eq!(client.kind(), ErrorKind::Tls, "{client}");
     assert_eq!(client.to_string(), format!("remote error: tls: {alert}"));
@@ -215,16 +233,16 @@ async fn a_leaf_of_another_trust_domain_is_an_unknown_authority() {
     let mut db = db(&mut mesh).await;
     // A well-formed web leaf of the other cluster, with its chain and key.
     let stranger = other.svid("web");
-    let connector = raw_client(&mut mesh, Some(stranger.certified_key().clone()));
-
-    let client = client_failure(&connector, &db).await;
-    let e = db.refusal().await;
-    assert_eq!(e.kind(), ErrorKind::CertificateVerification, "{e}");
-    assert_eq!(
-        e.to_string(),
-        "x509: certificate signed by unknown authority"
-    );
-    assert_alert(&client, "unknown certificate authority");
+    let cert = Some(stranger.certified_key().clone());
+    assert_refused(
+        &mut mesh,
+        &mut db,
+        cert,
+        ErrorKind::CertificateVerification,
+        "x509: certificate signed by unknown authority",
+        "unknown certificate authority",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -274,16 +292,16 @@ async fn a_self_signed_client_leaf_is_an_unknown_authority() {
     let cert = leaf_params(&mesh, &[mesh.uri("web")])
         .self_signed(&key)
         .unwrap();
-    let connector = raw_client(&mut mesh, Some(certified(cert.der().clone(), &key)));
-
-    let client = client_failure(&connector, &db).await;
-    let e = db.refusal().await;
-    assert_eq!(e.kind(), ErrorKind::CertificateVerification, "{e}");
-    assert_eq!(
-        e.to_string(),
-        "x509: certificate signed by unknown authority"
-    );
-    assert_alert(&client, "unknown certificate authority");
+    let cert = Some(certified(cert.der().clone(), &key));
+    assert_refused(
+        &mut mesh,
+        &mut db,
+        cert,
+        ErrorKind::CertificateVerification,
+        "x509: certificate signed by unknown authority",
+        "unknown certificate authority",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -291,16 +309,16 @@ async fn a_client_leaf_without_a_uri_san_has_no_identity() {
     let mut mesh = Mesh::new();
     let mut db = db(&mut mesh).await;
     let leaf = ca_signed_leaf(&mesh, &[]);
-    let connector = raw_client(&mut mesh, Some(leaf));
-
-    let client = client_failure(&connector, &db).await;
-    let e = db.refusal().await;
-    assert_eq!(e.kind(), ErrorKind::InvalidCertificate, "{e}");
-    assert_eq!(
-        e.to_string(),
-        "connect: invalid leaf certificate: no URI SAN, want exactly one SPIFFE ID"
-    );
-    assert_alert(&client, "unknown certificate");
+    let cert = Some(leaf);
+    assert_refused(
+        &mut mesh,
+        &mut db,
+        cert,
+        ErrorKind::InvalidCertificate,
+        "connect: invalid leaf certificate: no URI SAN, want exactly one SPIFFE ID",
+        "unknown certificate",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -309,16 +327,16 @@ async fn a_client_leaf_with_two_uri_sans_is_ambiguous() {
     let mut db = db(&mut mesh).await;
     // Two identities db would each admit on their own.
     let leaf = ca_signed_leaf(&mesh, &[mesh.uri("web"), mesh.uri("api")]);
-    let connector = raw_client(&mut mesh, Some(leaf));
-
-    let client = client_failure(&connector, &db).await;
-    let e = db.refusal().await;
-    assert_eq!(e.kind(), ErrorKind::InvalidCertificate, "{e}");
-    assert_eq!(
-        e.to_string(),
-        "connect: invalid leaf certificate: 2 URI SANs, want exactly one SPIFFE ID"
-    );
-    assert_alert(&client, "unknown certificate");
+    let cert = Some(leaf);
+    assert_refused(
+        &mut mesh,
+        &mut db,
+        cert,
+        ErrorKind::InvalidCertificate,
+        "connect: invalid leaf certificate: 2 URI SANs, want exactly one SPIFFE ID",
+        "unknown certificate",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -326,11 +344,14 @@ async fn a_client_without_a_certificate_is_refused() {
     let mut mesh = Mesh::new();
     let mut db = db(&mut mesh).await;
     // What `with_no_client_auth()` installs: a resolver with nothing to offer.
-    let connector = raw_client(&mut mesh, None);
-
-    let client = client_failure(&connector, &db).await;
-    let e = db.refusal().await;
-    assert_eq!(e.kind(), ErrorKind::CertificateVerification, "{e}");
-    assert_eq!(e.to_string(), "tls: no certificates from peer");
-    assert_alert(&client, "certificate required");
+    let cert = None;
+    assert_refused(
+        &mut mesh,
+        &mut db,
+        cert,
+        ErrorKind::CertificateVerification,
+        "tls: no certificates from peer",
+        "certificate required",
+    )
+    .await;
 }

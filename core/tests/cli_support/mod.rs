@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -27,22 +27,102 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// A command with none of Consul's variables from the test's environment.
 pub fn command() -> Command {
     let mut c = Command::new(BIN);
-    for k in [
-        "CONSUL_HTTP_ADDR",
-        "CONSUL_HTTP_TOKEN",
-        "CONSUL_CACERT",
-        "CONSUL_HTTP_SSL",
-        "RUST_LOG",
-    ] {
+    for k in INHERITED {
         c.env_remove(k);
     }
     c
+}
+
+/// The variables of the test's environment that would change what `connect` does.
+const INHERITED: [&str; 5] = [
+    "CONSUL_HTTP_ADDR",
+    "CONSUL_HTTP_TOKEN",
+    "CONSUL_CACERT",
+    "CONSUL_HTTP_SSL",
+    "RUST_LOG",
+];
+
+/// Writes an agent configuration file into `dir` that enables ACLs with a default policy of
+/// deny and `management` as the initial management token; returns its path.
+pub fn default_deny_config(dir: &Path, management: &str) -> PathBuf {
+    let cfg = dir.join("acl.hcl");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+            acl {{
+              enabled        = true
+              default_policy = "deny"
+              tokens {{
+                initial_management = "{management}"
+              }}
+            }}
+            "#
+        ),
+    )
+    .unwrap();
+    cfg
 }
 
 #[derive(Default)]
 struct Log {
     text: String,
     done: bool,
+}
+
+/// A child's stderr, collected by a thread as it is written, to wait on.
+pub struct StderrLog(Arc<(Mutex<Log>, Condvar)>);
+
+impl StderrLog {
+    /// Takes `child`'s piped stderr and collects it until the pipe closes.
+    pub fn capture(child: &mut Child) -> StderrLog {
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new((Mutex::new(Log::default()), Condvar::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = reader.read_line(&mut line).unwrap_or(0);
+                let (lock, cv) = &*sink;
+                let mut l = lock.lock().unwrap();
+                if n == 0 {
+                    l.done = true;
+                    cv.notify_all();
+                    return;
+                }
+                l.text.push_str(&line);
+                cv.notify_all();
+            }
+        });
+        StderrLog(log)
+    }
+
+    /// Waits until stderr contains `needle`; returns all of stderr so far. Panics, naming
+    /// `who`, when the pipe closes or `timeout` passes first.
+    pub fn wait_for(&self, who: &str, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.0;
+        let mut l = lock.lock().unwrap();
+        loop {
+            if l.text.contains(needle) {
+                return l.text.clone();
+            }
+            let now = Instant::now();
+            assert!(
+                !l.done && now < deadline,
+                "{who} did not log {needle:?}; stderr:\n{}",
+                l.text
+            );
+            l = cv.wait_timeout(l, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        self.0.0.lock().unwrap().text.clone()
+    }
 }
 
 /// A running `connect agent`; killed on drop.
@@ -52,7 +132,7 @@ pub struct Agent {
     pub http: String,
     /// `127.0.0.1:port` of the HTTPS API, when asked for.
     pub https: Option<String>,
-    log: Arc<(Mutex<Log>, Condvar)>,
+    log: StderrLog,
 }
 
 impl Agent {
@@ -73,13 +153,7 @@ impl Agent {
             .arg("agent")
             .args(args)
             .args(["-http-port", "0"]);
-        for k in [
-            "CONSUL_HTTP_ADDR",
-            "CONSUL_HTTP_TOKEN",
-            "CONSUL_CACERT",
-            "CONSUL_HTTP_SSL",
-            "RUST_LOG",
-        ] {
+        for k in INHERITED {
             cmd.env_remove(k);
         }
         Agent::launch(cmd)
@@ -91,26 +165,7 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn connect agent");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new((Mutex::new(Log::default()), Condvar::new()));
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                let n = reader.read_line(&mut line).unwrap_or(0);
-                let (lock, cv) = &*sink;
-                let mut l = lock.lock().unwrap();
-                if n == 0 {
-                    l.done = true;
-                    cv.notify_all();
-                    return;
-                }
-                l.text.push_str(&line);
-                cv.notify_all();
-            }
-        });
+        let log = StderrLog::capture(&mut child);
         let mut agent = Agent {
             child,
             http: String::new(),
@@ -126,26 +181,12 @@ impl Agent {
 
     /// Waits until stderr contains `needle`; returns all of stderr so far.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let (lock, cv) = &*self.log;
-        let mut l = lock.lock().unwrap();
-        loop {
-            if l.text.contains(needle) {
-                return l.text.clone();
-            }
-            let now = Instant::now();
-            assert!(
-                !l.done && now < deadline,
-                "agent did not log {needle:?}; stderr:\n{}",
-                l.text
-            );
-            l = cv.wait_timeout(l, deadline - now).unwrap().0;
-        }
+        self.log.wait_for("agent", needle, timeout)
     }
 
     /// Everything the agent wrote on stderr so far.
     pub fn stderr(&self) -> String {
-        self.log.0.lock().unwrap().text.clone()
+        self.log.text()
     }
 
     /// The process ID.
@@ -155,14 +196,7 @@ impl Agent {
 
     /// Sends `signal` (`TERM`, `INT`) and waits up to `timeout` for the exit.
     pub fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> ExitStatus {
-        let ok = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success(), "kill -{signal} failed");
-        wait_timeout(&mut self.child, timeout)
-            .unwrap_or_else(|| panic!("agent still running {timeout:?} after SIG{signal}"))
+        signal_and_wait(&mut self.child, signal, timeout)
     }
 
     /// SIGKILL (`kill -9`) and reap.
@@ -210,6 +244,18 @@ fn listening(text: &str, prefix: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix(prefix))
         .map(|s| s.trim().to_owned())
+}
+
+/// Sends `signal` (`TERM`, `INT`) to `child` and waits up to `timeout` for its exit.
+pub fn signal_and_wait(child: &mut Child, signal: &str, timeout: Duration) -> ExitStatus {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill -{signal} failed");
+    wait_timeout(child, timeout)
+        .unwrap_or_else(|| panic!("process still running {timeout:?} after SIG{signal}"))
 }
 
 fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {

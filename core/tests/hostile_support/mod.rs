@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cli_support::Agent;
+use crate::cli_support::{Agent, default_deny_config};
 
 /// The management token of the agent under attack (the legitimate writer's).
 pub const MANAGEMENT: &str = "b7e4c1d2-hostile-management-0000-5ec4e7000001";
@@ -76,30 +76,10 @@ impl Plan {
     }
 }
 
-/// Writes the agent's configuration (ACLs on, default deny, [`MANAGEMENT`]) into `dir`.
-pub fn write_config(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("hostile.hcl");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-acl {{
-  enabled        = true
-  default_policy = "deny"
-  tokens {{
-    initial_management = "{MANAGEMENT}"
-  }}
-}}
-"#
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// Starts `connect agent -dev` with [`write_config`]'s file.
+/// Starts `connect agent -dev` with ACLs on, default deny and [`MANAGEMENT`], its
+/// configuration file written into `dir`.
 pub fn start_agent(dir: &Path) -> Agent {
-    let cfg = write_config(dir);
+    let cfg = default_deny_config(dir, MANAGEMENT);
     Agent::start(&[
         "-dev",
         "-config-file",

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, reason = "each test file uses a different part")]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,10 +11,11 @@ use connect_core::ca::{CaConfiguration, CaManager, SignPolicy, generate_leaf_req
 use connect_core::intentions::{
     DefaultPolicy, Intention, IntentionAction, IntentionIndex, SharedIntentionIndex,
 };
-use connect_core::tls::{Bundle, Identity, Svid};
+use connect_core::tls::{Bundle, Connection, Identity, MtlsServer, Svid};
 use connect_core::{ManualClock, SharedClock};
 use serde_json::json;
 use time::OffsetDateTime;
+use tokio::task::JoinHandle;
 
 /// Every I/O wait in these tests is bounded by this.
 pub(crate) const IO: Duration = Duration::from_secs(5);
@@ -94,4 +96,19 @@ pub(crate) fn db_intentions() -> SharedIntentionIndex {
         ],
         DefaultPolicy::ACLS_DISABLED,
     ))
+}
+
+/// Accepts one connection on a fresh port by `server`'s own `accept`, so that a test sees the
+/// error the server itself ends with (a listener would only log and count it).
+pub(crate) async fn accept_once(
+    server: &MtlsServer,
+) -> (SocketAddr, JoinHandle<connect_core::Result<Connection>>) {
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = raw.local_addr().unwrap();
+    let server = server.clone();
+    let accept = tokio::spawn(async move {
+        let (tcp, _) = raw.accept().await.unwrap();
+        server.accept(tcp).await
+    });
+    (addr, accept)
 }
