@@ -574,6 +574,23 @@ pub unsafe extern "C" fn connect_service_authorize_chain_pem(
     })
 }
 
+/// A text of the decision behind `authorization`, borrowed from it; empty for NULL or if a
+/// panic was caught.
+///
+/// # Safety
+///
+/// `authorization` is NULL or a live decision that outlives the C caller's use of the text.
+unsafe fn authorization_text(
+    authorization: *mut connect_authorization,
+    text: impl FnOnce(&Authorization) -> &str,
+) -> connect_str {
+    boundary_or(connect_str::EMPTY, || {
+        // SAFETY: per this function's contract.
+        unsafe { try_box_mut(authorization) }
+            .map_or(connect_str::EMPTY, |a| connect_str::borrow(text(a)))
+    })
+}
+
 /// Whether the decision allows the peer.
 ///
 /// Parameters:
@@ -608,11 +625,8 @@ pub unsafe extern "C" fn connect_authorization_is_allowed(
 pub unsafe extern "C" fn connect_authorization_get_reason(
     authorization: *mut connect_authorization,
 ) -> connect_str {
-    boundary_or(connect_str::EMPTY, || {
-        // SAFETY: NULL or a live decision (documented).
-        unsafe { try_box_mut(authorization) }
-            .map_or(connect_str::EMPTY, |a| connect_str::borrow(&a.reason))
-    })
+    // SAFETY: NULL or a live decision (documented).
+    unsafe { authorization_text(authorization, |a| &a.reason) }
 }
 
 /// The SPIFFE ID of the peer the decision is about.
@@ -629,11 +643,8 @@ pub unsafe extern "C" fn connect_authorization_get_reason(
 pub unsafe extern "C" fn connect_authorization_get_peer(
     authorization: *mut connect_authorization,
 ) -> connect_str {
-    boundary_or(connect_str::EMPTY, || {
-        // SAFETY: NULL or a live decision (documented).
-        unsafe { try_box_mut(authorization) }
-            .map_or(connect_str::EMPTY, |a| connect_str::borrow(&a.peer))
-    })
+    // SAFETY: NULL or a live decision (documented).
+    unsafe { authorization_text(authorization, |a| &a.peer) }
 }
 
 /// Frees a decision. NULL is ignored.

@@ -286,22 +286,30 @@ fn have(tool: &str) -> bool {
         .is_ok()
 }
 
-#[test]
-fn openssl_s_client_talks_to_a_c_server_and_a_denied_one_is_refused() {
+/// Builds tests/c/interop.c and starts `interop MODE DIR` with its standard streams piped;
+/// returns DIR, a fresh scratch directory where it writes the PEM files OpenSSL is given.
+fn start_interop(mode: &str) -> (PathBuf, Child) {
     assert!(
         have("openssl"),
         "openssl is needed (scripts/test.sh installs it)"
     );
     let exe = build("tests/c/interop.c");
-    let dir = scratch().join("interop-server");
+    let dir = scratch().join(format!("interop-{mode}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut child = Command::new(&exe)
-        .arg("server")
+    let child = Command::new(&exe)
+        .arg(mode)
         .arg(&dir)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    (dir, child)
+}
+
+#[test]
+fn openssl_s_client_talks_to_a_c_server_and_a_denied_one_is_refused() {
+    let (dir, mut child) = start_interop("server");
     let lines = line_reader(child.stdout.take().unwrap());
     let server = Guard(child);
     let port = wait_line(&lines, "PORT ", "interop server")
@@ -346,21 +354,7 @@ fn openssl_s_client_talks_to_a_c_server_and_a_denied_one_is_refused() {
 
 #[test]
 fn a_c_client_talks_to_openssl_s_server() {
-    assert!(
-        have("openssl"),
-        "openssl is needed (scripts/test.sh installs it)"
-    );
-    let exe = build("tests/c/interop.c");
-    let dir = scratch().join("interop-client");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut child = Command::new(&exe)
-        .arg("client")
-        .arg(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (dir, mut child) = start_interop("client");
     let lines = line_reader(child.stdout.take().unwrap());
     let mut stdin = child.stdin.take().unwrap();
     let _client = Guard(child);
