@@ -120,6 +120,58 @@ async function waitDenied(svc, name) {
   }
 }
 
+// A Node client against an echo server `name` in another language that allows `node-client`
+// only (`spawnServer()` starts it and resolves with the match of its `listening on host:port`
+// line): node-client gets its message back from `name`'s identity, node-intruder is refused,
+// and the server still serves after the refusal.
+async function nodeClientForeignServer(name, spawnServer) {
+  const { match } = await spawnServer()
+  const opts = { host: match[1], port: Number(match[2]), timeoutMs: T }
+  const client = await agent.service('node-client').ready(T)
+  const socket = await client.connect(name, opts)
+  assert.equal(await roundTrip(socket, 'hello from node'), 'hello from node')
+  assert.match(socket.getPeerCertificate().subjectaltname, new RegExp(`svc/${name}$`))
+  socket.end()
+  await closed(socket)
+
+  const intruder = await agent.service('node-intruder').ready(T)
+  assert.equal(await agent.intentions.check('node-intruder', name), false)
+  assert.ok(await refused(intruder, name, opts))
+
+  const again = await client.connect(name, opts)
+  assert.equal(await roundTrip(again, 'again'), 'again')
+  again.destroy()
+  client.close()
+  intruder.close()
+}
+
+// A Node echo server `name` that intentions open to `allowed` only, dialed by a program in
+// another language (`dial(service, addr, message)` runs it): the allowed client gets its
+// message back with the server's identity, the intruder fails with `errorPrefix` on stderr.
+async function nodeServerForeignClients({ name, allowed, intruder, message, dial, errorPrefix }) {
+  await agent.intentions.upsert('*', name, 'deny')
+  await agent.intentions.upsert(allowed, name, 'allow')
+  const svc = await agent.service(name).ready(T)
+  await waitDenied(svc, intruder)
+  const seen = []
+  const server = await svc.listen(0, '127.0.0.1', echo(seen))
+  const addr = `127.0.0.1:${port(server)}`
+
+  const ok = await dial(allowed, addr, message)
+  assert.equal(ok.status, 0, ok.stderr)
+  // `message` and `name` hold no regular-expression metacharacters.
+  assert.match(ok.stdout, new RegExp(`^${message}\\n\\(from spiffe://\\S+/svc/${name}\\)`))
+
+  const denied = await dial(intruder, addr, 'secret')
+  assert.equal(denied.status, 1, denied.stdout + denied.stderr)
+  assert.match(denied.stderr, errorPrefix)
+
+  assert.equal(seen.length, 1)
+  assert.ok(seen[0].peer.endsWith(`svc/${allowed}`), seen[0].peer)
+  server.close()
+  svc.close()
+}
+
 let agent, httpAddr, env
 
 before(async () => {
@@ -155,93 +207,44 @@ after(() => {
 
 describe('with C', { skip: cSkip }, () => {
   test('a Node client and the C echo_server: allowed and denied', async () => {
-    const { match } = await spawnUntil(
-      join(cExamples, 'echo_server'),
-      ['-listen', '127.0.0.1:0', '-service', 'echo-c', '-allow', 'node-client'],
-      env,
-      /listening on (\S+):(\d+)$/,
+    await nodeClientForeignServer('echo-c', () =>
+      spawnUntil(
+        join(cExamples, 'echo_server'),
+        ['-listen', '127.0.0.1:0', '-service', 'echo-c', '-allow', 'node-client'],
+        env,
+        /listening on (\S+):(\d+)$/,
+      ),
     )
-    const opts = { host: match[1], port: Number(match[2]), timeoutMs: T }
-    const client = await agent.service('node-client').ready(T)
-    const socket = await client.connect('echo-c', opts)
-    assert.equal(await roundTrip(socket, 'hello from node'), 'hello from node')
-    assert.match(socket.getPeerCertificate().subjectaltname, /svc\/echo-c$/)
-    socket.end()
-    await closed(socket)
-
-    const intruder = await agent.service('node-intruder').ready(T)
-    assert.equal(await agent.intentions.check('node-intruder', 'echo-c'), false)
-    assert.ok(await refused(intruder, 'echo-c', opts))
-
-    // Still serving after refusing one.
-    const again = await client.connect('echo-c', opts)
-    assert.equal(await roundTrip(again, 'again'), 'again')
-    again.destroy()
-    client.close()
-    intruder.close()
   })
 
   test('the C echo_client and a Node server: allowed and denied', async () => {
-    await agent.intentions.upsert('*', 'echo-node', 'deny')
-    await agent.intentions.upsert('c-client', 'echo-node', 'allow')
-    const svc = await agent.service('echo-node').ready(T)
-    await waitDenied(svc, 'c-intruder')
-    const seen = []
-    const server = await svc.listen(0, '127.0.0.1', echo(seen))
-    const addr = `127.0.0.1:${port(server)}`
     const client = join(cExamples, 'echo_client')
-
-    const ok = await run(client, ['-service', 'c-client', '-target', 'echo-node', addr, 'hello from C'], env)
-    assert.equal(ok.status, 0, ok.stderr)
-    assert.match(ok.stdout, /^hello from C\n\(from spiffe:\/\/\S+\/svc\/echo-node\)/)
-
-    const denied = await run(client, ['-service', 'c-intruder', '-target', 'echo-node', addr, 'secret'], env)
-    assert.equal(denied.status, 1, denied.stdout + denied.stderr)
-    assert.match(denied.stderr, /echo_client: /)
-
-    assert.equal(seen.length, 1)
-    assert.match(seen[0].peer, /svc\/c-client$/)
-    server.close()
-    svc.close()
+    await nodeServerForeignClients({
+      name: 'echo-node',
+      allowed: 'c-client',
+      intruder: 'c-intruder',
+      message: 'hello from C',
+      dial: (service, addr, msg) => run(client, ['-service', service, '-target', 'echo-node', addr, msg], env),
+      errorPrefix: /echo_client: /,
+    })
   })
 })
 
 describe('with Python', { skip: pySkip }, () => {
   test('a Node client and a Python server: allowed and denied', async () => {
-    const { match } = await spawnUntil(python, [pyPeer, 'serve', 'echo-py', 'node-client'], env, /^listening on (\S+):(\d+)$/)
-    const opts = { host: match[1], port: Number(match[2]), timeoutMs: T }
-    const client = await agent.service('node-client').ready(T)
-    const socket = await client.connect('echo-py', opts)
-    assert.equal(await roundTrip(socket, 'hello from node'), 'hello from node')
-    assert.match(socket.getPeerCertificate().subjectaltname, /svc\/echo-py$/)
-    socket.destroy()
-
-    const intruder = await agent.service('node-intruder').ready(T)
-    assert.ok(await refused(intruder, 'echo-py', opts))
-    client.close()
-    intruder.close()
+    await nodeClientForeignServer('echo-py', () =>
+      spawnUntil(python, [pyPeer, 'serve', 'echo-py', 'node-client'], env, /^listening on (\S+):(\d+)$/),
+    )
   })
 
   test('a Python client and a Node server: allowed and denied', async () => {
-    await agent.intentions.upsert('*', 'echo-node2', 'deny')
-    await agent.intentions.upsert('py-client', 'echo-node2', 'allow')
-    const svc = await agent.service('echo-node2').ready(T)
-    await waitDenied(svc, 'py-intruder')
-    const seen = []
-    const server = await svc.listen(0, '127.0.0.1', echo(seen))
-    const addr = `127.0.0.1:${port(server)}`
-
-    const ok = await run(python, [pyPeer, 'dial', 'py-client', 'echo-node2', addr, 'hello from python'], env)
-    assert.equal(ok.status, 0, ok.stderr)
-    assert.match(ok.stdout, /^hello from python\n\(from spiffe:\/\/\S+\/svc\/echo-node2\)/)
-
-    const denied = await run(python, [pyPeer, 'dial', 'py-intruder', 'echo-node2', addr, 'secret'], env)
-    assert.equal(denied.status, 1, denied.stdout + denied.stderr)
-    assert.match(denied.stderr, /py_peer: /)
-
-    assert.equal(seen.length, 1)
-    assert.match(seen[0].peer, /svc\/py-client$/)
-    server.close()
-    svc.close()
+    await nodeServerForeignClients({
+      name: 'echo-node2',
+      allowed: 'py-client',
+      intruder: 'py-intruder',
+      message: 'hello from python',
+      dial: (service, addr, msg) => run(python, [pyPeer, 'dial', service, 'echo-node2', addr, msg], env),
+      errorPrefix: /py_peer: /,
+    })
   })
 })

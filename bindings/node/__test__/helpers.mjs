@@ -1,6 +1,8 @@
 // Shared pieces of the node:test suites.
 import { once } from 'node:events'
 
+import { Agent } from 'libconnect'
+
 // An echo handler for `createServer`: every authorized connection it sees is counted.
 export function echo(seen) {
   return (socket, peer) => {
@@ -42,4 +44,14 @@ export async function closed(socket) {
 
 export function port(server) {
   return server.address().port
+}
+
+// A dev agent whose intentions let `allowed` reach `target` and deny `denied`, with the three
+// services ready.
+export async function devMesh(target, allowed, denied) {
+  const agent = await Agent.dev()
+  await agent.intentions.upsert(allowed, target, 'allow')
+  await agent.intentions.upsert(denied, target, 'deny')
+  const ready = (name) => agent.service(name).ready()
+  return { agent, target: await ready(target), allowed: await ready(allowed), denied: await ready(denied) }
 }

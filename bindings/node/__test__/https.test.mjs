@@ -2,19 +2,12 @@ import assert from 'node:assert/strict'
 import https from 'node:https'
 import { after, before, test } from 'node:test'
 
-import { Agent } from 'libconnect'
-
-import { port } from './helpers.mjs'
+import { devMesh, port } from './helpers.mjs'
 
 let agent, api, web, client, intruder, server
 
 before(async () => {
-  agent = await Agent.dev()
-  await agent.intentions.upsert('web', 'api', 'allow')
-  await agent.intentions.upsert('intruder', 'api', 'deny')
-  api = await agent.service('api').ready()
-  web = await agent.service('web').ready()
-  intruder = await agent.service('intruder').ready()
+  ;({ agent, target: api, allowed: web, denied: intruder } = await devMesh('api', 'web', 'intruder'))
   server = api.attach(
     https.createServer(api.tlsServerOptions(), (req, res) => {
       res.setHeader('content-type', 'text/plain')

@@ -1,20 +1,13 @@
 import assert from 'node:assert/strict'
 import { after, before, test } from 'node:test'
 
-import { Agent } from 'libconnect'
-
-import { closed, echo, port, roundTrip } from './helpers.mjs'
+import { closed, devMesh, echo, port, roundTrip } from './helpers.mjs'
 
 let agent, db, web, api, server
 const seen = []
 
 before(async () => {
-  agent = await Agent.dev()
-  await agent.intentions.upsert('web', 'db', 'allow')
-  await agent.intentions.upsert('api', 'db', 'deny')
-  db = await agent.service('db').ready()
-  web = await agent.service('web').ready()
-  api = await agent.service('api').ready()
+  ;({ agent, target: db, allowed: web, denied: api } = await devMesh('db', 'web', 'api'))
   server = await db.listen(0, '127.0.0.1', echo(seen))
 })
 after(() => agent.close())

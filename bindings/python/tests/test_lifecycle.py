@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+from typing import Callable
 
 import libconnect
 
@@ -16,6 +17,17 @@ def _rss_kib() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def _rss_growth_kib(cycle: Callable[[int], None], warm_up: int, measured: int) -> int:
+    """How much the RSS grows over ``measured`` cycles, after ``warm_up`` cycles have warmed
+    caches, allocator arenas and thread pools."""
+    cycle(warm_up)
+    gc.collect()
+    before = _rss_kib()
+    cycle(measured)
+    gc.collect()
+    return _rss_kib() - before
+
+
 def test_rss_is_flat_over_10000_service_cycles(agent: libconnect.Agent) -> None:
     def cycle(n: int) -> None:
         for i in range(n):
@@ -24,12 +36,7 @@ def test_rss_is_flat_over_10000_service_cycles(agent: libconnect.Agent) -> None:
                     svc.on_change(lambda: None).close()
                     svc.authorize(svc.spiffe_id)
 
-    cycle(1_000)  # warm up caches, allocator arenas and thread pools
-    gc.collect()
-    before = _rss_kib()
-    cycle(10_000)
-    gc.collect()
-    grown = _rss_kib() - before
+    grown = _rss_growth_kib(cycle, 1_000, 10_000)
     assert grown < 8 * 1024, f"RSS grew by {grown} KiB over 10,000 cycles"
 
 
@@ -41,12 +48,7 @@ def test_rss_is_flat_over_connection_cycles(db: libconnect.Service, web: libconn
                 with web.dial_addr(server.address, "db", timeout=T) as conn:
                     assert round_trip(conn, b"x") == b"x"
 
-        cycle(300)
-        gc.collect()
-        before = _rss_kib()
-        cycle(1_500)
-        gc.collect()
-        grown = _rss_kib() - before
+        grown = _rss_growth_kib(cycle, 300, 1_500)
     assert grown < 8 * 1024, f"RSS grew by {grown} KiB over 1,500 connections"
 
 
