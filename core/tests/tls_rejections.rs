@@ -233,11 +233,10 @@ async fn a_leaf_of_another_trust_domain_is_an_unknown_authority() {
     let mut db = db(&mut mesh).await;
     // A well-formed web leaf of the other cluster, with its chain and key.
     let stranger = other.svid("web");
-    let cert = Some(stranger.certified_key().clone());
     assert_refused(
         &mut mesh,
         &mut db,
-        cert,
+        Some(stranger.certified_key().clone()),
         ErrorKind::CertificateVerification,
         "x509: certificate signed by unknown authority",
         "unknown certificate authority",
@@ -292,11 +291,10 @@ async fn a_self_signed_client_leaf_is_an_unknown_authority() {
     let cert = leaf_params(&mesh, &[mesh.uri("web")])
         .self_signed(&key)
         .unwrap();
-    let cert = Some(certified(cert.der().clone(), &key));
     assert_refused(
         &mut mesh,
         &mut db,
-        cert,
+        Some(certified(cert.der().clone(), &key)),
         ErrorKind::CertificateVerification,
         "x509: certificate signed by unknown authority",
         "unknown certificate authority",
@@ -309,11 +307,10 @@ async fn a_client_leaf_without_a_uri_san_has_no_identity() {
     let mut mesh = Mesh::new();
     let mut db = db(&mut mesh).await;
     let leaf = ca_signed_leaf(&mesh, &[]);
-    let cert = Some(leaf);
     assert_refused(
         &mut mesh,
         &mut db,
-        cert,
+        Some(leaf),
         ErrorKind::InvalidCertificate,
         "connect: invalid leaf certificate: no URI SAN, want exactly one SPIFFE ID",
         "unknown certificate",
@@ -327,11 +324,10 @@ async fn a_client_leaf_with_two_uri_sans_is_ambiguous() {
     let mut db = db(&mut mesh).await;
     // Two identities db would each admit on their own.
     let leaf = ca_signed_leaf(&mesh, &[mesh.uri("web"), mesh.uri("api")]);
-    let cert = Some(leaf);
     assert_refused(
         &mut mesh,
         &mut db,
-        cert,
+        Some(leaf),
         ErrorKind::InvalidCertificate,
         "connect: invalid leaf certificate: 2 URI SANs, want exactly one SPIFFE ID",
         "unknown certificate",
@@ -344,11 +340,10 @@ async fn a_client_without_a_certificate_is_refused() {
     let mut mesh = Mesh::new();
     let mut db = db(&mut mesh).await;
     // What `with_no_client_auth()` installs: a resolver with nothing to offer.
-    let cert = None;
     assert_refused(
         &mut mesh,
         &mut db,
-        cert,
+        None,
         ErrorKind::CertificateVerification,
         "tls: no certificates from peer",
         "certificate required",
