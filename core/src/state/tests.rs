@@ -743,26 +743,22 @@ fn catalog_register_and_deregister() {
         .map(|e| e.service.id)
         .collect();
     assert_eq!(passing, ["web-native"]);
-    store
-        .update_check(
-            "node1",
-            "service:web-sidecar-proxy",
-            HealthStatus::Passing,
-            "",
-        )
-        .unwrap();
+    let sidecar_passes = || {
+        store
+            .update_check(
+                "node1",
+                "service:web-sidecar-proxy",
+                HealthStatus::Passing,
+                "",
+            )
+            .unwrap()
+    };
+    sidecar_passes();
     assert_eq!(store.health_connect("web", true).value.len(), 2);
 
     // Heartbeats that change nothing write nothing.
     let i = store.index();
-    store
-        .update_check(
-            "node1",
-            "service:web-sidecar-proxy",
-            HealthStatus::Passing,
-            "",
-        )
-        .unwrap();
+    sidecar_passes();
     assert_eq!(store.index(), i);
 
     // Re-registering keeps a check's status; a registration without the check drops it.
