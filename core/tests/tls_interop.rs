@@ -50,6 +50,21 @@ fn run(args: &[&str], input: &str) -> (bool, String, String) {
     )
 }
 
+/// [`run`] on a blocking thread, so that the runtime goes on serving the handshakes the tool
+/// makes; `args` and `input` are copied before it starts.
+fn run_aside(args: &[&str], input: &str) -> impl Future<Output = (bool, String, String)> + use<> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let input = input.to_owned();
+    async move {
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&refs, &input)
+        })
+        .await
+        .unwrap()
+    }
+}
+
 /// db behind intentions (`*→db deny`, `web→db allow`), echoing one line per connection.
 async fn echo_server(mesh: &mut Mesh) -> (Service, u16, tokio::task::JoinHandle<Vec<String>>) {
     let db = Service::new(
@@ -106,29 +121,25 @@ async fn openssl_s_client_is_allowed_or_denied_by_intentions() {
             "-quiet",
         ];
         args.extend_from_slice(extra);
-        let owned: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
-            run(&refs, "hello from openssl\n")
-        })
+        run_aside(&args, "hello from openssl\n")
     };
 
-    let (ok, out, err) = s_client(&web_cert, &web_key, &[]).await.unwrap();
+    let (ok, out, err) = s_client(&web_cert, &web_key, &[]).await;
     assert!(ok, "web was refused: {out}{err}");
     assert_eq!(out.trim(), "hello from openssl", "{err}");
 
-    let (ok, out, err) = s_client(&web_cert, &web_key, &["-tls1_2"]).await.unwrap();
+    let (ok, out, err) = s_client(&web_cert, &web_key, &["-tls1_2"]).await;
     assert!(ok, "TLS 1.2 web was refused: {out}{err}");
     assert_eq!(out.trim(), "hello from openssl", "{err}");
 
-    let (_, out, err) = s_client(&api_cert, &api_key, &[]).await.unwrap();
+    let (_, out, err) = s_client(&api_cert, &api_key, &[]).await;
     assert!(!out.contains("hello"), "api got an echo: {out}");
     assert!(
         err.contains("access denied"),
         "no access_denied alert: {err}"
     );
 
-    let (ok, out, err) = s_client(&api_cert, &api_key, &["-tls1_2"]).await.unwrap();
+    let (ok, out, err) = s_client(&api_cert, &api_key, &["-tls1_2"]).await;
     assert!(!ok && !out.contains("hello"), "{out}{err}");
     assert!(err.contains("access denied"), "{err}");
 
@@ -148,7 +159,7 @@ async fn openssl_s_client_without_a_certificate_is_refused() {
 
     for version in ["-tls1_3", "-tls1_2"] {
         // s_client trusts db's root and would print the echo; it just has no certificate.
-        let args: Vec<String> = [
+        let args = [
             "openssl",
             "s_client",
             "-connect",
@@ -158,16 +169,8 @@ async fn openssl_s_client_without_a_certificate_is_refused() {
             "-verify_return_error",
             "-quiet",
             version,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let (ok, out, err) = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            run(&refs, "hello from openssl\n")
-        })
-        .await
-        .unwrap();
+        ];
+        let (ok, out, err) = run_aside(&args, "hello from openssl\n").await;
         assert!(
             !ok,
             "{version}: s_client without a certificate succeeded: {out}{err}"
@@ -220,7 +223,7 @@ except ssl.SSLError as e:
         let (cert, key) = mesh.pem_pair(service);
         let cert = write(dir.path(), &format!("{service}.pem"), &cert);
         let key = write(dir.path(), &format!("{service}.key"), &key);
-        let args: Vec<String> = [
+        let args = [
             "python3",
             "-c",
             SCRIPT,
@@ -229,16 +232,8 @@ except ssl.SSLError as e:
             &cert,
             &key,
             &roots,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let (ok, out, err) = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            run(&refs, "")
-        })
-        .await
-        .unwrap();
+        ];
+        let (ok, out, err) = run_aside(&args, "").await;
         if allowed {
             assert!(ok, "{service}: {out}{err}");
             assert!(
