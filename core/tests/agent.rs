@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
+mod tls_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,36 +17,16 @@ use connect_core::intentions::IntentionAction;
 use connect_core::server::{Server, ServerConfig};
 use connect_core::{ErrorKind, ManualClock};
 use serde_json::json;
+use tls_support::{echo, round_trip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
 
 async fn echo_server(svc: &ConnectService) -> std::net::SocketAddr {
-    let mut l = svc.listen("127.0.0.1:0").await.unwrap();
+    let l = svc.listen("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr();
-    tokio::spawn(async move {
-        while let Ok(mut c) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = c.read(&mut buf).await {
-                    if n == 0 || c.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    echo(l);
     addr
-}
-
-async fn round_trip(c: &mut connect_core::tls::Connection, msg: &[u8]) -> Vec<u8> {
-    c.write_all(msg).await.unwrap();
-    let mut buf = vec![0u8; msg.len()];
-    tokio::time::timeout(T, c.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    buf
 }
 
 /// A client the target's intentions deny: under TLS 1.3 its dial completes, and the server's
@@ -74,6 +56,13 @@ fn config_in(server: &Server, clock: connect_core::SharedClock) -> AgentConfig {
     }
 }
 
+/// The service `name` of `agent`, once it has a leaf that verifies against the roots.
+async fn ready(agent: &Agent, name: &str) -> ConnectService {
+    let service = agent.service(name).unwrap();
+    service.ready_wait(T).await.unwrap();
+    service
+}
+
 /// A [`strict_server`] on the system clock and an in-process agent of it, with the intentions
 /// `source → destination` of `allow` allowed.
 async fn strict_agent(allow: &[(&str, &str)]) -> (Server, Agent) {
@@ -97,15 +86,12 @@ fn strict_server(clock: connect_core::SharedClock) -> Server {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intentions_decide_in_the_handshake_and_dial_finds_instances() {
     let (server, agent) = strict_agent(&[("web", "db")]).await;
-    let db = agent.service("db").unwrap();
-    let web = agent.service("web").unwrap();
-    let api = agent.service("api").unwrap();
-    for s in [&db, &web, &api] {
-        s.ready_wait(T).await.unwrap();
-    }
+    let db = ready(&agent, "db").await;
+    let web = ready(&agent, "web").await;
+    let api = ready(&agent, "api").await;
     let addr = echo_server(&db).await;
     let mut c = web.dial_addr(addr, "db").await.unwrap();
-    assert_eq!(round_trip(&mut c, b"hello").await, b"hello");
+    round_trip(&mut c, b"hello").await;
     assert_eq!(c.peer_id().as_service().unwrap().service, "db");
     // api is refused during the handshake: its first read fails.
     assert_refused(&api, addr, "db").await;
@@ -116,7 +102,7 @@ async fn intentions_decide_in_the_handshake_and_dial_finds_instances() {
     reg.connect = Some(ServiceConnect::native());
     server.register_service(None, reg).unwrap();
     let mut c = web.dial("db").await.unwrap();
-    assert_eq!(round_trip(&mut c, b"by name").await, b"by name");
+    round_trip(&mut c, b"by name").await;
     assert_eq!(
         web.dial("nothing-here").await.unwrap_err().kind(),
         ErrorKind::ConnectionRefused
@@ -127,13 +113,11 @@ async fn intentions_decide_in_the_handshake_and_dial_finds_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_open_connections_and_reissues_leaves() {
     let (server, agent) = strict_agent(&[("web", "db")]).await;
-    let db = agent.service("db").unwrap();
-    let web = agent.service("web").unwrap();
-    db.ready_wait(T).await.unwrap();
-    web.ready_wait(T).await.unwrap();
+    let db = ready(&agent, "db").await;
+    let web = ready(&agent, "web").await;
     let addr = echo_server(&db).await;
     let mut open = web.dial_addr(addr, "db").await.unwrap();
-    assert_eq!(round_trip(&mut open, b"before").await, b"before");
+    round_trip(&mut open, b"before").await;
     let old_serial = open.peer_serial().unwrap();
     let old_root = agent.roots().await.unwrap().active_root_id.clone();
     let (web_gen, db_gen) = (web.identity().generation(), db.identity().generation());
@@ -174,9 +158,9 @@ async fn rotation_keeps_open_connections_and_reissues_leaves() {
     .expect("leaves re-issued after rotation");
     assert!(web.identity().generation() > web_gen && db.identity().generation() > db_gen);
     // The connection opened before the rotation still works.
-    assert_eq!(round_trip(&mut open, b"during").await, b"during");
+    round_trip(&mut open, b"during").await;
     let mut fresh = web.dial_addr(addr, "db").await.unwrap();
-    assert_eq!(round_trip(&mut fresh, b"after").await, b"after");
+    round_trip(&mut fresh, b"after").await;
     // A resumed session keeps the certificate it was made with; a full handshake shows the
     // new one.
     assert_ne!(
@@ -202,8 +186,7 @@ async fn leaves_renew_when_the_injected_clock_reaches_the_renewal_window() {
     let clock: connect_core::SharedClock = Arc::new(manual.clone());
     let server = strict_server(clock.clone());
     let agent = Agent::new(config_in(&server, clock)).unwrap();
-    let web = agent.service("web").unwrap();
-    web.ready_wait(T).await.unwrap();
+    let web = ready(&agent, "web").await;
     let first = web
         .identity()
         .snapshot()
@@ -244,12 +227,9 @@ async fn http_backend_gets_leaves_by_csr_and_intentions_from_the_match_cache() {
         .intention_upsert("web", "db", IntentionAction::Allow)
         .await
         .unwrap();
-    let db = agent.service("db").unwrap();
-    let web = agent.service("web").unwrap();
-    let api = agent.service("api").unwrap();
-    for s in [&db, &web, &api] {
-        s.ready_wait(T).await.unwrap();
-    }
+    let db = ready(&agent, "db").await;
+    let web = ready(&agent, "web").await;
+    let api = ready(&agent, "api").await;
     // The leaf's key was generated here: the server never saw it (it has no leaf cache entry).
     let leaf = agent.leaf("web").await.unwrap();
     assert!(leaf.key_pem().contains("EC PRIVATE KEY"));
@@ -263,7 +243,7 @@ async fn http_backend_gets_leaves_by_csr_and_intentions_from_the_match_cache() {
     .await
     .unwrap();
     let mut c = web.dial_addr(addr, "db").await.unwrap();
-    assert_eq!(round_trip(&mut c, b"over http").await, b"over http");
+    round_trip(&mut c, b"over http").await;
     assert_refused(&api, addr, "db").await;
     agent.close();
 }
@@ -292,10 +272,8 @@ fn an_owned_runtime_agent_closes_cleanly_and_refuses_later_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_resolve_and_verify_server_for_other_tls_stacks() {
     let (_server, agent) = strict_agent(&[]).await;
-    let db = agent.service("db").unwrap();
-    let web = agent.service("web").unwrap();
-    db.ready_wait(T).await.unwrap();
-    web.ready_wait(T).await.unwrap();
+    let db = ready(&agent, "db").await;
+    let web = ready(&agent, "web").await;
     assert_eq!(
         web.resolve("db").await.unwrap_err().kind(),
         ErrorKind::ConnectionRefused
@@ -337,16 +315,14 @@ async fn register_resolve_and_verify_server_for_other_tls_stacks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listening_registers_the_instance_and_closing_deregisters_it() {
     let (server, agent) = strict_agent(&[("web", "db")]).await;
-    let db = agent.service("db").unwrap();
-    let web = agent.service("web").unwrap();
-    db.ready_wait(T).await.unwrap();
-    web.ready_wait(T).await.unwrap();
+    let db = ready(&agent, "db").await;
+    let web = ready(&agent, "web").await;
     let addr = echo_server(&db).await;
     let found = server.health(None, "db", true, true, None).unwrap().value;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].dial_address(), ("127.0.0.1", addr.port()));
     let mut c = web.dial("db").await.unwrap();
-    assert_eq!(round_trip(&mut c, b"found").await, b"found");
+    round_trip(&mut c, b"found").await;
     db.close();
     tokio::time::timeout(T, async {
         while !server
@@ -410,10 +386,8 @@ async fn the_agent_rides_out_a_server_outage_and_catches_up() {
         .intention_upsert("web", "db", IntentionAction::Allow)
         .await
         .unwrap();
-    let db = agent.service("db").unwrap();
-    let web = agent.service("web").unwrap();
-    db.ready_wait(T).await.unwrap();
-    web.ready_wait(T).await.unwrap();
+    let db = ready(&agent, "db").await;
+    let web = ready(&agent, "web").await;
     let addr = echo_server(&db).await;
     tokio::time::timeout(T, async {
         while db.intention_index().load().intentions().is_empty() {
@@ -432,7 +406,7 @@ async fn the_agent_rides_out_a_server_outage_and_catches_up() {
         "the server is really down"
     );
     let mut c = web.dial_addr(addr, "db").await.unwrap();
-    assert_eq!(round_trip(&mut c, b"during outage").await, b"during outage");
+    round_trip(&mut c, b"during outage").await;
     assert!(agent.roots().await.is_ok(), "roots served from the cache");
 
     // The server comes back on the same address; the agent catches up by itself.

@@ -13,36 +13,10 @@ use connect_core::agent::{Agent, AgentBackend, AgentConfig};
 use connect_core::intentions::IntentionAction;
 use connect_core::server::{Server, ServerConfig};
 use connect_core::spiffe::SpiffeId;
-use connect_core::tls::{self, AuthzDenied, Connection, Listener, Service, authorizer};
+use connect_core::tls::{self, AuthzDenied, Connection, Service, authorizer};
 use rustls_pki_types::CertificateDer;
-use tls_support::{IO, Mesh};
+use tls_support::{IO, Mesh, echo, round_trip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Echoes every accepted connection until it ends.
-fn echo(mut l: Listener) {
-    tokio::spawn(async move {
-        while let Ok(mut c) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = c.read(&mut buf).await {
-                    if n == 0 || c.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
-
-async fn round_trip(c: &mut Connection, msg: &[u8]) {
-    c.write_all(msg).await.unwrap();
-    let mut buf = vec![0u8; msg.len()];
-    tokio::time::timeout(IO, c.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(buf, msg);
-}
 
 /// How long until a read on `c` ends (end-of-stream or error); panics after `limit`.
 async fn closed_within(c: &mut Connection, limit: Duration) -> Duration {

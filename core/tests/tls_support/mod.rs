@@ -11,10 +11,11 @@ use connect_core::ca::{CaConfiguration, CaManager, SignPolicy, generate_leaf_req
 use connect_core::intentions::{
     DefaultPolicy, Intention, IntentionAction, IntentionIndex, SharedIntentionIndex,
 };
-use connect_core::tls::{Bundle, Connection, Identity, MtlsServer, Svid};
+use connect_core::tls::{Bundle, Connection, Identity, Listener, MtlsServer, Svid};
 use connect_core::{ManualClock, SharedClock};
 use serde_json::json;
 use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 /// Every I/O wait in these tests is bounded by this.
@@ -111,4 +112,31 @@ pub(crate) async fn accept_once(
         server.accept(tcp).await
     });
     (addr, accept)
+}
+
+/// Echoes every accepted connection until it ends.
+pub(crate) fn echo(mut l: Listener) {
+    tokio::spawn(async move {
+        while let Ok(mut c) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = c.read(&mut buf).await {
+                    if n == 0 || c.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Writes `msg` on `c` and checks that the same bytes come back within [`IO`].
+pub(crate) async fn round_trip(c: &mut Connection, msg: &[u8]) {
+    c.write_all(msg).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(IO, c.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(buf, msg);
 }
