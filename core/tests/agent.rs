@@ -17,7 +17,7 @@ use connect_core::intentions::IntentionAction;
 use connect_core::server::{Server, ServerConfig};
 use connect_core::{ErrorKind, ManualClock};
 use serde_json::json;
-use tls_support::{echo, round_trip};
+use tls_support::{echo, p384_ca, round_trip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
@@ -122,15 +122,7 @@ async fn rotation_keeps_open_connections_and_reissues_leaves() {
     let old_root = agent.roots().await.unwrap().active_root_id.clone();
     let (web_gen, db_gen) = (web.identity().generation(), db.identity().generation());
 
-    agent
-        .ca_set_config(CaConfiguration::consul(
-            json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384})
-                .as_object()
-                .cloned()
-                .unwrap(),
-        ))
-        .await
-        .unwrap();
+    agent.ca_set_config(p384_ca()).await.unwrap();
     // Both services pick up the new roots and a leaf from the new root, without restarting.
     let new_root = server.ca_roots().value.active_root_id;
     assert_ne!(new_root, old_root);

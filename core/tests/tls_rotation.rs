@@ -17,14 +17,13 @@ use std::time::Duration;
 
 use connect_core::ErrorKind;
 use connect_core::agent::{Agent, AgentBackend, AgentConfig};
-use connect_core::ca::{CaConfiguration, SignPolicy, generate_leaf_request};
+use connect_core::ca::{SignPolicy, generate_leaf_request};
 use connect_core::certs;
 use connect_core::intentions::IntentionAction;
 use connect_core::server::{Server, ServerConfig};
 use connect_core::tls::{Identity, Service, Svid, authorizer, mtls_client};
 use rustls_pki_types::CertificateDer;
-use serde_json::json;
-use tls_support::{IO, Mesh, db_intentions};
+use tls_support::{IO, Mesh, db_intentions, p384_ca};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -181,12 +180,7 @@ async fn a_leaf_that_does_not_fit_is_never_published() {
 
     // A root rotated without cross-signing: the new leaf does not verify against the roots db
     // has, so it waits until the roots arrive.
-    let mut forced = CaConfiguration::consul(
-        json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-    );
+    let mut forced = p384_ca();
     forced.force_without_cross_signing = true;
     mesh.ca.set_config(forced).unwrap();
     let early = mesh.svid("db");
@@ -455,15 +449,7 @@ async fn a_rotation_under_continuous_handshakes_fails_none() {
     })
     .await;
     load.phase.store(ROTATING, Ordering::SeqCst);
-    agent
-        .ca_set_config(CaConfiguration::consul(
-            json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384})
-                .as_object()
-                .cloned()
-                .unwrap(),
-        ))
-        .await
-        .unwrap();
+    agent.ca_set_config(p384_ca()).await.unwrap();
     let new_key = active_key(&server);
     assert_ne!(Some(&new_key), load.old_key.get());
     load.new_key.set(new_key.clone()).unwrap();

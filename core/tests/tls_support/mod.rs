@@ -140,3 +140,14 @@ pub(crate) async fn round_trip(c: &mut Connection, msg: &[u8]) {
         .unwrap();
     assert_eq!(buf, msg);
 }
+
+/// A built-in CA configuration with a P-384 key: applied over the default (P-256) one, it
+/// rotates the root.
+pub(crate) fn p384_ca() -> CaConfiguration {
+    CaConfiguration::consul(
+        json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    )
+}
