@@ -25,7 +25,11 @@ pub(super) fn open_ca(
     clock: &SharedClock,
 ) -> Result<CaManager, Error> {
     let view = store.view();
-    if let (Some(ca_config), Some(secrets)) = (view.ca_config(), view.ca_secrets()) {
+    // A provider that keeps its keys elsewhere (Vault) has stored no secrets.
+    if let Some(ca_config) = view
+        .ca_config()
+        .filter(|c| c.provider != "consul" || view.ca_secrets().is_some())
+    {
         let roots = view.ca_roots().to_vec();
         let cluster_id = roots
             .iter()
@@ -39,7 +43,7 @@ pub(super) fn open_ca(
             &cluster_id,
             ca_config.clone(),
             roots,
-            secrets.clone(),
+            view.ca_secrets().cloned(),
             view.ca_serial(),
             clock.clone(),
         )?);
@@ -62,7 +66,10 @@ pub(super) fn open_ca(
 
 /// Writes configuration, roots, key and serial in one transaction.
 fn persist_ca(store: &Store, ca: &CaManager) -> Result<u64, Error> {
-    let secrets = ca.secrets().ok_or(CaError::NotInitialized)?;
+    let secrets = ca.secrets();
+    if secrets.is_none() && ca.provider_name() == "consul" {
+        return Err(CaError::NotInitialized.into());
+    }
     let roots = ca.roots().roots;
     let config = ca.config().clone();
     let serial = ca.serials().last();
@@ -70,7 +77,11 @@ fn persist_ca(store: &Store, ca: &CaManager) -> Result<u64, Error> {
         .write(|tx| {
             tx.set_ca_config(config);
             tx.set_ca_roots(roots);
-            tx.set_ca_secrets(secrets);
+            // Switching to Vault keeps the built-in key stored last; it is unused until a
+            // switch back generates a new one.
+            if let Some(secrets) = secrets {
+                tx.set_ca_secrets(secrets);
+            }
             tx.set_ca_serial(serial);
             Ok::<_, Error>(())
         })?
@@ -98,12 +109,13 @@ impl Server {
         for (k, v) in std::mem::take(&mut config.config) {
             let bare = k.replace('_', "");
             let known = effective.keys().any(|e| e.eq_ignore_ascii_case(&bare));
-            // Secrets the operator supplied are write-only, as Vault's token is in Consul.
-            if !known && !bare.eq_ignore_ascii_case("PrivateKey") {
+            if !known {
                 effective.insert(k, v);
             }
         }
-        config.config = effective;
+        // Secrets the operator supplied (the built-in CA's key, Vault's token, login secrets)
+        // are write-only, as Vault's token is in Consul.
+        config.config = crate::ca::redact_config(&effective);
         Ok(Indexed {
             value: config,
             index: self.store().table_index(Table::CaConfig).max(1),
@@ -193,6 +205,18 @@ impl Server {
             persist_ca(self.store(), &ca)?;
         }
         Ok(removed)
+    }
+
+    /// Renews the primary's Vault intermediate once past half its life (a no-op for the
+    /// built-in CA); the server runs this with [`Server::prune_roots`]. Returns whether it
+    /// renewed.
+    pub fn renew_intermediate(&self) -> Result<bool, Error> {
+        let mut ca = self.ca();
+        let renewed = ca.renew_intermediate_if_needed()?;
+        if renewed {
+            persist_ca(self.store(), &ca)?;
+        }
+        Ok(renewed)
     }
 
     /// How often [`Server::prune_roots`] should run (Consul's leader does it hourly).
