@@ -103,8 +103,8 @@ pub enum CaError {
     #[error("not a secondary datacenter")]
     NotSecondary,
     /// An external CA provider (Vault) failed or could not be reached; `kind` says how
-    /// (`ConnectionRefused`, `Timeout`, `PermissionDenied`, `Http`). The text never holds a
-    /// token.
+    /// (`ConnectionRefused`, `Timeout`, `Http` for Vault's own refusals, `RateLimited`). The
+    /// text never holds a token.
     #[error("{message}")]
     Provider {
         /// How the provider failed.

@@ -482,8 +482,9 @@ impl VaultClient {
                     })
                 })
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
+            // A refusal by Vault is the CA's failure, not the API caller's: 500, as in Consul
+            // (a 403 here would read as the caller's ACL token being refused).
             let kind = match status.as_u16() {
-                403 => ErrorKind::PermissionDenied,
                 429 => ErrorKind::RateLimited,
                 _ => ErrorKind::Http,
             };
@@ -557,7 +558,7 @@ impl VaultClient {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
                 vault_error(
-                    ErrorKind::PermissionDenied,
+                    ErrorKind::Http,
                     format!("Vault login at {path} returned no token"),
                 )
             })?;
@@ -723,10 +724,7 @@ impl VaultProvider {
                 .await
             {
                 // A token revoked or expired under us: log in again once and retry.
-                Err(CaError::Provider {
-                    kind: ErrorKind::PermissionDenied,
-                    ..
-                }) if client.auth.is_some() => {
+                Err(e) if client.auth.is_some() && is_forbidden(&e) => {
                     client.login().await?;
                     client.call(method, &path, &ns, body.as_ref(), true).await
                 }
@@ -774,10 +772,7 @@ impl VaultProvider {
                     namespace,
                     Some(body),
                 ) {
-                    Err(CaError::Provider {
-                        kind: ErrorKind::PermissionDenied,
-                        ..
-                    }) => {}
+                    Err(e) if is_forbidden(&e) => {}
                     other => {
                         other?;
                     }
@@ -984,6 +979,11 @@ impl VaultProvider {
         }
         Ok(cert)
     }
+}
+
+/// Whether Vault answered 403 (a missing policy, or a token that expired or was revoked).
+fn is_forbidden(e: &CaError) -> bool {
+    matches!(e, CaError::Provider { message, .. } if message.contains("HTTP 403"))
 }
 
 /// Whether `child_pem` is signed by `issuer_pem`'s key.
