@@ -162,6 +162,21 @@ impl Bao {
         }
     }
 
+    /// The pid of `bao` itself (the watchdog's one child).
+    fn server_pid(&self) -> u32 {
+        let sh = self.child.as_ref().unwrap().id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children")).unwrap_or_default();
+        let mut pids = children
+            .split_whitespace()
+            .map(|p| p.parse::<u32>().unwrap());
+        // The watchdog's other child, if any, is a `sleep 0.3`: take the one that is not.
+        pids.find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() != "sleep")
+        })
+        .expect("the bao process")
+    }
+
     /// Starts the same server again, on the same address and data, and unseals it.
     fn restart(&mut self) {
         self.spawn();
@@ -853,7 +868,7 @@ fn vault_outage_typed_errors_cached_leaves_and_recovery() {
         http(&agent.http, "GET", "/v1/connect/ca/roots", &[], "").status,
         200
     );
-    let log = agent.stderr();
+    let log = log_with(&agent, "Vault is unreachable", 1);
     assert_eq!(
         log.matches("Vault is unreachable").count(),
         1,
@@ -873,10 +888,94 @@ fn vault_outage_typed_errors_cached_leaves_and_recovery() {
     server
         .sign(None, &leaf_csr(&server, "api"), SignPolicy::ServiceOnly)
         .unwrap();
-    let log = agent.stderr();
+    let log = log_with(&agent, "Vault is reachable again", 1);
     assert_eq!(log.matches("Vault is reachable again").count(), 1, "{log}");
     assert_eq!(log.matches("Vault is unreachable").count(), 1, "{log}");
     assert!(!log.contains(&bao.token), "the token is never logged");
+
+    // A hung Vault (SIGSTOP: connections are accepted, nothing answers): the leaf waits for
+    // the request timeout and fails with `Timeout`, while the roots and the configuration are
+    // served meanwhile (Vault is called without the CA lock).
+    let pid = bao.server_pid();
+    signal(pid, "STOP");
+    let hung = {
+        let (http_addr, server) = (agent.http.clone(), server.clone());
+        std::thread::spawn(move || {
+            let csr = leaf_csr(&server, "hung");
+            let err = server
+                .sign(None, &csr, SignPolicy::ServiceOnly)
+                .unwrap_err();
+            let api = try_http(
+                &http_addr,
+                "GET",
+                "/v1/agent/connect/ca/leaf/hung",
+                &[],
+                "",
+                IO * 6,
+            );
+            (err, api)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.ca_roots().value.roots.len(), 1);
+    server.ca_config(None).unwrap();
+    assert_eq!(
+        http(&agent.http, "GET", "/v1/connect/ca/roots", &[], "").status,
+        200
+    );
+    assert!(
+        !hung.is_finished(),
+        "the roots were served while Vault hung"
+    );
+    let (err, api) = hung.join().unwrap();
+    signal(pid, "CONT");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let api = api.unwrap();
+    assert_eq!(api.status, 500, "{}", api.body);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while http(
+        &agent.http,
+        "GET",
+        "/v1/agent/connect/ca/leaf/hung",
+        &[],
+        "",
+    )
+    .status
+        != 200
+    {
+        assert!(Instant::now() < deadline, "no recovery after SIGCONT");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    log_with(&agent, "Vault is unreachable", 2);
+    let log = log_with(&agent, "Vault is reachable again", 2);
+    assert_eq!(
+        log.matches("Vault is unreachable").count(),
+        2,
+        "one line per outage:\n{log}"
+    );
+    assert_eq!(log.matches("Vault is reachable again").count(), 2, "{log}");
+}
+
+/// The agent's stderr once `needle` is in it `n` times (lines reach the test through a pipe
+/// and a reader thread, after the HTTP answer that caused them), or after 30 s.
+fn log_with(agent: &Agent, needle: &str, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = agent.stderr();
+        if log.matches(needle).count() >= n || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
 }
 
 /// Bad configurations are refused with Consul's messages (400) or a clear provider error

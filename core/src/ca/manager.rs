@@ -2,13 +2,15 @@
 //! cross-signing, prune, and the secondary-datacenter intermediate dance (Consul CA docs,
 //! secondary datacenters). Persistence and rate limiting are layered on by the server.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::builtin::{BuiltinProvider, BuiltinSecrets, signing_uri};
 use super::config::{CommonCaConfig, ConsulCaConfig};
-use super::provider::{Provider, ProviderConfig, Serials};
+use super::provider::{Provider, ProviderConfig, RemoteSigner, Serials};
 use super::roots::{CaRoot, IndexedCaRoots};
 use super::vault::{VaultCaConfig, VaultProvider, needs_renewal};
 use super::{CaError, Csr};
@@ -128,6 +130,46 @@ pub enum SignPolicy {
     ServiceOnly,
     /// Service or client-agent IDs (agent IDs are rewritten into our trust domain).
     ServiceOrAgent,
+}
+
+/// A leaf that [`CaManager::begin_leaf`] checked, holding its signature or waiting for a
+/// provider that signs over the network.
+#[derive(Debug)]
+pub struct LeafJob {
+    csr: Csr,
+    issued: IssuedCert,
+    root_id: String,
+    step: LeafStep,
+}
+
+#[derive(Debug)]
+enum LeafStep {
+    Signed(String),
+    Remote(Arc<dyn RemoteSigner>),
+}
+
+impl LeafJob {
+    /// Signs through a provider that signs over the network (Vault), to be called without
+    /// holding the manager's lock; the built-in CA has signed already.
+    pub fn sign(self) -> Result<SignedLeaf, CaError> {
+        let leaf_pem = match self.step {
+            LeafStep::Signed(pem) => pem,
+            LeafStep::Remote(signer) => signer.sign(&self.csr)?,
+        };
+        Ok(SignedLeaf {
+            issued: self.issued,
+            leaf_pem,
+            root_id: self.root_id,
+        })
+    }
+}
+
+/// A signed leaf for [`CaManager::finish_leaf`].
+#[derive(Debug)]
+pub struct SignedLeaf {
+    issued: IssuedCert,
+    leaf_pem: String,
+    root_id: String,
 }
 
 /// What a configuration change did.
@@ -397,9 +439,21 @@ impl CaManager {
 
     /// Signs a leaf from a CSR after Consul's checks (ARCHITECTURE.md, ca): exactly one URI SAN
     /// that is a service ID of this datacenter and trust domain (or, when allowed, an agent ID,
-    /// whose host is rewritten). Returns the leaf followed by the active root's
-    /// intermediates.
+    /// whose host is rewritten). Returns the leaf followed by the intermediates of the root that
+    /// signed it. [`CaManager::begin_leaf`], [`LeafJob::sign`] and [`CaManager::finish_leaf`]
+    /// are the same in three steps, for callers that hold the manager behind a lock.
     pub fn sign_leaf(&mut self, csr_pem: &str, policy: SignPolicy) -> Result<IssuedCert, CaError> {
+        let job = self.begin_leaf(csr_pem, policy)?;
+        let signed = job.sign()?;
+        self.finish_leaf(signed)
+    }
+
+    /// The first step of [`CaManager::sign_leaf`]: Consul's checks, then the signature itself
+    /// when the provider signs in process (the built-in CA). A provider that signs over the
+    /// network (Vault) signs in [`LeafJob::sign`], which the caller runs without holding the
+    /// manager's lock: a slow or hung Vault then delays only the leaves waiting for it, never
+    /// the roots, the configuration or a rotation.
+    pub fn begin_leaf(&mut self, csr_pem: &str, policy: SignPolicy) -> Result<LeafJob, CaError> {
         let mut csr = Csr::from_pem(csr_pem)?;
         let id = self.check_leaf_identity(&csr, policy)?;
         let mut issued = IssuedCert {
@@ -438,11 +492,42 @@ impl CaManager {
             }
             _ => {}
         }
-        let leaf_pem = self.provider.sign(&csr)?;
+        let root_id = self
+            .roots
+            .iter()
+            .find(|r| r.active)
+            .map(|r| r.id.clone())
+            .unwrap_or_default();
+        let step = match self.provider.remote_signer() {
+            Some(signer) => LeafStep::Remote(signer),
+            None => LeafStep::Signed(self.provider.sign(&csr)?),
+        };
+        Ok(LeafJob {
+            csr,
+            issued,
+            root_id,
+            step,
+        })
+    }
+
+    /// The last step of [`CaManager::sign_leaf`]: the bundle — the leaf, then the
+    /// intermediates of the root that was active when the leaf was begun, as they are now (so
+    /// an intermediate renewed while Vault signed is in it) — and the index.
+    pub fn finish_leaf(&mut self, signed: SignedLeaf) -> Result<IssuedCert, CaError> {
+        let SignedLeaf {
+            mut issued,
+            leaf_pem,
+            root_id,
+        } = signed;
         let info = CertInfo::from_der(&certs::parse_pem_certificate(&leaf_pem)?)?;
         let mut bundle = leaf_pem;
-        if let Some(active) = self.roots.iter().find(|r| r.active) {
-            for pem in active.intermediates() {
+        let root = self
+            .roots
+            .iter()
+            .find(|r| r.id == root_id)
+            .or_else(|| self.roots.iter().find(|r| r.active));
+        if let Some(root) = root {
+            for pem in root.intermediates() {
                 bundle.push_str(pem);
                 if !pem.ends_with('\n') {
                     bundle.push('\n');

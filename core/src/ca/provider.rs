@@ -67,11 +67,23 @@ pub trait Provider: Send + Sync + Debug {
     fn renew_intermediate(&mut self) -> Result<String, CaError> {
         Err(CaError::NotSecondary)
     }
+    /// A signer the manager calls without holding its lock, for a provider whose signing waits
+    /// on the network (Vault); `None` for one that signs in process.
+    fn remote_signer(&self) -> Option<Arc<dyn RemoteSigner>> {
+        None
+    }
     /// Key material the store must keep to resume this provider (the built-in CA's key);
     /// `None` for providers whose keys live elsewhere.
     fn persisted_secrets(&self) -> Option<BuiltinSecrets> {
         None
     }
+}
+
+/// Signs leaves over the network ([`Provider::remote_signer`]); shares nothing with the
+/// provider that a reconfiguration changes, so a signing in flight is unaffected by one.
+pub trait RemoteSigner: Send + Sync + Debug {
+    /// Signs a leaf from a validated CSR; returns the leaf PEM only.
+    fn sign(&self, csr: &Csr) -> Result<String, CaError>;
 }
 
 /// The one serial-number counter shared by root generation, leaf, intermediate and

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use super::builtin::{ca_common_name, compact_uid, signing_uri};
 use super::config::CommonCaConfig;
-use super::provider::{Provider, ProviderConfig};
+use super::provider::{Provider, ProviderConfig, RemoteSigner};
 use super::{CaError, Csr, KeyType};
 use crate::ErrorKind;
 use crate::certs::{self, CertInfo};
@@ -717,19 +717,17 @@ impl VaultProvider {
         body: Option<Value>,
     ) -> Result<Option<Value>, CaError> {
         let (_, _, client) = self.cfg()?;
-        let ns = namespace.to_owned();
-        run_blocking(async move {
-            match client
-                .call(method.clone(), &path, &ns, body.as_ref(), true)
-                .await
-            {
-                // A token revoked or expired under us: log in again once and retry.
-                Err(e) if client.auth.is_some() && is_forbidden(&e) => {
-                    client.login().await?;
-                    client.call(method, &path, &ns, body.as_ref(), true).await
-                }
-                other => other,
-            }
+        call_blocking(client, method, path, namespace.to_owned(), body)
+    }
+
+    /// The leaf signer of the configured intermediate mount.
+    fn signer(&self) -> Result<VaultSigner, CaError> {
+        let (_, vc, client) = self.cfg()?;
+        Ok(VaultSigner {
+            client,
+            intermediate: vc.intermediate_pki_path.trim_end_matches('/').to_owned(),
+            namespace: vc.intermediate_pki_namespace.clone(),
+            ttl: vc.common.leaf_cert_ttl,
         })
     }
 
@@ -981,6 +979,85 @@ impl VaultProvider {
     }
 }
 
+/// One authenticated request from synchronous code; a token revoked or expired under us makes
+/// an auth method log in again once, and the request is retried.
+fn call_blocking(
+    client: Arc<VaultClient>,
+    method: reqwest::Method,
+    path: String,
+    ns: String,
+    body: Option<Value>,
+) -> Result<Option<Value>, CaError> {
+    run_blocking(async move {
+        match client
+            .call(method.clone(), &path, &ns, body.as_ref(), true)
+            .await
+        {
+            Err(e) if client.auth.is_some() && is_forbidden(&e) => {
+                client.login().await?;
+                client.call(method, &path, &ns, body.as_ref(), true).await
+            }
+            other => other,
+        }
+    })
+}
+
+/// Signs leaves with the intermediate mount's `leaf-cert` role. It holds what one signing
+/// needs, so the manager signs without its lock and a reconfiguration meanwhile does not
+/// change a signing in flight.
+#[derive(Debug)]
+struct VaultSigner {
+    client: Arc<VaultClient>,
+    intermediate: String,
+    namespace: String,
+    ttl: Duration,
+}
+
+impl RemoteSigner for VaultSigner {
+    fn sign(&self, csr: &Csr) -> Result<String, CaError> {
+        let inter = &self.intermediate;
+        let mut body = json!({
+            "csr": csr.to_pem(),
+            "ttl": format_go_duration(self.ttl),
+            "uri_sans": csr.uris().join(","),
+        });
+        if !csr.dns_names().is_empty() {
+            body["alt_names"] = csr.dns_names().join(",").into();
+        }
+        if !csr.ip_addresses().is_empty() {
+            body["ip_sans"] = csr
+                .ip_addresses()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+                .into();
+        }
+        let resp = call_blocking(
+            self.client.clone(),
+            reqwest::Method::POST,
+            format!("{inter}/sign/{LEAF_ROLE}"),
+            self.namespace.clone(),
+            Some(body),
+        )?;
+        if VaultProvider::data_str(&resp, "issuing_ca").is_none() {
+            return Err(vault_error(
+                ErrorKind::Http,
+                format!("Vault {inter}/sign/{LEAF_ROLE} returned no issuing CA"),
+            ));
+        }
+        let leaf = VaultProvider::data_str(&resp, "certificate").ok_or_else(|| {
+            vault_error(
+                ErrorKind::Http,
+                format!("Vault {inter}/sign/{LEAF_ROLE} returned no certificate"),
+            )
+        })?;
+        // Only the leaf: the manager appends the root's intermediates.
+        let der = certs::parse_pem_certificate(&leaf)?;
+        Ok(certs::der_to_pem(&der))
+    }
+}
+
 /// Whether Vault answered 403 (a missing policy, or a token that expired or was revoked).
 fn is_forbidden(e: &CaError) -> bool {
     matches!(e, CaError::Provider { message, .. } if message.contains("HTTP 403"))
@@ -1053,46 +1130,12 @@ impl Provider for VaultProvider {
     }
 
     fn sign(&self, csr: &Csr) -> Result<String, CaError> {
-        let (_, vc, _) = self.cfg()?;
-        let inter = vc.intermediate_pki_path.trim_end_matches('/');
-        let mut body = json!({
-            "csr": csr.to_pem(),
-            "ttl": format_go_duration(vc.common.leaf_cert_ttl),
-            "uri_sans": csr.uris().join(","),
-        });
-        if !csr.dns_names().is_empty() {
-            body["alt_names"] = csr.dns_names().join(",").into();
-        }
-        if !csr.ip_addresses().is_empty() {
-            body["ip_sans"] = csr
-                .ip_addresses()
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-                .into();
-        }
-        let resp = self.call(
-            reqwest::Method::POST,
-            format!("{inter}/sign/{LEAF_ROLE}"),
-            &vc.intermediate_pki_namespace,
-            Some(body),
-        )?;
-        if Self::data_str(&resp, "issuing_ca").is_none() {
-            return Err(vault_error(
-                ErrorKind::Http,
-                format!("Vault {inter}/sign/{LEAF_ROLE} returned no issuing CA"),
-            ));
-        }
-        let leaf = Self::data_str(&resp, "certificate").ok_or_else(|| {
-            vault_error(
-                ErrorKind::Http,
-                format!("Vault {inter}/sign/{LEAF_ROLE} returned no certificate"),
-            )
-        })?;
-        // Only the leaf: the manager appends the active root's intermediates.
-        let der = certs::parse_pem_certificate(&leaf)?;
-        Ok(certs::der_to_pem(&der))
+        self.signer()?.sign(csr)
+    }
+
+    fn remote_signer(&self) -> Option<Arc<dyn RemoteSigner>> {
+        let signer: Arc<dyn RemoteSigner> = Arc::new(self.signer().ok()?);
+        Some(signer)
     }
 
     fn sign_intermediate(&self, _csr: &Csr) -> Result<String, CaError> {

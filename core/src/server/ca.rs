@@ -160,9 +160,7 @@ impl Server {
             }
         }
         let _permit = self.inner.limiter.acquire()?;
-        let mut ca = self.ca();
-        self.reserve_serial(&ca)?;
-        let mut issued = ca.sign_leaf(csr_pem, policy)?;
+        let mut issued = self.sign_unlocked(csr_pem, policy)?;
         let floor = self.store().index().max(1);
         let index = self
             .inner
@@ -180,9 +178,7 @@ impl Server {
     /// comes from inside the process, so no token is checked; the CSR rules of
     /// [`SignPolicy`] still apply.
     pub fn sign_local(&self, csr_pem: &str, policy: SignPolicy) -> Result<IssuedCert, Error> {
-        let mut ca = self.ca();
-        self.reserve_serial(&ca)?;
-        let mut issued = ca.sign_leaf(csr_pem, policy)?;
+        let mut issued = self.sign_unlocked(csr_pem, policy)?;
         let index = self.store().index().max(1);
         issued.create_index = index;
         issued.modify_index = index;
@@ -221,6 +217,19 @@ impl Server {
 
     /// How often [`Server::prune_roots`] should run (Consul's leader does it hourly).
     pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+    /// Signs with the CA lock held for the checks and the bundle only: Vault signs over the
+    /// network in between, so while it is slow or hung the roots, the configuration and a
+    /// rotation are still served.
+    fn sign_unlocked(&self, csr_pem: &str, policy: SignPolicy) -> Result<IssuedCert, Error> {
+        let job = {
+            let mut ca = self.ca();
+            self.reserve_serial(&ca)?;
+            ca.begin_leaf(csr_pem, policy)?
+        };
+        let signed = job.sign()?;
+        Ok(self.ca().finish_leaf(signed)?)
+    }
 
     fn reserve_serial(&self, ca: &CaManager) -> Result<(), Error> {
         let mut reserved = self
