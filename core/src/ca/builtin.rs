@@ -461,6 +461,10 @@ impl Provider for BuiltinProvider {
         Ok(p.signed_by(&spki, &signer.issuer)?.pem())
     }
 
+    fn persisted_secrets(&self) -> Option<BuiltinSecrets> {
+        self.secrets()
+    }
+
     fn supports_cross_signing(&self) -> bool {
         !self
             .parsed

@@ -18,6 +18,7 @@ pub struct Csr {
     dns_names: Vec<String>,
     ip_addresses: Vec<IpAddr>,
     spki_der: Vec<u8>,
+    der: Vec<u8>,
 }
 
 impl Csr {
@@ -44,6 +45,7 @@ impl Csr {
         )?;
         let mut csr = Csr {
             spki_der: params.public_key.subject_public_key_info(),
+            der: der.to_vec(),
             params,
             uris: Vec::new(),
             dns_names: Vec::new(),
@@ -102,6 +104,20 @@ impl Csr {
 
     pub(crate) fn distinguished_name(&self) -> &rcgen::DistinguishedName {
         &self.params.params.distinguished_name
+    }
+
+    /// The CSR as received (PEM), for a provider that signs elsewhere (Vault): its signature
+    /// stays valid, so a rewritten URI SAN travels beside it, not inside it.
+    pub fn to_pem(&self) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.der);
+        let mut pem = String::from("-----BEGIN CERTIFICATE REQUEST-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE REQUEST-----\n");
+        pem
     }
 
     /// Replaces the URI SAN; the server rewrites agent IDs to the local trust domain.

@@ -102,6 +102,16 @@ pub enum CaError {
     /// An operation only a secondary datacenter may perform.
     #[error("not a secondary datacenter")]
     NotSecondary,
+    /// An external CA provider (Vault) failed or could not be reached; `kind` says how
+    /// (`ConnectionRefused`, `Timeout`, `Http` for Vault's own refusals, `RateLimited`). The
+    /// text never holds a token.
+    #[error("{message}")]
+    Provider {
+        /// How the provider failed.
+        kind: ErrorKind,
+        /// What failed, with the provider's own message.
+        message: String,
+    },
     /// The certificate library failed unexpectedly.
     #[error("certificate generation failed: {0}")]
     Internal(String),
@@ -134,6 +144,7 @@ impl CaError {
             CaError::NotPrimary | CaError::NotSecondary | CaError::CsrName(_) => {
                 ErrorKind::InvalidParameter
             }
+            CaError::Provider { kind, .. } => *kind,
             CaError::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -2,14 +2,17 @@
 //! cross-signing, prune, and the secondary-datacenter intermediate dance (Consul CA docs,
 //! secondary datacenters). Persistence and rate limiting are layered on by the server.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::builtin::{BuiltinProvider, BuiltinSecrets, signing_uri};
 use super::config::{CommonCaConfig, ConsulCaConfig};
-use super::provider::{Provider, ProviderConfig, Serials};
+use super::provider::{Provider, ProviderConfig, RemoteSigner, Serials};
 use super::roots::{CaRoot, IndexedCaRoots};
+use super::vault::{VaultCaConfig, VaultProvider, needs_renewal};
 use super::{CaError, Csr};
 use crate::SharedClock;
 use crate::certs::{self, CertInfo};
@@ -19,10 +22,10 @@ use crate::spiffe::{
 };
 
 /// The CA configuration as the API reads and writes it (Consul API docs, Connect CA).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct CaConfiguration {
-    /// `consul` (built-in).
+    /// `consul` (built-in) or `vault`.
     pub provider: String,
     /// Provider options; keys CamelCase.
     pub config: Map<String, Value>,
@@ -37,6 +40,23 @@ pub struct CaConfiguration {
     /// Index at last change.
     #[serde(default)]
     pub modify_index: u64,
+}
+
+impl std::fmt::Debug for CaConfiguration {
+    // Secrets (the built-in CA's key, Vault's token, login secrets) never reach Debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaConfiguration")
+            .field("provider", &self.provider)
+            .field("config", &super::vault::redact_config(&self.config))
+            .field("state", &self.state)
+            .field(
+                "force_without_cross_signing",
+                &self.force_without_cross_signing,
+            )
+            .field("create_index", &self.create_index)
+            .field("modify_index", &self.modify_index)
+            .finish()
+    }
 }
 
 impl CaConfiguration {
@@ -112,6 +132,46 @@ pub enum SignPolicy {
     ServiceOrAgent,
 }
 
+/// A leaf that [`CaManager::begin_leaf`] checked, holding its signature or waiting for a
+/// provider that signs over the network.
+#[derive(Debug)]
+pub struct LeafJob {
+    csr: Csr,
+    issued: IssuedCert,
+    root_id: String,
+    step: LeafStep,
+}
+
+#[derive(Debug)]
+enum LeafStep {
+    Signed(String),
+    Remote(Arc<dyn RemoteSigner>),
+}
+
+impl LeafJob {
+    /// Signs through a provider that signs over the network (Vault), to be called without
+    /// holding the manager's lock; the built-in CA has signed already.
+    pub fn sign(self) -> Result<SignedLeaf, CaError> {
+        let leaf_pem = match self.step {
+            LeafStep::Signed(pem) => pem,
+            LeafStep::Remote(signer) => signer.sign(&self.csr)?,
+        };
+        Ok(SignedLeaf {
+            issued: self.issued,
+            leaf_pem,
+            root_id: self.root_id,
+        })
+    }
+}
+
+/// A signed leaf for [`CaManager::finish_leaf`].
+#[derive(Debug)]
+pub struct SignedLeaf {
+    issued: IssuedCert,
+    leaf_pem: String,
+    root_id: String,
+}
+
 /// What a configuration change did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RotationOutcome {
@@ -137,11 +197,19 @@ pub struct CaManager {
     cluster_id: String,
     config: CaConfiguration,
     common: CommonCaConfig,
-    provider: BuiltinProvider,
+    provider: Box<dyn Provider>,
     serials: Serials,
     roots: Vec<CaRoot>,
     index: u64,
     pending_intermediate: Option<String>,
+}
+
+/// The common options of `config`, read and validated as its provider reads them.
+fn parse_common(config: &CaConfiguration) -> Result<CommonCaConfig, CaError> {
+    match config.provider.as_str() {
+        "vault" => Ok(VaultCaConfig::from_map(&config.config)?.common),
+        _ => Ok(ConsulCaConfig::from_map(&config.config)?.common),
+    }
 }
 
 fn new_provider(
@@ -151,14 +219,16 @@ fn new_provider(
     datacenter: &str,
     primary: bool,
     config: &CaConfiguration,
-) -> Result<BuiltinProvider, CaError> {
-    if config.provider != "consul" {
-        return Err(CaError::InvalidConfig(format!(
-            "unknown CA provider {:?}: libconnect's built-in provider is \"consul\"",
-            config.provider
-        )));
-    }
-    let mut p = BuiltinProvider::new(clock.clone(), serials.clone());
+) -> Result<Box<dyn Provider>, CaError> {
+    let mut p: Box<dyn Provider> = match config.provider.as_str() {
+        "consul" => Box::new(BuiltinProvider::new(clock.clone(), serials.clone())),
+        "vault" => Box::new(VaultProvider::new()),
+        other => {
+            return Err(CaError::InvalidConfig(format!(
+                "unknown CA provider {other:?}: libconnect supports \"consul\" (built-in) and \"vault\""
+            )));
+        }
+    };
     p.configure(ProviderConfig {
         cluster_id: cluster_id.to_owned(),
         datacenter: datacenter.to_owned(),
@@ -167,6 +237,37 @@ fn new_provider(
         state: config.state.clone().unwrap_or_default(),
     })?;
     Ok(p)
+}
+
+/// The roots entry for a provider's new root: with the provider's leaf-signing intermediate
+/// after it when it has one (Vault), whose key then signs leaves.
+fn root_entry(
+    provider: &dyn Provider,
+    root_pem: &str,
+    cluster_id: &str,
+) -> Result<CaRoot, CaError> {
+    let mut root = CaRoot::from_pem(root_pem, cluster_id, provider.name())?;
+    if provider.primary_uses_intermediate() {
+        let inter = provider.active_leaf_signing_cert()?;
+        add_intermediate(&mut root, &inter)?;
+    }
+    Ok(root)
+}
+
+/// Appends `inter_pem` to `root`'s intermediates and makes its key the signing key.
+fn add_intermediate(root: &mut CaRoot, inter_pem: &str) -> Result<(), CaError> {
+    let der = certs::parse_pem_certificate(inter_pem)?;
+    let info = CertInfo::from_der(&der)?;
+    let mut list = root.intermediate_certs.take().unwrap_or_default();
+    list.push(certs::der_to_pem(&der));
+    root.intermediate_certs = Some(list);
+    root.signing_key_id = certs::colon_hex(
+        &info
+            .subject_key_id
+            .clone()
+            .unwrap_or_else(|| certs::key_id(&info.spki_der)),
+    );
+    Ok(())
 }
 
 impl CaManager {
@@ -181,9 +282,9 @@ impl CaManager {
         let cluster_id = cluster_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let serials = Serials::default();
         let mut provider = new_provider(&clock, &serials, &cluster_id, datacenter, true, &config)?;
-        let common = ConsulCaConfig::from_map(&config.config)?.common;
+        let common = parse_common(&config)?;
         let root_pem = provider.generate_ca_chain()?;
-        let mut root = CaRoot::from_pem(&root_pem, &cluster_id, provider.name())?;
+        let mut root = root_entry(&*provider, &root_pem, &cluster_id)?;
         root.create_index = 1;
         root.modify_index = 1;
         let mut config = config;
@@ -226,7 +327,7 @@ impl CaManager {
             .to_owned();
         let serials = Serials::default();
         let provider = new_provider(&clock, &serials, &cluster_id, datacenter, false, &config)?;
-        let common = ConsulCaConfig::from_map(&config.config)?.common;
+        let common = parse_common(&config)?;
         Ok(CaManager {
             clock,
             datacenter: datacenter.to_owned(),
@@ -338,9 +439,21 @@ impl CaManager {
 
     /// Signs a leaf from a CSR after Consul's checks (ARCHITECTURE.md, ca): exactly one URI SAN
     /// that is a service ID of this datacenter and trust domain (or, when allowed, an agent ID,
-    /// whose host is rewritten). Returns the leaf followed by the active root's
-    /// intermediates.
+    /// whose host is rewritten). Returns the leaf followed by the intermediates of the root that
+    /// signed it. [`CaManager::begin_leaf`], [`LeafJob::sign`] and [`CaManager::finish_leaf`]
+    /// are the same in three steps, for callers that hold the manager behind a lock.
     pub fn sign_leaf(&mut self, csr_pem: &str, policy: SignPolicy) -> Result<IssuedCert, CaError> {
+        let job = self.begin_leaf(csr_pem, policy)?;
+        let signed = job.sign()?;
+        self.finish_leaf(signed)
+    }
+
+    /// The first step of [`CaManager::sign_leaf`]: Consul's checks, then the signature itself
+    /// when the provider signs in process (the built-in CA). A provider that signs over the
+    /// network (Vault) signs in [`LeafJob::sign`], which the caller runs without holding the
+    /// manager's lock: a slow or hung Vault then delays only the leaves waiting for it, never
+    /// the roots, the configuration or a rotation.
+    pub fn begin_leaf(&mut self, csr_pem: &str, policy: SignPolicy) -> Result<LeafJob, CaError> {
         let mut csr = Csr::from_pem(csr_pem)?;
         let id = self.check_leaf_identity(&csr, policy)?;
         let mut issued = IssuedCert {
@@ -379,11 +492,42 @@ impl CaManager {
             }
             _ => {}
         }
-        let leaf_pem = self.provider.sign(&csr)?;
+        let root_id = self
+            .roots
+            .iter()
+            .find(|r| r.active)
+            .map(|r| r.id.clone())
+            .unwrap_or_default();
+        let step = match self.provider.remote_signer() {
+            Some(signer) => LeafStep::Remote(signer),
+            None => LeafStep::Signed(self.provider.sign(&csr)?),
+        };
+        Ok(LeafJob {
+            csr,
+            issued,
+            root_id,
+            step,
+        })
+    }
+
+    /// The last step of [`CaManager::sign_leaf`]: the bundle — the leaf, then the
+    /// intermediates of the root that was active when the leaf was begun, as they are now (so
+    /// an intermediate renewed while Vault signed is in it) — and the index.
+    pub fn finish_leaf(&mut self, signed: SignedLeaf) -> Result<IssuedCert, CaError> {
+        let SignedLeaf {
+            mut issued,
+            leaf_pem,
+            root_id,
+        } = signed;
         let info = CertInfo::from_der(&certs::parse_pem_certificate(&leaf_pem)?)?;
         let mut bundle = leaf_pem;
-        if let Some(active) = self.roots.iter().find(|r| r.active) {
-            for pem in active.intermediates() {
+        let root = self
+            .roots
+            .iter()
+            .find(|r| r.id == root_id)
+            .or_else(|| self.roots.iter().find(|r| r.active));
+        if let Some(root) = root {
+            for pem in root.intermediates() {
                 bundle.push_str(pem);
                 if !pem.ends_with('\n') {
                     bundle.push('\n');
@@ -458,17 +602,22 @@ impl CaManager {
         if new.provider == self.config.provider && new.config == self.config.config {
             return Ok(RotationOutcome::Unchanged);
         }
-        let parsed = ConsulCaConfig::from_map(&new.config)?;
-        let old = ConsulCaConfig::from_map(&self.config.config)?;
-        let same_key_material = new.provider == self.config.provider
-            && parsed.private_key == old.private_key
-            && parsed.root_cert == old.root_cert
-            && parsed.common.key_spec() == old.common.key_spec();
+        let common = parse_common(&new)?;
+        let same_key_material = new.provider == "consul" && self.config.provider == "consul" && {
+            let parsed = ConsulCaConfig::from_map(&new.config)?;
+            let old = ConsulCaConfig::from_map(&self.config.config)?;
+            parsed.private_key == old.private_key
+                && parsed.root_cert == old.root_cert
+                && parsed.common.key_spec() == old.common.key_spec()
+        };
         let now = self.clock.now();
-        let mut provider = if same_key_material {
+        let mut provider: Box<dyn Provider> = if same_key_material {
             // Consul identifies built-in provider state by its key material, so a change of
             // TTLs alone keeps the root.
-            let secrets = self.provider.secrets().ok_or(CaError::NotInitialized)?;
+            let secrets = self
+                .provider
+                .persisted_secrets()
+                .ok_or(CaError::NotInitialized)?;
             let mut p =
                 BuiltinProvider::with_secrets(self.clock.clone(), self.serials.clone(), secrets);
             p.configure(ProviderConfig {
@@ -478,7 +627,7 @@ impl CaManager {
                 raw: new.config.clone(),
                 state: Default::default(),
             })?;
-            p
+            Box::new(p)
         } else {
             new_provider(
                 &self.clock,
@@ -493,15 +642,27 @@ impl CaManager {
             // Roots belong to the primary; a secondary only reconfigures (a new key needs a
             // new intermediate from the primary, requested by the caller).
             self.provider = provider;
-            self.store_config(new, parsed.common);
+            self.store_config(new, common);
             return Ok(RotationOutcome::ConfigUpdated);
         }
         let new_root_pem = provider.generate_ca_chain()?;
-        let mut new_root = CaRoot::from_pem(&new_root_pem, &self.cluster_id, provider.name())?;
-        let active_id = self.roots.iter().find(|r| r.active).map(|r| r.id.clone());
-        if active_id.as_deref() == Some(new_root.id.as_str()) {
+        let mut new_root = root_entry(&*provider, &new_root_pem, &self.cluster_id)?;
+        if let Some(active) = self
+            .roots
+            .iter_mut()
+            .find(|r| r.active && r.id == new_root.id)
+        {
+            // Same root (Vault options changed): a new leaf-signing intermediate, if any, joins
+            // the active root's chain.
+            if active.signing_key_id != new_root.signing_key_id
+                && let Some(inter) = new_root.intermediates().last()
+            {
+                add_intermediate(active, inter)?;
+                self.index += 1;
+                active.modify_index = self.index;
+            }
             self.provider = provider;
-            self.store_config(new, parsed.common);
+            self.store_config(new, common);
             return Ok(RotationOutcome::ConfigUpdated);
         }
         let mut cross_signed = false;
@@ -509,8 +670,12 @@ impl CaManager {
             if !self.provider.supports_cross_signing() {
                 return Err(CaError::CrossSigningUnsupported);
             }
+            // The old root vouches for the new one: leaf → [new intermediate] → cross-signed
+            // new root → old root, for peers that still trust only the old root.
             let cross = self.provider.cross_sign_ca(&new_root_pem)?;
-            new_root.intermediate_certs = Some(vec![cross]);
+            let mut chain = vec![cross];
+            chain.extend(new_root.intermediate_certs.take().unwrap_or_default());
+            new_root.intermediate_certs = Some(chain);
             cross_signed = true;
         }
         self.index += 1;
@@ -526,7 +691,7 @@ impl CaManager {
         let new_root_id = new_root.id.clone();
         self.roots.push(new_root);
         self.provider = provider;
-        self.store_config(new, parsed.common);
+        self.store_config(new, common);
         Ok(RotationOutcome::Rotated {
             new_root_id,
             cross_signed,
@@ -535,12 +700,44 @@ impl CaManager {
 
     #[cfg(test)]
     pub(crate) fn provider_secrets_for_test(&self) -> super::BuiltinSecrets {
-        self.provider.secrets().unwrap_or_else(|| unreachable!())
+        self.provider
+            .persisted_secrets()
+            .unwrap_or_else(|| unreachable!())
     }
 
-    /// The CA key and its certificate, for the state store to persist (mode 0600).
+    /// The CA key and its certificate, for the state store to persist (mode 0600); `None`
+    /// when the provider keeps its keys elsewhere (Vault).
     pub fn secrets(&self) -> Option<BuiltinSecrets> {
-        self.provider.secrets()
+        self.provider.persisted_secrets()
+    }
+
+    /// The provider's name (`consul`, `vault`).
+    pub fn provider_name(&self) -> &'static str {
+        self.provider.name()
+    }
+
+    /// Primary with an intermediate (Vault): once more than half of the active intermediate's
+    /// validity has passed, a new one is made from the same root and appended to the active
+    /// root, whose signing key it becomes (Consul CA docs, intermediate renewal). Returns
+    /// whether it renewed.
+    pub fn renew_intermediate_if_needed(&mut self) -> Result<bool, CaError> {
+        if !self.primary || !self.provider.primary_uses_intermediate() {
+            return Ok(false);
+        }
+        let current = self.provider.active_leaf_signing_cert()?;
+        if !needs_renewal(&current, self.clock.now()) {
+            return Ok(false);
+        }
+        let inter = self.provider.renew_intermediate()?;
+        let active = self
+            .roots
+            .iter_mut()
+            .find(|r| r.active)
+            .ok_or(CaError::NotInitialized)?;
+        add_intermediate(active, &inter)?;
+        self.index += 1;
+        active.modify_index = self.index;
+        Ok(true)
     }
 
     /// Resumes a CA from persisted state: configuration, roots, the provider's key and the
@@ -552,20 +749,32 @@ impl CaManager {
         cluster_id: &str,
         config: CaConfiguration,
         roots: Vec<CaRoot>,
-        secrets: BuiltinSecrets,
+        secrets: Option<BuiltinSecrets>,
         last_serial: u64,
         clock: SharedClock,
     ) -> Result<CaManager, CaError> {
         let serials = Serials::starting_after(last_serial);
-        let mut provider = BuiltinProvider::with_secrets(clock.clone(), serials.clone(), secrets);
-        provider.configure(ProviderConfig {
-            cluster_id: cluster_id.to_owned(),
-            datacenter: datacenter.to_owned(),
-            is_primary: primary,
-            raw: config.config.clone(),
-            state: config.state.clone().unwrap_or_default(),
-        })?;
-        let common = ConsulCaConfig::from_map(&config.config)?.common;
+        let provider: Box<dyn Provider> = if config.provider == "consul" {
+            let secrets = secrets.ok_or(CaError::NotInitialized)?;
+            let mut p = BuiltinProvider::with_secrets(clock.clone(), serials.clone(), secrets);
+            p.configure(ProviderConfig {
+                cluster_id: cluster_id.to_owned(),
+                datacenter: datacenter.to_owned(),
+                is_primary: primary,
+                raw: config.config.clone(),
+                state: config.state.clone().unwrap_or_default(),
+            })?;
+            Box::new(p)
+        } else {
+            // Keys live in the provider (Vault): configuring it finds the same root and
+            // intermediate there again.
+            let mut p = new_provider(&clock, &serials, cluster_id, datacenter, primary, &config)?;
+            if primary {
+                p.generate_ca_chain()?;
+            }
+            p
+        };
+        let common = parse_common(&config)?;
         let index = roots
             .iter()
             .map(|r| r.modify_index)

@@ -10,6 +10,7 @@ mod leaf;
 mod manager;
 mod provider;
 mod roots;
+mod vault;
 
 pub use builtin::{BuiltinProvider, BuiltinSecrets, ca_common_name, compact_uid, signing_uri};
 pub use config::{
@@ -20,9 +21,13 @@ pub use csr::{Csr, build_csr};
 pub use error::CaError;
 pub use keys::{KeySpec, KeyType, PrivateKey};
 pub use leaf::{LeafCsr, generate_leaf_request, pick_renewal_time, renewal_window};
-pub use manager::{CaConfiguration, CaManager, IssuedCert, RotationOutcome, SignPolicy};
-pub use provider::{Provider, ProviderConfig, Serials};
+pub use manager::{
+    CaConfiguration, CaManager, IssuedCert, LeafJob, RotationOutcome, SignPolicy, SignedLeaf,
+};
+pub use provider::{Provider, ProviderConfig, RemoteSigner, Serials};
 pub use roots::{CaRoot, IndexedCaRoots};
+pub(crate) use vault::redact_config;
+pub use vault::{VaultAuthMethod, VaultCaConfig, VaultProvider};
 
 #[cfg(test)]
 mod tests;

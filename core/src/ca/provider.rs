@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value};
 
-use super::{CaError, Csr};
+use super::{BuiltinSecrets, CaError, Csr};
 
 /// What a provider is configured with.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,7 +24,8 @@ pub struct ProviderConfig {
     pub state: BTreeMap<String, String>,
 }
 
-/// The certificate-authority back end: Consul's built-in CA, or later Vault.
+/// The certificate-authority back end: Consul's built-in CA (`builtin.rs`) or Vault
+/// (`vault.rs`); a third provider is a file of its own implementing this trait.
 ///
 /// Signing takes `&self` so one provider signs from many threads at once; everything that
 /// changes the provider's keys takes `&mut self` and happens under the manager's lock.
@@ -57,6 +58,32 @@ pub trait Provider: Send + Sync + Debug {
         root_pem: &str,
         opaque: &str,
     ) -> Result<(), CaError>;
+    /// Whether leaves are signed by an intermediate even in the primary (Vault), which then
+    /// appears after the root in the roots' `IntermediateCerts` and is renewed at half life.
+    fn primary_uses_intermediate(&self) -> bool {
+        false
+    }
+    /// Primary with an intermediate: a new intermediate from the same root; returns its PEM.
+    fn renew_intermediate(&mut self) -> Result<String, CaError> {
+        Err(CaError::NotSecondary)
+    }
+    /// A signer the manager calls without holding its lock, for a provider whose signing waits
+    /// on the network (Vault); `None` for one that signs in process.
+    fn remote_signer(&self) -> Option<Arc<dyn RemoteSigner>> {
+        None
+    }
+    /// Key material the store must keep to resume this provider (the built-in CA's key);
+    /// `None` for providers whose keys live elsewhere.
+    fn persisted_secrets(&self) -> Option<BuiltinSecrets> {
+        None
+    }
+}
+
+/// Signs leaves over the network ([`Provider::remote_signer`]); shares nothing with the
+/// provider that a reconfiguration changes, so a signing in flight is unaffected by one.
+pub trait RemoteSigner: Send + Sync + Debug {
+    /// Signs a leaf from a validated CSR; returns the leaf PEM only.
+    fn sign(&self, csr: &Csr) -> Result<String, CaError>;
 }
 
 /// The one serial-number counter shared by root generation, leaf, intermediate and

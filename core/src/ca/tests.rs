@@ -753,7 +753,7 @@ fn a_restored_ca_keeps_its_root_and_never_repeats_a_serial() {
         CLUSTER,
         ca.config().clone(),
         ca.roots().roots,
-        ca.secrets().unwrap(),
+        ca.secrets(),
         ca.serials().last(),
         c,
     )

@@ -25,7 +25,11 @@ pub(super) fn open_ca(
     clock: &SharedClock,
 ) -> Result<CaManager, Error> {
     let view = store.view();
-    if let (Some(ca_config), Some(secrets)) = (view.ca_config(), view.ca_secrets()) {
+    // A provider that keeps its keys elsewhere (Vault) has stored no secrets.
+    if let Some(ca_config) = view
+        .ca_config()
+        .filter(|c| c.provider != "consul" || view.ca_secrets().is_some())
+    {
         let roots = view.ca_roots().to_vec();
         let cluster_id = roots
             .iter()
@@ -39,7 +43,7 @@ pub(super) fn open_ca(
             &cluster_id,
             ca_config.clone(),
             roots,
-            secrets.clone(),
+            view.ca_secrets().cloned(),
             view.ca_serial(),
             clock.clone(),
         )?);
@@ -62,7 +66,10 @@ pub(super) fn open_ca(
 
 /// Writes configuration, roots, key and serial in one transaction.
 fn persist_ca(store: &Store, ca: &CaManager) -> Result<u64, Error> {
-    let secrets = ca.secrets().ok_or(CaError::NotInitialized)?;
+    let secrets = ca.secrets();
+    if secrets.is_none() && ca.provider_name() == "consul" {
+        return Err(CaError::NotInitialized.into());
+    }
     let roots = ca.roots().roots;
     let config = ca.config().clone();
     let serial = ca.serials().last();
@@ -70,7 +77,11 @@ fn persist_ca(store: &Store, ca: &CaManager) -> Result<u64, Error> {
         .write(|tx| {
             tx.set_ca_config(config);
             tx.set_ca_roots(roots);
-            tx.set_ca_secrets(secrets);
+            // Switching to Vault keeps the built-in key stored last; it is unused until a
+            // switch back generates a new one.
+            if let Some(secrets) = secrets {
+                tx.set_ca_secrets(secrets);
+            }
             tx.set_ca_serial(serial);
             Ok::<_, Error>(())
         })?
@@ -98,12 +109,13 @@ impl Server {
         for (k, v) in std::mem::take(&mut config.config) {
             let bare = k.replace('_', "");
             let known = effective.keys().any(|e| e.eq_ignore_ascii_case(&bare));
-            // Secrets the operator supplied are write-only, as Vault's token is in Consul.
-            if !known && !bare.eq_ignore_ascii_case("PrivateKey") {
+            if !known {
                 effective.insert(k, v);
             }
         }
-        config.config = effective;
+        // Secrets the operator supplied (the built-in CA's key, Vault's token, login secrets)
+        // are write-only, as Vault's token is in Consul.
+        config.config = crate::ca::redact_config(&effective);
         Ok(Indexed {
             value: config,
             index: self.store().table_index(Table::CaConfig).max(1),
@@ -148,9 +160,7 @@ impl Server {
             }
         }
         let _permit = self.inner.limiter.acquire()?;
-        let mut ca = self.ca();
-        self.reserve_serial(&ca)?;
-        let mut issued = ca.sign_leaf(csr_pem, policy)?;
+        let mut issued = self.sign_unlocked(csr_pem, policy)?;
         let floor = self.store().index().max(1);
         let index = self
             .inner
@@ -168,9 +178,7 @@ impl Server {
     /// comes from inside the process, so no token is checked; the CSR rules of
     /// [`SignPolicy`] still apply.
     pub fn sign_local(&self, csr_pem: &str, policy: SignPolicy) -> Result<IssuedCert, Error> {
-        let mut ca = self.ca();
-        self.reserve_serial(&ca)?;
-        let mut issued = ca.sign_leaf(csr_pem, policy)?;
+        let mut issued = self.sign_unlocked(csr_pem, policy)?;
         let index = self.store().index().max(1);
         issued.create_index = index;
         issued.modify_index = index;
@@ -195,8 +203,33 @@ impl Server {
         Ok(removed)
     }
 
+    /// Renews the primary's Vault intermediate once past half its life (a no-op for the
+    /// built-in CA); the server runs this with [`Server::prune_roots`]. Returns whether it
+    /// renewed.
+    pub fn renew_intermediate(&self) -> Result<bool, Error> {
+        let mut ca = self.ca();
+        let renewed = ca.renew_intermediate_if_needed()?;
+        if renewed {
+            persist_ca(self.store(), &ca)?;
+        }
+        Ok(renewed)
+    }
+
     /// How often [`Server::prune_roots`] should run (Consul's leader does it hourly).
     pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+    /// Signs with the CA lock held for the checks and the bundle only: Vault signs over the
+    /// network in between, so while it is slow or hung the roots, the configuration and a
+    /// rotation are still served.
+    fn sign_unlocked(&self, csr_pem: &str, policy: SignPolicy) -> Result<IssuedCert, Error> {
+        let job = {
+            let mut ca = self.ca();
+            self.reserve_serial(&ca)?;
+            ca.begin_leaf(csr_pem, policy)?
+        };
+        let signed = job.sign()?;
+        Ok(self.ca().finish_leaf(signed)?)
+    }
 
     fn reserve_serial(&self, ca: &CaManager) -> Result<(), Error> {
         let mut reserved = self

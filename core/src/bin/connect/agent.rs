@@ -180,15 +180,22 @@ fn settings(args: &AgentArgs) -> Result<AgentSettings, Error> {
         .ca_provider
         .clone()
         .unwrap_or_else(|| "consul".into());
-    if provider != "consul" {
-        return Err(invalid(format!(
-            "CA provider {provider:?} is not supported by the agent: use \"consul\" (built-in)"
-        )));
-    }
-    server.ca = CaConfiguration::consul(file.connect.ca_config.clone().unwrap_or_default());
+    let ca_config = file.connect.ca_config.clone().unwrap_or_default();
     // Validate now, with the file's keys, rather than on first start deep in the server.
-    connect_core::ca::ConsulCaConfig::from_map(&server.ca.config)
-        .map_err(|e| invalid(format!("connect.ca_config: {e}")))?;
+    match provider.as_str() {
+        "consul" => connect_core::ca::ConsulCaConfig::from_map(&ca_config).map(drop),
+        "vault" => connect_core::ca::VaultCaConfig::from_map(&ca_config).map(drop),
+        other => {
+            return Err(invalid(format!(
+                "CA provider {other:?} is not supported by the agent: use \"consul\" (built-in) or \"vault\""
+            )));
+        }
+    }
+    .map_err(|e| invalid(format!("connect.ca_config: {e}")))?;
+    server.ca = CaConfiguration {
+        provider,
+        ..CaConfiguration::consul(ca_config)
+    };
 
     let client = args
         .client
@@ -410,7 +417,8 @@ fn url_host(addr: SocketAddr) -> String {
     SocketAddr::new(ip, addr.port()).to_string()
 }
 
-/// Prunes roots rotated out long ago, hourly (Consul's leader loop).
+/// Prunes roots rotated out long ago and renews a Vault intermediate, hourly (Consul's leader
+/// loop).
 async fn prune_roots(server: Server) {
     let mut tick = tokio::time::interval(Server::PRUNE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -422,6 +430,15 @@ async fn prune_roots(server: Server) {
             Ok(Ok(n)) => tracing::info!(removed = n, "pruned old CA roots"),
             Ok(Err(e)) => tracing::warn!(error = %e, "pruning CA roots failed"),
             Err(e) => tracing::warn!(error = %e, "pruning CA roots panicked"),
+        }
+        // A Vault primary renews its intermediate at half life (Consul's leader loop checks
+        // hourly too); the built-in CA has none.
+        let s = server.clone();
+        match tokio::task::spawn_blocking(move || s.renew_intermediate()).await {
+            Ok(Ok(true)) => tracing::info!("renewed the CA intermediate"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "renewing the CA intermediate failed"),
+            Err(e) => tracing::warn!(error = %e, "renewing the CA intermediate panicked"),
         }
     }
 }

