@@ -168,6 +168,26 @@ impl ApiClient {
         })
     }
 
+    /// A client with its own TLS configuration (server-to-server calls, which check a
+    /// SPIFFE identity rather than a host name); the address is reached over HTTPS unless it
+    /// says `http://`.
+    pub fn with_tls(config: &ClientConfig, tls: rustls::ClientConfig) -> Result<ApiClient, Error> {
+        let mut endpoint = config.endpoint.clone();
+        endpoint.https = true;
+        let base = endpoint.base_url()?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Http, e.to_string()))?;
+        Ok(ApiClient {
+            base,
+            token: config.token.clone(),
+            datacenter: config.datacenter.clone(),
+            http,
+        })
+    }
+
     /// The same client sending `token` instead of the configured one.
     pub fn with_token(&self, token: &str) -> ApiClient {
         ApiClient {

@@ -86,7 +86,13 @@ impl Agent {
     }
 
     /// Spawns `cmd` (a `connect agent` command line) and waits until it says it is running.
-    pub fn launch(mut cmd: Command) -> Agent {
+    pub fn launch(cmd: Command) -> Agent {
+        Agent::launch_within(cmd, TIMEOUT)
+    }
+
+    /// [`Agent::launch`], waiting up to `timeout` (a secondary datacenter's server starts
+    /// only once its primary has signed its intermediate).
+    pub fn launch_within(mut cmd: Command, timeout: Duration) -> Agent {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -117,7 +123,7 @@ impl Agent {
             https: None,
             log,
         };
-        let text = agent.wait_for_log("==> libconnect agent running!", TIMEOUT);
+        let text = agent.wait_for_log("==> libconnect agent running!", timeout);
         agent.http = listening(&text, "==> HTTP API listening on http://")
             .unwrap_or_else(|| panic!("no HTTP address in:\n{text}"));
         agent.https = listening(&text, "==> HTTPS API listening on https://");
