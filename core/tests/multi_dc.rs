@@ -490,3 +490,87 @@ fn a_secondary_without_the_primarys_address_or_root_refuses_to_start() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("HTTPS"), "{out:?}");
 }
+
+/// `curl` to `url` trusting `ca`, with an optional client certificate; returns (exit code,
+/// body).
+fn curl(url: &str, ca: &Path, client: Option<(&Path, &Path)>) -> (i32, String) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--max-time", "10", "--cacert"]).arg(ca);
+    if let Some((cert, key)) = client {
+        c.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    c.arg(url);
+    let o = cli_support::run(&mut c);
+    (o.code, format!("{}{}", o.stdout, o.stderr))
+}
+
+#[test]
+fn server_to_server_tls_is_checked_both_ways() {
+    let fed = federation();
+    let dc1_https = fed.dc1.https.clone().unwrap();
+    let url = format!("https://127.0.0.1:{}/v1/catalog/datacenters", {
+        dc1_https.rsplit(':').next().unwrap()
+    });
+    let root = fed.path("dc1-root.pem");
+
+    // dc1's listener: no client certificate is fine (API clients use tokens); one chained to
+    // the federation's roots (a dc2 leaf, through dc2's intermediate) is accepted; one from
+    // anywhere else fails the handshake.
+    let (code, out) = curl(&url, &root, None);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("dc2"), "{out}");
+    let leaf = ok_json(get(
+        &fed.dc2.http,
+        "/v1/agent/connect/ca/leaf/web",
+        DC2_ROOT,
+    ));
+    let (cert, key) = (fed.path("web-chain.pem"), fed.path("web-key.pem"));
+    std::fs::write(&cert, leaf["CertPEM"].as_str().unwrap()).unwrap();
+    std::fs::write(&key, leaf["PrivateKeyPEM"].as_str().unwrap()).unwrap();
+    let (code, out) = curl(&url, &root, Some((&cert, &key)));
+    assert_eq!(code, 0, "{out}");
+    let (stranger, stranger_key) = (fed.path("stranger.pem"), fed.path("stranger-key.pem"));
+    let made = cli_support::run(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=stranger", "-keyout"])
+            .arg(&stranger_key)
+            .arg("-out")
+            .arg(&stranger),
+    );
+    assert_eq!(made.code, 0, "{made:?}");
+    let (code, out) = curl(&url, &root, Some((&stranger, &stranger_key)));
+    assert_ne!(code, 0, "a certificate from outside the federation: {out}");
+
+    // A secondary accepts only the primary's server identity: pointed at dc2's servers
+    // (valid chain, but `.../agent/server/dc/dc2`) as if they were dc1's, dc3 refuses them and
+    // never gets an intermediate.
+    let dc2_https = fed.dc2.https.clone().unwrap();
+    std::fs::write(
+        fed.path("dc3.json"),
+        json!({"datacenter": "dc3", "primary_datacenter": "dc1",
+               "acl": {"tokens": {"replication": DC1_ROOT}}})
+        .to_string(),
+    )
+    .unwrap();
+    let mut cmd = command();
+    cmd.arg("agent")
+        .args(["-server", "-data-dir"])
+        .arg(fed.path("data3"))
+        .arg("-config-file")
+        .arg(fed.path("dc3.json"))
+        .args(["-http-port", "0", "-retry-join-wan", &dc2_https])
+        .arg("-primary-ca-file")
+        .arg(&root);
+    let dc3 = Agent::spawn(cmd);
+    let log = dc3.wait_for_log("peer certificate mismatch", CONVERGE);
+    assert!(log.contains("/agent/server/dc/dc1"), "{log}");
+    assert!(!log.contains("installed a new intermediate"), "{log}");
+}
