@@ -1219,6 +1219,39 @@ mod tests {
         (AppState::new(server), clock)
     }
 
+    #[tokio::test]
+    async fn a_server_peer_may_ask_only_for_its_own_datacenters_intermediate() {
+        let (st, clock) = state();
+        let mut c = ServerConfig::dev();
+        c.datacenter = "dc2".into();
+        c.primary_datacenter = Some("dc1".into());
+        let secondary = Server::start_secondary(c, clock, &st.server.ca_roots().value).unwrap();
+        let td = crate::spiffe::TrustDomain::new(&st.server.trust_domain()).unwrap();
+        let peer = TlsPeer(crate::spiffe::ServerId::new(&td, "dc2").into());
+        let call = |dc: &str, peer: Option<TlsPeer>| {
+            let body = serde_json::json!({
+                "CSR": secondary.intermediate_csr().unwrap(),
+                "Datacenter": dc,
+            })
+            .to_string();
+            sign_intermediate(
+                State(st.clone()),
+                peer.map(axum::Extension),
+                Req::parse(&HeaderMap::new(), None).unwrap(),
+                axum::body::Body::from(body),
+            )
+        };
+        let err = call("dc3", Some(peer.clone())).await.unwrap_err();
+        assert_eq!(err.0.kind(), ErrorKind::PermissionDenied, "{}", err.0);
+        assert_eq!(st.server.datacenters(), ["dc1"]);
+        let ok = call("dc2", Some(peer)).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        // Without a certificate (the first request of a secondary) the token decides.
+        let ok = call("dc3", None).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(st.server.datacenters(), ["dc1", "dc2", "dc3"]);
+    }
+
     fn cached_leaves(st: &AppState) -> u64 {
         st.agent.get().map_or(0, |a| {
             a.cache()

@@ -677,6 +677,24 @@ mod tests {
     }
 
     #[test]
+    fn an_outage_is_noted_once_and_backs_off_up_to_the_cap() {
+        let mut o = Outage::new("dc1");
+        let e = Error::new(ErrorKind::ConnectionRefused, "refused");
+        let mut pauses = Vec::new();
+        for _ in 0..6 {
+            o.failed(&e);
+            pauses.push(o.backoff().as_secs());
+        }
+        assert_eq!(pauses, [1, 2, 4, 8, 8, 8]);
+        let since = o.down;
+        o.failed(&e);
+        assert_eq!(o.down, since, "the outage started once");
+        o.ended();
+        assert!(o.down.is_none());
+        assert_eq!(o.backoff(), BACKOFF_MIN);
+    }
+
+    #[test]
     fn the_configured_root_must_be_a_consul_ca() {
         let p = primary(clock());
         let config = |pem: &str| FederationConfig {
