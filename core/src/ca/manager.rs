@@ -568,6 +568,16 @@ impl CaManager {
             && parsed.private_key == old.private_key
             && parsed.root_cert == old.root_cert
             && parsed.common.key_spec() == old.common.key_spec();
+        if !self.primary && !same_key_material {
+            // The secondary would have no key that its intermediate certifies until the
+            // primary signs a new one: refused rather than signing nothing meanwhile.
+            return Err(CaError::InvalidConfig(
+                "a secondary datacenter's CA key changes only with a new intermediate from the \
+                 primary: change the key type or key in the primary datacenter (its rotation \
+                 re-keys every secondary)"
+                    .into(),
+            ));
+        }
         let now = self.clock.now();
         let mut provider = if same_key_material {
             // Consul identifies built-in provider state by its key material, so a change of

@@ -647,6 +647,29 @@ mod tests {
     }
 
     #[test]
+    fn a_secondary_keeps_its_key_through_a_configuration_change() {
+        let shared: SharedClock = clock();
+        let p = primary(shared.clone());
+        let s = Server::start_secondary(secondary_config(), shared, &p.ca_roots().value).unwrap();
+        join(&p, &s);
+        let cfg = |v: serde_json::Value| {
+            crate::ca::CaConfiguration::consul(v.as_object().cloned().unwrap())
+        };
+        let err = s
+            .set_ca_config(
+                None,
+                cfg(serde_json::json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 2048})),
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidCaConfig, "{err}");
+        assert!(err.to_string().contains("primary datacenter"), "{err}");
+        s.set_ca_config(None, cfg(serde_json::json!({"LeafCertTTL": "48h"})))
+            .unwrap();
+        assert!(s.ca_ready());
+        assert!(leaf_chain(&s, "web").is_ok());
+    }
+
+    #[test]
     fn signing_an_intermediate_needs_operator_write_and_a_secondary_name() {
         let p = primary(clock());
         let s = Server::start_secondary(secondary_config(), clock(), &p.ca_roots().value).unwrap();
