@@ -446,6 +446,8 @@ fn a_primary_rotation_rotates_the_secondary_and_an_outage_does_not_stop_it() {
     assert!(ok, "{out}");
     let r = fed.dc2.http("GET", "/v1/connect/ca/roots", &[], "");
     assert_eq!(r.status, 200);
+    let td = r.json()["TrustDomain"].as_str().unwrap().to_owned();
+    assert!(!dc2_authorizes(&fed, &td), "authorized from dc2's own copy");
     let cont = Command::new("kill")
         .args(["-CONT", &fed.dc1.pid().to_string()])
         .status()
@@ -579,4 +581,75 @@ fn server_to_server_tls_is_checked_both_ways() {
     let log = dc3.wait_for_log("peer certificate mismatch", CONVERGE);
     assert!(log.contains("/agent/server/dc/dc1"), "{log}");
     assert!(!log.contains("installed a new intermediate"), "{log}");
+}
+
+/// `POST /v1/agent/connect/authorize` in dc2 for `web` (of dc2) to `db`.
+fn dc2_authorizes(fed: &Federation, td: &str) -> bool {
+    let r = try_http(
+        &fed.dc2.http,
+        "POST",
+        "/v1/agent/connect/authorize",
+        &[("X-Consul-Token", DC2_ROOT)],
+        &json!({"Target": "db",
+                "ClientCertURI": format!("spiffe://{td}/ns/default/dc/dc2/svc/web")})
+        .to_string(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["Authorized"] == true
+}
+
+/// Waits until dc2 answers `want`; returns how long that took.
+fn until_dc2_authorizes(fed: &Federation, td: &str, want: bool) -> Duration {
+    let start = Instant::now();
+    while dc2_authorizes(fed, td) != want {
+        assert!(
+            start.elapsed() < CONVERGE,
+            "dc2 did not apply dc1's intention change within {CONVERGE:?}:\n{}",
+            fed.dc2.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn intentions_written_in_the_primary_govern_the_secondary() {
+    let fed = federation();
+    let td = fed.dc1.roots()["TrustDomain"].as_str().unwrap().to_owned();
+    assert!(!dc2_authorizes(&fed, &td));
+    let put = |method: &str| {
+        let r = try_http(
+            &fed.dc1.http,
+            method,
+            "/v1/connect/intentions/exact?source=web&destination=db",
+            &[("X-Consul-Token", DC1_ROOT)],
+            &json!({"Action": "allow"}).to_string(),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    put("PUT");
+    let applied = until_dc2_authorizes(&fed, &td, true);
+    put("DELETE");
+    let deleted = until_dc2_authorizes(&fed, &td, false);
+    eprintln!(
+        "dc2 enforced dc1's intention write after {} ms, its deletion after {} ms",
+        applied.as_millis(),
+        deleted.as_millis()
+    );
+    // dc2 takes no intention writes of its own (they would be undone by replication).
+    let r = try_http(
+        &fed.dc2.http,
+        "PUT",
+        "/v1/connect/intentions/exact?source=web&destination=db",
+        &[("X-Consul-Token", DC2_ROOT)],
+        &json!({"Action": "allow"}).to_string(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("primary datacenter"), "{}", r.body);
 }

@@ -24,6 +24,7 @@ use super::Server;
 use crate::ca::IndexedCaRoots;
 use crate::certs::{self, CertInfo};
 use crate::http::client::{ApiClient, ClientConfig, HttpEndpoint};
+use crate::intentions::Intention;
 use crate::spiffe::SpiffeId;
 use crate::state::Indexed;
 use crate::tls::{Bundle, ClientCertSlot, SharedBundle, server_client_config};
@@ -173,6 +174,80 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Intentions are written in the primary datacenter only: a secondary replicates them
+    /// (see [`run_intention_replication`]), and a local write would be undone by the next
+    /// replication pass.
+    pub(super) fn check_intention_writes(&self) -> Result<(), Error> {
+        match &self.config().primary_datacenter {
+            Some(p) if !self.config().is_primary() => Err(Error::new(
+                ErrorKind::InvalidParameter,
+                format!(
+                    "intentions are written in the primary datacenter {p:?}; datacenter {:?} \
+                     replicates them from there",
+                    self.datacenter()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Secondary: makes the local intentions exactly `remote` (the primary's full list, as
+    /// Consul's legacy intention replication does): local IDs the primary no longer has are
+    /// deleted, and intentions new or changed in content are written, in one transaction.
+    /// Returns (deleted, written).
+    ///
+    /// Errors: `InvalidIntention` (nothing applied) when an intention of the primary has no
+    /// ID or does not validate.
+    pub fn replicate_intentions(&self, remote: Vec<Intention>) -> Result<(usize, usize), Error> {
+        let mut wanted = std::collections::BTreeMap::new();
+        for mut ixn in remote {
+            if ixn.id.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::InvalidIntention,
+                    "the primary datacenter sent an intention without an ID",
+                ));
+            }
+            ixn.normalize();
+            ixn.validate()?;
+            wanted.insert(ixn.id.clone(), ixn);
+        }
+        // Indexes are each datacenter's own; content is everything else.
+        let content = |i: &Intention| {
+            let mut i = i.clone();
+            i.create_index = 0;
+            i.modify_index = 0;
+            i
+        };
+        let counts = self
+            .store()
+            .write(|tx| {
+                let gone: Vec<String> = tx
+                    .intentions()
+                    .filter(|l| !wanted.contains_key(&l.id))
+                    .map(|l| l.id.clone())
+                    .collect();
+                for id in &gone {
+                    tx.delete_intention(id)?;
+                }
+                let mut written = 0;
+                for (id, r) in &wanted {
+                    if tx.intention(id).is_some_and(|l| content(l) == content(r)) {
+                        continue;
+                    }
+                    tx.put_intention(r.clone())?;
+                    written += 1;
+                }
+                Ok::<_, Error>((gone.len(), written))
+            })?
+            .value;
+        if counts != (0, 0) {
+            self.rebuild_intentions();
+        }
+        Ok(counts)
+    }
+}
+
 /// The trust domain a root certificate signs for: its one URI SAN is the CA's signing ID.
 fn root_trust_domain(pem: &str) -> Result<String, Error> {
     let der = certs::parse_pem_certificates(pem)?
@@ -260,6 +335,41 @@ impl PrimaryClient {
             roots,
             client_cert,
         })
+    }
+
+    /// Another client of the same servers, sharing the trusted roots and the certificate it
+    /// presents (one per background loop, since a call in flight holds the client).
+    pub fn sibling(&self) -> PrimaryClient {
+        PrimaryClient {
+            primary: self.primary.clone(),
+            datacenter: self.datacenter.clone(),
+            clients: self.clients.clone(),
+            next: 0,
+            roots: self.roots.clone(),
+            client_cert: self.client_cert.clone(),
+        }
+    }
+
+    /// The primary's intentions (a blocking query from `min_index`), read with the
+    /// replication token.
+    pub async fn intentions(
+        &mut self,
+        min_index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<Vec<Intention>>, Error> {
+        let mut query = Vec::new();
+        if min_index > 0 {
+            query.push(("index", min_index.to_string()));
+            query.push(("wait", format!("{}s", wait.as_secs().max(1))));
+        }
+        let got = self
+            .client()
+            .get::<Vec<Intention>>("/v1/connect/intentions", &query)
+            .await;
+        if got.is_err() {
+            self.fail_over();
+        }
+        got
     }
 
     /// Where this server's own certificate goes once it has one, to be presented to the
@@ -393,8 +503,9 @@ impl Outage {
             tracing::warn!(
                 primary = %self.primary,
                 error = %e,
-                "primary datacenter is unreachable or refused us; leaves are still signed \
-                 with the current intermediate, retrying with back-off (logged once per outage)"
+                "primary datacenter is unreachable or refused us; this datacenter goes on \
+                 from its own state (intermediate, replicated intentions), retrying with \
+                 back-off (logged once per outage)"
             );
         } else {
             tracing::debug!(error = %e, "primary datacenter still unreachable");
@@ -490,6 +601,40 @@ pub async fn run_secondary(server: Server, mut client: PrimaryClient) {
             Ok(new_index) => {
                 outage.ended();
                 // Consul resets the index when it goes backwards (a restored primary).
+                index = if new_index < index { 0 } else { new_index };
+            }
+            Err(e) => {
+                outage.failed(&e);
+                tokio::time::sleep(outage.backoff()).await;
+            }
+        }
+    }
+}
+
+/// The secondary's intention replication (Consul's legacy `replicateIntentions`): a blocking
+/// list of the primary's intentions with the replication token, applied by
+/// [`Server::replicate_intentions`]; failures retried with back-off and logged once per
+/// outage, while authorization goes on from the local copy. Runs until the task is dropped.
+pub async fn run_intention_replication(server: Server, mut client: PrimaryClient) {
+    let mut outage = Outage::new(&client.primary);
+    let mut index = 0;
+    loop {
+        let pass = async {
+            let got = client.intentions(index, ROOTS_WAIT).await?;
+            let s = server.clone();
+            let (deleted, written) =
+                tokio::task::spawn_blocking(move || s.replicate_intentions(got.value))
+                    .await
+                    .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))??;
+            if deleted + written > 0 {
+                tracing::info!(deleted, written, "replicated intentions from the primary");
+            }
+            Ok::<_, Error>(got.index)
+        }
+        .await;
+        match pass {
+            Ok(new_index) => {
+                outage.ended();
                 index = if new_index < index { 0 } else { new_index };
             }
             Err(e) => {
@@ -697,6 +842,66 @@ mod tests {
         // A secondary cannot sign intermediates for others.
         assert!(s.sign_intermediate_for(None, &req("dc3")).is_err());
         assert_eq!(p.datacenters(), ["dc1"], "refused requests teach nothing");
+    }
+
+    #[test]
+    fn a_secondary_replicates_the_primarys_intentions_and_refuses_local_writes() {
+        use crate::intentions::IntentionAction;
+        let shared: SharedClock = clock();
+        let p = primary(shared.clone());
+        let mut c = secondary_config();
+        c.default_intention_policy = None;
+        c.acl_enabled = true;
+        c.acl_default_policy = crate::acl::AclDefaultPolicy::Deny;
+        c.acl_initial_management_token = Some(ROOT.into());
+        let s = Server::start_secondary(c, shared, &p.ca_roots().value).unwrap();
+        let allow = |src: &str, dst: &str| {
+            p.intention_upsert_exact(
+                Some(ROOT),
+                src,
+                dst,
+                Intention::new(src, dst, IntentionAction::Allow),
+            )
+            .unwrap()
+        };
+        let web_db = allow("web", "db");
+        allow("api", "db");
+        let list = || p.intention_list(Some(ROOT), None).unwrap().value;
+        assert_eq!(s.replicate_intentions(list()).unwrap(), (0, 2));
+        assert!(s.intention_check(Some(ROOT), "web", "db").unwrap());
+        assert_eq!(
+            s.replicate_intentions(list()).unwrap(),
+            (0, 0),
+            "nothing changed"
+        );
+        let local = s.intention_get(Some(ROOT), &web_db.id).unwrap().value;
+        assert_eq!(local.id, web_db.id, "IDs are the primary's");
+
+        p.intention_delete(Some(ROOT), &web_db.id).unwrap();
+        assert_eq!(s.replicate_intentions(list()).unwrap(), (1, 0));
+        assert!(!s.intention_check(Some(ROOT), "web", "db").unwrap());
+        assert!(s.intention_check(Some(ROOT), "api", "db").unwrap());
+
+        let err = s
+            .intention_upsert_exact(
+                Some(ROOT),
+                "x",
+                "db",
+                Intention::new("x", "db", IntentionAction::Allow),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("primary datacenter"), "{err}");
+        let err = s
+            .intention_delete_exact(Some(ROOT), "api", "db")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidParameter, "{err}");
+        assert!(s.intention_check(Some(ROOT), "api", "db").unwrap());
+
+        // A bad list changes nothing.
+        let mut bad = list();
+        bad.push(Intention::default());
+        assert!(s.replicate_intentions(bad).is_err());
+        assert!(s.intention_check(Some(ROOT), "api", "db").unwrap());
     }
 
     #[test]

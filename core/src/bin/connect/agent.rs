@@ -418,6 +418,10 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     let mut background = tokio::task::JoinSet::new();
     let client_cert = primary.as_ref().map(|p| p.client_certificate());
     if let Some(primary) = primary {
+        background.spawn(connect_core::server::run_intention_replication(
+            server.clone(),
+            primary.sibling(),
+        ));
         background.spawn(connect_core::server::run_secondary(server.clone(), primary));
         if !server.ca_ready() {
             tracing::info!(
