@@ -640,16 +640,32 @@ fn intentions_written_in_the_primary_govern_the_secondary() {
         applied.as_millis(),
         deleted.as_millis()
     );
-    // dc2 takes no intention writes of its own (they would be undone by replication).
-    let r = try_http(
-        &fed.dc2.http,
-        "PUT",
+    // A write sent to dc2 is forwarded to dc1 (the caller's token decides there), and comes
+    // back to dc2 by replication.
+    let dc2_write = |token: &str| {
+        try_http(
+            &fed.dc2.http,
+            "PUT",
+            "/v1/connect/intentions/exact?source=web&destination=db",
+            &[("X-Consul-Token", token)],
+            &json!({"Action": "allow"}).to_string(),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    let r = dc2_write(DC2_ROOT);
+    assert_eq!(
+        r.status, 403,
+        "dc2's own token means nothing in dc1: {}",
+        r.body
+    );
+    let r = dc2_write(DC1_ROOT);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let in_dc1 = get(
+        &fed.dc1.http,
         "/v1/connect/intentions/exact?source=web&destination=db",
-        &[("X-Consul-Token", DC2_ROOT)],
-        &json!({"Action": "allow"}).to_string(),
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.body.contains("primary datacenter"), "{}", r.body);
+        DC1_ROOT,
+    );
+    assert_eq!(in_dc1.status, 200, "{}", in_dc1.body);
+    until_dc2_authorizes(&fed, &td, true);
 }

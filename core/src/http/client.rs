@@ -258,6 +258,35 @@ impl ApiClient {
         Ok(Indexed { value, index })
     }
 
+    /// Sends a request as received from a caller (`path_and_query` as it came, the caller's
+    /// `headers`) and returns the answer's status, `Content-Type` and body unchanged: a
+    /// server forwarding a write to another datacenter's servers.
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<(u16, Option<String>, Vec<u8>), Error> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path_and_query}", self.base))
+            .timeout(Duration::from_secs(30))
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.map_err(transport_error)?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = resp.bytes().await.map_err(transport_error)?.to_vec();
+        Ok((status, content_type, bytes))
+    }
+
     /// GET a raw body (`?pem=true`).
     pub async fn get_raw(&self, path: &str, query: &[(&str, String)]) -> Result<Vec<u8>, Error> {
         Ok(self.send(Method::GET, path, query, None, None).await?.0)

@@ -372,6 +372,20 @@ impl PrimaryClient {
         got
     }
 
+    /// Forwards a caller's request to the primary's servers unchanged (the caller's token
+    /// decides there); see [`ApiClient::forward`].
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<(u16, Option<String>, Vec<u8>), Error> {
+        self.client()
+            .forward(method, path_and_query, headers, body)
+            .await
+    }
+
     /// Where this server's own certificate goes once it has one, to be presented to the
     /// primary.
     pub fn client_certificate(&self) -> ClientCertSlot {

@@ -385,7 +385,14 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     );
 
     let api = connect_core::http::api::Api::new(server.clone());
-    let app = api.router().layer(axum::middleware::from_fn(log_request));
+    let mut app = api.router();
+    if let Some(primary) = &primary {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            Arc::new(primary.sibling()),
+            forward_intention_writes,
+        ));
+    }
+    let app = app.layer(axum::middleware::from_fn(log_request));
     let mut limits = settings.limits.clone();
     if let Some(open_files) = crate::http_server::raise_open_file_limit()
         && let Some(configured) = limits.fit_open_files(open_files)
@@ -503,6 +510,72 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     }
     eprintln!("==> libconnect agent stopped");
     Ok(())
+}
+
+/// The largest intention write a secondary forwards (the API's own body limit).
+const MAX_FORWARDED_BODY: usize = 1 << 20;
+
+/// In a secondary, intention writes go to the primary, as Consul forwards them: the request
+/// is passed on unchanged over the server-to-server channel (the caller's token decides in
+/// the primary) and the primary's answer returned; replication then brings the change back.
+async fn forward_intention_writes(
+    axum::extract::State(primary): axum::extract::State<Arc<connect_core::server::PrimaryClient>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::http::{Method, StatusCode, header};
+    use axum::response::IntoResponse;
+    let path = req.uri().path();
+    let intentions =
+        path == "/v1/connect/intentions" || path.starts_with("/v1/connect/intentions/");
+    if !intentions || matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let method = req.method().clone();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| path.to_owned(), |p| p.as_str().to_owned());
+    let headers: Vec<(String, String)> = ["x-consul-token", "authorization", "content-type"]
+        .into_iter()
+        .filter_map(|k| {
+            let v = req.headers().get(k)?.to_str().ok()?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_FORWARDED_BODY).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large").into_response();
+    };
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let method =
+        reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
+    match primary
+        .forward(method, &target, &headers, body.to_vec())
+        .await
+    {
+        Ok((status, content_type, body)) => {
+            let mut resp = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                body,
+            )
+                .into_response();
+            if let Some(ct) = content_type.and_then(|c| c.parse().ok()) {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            resp
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "forwarding an intention write to the primary failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("forwarding to the primary datacenter failed: {e}"),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Starts the server. A secondary resumes from its store, or on its first start fetches the
