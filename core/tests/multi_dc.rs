@@ -668,4 +668,18 @@ fn intentions_written_in_the_primary_govern_the_secondary() {
     );
     assert_eq!(in_dc1.status, 200, "{}", in_dc1.body);
     until_dc2_authorizes(&fed, &td, true);
+
+    // `?dc=dc1` sent to dc2 is answered by dc1: its roots carry dc1's signing key, not dc2's.
+    let signing = |r: Value| r["Roots"][0]["SigningKeyID"].as_str().unwrap().to_owned();
+    let via_dc2 = ok_json(get(&fed.dc2.http, "/v1/connect/ca/roots?dc=dc1", ""));
+    assert_eq!(signing(via_dc2), signing(fed.dc1.roots()));
+    assert_ne!(signing(fed.dc2.roots()), signing(fed.dc1.roots()));
+    let listed = ok_json(get(
+        &fed.dc2.http,
+        "/v1/connect/intentions?dc=dc1",
+        DC1_ROOT,
+    ));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
+    let r = get(&fed.dc2.http, "/v1/connect/ca/roots?dc=dc3", "");
+    assert!(r.body.contains("No path to datacenter"), "{}", r.body);
 }

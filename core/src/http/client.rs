@@ -267,11 +267,12 @@ impl ApiClient {
         path_and_query: &str,
         headers: &[(&str, &str)],
         body: Vec<u8>,
+        timeout: Duration,
     ) -> Result<(u16, Option<String>, Vec<u8>), Error> {
         let mut req = self
             .http
             .request(method, format!("{}{path_and_query}", self.base))
-            .timeout(Duration::from_secs(30))
+            .timeout(timeout)
             .body(body);
         for (k, v) in headers {
             req = req.header(*k, *v);

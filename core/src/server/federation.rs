@@ -380,9 +380,10 @@ impl PrimaryClient {
         path_and_query: &str,
         headers: &[(&str, &str)],
         body: Vec<u8>,
+        timeout: Duration,
     ) -> Result<(u16, Option<String>, Vec<u8>), Error> {
         self.client()
-            .forward(method, path_and_query, headers, body)
+            .forward(method, path_and_query, headers, body, timeout)
             .await
     }
 

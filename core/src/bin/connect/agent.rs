@@ -388,8 +388,15 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     let mut app = api.router();
     if let Some(primary) = &primary {
         app = app.layer(axum::middleware::from_fn_with_state(
-            Arc::new(primary.sibling()),
-            forward_intention_writes,
+            Forwarding {
+                primary: Arc::new(primary.sibling()),
+                primary_dc: server
+                    .config()
+                    .primary_datacenter
+                    .clone()
+                    .unwrap_or_default(),
+            },
+            forward_to_primary,
         ));
     }
     let app = app.layer(axum::middleware::from_fn(log_request));
@@ -515,22 +522,53 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
 /// The largest intention write a secondary forwards (the API's own body limit).
 const MAX_FORWARDED_BODY: usize = 1 << 20;
 
-/// In a secondary, intention writes go to the primary, as Consul forwards them: the request
-/// is passed on unchanged over the server-to-server channel (the caller's token decides in
-/// the primary) and the primary's answer returned; replication then brings the change back.
-async fn forward_intention_writes(
-    axum::extract::State(primary): axum::extract::State<Arc<connect_core::server::PrimaryClient>>,
+/// A secondary's way to forward requests to the primary.
+#[derive(Clone)]
+struct Forwarding {
+    primary: Arc<connect_core::server::PrimaryClient>,
+    primary_dc: String,
+}
+
+/// The longest a forwarded request may take: a blocking query's `wait` (at most Consul's
+/// 10 min) plus room for the answer.
+fn forward_timeout(query: &str) -> Duration {
+    let wait = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("wait="))
+        .and_then(|w| connect_core::duration::parse_go_duration(w).ok())
+        .unwrap_or(Duration::ZERO)
+        .min(Duration::from_secs(600));
+    wait + wait / 16 + Duration::from_secs(30)
+}
+
+/// In a secondary, as Consul forwards them: intention writes, and any request with
+/// `?dc=<primary>` (catalog, health, intentions, CA roots …; not the agent's own endpoints nor
+/// the internal ones), go to the primary. The request is passed on unchanged over the
+/// server-to-server channel (the caller's token decides in the primary) and the primary's
+/// answer returned; replication then brings an intention change back.
+async fn forward_to_primary(
+    axum::extract::State(fwd): axum::extract::State<Forwarding>,
     req: Request,
     next: Next,
 ) -> Response {
     use axum::http::{Method, StatusCode, header};
     use axum::response::IntoResponse;
     let path = req.uri().path();
-    let intentions =
-        path == "/v1/connect/intentions" || path.starts_with("/v1/connect/intentions/");
-    if !intentions || matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+    let query = req.uri().query().unwrap_or_default();
+    let intention_write = (path == "/v1/connect/intentions"
+        || path.starts_with("/v1/connect/intentions/"))
+        && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let to_primary = !fwd.primary_dc.is_empty()
+        && query
+            .split('&')
+            .any(|kv| kv.strip_prefix("dc=") == Some(fwd.primary_dc.as_str()))
+        && !path.starts_with("/v1/agent/")
+        && !path.starts_with("/v1/internal/");
+    if !intention_write && !to_primary {
         return next.run(req).await;
     }
+    let timeout = forward_timeout(query);
+    let primary = fwd.primary;
     let method = req.method().clone();
     let target = req
         .uri()
@@ -553,7 +591,7 @@ async fn forward_intention_writes(
     let method =
         reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
     match primary
-        .forward(method, &target, &headers, body.to_vec())
+        .forward(method, &target, &headers, body.to_vec(), timeout)
         .await
     {
         Ok((status, content_type, body)) => {
@@ -568,7 +606,7 @@ async fn forward_intention_writes(
             resp
         }
         Err(e) => {
-            tracing::warn!(error = %e, "forwarding an intention write to the primary failed");
+            tracing::warn!(error = %e, "forwarding a request to the primary failed");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("forwarding to the primary datacenter failed: {e}"),
