@@ -170,15 +170,14 @@ impl Backend {
         }
     }
 
-    /// Signs this agent's own certificate (Consul's agent leaf: the HTTPS listener's), as the
-    /// in-process server signs for itself, with no token. Over HTTP no endpoint signs an
-    /// agent identity for a caller, so this is refused.
+    /// Signs this server's own certificate (its server identity, the HTTPS listener's), as
+    /// the in-process server signs for itself, with no token. Over HTTP no endpoint signs a
+    /// server identity for a caller, so this is refused.
     pub(crate) async fn sign_agent(&self, csr_pem: &str) -> Result<Signed, Error> {
         match self {
             Backend::InProcess(s) => {
                 let (s, csr) = (s.clone(), csr_pem.to_owned());
-                let issued =
-                    in_blocking(move || s.sign_local(&csr, SignPolicy::ServiceOrAgent)).await?;
+                let issued = in_blocking(move || s.sign_local(&csr, SignPolicy::Local)).await?;
                 Ok(Signed {
                     issued,
                     peer_key_pem: None,
@@ -186,7 +185,7 @@ impl Backend {
             }
             Backend::Http(_) => Err(Error::new(
                 ErrorKind::InvalidParameter,
-                "an agent certificate is signed only by a server in this process",
+                "a server certificate is signed only by a server in this process",
             )),
         }
     }

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     AgentBackend, AgentConfig, Backend, ConnectService, HealthConnectType, HttpBackend,
-    IntentionMatchType, Leaf, LeafCacheRequest, LeafType, RootsType, Scoped,
+    IntentionMatchType, Leaf, LeafCacheRequest, LeafKind, LeafType, RootsType, Scoped,
 };
 use crate::ca::{CaConfiguration, IndexedCaRoots};
 use crate::cache::{Cache, CacheOptions, GetOptions, ResultMeta};
@@ -367,7 +367,7 @@ impl Agent {
             scope: self.scoped(service),
             dns_names: Vec::new(),
             ip_addresses: Vec::new(),
-            agent: false,
+            kind: LeafKind::Service,
         }
     }
 
@@ -392,13 +392,13 @@ impl Agent {
             scope: self.scoped_for(token, service),
             dns_names: Vec::new(),
             ip_addresses: Vec::new(),
-            agent: false,
+            kind: LeafKind::Service,
         }
     }
 
-    /// The request for this agent's own leaf as node `node` (its HTTPS certificate), with
-    /// extra SANs.
-    pub(crate) fn agent_leaf_request(
+    /// The request for this datacenter's server identity (a server's HTTPS certificate;
+    /// `node` keeps one entry per node), with extra SANs.
+    pub(crate) fn server_leaf_request(
         &self,
         node: &str,
         dns_names: Vec<String>,
@@ -408,7 +408,7 @@ impl Agent {
             scope: self.scoped_for(None, node),
             dns_names,
             ip_addresses,
-            agent: true,
+            kind: LeafKind::Server,
         }
     }
 

@@ -9,6 +9,7 @@ mod config;
 mod handle;
 mod service;
 mod types;
+pub(crate) use types::LeafKind;
 
 pub use backend::{Backend, HttpBackend, Signed};
 pub use config::{AgentBackend, AgentConfig, AgentOverrides};

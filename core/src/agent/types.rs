@@ -18,7 +18,7 @@ use crate::cache::{CacheKey, CacheRequest, CacheType, FetchOptions, FetchResult,
 use crate::catalog::ServiceEntry;
 use crate::certs::{self, CertInfo};
 use crate::intentions::Intention;
-use crate::spiffe::{AgentId, ServiceId, SpiffeId, TrustDomain};
+use crate::spiffe::{ServerId, ServiceId, SpiffeId, TrustDomain};
 use crate::tls::Svid;
 use crate::{Error, ErrorKind, SharedClock};
 
@@ -402,10 +402,18 @@ pub struct LeafCacheRequest {
     pub dns_names: Vec<String>,
     /// Extra IP SANs.
     pub ip_addresses: Vec<IpAddr>,
-    /// The leaf is this agent's own (Consul's `Agent` leaf request, for its HTTPS listener):
-    /// `scope.name` is the node, the certificate names the agent's SPIFFE ID, and the
-    /// in-process server signs it for itself.
-    pub(crate) agent: bool,
+    /// Whose leaf this is.
+    pub(crate) kind: LeafKind,
+}
+
+/// Whose identity a leaf request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum LeafKind {
+    /// A service's (`scope.name`).
+    Service,
+    /// This datacenter's servers' (`spiffe://<td>/agent/server/dc/<dc>`, the HTTPS
+    /// listener of a server), signed by the in-process server.
+    Server,
 }
 
 impl std::fmt::Debug for LeafCacheRequest {
@@ -418,7 +426,10 @@ impl std::fmt::Debug for LeafCacheRequest {
 
 impl CacheRequest for LeafCacheRequest {
     fn cache_key(&self) -> CacheKey {
-        let kind = if self.agent { "agent" } else { "service" };
+        let kind = match self.kind {
+            LeafKind::Service => "service",
+            LeafKind::Server => "server",
+        };
         let mut key = format!("{kind}:{}", self.scope.name);
         for d in &self.dns_names {
             key.push_str(&format!(";dns={d}"));
@@ -480,10 +491,9 @@ impl LeafType {
             ));
         }
         let td = TrustDomain::new(&roots.trust_domain)?;
-        let uri = if req.agent {
-            AgentId::new(&td, &req.scope.datacenter, &req.scope.name).uri()
-        } else {
-            ServiceId::new(&td, &req.scope.datacenter, &req.scope.name).uri()
+        let uri = match req.kind {
+            LeafKind::Server => ServerId::new(&td, &req.scope.datacenter).uri(),
+            LeafKind::Service => ServiceId::new(&td, &req.scope.datacenter, &req.scope.name).uri(),
         };
         let (dns, ips, service) = (
             req.dns_names.clone(),
@@ -495,7 +505,7 @@ impl LeafType {
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))??;
-        let signed = if req.agent {
+        let signed = if req.kind != LeafKind::Service {
             self.backend.sign_agent(&csr).await?
         } else {
             self.backend.sign(req.scope.token(), &service, &csr).await?

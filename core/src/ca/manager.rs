@@ -130,6 +130,9 @@ pub enum SignPolicy {
     ServiceOnly,
     /// Service or client-agent IDs (agent IDs are rewritten into our trust domain).
     ServiceOrAgent,
+    /// What a server signs for itself, in process: service, agent, or this datacenter's
+    /// server ID (`spiffe://<td>/agent/server/dc/<dc>`, its own trust domain only).
+    Local,
 }
 
 /// A leaf that [`CaManager::begin_leaf`] checked, holding its signature or waiting for a
@@ -389,6 +392,92 @@ impl CaManager {
         Ok(())
     }
 
+    /// Secondary: whether a new intermediate is needed for `primary_roots` (Consul CA docs,
+    /// secondary datacenters): none yet, the primary's active root is not the one ours chains
+    /// to, or our signing key is not the active root's signing key here.
+    pub fn needs_intermediate(&self, primary_roots: &IndexedCaRoots) -> bool {
+        if self.primary {
+            return false;
+        }
+        let Some(secrets) = self.provider.secrets() else {
+            return true;
+        };
+        let Some(local) = self.roots.iter().find(|r| r.active) else {
+            return true;
+        };
+        if primary_roots.active_root_id != local.id {
+            return true;
+        }
+        let ours = certs::parse_pem_certificate(&secrets.cert_pem)
+            .ok()
+            .and_then(|der| CertInfo::from_der(&der).ok())
+            .map(|info| {
+                certs::colon_hex(
+                    &info
+                        .subject_key_id
+                        .clone()
+                        .unwrap_or_else(|| certs::key_id(&info.spki_der)),
+                )
+            });
+        ours.as_deref() != Some(local.signing_key_id.as_str())
+    }
+
+    /// Secondary: whether the intermediate is past half of its validity (Consul renews then;
+    /// the window starts at NotBefore + 1 min, the signer's backdating).
+    pub fn intermediate_renewal_due(&self) -> bool {
+        if self.primary {
+            return false;
+        }
+        let Some(secrets) = self.provider.secrets() else {
+            return true;
+        };
+        let Ok(info) = certs::parse_pem_certificate(&secrets.cert_pem)
+            .map_err(|_| ())
+            .and_then(|der| CertInfo::from_der(&der).map_err(|_| ()))
+        else {
+            return true;
+        };
+        let start = info.not_before + time::Duration::minutes(1);
+        let half = start + (info.not_after - start) / 2;
+        self.clock.now() >= half
+    }
+
+    /// Secondary: follows a change of the primary's roots that keeps its active root (one
+    /// pruned, one added): the primary's list, with our view of the active root (our
+    /// intermediate appended, our SigningKeyID) kept. Returns whether anything changed.
+    pub fn sync_primary_roots(&mut self, primary_roots: &IndexedCaRoots) -> bool {
+        if self.primary {
+            return false;
+        }
+        let Some(local_active) = self.roots.iter().find(|r| r.active).cloned() else {
+            return false;
+        };
+        if primary_roots.active_root_id != local_active.id {
+            return false;
+        }
+        let mut roots = primary_roots.roots.clone();
+        for root in &mut roots {
+            if root.id == local_active.id {
+                root.intermediate_certs = local_active.intermediate_certs.clone();
+                root.signing_key_id = local_active.signing_key_id.clone();
+                root.modify_index = local_active.modify_index;
+            }
+        }
+        let same = roots.len() == self.roots.len()
+            && roots.iter().zip(&self.roots).all(|(a, b)| {
+                a.id == b.id
+                    && a.active == b.active
+                    && a.intermediate_certs == b.intermediate_certs
+                    && a.signing_key_id == b.signing_key_id
+            });
+        if same {
+            return false;
+        }
+        self.index += 1;
+        self.roots = roots;
+        true
+    }
+
     /// Primary: signs a secondary datacenter's intermediate CSR.
     pub fn sign_intermediate(&self, csr_pem: &str) -> Result<String, CaError> {
         if !self.primary {
@@ -554,6 +643,7 @@ impl CaManager {
         let allowed = match policy {
             SignPolicy::ServiceOnly => "service",
             SignPolicy::ServiceOrAgent => "service or agent",
+            SignPolicy::Local => "service, agent or this datacenter's server",
         };
         match &id {
             SpiffeId::Service(s) => {
@@ -577,7 +667,21 @@ impl CaManager {
                     });
                 }
             }
-            SpiffeId::Agent(_) if policy == SignPolicy::ServiceOrAgent => {}
+            SpiffeId::Agent(_) if policy != SignPolicy::ServiceOnly => {}
+            SpiffeId::Server(s) if policy == SignPolicy::Local => {
+                if s.datacenter != self.datacenter {
+                    return Err(CaError::CsrWrongDatacenter {
+                        got: s.datacenter.clone(),
+                        want: self.datacenter.clone(),
+                    });
+                }
+                if !s.host.eq_ignore_ascii_case(&self.trust_domain()) {
+                    return Err(CaError::CsrWrongTrustDomain {
+                        got: s.host.clone(),
+                        want: self.trust_domain(),
+                    });
+                }
+            }
             _ => {
                 return Err(CaError::CsrWrongKind {
                     allowed,
@@ -610,6 +714,16 @@ impl CaManager {
                 && parsed.root_cert == old.root_cert
                 && parsed.common.key_spec() == old.common.key_spec()
         };
+        if !self.primary && !same_key_material {
+            // The secondary would have no key that its intermediate certifies until the
+            // primary signs a new one: refused rather than signing nothing meanwhile.
+            return Err(CaError::InvalidConfig(
+                "a secondary datacenter's CA key changes only with a new intermediate from the \
+                 primary: change the key type or key in the primary datacenter (its rotation \
+                 re-keys every secondary)"
+                    .into(),
+            ));
+        }
         let now = self.clock.now();
         let mut provider: Box<dyn Provider> = if same_key_material {
             // Consul identifies built-in provider state by its key material, so a change of

@@ -29,13 +29,23 @@ use crate::filter::Filter;
 use crate::intentions::{Decision, Intention, IntentionIndex, MatchType, ServiceRef};
 use crate::server::Server;
 use crate::state::{Indexed, Table};
-use crate::tls::{CurrentLeaf, KeyExchange, certified_key, crypto_provider};
+use crate::tls::{
+    Bundle, CurrentLeaf, KeyExchange, RootsSource, certified_key, crypto_provider,
+    optional_peer_verifier,
+};
 use crate::{Error, ErrorKind};
 
 /// Request bodies larger than this are refused with 413.
 pub(crate) const MAX_BODY: usize = 1 << 20;
 
 type ApiResult = Result<Response, ApiError>;
+
+/// The identity a client proved with a certificate on the HTTPS listener (chained to this
+/// datacenter's current roots, checked during the handshake): the listener adds it to each
+/// request's extensions, and handlers that care (the secondary CA's signing endpoint) read
+/// it. Plain HTTP requests and clients without a certificate have none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPeer(pub crate::spiffe::SpiffeId);
 
 #[derive(Clone)]
 struct AppState {
@@ -45,6 +55,8 @@ struct AppState {
     /// queries; leaves with renewal jitter, dropped after 72 h unused), over this same
     /// server. Started on first use, on the runtime serving it.
     agent: Arc<tokio::sync::OnceCell<Agent>>,
+    /// The HTTPS certificate, once [`Api::https_config`] made it.
+    https: Arc<std::sync::OnceLock<Arc<ArcSwapOption<CertifiedKey>>>>,
 }
 
 /// The router for every endpoint libconnect serves.
@@ -80,11 +92,12 @@ impl Api {
         routes(self.state.clone())
     }
 
-    /// The TLS configuration of the HTTPS listener: it serves this node's certificate (the
-    /// client-agent SPIFFE ID of `node`, DNS SAN `localhost`, IP SANs for the loopback
-    /// addresses and `bind` when it is a specific address), issued through the agent cache's
-    /// leaf lifecycle like every service leaf: renewed in its renewal window and reissued
-    /// when the active root changes. Waits for the first certificate.
+    /// The TLS configuration of the HTTPS listener: it serves this datacenter's server
+    /// certificate (`spiffe://<td>/agent/server/dc/<dc>`, DNS SANs `server.<dc>.consul` and
+    /// `localhost`, IP SANs for the loopback addresses and `bind` when it is a specific
+    /// address; `node` keys it in the cache), issued by this datacenter's CA through the
+    /// agent cache's leaf lifecycle like every service leaf: renewed in its renewal window
+    /// and reissued when the active root changes. Waits for the first certificate.
     pub async fn https_config(
         &self,
         node: &str,
@@ -95,10 +108,43 @@ impl Api {
             rustls::ServerConfig::builder_with_provider(crypto_provider(KeyExchange::default()))
                 .with_safe_default_protocol_versions()
                 .map_err(|e| Error::new(ErrorKind::Tls, e.to_string()))?
-                .with_no_client_auth()
+                .with_client_cert_verifier(optional_peer_verifier(
+                    self.roots_source(),
+                    self.state.server.clock().clone(),
+                ))
                 .with_cert_resolver(Arc::new(CurrentLeaf(current)));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
+    }
+}
+
+impl Api {
+    /// This datacenter's current roots as a trust bundle, parsed again only when they change.
+    fn roots_source(&self) -> RootsSource {
+        let server = self.state.server.clone();
+        let cache: std::sync::Mutex<Option<(u64, usize, Arc<Bundle>)>> = Default::default();
+        Arc::new(move || {
+            let roots = server.ca_roots();
+            let mut cached = cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((index, len, bundle)) = &*cached
+                && *index == roots.index
+                && *len == roots.value.roots.len()
+            {
+                return Some(bundle.clone());
+            }
+            let bundle = Arc::new(Bundle::from_ca_roots(&roots.value).ok()?);
+            *cached = Some((roots.index, roots.value.roots.len(), bundle.clone()));
+            Some(bundle)
+        })
+    }
+
+    /// The certificate the HTTPS listener serves (kept current), once
+    /// [`Api::https_config`] made it: a server presents it as a client when it calls the
+    /// primary datacenter's servers.
+    pub fn https_certificate(&self) -> Option<Arc<ArcSwapOption<CertifiedKey>>> {
+        self.state.https.get().cloned()
     }
 }
 
@@ -116,13 +162,17 @@ impl AppState {
         if !bind.is_unspecified() && !ips.contains(&bind) {
             ips.push(bind);
         }
-        let req = self
-            .agent()
-            .await?
-            .agent_leaf_request(node, vec!["localhost".to_owned()], ips);
+        // Consul's server certificates name `server.<datacenter>.<domain>`; the domain is
+        // Consul's default, `consul`.
+        let dns = vec![
+            format!("server.{}.consul", self.server.datacenter()),
+            "localhost".to_owned(),
+        ];
+        let req = self.agent().await?.server_leaf_request(node, dns, ips);
         let (leaf, _) = self.leaf_of(&req, 0, Duration::ZERO).await?;
         let current = Arc::new(ArcSwapOption::from_pointee(https_key(&leaf)?));
         tokio::spawn(keep_https_cert(self.clone(), req, leaf, current.clone()));
+        let _ = self.https.set(current.clone());
         Ok(current)
     }
 }
@@ -191,6 +241,11 @@ fn routes(state: AppState) -> Router {
             get(ca_config_get).put(ca_config_put),
         )
         .route("/v1/connect/ca/sign", put(ca_sign).post(ca_sign))
+        .route(
+            crate::server::SIGN_INTERMEDIATE_PATH,
+            post(sign_intermediate).put(sign_intermediate),
+        )
+        .route("/v1/catalog/datacenters", get(catalog_datacenters))
         .route("/v1/agent/connect/ca/leaf/{service}", get(agent_leaf))
         .route(
             "/v1/agent/connect/authorize",
@@ -520,11 +575,64 @@ async fn ca_sign(State(st): State<AppState>, Req { o, .. }: Req, body: Bytes) ->
     Ok(json_response(&issued, Some(issued.modify_index)))
 }
 
+/// The primary's side of CA federation ([`crate::server::SIGN_INTERMEDIATE_PATH`]). The
+/// token is checked before the body is read, and the body is bounded well below the API's
+/// general limit: a caller without `operator:write` costs one token lookup.
+///
+/// A caller that proved a server identity on the HTTPS listener may only ask for its own
+/// datacenter's intermediate.
+async fn sign_intermediate(
+    State(st): State<AppState>,
+    peer: Option<axum::Extension<TlsPeer>>,
+    Req { o, .. }: Req,
+    body: axum::body::Body,
+) -> ApiResult {
+    st.server
+        .authorizer(o.token.as_deref())?
+        .require(crate::acl::Permission::OperatorWrite)?;
+    let limit = crate::server::MAX_SIGN_INTERMEDIATE_BODY;
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        let mut resp = (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body too large: at most {limit} bytes"),
+        )
+            .into_response();
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    };
+    let req: crate::server::SignIntermediateRequest = decode(&body)?;
+    if let Some(axum::Extension(TlsPeer(crate::spiffe::SpiffeId::Server(id)))) = &peer
+        && id.datacenter != req.datacenter
+    {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "Permission denied: a server of datacenter {:?} asked for datacenter {:?}'s \
+                 intermediate",
+                id.datacenter, req.datacenter
+            ),
+        )
+        .into());
+    }
+    let resp = st
+        .write(o, move |s, token| s.sign_intermediate_for(token, &req))
+        .await?;
+    Ok(json_response(&resp, None))
+}
+
+/// `GET /v1/catalog/datacenters`: this datacenter first, then the others this server knows
+/// (see [`Server::datacenters`]). No ACL, as in Consul.
+async fn catalog_datacenters(State(st): State<AppState>) -> ApiResult {
+    Ok(json_response(&st.server.datacenters(), None))
+}
+
 impl AppState {
     fn new(server: Server) -> AppState {
         AppState {
             server,
             agent: Arc::default(),
+            https: Arc::default(),
         }
     }
 
@@ -1111,6 +1219,39 @@ mod tests {
         (AppState::new(server), clock)
     }
 
+    #[tokio::test]
+    async fn a_server_peer_may_ask_only_for_its_own_datacenters_intermediate() {
+        let (st, clock) = state();
+        let mut c = ServerConfig::dev();
+        c.datacenter = "dc2".into();
+        c.primary_datacenter = Some("dc1".into());
+        let secondary = Server::start_secondary(c, clock, &st.server.ca_roots().value).unwrap();
+        let td = crate::spiffe::TrustDomain::new(&st.server.trust_domain()).unwrap();
+        let peer = TlsPeer(crate::spiffe::ServerId::new(&td, "dc2").into());
+        let call = |dc: &str, peer: Option<TlsPeer>| {
+            let body = serde_json::json!({
+                "CSR": secondary.intermediate_csr().unwrap(),
+                "Datacenter": dc,
+            })
+            .to_string();
+            sign_intermediate(
+                State(st.clone()),
+                peer.map(axum::Extension),
+                Req::parse(&HeaderMap::new(), None).unwrap(),
+                axum::body::Body::from(body),
+            )
+        };
+        let err = call("dc3", Some(peer.clone())).await.unwrap_err();
+        assert_eq!(err.0.kind(), ErrorKind::PermissionDenied, "{}", err.0);
+        assert_eq!(st.server.datacenters(), ["dc1"]);
+        let ok = call("dc2", Some(peer)).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        // Without a certificate (the first request of a secondary) the token decides.
+        let ok = call("dc3", None).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(st.server.datacenters(), ["dc1", "dc2", "dc3"]);
+    }
+
     fn cached_leaves(st: &AppState) -> u64 {
         st.agent.get().map_or(0, |a| {
             a.cache()
@@ -1367,17 +1508,14 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_https_certificate_is_the_agents_and_follows_renewal_and_rotation() {
+    async fn the_https_certificate_is_the_servers_and_follows_renewal_and_rotation() {
         let (st, clock) = state();
         let bind: IpAddr = "10.1.2.3".parse().unwrap();
         let cert = st.https_cert("node-1", bind).await.unwrap();
         let td = crate::spiffe::TrustDomain::new(&st.server.trust_domain()).unwrap();
         let first = served(&cert);
-        assert_eq!(
-            first.uris,
-            [crate::spiffe::AgentId::new(&td, "dc1", "node-1").uri()]
-        );
-        assert_eq!(first.dns_names, ["localhost"]);
+        assert_eq!(first.uris, [crate::spiffe::ServerId::new(&td, "dc1").uri()]);
+        assert_eq!(first.dns_names, ["server.dc1.consul", "localhost"]);
         assert_eq!(
             first.ip_addresses,
             [

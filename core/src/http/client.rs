@@ -168,6 +168,26 @@ impl ApiClient {
         })
     }
 
+    /// A client with its own TLS configuration (server-to-server calls, which check a
+    /// SPIFFE identity rather than a host name); the address is reached over HTTPS unless it
+    /// says `http://`.
+    pub fn with_tls(config: &ClientConfig, tls: rustls::ClientConfig) -> Result<ApiClient, Error> {
+        let mut endpoint = config.endpoint.clone();
+        endpoint.https = true;
+        let base = endpoint.base_url()?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Http, e.to_string()))?;
+        Ok(ApiClient {
+            base,
+            token: config.token.clone(),
+            datacenter: config.datacenter.clone(),
+            http,
+        })
+    }
+
     /// The same client sending `token` instead of the configured one.
     pub fn with_token(&self, token: &str) -> ApiClient {
         ApiClient {
@@ -236,6 +256,36 @@ impl ApiClient {
         let value = crate::json::from_slice(&bytes)
             .map_err(|m| Error::new(ErrorKind::Http, format!("decoding {path}: {m}")))?;
         Ok(Indexed { value, index })
+    }
+
+    /// Sends a request as received from a caller (`path_and_query` as it came, the caller's
+    /// `headers`) and returns the answer's status, `Content-Type` and body unchanged: a
+    /// server forwarding a write to another datacenter's servers.
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(u16, Option<String>, Vec<u8>), Error> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path_and_query}", self.base))
+            .timeout(timeout)
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.map_err(transport_error)?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = resp.bytes().await.map_err(transport_error)?.to_vec();
+        Ok((status, content_type, bytes))
     }
 
     /// GET a raw body (`?pem=true`).

@@ -23,6 +23,7 @@ pub(super) fn open_ca(
     config: &ServerConfig,
     store: &Store,
     clock: &SharedClock,
+    primary_roots: Option<&IndexedCaRoots>,
 ) -> Result<CaManager, Error> {
     let view = store.view();
     // A provider that keeps its keys elsewhere (Vault) has stored no secrets.
@@ -49,10 +50,20 @@ pub(super) fn open_ca(
         )?);
     }
     if !config.is_primary() {
-        return Err(Error::new(
-            crate::ErrorKind::InvalidParameter,
-            "a secondary datacenter needs the primary's roots: federation is not built yet",
-        ));
+        // Nothing is persisted until the primary has signed our intermediate: a restart
+        // before that starts over from the primary's roots.
+        let roots = primary_roots.ok_or_else(|| {
+            Error::new(
+                crate::ErrorKind::CaNotInitialized,
+                "a secondary datacenter starts from the primary datacenter's roots, and has none yet",
+            )
+        })?;
+        return Ok(CaManager::new_secondary(
+            &config.datacenter,
+            roots,
+            config.ca.clone(),
+            clock.clone(),
+        )?);
     }
     let ca = CaManager::new_primary(
         &config.datacenter,
@@ -185,12 +196,60 @@ impl Server {
         Ok(issued)
     }
 
-    /// Primary: signs a secondary datacenter's intermediate CSR (`operator:write`).
+    /// Primary: signs a secondary datacenter's intermediate CSR (`operator:write`, which a
+    /// secondary's replication token holds).
     pub fn sign_intermediate(&self, token: Option<&str>, csr_pem: &str) -> Result<String, Error> {
         self.authorizer(token)?.require(Permission::OperatorWrite)?;
         let ca = self.ca();
         self.reserve_serial(&ca)?;
         Ok(ca.sign_intermediate(csr_pem)?)
+    }
+
+    /// Whether this server's CA can sign leaves: always in a primary; in a secondary once the
+    /// primary has signed its intermediate.
+    pub fn ca_ready(&self) -> bool {
+        let ca = self.ca();
+        ca.is_primary() || ca.secrets().is_some()
+    }
+
+    /// Secondary: whether `primary_roots` (the primary's current answer) call for a new
+    /// intermediate, or the current one is past half its life.
+    pub fn needs_intermediate(&self, primary_roots: &IndexedCaRoots) -> bool {
+        let ca = self.ca();
+        ca.needs_intermediate(primary_roots) || ca.intermediate_renewal_due()
+    }
+
+    /// Secondary: a new CA key, kept here, and the CSR for its intermediate. The key stays
+    /// pending until [`Server::install_intermediate`]; a newer CSR replaces it.
+    pub fn intermediate_csr(&self) -> Result<String, Error> {
+        Ok(self.ca().intermediate_csr()?)
+    }
+
+    /// Secondary: installs the intermediate the primary signed for the pending key, and
+    /// persists it with the primary's roots; leaves are signed with it from then on, and the
+    /// agent cache re-issues every leaf as it sees the roots change.
+    pub fn install_intermediate(
+        &self,
+        intermediate_pem: &str,
+        primary_roots: &IndexedCaRoots,
+    ) -> Result<(), Error> {
+        let mut ca = self.ca();
+        ca.set_intermediate(intermediate_pem, primary_roots)?;
+        persist_ca(self.store(), &ca)?;
+        Ok(())
+    }
+
+    /// Secondary: follows the primary's roots when its active root stays (see
+    /// [`CaManager::sync_primary_roots`]); returns whether anything changed.
+    pub fn sync_primary_roots(&self, primary_roots: &IndexedCaRoots) -> Result<bool, Error> {
+        let mut ca = self.ca();
+        if !ca.sync_primary_roots(primary_roots) {
+            return Ok(false);
+        }
+        if ca.secrets().is_some() {
+            persist_ca(self.store(), &ca)?;
+        }
+        Ok(true)
     }
 
     /// Removes roots rotated out more than 2 × LeafCertTTL ago; the server runs this hourly.

@@ -80,7 +80,8 @@ impl ServerConfig {
         }
     }
 
-    pub(super) fn is_primary(&self) -> bool {
+    /// Whether this datacenter owns the root (`primary_datacenter` unset or this one).
+    pub fn is_primary(&self) -> bool {
         self.primary_datacenter
             .as_deref()
             .is_none_or(|p| p == self.datacenter)
@@ -121,6 +122,8 @@ pub(super) struct Inner {
     pub(super) acl: AclStore,
     pub(super) intentions: Arc<SharedIntentionIndex>,
     pub(super) limiter: CsrLimiter,
+    /// Other datacenters this server has heard from (see [`Server::datacenters`]).
+    pub(super) datacenters: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// One datacenter's control plane. Cheap to clone.
@@ -141,12 +144,36 @@ impl fmt::Debug for Server {
 impl Server {
     /// Opens the store (SQLite under `data_dir`, or memory), then resumes or initialises
     /// the CA, the ACL system and the intention index.
+    ///
+    /// A secondary datacenter's server resumes from its store; on its first start it has
+    /// nothing to resume and fails with `CaNotInitialized`: see
+    /// [`Server::start_secondary`].
     pub fn start(config: ServerConfig, clock: SharedClock) -> Result<Server, Error> {
+        Server::open(config, clock, None)
+    }
+
+    /// Starts a secondary datacenter's server: it resumes from its store when that holds a
+    /// CA, and otherwise starts from `primary_roots` (the primary's `/v1/connect/ca/roots`)
+    /// with no intermediate yet — leaf requests fail with `CaNotInitialized` until
+    /// [`Server::install_intermediate`].
+    pub fn start_secondary(
+        config: ServerConfig,
+        clock: SharedClock,
+        primary_roots: &crate::ca::IndexedCaRoots,
+    ) -> Result<Server, Error> {
+        Server::open(config, clock, Some(primary_roots))
+    }
+
+    fn open(
+        config: ServerConfig,
+        clock: SharedClock,
+        primary_roots: Option<&crate::ca::IndexedCaRoots>,
+    ) -> Result<Server, Error> {
         let store = match &config.data_dir {
             Some(dir) => Store::open_dir(dir)?,
             None => Store::in_memory(),
         };
-        let ca = ca::open_ca(&config, &store, &clock)?;
+        let ca = ca::open_ca(&config, &store, &clock, primary_roots)?;
         let acl = acl::open_acl(&config, &store)?;
         let view = store.view();
         let index = IntentionIndex::new(view.intentions().cloned(), config.intention_default());
@@ -163,6 +190,7 @@ impl Server {
                 acl,
                 intentions: Arc::new(SharedIntentionIndex::new(index)),
                 limiter,
+                datacenters: Mutex::default(),
             }),
         };
         server.register_self()?;

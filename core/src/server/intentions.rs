@@ -79,7 +79,7 @@ fn not_found() -> Error {
 impl Server {
     /// Rebuilds the hot-path index from the store's current intentions. Concurrent callers
     /// may finish in any order; the version check keeps the newest snapshot.
-    fn rebuild_intentions(&self) {
+    pub(super) fn rebuild_intentions(&self) {
         let view = self.store().view();
         let index = IntentionIndex::new(
             view.intentions().cloned(),
@@ -101,6 +101,7 @@ impl Server {
     /// one pair could both be stored, and the later one in precedence order could shadow a
     /// deny.
     fn store_intention(&self, mut ixn: Intention, target: Target<'_>) -> Result<Intention, Error> {
+        self.check_intention_writes()?;
         ixn.normalize();
         ixn.validate()?;
         let (src, dst) = names_of(&ixn);
@@ -270,6 +271,7 @@ impl Server {
         let existing = self.store().intention(id).value.ok_or_else(not_found)?;
         self.authorizer(token)?
             .require(Permission::IntentionWrite(&existing.destination_name))?;
+        self.check_intention_writes()?;
         self.store().delete_intention(id)?;
         self.rebuild_intentions();
         Ok(())
@@ -287,6 +289,7 @@ impl Server {
         let dst = parse_service_name(destination, "destination")?;
         self.authorizer(token)?
             .require(Permission::IntentionWrite(&dst.name))?;
+        self.check_intention_writes()?;
         if let Some(existing) = self.find_exact(&src, &dst) {
             self.store().delete_intention(&existing.id)?;
             self.rebuild_intentions();

@@ -6,11 +6,16 @@ mod acl;
 mod ca;
 mod catalog;
 mod control_plane;
+mod federation;
 mod intentions;
 mod limiter;
 
 pub(crate) use control_plane::internal;
 pub use control_plane::{Server, ServerConfig};
+pub use federation::{
+    FederationConfig, MAX_SIGN_INTERMEDIATE_BODY, PrimaryClient, SIGN_INTERMEDIATE_PATH,
+    SignIntermediateRequest, SignIntermediateResponse, run_intention_replication, run_secondary,
+};
 pub use intentions::{ServiceName, parse_service_name};
 pub use limiter::{CSR_LIMIT_WAIT, CsrLimiter, Permit};
 

@@ -107,6 +107,7 @@ mod material;
 mod net;
 mod provider;
 mod server;
+mod server_peer;
 mod service;
 mod verify;
 
@@ -124,6 +125,9 @@ pub use provider::{KeyExchange, crypto_provider};
 pub(crate) use server::CurrentLeaf;
 pub use server::{
     DenyHook, HandshakeErrorHook, MtlsServer, MtlsServerBuilder, ServerStats, mtls_server,
+};
+pub use server_peer::{
+    ClientCertSlot, RootsSource, SharedBundle, optional_peer_verifier, server_client_config,
 };
 pub use service::Service;
 pub use verify::{PeerRole, peer_identity, verify_chain};

@@ -160,23 +160,35 @@ impl Agent {
     }
 
     /// Spawns `cmd` (a `connect agent` command line) and waits until it says it is running.
-    pub fn launch(mut cmd: Command) -> Agent {
+    pub fn launch(cmd: Command) -> Agent {
+        Agent::launch_within(cmd, TIMEOUT)
+    }
+
+    /// [`Agent::launch`], waiting up to `timeout` (a secondary datacenter's server starts
+    /// only once its primary has signed its intermediate).
+    pub fn launch_within(cmd: Command, timeout: Duration) -> Agent {
+        let mut agent = Agent::spawn(cmd);
+        let text = agent.wait_for_log("==> libconnect agent running!", timeout);
+        agent.http = listening(&text, "==> HTTP API listening on http://")
+            .unwrap_or_else(|| panic!("no HTTP address in:\n{text}"));
+        agent.https = listening(&text, "==> HTTPS API listening on https://");
+        agent
+    }
+
+    /// Spawns `cmd` (a `connect agent` command line) without waiting for it to run: its
+    /// addresses stay empty; watch it with [`Agent::wait_for_log`].
+    pub fn spawn(mut cmd: Command) -> Agent {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn connect agent");
         let log = StderrLog::capture(&mut child);
-        let mut agent = Agent {
+        Agent {
             child,
             http: String::new(),
             https: None,
             log,
-        };
-        let text = agent.wait_for_log("==> libconnect agent running!", TIMEOUT);
-        agent.http = listening(&text, "==> HTTP API listening on http://")
-            .unwrap_or_else(|| panic!("no HTTP address in:\n{text}"));
-        agent.https = listening(&text, "==> HTTPS API listening on https://");
-        agent
+        }
     }
 
     /// Waits until stderr contains `needle`; returns all of stderr so far.

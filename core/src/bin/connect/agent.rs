@@ -8,10 +8,14 @@
 //! ==> HTTPS API listening on https://127.0.0.1:8501
 //! ```
 //!
-//! The HTTPS listener serves a certificate the CA issues to this node (its client-agent
-//! SPIFFE ID, DNS SAN `localhost`, the loopback IPs and the bind address), kept current by the
-//! same agent cache that serves the `/v1/agent/connect/...` endpoints: see
-//! [`connect_core::http::api::Api::https_config`].
+//! The HTTPS listener serves the server certificate the CA issues to this datacenter
+//! (`spiffe://<td>/agent/server/dc/<dc>`, DNS SANs `server.<dc>.consul` and `localhost`, the
+//! loopback IPs and the bind address), kept current by the same agent cache that serves the
+//! `/v1/agent/connect/...` endpoints: see [`connect_core::http::api::Api::https_config`].
+//!
+//! A secondary datacenter's server (`primary_datacenter` set to another datacenter) starts
+//! from the primary's roots, waits for the primary to sign its intermediate before it serves
+//! HTTPS, and keeps following the primary: see [`connect_core::server::run_secondary`].
 //!
 //! SIGINT or SIGTERM stops it: listeners close, requests in flight get a few seconds to
 //! finish (blocking queries are cut short), and the process exits 0. Every write was durable
@@ -62,6 +66,8 @@ struct AgentSettings {
     unknown_keys: Vec<String>,
     connect_disabled: bool,
     limits: HttpLimits,
+    /// A secondary datacenter's way to the primary; `None` in a primary.
+    federation: Option<connect_core::server::FederationConfig>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -229,6 +235,7 @@ fn settings(args: &AgentArgs) -> Result<AgentSettings, Error> {
     } else {
         http_ip.to_string()
     };
+    let federation = federation(args, &file, &server)?;
     let level = args
         .log_level
         .clone()
@@ -242,8 +249,80 @@ fn settings(args: &AgentArgs) -> Result<AgentSettings, Error> {
         unknown_keys: file.unknown_keys,
         connect_disabled: file.connect.enabled == Some(false),
         limits: HttpLimits::from_file(&file.limits),
+        federation,
         server,
     })
+}
+
+/// The environment variable that may hold the replication token instead of the file (a
+/// secret kept out of configuration files).
+const REPLICATION_TOKEN_ENV: &str = "CONNECT_REPLICATION_TOKEN";
+
+/// A secondary's federation settings: `retry_join_wan` (files, then `-retry-join-wan`
+/// flags, in order), the primary's root for the first contact (`-primary-ca-file`, else
+/// `tls.defaults.ca_file`) and `acl.tokens.replication` (else `CONNECT_REPLICATION_TOKEN`).
+fn federation(
+    args: &AgentArgs,
+    file: &AgentConfigFile,
+    server: &ServerConfig,
+) -> Result<Option<connect_core::server::FederationConfig>, Error> {
+    let mut addresses = file.retry_join_wan.clone().unwrap_or_default();
+    addresses.extend(args.retry_join_wan.iter().cloned());
+    if server.is_primary() {
+        if !addresses.is_empty() {
+            tracing::debug!("retry_join_wan is not used in the primary datacenter");
+        }
+        return Ok(None);
+    }
+    let primary = server.primary_datacenter.as_deref().unwrap_or_default();
+    if addresses.is_empty() {
+        return Err(invalid(format!(
+            "retry_join_wan: datacenter {:?} is a secondary (primary_datacenter is {primary:?}) \
+             and needs the primary's HTTPS address: set retry_join_wan or pass -retry-join-wan ADDR",
+            server.datacenter
+        )));
+    }
+    for a in &addresses {
+        let endpoint = connect_core::http::client::HttpEndpoint {
+            address: Some(a.clone()),
+            ca_file: None,
+            https: true,
+        };
+        let url = endpoint
+            .base_url()
+            .map_err(|e| invalid(format!("retry_join_wan {a:?}: {e}")))?;
+        if !url.starts_with("https://") {
+            return Err(invalid(format!(
+                "retry_join_wan {a:?}: servers talk to each other over HTTPS only"
+            )));
+        }
+    }
+    let (key, path) = match (&args.primary_ca_file, &file.ca_file) {
+        (Some(p), _) => ("-primary-ca-file", p.clone()),
+        (None, Some(p)) => ("tls.defaults.ca_file", p.clone()),
+        (None, None) => {
+            return Err(invalid(
+                "tls.defaults.ca_file: a secondary datacenter needs the primary's CA root to \
+                 trust its first contact with the primary: set tls.defaults.ca_file or pass \
+                 -primary-ca-file FILE",
+            ));
+        }
+    };
+    let primary_ca_pem = std::fs::read_to_string(&path)
+        .map_err(|e| invalid(format!("{key} {}: {e}", path.display())))?;
+    connect_core::certs::parse_pem_certificates(&primary_ca_pem)
+        .map_err(|e| invalid(format!("{key} {}: {e}", path.display())))?;
+    let replication_token = file
+        .acl
+        .replication
+        .clone()
+        .or_else(|| std::env::var(REPLICATION_TOKEN_ENV).ok())
+        .filter(|t| !t.is_empty());
+    Ok(Some(connect_core::server::FederationConfig {
+        primary_addresses: addresses,
+        replication_token,
+        primary_ca_pem,
+    }))
 }
 
 /// Runs the agent until a signal; returns the exit code.
@@ -293,12 +372,18 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     if settings.connect_disabled {
         tracing::warn!("connect.enabled = false is ignored: Connect is always on");
     }
-    let config = settings.server.clone();
-    let server = tokio::task::spawn_blocking(move || {
-        Server::start(config, Arc::new(connect_core::SystemClock))
-    })
-    .await
-    .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))??;
+    // Signals are handled from the start: a secondary may wait a long time for its primary.
+    let signal = crate::shutdown_signal();
+    tokio::pin!(signal);
+    let clock: connect_core::SharedClock = Arc::new(connect_core::SystemClock);
+    let started = tokio::select! {
+        r = start_server(settings.server.clone(), settings.federation.clone(), clock) => r?,
+        s = &mut signal => {
+            eprintln!("==> Caught signal: {}", s?);
+            return Ok(());
+        }
+    };
+    let (server, primary) = started;
     tracing::info!(
         datacenter = server.datacenter(),
         trust_domain = %server.trust_domain(),
@@ -307,7 +392,21 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     );
 
     let api = connect_core::http::api::Api::new(server.clone());
-    let app = api.router().layer(axum::middleware::from_fn(log_request));
+    let mut app = api.router();
+    if let Some(primary) = &primary {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            Forwarding {
+                primary: Arc::new(primary.sibling()),
+                primary_dc: server
+                    .config()
+                    .primary_datacenter
+                    .clone()
+                    .unwrap_or_default(),
+            },
+            forward_to_primary,
+        ));
+    }
+    let app = app.layer(axum::middleware::from_fn(log_request));
     let mut limits = settings.limits.clone();
     if let Some(open_files) = crate::http_server::raise_open_file_limit()
         && let Some(configured) = limits.fit_open_files(open_files)
@@ -336,11 +435,42 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
             stop_rx.clone(),
         ));
     }
+    // A secondary's own leaves, its HTTPS certificate among them, need its intermediate.
+    let mut background = tokio::task::JoinSet::new();
+    let client_cert = primary.as_ref().map(|p| p.client_certificate());
+    if let Some(primary) = primary {
+        background.spawn(connect_core::server::run_intention_replication(
+            server.clone(),
+            primary.sibling(),
+        ));
+        background.spawn(connect_core::server::run_secondary(server.clone(), primary));
+        if !server.ca_ready() {
+            tracing::info!(
+                "waiting for the primary datacenter to sign this datacenter's intermediate CA"
+            );
+            let ready = async {
+                while !server.ca_ready() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            tokio::select! {
+                () = ready => {}
+                s = &mut signal => {
+                    eprintln!("==> Caught signal: {}", s?);
+                    return Ok(());
+                }
+            }
+        }
+    }
     if let Some(addr) = settings.https {
         let (listener, local) = bind("HTTPS", addr).await?;
         let tls_config = api
             .https_config(&server.config().node_name, addr.ip())
             .await?;
+        // The secondary presents the same certificate to the primary's servers.
+        if let (Some(slot), Some(cert)) = (&client_cert, api.https_certificate()) {
+            let _ = slot.set(cert);
+        }
         lines.push(format!("==> HTTPS API listening on https://{local}"));
         tasks.spawn(crate::http_server::serve(
             listener,
@@ -351,7 +481,7 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
         ));
     }
 
-    tokio::spawn(prune_roots(server.clone()));
+    background.spawn(prune_roots(server.clone()));
 
     let c = server.config();
     eprintln!("==> Starting libconnect agent...");
@@ -378,9 +508,10 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     }
     eprintln!("==> libconnect agent running!");
 
-    let signal = crate::shutdown_signal().await?;
+    let signal = signal.await?;
     eprintln!("==> Caught signal: {signal}");
     tracing::info!(signal, "shutting down");
+    background.abort_all();
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while tasks.join_next().await.is_some() {}
@@ -393,6 +524,151 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     }
     eprintln!("==> libconnect agent stopped");
     Ok(())
+}
+
+/// The largest intention write a secondary forwards (the API's own body limit).
+const MAX_FORWARDED_BODY: usize = 1 << 20;
+
+/// A secondary's way to forward requests to the primary.
+#[derive(Clone)]
+struct Forwarding {
+    primary: Arc<connect_core::server::PrimaryClient>,
+    primary_dc: String,
+}
+
+/// The longest a forwarded request may take: a blocking query's `wait` (at most Consul's
+/// 10 min) plus room for the answer.
+fn forward_timeout(query: &str) -> Duration {
+    let wait = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("wait="))
+        .and_then(|w| connect_core::duration::parse_go_duration(w).ok())
+        .unwrap_or(Duration::ZERO)
+        .min(Duration::from_secs(600));
+    wait + wait / 16 + Duration::from_secs(30)
+}
+
+/// In a secondary, as Consul forwards them: intention writes, and any request with
+/// `?dc=<primary>` (catalog, health, intentions, CA roots …; not the agent's own endpoints nor
+/// the internal ones), go to the primary. The request is passed on unchanged over the
+/// server-to-server channel (the caller's token decides in the primary) and the primary's
+/// answer returned; replication then brings an intention change back.
+async fn forward_to_primary(
+    axum::extract::State(fwd): axum::extract::State<Forwarding>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::http::{Method, StatusCode, header};
+    use axum::response::IntoResponse;
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or_default();
+    let intention_write = (path == "/v1/connect/intentions"
+        || path.starts_with("/v1/connect/intentions/"))
+        && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let to_primary = !fwd.primary_dc.is_empty()
+        && query
+            .split('&')
+            .any(|kv| kv.strip_prefix("dc=") == Some(fwd.primary_dc.as_str()))
+        && !path.starts_with("/v1/agent/")
+        && !path.starts_with("/v1/internal/");
+    if !intention_write && !to_primary {
+        return next.run(req).await;
+    }
+    let timeout = forward_timeout(query);
+    let primary = fwd.primary;
+    let method = req.method().clone();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| path.to_owned(), |p| p.as_str().to_owned());
+    let headers: Vec<(String, String)> = ["x-consul-token", "authorization", "content-type"]
+        .into_iter()
+        .filter_map(|k| {
+            let v = req.headers().get(k)?.to_str().ok()?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_FORWARDED_BODY).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large").into_response();
+    };
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let method =
+        reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
+    match primary
+        .forward(method, &target, &headers, body.to_vec(), timeout)
+        .await
+    {
+        Ok((status, content_type, body)) => {
+            let mut resp = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                body,
+            )
+                .into_response();
+            if let Some(ct) = content_type.and_then(|c| c.parse().ok()) {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            resp
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "forwarding a request to the primary failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("forwarding to the primary datacenter failed: {e}"),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Starts the server. A secondary resumes from its store, or on its first start fetches the
+/// primary's roots (retried with back-off until the primary answers); it also returns its
+/// client of the primary, which then trusts the roots the server holds.
+async fn start_server(
+    config: ServerConfig,
+    federation: Option<connect_core::server::FederationConfig>,
+    clock: connect_core::SharedClock,
+) -> Result<(Server, Option<connect_core::server::PrimaryClient>), Error> {
+    let blocking = |f: Box<dyn FnOnce() -> Result<Server, Error> + Send>| async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?
+    };
+    let Some(federation) = federation else {
+        return Ok((
+            blocking(Box::new(move || Server::start(config, clock))).await?,
+            None,
+        ));
+    };
+    let primary_dc = config.primary_datacenter.clone().unwrap_or_default();
+    let mut client = connect_core::server::PrimaryClient::new(
+        &primary_dc,
+        &config.datacenter,
+        &federation,
+        clock.clone(),
+    )?;
+    let (c, k) = (config.clone(), clock.clone());
+    match blocking(Box::new(move || Server::start(c, k))).await {
+        Ok(server) => {
+            client.trust_roots(&server.ca_roots().value)?;
+            Ok((server, Some(client)))
+        }
+        Err(e) if e.kind() == ErrorKind::CaNotInitialized => {
+            tracing::info!(
+                primary = %primary_dc,
+                "secondary datacenter: fetching the primary datacenter's CA roots"
+            );
+            let roots = client.roots_when_reachable().await;
+            let server = blocking(Box::new(move || {
+                Server::start_secondary(config, clock, &roots)
+            }))
+            .await?;
+            Ok((server, Some(client)))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Binds the `what` listener on `addr`; returns it with the `host:port` it is reached at.

@@ -16,10 +16,15 @@
 //!   https = 8501
 //! }
 //! log_level = "info"
+//! retry_join_wan = ["10.0.0.1:8501"]   # a secondary: the primary's HTTPS address
+//! tls { defaults { ca_file = "dc1-root.pem" } }   # the primary's root, for first contact
 //! acl {
 //!   enabled        = true
 //!   default_policy = "deny"
-//!   tokens { initial_management = "..." }
+//!   tokens {
+//!     initial_management = "..."
+//!     replication        = "..."   # a secondary: operator:write in the primary
+//!   }
 //! }
 //! connect {
 //!   enabled     = true
@@ -39,7 +44,8 @@
 //! }
 //! ```
 //!
-//! Values are read weakly, as Consul reads them: `"8500"` is a port, `"true"` a boolean.
+//! Values are read weakly, as Consul reads them: `"8500"` is a port, `"true"` a boolean, a
+//! lone string a list of one. Lists (`retry_join_wan`) add up across files, as in Consul.
 //! Keys libconnect does not use are collected in [`AgentConfigFile::unknown_keys`] (names
 //! only) so that the agent can warn about them instead of refusing a Consul file.
 //! `ca_config` is passed through as a map; [`connect_core::ca::CaConfiguration`] accepts its
@@ -83,6 +89,9 @@ pub(crate) struct AclFileConfig {
     pub(crate) default_policy: Option<connect_core::acl::AclDefaultPolicy>,
     /// `acl.tokens.initial_management` (or the legacy `acl.tokens.master`).
     pub(crate) initial_management: Option<String>,
+    /// `acl.tokens.replication` (or the legacy top-level `acl_replication_token`): what a
+    /// secondary datacenter's server presents to the primary.
+    pub(crate) replication: Option<String>,
 }
 
 impl fmt::Debug for AclFileConfig {
@@ -93,6 +102,10 @@ impl fmt::Debug for AclFileConfig {
             .field(
                 "initial_management",
                 &self.initial_management.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "replication",
+                &self.replication.as_ref().map(|_| "<redacted>"),
             )
             .finish()
     }
@@ -274,6 +287,11 @@ pub(crate) struct AgentConfigFile {
     pub(crate) https_port: Option<i64>,
     /// `log_level`.
     pub(crate) log_level: Option<String>,
+    /// `retry_join_wan`: the primary servers' HTTPS addresses (a secondary datacenter).
+    pub(crate) retry_join_wan: Option<Vec<String>>,
+    /// `tls.defaults.ca_file` (or the legacy top-level `ca_file`): the CA certificates a
+    /// secondary trusts when it first contacts the primary.
+    pub(crate) ca_file: Option<PathBuf>,
     /// `acl { … }`.
     pub(crate) acl: AclFileConfig,
     /// `connect { … }`.
@@ -322,6 +340,10 @@ impl AgentConfigFile {
                 "server" => c.server = Some(boolean(key, value)?),
                 "client_addr" => c.client_addr = Some(string(key, value)?),
                 "log_level" => c.log_level = Some(string(key, value)?),
+                "retry_join_wan" => c.retry_join_wan = Some(strings(key, value)?),
+                "ca_file" => c.ca_file = Some(PathBuf::from(string(key, value)?)),
+                "acl_replication_token" => c.acl.replication = Some(string(key, value)?),
+                "tls" => c.read_tls(value)?,
                 "addresses" => {
                     for (k, v) in object(value, key)? {
                         let name = format!("addresses.{k}");
@@ -374,11 +396,32 @@ impl AgentConfigFile {
                             "initial_management" | "master" => {
                                 self.acl.initial_management = Some(string(&tname, &tv)?);
                             }
+                            "replication" => self.acl.replication = Some(string(&tname, &tv)?),
                             _ => self.unknown_keys.push(tname),
                         }
                     }
                 }
                 _ => self.unknown_keys.push(name),
+            }
+        }
+        Ok(())
+    }
+
+    /// The `tls` block: only `tls.defaults.ca_file` is used; Consul's other TLS keys are
+    /// reported as unused.
+    fn read_tls(&mut self, value: &Value) -> Result<(), Error> {
+        for (k, v) in object(value, "tls")? {
+            let name = format!("tls.{k}");
+            if k != "defaults" {
+                self.unknown_keys.push(name);
+                continue;
+            }
+            for (dk, dv) in object(&v, &name)? {
+                let dname = format!("{name}.{dk}");
+                match dk.as_str() {
+                    "ca_file" => self.ca_file = Some(PathBuf::from(string(&dname, &dv)?)),
+                    _ => self.unknown_keys.push(dname),
+                }
             }
         }
         Ok(())
@@ -416,6 +459,13 @@ impl AgentConfigFile {
         over(&mut self.http_port, later.http_port);
         over(&mut self.https_port, later.https_port);
         over(&mut self.log_level, later.log_level);
+        // Lists add up across files, as Consul merges them.
+        match (&mut self.retry_join_wan, later.retry_join_wan) {
+            (Some(a), Some(b)) => a.extend(b),
+            (a, b) => over(a, b),
+        }
+        over(&mut self.ca_file, later.ca_file);
+        over(&mut self.acl.replication, later.acl.replication);
         over(&mut self.acl.enabled, later.acl.enabled);
         over(&mut self.acl.default_policy, later.acl.default_policy);
         over(
@@ -459,6 +509,20 @@ fn string(name: &str, value: &Value) -> Result<String, Error> {
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
         _ => Err(invalid(format!("{name}: expected a string"))),
+    }
+}
+
+/// A list of strings (a lone string counts as a list of one, as Consul's weak decoding
+/// reads it).
+fn strings(name: &str, value: &Value) -> Result<Vec<String>, Error> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| string(&format!("{name}[{i}]"), v))
+            .collect(),
+        Value::String(s) => Ok(vec![s.clone()]),
+        _ => Err(invalid(format!("{name}: expected a list of strings"))),
     }
 }
 

@@ -37,6 +37,7 @@ use crate::config_file::LimitsFileConfig;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use connect_core::http::api::TlsPeer;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -374,7 +375,7 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     match tls {
-        None => serve_connection(stream, peer, service, &limits, stop).await,
+        None => serve_connection(stream, peer, None, service, &limits, stop).await,
         Some(acceptor) => {
             let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream));
             let tls = tokio::select! {
@@ -382,7 +383,17 @@ async fn connection(
                 _ = stop.wait_for(|s| *s) => return,
             };
             match tls {
-                Ok(Ok(tls)) => serve_connection(tls, peer, service, &limits, stop).await,
+                Ok(Ok(tls)) => {
+                    // The verifier checked a presented certificate against the roots.
+                    let tls_peer = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| connect_core::tls::peer_identity(leaf).ok())
+                        .map(TlsPeer);
+                    serve_connection(tls, peer, tls_peer, service, &limits, stop).await;
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -393,6 +404,7 @@ async fn connection(
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
+    tls_peer: Option<TlsPeer>,
     service: Service,
     limits: &HttpLimits,
     mut stop: watch::Receiver<bool>,
@@ -405,6 +417,7 @@ async fn serve_connection<I>(
         activity: Arc::clone(&activity),
     });
     let service = Tracked {
+        tls_peer,
         inner: service,
         activity: Arc::clone(&activity),
         body_read_timeout: limits.body_read_timeout,
@@ -589,6 +602,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 /// request body may take.
 #[derive(Clone)]
 struct Tracked {
+    /// The identity the client proved with a certificate, handed to every request.
+    tls_peer: Option<TlsPeer>,
     inner: Service,
     activity: Arc<Activity>,
     body_read_timeout: Duration,
@@ -613,6 +628,10 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
         let running = HandlerRunning(Arc::clone(&self.activity));
         let whole = http_body::Body::is_end_stream(req.body());
         let received = Arc::new(AtomicBool::new(whole));
+        let mut req = req;
+        if let Some(p) = &self.tls_peer {
+            req.extensions_mut().insert(p.clone());
+        }
         let req = req.map(|inner| TimedBody {
             inner,
             received: Arc::clone(&received),

@@ -198,6 +198,14 @@ pub(crate) struct AgentArgs {
     /// Log level: trace, debug, info, warn or error (default info).
     #[arg(long = "log-level", value_name = "LEVEL")]
     pub(crate) log_level: Option<String>,
+    /// A secondary datacenter: the primary server's HTTPS address (`host:port`); may be
+    /// repeated, tried in order.
+    #[arg(long = "retry-join-wan", value_name = "ADDR")]
+    pub(crate) retry_join_wan: Vec<String>,
+    /// A secondary datacenter: PEM file with the primary datacenter's CA root, trusted for
+    /// the first contact with the primary (Consul's `tls.defaults.ca_file`).
+    #[arg(long = "primary-ca-file", value_name = "FILE")]
+    pub(crate) primary_ca_file: Option<PathBuf>,
 }
 
 /// Flags of every client command (Consul's names and environment variables).
