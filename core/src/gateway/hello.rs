@@ -332,11 +332,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_times_out() {
-        let (mut client, mut server) = tokio::io::duplex(64);
+        // The client stays open, and silent, until the read has timed out.
+        let (client, mut server) = tokio::io::duplex(64);
         let e = read_client_hello(&mut server, Duration::from_secs(10))
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Timeout);
-        drop(&mut client);
+        drop(client);
     }
 }

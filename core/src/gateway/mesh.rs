@@ -20,7 +20,6 @@ use crate::{Error, ErrorKind};
 /// A gateway's settings. Defaults: service `mesh-gateway`, 10 s for the ClientHello, 5 s to
 /// connect onwards, 4096 connections at once.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct GatewayConfig {
     /// The name the gateway registers under, and looks other datacenters' gateways up by.
     pub service: String,

@@ -422,3 +422,107 @@ impl Agent {
         matches!(self.child.try_wait(), Ok(None))
     }
 }
+
+// ---- Long-running commands other than the agent (gateways, proxies) --------------------------
+
+/// A running `connect` command that serves until signalled (`gateway mesh`, `proxy`); its
+/// stderr is collected; killed on drop.
+pub struct Daemon {
+    child: Child,
+    log: Arc<(Mutex<Log>, Condvar)>,
+}
+
+impl Daemon {
+    /// `connect ARGS` against `agent`; waits until stderr contains `ready`.
+    pub fn start(agent: &Agent, args: &[&str], ready: &str) -> Daemon {
+        let mut cmd = command();
+        cmd.env("CONSUL_HTTP_ADDR", &agent.http)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn connect");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new((Mutex::new(Log::default()), Condvar::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = reader.read_line(&mut line).unwrap_or(0);
+                let (lock, cv) = &*sink;
+                let mut l = lock.lock().unwrap();
+                if n == 0 {
+                    l.done = true;
+                    cv.notify_all();
+                    return;
+                }
+                l.text.push_str(&line);
+                cv.notify_all();
+            }
+        });
+        let d = Daemon { child, log };
+        d.wait_for_log(ready, TIMEOUT);
+        d
+    }
+
+    /// Waits until stderr contains `needle`; returns all of stderr so far.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.log;
+        let mut l = lock.lock().unwrap();
+        loop {
+            if l.text.contains(needle) {
+                return l.text.clone();
+            }
+            let now = Instant::now();
+            assert!(
+                !l.done && now < deadline,
+                "command did not log {needle:?}; stderr:\n{}",
+                l.text
+            );
+            l = cv.wait_timeout(l, deadline - now).unwrap().0;
+        }
+    }
+
+    /// The text after `prefix` up to the first blank on the first stderr line containing it
+    /// (an address the command printed).
+    pub fn logged_after(&self, prefix: &str) -> String {
+        let text = self.wait_for_log(prefix, TIMEOUT);
+        let rest = text
+            .lines()
+            .find_map(|l| l.split_once(prefix).map(|(_, r)| r))
+            .unwrap();
+        rest.split_whitespace().next().unwrap_or("").to_owned()
+    }
+
+    /// Everything written on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.log.0.lock().unwrap().text.clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) and waits up to `timeout` for the exit.
+    pub fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> ExitStatus {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{signal} failed");
+        wait_timeout(&mut self.child, timeout)
+            .unwrap_or_else(|| panic!("still running {timeout:?} after SIG{signal}"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
