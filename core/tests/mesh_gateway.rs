@@ -891,3 +891,58 @@ mod processes {
         assert_eq!(echo_through(&m.json_upstream, b"after"), b"after");
     }
 }
+
+/// The cost of the gateways: new mTLS connections from web (dc1) to db (dc2) directly,
+/// through dc2's gateway only (mode `remote`'s path) and through both (mode `local`'s), the
+/// three paths taking turns so that a noisy machine weighs on all alike. Prints p50/p99 of
+/// connect + handshake. A measurement, not a check: run it with
+/// `cargo test --release -p connect-core --features cli --test mesh_gateway -- --ignored
+/// --nocapture handshake_cost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for BENCHMARKS.md"]
+async fn handshake_cost_through_gateways() {
+    let mut w = World::new();
+    let db_addr = w.dc2_db().await;
+    let (_gw1, gw1_addr, _gw2) = gateways(&w, GatewayConfig::default()).await;
+    let web = web(&w).await;
+    let sni = w.sni_db_dc2();
+    let client = web
+        .tls()
+        .client_with(w.expected_db_dc2(), Some(&sni), true)
+        .unwrap();
+    let gw2 = w.agent2.mesh_gateways("mesh-gateway", "dc2").await.unwrap();
+    let (host, port) = gw2[0].dial_address();
+    let gw2_addr: SocketAddr = format!("{host}:{port}").parse().unwrap();
+    let paths = [
+        ("direct", db_addr),
+        ("one gateway", gw2_addr),
+        ("two gateways", gw1_addr),
+    ];
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(300);
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); paths.len()];
+    for round in 0..rounds + 20 {
+        for (i, (_, addr)) in paths.iter().enumerate() {
+            let start = std::time::Instant::now();
+            let c = client.dial_addr(*addr).await.unwrap();
+            let took = start.elapsed();
+            drop(c);
+            // The first rounds warm caches and connections up.
+            if round >= 20 {
+                times[i].push(took);
+            }
+        }
+    }
+    for ((name, _), t) in paths.iter().zip(&mut times) {
+        t.sort();
+        let p = |q: f64| t[((t.len() as f64 - 1.0) * q) as usize];
+        println!(
+            "{name}: p50 {:?}, p99 {:?} ({} handshakes)",
+            p(0.5),
+            p(0.99),
+            t.len()
+        );
+    }
+}
