@@ -7,99 +7,11 @@
 
 mod cli_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use cli_support::{Agent, TIMEOUT, command};
-
-/// A running `connect proxy`; killed on drop.
-struct Proxy {
-    child: Child,
-    log: Arc<(Mutex<(String, bool)>, Condvar)>,
-}
-
-impl Proxy {
-    fn start(agent: &Agent, args: &[&str]) -> Proxy {
-        let mut child = command()
-            .env("CONSUL_HTTP_ADDR", &agent.http)
-            .arg("proxy")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn connect proxy");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new((Mutex::new((String::new(), false)), Condvar::new()));
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                let n = reader.read_line(&mut line).unwrap_or(0);
-                let mut l = sink.0.lock().unwrap();
-                if n == 0 {
-                    l.1 = true;
-                    sink.1.notify_all();
-                    return;
-                }
-                l.0.push_str(&line);
-                sink.1.notify_all();
-            }
-        });
-        let p = Proxy { child, log };
-        p.wait_for_log("running!");
-        p
-    }
-
-    fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + TIMEOUT;
-        let mut l = self.log.0.lock().unwrap();
-        loop {
-            if l.0.contains(needle) {
-                return l.0.clone();
-            }
-            let now = Instant::now();
-            assert!(
-                !l.1 && now < deadline,
-                "proxy did not log {needle:?}; stderr:\n{}",
-                l.0
-            );
-            l = self.log.1.wait_timeout(l, deadline - now).unwrap().0;
-        }
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let ok = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "proxy still running after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use cli_support::{Agent, Daemon, TIMEOUT};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -183,14 +95,30 @@ fn proxies_carry_allowed_traffic_and_refuse_denied() {
     agent.cli(&["intention", "create", "web", "db"]).ok();
     let app = echo_app();
     let inbound = format!("127.0.0.1:{}", free_port());
-    let mut db = Proxy::start(
+    let mut db = Daemon::start(
         &agent,
-        &["-service", "db", "-service-addr", &app, "-listen", &inbound],
+        &[
+            "proxy",
+            "-service",
+            "db",
+            "-service-addr",
+            &app,
+            "-listen",
+            &inbound,
+        ],
+        "running!",
     );
     let port = free_port();
-    let _web = Proxy::start(
+    let _web = Daemon::start(
         &agent,
-        &["-service", "web", "-upstream", &format!("db:{port}")],
+        &[
+            "proxy",
+            "-service",
+            "web",
+            "-upstream",
+            &format!("db:{port}"),
+        ],
+        "running!",
     );
     let upstream = format!("127.0.0.1:{port}");
 
@@ -212,11 +140,11 @@ fn proxies_carry_allowed_traffic_and_refuse_denied() {
         Ok(0) | Err(_) => {}
         Ok(n) => panic!("revoked connection still carried {n} bytes"),
     }
-    let log = db.wait_for_log("no longer authorized");
+    let log = db.wait_for_log("no longer authorized", TIMEOUT);
     assert!(log.contains("spiffe://"), "{log}");
 
     // SIGTERM: a clean exit that deregisters the instance.
-    assert!(db.terminate().success());
+    assert!(db.signal_and_wait("TERM", TIMEOUT).success());
     let r = agent.http("GET", "/v1/health/connect/db", &[], "");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json(), serde_json::json!([]), "{}", r.body);
