@@ -258,6 +258,38 @@ typedef uint32_t connect_intention_action;
 #endif // __cplusplus
 
 /*
+ How a dial to another datacenter uses mesh gateways (Consul's upstream `MeshGateway.Mode`),
+ the `mesh_gateway_mode` of `connect_conn_dial_dc`.
+ */
+enum connect_mesh_gateway_mode
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /*
+   Straight to an instance of the target in its datacenter (its address must be
+   routable from here).
+   */
+  CONNECT_MESH_GATEWAY_MODE_NONE = 0,
+  /*
+   Through a mesh gateway of the caller's datacenter, which forwards to the target
+   datacenter's gateway.
+   */
+  CONNECT_MESH_GATEWAY_MODE_LOCAL = 1,
+  /*
+   Straight to a mesh gateway of the target's datacenter (its WAN address).
+   */
+  CONNECT_MESH_GATEWAY_MODE_REMOTE = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum connect_mesh_gateway_mode connect_mesh_gateway_mode;
+#else
+typedef uint32_t connect_mesh_gateway_mode;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/*
  A running agent: the cache of roots, leaves and intentions, its background threads, and
  the control plane it talks to. Shared and thread-safe (`const connect_agent *`): any
  number of threads may use one agent at once.
@@ -918,6 +950,47 @@ connect_result connect_conn_dial(const connect_service *service,
                                  const char *target,
                                  uint32_t timeout_ms,
                                  connect_conn **out);
+
+/*
+ Connects to a healthy instance of the service `target` in the datacenter `datacenter`
+ (Consul's upstream `Datacenter`), directly or through mesh gateways, and runs the mTLS
+ handshake. The server must present exactly
+ `spiffe://<our trust domain>/ns/default/dc/<datacenter>/svc/<target>`, and the dial sends
+ the SNI `<target>.default.<datacenter>.internal.<trust domain>` by which mesh gateways
+ route; gateways never see plaintext. A denial by the server's intentions shows as in
+ `connect_conn_dial`.
+
+ Parameters:
+ - `service`: the calling service (its leaf is the client certificate).
+ - `target`: the destination service name, NUL-terminated UTF-8.
+ - `datacenter`: the destination's datacenter, NUL-terminated UTF-8: 1 to 63 characters
+   from a-z, 0-9, `_` and `-`. The caller's own datacenter is allowed (the dial then
+   checks the datacenter too, and never uses gateways).
+ - `mesh_gateway_mode`: a `connect_mesh_gateway_mode` value.
+ - `timeout_ms`: the longest time for lookup, TCP connect and handshake, or
+   `CONNECT_WAIT_FOREVER` (the handshake is still bounded by 10 s).
+ - `out`: receives the connection on success (blocking mode).
+
+ Returns: `CONNECT_RESULT_OK`; `CONNECT_RESULT_NULL_PARAMETER`;
+ `CONNECT_RESULT_INVALID_PARAMETER` (a malformed target or datacenter name, an unknown
+ mode, a datacenter the agent has no path to — detail `No path to datacenter: <dc>` —, not
+ UTF-8); `CONNECT_RESULT_CONNECTION_REFUSED` (no healthy instance, or no healthy mesh
+ gateway for the mode, or every address refused); `CONNECT_RESULT_TIMEOUT`;
+ `CONNECT_RESULT_PEER_IDENTITY_MISMATCH` (the server is not `target` in `datacenter` of our
+ trust domain); `CONNECT_RESULT_CERTIFICATE_VERIFICATION`; `CONNECT_RESULT_NOT_READY`;
+ `CONNECT_RESULT_TLS`; `CONNECT_RESULT_HTTP` (the agent's catalog lookup failed);
+ `CONNECT_RESULT_IO`; `CONNECT_RESULT_CLOSED`; `CONNECT_RESULT_PANIC`.
+
+ Memory and lifetimes: caller owns the result; free with `connect_conn_free`.
+
+ Thread safety: may be called from any thread except libconnect's own.
+ */
+connect_result connect_conn_dial_dc(const connect_service *service,
+                                    const char *target,
+                                    const char *datacenter,
+                                    uint32_t mesh_gateway_mode,
+                                    uint32_t timeout_ms,
+                                    connect_conn **out);
 
 /*
  Connects to `address` and runs the mTLS handshake, expecting the server there to be an

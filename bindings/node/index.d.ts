@@ -83,6 +83,25 @@ export declare class NativeService {
    */
   resolve(target: string): Promise<Array<Address>>
   /**
+   * Where a dial to `target` with `options` goes: the addresses to try in order (instances
+   * of the target in its datacenter, or mesh gateways) and the SNI to send. Rejects with
+   * `INVALID_PARAMETER` for a malformed target or datacenter name, an unknown mode or a
+   * datacenter the agent has no path to; `CONNECTION_REFUSED` when no instance or gateway
+   * is healthy.
+   */
+  route(target: string, options?: DialOptions | undefined | null): Promise<DialRoute>
+  /**
+   * The SNI a dial to `target` with `options` sends (`<target>.default.<dc>.internal.<trust
+   * domain>`, by which mesh gateways route); throws `INVALID_PARAMETER` for a bad target or
+   * datacenter name, `NOT_READY` before the first roots.
+   */
+  serverName(target: string, options: DialOptions): string
+  /**
+   * `verifyServer` for a dial with `options`: with a datacenter, the server must be
+   * `target` in that datacenter of our trust domain.
+   */
+  verifyServerWith(target: string, options: DialOptions | undefined | null, chain: Array<Buffer>): string
+  /**
    * Checks a server's chain (DER, leaf first) the way libconnect's own client does: it
    * verifies against the current roots and names `target`. Returns the server's SPIFFE
    * ID; throws `PEER_IDENTITY_MISMATCH`, `CERTIFICATE_VERIFICATION` or
@@ -152,6 +171,28 @@ export declare function coreVersion(): string
 export interface DevOptions {
   /** As in `AgentOptions`: the bound of the delay before leaves follow a root rotation. */
   rootChangeJitterMs?: number
+}
+
+/** Where a dial goes: Consul's upstream `Datacenter` and `MeshGateway.Mode`. */
+export interface DialOptions {
+  /**
+   * The destination's datacenter (default: the agent's own). The server must then present
+   * the target's SPIFFE ID in that datacenter of our trust domain.
+   */
+  datacenter?: string
+  /**
+   * `'none'` (default: dial the instance directly), `'local'` (through a mesh gateway of
+   * our datacenter) or `'remote'` (through one of the target's datacenter).
+   */
+  meshGateway?: 'none' | 'local' | 'remote'
+}
+
+/** Where and how to dial: the addresses in order, and the SNI to send. */
+export interface DialRoute {
+  /** Instances of the target, or mesh gateways, in the order to try them. */
+  addrs: Array<Address>
+  /** The SNI to send (mesh gateways route by it); absent for a plain dial. */
+  serverName?: string
 }
 
 /** Every error code an `Error` from libconnect can carry in `.code`, in numeric order. */

@@ -53,6 +53,10 @@ async function main(): Promise<void> {
 
   const socket: tls.TLSSocket = await web.connect('db')
   const direct: tls.TLSSocket = await web.connect('db', { port: 8080, host: '127.0.0.1', timeoutMs: 1000 })
+  const remoteDc: tls.TLSSocket = await web.connect('db', { datacenter: 'dc2', meshGateway: 'local' })
+  // @ts-expect-error: a mesh gateway mode is 'none', 'local' or 'remote'
+  await web.connect('db', { datacenter: 'dc2', meshGateway: 'nearest' })
+  void remoteDc
   socket.write('hello')
 
   const api = db.attach(https.createServer(db.tlsServerOptions(), (_req, res) => res.end('ok')))

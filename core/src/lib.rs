@@ -18,6 +18,7 @@ pub mod clock;
 pub mod duration;
 pub mod error;
 pub mod filter;
+pub mod gateway;
 pub mod http;
 pub mod intentions;
 pub mod json;

@@ -9,49 +9,9 @@ mod cli_support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use cli_support::{Agent, StderrLog, TIMEOUT, command, signal_and_wait};
-
-/// A running `connect proxy`; killed on drop.
-struct Proxy {
-    child: Child,
-    log: StderrLog,
-}
-
-impl Proxy {
-    fn start(agent: &Agent, args: &[&str]) -> Proxy {
-        let mut child = command()
-            .env("CONSUL_HTTP_ADDR", &agent.http)
-            .arg("proxy")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn connect proxy");
-        let log = StderrLog::capture(&mut child);
-        let p = Proxy { child, log };
-        p.wait_for_log("running!");
-        p
-    }
-
-    fn wait_for_log(&self, needle: &str) -> String {
-        self.log.wait_for("proxy", needle, TIMEOUT)
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        signal_and_wait(&mut self.child, "TERM", TIMEOUT)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use cli_support::{Agent, Daemon, TIMEOUT};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -135,14 +95,30 @@ fn proxies_carry_allowed_traffic_and_refuse_denied() {
     agent.cli(&["intention", "create", "web", "db"]).ok();
     let app = echo_app();
     let inbound = format!("127.0.0.1:{}", free_port());
-    let mut db = Proxy::start(
+    let mut db = Daemon::start(
         &agent,
-        &["-service", "db", "-service-addr", &app, "-listen", &inbound],
+        &[
+            "proxy",
+            "-service",
+            "db",
+            "-service-addr",
+            &app,
+            "-listen",
+            &inbound,
+        ],
+        "running!",
     );
     let port = free_port();
-    let _web = Proxy::start(
+    let _web = Daemon::start(
         &agent,
-        &["-service", "web", "-upstream", &format!("db:{port}")],
+        &[
+            "proxy",
+            "-service",
+            "web",
+            "-upstream",
+            &format!("db:{port}"),
+        ],
+        "running!",
     );
     let upstream = format!("127.0.0.1:{port}");
 
@@ -164,11 +140,11 @@ fn proxies_carry_allowed_traffic_and_refuse_denied() {
         Ok(0) | Err(_) => {}
         Ok(n) => panic!("revoked connection still carried {n} bytes"),
     }
-    let log = db.wait_for_log("no longer authorized");
+    let log = db.wait_for_log("no longer authorized", TIMEOUT);
     assert!(log.contains("spiffe://"), "{log}");
 
     // SIGTERM: a clean exit that deregisters the instance.
-    assert!(db.terminate().success());
+    assert!(db.signal_and_wait("TERM", TIMEOUT).success());
     let r = agent.http("GET", "/v1/health/connect/db", &[], "");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json(), serde_json::json!([]), "{}", r.body);

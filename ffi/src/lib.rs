@@ -30,7 +30,7 @@ use std::ffi::c_char;
 
 pub use agent::{connect_agent, connect_agent_config_builder, connect_intention_action};
 pub use error::connect_result;
-pub use net::{connect_conn, connect_listener};
+pub use net::{connect_conn, connect_listener, connect_mesh_gateway_mode};
 pub use service::{
     CONNECT_WAIT_FOREVER, connect_authorization, connect_service, connect_service_change_params,
 };

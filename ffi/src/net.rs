@@ -12,6 +12,8 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use connect_core::agent::DialOptions;
+use connect_core::catalog::MeshGatewayMode;
 use connect_core::tls::{Connection, Listener, error_from_io};
 use connect_core::{Error, ErrorKind};
 
@@ -438,6 +440,96 @@ pub unsafe extern "C" fn connect_conn_dial(
         let out = try_out(out, "out")?;
         let conn = s.agent().run(timeout_of(timeout_ms), "dial", async {
             Conn::from_core(s.service().dial(target).await?)
+        })?;
+        // SAFETY: checked non-NULL; valid for one write (documented).
+        unsafe { write_out(out, box_into_ptr::<connect_conn>(conn)) };
+        Ok(())
+    })
+}
+
+/// How a dial to another datacenter uses mesh gateways (Consul's upstream `MeshGateway.Mode`),
+/// the `mesh_gateway_mode` of `connect_conn_dial_dc`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types, reason = "C type name")]
+pub enum connect_mesh_gateway_mode {
+    /// Straight to an instance of the target in its datacenter (its address must be
+    /// routable from here).
+    None = 0,
+    /// Through a mesh gateway of the caller's datacenter, which forwards to the target
+    /// datacenter's gateway.
+    Local = 1,
+    /// Straight to a mesh gateway of the target's datacenter (its WAN address).
+    Remote = 2,
+}
+
+fn mesh_gateway_mode_of(mode: u32) -> Result<MeshGatewayMode, Error> {
+    match mode {
+        m if m == connect_mesh_gateway_mode::None as u32 => Ok(MeshGatewayMode::None),
+        m if m == connect_mesh_gateway_mode::Local as u32 => Ok(MeshGatewayMode::Local),
+        m if m == connect_mesh_gateway_mode::Remote as u32 => Ok(MeshGatewayMode::Remote),
+        other => Err(err(
+            ErrorKind::InvalidParameter,
+            format!("mesh gateway mode {other} is not a CONNECT_MESH_GATEWAY_MODE_* value"),
+        )),
+    }
+}
+
+/// Connects to a healthy instance of the service `target` in the datacenter `datacenter`
+/// (Consul's upstream `Datacenter`), directly or through mesh gateways, and runs the mTLS
+/// handshake. The server must present exactly
+/// `spiffe://<our trust domain>/ns/default/dc/<datacenter>/svc/<target>`, and the dial sends
+/// the SNI `<target>.default.<datacenter>.internal.<trust domain>` by which mesh gateways
+/// route; gateways never see plaintext. A denial by the server's intentions shows as in
+/// `connect_conn_dial`.
+///
+/// Parameters:
+/// - `service`: the calling service (its leaf is the client certificate).
+/// - `target`: the destination service name, NUL-terminated UTF-8.
+/// - `datacenter`: the destination's datacenter, NUL-terminated UTF-8: 1 to 63 characters
+///   from a-z, 0-9, `_` and `-`. The caller's own datacenter is allowed (the dial then
+///   checks the datacenter too, and never uses gateways).
+/// - `mesh_gateway_mode`: a `connect_mesh_gateway_mode` value.
+/// - `timeout_ms`: the longest time for lookup, TCP connect and handshake, or
+///   `CONNECT_WAIT_FOREVER` (the handshake is still bounded by 10 s).
+/// - `out`: receives the connection on success (blocking mode).
+///
+/// Returns: `CONNECT_RESULT_OK`; `CONNECT_RESULT_NULL_PARAMETER`;
+/// `CONNECT_RESULT_INVALID_PARAMETER` (a malformed target or datacenter name, an unknown
+/// mode, a datacenter the agent has no path to — detail `No path to datacenter: <dc>` —, not
+/// UTF-8); `CONNECT_RESULT_CONNECTION_REFUSED` (no healthy instance, or no healthy mesh
+/// gateway for the mode, or every address refused); `CONNECT_RESULT_TIMEOUT`;
+/// `CONNECT_RESULT_PEER_IDENTITY_MISMATCH` (the server is not `target` in `datacenter` of our
+/// trust domain); `CONNECT_RESULT_CERTIFICATE_VERIFICATION`; `CONNECT_RESULT_NOT_READY`;
+/// `CONNECT_RESULT_TLS`; `CONNECT_RESULT_HTTP` (the agent's catalog lookup failed);
+/// `CONNECT_RESULT_IO`; `CONNECT_RESULT_CLOSED`; `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: caller owns the result; free with `connect_conn_free`.
+///
+/// Thread safety: may be called from any thread except libconnect's own.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_conn_dial_dc(
+    service: *const connect_service,
+    target: *const c_char,
+    datacenter: *const c_char,
+    mesh_gateway_mode: u32,
+    timeout_ms: u32,
+    out: *mut *mut connect_conn,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: a live service handle and C strings (documented).
+        let (s, target, datacenter) = unsafe {
+            (
+                try_arc(service)?,
+                try_str(target, "target")?,
+                try_str(datacenter, "datacenter")?,
+            )
+        };
+        let out = try_out(out, "out")?;
+        let opts = DialOptions::datacenter(datacenter)
+            .mesh_gateway(mesh_gateway_mode_of(mesh_gateway_mode)?);
+        let conn = s.agent().run(timeout_of(timeout_ms), "dial", async {
+            Conn::from_core(s.service().dial_with(target, &opts).await?)
         })?;
         // SAFETY: checked non-NULL; valid for one write (documented).
         unsafe { write_out(out, box_into_ptr::<connect_conn>(conn)) };

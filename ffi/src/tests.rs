@@ -6,6 +6,7 @@ use std::ptr;
 
 use crate::agent::*;
 use crate::error::*;
+use crate::net::*;
 use crate::service::*;
 use crate::testing::panic_next_call;
 
@@ -189,5 +190,72 @@ fn builder_text_setters_check_their_values_and_refuse_after_build() {
         assert_eq!(set_dc(b, c"dc2".as_ptr()), connect_result::AlreadyUsed);
         connect_agent_free(agent);
         connect_agent_config_builder_free(b);
+    }
+}
+
+#[test]
+fn cross_datacenter_dials_check_their_arguments_with_typed_results() {
+    let agent = dev_agent();
+    let mut svc = ptr::null();
+    // SAFETY: live handles and valid pointers throughout; each handle is freed once.
+    unsafe {
+        assert_eq!(
+            connect_service_new(agent, c"web".as_ptr(), &mut svc),
+            connect_result::Ok
+        );
+        assert_eq!(connect_service_ready_wait(svc, 20_000), connect_result::Ok);
+        let mut conn = ptr::null_mut();
+        let none = connect_mesh_gateway_mode::None as u32;
+        let local = connect_mesh_gateway_mode::Local as u32;
+        let dial = |target: &CStr, dc: &CStr, mode: u32, conn: &mut *mut connect_conn| {
+            connect_conn_dial_dc(svc, target.as_ptr(), dc.as_ptr(), mode, 5_000, conn)
+        };
+        for bad in [c"", c"DC2", c"dc/2", c"dc2.evil"] {
+            assert_eq!(
+                dial(c"db", bad, none, &mut conn),
+                connect_result::InvalidParameter
+            );
+            assert!(
+                last_error().contains("datacenter name must be"),
+                "{}",
+                last_error()
+            );
+        }
+        assert_eq!(
+            dial(c"db", c"dc2", 3, &mut conn),
+            connect_result::InvalidParameter
+        );
+        assert!(
+            last_error().contains("mesh gateway mode 3"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            dial(c"db/x", c"dc2", none, &mut conn),
+            connect_result::InvalidParameter
+        );
+        // The in-process server forwards to no other datacenter: Consul's error, typed.
+        assert_eq!(
+            dial(c"db", c"dc2", none, &mut conn),
+            connect_result::InvalidParameter
+        );
+        assert_eq!(last_error(), "No path to datacenter: dc2");
+        // Through a gateway of our own datacenter, when none is registered.
+        assert_eq!(
+            dial(c"db", c"dc2", local, &mut conn),
+            connect_result::ConnectionRefused
+        );
+        assert!(
+            last_error().contains("mesh gateway in dc1"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            connect_conn_dial_dc(svc, c"db".as_ptr(), ptr::null(), none, 5_000, &mut conn),
+            connect_result::NullParameter
+        );
+        assert!(conn.is_null(), "no output on failure");
+        connect_service_free(svc);
+        connect_agent_free(agent);
     }
 }

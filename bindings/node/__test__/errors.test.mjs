@@ -75,6 +75,38 @@ test('dialing what is not there', async () => {
   await assert.rejects(web.connect('db', { port }), is('CONNECTION_REFUSED'))
 })
 
+test('dials to another datacenter: names checked, typed errors, the datacenter verified', async () => {
+  for (const bad of ['', 'DC2', 'dc/2', 'dc2.evil', 'd'.repeat(64)]) {
+    await assert.rejects(web.connect('db', { datacenter: bad }), (e) => {
+      is('INVALID_PARAMETER')(e)
+      assert.match(e.message, /datacenter name must be/)
+      return true
+    })
+  }
+  await assert.rejects(web.connect('db', { datacenter: 'dc2' }), (e) => {
+    is('INVALID_PARAMETER')(e)
+    assert.equal(e.message, 'No path to datacenter: dc2')
+    return true
+  })
+  await assert.rejects(web.connect('db', { datacenter: 'dc2', meshGateway: 'local' }), (e) => {
+    is('CONNECTION_REFUSED')(e)
+    assert.match(e.message, /mesh gateway in dc1/)
+    return true
+  })
+  await assert.rejects(web.connect('db', { datacenter: 'dc2', meshGateway: 'Local' }), is('INVALID_PARAMETER'))
+  await assert.rejects(web.connect('db', { meshGateway: 'local' }), is('INVALID_PARAMETER'))
+
+  // A db in dc1: a dial that names dc1 gets it, one that names dc2 refuses its certificate.
+  const db = await agent.service('db').ready()
+  const server = await db.listen(0, '127.0.0.1', (socket) => socket.end('hi'))
+  const { port } = server.address()
+  const socket = await web.connect('db', { port, datacenter: 'dc1' })
+  assert.equal(socket.servername, `db.default.dc1.internal.${web.material().trustDomain}`)
+  socket.destroy()
+  await assert.rejects(web.connect('db', { port, datacenter: 'dc2' }), is('PEER_IDENTITY_MISMATCH'))
+  server.close()
+})
+
 test('material of a service that has no certificate yet', async () => {
   const remote = new Agent({ address: '127.0.0.1:1' })
   const svc = remote.service('late')

@@ -159,7 +159,22 @@ export interface ConnectOptions {
   host?: string
   /** TCP connect and handshake together, per instance (default 10 000). */
   timeoutMs?: number
+  /**
+   * The destination's datacenter (Consul's upstream `Datacenter`; default the agent's own):
+   * `target` is looked up there and its server must present `target`'s SPIFFE ID in that
+   * datacenter of our trust domain. The dial sends the SNI mesh gateways route by.
+   */
+  datacenter?: string
+  /**
+   * How a dial to another datacenter uses mesh gateways (Consul's `MeshGateway.Mode`):
+   * `'none'` (default) dials the instance, `'local'` a gateway of our datacenter, `'remote'`
+   * one of the target's. Needs `datacenter`.
+   */
+  meshGateway?: MeshGatewayMode
 }
+
+/** Consul's mesh gateway modes. */
+export type MeshGatewayMode = 'none' | 'local' | 'remote'
 
 /** Options for `tls.createServer` / `https.createServer`. */
 export interface ServerTlsOptions extends tls.TlsOptions {
@@ -257,9 +272,11 @@ export declare class Service extends EventEmitter {
   ): Promise<MtlsServer>
   /**
    * A TLS connection to a healthy instance of `target` (found through the catalog, tried in
-   * random order) whose certificate names `target`.
-   * @throws `CONNECTION_REFUSED`, `PEER_IDENTITY_MISMATCH`, `CERTIFICATE_VERIFICATION`,
-   *   `TIMEOUT`, `TLS`, `IO`, `NOT_READY`
+   * random order) whose certificate names `target` — in `options.datacenter` when given,
+   * directly or through mesh gateways.
+   * @throws `CONNECTION_REFUSED` (no healthy instance or gateway), `INVALID_PARAMETER` (a bad
+   *   target or datacenter name, an unknown mode, `No path to datacenter: …`),
+   *   `PEER_IDENTITY_MISMATCH`, `CERTIFICATE_VERIFICATION`, `TIMEOUT`, `TLS`, `IO`, `NOT_READY`
    */
   connect(target: string, options?: ConnectOptions): Promise<tls.TLSSocket>
   /** Stops the watchers and closes the servers made here (open connections stay). */

@@ -227,6 +227,24 @@ class Service extends EventEmitter {
     }
   }
 
+  // tlsClientOptions for a dial with a datacenter: the server must be `target` there.
+  #clientOptionsIn(target, where) {
+    const svc = this.#native
+    return {
+      ...this.#context(),
+      rejectUnauthorized: true,
+      minVersion: 'TLSv1.2',
+      checkServerIdentity(_host, cert) {
+        try {
+          svc.verifyServerWith(target, where, chainOf(cert))
+          return undefined
+        } catch (e) {
+          return connectError(e)
+        }
+      },
+    }
+  }
+
   attach(server) {
     server.prependListener('secureConnection', (socket) => {
       let peer
@@ -277,14 +295,26 @@ class Service extends EventEmitter {
 
   async connect(target, options = {}) {
     await this.ready()
-    const addrs =
-      options.port !== undefined
-        ? [{ host: options.host ?? '127.0.0.1', port: options.port }]
-        : await callAsync(() => this.#native.resolve(target))
+    const where =
+      options.datacenter !== undefined || options.meshGateway !== undefined
+        ? { datacenter: options.datacenter, meshGateway: options.meshGateway }
+        : undefined
+    let addrs
+    let servername
+    if (options.port !== undefined) {
+      addrs = [{ host: options.host ?? '127.0.0.1', port: options.port }]
+      if (where) servername = call(() => this.#native.serverName(target, where))
+    } else if (where) {
+      const route = await callAsync(() => this.#native.route(target, where))
+      addrs = route.addrs
+      servername = route.serverName
+    } else {
+      addrs = await callAsync(() => this.#native.resolve(target))
+    }
     let last
     for (const addr of addrs) {
       try {
-        return await this.#dial(addr, target, options.timeoutMs ?? 10_000)
+        return await this.#dial(addr, target, options.timeoutMs ?? 10_000, where, servername)
       } catch (e) {
         last = e
       }
@@ -292,8 +322,9 @@ class Service extends EventEmitter {
     throw last
   }
 
-  #dial({ host, port }, target, timeoutMs) {
-    const opts = this.tlsClientOptions(target)
+  #dial({ host, port }, target, timeoutMs, where, servername) {
+    const opts = where ? this.#clientOptionsIn(target, where) : this.tlsClientOptions(target)
+    if (servername) opts.servername = servername
     return new Promise((resolve, reject) => {
       const socket = tls.connect({ ...opts, host, port })
       const timer = setTimeout(() => {

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use connect_core::agent::ConnectService;
+use connect_core::catalog::MeshGatewayMode;
 use connect_core::certs::der_to_pem;
 use connect_core::tls::PeerInput;
 use connect_core::{Error, ErrorKind};
@@ -61,6 +62,53 @@ pub struct Address {
     pub host: String,
     /// The port.
     pub port: u32,
+}
+
+/// Where a dial goes: Consul's upstream `Datacenter` and `MeshGateway.Mode`.
+#[napi(object)]
+#[derive(Debug, Default)]
+pub struct DialOptions {
+    /// The destination's datacenter (default: the agent's own). The server must then present
+    /// the target's SPIFFE ID in that datacenter of our trust domain.
+    pub datacenter: Option<String>,
+    /// `'none'` (default: dial the instance directly), `'local'` (through a mesh gateway of
+    /// our datacenter) or `'remote'` (through one of the target's datacenter).
+    #[napi(ts_type = "'none' | 'local' | 'remote'")]
+    pub mesh_gateway: Option<String>,
+}
+
+impl DialOptions {
+    fn to_core(&self) -> std::result::Result<connect_core::agent::DialOptions, Error> {
+        let mode = match self.mesh_gateway.as_deref() {
+            None => MeshGatewayMode::None,
+            Some(m) => MeshGatewayMode::from_name(m).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidParameter,
+                    format!("invalid mesh gateway mode {m:?}: must be 'none', 'local' or 'remote'"),
+                )
+            })?,
+        };
+        match &self.datacenter {
+            Some(dc) => {
+                Ok(connect_core::agent::DialOptions::datacenter(dc.clone()).mesh_gateway(mode))
+            }
+            None if self.mesh_gateway.is_some() => Err(Error::new(
+                ErrorKind::InvalidParameter,
+                "meshGateway applies to a dial to another datacenter: give datacenter too",
+            )),
+            None => Ok(connect_core::agent::DialOptions::default()),
+        }
+    }
+}
+
+/// Where and how to dial: the addresses in order, and the SNI to send.
+#[napi(object)]
+#[derive(Debug)]
+pub struct DialRoute {
+    /// Instances of the target, or mesh gateways, in the order to try them.
+    pub addrs: Vec<Address>,
+    /// The SNI to send (mesh gateways route by it); absent for a plain dial.
+    pub server_name: Option<String>,
 }
 
 /// The native service; `require('libconnect')`'s `Service` wraps it.
@@ -220,6 +268,91 @@ impl NativeService {
                     .collect()
             })
             .into()
+    }
+
+    /// Where a dial to `target` with `options` goes: the addresses to try in order (instances
+    /// of the target in its datacenter, or mesh gateways) and the SNI to send. Rejects with
+    /// `INVALID_PARAMETER` for a malformed target or datacenter name, an unknown mode or a
+    /// datacenter the agent has no path to; `CONNECTION_REFUSED` when no instance or gateway
+    /// is healthy.
+    #[napi(ts_return_type = "Promise<DialRoute>")]
+    pub async fn route(&self, target: String, options: Option<DialOptions>) -> Outcome<DialRoute> {
+        let opts = match options.unwrap_or_default().to_core() {
+            Ok(o) => o,
+            Err(e) => return Outcome(Err(e)),
+        };
+        let svc = match self.svc.wait().await {
+            Ok(s) => s,
+            Err(e) => return Outcome(Err(e)),
+        };
+        let handle = svc.agent().handle().clone();
+        handle
+            .spawn(async move { svc.route(&target, &opts).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(Error::new(
+                    ErrorKind::Closed,
+                    format!("the agent is closed: {e}"),
+                ))
+            })
+            .map(|r| DialRoute {
+                addrs: r
+                    .addrs
+                    .into_iter()
+                    .map(|a| Address {
+                        host: a.ip().to_string(),
+                        port: u32::from(a.port()),
+                    })
+                    .collect(),
+                server_name: r.server_name,
+            })
+            .into()
+    }
+
+    /// The SNI a dial to `target` with `options` sends (`<target>.default.<dc>.internal.<trust
+    /// domain>`, by which mesh gateways route); throws `INVALID_PARAMETER` for a bad target or
+    /// datacenter name, `NOT_READY` before the first roots.
+    #[napi]
+    pub fn server_name(&self, target: String, options: DialOptions) -> Result<String> {
+        let opts = options.to_core().map_err(map_error)?;
+        let svc = self.get()?;
+        connect_core::spiffe::check_service_name("target", &target)
+            .map_err(|e| map_error(e.into()))?;
+        let Some(dc) = opts.datacenter.as_deref() else {
+            return Err(crate::error::error(
+                ErrorKind::InvalidParameter,
+                "a server name is for a dial to a datacenter: give datacenter",
+            ));
+        };
+        connect_core::spiffe::check_datacenter_name("datacenter", dc)
+            .map_err(|e| map_error(e.into()))?;
+        let td = connect_core::spiffe::TrustDomain::new(
+            &svc.material().map_err(map_error)?.trust_domain,
+        )
+        .map_err(|e| map_error(e.into()))?;
+        Ok(connect_core::spiffe::service_sni(
+            &target, None, "", "", dc, &td,
+        ))
+    }
+
+    /// `verifyServer` for a dial with `options`: with a datacenter, the server must be
+    /// `target` in that datacenter of our trust domain.
+    #[napi]
+    pub fn verify_server_with(
+        &self,
+        target: String,
+        options: Option<DialOptions>,
+        chain: Vec<Buffer>,
+    ) -> Result<String> {
+        let opts = options.unwrap_or_default().to_core().map_err(map_error)?;
+        let ders: Vec<CertificateDer<'_>> = chain
+            .iter()
+            .map(|b| CertificateDer::from(b.as_ref()))
+            .collect();
+        self.get()?
+            .verify_server_with(&target, &opts, &ders)
+            .map(|id| id.to_string())
+            .map_err(map_error)
     }
 
     /// Checks a server's chain (DER, leaf first) the way libconnect's own client does: it

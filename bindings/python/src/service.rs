@@ -9,8 +9,9 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString, PyType};
 use rustls_pki_types::CertificateDer;
 
 use connect_core::ErrorKind;
-use connect_core::agent::ConnectService;
+use connect_core::agent::{ConnectService, DialOptions};
 use connect_core::blocking::{Call, CloseSignal};
+use connect_core::catalog::MeshGatewayMode;
 use connect_core::tls::PeerInput;
 
 use crate::errors::{Result, closed, error, invalid};
@@ -211,11 +212,27 @@ impl Service {
         Ok(PyListener::new(l))
     }
 
-    #[pyo3(signature = (target, timeout=None))]
-    fn dial(&self, py: Python<'_>, target: &str, timeout: Option<f64>) -> Result<PyConnection> {
+    #[pyo3(signature = (target, timeout=None, datacenter=None, mesh_gateway=None))]
+    fn dial(
+        &self,
+        py: Python<'_>,
+        target: &str,
+        timeout: Option<f64>,
+        datacenter: Option<String>,
+        mesh_gateway: Option<&str>,
+    ) -> Result<PyConnection> {
         let svc = self.get()?;
+        let opts = match datacenter {
+            Some(dc) => DialOptions::datacenter(dc).mesh_gateway(mesh_gateway_mode(mesh_gateway)?),
+            None if mesh_gateway.is_some() => {
+                return Err(invalid(
+                    "mesh_gateway applies to a dial to another datacenter: give datacenter too",
+                ));
+            }
+            None => DialOptions::default(),
+        };
         let c = wait(py, runtime::timeout(timeout)?, "dial", async move {
-            Ok(svc.dial(target).await?)
+            Ok(svc.dial_with(target, &opts).await?)
         })?;
         Ok(PyConnection::new(c))
     }
@@ -483,5 +500,17 @@ impl Authorization {
             if self.allowed { "allowed" } else { "denied" },
             self.reason
         )
+    }
+}
+
+/// `mesh_gateway=`: Consul's spelling of an upstream's `MeshGateway.Mode`, `None` for `none`.
+fn mesh_gateway_mode(mode: Option<&str>) -> Result<MeshGatewayMode> {
+    match mode {
+        None => Ok(MeshGatewayMode::None),
+        Some(m) => MeshGatewayMode::from_name(m).ok_or_else(|| {
+            invalid(format!(
+                "invalid mesh gateway mode {m:?}: must be \"none\", \"local\" or \"remote\""
+            ))
+        }),
     }
 }

@@ -177,3 +177,27 @@ def test_use_after_close_is_closed(agent: libconnect.Agent, db: libconnect.Servi
         agent.intentions.upsert("a", "b", "allow")
     with expect(libconnect.ConnectError, "CLOSED"):
         agent.ca.roots_pem()
+
+
+@pytest.mark.parametrize("bad", ["", "DC2", "dc/2", "dc2.evil", "d" * 64])
+def test_a_bad_datacenter_name_is_an_invalid_argument(web: libconnect.Service, bad: str) -> None:
+    with pytest.raises(libconnect.InvalidArgumentError) as info:
+        web.dial("db", datacenter=bad, timeout=10)
+    assert info.value.code == "INVALID_PARAMETER"
+    assert "datacenter name must be" in info.value.detail
+
+
+def test_cross_datacenter_dials_fail_with_typed_errors(web: libconnect.Service) -> None:
+    # The dev agent's server forwards to no other datacenter: Consul's answer, typed.
+    with pytest.raises(libconnect.InvalidArgumentError) as info:
+        web.dial("db", datacenter="dc2", timeout=10)
+    assert info.value.detail == "No path to datacenter: dc2"
+    # Through a gateway of our own datacenter, when none is registered.
+    with pytest.raises(libconnect.ConnectIoError) as refused:
+        web.dial("db", datacenter="dc2", mesh_gateway="local", timeout=10)
+    assert refused.value.code == "CONNECTION_REFUSED"
+    assert "mesh gateway in dc1" in refused.value.detail
+    with pytest.raises(libconnect.InvalidArgumentError, match="invalid mesh gateway mode"):
+        web.dial("db", datacenter="dc2", mesh_gateway="Local", timeout=10)  # type: ignore[arg-type]
+    with pytest.raises(libconnect.InvalidArgumentError, match="give datacenter too"):
+        web.dial("db", mesh_gateway="local", timeout=10)

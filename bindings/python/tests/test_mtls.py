@@ -214,3 +214,12 @@ def test_context_managers_close_everything(agent: libconnect.Agent) -> None:
         pass
     assert agent.closed
     agent.close()  # idempotent
+
+
+def test_a_dial_naming_a_datacenter_checks_it(db: libconnect.Service, web: libconnect.Service) -> None:
+    # db listens in dc1 (registered in the catalog): a dial naming dc1 finds and accepts it.
+    with db.listen() as listener:
+        with web.dial("db", datacenter="dc1", timeout=T) as client, listener.accept(timeout=T) as server:
+            assert client.peer_id.endswith("/ns/default/dc/dc1/svc/db")
+            client.sendall(b"ping")
+            assert recv_exact(server, 4) == b"ping"

@@ -60,6 +60,14 @@ fn blocking_query(min_index: u64, wait: Duration) -> Vec<(&'static str, String)>
     ]
 }
 
+/// Consul's answer for a datacenter the server cannot forward to.
+pub(crate) fn no_path_to_datacenter(dc: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidParameter,
+        format!("No path to datacenter: {dc}"),
+    )
+}
+
 async fn in_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
@@ -225,25 +233,65 @@ impl Backend {
         }
     }
 
-    /// Passing connect-capable instances of `service` (Consul API docs, Health).
+    /// Passing connect-capable instances of `service` (Consul API docs, Health), in
+    /// `datacenter` (`None`: the backend's own). A datacenter this backend cannot reach is an
+    /// `InvalidParameter` error (`No path to datacenter: …`), never an empty list.
     pub async fn health_connect(
         &self,
         token: Option<&str>,
         service: &str,
+        datacenter: Option<&str>,
+        min_index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<Vec<ServiceEntry>>, Error> {
+        self.health(token, service, true, datacenter, min_index, wait)
+            .await
+    }
+
+    /// Passing instances of `service` (connect-capable or not, e.g. mesh gateways) in
+    /// `datacenter`; see [`Backend::health_connect`].
+    pub async fn health_service(
+        &self,
+        token: Option<&str>,
+        service: &str,
+        datacenter: Option<&str>,
+        min_index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<Vec<ServiceEntry>>, Error> {
+        self.health(token, service, false, datacenter, min_index, wait)
+            .await
+    }
+
+    async fn health(
+        &self,
+        token: Option<&str>,
+        service: &str,
+        connect: bool,
+        datacenter: Option<&str>,
         min_index: u64,
         wait: Duration,
     ) -> Result<Indexed<Vec<ServiceEntry>>, Error> {
         match self {
             Backend::InProcess(s) => {
+                // A server in this process is one datacenter and forwards nowhere.
+                if let Some(dc) = datacenter
+                    && dc != s.datacenter()
+                {
+                    return Err(no_path_to_datacenter(dc));
+                }
                 s.wait(Table::CATALOG, min_index, wait).await;
-                s.health(token, service, true, true, None)
+                s.health(token, service, connect, true, None)
             }
             Backend::Http(h) => {
                 let mut q = blocking_query(min_index, wait);
                 q.push(("passing", "1".into()));
+                if let Some(dc) = datacenter {
+                    q.push(("dc", dc.into()));
+                }
+                let kind = if connect { "connect" } else { "service" };
                 let r = h
                     .with_token(token)?
-                    .get::<Vec<ServiceEntry>>(&format!("/v1/health/connect/{service}"), &q)
+                    .get::<Vec<ServiceEntry>>(&format!("/v1/health/{kind}/{service}"), &q)
                     .await?;
                 Ok(Indexed {
                     value: r.value,

@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 
 use super::{
     AgentBackend, AgentConfig, Backend, ConnectService, HealthConnectType, HttpBackend,
-    IntentionMatchType, Leaf, LeafCacheRequest, LeafKind, LeafType, RootsType, Scoped,
+    IntentionMatchType, Leaf, LeafCacheRequest, LeafKind, LeafType, MeshGatewaysType, RootsType,
+    Scoped,
 };
 use crate::ca::{CaConfiguration, IndexedCaRoots};
 use crate::cache::{Cache, CacheOptions, GetOptions, ResultMeta};
@@ -198,6 +199,11 @@ impl Agent {
         })?;
         cache.register(HealthConnectType {
             backend: backend.clone(),
+            datacenter: datacenter.clone(),
+        })?;
+        cache.register(MeshGatewaysType {
+            backend: backend.clone(),
+            datacenter: datacenter.clone(),
         })?;
         cache.register(LeafType {
             backend: backend.clone(),
@@ -488,6 +494,49 @@ impl Agent {
             .inner
             .cache
             .get::<HealthConnectType>(&self.scoped(service), GetOptions::default())
+            .await?
+            .0)
+    }
+
+    /// Healthy connect-capable instances of `service` in `datacenter` (asked of the backend
+    /// with `?dc=` when it is not this agent's).
+    ///
+    /// Errors: `InvalidParameter` for a malformed datacenter name, or one the backend has no
+    /// path to (`No path to datacenter: …`).
+    pub async fn health_connect_in(
+        &self,
+        service: &str,
+        datacenter: &str,
+    ) -> Result<Arc<Vec<ServiceEntry>>, Error> {
+        self.check_open()?;
+        crate::spiffe::check_datacenter_name("datacenter", datacenter)?;
+        let mut req = self.scoped(service);
+        req.datacenter = datacenter.to_owned();
+        Ok(self
+            .inner
+            .cache
+            .get::<HealthConnectType>(&req, GetOptions::default())
+            .await?
+            .0)
+    }
+
+    /// Healthy mesh gateways (instances of `gateway_service` with `Kind: mesh-gateway`) in
+    /// `datacenter`.
+    ///
+    /// Errors: as [`Agent::health_connect_in`].
+    pub async fn mesh_gateways(
+        &self,
+        gateway_service: &str,
+        datacenter: &str,
+    ) -> Result<Arc<Vec<ServiceEntry>>, Error> {
+        self.check_open()?;
+        crate::spiffe::check_datacenter_name("datacenter", datacenter)?;
+        let mut req = self.scoped(gateway_service);
+        req.datacenter = datacenter.to_owned();
+        Ok(self
+            .inner
+            .cache
+            .get::<MeshGatewaysType>(&req, GetOptions::default())
             .await?
             .0)
     }

@@ -14,8 +14,8 @@ pub(crate) use types::LeafKind;
 pub use backend::{Backend, HttpBackend, Signed};
 pub use config::{AgentBackend, AgentConfig, AgentOverrides};
 pub use handle::Agent;
-pub use service::ConnectService;
+pub use service::{ConnectService, DialOptions, DialRoute, MESH_GATEWAY_SERVICE};
 pub use types::{
-    HealthConnectType, IntentionMatchType, Leaf, LeafCacheRequest, LeafState, LeafType, RootsType,
-    Scoped,
+    HealthConnectType, IntentionMatchType, Leaf, LeafCacheRequest, LeafState, LeafType,
+    MeshGatewaysType, RootsType, Scoped,
 };

@@ -13,9 +13,12 @@ use tokio::task::JoinHandle;
 
 use super::{Agent, IntentionMatchType, LeafType, RootsType};
 use crate::cache::GetOptions;
-use crate::catalog::{ServiceConnect, ServiceRegistration};
+use crate::catalog::{MeshGatewayMode, ServiceConnect, ServiceEntry, ServiceRegistration};
 use crate::intentions::{IntentionIndex, SharedIntentionIndex};
-use crate::spiffe::SpiffeId;
+use crate::spiffe::{
+    DEFAULT_NAMESPACE, DEFAULT_PARTITION, ServiceId, SpiffeId, check_datacenter_name,
+    check_service_name, service_sni,
+};
 use crate::tls::{
     self, Bundle, Connection, Identity, Listener, Material, PeerAuthorization, PeerInput,
 };
@@ -24,6 +27,55 @@ use crate::{Error, ErrorKind};
 /// How long a background watcher waits before retrying after an error (the cache backs off
 /// its own fetches; this only paces the loop).
 const RETRY: Duration = Duration::from_secs(1);
+
+/// The service name mesh gateways register under and dials look them up by: Consul's
+/// default for a mesh gateway (Consul docs: Mesh Gateways).
+pub const MESH_GATEWAY_SERVICE: &str = "mesh-gateway";
+
+/// Where a dial goes: Consul's upstream settings `Datacenter` and `MeshGateway.Mode`
+/// (Consul docs: Upstream Configuration Reference).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DialOptions {
+    /// The destination's datacenter; `None` is the agent's own and keeps the plain
+    /// [`ConnectService::dial`] behaviour. With a datacenter, the server must present exactly
+    /// `spiffe://<our trust domain>/ns/default/dc/<datacenter>/svc/<target>`, and the dial
+    /// sends the SNI `<target>.default.<datacenter>.internal.<trust domain>`.
+    pub datacenter: Option<String>,
+    /// How a dial to another datacenter uses mesh gateways; within the agent's own
+    /// datacenter dials always go direct, as in Consul.
+    pub mesh_gateway: MeshGatewayMode,
+}
+
+impl DialOptions {
+    /// A dial to `datacenter`, direct.
+    pub fn datacenter(datacenter: impl Into<String>) -> DialOptions {
+        DialOptions {
+            datacenter: Some(datacenter.into()),
+            mesh_gateway: MeshGatewayMode::None,
+        }
+    }
+
+    /// The same with `mode` for mesh gateways.
+    pub fn mesh_gateway(mut self, mode: MeshGatewayMode) -> DialOptions {
+        self.mesh_gateway = mode;
+        self
+    }
+}
+
+/// Where and how a dial with [`DialOptions`] connects: for applications with their own TLS
+/// stack, which send [`server_name`](Self::server_name) as SNI and check the server with
+/// [`ConnectService::verify_server_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DialRoute {
+    /// Addresses to try in order: instances of the target, or mesh gateways.
+    pub addrs: Vec<SocketAddr>,
+    /// The SNI to send (`None` for a plain dial in the agent's own datacenter).
+    pub server_name: Option<String>,
+    /// The identity the server must present (`None`: any datacenter, the plain dial's rule).
+    pub expected: Option<ServiceId>,
+}
 
 /// A Connect service. Dropping it (or [`ConnectService::close`]) stops its watchers; open
 /// connections are unaffected.
@@ -259,17 +311,7 @@ impl ConnectService {
                 format!("no healthy instances found for {target:?}"),
             ));
         }
-        let mut addrs: Vec<SocketAddr> = Vec::new();
-        for e in instances.iter() {
-            let (host, port) = e.dial_address();
-            if let Ok(mut resolved) = tokio::net::lookup_host((host, port)).await
-                && let Some(a) = resolved.next()
-            {
-                addrs.push(a);
-            }
-        }
-        shuffle(&mut addrs);
-        Ok(addrs)
+        Ok(addresses(&instances, false).await)
     }
 
     /// Connects to a healthy instance of `target`, found through the catalog; instances are
@@ -287,6 +329,133 @@ impl ConnectService {
             }
         }
         Err(last)
+    }
+
+    /// Connects to `target` as `opts` say: in another datacenter (the server's SPIFFE ID must
+    /// name that datacenter and our trust domain), directly or through mesh gateways, which
+    /// route by the SNI this dial sends and never see plaintext (Consul docs: Mesh Gateways).
+    /// Addresses are tried in random order until one answers.
+    ///
+    /// Errors: `InvalidParameter` for a malformed target or datacenter name, or a datacenter
+    /// the agent has no path to; `NotReady` before the first roots; `ConnectionRefused` when
+    /// there is no healthy instance or gateway; then as [`ConnectService::dial`].
+    pub async fn dial_with(&self, target: &str, opts: &DialOptions) -> Result<Connection, Error> {
+        let route = self.route(target, opts).await?;
+        let client = match &route.expected {
+            Some(id) => self
+                .tls
+                .client_with(id.clone(), route.server_name.as_deref(), true)?,
+            None => self.tls.client(target)?,
+        };
+        let mut last = Error::new(
+            ErrorKind::ConnectionRefused,
+            format!("no address for {target:?}"),
+        );
+        for addr in route.addrs {
+            match client.dial_addr(addr).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Where [`ConnectService::dial_with`] would connect, in the order it would try, with the
+    /// SNI and identity it would use.
+    ///
+    /// Errors: as [`ConnectService::dial_with`] before it connects.
+    pub async fn route(&self, target: &str, opts: &DialOptions) -> Result<DialRoute, Error> {
+        check_service_name("target", target)?;
+        let Some(dc) = opts.datacenter.as_deref() else {
+            return Ok(DialRoute {
+                addrs: self.resolve(target).await?,
+                server_name: None,
+                expected: None,
+            });
+        };
+        check_datacenter_name("datacenter", dc)?;
+        let expected = self.expected_in(target, dc)?;
+        let server_name = service_sni(target, None, "", "", dc, &self.trust_domain()?);
+        let local = self.agent.datacenter();
+        let mode = if dc == local {
+            MeshGatewayMode::None
+        } else {
+            opts.mesh_gateway
+        };
+        let (entries, wan, what) = match mode {
+            MeshGatewayMode::Local => (
+                self.agent
+                    .mesh_gateways(MESH_GATEWAY_SERVICE, local)
+                    .await?,
+                false,
+                format!("mesh gateway in {local}"),
+            ),
+            MeshGatewayMode::Remote => (
+                self.agent.mesh_gateways(MESH_GATEWAY_SERVICE, dc).await?,
+                true,
+                format!("mesh gateway in {dc}"),
+            ),
+            _ => (
+                self.agent.health_connect_in(target, dc).await?,
+                false,
+                format!("instance of {target:?} in {dc}"),
+            ),
+        };
+        let addrs = addresses(&entries, wan).await;
+        if addrs.is_empty() {
+            return Err(Error::new(
+                ErrorKind::ConnectionRefused,
+                format!("no healthy {what} (dialling {target:?} in {dc})"),
+            ));
+        }
+        Ok(DialRoute {
+            addrs,
+            server_name: Some(server_name),
+            expected: Some(expected),
+        })
+    }
+
+    fn trust_domain(&self) -> Result<crate::spiffe::TrustDomain, Error> {
+        let snapshot = self.identity.snapshot();
+        let bundle = snapshot.bundle().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotReady,
+                format!("service {:?} has no CA roots yet", self.name),
+            )
+        })?;
+        Ok(bundle.trust_domain().clone())
+    }
+
+    fn expected_in(&self, target: &str, dc: &str) -> Result<ServiceId, Error> {
+        Ok(ServiceId {
+            host: self.trust_domain()?.to_string(),
+            partition: DEFAULT_PARTITION.to_owned(),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            datacenter: dc.to_owned(),
+            service: target.to_owned(),
+        })
+    }
+
+    /// Checks a server's chain as [`ConnectService::dial_with`] does: with a datacenter in
+    /// `opts`, the server must be `target` in that datacenter and in our trust domain.
+    ///
+    /// Errors: `InvalidParameter` for a malformed datacenter name, then as
+    /// [`ConnectService::verify_server`].
+    pub fn verify_server_with(
+        &self,
+        target: &str,
+        opts: &DialOptions,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<SpiffeId, Error> {
+        let Some(dc) = opts.datacenter.as_deref() else {
+            return self.verify_server(target, chain);
+        };
+        check_service_name("target", target)?;
+        check_datacenter_name("datacenter", dc)?;
+        let expected = self.expected_in(target, dc)?;
+        self.tls
+            .client_with(expected, None, true)?
+            .verify_server_chain(chain)
     }
 
     /// Checks a server's chain (leaf first) as [`ConnectService::dial`] does inside its
@@ -347,6 +516,26 @@ impl ConnectService {
             let _ = self.agent.handle().block_on(done);
         }
     }
+}
+
+/// The socket addresses of catalog entries (their WAN address when `wan`), in random order;
+/// names that do not resolve are skipped.
+async fn addresses(entries: &[ServiceEntry], wan: bool) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for e in entries {
+        let (host, port) = if wan {
+            e.wan_address()
+        } else {
+            e.dial_address()
+        };
+        if let Ok(mut resolved) = tokio::net::lookup_host((host, port)).await
+            && let Some(a) = resolved.next()
+        {
+            addrs.push(a);
+        }
+    }
+    shuffle(&mut addrs);
+    addrs
 }
 
 fn shuffle<T>(v: &mut [T]) {

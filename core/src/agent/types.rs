@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use super::backend::Backend;
 use crate::ca::{IndexedCaRoots, IssuedCert, generate_leaf_request, pick_renewal_time};
 use crate::cache::{CacheKey, CacheRequest, CacheType, FetchOptions, FetchResult, TypeOptions};
-use crate::catalog::ServiceEntry;
+use crate::catalog::{ServiceEntry, ServiceKind};
 use crate::certs::{self, CertInfo};
 use crate::intentions::Intention;
 use crate::spiffe::{ServerId, ServiceId, SpiffeId, TrustDomain};
@@ -135,10 +135,18 @@ impl CacheType for IntentionMatchType {
     }
 }
 
-/// `health-services` with `?connect&passing`: blocking, refreshed in the background.
+/// `health-services` with `?connect&passing`: blocking, refreshed in the background. A
+/// request for another datacenter than the agent's asks with `?dc=`.
 #[derive(Debug, Clone)]
 pub struct HealthConnectType {
     pub(super) backend: Backend,
+    /// The agent's datacenter: requests for it go without `?dc=`.
+    pub(super) datacenter: String,
+}
+
+/// `?dc=` for a request, only when it names another datacenter than the agent's.
+fn remote_dc<'a>(local: &str, req: &'a Scoped) -> Option<&'a str> {
+    (!req.datacenter.is_empty() && req.datacenter != local).then_some(req.datacenter.as_str())
 }
 
 impl CacheType for HealthConnectType {
@@ -158,12 +166,69 @@ impl CacheType for HealthConnectType {
     ) -> Result<FetchResult<Vec<ServiceEntry>, ()>, Error> {
         let r = self
             .backend
-            .health_connect(req.token(), &req.name, opts.min_index, timeout_of(&opts))
+            .health_connect(
+                req.token(),
+                &req.name,
+                remote_dc(&self.datacenter, req),
+                opts.min_index,
+                timeout_of(&opts),
+            )
             .await?;
         if opts.last_value.is_some() && r.index <= opts.last_index {
             return Ok(FetchResult::not_modified(r.index));
         }
         Ok(FetchResult::new(Arc::new(r.value), r.index))
+    }
+
+    fn size_of(&self, v: &Vec<ServiceEntry>) -> usize {
+        v.len() * std::mem::size_of::<ServiceEntry>()
+    }
+}
+
+/// `mesh-gateways`: the passing instances of a gateway service (`Kind: mesh-gateway`) in a
+/// datacenter, for dials and gateways that route through them. Blocking, refreshed in the
+/// background.
+#[derive(Debug, Clone)]
+pub struct MeshGatewaysType {
+    pub(super) backend: Backend,
+    /// The agent's datacenter: requests for it go without `?dc=`.
+    pub(super) datacenter: String,
+}
+
+impl CacheType for MeshGatewaysType {
+    const NAME: &'static str = "mesh-gateways";
+    type Request = Scoped;
+    type Value = Vec<ServiceEntry>;
+    type State = ();
+
+    fn options(&self) -> TypeOptions {
+        TypeOptions::blocking_refresh()
+    }
+
+    async fn fetch(
+        &self,
+        opts: FetchOptions<Vec<ServiceEntry>, ()>,
+        req: &Scoped,
+    ) -> Result<FetchResult<Vec<ServiceEntry>, ()>, Error> {
+        let r = self
+            .backend
+            .health_service(
+                req.token(),
+                &req.name,
+                remote_dc(&self.datacenter, req),
+                opts.min_index,
+                timeout_of(&opts),
+            )
+            .await?;
+        if opts.last_value.is_some() && r.index <= opts.last_index {
+            return Ok(FetchResult::not_modified(r.index));
+        }
+        let gateways = r
+            .value
+            .into_iter()
+            .filter(|e| e.service.kind == ServiceKind::MeshGateway)
+            .collect();
+        Ok(FetchResult::new(Arc::new(gateways), r.index))
     }
 
     fn size_of(&self, v: &Vec<ServiceEntry>) -> usize {

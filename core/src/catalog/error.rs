@@ -70,6 +70,15 @@ pub enum CatalogError {
         /// The type as given.
         kind: String,
     },
+    /// An upstream `MeshGateway.Mode` other than `none`, `local` or `remote`.
+    #[error(
+        "Proxy.Upstreams.MeshGateway.Mode: invalid mesh gateway mode {mode:?}: must be none, \
+         local or remote"
+    )]
+    UpstreamMeshGatewayMode {
+        /// The mode as given.
+        mode: String,
+    },
     /// A `Meta` map breaks Consul's limits or uses the reserved `consul-` prefix.
     #[error("Invalid meta: {message}")]
     InvalidMeta {

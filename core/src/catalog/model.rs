@@ -213,6 +213,80 @@ impl MeshGatewayConfig {
     fn is_empty(&self) -> bool {
         self.mode.is_empty()
     }
+
+    /// The mode, with empty meaning the default ([`MeshGatewayMode::None`]); `None` for a
+    /// spelling Consul does not know.
+    pub fn parsed_mode(&self) -> Option<MeshGatewayMode> {
+        if self.mode.is_empty() {
+            Some(MeshGatewayMode::default())
+        } else {
+            MeshGatewayMode::from_name(&self.mode)
+        }
+    }
+}
+
+/// How a dial to another datacenter uses mesh gateways (Consul docs: Mesh Gateways, `Mode`).
+/// Within one datacenter a dial always goes direct.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum MeshGatewayMode {
+    /// Straight to an instance of the destination (its address must be routable from here).
+    #[default]
+    None,
+    /// Through a mesh gateway of the local datacenter, which forwards to the destination
+    /// datacenter's gateway.
+    Local,
+    /// Straight to a mesh gateway of the destination datacenter (its WAN address).
+    Remote,
+}
+
+impl MeshGatewayMode {
+    /// Consul's spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MeshGatewayMode::None => "none",
+            MeshGatewayMode::Local => "local",
+            MeshGatewayMode::Remote => "remote",
+        }
+    }
+
+    /// The mode with this exact spelling, as Consul compares it.
+    pub fn from_name(name: &str) -> Option<MeshGatewayMode> {
+        match name {
+            "none" => Some(MeshGatewayMode::None),
+            "local" => Some(MeshGatewayMode::Local),
+            "remote" => Some(MeshGatewayMode::Remote),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for MeshGatewayMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One of a service's tagged addresses (`TaggedAddresses.lan`, `.wan`, …): mesh gateways
+/// publish the address other datacenters reach them on as `wan` (Consul docs: Mesh Gateways).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+#[non_exhaustive]
+pub struct ServiceAddress {
+    /// Host or IP.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl ServiceAddress {
+    /// An address.
+    pub fn new(address: &str, port: u16) -> ServiceAddress {
+        ServiceAddress {
+            address: address.to_owned(),
+            port,
+        }
+    }
 }
 
 /// A service's `Connect` block.
@@ -254,6 +328,10 @@ pub struct AgentService {
     pub port: u16,
     /// The service's own address; empty means the node's (see [`ServiceEntry::dial_address`]).
     pub address: String,
+    /// Addresses by network (`lan`, `wan`); a mesh gateway's `wan` is where other datacenters
+    /// reach it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
     /// Proxy settings, for `connect-proxy` services.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyConfig>,
@@ -404,6 +482,15 @@ impl ServiceEntry {
             &self.service.address
         };
         (host, self.service.port)
+    }
+
+    /// Where another datacenter connects: the service's `wan` tagged address if it has one,
+    /// else [`ServiceEntry::dial_address`] (Consul docs: Mesh Gateways).
+    pub fn wan_address(&self) -> (&str, u16) {
+        match self.service.tagged_addresses.get("wan") {
+            Some(a) if !a.address.is_empty() && a.port != 0 => (&a.address, a.port),
+            _ => self.dial_address(),
+        }
     }
 
     /// Whether every check passes; what `?passing` keeps. Warning counts as not passing, as in

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::{
     AgentService, CatalogError, CheckDefinition, HealthCheck, HealthStatus, ProxyConfig,
-    ServiceConnect, ServiceKind,
+    ServiceAddress, ServiceConnect, ServiceKind,
 };
 use crate::duration::parse_go_duration;
 use crate::json::Rules;
@@ -41,6 +41,9 @@ pub struct ServiceRegistration {
     pub tags: Vec<String>,
     /// The service's own address; empty means the node's.
     pub address: String,
+    /// Addresses by network (`lan`, `wan`), as Consul's `TaggedAddresses`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
     /// The port the service listens on.
     pub port: u16,
     /// Opaque metadata, within Consul's limits.
@@ -208,6 +211,17 @@ impl ServiceRegistration {
                 "Proxy.Upstreams.DestinationPartition",
                 &upstream.destination_partition,
             )?;
+            if !upstream.datacenter.is_empty() {
+                crate::spiffe::check_datacenter_name(
+                    "Proxy.Upstreams.Datacenter",
+                    &upstream.datacenter,
+                )?;
+            }
+            if upstream.mesh_gateway.parsed_mode().is_none() {
+                return Err(CatalogError::UpstreamMeshGatewayMode {
+                    mode: upstream.mesh_gateway.mode.clone(),
+                });
+            }
             // A prepared query's name is not a service name.
             if matches!(upstream.destination_type.as_str(), "" | "service")
                 && !upstream.destination_name.is_empty()
@@ -274,6 +288,7 @@ impl ServiceRegistration {
             meta: self.meta.clone(),
             port: self.port,
             address: self.address.clone(),
+            tagged_addresses: self.tagged_addresses.clone(),
             proxy: self.proxy.clone(),
             connect: self.connect.clone().unwrap_or_default(),
             create_index: 0,

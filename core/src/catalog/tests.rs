@@ -113,6 +113,29 @@ fn checks_get_consuls_default_ids_names_and_status() {
 }
 
 #[test]
+fn upstream_datacenter_mode_and_tagged_addresses_round_trip() {
+    let reg = ServiceRegistration::from_json(
+        br#"{"Kind": "connect-proxy", "Name": "p", "Port": 21000,
+            "TaggedAddresses": {"wan": {"Address": "198.51.100.7", "Port": 8443}},
+            "Proxy": {"DestinationServiceName": "web", "Upstreams": [{"DestinationName": "db",
+              "Datacenter": "dc2", "LocalBindPort": 9191, "MeshGateway": {"Mode": "local"}}]}}"#,
+    )
+    .unwrap();
+    let up = &reg.proxy.as_ref().unwrap().upstreams[0];
+    assert_eq!(up.datacenter, "dc2");
+    assert_eq!(up.mesh_gateway.parsed_mode(), Some(MeshGatewayMode::Local));
+    assert_eq!(
+        reg.to_service().tagged_addresses["wan"],
+        ServiceAddress::new("198.51.100.7", 8443)
+    );
+    let entry = ServiceEntry {
+        service: reg.to_service(),
+        ..ServiceEntry::default()
+    };
+    assert_eq!(entry.wan_address(), ("198.51.100.7", 8443));
+}
+
+#[test]
 fn each_bad_registration_is_a_typed_error_with_a_clear_message() {
     let proxy = |extra: Value| {
         let mut base = json!({"Kind": "connect-proxy", "Name": "p", "Port": 21000,
@@ -198,6 +221,32 @@ fn each_bad_registration_is_a_typed_error_with_a_clear_message() {
             upstream(json!({"LocalBindPort": 9191})),
             CatalogError::UpstreamMissingName { index: 0 },
             "Proxy.Upstreams[0]: upstream destination name cannot be empty",
+        ),
+        (
+            upstream(json!({"DestinationName": "db", "LocalBindPort": 1, "Datacenter": "DC2"})),
+            CatalogError::Name(crate::spiffe::NameError::InvalidDatacenterName {
+                field: "Proxy.Upstreams.Datacenter",
+                value: crate::spiffe::check_datacenter_name("x", "DC2")
+                    .err()
+                    .and_then(|e| match e {
+                        crate::spiffe::NameError::InvalidDatacenterName { value, .. } => {
+                            Some(value)
+                        }
+                        _ => None,
+                    })
+                    .unwrap(),
+            }),
+            "invalid Proxy.Upstreams.Datacenter \"DC2\": a datacenter name must be 1 to 63 \
+             characters from a-z, 0-9, '_' and '-'",
+        ),
+        (
+            upstream(json!({"DestinationName": "db", "LocalBindPort": 1,
+                "MeshGateway": {"Mode": "Local"}})),
+            CatalogError::UpstreamMeshGatewayMode {
+                mode: "Local".into(),
+            },
+            "Proxy.Upstreams.MeshGateway.Mode: invalid mesh gateway mode \"Local\": must be \
+             none, local or remote",
         ),
         (
             upstream(json!({"DestinationName": "db"})),

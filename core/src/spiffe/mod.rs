@@ -33,9 +33,9 @@ pub use id::{
     ServiceId, SigningId, SpiffeId, WorkloadIdentityId, server_peering_dns_san,
 };
 pub use name::{
-    MAX_SERVICE_NAME_LEN, NameError, SERVICE_NAME_RULE, Shown, check_default_namespace,
-    check_default_partition, check_service_name, check_service_name_or_wildcard,
-    is_valid_service_name,
+    DATACENTER_NAME_RULE, MAX_SERVICE_NAME_LEN, NameError, SERVICE_NAME_RULE, Shown,
+    check_datacenter_name, check_default_namespace, check_default_partition, check_service_name,
+    check_service_name_or_wildcard, is_valid_datacenter_name, is_valid_service_name,
 };
 pub use sni::{datacenter_sni, peered_service_sni, query_sni, service_sni};
 pub use trust_domain::TrustDomain;

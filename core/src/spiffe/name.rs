@@ -26,6 +26,11 @@ pub const MAX_SERVICE_NAME_LEN: usize = 256;
 pub const SERVICE_NAME_RULE: &str = "1 to 256 characters from A-Z, a-z, 0-9, '.', '_' and '-', \
                                      and not \".\" or \"..\"";
 
+/// The datacenter-name rule as the error messages state it: Consul's agent accepts
+/// `^[a-z0-9_-]+$` (Consul docs: Agent configuration, `datacenter`); the 63-byte cap is the
+/// DNS label limit, since the name becomes a label of the SNI mesh gateways route by.
+pub const DATACENTER_NAME_RULE: &str = "1 to 63 characters from a-z, 0-9, '_' and '-'";
+
 /// How many characters of a rejected value an error message repeats.
 const SHOWN: usize = 64;
 
@@ -49,6 +54,14 @@ pub enum NameError {
         value: Shown,
         /// `, or "*"` where a wildcard is allowed.
         wildcard: &'static str,
+    },
+    /// A datacenter name breaks [`DATACENTER_NAME_RULE`].
+    #[error("invalid {field} {value}: a datacenter name must be {DATACENTER_NAME_RULE}")]
+    InvalidDatacenterName {
+        /// Which field or argument held the name.
+        field: &'static str,
+        /// The name, quoted with escapes and shortened.
+        value: Shown,
     },
     /// A namespace other than `default`.
     #[error(
@@ -164,6 +177,31 @@ pub fn check_service_name_or_wildcard(field: &'static str, name: &str) -> Result
     })
 }
 
+/// Whether `dc` follows [`DATACENTER_NAME_RULE`].
+pub fn is_valid_datacenter_name(dc: &str) -> bool {
+    !dc.is_empty()
+        && dc.len() <= 63
+        && dc
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
+
+/// Checks a datacenter name against [`DATACENTER_NAME_RULE`]: every place a caller names a
+/// datacenter to reach (a dial's option, an upstream's `Datacenter`, `-upstream name:port:dc`).
+///
+/// # Errors
+///
+/// [`NameError::InvalidDatacenterName`].
+pub fn check_datacenter_name(field: &'static str, dc: &str) -> Result<(), NameError> {
+    if is_valid_datacenter_name(dc) {
+        return Ok(());
+    }
+    Err(NameError::InvalidDatacenterName {
+        field,
+        value: Shown::new(dc),
+    })
+}
+
 fn is_default(value: &str) -> bool {
     value.is_empty() || value.eq_ignore_ascii_case(DEFAULT)
 }
@@ -201,6 +239,18 @@ pub fn check_default_partition(field: &'static str, partition: &str) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datacenter_names_follow_consuls_agent_rule() {
+        for ok in ["dc1", "us-east_1", "a", &"d".repeat(63)] {
+            assert!(check_datacenter_name("datacenter", ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", "DC1", "dc.1", "dc/2", "dc 2", "dc1\n", &"d".repeat(64)] {
+            let e = check_datacenter_name("datacenter", bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidParameter);
+            assert!(e.to_string().contains("datacenter name must be"), "{e}");
+        }
+    }
 
     #[test]
     fn the_rule_accepts_spiffe_segment_characters() {

@@ -19,13 +19,22 @@ use crate::Result;
 /// handful of upstreams, so this only bounds a misuse).
 const MAX_CLIENTS: usize = 256;
 
+/// What tells two clients of one service apart: whom they expect, the SNI they send and
+/// whether they check trust domain and datacenter too.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    expected: ExpectedPeer,
+    server_name: Option<String>,
+    strict: bool,
+}
+
 /// One service's mTLS: the server side, and a client per expected peer (each with its own
 /// session cache). Cheap to clone.
 #[derive(Clone)]
 pub struct Service {
     server: MtlsServer,
     /// Each client with the identity generation it was built at.
-    clients: Arc<Mutex<HashMap<ExpectedPeer, (u64, MtlsClient)>>>,
+    clients: Arc<Mutex<HashMap<ClientKey, (u64, MtlsClient)>>>,
 }
 
 impl fmt::Debug for Service {
@@ -74,10 +83,26 @@ impl Service {
     /// both sides present their current certificates. A resumed session would carry the
     /// certificates of before a rotation on into the new one.
     pub fn client(&self, expected: impl Into<ExpectedPeer>) -> Result<MtlsClient> {
-        let expected = expected.into();
+        self.client_with(expected, None, false)
+    }
+
+    /// Like [`Service::client`], for a client that sends `server_name` as SNI (mesh gateways
+    /// route by it) and, when `strict`, also requires the server's trust domain and
+    /// datacenter (see [`MtlsClientBuilder::strict`](super::MtlsClientBuilder::strict)).
+    pub fn client_with(
+        &self,
+        expected: impl Into<ExpectedPeer>,
+        server_name: Option<&str>,
+        strict: bool,
+    ) -> Result<MtlsClient> {
+        let key = ClientKey {
+            expected: expected.into(),
+            server_name: server_name.map(str::to_owned),
+            strict,
+        };
         let generation = self.identity().snapshot().generation();
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((built_at, c)) = clients.get(&expected)
+        if let Some((built_at, c)) = clients.get(&key)
             && *built_at == generation
         {
             return Ok(c.clone());
@@ -85,8 +110,12 @@ impl Service {
         if clients.len() >= MAX_CLIENTS {
             clients.clear();
         }
-        let c = mtls_client(self.identity(), expected.clone()).build()?;
-        clients.insert(expected, (generation, c.clone()));
+        let mut builder = mtls_client(self.identity(), key.expected.clone()).strict(strict);
+        if let Some(name) = &key.server_name {
+            builder = builder.server_name(name.clone());
+        }
+        let c = builder.build()?;
+        clients.insert(key, (generation, c.clone()));
         Ok(c)
     }
 

@@ -480,3 +480,67 @@ impl Agent {
         matches!(self.child.try_wait(), Ok(None))
     }
 }
+
+// ---- Long-running commands other than the agent (gateways, proxies) --------------------------
+
+/// A running `connect` command that serves until signalled (`gateway mesh`, `proxy`); its
+/// stderr is collected; killed on drop.
+pub struct Daemon {
+    child: Child,
+    log: StderrLog,
+}
+
+impl Daemon {
+    /// `connect ARGS` against `agent`; waits until stderr contains `ready`.
+    pub fn start(agent: &Agent, args: &[&str], ready: &str) -> Daemon {
+        let mut cmd = command();
+        cmd.env("CONSUL_HTTP_ADDR", &agent.http)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn connect");
+        let log = StderrLog::capture(&mut child);
+        let d = Daemon { child, log };
+        d.wait_for_log(ready, TIMEOUT);
+        d
+    }
+
+    /// Waits until stderr contains `needle`; returns all of stderr so far.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        self.log.wait_for("command", needle, timeout)
+    }
+
+    /// The text after `prefix` up to the first blank on the first stderr line containing it
+    /// (an address the command printed).
+    pub fn logged_after(&self, prefix: &str) -> String {
+        let text = self.wait_for_log(prefix, TIMEOUT);
+        let rest = text
+            .lines()
+            .find_map(|l| l.split_once(prefix).map(|(_, r)| r))
+            .unwrap();
+        rest.split_whitespace().next().unwrap_or("").to_owned()
+    }
+
+    /// Everything written on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.log.text()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) and waits up to `timeout` for the exit.
+    pub fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> ExitStatus {
+        signal_and_wait(&mut self.child, signal, timeout)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -5,7 +5,7 @@ import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Final, Optional, Union, final
+from typing import Any, Final, Literal, Optional, Union, final
 
 from typing_extensions import Self
 
@@ -142,8 +142,24 @@ class Service:
     def listen(self, addr: _Address = "127.0.0.1:0") -> Listener:
         """Listens for mutual-TLS connections; peers the intentions deny are refused inside
         the handshake and never returned by ``accept``."""
-    def dial(self, target: str, timeout: float | None = None) -> Connection:
-        """Connects to a healthy instance of the service ``target`` found in the catalog."""
+    def dial(
+        self,
+        target: str,
+        timeout: float | None = None,
+        datacenter: str | None = None,
+        mesh_gateway: Literal["none", "local", "remote"] | None = None,
+    ) -> Connection:
+        """Connects to a healthy instance of the service ``target`` found in the catalog.
+
+        With ``datacenter`` (Consul's upstream ``Datacenter``) the instance is looked up in
+        that datacenter and must present ``target``'s SPIFFE ID *in that datacenter* of our
+        trust domain (``TlsError`` with code ``PEER_IDENTITY_MISMATCH`` otherwise); the dial
+        sends the SNI mesh gateways route by. ``mesh_gateway`` (Consul's ``MeshGateway.Mode``,
+        default ``"none"``) dials directly, through a gateway of our datacenter (``"local"``) or
+        of the target's (``"remote"``). A malformed datacenter name, an unknown mode, or a
+        datacenter the agent cannot reach (``No path to datacenter: dc9``) raise
+        ``InvalidArgumentError``; no healthy instance or gateway raises ``ConnectIoError``
+        with code ``CONNECTION_REFUSED``."""
     def dial_addr(self, addr: _Address, target: str, timeout: float | None = None) -> Connection:
         """Connects to ``addr``, expecting the service ``target`` there (``TlsError`` with
         code ``PEER_IDENTITY_MISMATCH`` otherwise)."""

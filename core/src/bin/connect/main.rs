@@ -9,6 +9,8 @@
 //! connect leaf web
 //! connect proxy -service db -service-addr 127.0.0.1:5432 -listen 127.0.0.1:20000
 //! connect proxy -service web -upstream db:9191
+//! connect proxy -service web -upstream db:9191:dc2
+//! connect gateway mesh -listen 127.0.0.1:8443 -wan-address 203.0.113.7:8443
 //! ```
 //!
 //! Flags are written as Consul writes them, with one dash (`-data-dir DIR`,
@@ -20,6 +22,7 @@
 mod agent;
 mod client;
 mod config_file;
+mod gateway;
 mod http_server;
 mod proxy;
 
@@ -127,6 +130,9 @@ enum Command {
     /// Runs Consul's built-in proxy for one service: inbound mTLS to a local application,
     /// and plaintext listeners for upstreams carried over mTLS.
     Proxy(Box<ProxyArgs>),
+    /// Runs a gateway.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
     /// Prints the version.
     Version,
 }
@@ -147,13 +153,27 @@ pub(crate) struct ProxyArgs {
     /// Address for inbound mTLS (with -service-addr); the instance is registered there.
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<String>,
-    /// An upstream, `NAME:PORT` (plaintext listener on 127.0.0.1:PORT) or `NAME:HOST:PORT`;
-    /// may be repeated.
-    #[arg(long, value_name = "NAME:PORT", value_parser = proxy::parse_upstream)]
+    /// An upstream, `NAME:PORT` (plaintext listener on 127.0.0.1:PORT) or `NAME:HOST:PORT`,
+    /// each optionally followed by `:DC` for a service in another datacenter; or Consul's
+    /// upstream JSON (`{"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": 9191,
+    /// "MeshGateway": {"Mode": "local"}}`). May be repeated.
+    #[arg(long, value_name = "NAME:PORT[:DC]", value_parser = proxy::parse_upstream)]
     pub(crate) upstream: Vec<proxy::Upstream>,
+    /// How upstreams in another datacenter use mesh gateways unless they say: none, local or
+    /// remote (default none).
+    #[arg(long = "mesh-gateway-mode", value_name = "MODE", value_parser = proxy::parse_mesh_gateway_mode)]
+    pub(crate) mesh_gateway_mode: Option<connect_core::catalog::MeshGatewayMode>,
     /// Log level: trace, debug, info, warn or error (default info).
     #[arg(long = "log-level", value_name = "LEVEL")]
     pub(crate) log_level: Option<String>,
+}
+
+/// `connect gateway` kinds.
+#[derive(Debug, Subcommand)]
+pub(crate) enum GatewayCommand {
+    /// A mesh gateway: routes raw TLS by SNI to local instances or to another datacenter's
+    /// gateway, without terminating it; registers itself with `Kind: mesh-gateway`.
+    Mesh(Box<gateway::MeshGatewayArgs>),
 }
 
 /// `connect agent` flags (Consul's names).
@@ -405,6 +425,7 @@ fn main() -> ExitCode {
         }
         Command::Agent(args) => agent::run(*args),
         Command::Proxy(args) => proxy::run(*args),
+        Command::Gateway(GatewayCommand::Mesh(args)) => gateway::run(*args),
         Command::Intention(cmd) => client::run(client::ClientCommand::Intention(cmd)),
         Command::Ca(cmd) => client::run(client::ClientCommand::Ca(cmd)),
         Command::Leaf { http, service } => {

@@ -7,13 +7,17 @@
 //! a graceful shutdown.
 //!
 //! Outbound (`-upstream NAME:PORT`, repeatable): a plaintext listener on localhost; every
-//! connection accepted there is carried over mTLS to a healthy instance of NAME.
+//! connection accepted there is carried over mTLS to a healthy instance of NAME. An upstream
+//! in another datacenter (`NAME:PORT:DC`, or Consul's upstream JSON with `Datacenter` and
+//! `MeshGateway.Mode`) is dialled there, directly or through mesh gateways, and its server must
+//! present NAME's identity in that datacenter.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use connect_core::agent::{Agent, ConnectService};
+use connect_core::agent::{Agent, ConnectService, DialOptions};
+use connect_core::catalog::{MeshGatewayMode, ServiceRegistration};
 use connect_core::{Error, ErrorKind};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,29 +28,110 @@ use crate::ProxyArgs;
 /// How long the proxy waits for its first leaf and roots before giving up.
 const READY: Duration = Duration::from_secs(30);
 
-/// One `-upstream`: the service to reach and where to listen for plaintext.
+/// One `-upstream`: the service to reach, where to listen for plaintext, and (Consul's
+/// `Datacenter` and `MeshGateway.Mode`) in which datacenter and through which gateways.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Upstream {
     pub(crate) service: String,
     pub(crate) bind: SocketAddr,
+    /// `None`: the agent's own datacenter.
+    pub(crate) datacenter: Option<String>,
+    /// `None`: the proxy's `-mesh-gateway-mode` (Consul's precedence: upstream, then the
+    /// proxy's own setting).
+    pub(crate) mesh_gateway: Option<MeshGatewayMode>,
 }
 
-/// Parses `NAME:PORT` (on 127.0.0.1, as Consul's) or `NAME:HOST:PORT`.
+/// Parses `NAME:PORT` (on 127.0.0.1, as Consul's) or `NAME:HOST:PORT`, either followed by
+/// `:DC`; or Consul's upstream JSON object, decoded and checked as the agent's
+/// `/v1/agent/service/register` does for `Proxy.Upstreams`.
 pub(crate) fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    if s.trim_start().starts_with('{') {
+        return parse_upstream_json(s);
+    }
     let (service, rest) = s
         .split_once(':')
         .filter(|(n, r)| !n.is_empty() && !r.is_empty())
-        .ok_or_else(|| format!("upstream {s:?}: want NAME:PORT"))?;
-    let bind = match rest.parse::<u16>() {
-        Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
-        Err(_) => rest
-            .parse::<SocketAddr>()
-            .map_err(|_| format!("upstream {s:?}: {rest:?} is neither a port nor HOST:PORT"))?,
+        .ok_or_else(|| format!("upstream {s:?}: want NAME:PORT[:DC]"))?;
+    connect_core::spiffe::check_service_name("upstream", service).map_err(|e| e.to_string())?;
+    let bind_of = |text: &str| match text.parse::<u16>() {
+        Ok(port) => Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        Err(_) => text.parse::<SocketAddr>().ok(),
+    };
+    let (bind, datacenter) = match bind_of(rest) {
+        Some(bind) => (bind, None),
+        None => {
+            let (addr, dc) = rest
+                .rsplit_once(':')
+                .and_then(|(a, dc)| Some((bind_of(a)?, dc)))
+                .ok_or_else(|| {
+                    format!("upstream {s:?}: {rest:?} is neither PORT nor HOST:PORT, with or without :DC")
+                })?;
+            connect_core::spiffe::check_datacenter_name("upstream datacenter", dc)
+                .map_err(|e| e.to_string())?;
+            (addr, Some(dc.to_owned()))
+        }
     };
     Ok(Upstream {
         service: service.to_owned(),
         bind,
+        datacenter,
+        mesh_gateway: None,
     })
+}
+
+fn parse_upstream_json(s: &str) -> Result<Upstream, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(s).map_err(|e| format!("upstream JSON: {e}"))?;
+    // The one decoder and rule set for upstreams is the registration's: wrap it in one.
+    let registration = serde_json::json!({
+        "Name": "upstream",
+        "Kind": "connect-proxy",
+        "Port": 1,
+        "Proxy": {"DestinationServiceName": "upstream", "Upstreams": [value]},
+    });
+    let reg = ServiceRegistration::from_json(registration.to_string().as_bytes())
+        .map_err(|e| format!("upstream JSON: {e}"))?;
+    let Some(up) = reg.proxy.and_then(|p| p.upstreams.into_iter().next()) else {
+        return Err("upstream JSON: no upstream".to_owned());
+    };
+    if up.destination_type == "prepared_query" {
+        return Err("upstream JSON: prepared query upstreams are not supported".to_owned());
+    }
+    let host = if up.local_bind_address.is_empty() {
+        "127.0.0.1"
+    } else {
+        up.local_bind_address.as_str()
+    };
+    let ip = host
+        .parse::<std::net::IpAddr>()
+        .map_err(|_| format!("upstream JSON: LocalBindAddress {host:?} is not an IP address"))?;
+    Ok(Upstream {
+        service: up.destination_name.clone(),
+        bind: SocketAddr::new(ip, up.local_bind_port),
+        datacenter: (!up.datacenter.is_empty()).then(|| up.datacenter.clone()),
+        mesh_gateway: if up.mesh_gateway.mode.is_empty() {
+            None
+        } else {
+            up.mesh_gateway.parsed_mode()
+        },
+    })
+}
+
+/// Parses `-mesh-gateway-mode`: `none`, `local` or `remote`, as Consul spells them.
+pub(crate) fn parse_mesh_gateway_mode(s: &str) -> Result<MeshGatewayMode, String> {
+    MeshGatewayMode::from_name(s)
+        .ok_or_else(|| format!("invalid mesh gateway mode {s:?}: must be none, local or remote"))
+}
+
+impl Upstream {
+    /// How [`outbound`] dials this upstream, `default_mode` filling an unset mode.
+    fn dial_options(&self, default_mode: MeshGatewayMode) -> DialOptions {
+        match &self.datacenter {
+            Some(dc) => DialOptions::datacenter(dc.clone())
+                .mesh_gateway(self.mesh_gateway.unwrap_or(default_mode)),
+            None => DialOptions::default(),
+        }
+    }
 }
 
 /// Runs the proxy until SIGINT or SIGTERM; returns the exit code.
@@ -117,8 +202,15 @@ async fn serve(args: ProxyArgs) -> Result<ServiceHandle, Failed> {
             }
         };
         let bound = l.local_addr().unwrap_or(up.bind);
-        eprintln!("==> Upstream {} listening on {bound}", up.service);
-        tasks.spawn(outbound(l, Arc::clone(&svc), up.service.clone()));
+        let opts = up.dial_options(args.mesh_gateway_mode.unwrap_or_default());
+        match &opts.datacenter {
+            Some(dc) => eprintln!(
+                "==> Upstream {} in {dc} (mesh gateway mode {}) listening on {bound}",
+                up.service, opts.mesh_gateway
+            ),
+            None => eprintln!("==> Upstream {} listening on {bound}", up.service),
+        }
+        tasks.spawn(outbound(l, Arc::clone(&svc), up.service.clone(), opts));
     }
     eprintln!("==> Proxy for {} running!", args.service);
     match crate::shutdown_signal().await {
@@ -149,8 +241,10 @@ async fn inbound(mut listener: connect_core::tls::Listener, app: String) {
     }
 }
 
-/// Accepts plaintext connections and carries each over mTLS to a healthy `target`.
-async fn outbound(listener: TcpListener, svc: ServiceHandle, target: String) {
+/// Accepts plaintext connections and carries each over mTLS to a healthy `target`, in the
+/// datacenter and through the gateways `opts` name.
+async fn outbound(listener: TcpListener, svc: ServiceHandle, target: String, opts: DialOptions) {
+    let opts = Arc::new(opts);
     loop {
         let Ok((local, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -159,8 +253,9 @@ async fn outbound(listener: TcpListener, svc: ServiceHandle, target: String) {
         let _ = local.set_nodelay(true);
         let svc = svc.clone();
         let target = target.clone();
+        let opts = Arc::clone(&opts);
         tokio::spawn(async move {
-            match svc.dial(&target).await {
+            match svc.dial_with(&target, &opts).await {
                 Ok(remote) => pipe(local, remote).await,
                 // Dropping `local` closes it: the application sees the refusal as a close.
                 Err(e) => tracing::warn!(upstream = target, error = %e, "dial failed"),
@@ -191,15 +286,116 @@ mod tests {
             parse_upstream("db:9191").unwrap(),
             Upstream {
                 service: "db".into(),
-                bind: "127.0.0.1:9191".parse().unwrap()
+                bind: "127.0.0.1:9191".parse().unwrap(),
+                datacenter: None,
+                mesh_gateway: None,
             }
         );
         assert_eq!(
             parse_upstream("db:0.0.0.0:9191").unwrap().bind,
             "0.0.0.0:9191".parse().unwrap()
         );
-        for bad in ["db", ":9191", "db:", "db:x"] {
+        let dc2 = parse_upstream("db:9191:dc2").unwrap();
+        assert_eq!(dc2.bind, "127.0.0.1:9191".parse().unwrap());
+        assert_eq!(dc2.datacenter.as_deref(), Some("dc2"));
+        let v6 = parse_upstream("db:[::1]:9191:us-east_1").unwrap();
+        assert_eq!(v6.bind, "[::1]:9191".parse().unwrap());
+        assert_eq!(v6.datacenter.as_deref(), Some("us-east_1"));
+        for bad in [
+            "db",
+            ":9191",
+            "db:",
+            "db:x",
+            "db:9191:",
+            "db/x:9191",
+            "db:x:dc2",
+        ] {
             assert!(parse_upstream(bad).is_err(), "{bad}");
         }
+        let e = parse_upstream("db:9191:DC2").unwrap_err();
+        assert!(e.contains("datacenter name must be"), "{e}");
+    }
+
+    #[test]
+    fn upstreams_parse_from_consuls_json() {
+        let up = parse_upstream(
+            r#"{"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": 9191,
+                "MeshGateway": {"Mode": "local"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            up,
+            Upstream {
+                service: "db".into(),
+                bind: "127.0.0.1:9191".parse().unwrap(),
+                datacenter: Some("dc2".into()),
+                mesh_gateway: Some(MeshGatewayMode::Local),
+            }
+        );
+        // Consul's snake_case keys, as in a service definition file.
+        let up = parse_upstream(
+            r#"{"destination_name": "db", "local_bind_address": "127.0.0.2", "local_bind_port": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(up.bind, "127.0.0.2:1".parse().unwrap());
+        assert_eq!(up.datacenter, None);
+        assert_eq!(
+            up.dial_options(MeshGatewayMode::Remote),
+            DialOptions::default()
+        );
+        assert_eq!(
+            dc2_local().dial_options(MeshGatewayMode::Remote),
+            DialOptions::datacenter("dc2").mesh_gateway(MeshGatewayMode::Local)
+        );
+        let mut unset = dc2_local();
+        unset.mesh_gateway = None;
+        assert_eq!(
+            unset.dial_options(MeshGatewayMode::Remote).mesh_gateway,
+            MeshGatewayMode::Remote
+        );
+        for (bad, why) in [
+            (
+                r#"{"DestinationName": "db"}"#,
+                "local bind port cannot be zero",
+            ),
+            (
+                r#"{"LocalBindPort": 1}"#,
+                "destination name cannot be empty",
+            ),
+            (
+                r#"{"DestinationName": "db", "LocalBindPort": 1, "Datacenter": "DC2"}"#,
+                "datacenter name must be",
+            ),
+            (
+                r#"{"DestinationName": "db", "LocalBindPort": 1, "MeshGateway": {"Mode": "Local"}}"#,
+                "invalid mesh gateway mode",
+            ),
+            (
+                r#"{"DestinationName": "q", "LocalBindPort": 1, "DestinationType": "prepared_query"}"#,
+                "not supported",
+            ),
+            (
+                r#"{"DestinationName": "db", "LocalBindPort": 1, "LocalBindAddress": "host"}"#,
+                "not an IP address",
+            ),
+            (
+                r#"{"DestinationName": "db", "LocalBindPort": 70000}"#,
+                "LocalBindPort",
+            ),
+            (r#"{"DestinationName": "db""#, "upstream JSON"),
+        ] {
+            let e = parse_upstream(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert!(parse_mesh_gateway_mode("remote").is_ok());
+        assert!(parse_mesh_gateway_mode("REMOTE").is_err());
+    }
+
+    fn dc2_local() -> Upstream {
+        parse_upstream(
+            r#"{"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": 9191,
+                "MeshGateway": {"Mode": "local"}}"#,
+        )
+        .unwrap()
     }
 }
