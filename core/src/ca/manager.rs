@@ -399,7 +399,7 @@ impl CaManager {
         if self.primary {
             return false;
         }
-        let Some(secrets) = self.provider.secrets() else {
+        let Some(secrets) = self.provider.persisted_secrets() else {
             return true;
         };
         let Some(local) = self.roots.iter().find(|r| r.active) else {
@@ -428,7 +428,7 @@ impl CaManager {
         if self.primary {
             return false;
         }
-        let Some(secrets) = self.provider.secrets() else {
+        let Some(secrets) = self.provider.persisted_secrets() else {
             return true;
         };
         let Ok(info) = certs::parse_pem_certificate(&secrets.cert_pem)
