@@ -245,7 +245,9 @@ impl ClientCertVerifier for OptionalPeerVerifier {
     }
 }
 
-/// The client verifier of a server's HTTPS listener: see [`OptionalPeerVerifier`].
+/// The client verifier of a server's HTTPS listener: a client certificate is optional (API
+/// clients authenticate with ACL tokens), but one that is presented must chain to the current
+/// roots and name an identity of this trust domain, or the handshake fails.
 pub fn optional_peer_verifier(
     roots: RootsSource,
     clock: SharedClock,
