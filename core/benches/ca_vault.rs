@@ -115,7 +115,10 @@ fn main() {
         println!("ca_vault: SKIPPED (no OpenBao): {}", bao_support::MISSING);
         return;
     };
-    let port = bao_support::free_port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let mut bao = bao_support::spawn_watched(&bin, &bao_support::dev_args(port, "bench-root"));
     wait_healthy(&addr);

@@ -15,6 +15,7 @@
 
 mod bao_support;
 mod cli_support;
+mod tls_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -31,6 +32,7 @@ use connect_core::http::client::HttpEndpoint;
 use connect_core::server::{Server, ServerConfig};
 use connect_core::tls::mtls_client;
 use serde_json::{Map, Value, json};
+use tls_support::{spawn_load, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -69,7 +71,7 @@ struct Bao {
 impl Bao {
     /// `bao server -dev` (in memory, unsealed, root token `root`).
     fn dev(bin: &Path) -> Bao {
-        let port = bao_support::free_port();
+        let port = cli_support::free_port();
         let mut b = Bao {
             bin: bin.to_owned(),
             args: bao_support::dev_args(port, "root"),
@@ -87,7 +89,7 @@ impl Bao {
     /// keeps its data across [`Bao::stop`] and [`Bao::restart`].
     fn persistent(bin: &Path) -> Bao {
         let dir = tempfile::tempdir().unwrap();
-        let (port, cluster) = (bao_support::free_port(), bao_support::free_port());
+        let (port, cluster) = (cli_support::free_port(), cli_support::free_port());
         let config = dir.path().join("bao.hcl");
         std::fs::create_dir(dir.path().join("data")).unwrap();
         std::fs::write(
@@ -499,16 +501,6 @@ async fn handshake_loop(
     }
 }
 
-async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let waited = timeout(limit, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "not within {limit:?}: {what}");
-}
-
 /// Rotation built-in → vault (by `connect ca set-config`) → built-in (by PUT
 /// /v1/connect/ca/configuration) on a real agent, while two services of a Rust agent over
 /// HTTP make back-to-back handshakes: none fails, each rotation is cross-signed, and both
@@ -550,25 +542,9 @@ async fn rotation_builtin_to_vault_and_back_fails_no_handshake() {
         }
     });
     let load = Arc::new(Load::default());
-    let clients: Vec<_> = (0..3)
-        .map(|_| {
-            tokio::spawn(handshake_loop(
-                web.identity().clone(),
-                addr,
-                Arc::clone(&load),
-            ))
-        })
-        .collect();
+    let clients = spawn_load(3, web.identity(), addr, &load, handshake_loop);
     const LIVE: usize = 4;
-    let lives: Vec<_> = (0..LIVE)
-        .map(|_| {
-            tokio::spawn(live_connection(
-                web.identity().clone(),
-                addr,
-                Arc::clone(&load),
-            ))
-        })
-        .collect();
+    let lives = spawn_load(LIVE, web.identity(), addr, &load, live_connection);
     let ok = || load.ok.load(Ordering::Relaxed);
     let live = || load.live.load(Ordering::Relaxed);
     let http_addr = agent.http.clone();
@@ -587,6 +563,18 @@ async fn rotation_builtin_to_vault_and_back_fails_no_handshake() {
             .snapshot()
             .svid()
             .is_some_and(|v| issuer_key(&certs::der_to_pem(v.leaf())).eq_ignore_ascii_case(key))
+    };
+    // After a rotation: both services on leaves of `key`, then PER_PHASE more handshakes.
+    let settle = async |what: &str, key: &str| {
+        wait_for(&format!("both leaves {what}"), limit, || {
+            on_key(&db, key) && on_key(&web, key)
+        })
+        .await;
+        let at = ok();
+        wait_for(&format!("handshakes {what}"), limit, || {
+            ok() >= at + PER_PHASE
+        })
+        .await;
     };
     wait_for("handshakes before", limit, || ok() >= PER_PHASE).await;
     wait_for("live connections up", limit, || live() >= 2 * LIVE as u64).await;
@@ -628,15 +616,7 @@ async fn rotation_builtin_to_vault_and_back_fails_no_handshake() {
         builtin_root["SigningKeyID"].as_str().unwrap()
     );
     let vault_key = vault_root["SigningKeyID"].as_str().unwrap().to_owned();
-    wait_for("both leaves from the Vault intermediate", limit, || {
-        on_key(&db, &vault_key) && on_key(&web, &vault_key)
-    })
-    .await;
-    let at_vault = ok();
-    wait_for("handshakes on Vault leaves", limit, || {
-        ok() >= at_vault + PER_PHASE
-    })
-    .await;
+    settle("from the Vault intermediate", &vault_key).await;
 
     // A Vault leaf verifies for a peer that only trusts the old built-in root.
     let vault_leaf = certs::der_to_pem(web.identity().snapshot().svid().unwrap().leaf());
@@ -685,15 +665,7 @@ async fn rotation_builtin_to_vault_and_back_fails_no_handshake() {
         )
     );
     let new_key = new_root["SigningKeyID"].as_str().unwrap().to_owned();
-    wait_for("both leaves from the new built-in root", limit, || {
-        on_key(&db, &new_key) && on_key(&web, &new_key)
-    })
-    .await;
-    let at_back = ok();
-    wait_for("handshakes after the way back", limit, || {
-        ok() >= at_back + PER_PHASE
-    })
-    .await;
+    settle("from the new built-in root", &new_key).await;
     // The sessions opened on built-in leaves before both rotations still carry data.
     let live_at_back = live();
     wait_for("live connections after the way back", limit, || {
@@ -1039,7 +1011,7 @@ fn bad_vault_configuration_is_refused_clearly() {
             {
                 let mut c = base.clone();
                 c["Token"] = "x".into();
-                c["Address"] = format!("http://127.0.0.1:{}", bao_support::free_port()).into();
+                c["Address"] = format!("http://127.0.0.1:{}", cli_support::free_port()).into();
                 c
             },
             500,

@@ -161,6 +161,15 @@ impl World {
     fn sni_db_dc2(&self) -> String {
         service_sni("db", None, "", "", "dc2", &self.td)
     }
+
+    /// A client of `web` that expects db in dc2 (strictly: trust domain and datacenter) and
+    /// sends db-in-dc2's SNI, so that the same client dials directly or through gateways.
+    fn strict_client_of_db_dc2(&self, web: &ConnectService) -> tls::MtlsClient {
+        let sni = self.sni_db_dc2();
+        web.tls()
+            .client_with(self.expected_db_dc2(), Some(&sni), true)
+            .unwrap()
+    }
 }
 
 /// Both gateways, registered in their datacenters' catalogs; dc1's knows dc2's WAN address
@@ -202,11 +211,7 @@ async fn a_dc1_service_dials_dc2_directly_with_the_datacenter_checked() {
     let mut w = World::new();
     let db_addr = w.dc2_db().await;
     let web = web(&w).await;
-    let sni = w.sni_db_dc2();
-    let client = web
-        .tls()
-        .client_with(w.expected_db_dc2(), Some(&sni), true)
-        .unwrap();
+    let client = w.strict_client_of_db_dc2(&web);
     let mut c = client.dial_addr(db_addr).await.unwrap();
     assert_eq!(
         c.peer_id().to_string(),
@@ -499,12 +504,12 @@ mod processes {
     //! (`-remote-gateway`), and mode `remote` (a catalog lookup in dc2) is out of reach here.
 
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
+    use std::net::TcpStream;
     use std::path::Path;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use super::cli_support::{self, Agent, Daemon, TIMEOUT};
+    use super::cli_support::{self, Agent, Daemon, TIMEOUT, echo_app, free_port};
 
     struct Datacenters {
         _dirs: (tempfile::TempDir, tempfile::TempDir),
@@ -565,33 +570,6 @@ mod processes {
             dc2,
             trust_domain: roots["TrustDomain"].as_str().unwrap().to_owned(),
         }
-    }
-
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    /// A plain TCP echo application behind db's proxy.
-    fn echo_app() -> String {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        std::thread::spawn(move || {
-            for mut s in l.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 1024];
-                    while let Ok(n) = s.read(&mut buf) {
-                        if n == 0 || s.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        addr
     }
 
     fn gateway(agent: &Agent, extra: &[&str]) -> (Daemon, String) {
@@ -905,11 +883,7 @@ async fn handshake_cost_through_gateways() {
     let db_addr = w.dc2_db().await;
     let (_gw1, gw1_addr, _gw2) = gateways(&w, GatewayConfig::default()).await;
     let web = web(&w).await;
-    let sni = w.sni_db_dc2();
-    let client = web
-        .tls()
-        .client_with(w.expected_db_dc2(), Some(&sni), true)
-        .unwrap();
+    let client = w.strict_client_of_db_dc2(&web);
     let gw2 = w.agent2.mesh_gateways("mesh-gateway", "dc2").await.unwrap();
     let (host, port) = gw2[0].dial_address();
     let gw2_addr: SocketAddr = format!("{host}:{port}").parse().unwrap();

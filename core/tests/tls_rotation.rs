@@ -23,7 +23,7 @@ use connect_core::intentions::IntentionAction;
 use connect_core::server::{Server, ServerConfig};
 use connect_core::tls::{Identity, Service, Svid, authorizer, mtls_client};
 use rustls_pki_types::CertificateDer;
-use tls_support::{IO, Mesh, db_intentions, p384_ca};
+use tls_support::{IO, Mesh, db_intentions, p384_ca, spawn_load, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -382,17 +382,6 @@ async fn open_connection_loop(mut c: connect_core::tls::Connection, load: Arc<Lo
     }
 }
 
-/// Polls `cond` every 10 ms for at most `limit`; panics with `what` when it never holds.
-async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let waited = timeout(limit, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "not within {limit:?}: {what}");
-}
-
 /// A CA rotation through the real agent path (`ca_set_config` → roots watch → leaf re-issue
 /// with no jitter) in the middle of continuous load: several clients doing back-to-back full
 /// handshakes plus one echo each, at least 1,000 in all. None fails; every handshake started
@@ -432,15 +421,7 @@ async fn a_rotation_under_continuous_handshakes_fails_none() {
     rotation_echo(l, Arc::clone(&load));
     let open = web.dial_addr(addr, "db").await.unwrap();
     let open_task = tokio::spawn(open_connection_loop(open, Arc::clone(&load)));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            tokio::spawn(handshake_loop(
-                web.identity().clone(),
-                addr,
-                Arc::clone(&load),
-            ))
-        })
-        .collect();
+    let clients = spawn_load(CLIENTS, web.identity(), addr, &load, handshake_loop);
 
     let progress =
         || load.total.load(Ordering::Relaxed) + load.failures.lock().unwrap().len() as u64;

@@ -212,31 +212,24 @@ class Service extends EventEmitter {
       call(() => this.#native.verifyServer(target, []))
     }
     const svc = this.#native
-    return {
-      ...this.#context(),
-      rejectUnauthorized: true,
-      minVersion: 'TLSv1.2',
-      checkServerIdentity(_host, cert) {
-        try {
-          svc.verifyServer(target, chainOf(cert))
-          return undefined
-        } catch (e) {
-          return connectError(e)
-        }
-      },
-    }
+    return this.#verifyingOptions((chain) => svc.verifyServer(target, chain))
   }
 
   // tlsClientOptions for a dial with a datacenter: the server must be `target` there.
   #clientOptionsIn(target, where) {
     const svc = this.#native
+    return this.#verifyingOptions((chain) => svc.verifyServerWith(target, where, chain))
+  }
+
+  // Client options whose server check is `verify(chain)` (throws a native error on refusal).
+  #verifyingOptions(verify) {
     return {
       ...this.#context(),
       rejectUnauthorized: true,
       minVersion: 'TLSv1.2',
       checkServerIdentity(_host, cert) {
         try {
-          svc.verifyServerWith(target, where, chainOf(cert))
+          verify(chainOf(cert))
           return undefined
         } catch (e) {
           return connectError(e)

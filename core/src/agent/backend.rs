@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::ca::{CaConfiguration, IndexedCaRoots, IssuedCert, SignPolicy};
 use crate::catalog::{ServiceEntry, ServiceRegistration};
-use crate::http::client::{ApiClient, ClientConfig};
+use crate::http::client::{ApiClient, ClientConfig, blocking_query};
 use crate::intentions::{Intention, IntentionAction, MatchType};
 use crate::server::Server;
 use crate::state::{Indexed, Table};
@@ -48,16 +48,6 @@ impl HttpBackend {
     pub fn client(&self) -> &ApiClient {
         &self.client
     }
-}
-
-fn blocking_query(min_index: u64, wait: Duration) -> Vec<(&'static str, String)> {
-    if min_index == 0 {
-        return Vec::new();
-    }
-    vec![
-        ("index", min_index.to_string()),
-        ("wait", format!("{}ms", wait.as_millis().max(1))),
-    ]
 }
 
 /// Consul's answer for a datacenter the server cannot forward to.
@@ -233,36 +223,11 @@ impl Backend {
         }
     }
 
-    /// Passing connect-capable instances of `service` (Consul API docs, Health), in
-    /// `datacenter` (`None`: the backend's own). A datacenter this backend cannot reach is an
+    /// Passing instances of `service` (Consul API docs, Health: `/v1/health/connect` when
+    /// `connect`, else `/v1/health/service`, which also lists mesh gateways), in `datacenter`
+    /// (`None`: the backend's own). A datacenter this backend cannot reach is an
     /// `InvalidParameter` error (`No path to datacenter: …`), never an empty list.
-    pub async fn health_connect(
-        &self,
-        token: Option<&str>,
-        service: &str,
-        datacenter: Option<&str>,
-        min_index: u64,
-        wait: Duration,
-    ) -> Result<Indexed<Vec<ServiceEntry>>, Error> {
-        self.health(token, service, true, datacenter, min_index, wait)
-            .await
-    }
-
-    /// Passing instances of `service` (connect-capable or not, e.g. mesh gateways) in
-    /// `datacenter`; see [`Backend::health_connect`].
-    pub async fn health_service(
-        &self,
-        token: Option<&str>,
-        service: &str,
-        datacenter: Option<&str>,
-        min_index: u64,
-        wait: Duration,
-    ) -> Result<Indexed<Vec<ServiceEntry>>, Error> {
-        self.health(token, service, false, datacenter, min_index, wait)
-            .await
-    }
-
-    async fn health(
+    pub async fn health(
         &self,
         token: Option<&str>,
         service: &str,

@@ -16,7 +16,7 @@ use super::{
     Scoped,
 };
 use crate::ca::{CaConfiguration, IndexedCaRoots};
-use crate::cache::{Cache, CacheOptions, GetOptions, ResultMeta};
+use crate::cache::{Cache, CacheOptions, CacheType, GetOptions, ResultMeta};
 use crate::catalog::{ServiceEntry, ServiceRegistration};
 use crate::intentions::{DefaultPolicy, Intention, IntentionAction};
 use crate::server::{Server, ServerConfig};
@@ -508,16 +508,7 @@ impl Agent {
         service: &str,
         datacenter: &str,
     ) -> Result<Arc<Vec<ServiceEntry>>, Error> {
-        self.check_open()?;
-        crate::spiffe::check_datacenter_name("datacenter", datacenter)?;
-        let mut req = self.scoped(service);
-        req.datacenter = datacenter.to_owned();
-        Ok(self
-            .inner
-            .cache
-            .get::<HealthConnectType>(&req, GetOptions::default())
-            .await?
-            .0)
+        self.get_in::<HealthConnectType>(service, datacenter).await
     }
 
     /// Healthy mesh gateways (instances of `gateway_service` with `Kind: mesh-gateway`) in
@@ -529,14 +520,24 @@ impl Agent {
         gateway_service: &str,
         datacenter: &str,
     ) -> Result<Arc<Vec<ServiceEntry>>, Error> {
+        self.get_in::<MeshGatewaysType>(gateway_service, datacenter)
+            .await
+    }
+
+    /// A cache read of `name` in `datacenter` (a checked name) with this agent's token.
+    async fn get_in<T: CacheType<Request = Scoped>>(
+        &self,
+        name: &str,
+        datacenter: &str,
+    ) -> Result<Arc<T::Value>, Error> {
         self.check_open()?;
         crate::spiffe::check_datacenter_name("datacenter", datacenter)?;
-        let mut req = self.scoped(gateway_service);
+        let mut req = self.scoped(name);
         req.datacenter = datacenter.to_owned();
         Ok(self
             .inner
             .cache
-            .get::<MeshGatewaysType>(&req, GetOptions::default())
+            .get::<T>(&req, GetOptions::default())
             .await?
             .0)
     }

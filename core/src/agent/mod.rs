@@ -7,7 +7,7 @@
 mod backend;
 mod config;
 mod handle;
-mod service;
+pub(crate) mod service;
 mod types;
 pub(crate) use types::LeafKind;
 

@@ -519,8 +519,8 @@ impl ConnectService {
 }
 
 /// The socket addresses of catalog entries (their WAN address when `wan`), in random order;
-/// names that do not resolve are skipped.
-async fn addresses(entries: &[ServiceEntry], wan: bool) -> Vec<SocketAddr> {
+/// names that do not resolve are skipped. Dials and the mesh gateway pick next hops with it.
+pub(crate) async fn addresses(entries: &[ServiceEntry], wan: bool) -> Vec<SocketAddr> {
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for e in entries {
         let (host, port) = if wan {
@@ -538,7 +538,8 @@ async fn addresses(entries: &[ServiceEntry], wan: bool) -> Vec<SocketAddr> {
     addrs
 }
 
-fn shuffle<T>(v: &mut [T]) {
+/// Shuffles in place, so that load spreads over instances (and fixed gateway lists).
+pub(crate) fn shuffle<T>(v: &mut [T]) {
     for i in (1..v.len()).rev() {
         let j = rand::random_range(0..=i);
         v.swap(i, j);

@@ -19,6 +19,7 @@ use crate::catalog::{ServiceEntry, ServiceKind};
 use crate::certs::{self, CertInfo};
 use crate::intentions::Intention;
 use crate::spiffe::{ServerId, ServiceId, SpiffeId, TrustDomain};
+use crate::state::Indexed;
 use crate::tls::Svid;
 use crate::{Error, ErrorKind, SharedClock};
 
@@ -83,10 +84,7 @@ impl CacheType for RootsType {
             .backend
             .roots(opts.min_index, timeout_of(&opts))
             .await?;
-        if opts.last_value.is_some() && r.index <= opts.last_index {
-            return Ok(FetchResult::not_modified(r.index));
-        }
-        Ok(FetchResult::new(Arc::new(r.value), r.index))
+        Ok(blocking_result(&opts, r))
     }
 
     fn size_of(&self, v: &IndexedCaRoots) -> usize {
@@ -124,10 +122,7 @@ impl CacheType for IntentionMatchType {
             .backend
             .intention_match(req.token(), &req.name, opts.min_index, timeout_of(&opts))
             .await?;
-        if opts.last_value.is_some() && r.index <= opts.last_index {
-            return Ok(FetchResult::not_modified(r.index));
-        }
-        Ok(FetchResult::new(Arc::new(r.value), r.index))
+        Ok(blocking_result(&opts, r))
     }
 
     fn size_of(&self, v: &Vec<Intention>) -> usize {
@@ -149,6 +144,37 @@ fn remote_dc<'a>(local: &str, req: &'a Scoped) -> Option<&'a str> {
     (!req.datacenter.is_empty() && req.datacenter != local).then_some(req.datacenter.as_str())
 }
 
+/// The passing instances of `req.name` for both health types (`connect`: connect-capable
+/// only), blocking from the cached index.
+async fn fetch_health(
+    backend: &Backend,
+    local_dc: &str,
+    connect: bool,
+    opts: &FetchOptions<Vec<ServiceEntry>, ()>,
+    req: &Scoped,
+) -> Result<Indexed<Vec<ServiceEntry>>, Error> {
+    backend
+        .health(
+            req.token(),
+            &req.name,
+            connect,
+            remote_dc(local_dc, req),
+            opts.min_index,
+            timeout_of(opts),
+        )
+        .await
+}
+
+/// A blocking fetch's answer: "not modified" while the index has not moved past the cached
+/// value's, so that watchers wake only on change.
+fn blocking_result<T>(opts: &FetchOptions<T, ()>, r: Indexed<T>) -> FetchResult<T, ()> {
+    if opts.last_value.is_some() && r.index <= opts.last_index {
+        FetchResult::not_modified(r.index)
+    } else {
+        FetchResult::new(Arc::new(r.value), r.index)
+    }
+}
+
 impl CacheType for HealthConnectType {
     const NAME: &'static str = "health-services";
     type Request = Scoped;
@@ -164,20 +190,8 @@ impl CacheType for HealthConnectType {
         opts: FetchOptions<Vec<ServiceEntry>, ()>,
         req: &Scoped,
     ) -> Result<FetchResult<Vec<ServiceEntry>, ()>, Error> {
-        let r = self
-            .backend
-            .health_connect(
-                req.token(),
-                &req.name,
-                remote_dc(&self.datacenter, req),
-                opts.min_index,
-                timeout_of(&opts),
-            )
-            .await?;
-        if opts.last_value.is_some() && r.index <= opts.last_index {
-            return Ok(FetchResult::not_modified(r.index));
-        }
-        Ok(FetchResult::new(Arc::new(r.value), r.index))
+        let r = fetch_health(&self.backend, &self.datacenter, true, &opts, req).await?;
+        Ok(blocking_result(&opts, r))
     }
 
     fn size_of(&self, v: &Vec<ServiceEntry>) -> usize {
@@ -210,25 +224,10 @@ impl CacheType for MeshGatewaysType {
         opts: FetchOptions<Vec<ServiceEntry>, ()>,
         req: &Scoped,
     ) -> Result<FetchResult<Vec<ServiceEntry>, ()>, Error> {
-        let r = self
-            .backend
-            .health_service(
-                req.token(),
-                &req.name,
-                remote_dc(&self.datacenter, req),
-                opts.min_index,
-                timeout_of(&opts),
-            )
-            .await?;
-        if opts.last_value.is_some() && r.index <= opts.last_index {
-            return Ok(FetchResult::not_modified(r.index));
-        }
-        let gateways = r
-            .value
-            .into_iter()
-            .filter(|e| e.service.kind == ServiceKind::MeshGateway)
-            .collect();
-        Ok(FetchResult::new(Arc::new(gateways), r.index))
+        let mut r = fetch_health(&self.backend, &self.datacenter, false, &opts, req).await?;
+        r.value
+            .retain(|e| e.service.kind == ServiceKind::MeshGateway);
+        Ok(blocking_result(&opts, r))
     }
 
     fn size_of(&self, v: &Vec<ServiceEntry>) -> usize {

@@ -232,14 +232,25 @@ fn new_provider(
             )));
         }
     };
-    p.configure(ProviderConfig {
+    p.configure(provider_config(cluster_id, datacenter, primary, config))?;
+    Ok(p)
+}
+
+/// What a provider is configured with: the cluster's identity, its role and the operator's
+/// settings with the state it saved last time.
+fn provider_config(
+    cluster_id: &str,
+    datacenter: &str,
+    primary: bool,
+    config: &CaConfiguration,
+) -> ProviderConfig {
+    ProviderConfig {
         cluster_id: cluster_id.to_owned(),
         datacenter: datacenter.to_owned(),
         is_primary: primary,
         raw: config.config.clone(),
         state: config.state.clone().unwrap_or_default(),
-    })?;
-    Ok(p)
+    }
 }
 
 /// The roots entry for a provider's new root: with the provider's leaf-signing intermediate
@@ -871,13 +882,7 @@ impl CaManager {
         let provider: Box<dyn Provider> = if config.provider == "consul" {
             let secrets = secrets.ok_or(CaError::NotInitialized)?;
             let mut p = BuiltinProvider::with_secrets(clock.clone(), serials.clone(), secrets);
-            p.configure(ProviderConfig {
-                cluster_id: cluster_id.to_owned(),
-                datacenter: datacenter.to_owned(),
-                is_primary: primary,
-                raw: config.config.clone(),
-                state: config.state.clone().unwrap_or_default(),
-            })?;
+            p.configure(provider_config(cluster_id, datacenter, primary, &config))?;
             Box::new(p)
         } else {
             // Keys live in the provider (Vault): configuring it finds the same root and

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use super::hello::read_client_hello;
+use crate::agent::service::{addresses, shuffle};
 use crate::agent::{Agent, MESH_GATEWAY_SERVICE};
 use crate::catalog::{ServiceAddress, ServiceEntry, ServiceKind, ServiceRegistration};
 use crate::spiffe::{DEFAULT_NAMESPACE, TrustDomain, is_valid_datacenter_name};
@@ -307,28 +308,7 @@ impl MeshGateway {
                 )
             }
         };
-        let mut addrs = Vec::with_capacity(entries.len());
-        for e in entries.iter() {
-            let (host, port) = if wan {
-                e.wan_address()
-            } else {
-                e.dial_address()
-            };
-            if let Ok(mut resolved) = tokio::net::lookup_host((host, port)).await
-                && let Some(a) = resolved.next()
-            {
-                addrs.push(a);
-            }
-        }
-        shuffle(&mut addrs);
-        Ok(addrs)
-    }
-}
-
-fn shuffle<T>(v: &mut [T]) {
-    for i in (1..v.len()).rev() {
-        let j = rand::random_range(0..=i);
-        v.swap(i, j);
+        Ok(addresses(&entries, wan).await)
     }
 }
 

@@ -150,22 +150,23 @@ fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, Error> {
         .with_no_client_auth())
 }
 
+/// The query of a Consul blocking query (Consul API docs: Blocking Queries): `index` and
+/// `wait` when `min_index` is set, nothing for a plain read.
+pub fn blocking_query(min_index: u64, wait: Duration) -> Vec<(&'static str, String)> {
+    if min_index == 0 {
+        return Vec::new();
+    }
+    vec![
+        ("index", min_index.to_string()),
+        ("wait", format!("{}ms", wait.as_millis().max(1))),
+    ]
+}
+
 impl ApiClient {
     /// A client for `config`.
     pub fn new(config: &ClientConfig) -> Result<ApiClient, Error> {
-        let base = config.base_url()?;
         let tls = tls_config(config.endpoint.ca_file.as_deref())?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| Error::new(ErrorKind::Http, e.to_string()))?;
-        Ok(ApiClient {
-            base,
-            token: config.token.clone(),
-            datacenter: config.datacenter.clone(),
-            http,
-        })
+        ApiClient::build(config, config.base_url()?, tls)
     }
 
     /// A client with its own TLS configuration (server-to-server calls, which check a
@@ -174,7 +175,14 @@ impl ApiClient {
     pub fn with_tls(config: &ClientConfig, tls: rustls::ClientConfig) -> Result<ApiClient, Error> {
         let mut endpoint = config.endpoint.clone();
         endpoint.https = true;
-        let base = endpoint.base_url()?;
+        ApiClient::build(config, endpoint.base_url()?, tls)
+    }
+
+    fn build(
+        config: &ClientConfig,
+        base: String,
+        tls: rustls::ClientConfig,
+    ) -> Result<ApiClient, Error> {
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(Duration::from_secs(10))

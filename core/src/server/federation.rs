@@ -18,12 +18,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use reqwest::Method;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::Server;
 use crate::ca::IndexedCaRoots;
 use crate::certs::{self, CertInfo};
-use crate::http::client::{ApiClient, ClientConfig, HttpEndpoint};
+use crate::http::client::{ApiClient, ClientConfig, HttpEndpoint, blocking_query};
 use crate::intentions::Intention;
 use crate::spiffe::SpiffeId;
 use crate::state::Indexed;
@@ -357,34 +358,25 @@ impl PrimaryClient {
         min_index: u64,
         wait: Duration,
     ) -> Result<Indexed<Vec<Intention>>, Error> {
-        let mut query = Vec::new();
-        if min_index > 0 {
-            query.push(("index", min_index.to_string()));
-            query.push(("wait", format!("{}s", wait.as_secs().max(1))));
-        }
+        self.blocking_get("/v1/connect/intentions", min_index, wait)
+            .await
+    }
+
+    /// A blocking read of `path` from the primary; a failure moves on to the next address.
+    async fn blocking_get<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        min_index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<T>, Error> {
         let got = self
             .client()
-            .get::<Vec<Intention>>("/v1/connect/intentions", &query)
+            .get::<T>(path, &blocking_query(min_index, wait))
             .await;
         if got.is_err() {
             self.fail_over();
         }
         got
-    }
-
-    /// Forwards a caller's request to the primary's servers unchanged (the caller's token
-    /// decides there); see [`ApiClient::forward`].
-    pub async fn forward(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<(u16, Option<String>, Vec<u8>), Error> {
-        self.client()
-            .forward(method, path_and_query, headers, body, timeout)
-            .await
     }
 
     /// Where this server's own certificate goes once it has one, to be presented to the
@@ -402,7 +394,10 @@ impl PrimaryClient {
         Ok(())
     }
 
-    fn client(&self) -> &ApiClient {
+    /// The client of the primary address in use (the next one after a failure): e.g. for
+    /// [`ApiClient::forward`], which sends a caller's request on unchanged so that the
+    /// caller's token decides there.
+    pub fn client(&self) -> &ApiClient {
         &self.clients[self.next % self.clients.len()]
     }
 
@@ -418,22 +413,9 @@ impl PrimaryClient {
         min_index: u64,
         wait: Duration,
     ) -> Result<Indexed<IndexedCaRoots>, Error> {
-        let mut query = Vec::new();
-        if min_index > 0 {
-            query.push(("index", min_index.to_string()));
-            query.push(("wait", format!("{}s", wait.as_secs().max(1))));
-        }
-        let got = self
-            .client()
-            .get::<IndexedCaRoots>("/v1/connect/ca/roots", &query)
-            .await;
-        let got = match got {
-            Ok(g) => g,
-            Err(e) => {
-                self.fail_over();
-                return Err(e);
-            }
-        };
+        let got: Indexed<IndexedCaRoots> = self
+            .blocking_get("/v1/connect/ca/roots", min_index, wait)
+            .await?;
         let td = self.roots.load().trust_domain().as_str().to_owned();
         if !got.value.trust_domain.eq_ignore_ascii_case(&td) {
             return Err(Error::new(
@@ -542,6 +524,22 @@ impl Outage {
     fn backoff(&self) -> Duration {
         self.backoff
     }
+
+    /// Accounts for one blocking round against the primary (both replication loops): on
+    /// success the next round blocks from the new index — reset to 0 when it went backwards,
+    /// as Consul does for a restored primary; on failure, waits out the back-off.
+    async fn account(&mut self, pass: Result<u64, Error>, index: &mut u64) {
+        match pass {
+            Ok(new_index) => {
+                self.ended();
+                *index = if new_index < *index { 0 } else { new_index };
+            }
+            Err(e) => {
+                self.failed(&e);
+                tokio::time::sleep(self.backoff()).await;
+            }
+        }
+    }
 }
 
 /// Gets a new intermediate for `roots` from the primary and installs it.
@@ -612,17 +610,7 @@ pub async fn run_secondary(server: Server, mut client: PrimaryClient) {
             Ok::<_, Error>(got.index)
         }
         .await;
-        match pass {
-            Ok(new_index) => {
-                outage.ended();
-                // Consul resets the index when it goes backwards (a restored primary).
-                index = if new_index < index { 0 } else { new_index };
-            }
-            Err(e) => {
-                outage.failed(&e);
-                tokio::time::sleep(outage.backoff()).await;
-            }
-        }
+        outage.account(pass, &mut index).await;
     }
 }
 
@@ -647,16 +635,7 @@ pub async fn run_intention_replication(server: Server, mut client: PrimaryClient
             Ok::<_, Error>(got.index)
         }
         .await;
-        match pass {
-            Ok(new_index) => {
-                outage.ended();
-                index = if new_index < index { 0 } else { new_index };
-            }
-            Err(e) => {
-                outage.failed(&e);
-                tokio::time::sleep(outage.backoff()).await;
-            }
-        }
+        outage.account(pass, &mut index).await;
     }
 }
 

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::ResolvesClientCert;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::{ClientConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
@@ -217,27 +216,7 @@ impl ServerCertVerifier for ServerVerifier {
             .map(|_| ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &super::provider::sig_algs())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &super::provider::sig_algs())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        super::provider::sig_algs().supported_schemes()
-    }
+    super::provider::provider_signature_checks!();
 }
 
 /// Presents the current leaf, read from the latest snapshot on every handshake.

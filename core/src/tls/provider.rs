@@ -50,3 +50,50 @@ pub fn crypto_provider(kx: KeyExchange) -> Arc<CryptoProvider> {
 pub(crate) fn sig_algs() -> rustls::crypto::WebPkiSupportedAlgorithms {
     crypto_provider(KeyExchange::default()).signature_verification_algorithms
 }
+
+/// The three handshake-signature methods that rustls's verifier traits (`ServerCertVerifier`,
+/// `ClientCertVerifier`) require and do not default: every verifier of ours checks
+/// CertificateVerify with the one provider's algorithms, so they are written once here and
+/// expanded inside each `impl`.
+macro_rules! provider_signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &::rustls_pki_types::CertificateDer<'_>,
+            dss: &::rustls::DigitallySignedStruct,
+        ) -> ::std::result::Result<
+            ::rustls::client::danger::HandshakeSignatureValid,
+            ::rustls::Error,
+        > {
+            ::rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &$crate::tls::provider::sig_algs(),
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &::rustls_pki_types::CertificateDer<'_>,
+            dss: &::rustls::DigitallySignedStruct,
+        ) -> ::std::result::Result<
+            ::rustls::client::danger::HandshakeSignatureValid,
+            ::rustls::Error,
+        > {
+            ::rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &$crate::tls::provider::sig_algs(),
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<::rustls::SignatureScheme> {
+            $crate::tls::provider::sig_algs().supported_schemes()
+        }
+    };
+}
+pub(crate) use provider_signature_checks;

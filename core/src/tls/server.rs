@@ -7,14 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
-};
+use rustls::{CertificateError, DistinguishedName, ServerConfig};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
@@ -267,27 +263,7 @@ impl ClientCertVerifier for ClientVerifier {
             .map(|_| ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &super::provider::sig_algs())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &super::provider::sig_algs())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        super::provider::sig_algs().supported_schemes()
-    }
+    super::provider::provider_signature_checks!();
 }
 
 /// Builds an [`MtlsServer`]; see [`mtls_server`].

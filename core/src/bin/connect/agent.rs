@@ -598,6 +598,7 @@ async fn forward_to_primary(
     let method =
         reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
     match primary
+        .client()
         .forward(method, &target, &headers, body.to_vec(), timeout)
         .await
     {

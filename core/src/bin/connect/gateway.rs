@@ -89,23 +89,8 @@ pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
 
 /// Runs the gateway until SIGINT or SIGTERM; returns the exit code.
 pub(crate) fn run(args: MeshGatewayArgs) -> u8 {
-    crate::init_logging(args.log_level.as_deref().unwrap_or("info"));
-    let runtime = crate::Runtime::MultiThread {
-        grace: Duration::from_secs(1),
-    };
-    crate::with_runtime(runtime, |rt| {
-        let (code, agent) = match rt.block_on(serve(args)) {
-            Ok(agent) => (0, Some(agent)),
-            Err((e, agent)) => {
-                eprintln!("Error: {e}");
-                (1, agent)
-            }
-        };
-        if let Some(agent) = agent {
-            agent.close();
-        }
-        code
-    })
+    let level = args.log_level.clone();
+    crate::serve_until_signal(level.as_deref(), serve(args), |agent| agent.close())
 }
 
 type Failed = (Error, Option<Agent>);

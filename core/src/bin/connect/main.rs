@@ -389,6 +389,34 @@ pub(crate) fn with_runtime(kind: Runtime, f: impl FnOnce(&tokio::runtime::Runtim
     code
 }
 
+/// Runs a long-lived data-plane command (`proxy`, `gateway mesh`): logging at `log_level`, a
+/// multi-thread runtime, `serve` until a signal ends it. What `serve` hands back — also on an
+/// error after it registered something — is closed by `close` outside `block_on`, where close
+/// waits for the deregistration to reach the agent (inside a runtime it would only start it).
+pub(crate) fn serve_until_signal<T>(
+    log_level: Option<&str>,
+    serve: impl std::future::Future<Output = Result<T, (connect_core::Error, Option<T>)>>,
+    close: impl FnOnce(T),
+) -> u8 {
+    init_logging(log_level.unwrap_or("info"));
+    let runtime = Runtime::MultiThread {
+        grace: Duration::from_secs(1),
+    };
+    with_runtime(runtime, |rt| {
+        let (code, held) = match rt.block_on(serve) {
+            Ok(held) => (0, Some(held)),
+            Err((e, held)) => {
+                eprintln!("Error: {e}");
+                (1, held)
+            }
+        };
+        if let Some(held) = held {
+            close(held);
+        }
+        code
+    })
+}
+
 /// Waits for SIGINT or SIGTERM; returns its name.
 pub(crate) async fn shutdown_signal() -> Result<&'static str, connect_core::Error> {
     use connect_core::{Error, ErrorKind};

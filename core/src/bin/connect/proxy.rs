@@ -136,25 +136,10 @@ impl Upstream {
 
 /// Runs the proxy until SIGINT or SIGTERM; returns the exit code.
 pub(crate) fn run(args: ProxyArgs) -> u8 {
-    crate::init_logging(args.log_level.as_deref().unwrap_or("info"));
-    let runtime = crate::Runtime::MultiThread {
-        grace: Duration::from_secs(1),
-    };
-    crate::with_runtime(runtime, |rt| {
-        let (code, svc) = match rt.block_on(serve(args)) {
-            Ok(svc) => (0, Some(svc)),
-            Err((e, svc)) => {
-                eprintln!("Error: {e}");
-                (1, svc)
-            }
-        };
-        // Closed outside the runtime's block_on, where close waits for the deregistration to
-        // reach the agent (inside a runtime it would only start it).
-        if let Some(svc) = svc {
-            svc.close();
-            svc.agent().close();
-        }
-        code
+    let level = args.log_level.clone();
+    crate::serve_until_signal(level.as_deref(), serve(args), |svc| {
+        svc.close();
+        svc.agent().close();
     })
 }
 
