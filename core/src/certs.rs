@@ -166,6 +166,14 @@ pub struct CertInfo {
 }
 
 impl CertInfo {
+    /// The certificate's key ID: its subject key ID, or [`key_id`] of its public key when it
+    /// has none (a CA's `SigningKeyID` in the roots answer).
+    pub fn key_id(&self) -> Vec<u8> {
+        self.subject_key_id
+            .clone()
+            .unwrap_or_else(|| key_id(&self.spki_der))
+    }
+
     /// Parses a DER certificate.
     pub fn from_der(der: &[u8]) -> Result<CertInfo, CaError> {
         let (rest, cert) = X509Certificate::from_der(der)

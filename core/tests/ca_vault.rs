@@ -280,6 +280,21 @@ fn leaf_csr(server: &Server, service: &str) -> String {
     .csr_pem
 }
 
+/// Signs a leaf every 250 ms for `period` (long enough to outlive a token's TTL or a
+/// login's max TTL); panics at the first failure. Returns how many were signed.
+fn sign_every_quarter_second(server: &Server, period: Duration) -> u32 {
+    let until = Instant::now() + period;
+    let mut signed = 0;
+    while Instant::now() < until {
+        server
+            .sign(None, &leaf_csr(server, "web"), SignPolicy::ServiceOnly)
+            .unwrap_or_else(|e| panic!("after {signed} leaves: {e}"));
+        signed += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    signed
+}
+
 /// The authority key ID of the first certificate of `pem`, colon-hex.
 fn issuer_key(pem: &str) -> String {
     let der = certs::parse_pem_certificate(&pem_blocks(pem)[0]).unwrap();
@@ -719,15 +734,7 @@ fn a_short_ttl_token_is_renewed_without_interruption() {
     assert!(!shown.contains(&token), "{shown}");
     let debug = format!("{:?}", server.ca_config(None).unwrap().value);
     assert!(!debug.contains(&token), "{debug}");
-    let until = Instant::now() + Duration::from_secs(13);
-    let mut signed = 0;
-    while Instant::now() < until {
-        server
-            .sign(None, &leaf_csr(&server, "web"), SignPolicy::ServiceOnly)
-            .unwrap_or_else(|e| panic!("after {signed} leaves: {e}"));
-        signed += 1;
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let signed = sign_every_quarter_second(&server, Duration::from_secs(13));
     // The token itself is still alive, more than three of its TTLs after it was made.
     let look = bao.api("POST", "auth/token/lookup", Some(json!({ "token": token })));
     assert!(look["data"]["ttl"].as_u64().unwrap() > 0, "{look}");
@@ -773,15 +780,7 @@ fn approle_login_and_relogin_at_max_ttl() {
     let mut config = ServerConfig::dev();
     config.ca = vault(cfg);
     let server = Server::start(config, connect_core::clock::system()).unwrap();
-    let until = Instant::now() + Duration::from_secs(14);
-    let mut signed = 0;
-    while Instant::now() < until {
-        server
-            .sign(None, &leaf_csr(&server, "web"), SignPolicy::ServiceOnly)
-            .unwrap_or_else(|e| panic!("after {signed} leaves: {e}"));
-        signed += 1;
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let signed = sign_every_quarter_second(&server, Duration::from_secs(14));
     assert!(signed > 20, "{signed}");
     let shown = serde_json::to_string(&server.ca_config(None).unwrap().value).unwrap();
     assert!(!shown.contains(&secret_id), "{shown}");

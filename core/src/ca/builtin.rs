@@ -449,11 +449,7 @@ impl Provider for BuiltinProvider {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        p.key_identifier_method = KeyIdMethod::PreSpecified(
-            info.subject_key_id
-                .clone()
-                .unwrap_or_else(|| certs::key_id(&info.spki_der)),
-        );
+        p.key_identifier_method = KeyIdMethod::PreSpecified(info.key_id());
         p.use_authority_key_identifier_extension = true;
         p.not_before = self.backdated_now();
         p.not_after = p.not_before + CROSS_SIGN_VALIDITY;

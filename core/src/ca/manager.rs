@@ -275,12 +275,7 @@ fn add_intermediate(root: &mut CaRoot, inter_pem: &str) -> Result<(), CaError> {
     let mut list = root.intermediate_certs.take().unwrap_or_default();
     list.push(certs::der_to_pem(&der));
     root.intermediate_certs = Some(list);
-    root.signing_key_id = certs::colon_hex(
-        &info
-            .subject_key_id
-            .clone()
-            .unwrap_or_else(|| certs::key_id(&info.spki_der)),
-    );
+    root.signing_key_id = certs::colon_hex(&info.key_id());
     Ok(())
 }
 
@@ -387,12 +382,7 @@ impl CaManager {
                     intermediate_pem,
                 )?));
                 root.intermediate_certs = Some(inter);
-                root.signing_key_id = certs::colon_hex(
-                    &info
-                        .subject_key_id
-                        .clone()
-                        .unwrap_or_else(|| certs::key_id(&info.spki_der)),
-                );
+                root.signing_key_id = certs::colon_hex(&info.key_id());
                 root.modify_index = self.index;
             } else if root.active {
                 root.active = false;
@@ -422,14 +412,7 @@ impl CaManager {
         let ours = certs::parse_pem_certificate(&secrets.cert_pem)
             .ok()
             .and_then(|der| CertInfo::from_der(&der).ok())
-            .map(|info| {
-                certs::colon_hex(
-                    &info
-                        .subject_key_id
-                        .clone()
-                        .unwrap_or_else(|| certs::key_id(&info.spki_der)),
-                )
-            });
+            .map(|info| certs::colon_hex(&info.key_id()));
         ours.as_deref() != Some(local.signing_key_id.as_str())
     }
 

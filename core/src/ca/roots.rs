@@ -52,10 +52,7 @@ impl CaRoot {
     pub fn from_pem(root_pem: &str, cluster_id: &str, provider: &str) -> Result<CaRoot, CaError> {
         let der = certs::parse_pem_certificate(root_pem)?;
         let info = CertInfo::from_der(&der)?;
-        let skid = info
-            .subject_key_id
-            .clone()
-            .unwrap_or_else(|| certs::key_id(&info.spki_der));
+        let skid = info.key_id();
         Ok(CaRoot {
             id: certs::sha1_fingerprint(&der),
             name: format!("{} CA Root Cert", title_case(provider)),

@@ -29,6 +29,20 @@ pub type SharedBundle = Arc<ArcSwap<Bundle>>;
 /// The certificate a server presents as a client; set once the server has one.
 pub type ClientCertSlot = Arc<OnceLock<Arc<ArcSwapOption<CertifiedKey>>>>;
 
+/// The identity a server-to-server peer's chain names, once the chain verified against
+/// `bundle` now (both directions of server-to-server TLS check this much).
+fn chain_identity(
+    bundle: &Bundle,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    clock: &SharedClock,
+    role: PeerRole,
+) -> Result<SpiffeId, rustls::Error> {
+    check_chain(bundle, end_entity, intermediates, clock.now(), role)?;
+    let (id, _) = leaf_identity(end_entity).map_err(VerifyFailure::into_rustls)?;
+    Ok(id)
+}
+
 struct ServerIdVerifier {
     roots: SharedBundle,
     datacenter: String,
@@ -50,14 +64,13 @@ impl ServerIdVerifier {
         intermediates: &[CertificateDer<'_>],
     ) -> Result<(), rustls::Error> {
         let bundle = self.roots.load();
-        check_chain(
+        let id = chain_identity(
             &bundle,
             end_entity,
             intermediates,
-            self.clock.now(),
+            &self.clock,
             PeerRole::Server,
         )?;
-        let (id, _) = leaf_identity(end_entity).map_err(VerifyFailure::into_rustls)?;
         let td = bundle.trust_domain().as_str();
         match &id {
             SpiffeId::Server(s)
@@ -177,14 +190,13 @@ impl ClientCertVerifier for OptionalPeerVerifier {
         let bundle = (self.roots)().ok_or_else(|| {
             VerifyFailure::new(ErrorKind::CaNotInitialized, "no CA roots yet").into_rustls()
         })?;
-        check_chain(
+        let id = chain_identity(
             &bundle,
             end_entity,
             intermediates,
-            self.clock.now(),
+            &self.clock,
             PeerRole::Client,
         )?;
-        let (id, _) = leaf_identity(end_entity).map_err(VerifyFailure::into_rustls)?;
         if !id
             .host()
             .eq_ignore_ascii_case(bundle.trust_domain().as_str())
