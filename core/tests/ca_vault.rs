@@ -29,7 +29,7 @@ use connect_core::agent::{Agent as ConnectAgent, AgentBackend, AgentConfig};
 use connect_core::ca::{CaConfiguration, CaManager, SignPolicy, generate_leaf_request};
 use connect_core::certs::{self, CertInfo};
 use connect_core::http::client::HttpEndpoint;
-use connect_core::server::{Server, ServerConfig};
+use connect_core::server::{Server, ServerConfig, SignIntermediateRequest};
 use connect_core::tls::mtls_client;
 use serde_json::{Map, Value, json};
 use tls_support::{spawn_load, wait_for};
@@ -271,8 +271,9 @@ fn agent_config_file(dir: &Path, provider: &str, ca_config: &Map<String, Value>)
 
 fn leaf_csr(server: &Server, service: &str) -> String {
     let td = server.ca_roots().value.trust_domain;
+    let dc = server.datacenter();
     generate_leaf_request(
-        &format!("spiffe://{td}/ns/default/dc/dc1/svc/{service}"),
+        &format!("spiffe://{td}/ns/default/dc/{dc}/svc/{service}"),
         &[],
         &[],
     )
@@ -304,6 +305,12 @@ fn issuer_key(pem: &str) -> String {
         .as_deref()
         .map(certs::colon_hex)
         .unwrap_or_default()
+}
+
+/// The key ID of the first certificate in `pem`, colon-hex (a CA's `SigningKeyID`).
+fn key_id(pem: &str) -> String {
+    let der = certs::parse_pem_certificate(&pem_blocks(pem)[0]).unwrap();
+    certs::colon_hex(&CertInfo::from_der(&der).unwrap().key_id())
 }
 
 /// What a Connect leaf looks like, apart from keys, serial, dates and trust domain.
@@ -1099,4 +1106,123 @@ fn the_vault_intermediate_is_renewed_at_half_life() {
         )
         .unwrap();
     }
+}
+
+/// What the federation loop does in one pass (server::run_secondary), with both datacenters
+/// in this process: a CSR from dc2, signed by dc1, installed in dc2.
+fn join(primary: &Server, secondary: &Server) -> String {
+    let roots = primary.ca_roots().value;
+    assert!(secondary.needs_intermediate(&roots));
+    let csr = secondary.intermediate_csr().unwrap();
+    let req = SignIntermediateRequest {
+        csr,
+        datacenter: "dc2".into(),
+    };
+    let signed = primary.sign_intermediate_for(None, &req).unwrap();
+    secondary
+        .install_intermediate(&signed.intermediate_pem, &roots)
+        .unwrap();
+    assert!(!secondary.needs_intermediate(&roots));
+    signed.intermediate_pem
+}
+
+/// A dc2 leaf and `openssl verify` of it against dc1's active root, through dc2's chain.
+fn dc2_leaf_verifies(primary: &Server, secondary: &Server, dir: &Path, tag: &str) -> String {
+    let issued = secondary
+        .sign_local(&leaf_csr(secondary, "web"), SignPolicy::Local)
+        .unwrap();
+    // The leaf, then the active root's intermediates as Consul lists them (after a rotation
+    // the cross-signed root, then dc1's own Vault intermediate), dc2's last: it signed the leaf.
+    let blocks = pem_blocks(&issued.cert_pem);
+    let ours = blocks.last().unwrap().clone();
+    assert!(blocks.len() >= 3, "{}", issued.cert_pem);
+    assert_eq!(issuer_key(&blocks[0]), key_id(&ours));
+    let root = primary.ca_roots().value.active().unwrap().root_cert.clone();
+    let ca = write(dir, &format!("{tag}-root.pem"), &root);
+    let inter = write(dir, &format!("{tag}-inter.pem"), &blocks[1..].concat());
+    let leaf = write(dir, &format!("{tag}-leaf.pem"), &blocks[0]);
+    let (verified, out) = openssl_verify(&ca, Some(&inter), &leaf);
+    assert!(verified, "{tag}: {out}");
+    ours
+}
+
+/// Vault in both datacenters (Consul CA docs, Vault provider in secondary datacenters): dc2
+/// makes its intermediate key in its own Vault mount, dc1's Vault root signs the CSR (path
+/// length 0), dc2's leaves verify with `openssl verify` against dc1's root, no private key
+/// reaches dc2's data directory, a restart resumes the intermediate from Vault, and a
+/// rotation in dc1 calls for a new one, signed by the new root.
+#[test]
+fn a_vault_secondary_gets_its_intermediate_from_a_vault_primary() {
+    let Some(bao) = dev_bao() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let clock = connect_core::clock::system();
+    let mut c1 = ServerConfig::dev();
+    c1.ca = vault(vault_config(bao, &bao.token, "fed1"));
+    let dc1 = Server::start(c1, clock.clone()).unwrap();
+
+    let mut c2 = ServerConfig::dev();
+    c2.datacenter = "dc2".into();
+    c2.primary_datacenter = Some("dc1".into());
+    c2.data_dir = Some(dir.path().join("dc2-data"));
+    c2.ca = vault(vault_config(bao, &bao.token, "fed2"));
+    let roots = dc1.ca_roots().value;
+    let dc2 = Server::start_secondary(c2.clone(), clock.clone(), &roots).unwrap();
+    assert!(
+        !dc2.ca_ready(),
+        "no intermediate before the primary signs one"
+    );
+    let err = dc2
+        .sign_local(&leaf_csr(&dc2, "web"), SignPolicy::Local)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CaNotInitialized, "{err}");
+
+    let inter = join(&dc1, &dc2);
+    assert!(dc2.ca_ready());
+    // The intermediate is dc2's mount's default issuer, and dc1's root (in dc1's mount) signed it.
+    let in_vault = bao.api("GET", "fed2-inter/cert/ca", None);
+    assert_eq!(
+        certs::parse_pem_certificate(in_vault["data"]["certificate"].as_str().unwrap()).unwrap(),
+        certs::parse_pem_certificate(&inter).unwrap()
+    );
+    assert_eq!(
+        issuer_key(&inter),
+        key_id(&roots.active().unwrap().root_cert)
+    );
+    assert_eq!(
+        key_id(&dc2_leaf_verifies(&dc1, &dc2, dir.path(), "first")),
+        key_id(&inter)
+    );
+    // dc2's roots answer: dc1's roots, with dc2's signing key.
+    let dc2_roots = dc2.ca_roots().value;
+    assert_eq!(dc2_roots.active_root_id, roots.active_root_id);
+    assert_eq!(dc2_roots.active().unwrap().signing_key_id, key_id(&inter));
+    // The key lives in Vault: nothing dc2 stored holds a private key.
+    drop(dc2);
+    for f in cli_support::files_under(&dir.path().join("dc2-data")) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("PRIVATE KEY"),
+            "{} holds a private key",
+            f.display()
+        );
+    }
+
+    // A restart resumes the intermediate from Vault: signing at once, no new intermediate.
+    let dc2 = Server::start_secondary(c2, clock, &roots).unwrap();
+    assert!(dc2.ca_ready(), "resumed from Vault");
+    assert!(!dc2.needs_intermediate(&roots));
+    assert_eq!(
+        key_id(&dc2_leaf_verifies(&dc1, &dc2, dir.path(), "resumed")),
+        key_id(&inter)
+    );
+
+    // A rotation in dc1 (to a new Vault root): dc2 needs, and gets, an intermediate from it.
+    dc1.set_ca_config(None, vault(vault_config(bao, &bao.token, "fed1b")))
+        .unwrap();
+    let rotated = dc1.ca_roots().value;
+    assert_ne!(rotated.active_root_id, roots.active_root_id);
+    assert!(dc2.needs_intermediate(&rotated));
+    let newer = join(&dc1, &dc2);
+    assert_ne!(issuer_key(&newer), issuer_key(&inter));
+    dc2_leaf_verifies(&dc1, &dc2, dir.path(), "rotated");
 }

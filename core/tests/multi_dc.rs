@@ -235,22 +235,9 @@ fn private_key_needle(bytes: &[u8]) -> Option<String> {
     (body.len() >= 64).then(|| body[..64].to_owned())
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let path = e.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 /// dc2's CA private key, read from its store (and its write-ahead log).
 fn dc2_ca_key_needle(data: &Path) -> String {
-    for f in files_under(data) {
+    for f in cli_support::files_under(data) {
         if let Some(n) = private_key_needle(&std::fs::read(&f).unwrap()) {
             return n;
         }
@@ -343,7 +330,7 @@ fn a_secondary_gets_its_intermediate_from_the_primary_and_signs_leaves_itself() 
     for (i, s) in seen.iter().enumerate() {
         assert!(!s.contains(&needle), "dc2's CA key in dc1's answer #{i}");
     }
-    for f in files_under(&fed.path("data1")) {
+    for f in cli_support::files_under(&fed.path("data1")) {
         let bytes = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).replace("\\n", "");
         assert!(!bytes.contains(&needle), "dc2's CA key in dc1's file {f:?}");
     }

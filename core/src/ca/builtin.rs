@@ -67,6 +67,33 @@ pub fn signing_uri(cluster_id: &str) -> String {
     format!("spiffe://{}.consul", cluster_id.to_lowercase())
 }
 
+/// What a primary checks of a secondary's intermediate CSR before any provider signs it: at
+/// most one URI SAN, and one this trust domain's signing ID may sign (Consul's
+/// `SignIntermediate`).
+pub(crate) fn check_intermediate_csr(csr: &Csr, cluster_id: &str) -> Result<(), CaError> {
+    let want = signing_uri(cluster_id);
+    match csr.uris() {
+        [] => Ok(()),
+        [uri] => {
+            let ok = SpiffeId::parse(uri).is_ok_and(|id| {
+                SpiffeId::parse(&want)
+                    .ok()
+                    .and_then(|s| s.as_signing().cloned())
+                    .is_some_and(|s| s.can_sign(&id))
+            });
+            if ok {
+                Ok(())
+            } else {
+                Err(CaError::IntermediateCsrDomain {
+                    got: uri.clone(),
+                    want,
+                })
+            }
+        }
+        many => Err(CaError::CsrTooManyUris(many.len())),
+    }
+}
+
 /// A [`PrivateKey`] shared between the provider and its cached issuer.
 #[derive(Debug, Clone)]
 struct SharedKey(Arc<PrivateKey>);
@@ -368,27 +395,7 @@ impl Provider for BuiltinProvider {
         }
         let signer = self.signer()?;
         signer.check_not_expired(self.clock.now())?;
-        let want = signing_uri(&config.cluster_id);
-        match csr.uris() {
-            [] => {}
-            [uri] => {
-                let ok = SpiffeId::parse(uri).is_ok_and(|id| {
-                    SpiffeId::parse(&want)
-                        .ok()
-                        .and_then(|s| s.as_signing().cloned())
-                        .is_some_and(|s| s.can_sign(&id))
-                });
-                if !ok {
-                    return Err(CaError::IntermediateCsrDomain {
-                        got: uri.clone(),
-                        want,
-                    });
-                }
-            }
-            many => {
-                return Err(CaError::CsrTooManyUris(many.len()));
-            }
-        }
+        check_intermediate_csr(csr, &config.cluster_id)?;
         let mut p = CertificateParams::default();
         p.distinguished_name = csr.distinguished_name().clone();
         p.serial_number = Some(self.serial());

@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 use super::CaError;
 use super::keys::{KeySpec, KeyType};
+use crate::certs::{self, CertInfo};
 use crate::duration::{deserialize_go_duration, format_go_duration};
 use crate::json::{DecodeError, Rules};
 
@@ -28,6 +29,20 @@ pub const INTERMEDIATE_RENEW_INTERVAL: Duration = HOUR;
 pub const CROSS_SIGN_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How far NotBefore of leaves and intermediates is back-dated for clock drift.
 pub const CLOCK_DRIFT_BUFFER: Duration = Duration::from_secs(60);
+
+/// When `pem` (an intermediate) is past half its validity, counted from NotBefore + the
+/// clock-drift minute as Consul does.
+pub(crate) fn needs_renewal(pem: &str, now: time::OffsetDateTime) -> bool {
+    let Ok(der) = certs::parse_pem_certificate(pem) else {
+        return false;
+    };
+    let Ok(info) = CertInfo::from_der(&der) else {
+        return false;
+    };
+    let start = info.not_before + CLOCK_DRIFT_BUFFER;
+    let half = (info.not_after - start) / 2;
+    now > start + half
+}
 
 /// Options shared by every provider.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

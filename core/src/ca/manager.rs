@@ -9,10 +9,11 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::builtin::{BuiltinProvider, BuiltinSecrets, signing_uri};
+use super::config::needs_renewal;
 use super::config::{CommonCaConfig, ConsulCaConfig};
 use super::provider::{Provider, ProviderConfig, RemoteSigner, Serials};
 use super::roots::{CaRoot, IndexedCaRoots};
-use super::vault::{VaultCaConfig, VaultProvider, needs_renewal};
+use super::vault::{VaultCaConfig, VaultProvider};
 use super::{CaError, Csr};
 use crate::SharedClock;
 use crate::certs::{self, CertInfo};
@@ -400,7 +401,7 @@ impl CaManager {
         if self.primary {
             return false;
         }
-        let Some(secrets) = self.provider.persisted_secrets() else {
+        let Ok(signing) = self.provider.active_leaf_signing_cert() else {
             return true;
         };
         let Some(local) = self.roots.iter().find(|r| r.active) else {
@@ -409,11 +410,17 @@ impl CaManager {
         if primary_roots.active_root_id != local.id {
             return true;
         }
-        let ours = certs::parse_pem_certificate(&secrets.cert_pem)
+        let ours = certs::parse_pem_certificate(&signing)
             .ok()
             .and_then(|der| CertInfo::from_der(&der).ok())
             .map(|info| certs::colon_hex(&info.key_id()));
         ours.as_deref() != Some(local.signing_key_id.as_str())
+    }
+
+    /// Whether this CA can sign leaves: always in a primary; in a secondary once its provider
+    /// holds an intermediate the primary signed.
+    pub fn can_sign(&self) -> bool {
+        self.primary || self.provider.active_leaf_signing_cert().is_ok()
     }
 
     /// Secondary: whether the intermediate is past half of its validity (Consul renews then;
@@ -422,18 +429,10 @@ impl CaManager {
         if self.primary {
             return false;
         }
-        let Some(secrets) = self.provider.persisted_secrets() else {
-            return true;
-        };
-        let Ok(info) = certs::parse_pem_certificate(&secrets.cert_pem)
-            .map_err(|_| ())
-            .and_then(|der| CertInfo::from_der(&der).map_err(|_| ()))
-        else {
-            return true;
-        };
-        let start = info.not_before + time::Duration::minutes(1);
-        let half = start + (info.not_after - start) / 2;
-        self.clock.now() >= half
+        match self.provider.active_leaf_signing_cert() {
+            Ok(pem) => needs_renewal(&pem, self.clock.now()),
+            Err(_) => true,
+        }
     }
 
     /// Secondary: follows a change of the primary's roots that keeps its active root (one
@@ -581,6 +580,11 @@ impl CaManager {
             .find(|r| r.active)
             .map(|r| r.id.clone())
             .unwrap_or_default();
+        // A secondary signs only with an intermediate the primary signed: never a leaf that
+        // would not chain to the primary's root.
+        if !self.can_sign() {
+            return Err(CaError::NotInitialized);
+        }
         let step = match self.provider.remote_signer() {
             Some(signer) => LeafStep::Remote(signer),
             None => LeafStep::Signed(self.provider.sign(&csr)?),
@@ -873,6 +877,16 @@ impl CaManager {
             let mut p = new_provider(&clock, &serials, cluster_id, datacenter, primary, &config)?;
             if primary {
                 p.generate_ca_chain()?;
+            } else if let Some(ours) = roots
+                .iter()
+                .find(|r| r.active)
+                .and_then(|r| r.intermediate_certs.as_ref()?.last())
+            {
+                // Not resumed (the mount changed under us): the federation loop asks the
+                // primary for a new intermediate, and nothing is signed until then.
+                if let Err(e) = p.resume_intermediate(ours) {
+                    tracing::warn!(error = %e, "the secondary's intermediate could not be resumed from the provider; asking the primary for a new one");
+                }
             }
             p
         };

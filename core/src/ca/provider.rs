@@ -58,6 +58,13 @@ pub trait Provider: Send + Sync + Debug {
         root_pem: &str,
         opaque: &str,
     ) -> Result<(), CaError>;
+    /// Secondary, after a restart: resumes with `intermediate_pem`, the intermediate this
+    /// datacenter installed last (kept with its roots), when the provider still holds its key
+    /// outside our store (Vault). An error leaves the secondary without an intermediate until
+    /// the primary signs a new one.
+    fn resume_intermediate(&mut self, _intermediate_pem: &str) -> Result<(), CaError> {
+        Err(CaError::NotInitialized)
+    }
     /// Whether leaves are signed by an intermediate even in the primary (Vault), which then
     /// appears after the root in the roots' `IntermediateCerts` and is renewed at half life.
     fn primary_uses_intermediate(&self) -> bool {

@@ -17,12 +17,12 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
-use super::builtin::{ca_common_name, compact_uid, signing_uri};
+use super::builtin::{ca_common_name, check_intermediate_csr, compact_uid, signing_uri};
 use super::config::CommonCaConfig;
 use super::provider::{Provider, ProviderConfig, RemoteSigner};
 use super::{CaError, Csr, KeyType};
 use crate::ErrorKind;
-use crate::certs::{self, CertInfo};
+use crate::certs;
 use crate::duration::format_go_duration;
 use crate::json::{DecodeError, Rules};
 
@@ -864,6 +864,22 @@ impl VaultProvider {
     /// The intermediate mount, its `leaf-cert` role, and an intermediate signed by the current
     /// root (a new one unless the mount's default issuer already is).
     fn ensure_intermediate(&mut self, root_pem: &str) -> Result<String, CaError> {
+        self.ensure_intermediate_mount()?;
+        let (_, vc, _) = self.cfg()?;
+        let (inter, ns) = (
+            vc.intermediate_pki_path.trim_end_matches('/').to_owned(),
+            vc.intermediate_pki_namespace.clone(),
+        );
+        if let Some(pem) = self.read_ca_cert(&inter, &ns)?
+            && signed_by(&pem, root_pem)
+        {
+            return Ok(pem);
+        }
+        self.generate_intermediate(root_pem)
+    }
+
+    /// The intermediate mount (tuned to the intermediate TTL) and its `leaf-cert` role.
+    fn ensure_intermediate_mount(&mut self) -> Result<(), CaError> {
         let (_, vc, _) = self.cfg()?;
         let vc = vc.clone();
         let ns = vc.intermediate_pki_namespace.clone();
@@ -892,67 +908,84 @@ impl VaultProvider {
             format!("{inter}/roles/{LEAF_ROLE}"),
             &ns,
             Some(role),
-        )?;
-        if let Some(pem) = self.read_ca_cert(inter, &ns)?
-            && signed_by(&pem, root_pem)
-        {
-            return Ok(pem);
-        }
-        self.generate_intermediate(root_pem)
+        )
+        .map(|_| ())
     }
 
     /// A new intermediate key in the intermediate mount, signed by the root mount and made the
     /// mount's default issuer.
     fn generate_intermediate(&mut self, root_pem: &str) -> Result<String, CaError> {
-        let (pc, vc, _) = self.cfg()?;
-        let (cluster_id, vc) = (pc.cluster_id.clone(), vc.clone());
-        let inter = vc.intermediate_pki_path.trim_end_matches('/');
-        let root = vc.root_pki_path.trim_end_matches('/');
-        let ns = vc.intermediate_pki_namespace.clone();
-        let (key_type, key_bits) = Self::key_params(&vc.common);
-        let csr_resp = self.call(
-            reqwest::Method::POST,
-            format!("{inter}/intermediate/generate/internal"),
-            &ns,
-            Some(json!({
-                "common_name": ca_common_name("vault", &compact_uid(), &cluster_id, true),
-                "key_type": key_type,
-                "key_bits": key_bits,
-                "uri_sans": signing_uri(&cluster_id),
-            })),
-        )?;
-        let csr = Self::data_str(&csr_resp, "csr").ok_or_else(|| {
-            vault_error(
-                ErrorKind::Http,
-                format!("Vault {inter}/intermediate/generate/internal returned no CSR"),
-            )
-        })?;
-        let signed = self.call(
-            reqwest::Method::POST,
-            format!("{root}/root/sign-intermediate"),
-            &vc.root_pki_namespace,
-            Some(json!({
-                "csr": csr,
-                "use_csr_values": true,
-                "format": "pem",
-                "ttl": format_go_duration(vc.common.intermediate_cert_ttl),
-            })),
-        )?;
-        let cert = Self::data_str(&signed, "certificate").ok_or_else(|| {
-            vault_error(
-                ErrorKind::Http,
-                format!("Vault {root}/root/sign-intermediate returned no certificate"),
-            )
-        })?;
+        let csr = self.intermediate_key_csr()?;
+        let cert = self.sign_with_root(&csr)?;
         if !signed_by(&cert, root_pem) {
             return Err(CaError::InvalidIntermediate(
                 "could not verify intermediate cert against root".into(),
             ));
         }
+        self.install_signed_intermediate(&cert)?;
+        Ok(cert)
+    }
+
+    /// A new key in the intermediate mount (`intermediate/generate/internal`: the key never
+    /// leaves Vault) and its CSR, naming the trust domain's signing ID.
+    fn intermediate_key_csr(&self) -> Result<String, CaError> {
+        let (pc, vc, _) = self.cfg()?;
+        let inter = vc.intermediate_pki_path.trim_end_matches('/');
+        let (key_type, key_bits) = Self::key_params(&vc.common);
+        let csr_resp = self.call(
+            reqwest::Method::POST,
+            format!("{inter}/intermediate/generate/internal"),
+            &vc.intermediate_pki_namespace,
+            Some(json!({
+                "common_name": ca_common_name("vault", &compact_uid(), &pc.cluster_id, true),
+                "key_type": key_type,
+                "key_bits": key_bits,
+                "uri_sans": signing_uri(&pc.cluster_id),
+            })),
+        )?;
+        Self::data_str(&csr_resp, "csr").ok_or_else(|| {
+            vault_error(
+                ErrorKind::Http,
+                format!("Vault {inter}/intermediate/generate/internal returned no CSR"),
+            )
+        })
+    }
+
+    /// Signs an intermediate CSR with the root mount (`root/sign-intermediate`, path length
+    /// 0 as Consul asks): this datacenter's own intermediate, or a secondary's.
+    fn sign_with_root(&self, csr_pem: &str) -> Result<String, CaError> {
+        let (_, vc, _) = self.cfg()?;
+        let root = vc.root_pki_path.trim_end_matches('/');
+        let signed = self.call(
+            reqwest::Method::POST,
+            format!("{root}/root/sign-intermediate"),
+            &vc.root_pki_namespace,
+            Some(json!({
+                "csr": csr_pem,
+                "use_csr_values": true,
+                "format": "pem",
+                "max_path_length": 0,
+                "ttl": format_go_duration(vc.common.intermediate_cert_ttl),
+            })),
+        )?;
+        Self::data_str(&signed, "certificate").ok_or_else(|| {
+            vault_error(
+                ErrorKind::Http,
+                format!("Vault {root}/root/sign-intermediate returned no certificate"),
+            )
+        })
+    }
+
+    /// Installs a signed intermediate for the mount's pending key (`intermediate/set-signed`)
+    /// and makes it the default issuer.
+    fn install_signed_intermediate(&self, cert: &str) -> Result<(), CaError> {
+        let (_, vc, _) = self.cfg()?;
+        let inter = vc.intermediate_pki_path.trim_end_matches('/');
+        let ns = &vc.intermediate_pki_namespace;
         let set = self.call(
             reqwest::Method::POST,
             format!("{inter}/intermediate/set-signed"),
-            &ns,
+            ns,
             Some(json!({ "certificate": cert })),
         )?;
         // Vault ≥ 1.11 keeps every issuer of a mount: the new one must become the default, or
@@ -971,11 +1004,19 @@ impl VaultProvider {
             self.call(
                 reqwest::Method::POST,
                 format!("{inter}/config/issuers"),
-                &ns,
+                ns,
                 Some(json!({ "default": issuer })),
             )?;
         }
-        Ok(cert)
+        Ok(())
+    }
+
+    fn require_secondary(&self) -> Result<(), CaError> {
+        let (pc, _, _) = self.cfg()?;
+        if pc.is_primary {
+            return Err(CaError::NotSecondary);
+        }
+        Ok(())
     }
 }
 
@@ -1138,10 +1179,13 @@ impl Provider for VaultProvider {
         Some(signer)
     }
 
-    fn sign_intermediate(&self, _csr: &Csr) -> Result<String, CaError> {
-        Err(CaError::InvalidConfig(
-            "the vault provider does not sign secondary datacenters' intermediates yet".into(),
-        ))
+    fn sign_intermediate(&self, csr: &Csr) -> Result<String, CaError> {
+        let (pc, _, _) = self.cfg()?;
+        if !pc.is_primary {
+            return Err(CaError::NotPrimary);
+        }
+        check_intermediate_csr(csr, &pc.cluster_id)?;
+        self.sign_with_root(&csr.to_pem())
     }
 
     fn cross_sign_ca(&self, cert_pem: &str) -> Result<String, CaError> {
@@ -1180,31 +1224,55 @@ impl Provider for VaultProvider {
         Ok(pem)
     }
 
+    /// The key is made and kept in the intermediate mount; the opaque part is empty, since
+    /// Vault pairs the signed certificate with its pending key itself.
     fn generate_intermediate_csr(&mut self) -> Result<(String, String), CaError> {
-        Err(CaError::InvalidConfig(
-            "the vault provider is not supported in a secondary datacenter yet".into(),
-        ))
+        self.require_secondary()?;
+        self.ensure_intermediate_mount()?;
+        Ok((self.intermediate_key_csr()?, String::new()))
     }
 
-    fn set_intermediate(&mut self, _: &str, _: &str, _: &str) -> Result<(), CaError> {
-        Err(CaError::InvalidConfig(
-            "the vault provider is not supported in a secondary datacenter yet".into(),
-        ))
+    fn set_intermediate(
+        &mut self,
+        intermediate_pem: &str,
+        root_pem: &str,
+        _opaque: &str,
+    ) -> Result<(), CaError> {
+        self.require_secondary()?;
+        if !signed_by(intermediate_pem, root_pem) {
+            return Err(CaError::InvalidIntermediate(
+                "could not verify intermediate cert against root".into(),
+            ));
+        }
+        self.install_signed_intermediate(intermediate_pem)?;
+        self.root_pem = Some(root_pem.to_owned());
+        self.intermediate_pem = Some(intermediate_pem.to_owned());
+        Ok(())
     }
-}
 
-/// When `pem` (an intermediate) is past half its validity, counted from NotBefore + the
-/// clock-drift minute as Consul does.
-pub(crate) fn needs_renewal(pem: &str, now: time::OffsetDateTime) -> bool {
-    let Ok(der) = certs::parse_pem_certificate(pem) else {
-        return false;
-    };
-    let Ok(info) = CertInfo::from_der(&der) else {
-        return false;
-    };
-    let start = info.not_before + super::CLOCK_DRIFT_BUFFER;
-    let half = (info.not_after - start) / 2;
-    now > start + half
+    /// Resumes when the mount's default issuer is still `intermediate_pem` (the key is
+    /// Vault's; a mount changed under us means a new intermediate from the primary).
+    fn resume_intermediate(&mut self, intermediate_pem: &str) -> Result<(), CaError> {
+        self.require_secondary()?;
+        let (_, vc, _) = self.cfg()?;
+        let (inter, ns) = (
+            vc.intermediate_pki_path.trim_end_matches('/').to_owned(),
+            vc.intermediate_pki_namespace.clone(),
+        );
+        let same = |a: &str, b: &str| {
+            matches!(
+                (certs::parse_pem_certificate(a), certs::parse_pem_certificate(b)),
+                (Ok(x), Ok(y)) if x == y
+            )
+        };
+        match self.read_ca_cert(&inter, &ns)? {
+            Some(current) if same(&current, intermediate_pem) => {
+                self.intermediate_pem = Some(current);
+                Ok(())
+            }
+            _ => Err(CaError::NotInitialized),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -208,8 +208,7 @@ impl Server {
     /// Whether this server's CA can sign leaves: always in a primary; in a secondary once the
     /// primary has signed its intermediate.
     pub fn ca_ready(&self) -> bool {
-        let ca = self.ca();
-        ca.is_primary() || ca.secrets().is_some()
+        self.ca().can_sign()
     }
 
     /// Secondary: whether `primary_roots` (the primary's current answer) call for a new
@@ -246,7 +245,7 @@ impl Server {
         if !ca.sync_primary_roots(primary_roots) {
             return Ok(false);
         }
-        if ca.secrets().is_some() {
+        if ca.can_sign() {
             persist_ca(self.store(), &ca)?;
         }
         Ok(true)

@@ -493,6 +493,20 @@ pub fn echo_app() -> String {
     addr
 }
 
+/// Every file below `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 /// The trust domain and a service's SPIFFE ID in dc1.
 pub fn service_uri(roots: &Value, dc: &str, service: &str) -> String {
     format!(
