@@ -595,11 +595,7 @@ mod processes {
     }
 
     fn gateway(agent: &Agent, extra: &[&str]) -> (Daemon, String) {
-        let mut args = vec!["gateway", "mesh", "-listen", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
-        let gw = Daemon::start(agent, &args, "==> Mesh gateway running!");
-        let addr = gw.logged_after("listening on ");
-        (gw, addr)
+        cli_support::mesh_gateway(agent, extra)
     }
 
     /// Writes `msg` to `addr` and reads it back, retrying while the path comes up (the

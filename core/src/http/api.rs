@@ -991,6 +991,8 @@ async fn agent_self(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult
             },
             "Member": { "Name": c.node_name, "Addr": c.node_address, "Status": 1 },
             "Meta": {},
+            // libconnect's: a secondary's replication from the primary (Server::replication_status).
+            "Replication": st.server.replication_status(),
         }),
         None,
     ))

@@ -124,6 +124,8 @@ pub(super) struct Inner {
     pub(super) limiter: CsrLimiter,
     /// Other datacenters this server has heard from (see [`Server::datacenters`]).
     pub(super) datacenters: Mutex<std::collections::BTreeSet<String>>,
+    /// A secondary's replication progress (see [`Server::replication_status`]).
+    pub(super) replication: Mutex<super::federation::ReplicationState>,
 }
 
 /// One datacenter's control plane. Cheap to clone.
@@ -191,6 +193,7 @@ impl Server {
                 intentions: Arc::new(SharedIntentionIndex::new(index)),
                 limiter,
                 datacenters: Mutex::default(),
+                replication: Mutex::default(),
             }),
         };
         server.register_self()?;

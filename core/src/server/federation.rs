@@ -612,6 +612,7 @@ pub async fn run_secondary(server: Server, mut client: PrimaryClient) {
             Ok::<_, Error>(got.index)
         }
         .await;
+        server.note_replication(Replicated::Roots, pass.as_ref().copied());
         match pass {
             Ok(new_index) => {
                 outage.ended();
@@ -647,6 +648,7 @@ pub async fn run_intention_replication(server: Server, mut client: PrimaryClient
             Ok::<_, Error>(got.index)
         }
         .await;
+        server.note_replication(Replicated::Intentions, pass.as_ref().copied());
         match pass {
             Ok(new_index) => {
                 outage.ended();
@@ -656,6 +658,190 @@ pub async fn run_intention_replication(server: Server, mut client: PrimaryClient
                 outage.failed(&e);
                 tokio::time::sleep(outage.backoff()).await;
             }
+        }
+    }
+}
+
+/// Which of a secondary's replication loops a result belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replicated {
+    /// The intention list ([`run_intention_replication`]).
+    Intentions,
+    /// The primary's roots and this datacenter's intermediate ([`run_secondary`]).
+    Roots,
+}
+
+/// One replication loop's progress, with the fields Consul reports for its ACL replication
+/// (Consul API docs, ACL: Check ACL Replication): the primary's index last applied, the time
+/// of the last success and of the last failure (`null` when none yet), and that failure's
+/// message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReplicationProgress {
+    /// The primary's `X-Consul-Index` of the last answer applied.
+    #[serde(rename = "ReplicatedIndex")]
+    pub replicated_index: u64,
+    /// When a pass last succeeded.
+    #[serde(rename = "LastSuccess", with = "time::serde::rfc3339::option")]
+    pub last_success: Option<time::OffsetDateTime>,
+    /// When a pass last failed.
+    #[serde(rename = "LastError", with = "time::serde::rfc3339::option")]
+    pub last_error: Option<time::OffsetDateTime>,
+    /// What the last failure said (kept after a later success, as Consul does).
+    #[serde(rename = "LastErrorMessage")]
+    pub last_error_message: String,
+}
+
+/// Where a secondary's intermediate CA certificate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum IntermediateState {
+    /// No intermediate and none asked for: leaves fail with `CaNotInitialized`.
+    None,
+    /// A key and CSR wait for the primary's signature: the first intermediate (leaves fail
+    /// with `CaNotInitialized` until it comes) or a replacement after a primary rotation or at
+    /// half life (leaves go on from the current one).
+    Waiting,
+    /// Installed for the primary's active root, nothing asked for.
+    Active,
+}
+
+/// A secondary's intermediate: its state, the active root it chains to and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IntermediateStatus {
+    /// none, waiting or active.
+    #[serde(rename = "Status")]
+    pub state: IntermediateState,
+    /// The active root's ID in this datacenter's roots.
+    #[serde(rename = "ActiveRootID")]
+    pub active_root_id: String,
+    /// The signing key ID of the intermediate in use (empty without one).
+    #[serde(rename = "SigningKeyID")]
+    pub signing_key_id: String,
+    /// The intermediate's NotAfter (`null` without one).
+    #[serde(rename = "NotAfter", with = "time::serde::rfc3339::option")]
+    pub not_after: Option<time::OffsetDateTime>,
+}
+
+/// What `/v1/agent/self` reports under `Replication` (a libconnect field): in a secondary,
+/// the progress of intention and roots replication from the primary and the intermediate's
+/// state; in a primary, `Enabled: false` and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicationStatus {
+    /// Whether this datacenter replicates from a primary (it is a secondary).
+    #[serde(rename = "Enabled")]
+    pub enabled: bool,
+    /// The primary datacenter (empty in the primary).
+    #[serde(rename = "SourceDatacenter")]
+    pub source_datacenter: String,
+    /// Intention replication.
+    #[serde(rename = "Intentions", skip_serializing_if = "Option::is_none")]
+    pub intentions: Option<ReplicationProgress>,
+    /// The primary's roots (the blocking query and the intermediate requests it leads to).
+    #[serde(rename = "Roots", skip_serializing_if = "Option::is_none")]
+    pub roots: Option<ReplicationProgress>,
+    /// This datacenter's intermediate CA certificate.
+    #[serde(rename = "Intermediate", skip_serializing_if = "Option::is_none")]
+    pub intermediate: Option<IntermediateStatus>,
+}
+
+/// A secondary's replication progress, kept by the server and written by the loops.
+#[derive(Debug, Default)]
+pub(super) struct ReplicationState {
+    intentions: ReplicationProgress,
+    roots: ReplicationProgress,
+}
+
+impl Server {
+    /// Secondary: records the outcome of one replication pass (`Ok` with the primary's
+    /// index). Times come from the server's clock.
+    pub fn note_replication(&self, what: Replicated, outcome: Result<u64, &Error>) {
+        let now = self.clock().now();
+        let mut state = self
+            .inner
+            .replication
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let progress = match what {
+            Replicated::Intentions => &mut state.intentions,
+            Replicated::Roots => &mut state.roots,
+        };
+        match outcome {
+            Ok(index) => {
+                progress.replicated_index = index;
+                progress.last_success = Some(now);
+            }
+            Err(e) => {
+                progress.last_error = Some(now);
+                progress.last_error_message = e.to_string();
+            }
+        }
+    }
+
+    /// This datacenter's replication status (see [`ReplicationStatus`]).
+    pub fn replication_status(&self) -> ReplicationStatus {
+        let config = self.config();
+        if config.is_primary() {
+            return ReplicationStatus {
+                enabled: false,
+                source_datacenter: String::new(),
+                intentions: None,
+                roots: None,
+                intermediate: None,
+            };
+        }
+        let (intentions, roots) = {
+            let s = self
+                .inner
+                .replication
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (s.intentions.clone(), s.roots.clone())
+        };
+        ReplicationStatus {
+            enabled: true,
+            source_datacenter: config.primary_datacenter.clone().unwrap_or_default(),
+            intentions: Some(intentions),
+            roots: Some(roots),
+            intermediate: Some(self.intermediate_status()),
+        }
+    }
+
+    fn intermediate_status(&self) -> IntermediateStatus {
+        let pending = self.ca().intermediate_pending();
+        let ready = self.ca_ready();
+        let roots = self.ca_roots().value;
+        let active = roots.active();
+        let signing_key_id = active.map(|a| a.signing_key_id.clone()).unwrap_or_default();
+        // The intermediate in use is the one whose key signs: its subject key ID is the
+        // active root's SigningKeyID in this datacenter's answer (else the last one added).
+        let infos: Vec<CertInfo> = active
+            .and_then(|a| a.intermediate_certs.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|pem| certs::parse_pem_certificate(pem).ok())
+            .filter_map(|der| CertInfo::from_der(&der).ok())
+            .collect();
+        let not_after = infos
+            .iter()
+            .find(|info| {
+                info.subject_key_id
+                    .as_deref()
+                    .is_some_and(|k| certs::colon_hex(k).eq_ignore_ascii_case(&signing_key_id))
+            })
+            .or(infos.last())
+            .map(|info| info.not_after);
+        let state = match (pending, ready) {
+            (true, _) => IntermediateState::Waiting,
+            (false, true) => IntermediateState::Active,
+            (false, false) => IntermediateState::None,
+        };
+        IntermediateStatus {
+            state,
+            active_root_id: roots.active_root_id.clone(),
+            signing_key_id: if ready { signing_key_id } else { String::new() },
+            not_after: if ready { not_after } else { None },
         }
     }
 }
@@ -770,6 +956,78 @@ mod tests {
         );
         assert_eq!(p.datacenters(), ["dc1", "dc2"]);
         assert_eq!(s.datacenters(), ["dc2", "dc1"]);
+    }
+
+    #[test]
+    fn the_replication_status_follows_the_loops_and_the_intermediate() {
+        let clock = clock();
+        let shared: SharedClock = clock.clone();
+        let p = primary(shared.clone());
+        let v = serde_json::to_value(p.replication_status()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"Enabled": false, "SourceDatacenter": ""})
+        );
+
+        let s = Server::start_secondary(secondary_config(), shared.clone(), &p.ca_roots().value)
+            .unwrap();
+        let st = s.replication_status();
+        assert!(st.enabled);
+        assert_eq!(st.source_datacenter, "dc1");
+        assert_eq!(st.roots, Some(ReplicationProgress::default()));
+        let i = st.intermediate.unwrap();
+        assert_eq!(i.state, IntermediateState::None);
+        assert_eq!((i.not_after, i.signing_key_id.as_str()), (None, ""));
+
+        // A key and CSR made: waiting until the primary's signature is installed.
+        let csr = s.intermediate_csr().unwrap();
+        let waiting = s.replication_status().intermediate.unwrap();
+        assert_eq!(waiting.state, IntermediateState::Waiting);
+        assert_eq!(waiting.not_after, None, "nothing installed yet");
+        let req = SignIntermediateRequest {
+            csr,
+            datacenter: "dc2".into(),
+        };
+        let signed = p.sign_intermediate_for(Some(ROOT), &req).unwrap();
+        s.install_intermediate(&signed.intermediate_pem, &p.ca_roots().value)
+            .unwrap();
+        let i = s.replication_status().intermediate.unwrap();
+        assert_eq!(i.state, IntermediateState::Active);
+        let der = certs::parse_pem_certificate(&signed.intermediate_pem).unwrap();
+        let expected = CertInfo::from_der(&der).unwrap().not_after;
+        assert_eq!(i.not_after, Some(expected));
+        assert_eq!(i.active_root_id, p.ca_roots().value.active_root_id);
+        assert_eq!(
+            i.signing_key_id,
+            s.ca_roots().value.active().unwrap().signing_key_id
+        );
+
+        // A replacement asked for (as after a primary rotation): waiting, the current one
+        // still reported.
+        s.intermediate_csr().unwrap();
+        let i = s.replication_status().intermediate.unwrap();
+        assert_eq!(i.state, IntermediateState::Waiting);
+        assert_eq!(i.not_after, Some(expected));
+
+        // A pass's success sets the index and its time; a failure its time and message,
+        // keeping the index; each loop has its own.
+        let t0 = shared.now();
+        s.note_replication(Replicated::Intentions, Ok(42));
+        clock.advance(Duration::from_secs(5));
+        let e = Error::new(ErrorKind::ConnectionRefused, "primary down");
+        s.note_replication(Replicated::Intentions, Err(&e));
+        let st = s.replication_status();
+        let ixn = st.intentions.clone().unwrap();
+        assert_eq!(ixn.replicated_index, 42);
+        assert_eq!(ixn.last_success, Some(t0));
+        assert_eq!(ixn.last_error, Some(t0 + Duration::from_secs(5)));
+        assert!(ixn.last_error_message.contains("primary down"), "{ixn:?}");
+        assert_eq!(st.roots, Some(ReplicationProgress::default()));
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["Intentions"]["LastSuccess"], "2026-01-01T00:00:00Z");
+        assert_eq!(v["Intentions"]["LastError"], "2026-01-01T00:00:05Z");
+        assert_eq!(v["Roots"]["LastSuccess"], serde_json::Value::Null);
+        assert_eq!(v["Intermediate"]["Status"], "waiting");
     }
 
     #[test]

@@ -13,7 +13,8 @@ mod limiter;
 pub(crate) use control_plane::internal;
 pub use control_plane::{Server, ServerConfig};
 pub use federation::{
-    FederationConfig, MAX_SIGN_INTERMEDIATE_BODY, PrimaryClient, SIGN_INTERMEDIATE_PATH,
+    FederationConfig, IntermediateState, IntermediateStatus, MAX_SIGN_INTERMEDIATE_BODY,
+    PrimaryClient, Replicated, ReplicationProgress, ReplicationStatus, SIGN_INTERMEDIATE_PATH,
     SignIntermediateRequest, SignIntermediateResponse, run_intention_replication, run_secondary,
 };
 pub use intentions::{ServiceName, parse_service_name};
