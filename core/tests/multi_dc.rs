@@ -590,4 +590,15 @@ fn intentions_written_in_the_primary_govern_the_secondary() {
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
     let r = get(&fed.dc2.http, "/v1/connect/ca/roots?dc=dc3", "");
     assert!(r.body.contains("No path to datacenter"), "{}", r.body);
+    // `?dc=dc2` sent to dc1 is answered by dc2, at the address dc2's servers advertised.
+    let start = Instant::now();
+    let via_dc1 = loop {
+        let r = get(&fed.dc1.http, "/v1/connect/ca/roots?dc=dc2", "");
+        if r.status == 200 {
+            break r.json();
+        }
+        assert!(start.elapsed() < CONVERGE, "{}", r.body);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(signing(via_dc1), signing(fed.dc2.roots()));
 }

@@ -4,14 +4,11 @@
 //! process in each; and services in this process on a Rust `Agent` over each datacenter's HTTP
 //! API: `api` (dc1) and `db` (dc2) echo, `web` (dc1) and `worker` (dc2) dial.
 //!
-//! How each path finds its way:
-//! - dc2 → dc1 comes from the catalogs alone: dc2's server forwards `?dc=dc1` to the primary,
-//!   so `worker` finds `api`'s instances (direct) and dc1's gateways (mode `remote`), and dc2's
-//!   gateway finds dc1's gateway by its registration (`Kind: mesh-gateway`, `wan` address), as
-//!   in a real deployment.
-//! - dc1 → dc2: a primary does not forward `?dc=dc2` (it has no address for dc2's servers), so
-//!   dc1's gateway is given dc2's gateway with `-remote-gateway`, and the direct dial uses db's
-//!   address as registered in dc2's catalog.
+//! Every path comes from the catalogs, as in a real deployment: dc2's server forwards
+//! `?dc=dc1` to the primary, and the primary forwards `?dc=dc2` to the address dc2's server
+//! advertised; so `worker` finds `api`'s instances (direct) and dc1's gateways (mode
+//! `remote`), `web` finds `db`'s and dc2's gateways, and each gateway finds the other by its
+//! registration (`Kind: mesh-gateway`, `wan` tagged address); no `-remote-gateway`.
 //!
 //! `federation_figures` (ignored) measures what BENCHMARKS.md reports; run it with
 //! `cargo test --release -p connect-core --features cli --test multi_dc_mesh -- --ignored
@@ -164,9 +161,7 @@ async fn mesh(jitter: Duration) -> Mesh {
         cli_support::start_federation(dir.path(), &p("dc1.json"), &p("dc2.json"), CONVERGE)
     });
     let (gw2, gw2_addr) = blocking(|| cli_support::mesh_gateway(&dc2, &[]));
-    let remote = format!("dc2={gw2_addr}");
-    let (gw1, gw1_addr) =
-        blocking(|| cli_support::mesh_gateway(&dc1, &["-remote-gateway", &remote]));
+    let (gw1, gw1_addr) = blocking(|| cli_support::mesh_gateway(&dc1, &[]));
     let a1 = connect_agent(&dc1, jitter).await;
     let a2 = connect_agent(&dc2, jitter).await;
     assert_eq!((a1.datacenter(), a2.datacenter()), ("dc1", "dc2"));
@@ -409,67 +404,66 @@ fn delete_intention(agent: &Agent, source: &str, destination: &str) {
 /// the gateways' registrations, OpenSSL through the gateways against dc1's root, intentions
 /// across datacenters and the replication status.
 async fn paths_across_two_federated_datacenters(m: &Mesh) {
-    // dc2 → dc1, from the catalogs: direct, through both gateways (mode local: dc2's gateway
-    // finds dc1's in dc1's catalog) and through dc1's gateway only (mode remote).
-    let dc1 = DialOptions::datacenter("dc1");
-    for mode in [
-        MeshGatewayMode::None,
-        MeshGatewayMode::Local,
-        MeshGatewayMode::Remote,
+    // Both ways, from the catalogs: direct, through both gateways (mode local: the local
+    // gateway finds the other datacenter's in that datacenter's catalog) and through the far
+    // gateway only (mode remote).
+    for (svc, target, dc, gateways) in [
+        (&m.worker, "api", "dc1", (m.gw2, m.gw1)),
+        (&m.web, "db", "dc2", (m.gw1, m.gw2)),
     ] {
-        let opts = dc1.clone().mesh_gateway(mode);
-        until(&format!("worker -> api in dc1 ({mode:?})"), true, || {
-            round_trip(&m.worker, "api", &opts)
-        })
-        .await;
+        let (local_gw, remote_gw) = gateways;
+        for mode in [
+            MeshGatewayMode::None,
+            MeshGatewayMode::Local,
+            MeshGatewayMode::Remote,
+        ] {
+            let opts = DialOptions::datacenter(dc).mesh_gateway(mode);
+            until(
+                &format!("{} -> {target} in {dc} ({mode:?})", svc.name()),
+                true,
+                || round_trip(svc, target, &opts),
+            )
+            .await;
+        }
+        let instance = if dc == "dc1" { m.api_addr } else { m.db_addr };
+        let route_in = |mode| route(svc, target, DialOptions::datacenter(dc).mesh_gateway(mode));
+        assert_eq!(route_in(MeshGatewayMode::None).await, [instance]);
+        assert_eq!(route_in(MeshGatewayMode::Local).await, [local_gw]);
+        assert_eq!(
+            route_in(MeshGatewayMode::Remote).await,
+            [remote_gw],
+            "the far gateway by its wan address, from its datacenter's catalog"
+        );
     }
-    let gw_mode = |dc: &str, mode| DialOptions::datacenter(dc).mesh_gateway(mode);
-    assert_eq!(
-        route(&m.worker, "api", dc1.clone()).await,
-        [m.api_addr],
-        "api's address from dc1's catalog"
-    );
-    assert_eq!(
-        route(&m.worker, "api", gw_mode("dc1", MeshGatewayMode::Local)).await,
-        [m.gw2]
-    );
-    assert_eq!(
-        route(&m.worker, "api", gw_mode("dc1", MeshGatewayMode::Remote)).await,
-        [m.gw1],
-        "dc1's gateway by its wan address, from dc1's catalog"
-    );
-    // dc2's view of dc1's gateway, as dc2's gateway asks for it.
-    let r = http(
-        &m.dc2.http,
-        "GET",
-        "/v1/health/service/mesh-gateway?dc=dc1&passing=1",
-        "",
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    let v = r.json();
-    assert_eq!(v[0]["Service"]["Kind"], "mesh-gateway", "{v:#}");
-    assert_eq!(
-        v[0]["Service"]["TaggedAddresses"]["wan"]["Port"],
-        m.gw1.port(),
-        "{v:#}"
-    );
-
-    // dc1 → dc2: through both gateways (dc1's knows dc2's by -remote-gateway); direct to db's
-    // registered address, since dc1 has no path to dc2's catalog.
-    let dc2_local = gw_mode("dc2", MeshGatewayMode::Local);
-    until("web -> db in dc2 through the gateways", true, || {
-        round_trip(&m.web, "db", &dc2_local)
-    })
-    .await;
-    let e = m
-        .web
-        .dial_with("db", &DialOptions::datacenter("dc2"))
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("No path to datacenter: dc2"), "{e}");
-    let r = http(&m.dc2.http, "GET", "/v1/health/connect/db?passing=1", "");
-    let registered = &r.json()[0]["Service"];
-    assert_eq!(registered["Port"], m.db_addr.port(), "{registered}");
+    // Each datacenter's view of the other's gateway, as the gateways ask for it.
+    for (agent, dc, gw) in [(&m.dc2, "dc1", m.gw1), (&m.dc1, "dc2", m.gw2)] {
+        let r = http(
+            &agent.http,
+            "GET",
+            &format!("/v1/health/service/mesh-gateway?dc={dc}&passing=1"),
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        assert_eq!(v[0]["Service"]["Kind"], "mesh-gateway", "{v:#}");
+        assert_eq!(
+            v[0]["Service"]["TaggedAddresses"]["wan"]["Port"],
+            gw.port(),
+            "{v:#}"
+        );
+    }
+    // An advertisement for the primary itself, or of no address to connect to, is refused.
+    for (dc, address) in [("dc1", "127.0.0.1:1"), ("dc2", "0.0.0.0:8501")] {
+        let r = http(
+            &m.dc1.http,
+            "POST",
+            "/v1/internal/federation/advertise",
+            &json!({"Datacenter": dc, "Address": address}).to_string(),
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+    }
+    let dc2_local = DialOptions::datacenter("dc2").mesh_gateway(MeshGatewayMode::Local);
+    let dc1_local = DialOptions::datacenter("dc1").mesh_gateway(MeshGatewayMode::Local);
     for p in m.paths() {
         let mut c = p.dial().await.unwrap();
         assert_eq!(c.peer_id().as_service(), Some(&p.expected), "{}", p.name);
@@ -505,7 +499,6 @@ async fn paths_across_two_federated_datacenters(m: &Mesh) {
     })
     .await;
     put_intention(&m.dc2, "worker", "api", "deny");
-    let dc1_local = gw_mode("dc1", MeshGatewayMode::Local);
     until("dc1 enforces a deny sent to dc2", false, || {
         round_trip(&m.worker, "api", &dc1_local)
     })

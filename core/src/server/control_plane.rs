@@ -126,6 +126,9 @@ pub(super) struct Inner {
     pub(super) datacenters: Mutex<std::collections::BTreeSet<String>>,
     /// A secondary's replication progress (see [`Server::replication_status`]).
     pub(super) replication: Mutex<super::federation::ReplicationState>,
+    /// Where other datacenters' servers answer, as they advertised it (see
+    /// [`Server::advertise_for`]).
+    pub(super) server_addresses: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// One datacenter's control plane. Cheap to clone.
@@ -194,6 +197,7 @@ impl Server {
                 limiter,
                 datacenters: Mutex::default(),
                 replication: Mutex::default(),
+                server_addresses: Mutex::default(),
             }),
         };
         server.register_self()?;

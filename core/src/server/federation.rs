@@ -846,6 +846,228 @@ impl Server {
     }
 }
 
+/// The primary's endpoint where a secondary's server says where its HTTPS API answers, so
+/// that the primary can forward `?dc=<secondary>` to it (Consul's servers learn each other's
+/// addresses from WAN gossip, which libconnect does not have). `POST` (or `PUT`) an
+/// [`AdvertiseRequest`] over HTTPS with the secondary's server certificate and a token with
+/// `operator:write`.
+pub const ADVERTISE_PATH: &str = "/v1/internal/federation/advertise";
+
+/// How often a secondary repeats its [`ADVERTISE_PATH`] call (the primary keeps addresses in
+/// memory only, so a restarted primary learns them again within this time).
+const ADVERTISE_EVERY: Duration = Duration::from_secs(30);
+
+/// The body of [`ADVERTISE_PATH`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdvertiseRequest {
+    /// The secondary's datacenter.
+    #[serde(rename = "Datacenter")]
+    pub datacenter: String,
+    /// Where its servers' HTTPS API answers, `IP:port`.
+    #[serde(rename = "Address")]
+    pub address: String,
+}
+
+impl Server {
+    /// Primary: remembers where the servers of a secondary datacenter answer
+    /// ([`ADVERTISE_PATH`]); the caller proved that it is one of them (the HTTP layer checks
+    /// its server certificate). Calls to that address will again require the secondary's
+    /// server identity.
+    ///
+    /// Errors: `PermissionDenied`/`AclNotFound` without `operator:write`; `InvalidParameter`
+    /// for a bad datacenter name, this datacenter's own name, or an address that is not
+    /// `IP:port`.
+    pub fn advertise_for(&self, token: Option<&str>, req: &AdvertiseRequest) -> Result<(), Error> {
+        self.authorizer(token)?
+            .require(crate::acl::Permission::OperatorWrite)?;
+        if !valid_datacenter(&req.datacenter) || req.datacenter == self.datacenter() {
+            return Err(Error::new(
+                ErrorKind::InvalidParameter,
+                format!(
+                    "Datacenter {:?} is not another datacenter's name",
+                    req.datacenter
+                ),
+            ));
+        }
+        let addr: std::net::SocketAddr = req.address.parse().map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidParameter,
+                format!("Address {:?} is not IP:port", req.address),
+            )
+        })?;
+        if addr.ip().is_unspecified() || addr.port() == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidParameter,
+                format!("Address {:?} is not one to connect to", req.address),
+            ));
+        }
+        let mut known = self
+            .inner
+            .server_addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.len() < MAX_DATACENTERS || known.contains_key(&req.datacenter) {
+            known.insert(req.datacenter.clone(), addr.to_string());
+        }
+        drop(known);
+        self.note_datacenter(&req.datacenter);
+        Ok(())
+    }
+
+    /// Where the servers of datacenter `dc` answer, if they told this server
+    /// ([`Server::advertise_for`]).
+    pub fn server_address(&self, dc: &str) -> Option<String> {
+        self.inner
+            .server_addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(dc)
+            .cloned()
+    }
+}
+
+impl PrimaryClient {
+    /// Tells the primary where this datacenter's servers answer ([`ADVERTISE_PATH`]).
+    pub async fn advertise(&mut self, address: &str) -> Result<(), Error> {
+        let req = AdvertiseRequest {
+            datacenter: self.datacenter.clone(),
+            address: address.to_owned(),
+        };
+        let got: Result<serde_json::Value, Error> = self
+            .client()
+            .call(Method::POST, ADVERTISE_PATH, &[], Some(&req))
+            .await;
+        if got.is_err() {
+            self.fail_over();
+        }
+        got.map(|_| ())
+    }
+}
+
+/// The secondary's advertisement loop: tells the primary where this datacenter's HTTPS API
+/// answers at once and every 30 s, retrying with back-off and logging once per outage. Runs
+/// until the task is dropped.
+pub async fn run_advertise(mut client: PrimaryClient, address: String) {
+    let mut outage = Outage::new(&client.primary);
+    loop {
+        match client.advertise(&address).await {
+            Ok(()) => {
+                outage.ended();
+                tokio::time::sleep(ADVERTISE_EVERY).await;
+            }
+            Err(e) => {
+                outage.failed(&e);
+                tokio::time::sleep(outage.backoff()).await;
+            }
+        }
+    }
+}
+
+/// A primary's clients of its secondaries' servers, for forwarding `?dc=<secondary>`: each
+/// call goes to the address the secondary advertised, requires
+/// `spiffe://<td>/agent/server/dc/<secondary>` chained to this datacenter's current roots,
+/// and presents this server's own certificate once it has one.
+pub struct SecondaryClients {
+    server: Server,
+    client_cert: ClientCertSlot,
+    roots: std::sync::Mutex<Option<(u64, SharedBundle)>>,
+    clients: std::sync::Mutex<std::collections::HashMap<String, (String, ApiClient)>>,
+}
+
+impl fmt::Debug for SecondaryClients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecondaryClients").finish_non_exhaustive()
+    }
+}
+
+impl SecondaryClients {
+    /// Clients for `server` (a primary), presenting the certificate put in `client_cert`.
+    pub fn new(server: Server, client_cert: ClientCertSlot) -> SecondaryClients {
+        SecondaryClients {
+            server,
+            client_cert,
+            roots: std::sync::Mutex::default(),
+            clients: std::sync::Mutex::default(),
+        }
+    }
+
+    /// This datacenter's roots as the bundle the clients verify with, updated when they change.
+    fn roots(&self) -> Result<SharedBundle, Error> {
+        let current = self.server.ca_roots();
+        let mut cached = self
+            .roots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((index, shared)) = &*cached
+            && *index == current.index
+        {
+            return Ok(shared.clone());
+        }
+        let bundle = Arc::new(Bundle::from_ca_roots(&current.value)?);
+        let shared = match cached.take() {
+            Some((_, shared)) => {
+                shared.store(bundle);
+                shared
+            }
+            None => Arc::new(ArcSwap::from(bundle)),
+        };
+        *cached = Some((current.index, shared.clone()));
+        Ok(shared)
+    }
+
+    fn client(&self, dc: &str) -> Result<Option<ApiClient>, Error> {
+        let Some(address) = self.server.server_address(dc) else {
+            return Ok(None);
+        };
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, c)) = clients.get(dc)
+            && *at == address
+        {
+            return Ok(Some(c.clone()));
+        }
+        let tls = server_client_config(
+            self.roots()?,
+            dc,
+            self.server.clock().clone(),
+            self.client_cert.clone(),
+        )?;
+        let client = ApiClient::with_tls(
+            &ClientConfig {
+                endpoint: HttpEndpoint::new(address.clone()),
+                token: None,
+                datacenter: None,
+            },
+            tls,
+        )?;
+        clients.insert(dc.to_owned(), (address, client.clone()));
+        Ok(Some(client))
+    }
+
+    /// Forwards a caller's request to the servers of `dc` unchanged (the caller's token
+    /// decides there); `None` when `dc` never advertised an address.
+    pub async fn forward(
+        &self,
+        dc: &str,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Option<(u16, Option<String>, Vec<u8>)>, Error> {
+        let Some(client) = self.client(dc)? else {
+            return Ok(None);
+        };
+        self.roots()?;
+        client
+            .forward(method, path_and_query, headers, body, timeout)
+            .await
+            .map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -1028,6 +1250,40 @@ mod tests {
         assert_eq!(v["Intentions"]["LastError"], "2026-01-01T00:00:05Z");
         assert_eq!(v["Roots"]["LastSuccess"], serde_json::Value::Null);
         assert_eq!(v["Intermediate"]["Status"], "waiting");
+    }
+
+    #[test]
+    fn a_primary_learns_where_a_secondary_answers() {
+        let p = primary(clock());
+        let req = |dc: &str, address: &str| AdvertiseRequest {
+            datacenter: dc.into(),
+            address: address.into(),
+        };
+        let err = p
+            .advertise_for(None, &req("dc2", "127.0.0.1:8501"))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+        for (dc, address) in [
+            ("dc1", "127.0.0.1:8501"),
+            ("a.b", "127.0.0.1:8501"),
+            ("dc2", "server.dc2.consul:8501"),
+            ("dc2", "0.0.0.0:8501"),
+            ("dc2", "127.0.0.1:0"),
+        ] {
+            let err = p.advertise_for(Some(ROOT), &req(dc, address)).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                ErrorKind::InvalidParameter,
+                "{dc} {address}: {err}"
+            );
+        }
+        assert_eq!(p.server_address("dc2"), None);
+        p.advertise_for(Some(ROOT), &req("dc2", "127.0.0.1:8501"))
+            .unwrap();
+        p.advertise_for(Some(ROOT), &req("dc2", "[::1]:8502"))
+            .unwrap();
+        assert_eq!(p.server_address("dc2").as_deref(), Some("[::1]:8502"));
+        assert_eq!(p.datacenters(), ["dc1", "dc2"]);
     }
 
     #[test]
