@@ -18,9 +18,7 @@
 
 mod cli_support;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -255,52 +253,8 @@ impl Mesh {
         let cert = write("chain.pem", &m.chain_pem);
         let key = write("key.pem", m.key_pem.as_str());
         let ca = self.dir.path().join("dc1-root.pem");
-        blocking(|| {
-            let mut child = Command::new("openssl")
-                .args([
-                    "s_client",
-                    "-connect",
-                    &gateway.to_string(),
-                    "-servername",
-                    sni,
-                ])
-                .arg("-cert")
-                .arg(&cert)
-                // -cert sends its first certificate alone: dc2's intermediate comes from here.
-                .arg("-cert_chain")
-                .arg(&cert)
-                .arg("-key")
-                .arg(&key)
-                .arg("-CAfile")
-                .arg(&ca)
-                .args(["-verify_return_error", "-showcerts"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(b"ping-across-datacenters\n").unwrap();
-            // s_client ends the session when stdin ends: give the echo time first.
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_secs(2));
-                drop(stdin);
-            });
-            let deadline = Instant::now() + IO;
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("openssl s_client did not finish");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let out = child.wait_with_output().unwrap();
-            format!(
-                "{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+        let input = b"ping-across-datacenters\n";
+        blocking(|| cli_support::s_client(&gateway.to_string(), sni, &cert, &key, &ca, input)).1
     }
 
     /// `/v1/agent/self`'s `Replication` of `agent`.
@@ -323,16 +277,8 @@ fn issuer_key(der: &[u8]) -> String {
 
 /// The active root's SigningKeyID in `agent`'s roots.
 fn signing_key(agent: &Agent) -> String {
-    let roots = blocking(|| agent.roots());
-    roots["Roots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["Active"] == true)
-        .unwrap()["SigningKeyID"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    let active = cli_support::active_entry(&blocking(|| agent.roots())).unwrap();
+    active["SigningKeyID"].as_str().unwrap().to_owned()
 }
 
 fn signed_by(svc: &ConnectService, key: &str) -> bool {
@@ -380,23 +326,13 @@ async fn route(svc: &ConnectService, target: &str, opts: DialOptions) -> Vec<Soc
     svc.route(target, &opts).await.unwrap().addrs
 }
 
-fn put_intention(agent: &Agent, source: &str, destination: &str, action: &str) {
-    let r = http(
-        &agent.http,
-        "PUT",
-        &format!("/v1/connect/intentions/exact?source={source}&destination={destination}"),
-        &json!({"Action": action}).to_string(),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-}
-
-fn delete_intention(agent: &Agent, source: &str, destination: &str) {
-    let r = http(
-        &agent.http,
-        "DELETE",
-        &format!("/v1/connect/intentions/exact?source={source}&destination={destination}"),
-        "",
-    );
+/// `PUT` (with `action`) or `DELETE` of the intention `source → destination` on `agent`.
+fn intention(agent: &Agent, source: &str, destination: &str, action: Option<&str>) {
+    let path = format!("/v1/connect/intentions/exact?source={source}&destination={destination}");
+    let r = match action {
+        Some(a) => http(&agent.http, "PUT", &path, &json!({"Action": a}).to_string()),
+        None => http(&agent.http, "DELETE", &path, ""),
+    };
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
@@ -488,17 +424,17 @@ async fn paths_across_two_federated_datacenters(m: &Mesh) {
 
     // An intention written in dc1 governs dc2's db through the gateways; one sent to dc2 is
     // forwarded to dc1 and governs dc1's api. Names match whatever the datacenter.
-    put_intention(&m.dc1, "web", "db", "deny");
+    intention(&m.dc1, "web", "db", Some("deny"));
     let denied = until("dc2 enforces dc1's deny", false, || {
         round_trip(&m.web, "db", &dc2_local)
     })
     .await;
-    delete_intention(&m.dc1, "web", "db");
+    intention(&m.dc1, "web", "db", None);
     until("dc2 enforces the deletion", true, || {
         round_trip(&m.web, "db", &dc2_local)
     })
     .await;
-    put_intention(&m.dc2, "worker", "api", "deny");
+    intention(&m.dc2, "worker", "api", Some("deny"));
     until("dc1 enforces a deny sent to dc2", false, || {
         round_trip(&m.worker, "api", &dc1_local)
     })
@@ -511,7 +447,7 @@ async fn paths_across_two_federated_datacenters(m: &Mesh) {
     );
     assert_eq!(r.status, 200, "the write landed in dc1: {}", r.body);
     let modify_index = r.json()["ModifyIndex"].as_u64().unwrap();
-    delete_intention(&m.dc2, "worker", "api");
+    intention(&m.dc2, "worker", "api", None);
     until("dc1 enforces the deletion sent to dc2", true, || {
         round_trip(&m.worker, "api", &dc1_local)
     })
@@ -788,7 +724,7 @@ async fn federation_figures() {
     for _ in 0..env_or("INTENTION_WRITES", 100) {
         let action = if allow { "allow" } else { "deny" };
         let start = Instant::now();
-        put_intention(&m.dc1, "web", "db", action);
+        intention(&m.dc1, "web", "db", Some(action));
         blocking(|| {
             while dc2_authorizes(&m) != allow {
                 assert!(start.elapsed() < CONVERGE);
@@ -798,7 +734,7 @@ async fn federation_figures() {
         writes.push(start.elapsed());
         allow = !allow;
     }
-    delete_intention(&m.dc1, "web", "db");
+    intention(&m.dc1, "web", "db", None);
     println!(
         "dc1 intention write -> dc2 enforcement: {}",
         quantiles(writes)

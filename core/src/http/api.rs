@@ -606,23 +606,36 @@ async fn sign_intermediate(
         return Ok(resp);
     };
     let req: crate::server::SignIntermediateRequest = decode(&body)?;
-    if let Some(axum::Extension(TlsPeer(crate::spiffe::SpiffeId::Server(id)))) = &peer
-        && id.datacenter != req.datacenter
-    {
-        return Err(Error::new(
-            ErrorKind::PermissionDenied,
-            format!(
-                "Permission denied: a server of datacenter {:?} asked for datacenter {:?}'s \
-                 intermediate",
-                id.datacenter, req.datacenter
-            ),
-        )
-        .into());
-    }
+    check_peer_datacenter(&peer, &req.datacenter, "intermediate")?;
     let resp = st
         .write(o, move |s, token| s.sign_intermediate_for(token, &req))
         .await?;
     Ok(json_response(&resp, None))
+}
+
+/// A caller that proved a server identity on the HTTPS listener acts for its own datacenter
+/// only: asking for another's `what` is refused. Without a certificate the token decides.
+fn check_peer_datacenter(
+    peer: &Option<axum::Extension<TlsPeer>>,
+    datacenter: &str,
+    what: &str,
+) -> Result<(), ApiError> {
+    match peer {
+        Some(axum::Extension(TlsPeer(crate::spiffe::SpiffeId::Server(id))))
+            if id.datacenter != datacenter =>
+        {
+            Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "Permission denied: a server of datacenter {:?} asked for datacenter {:?}'s \
+                     {what}",
+                    id.datacenter, datacenter
+                ),
+            )
+            .into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A secondary's server telling the primary where its HTTPS API answers
@@ -644,18 +657,7 @@ async fn federation_advertise(
         .await
         .map_err(|_| Error::new(ErrorKind::InvalidParameter, "Request body too large"))?;
     let req: crate::server::AdvertiseRequest = decode(&body)?;
-    if let Some(axum::Extension(TlsPeer(crate::spiffe::SpiffeId::Server(id)))) = &peer
-        && id.datacenter != req.datacenter
-    {
-        return Err(Error::new(
-            ErrorKind::PermissionDenied,
-            format!(
-                "Permission denied: a server of datacenter {:?} spoke for datacenter {:?}",
-                id.datacenter, req.datacenter
-            ),
-        )
-        .into());
-    }
+    check_peer_datacenter(&peer, &req.datacenter, "address")?;
     st.write(o, move |s, token| s.advertise_for(token, &req))
         .await?;
     Ok(json_response(&true, None))

@@ -595,20 +595,21 @@ pub fn start_federation(
     (dc1, dc2)
 }
 
+/// The entry of `roots` (a `/v1/connect/ca/roots` answer) marked active, if any.
+pub fn active_entry(roots: &Value) -> Option<Value> {
+    roots["Roots"]
+        .as_array()?
+        .iter()
+        .find(|r| r["Active"] == true)
+        .cloned()
+}
+
 /// The agent's active root: its ID and its certificate (PEM).
 pub fn active_root(agent: &Agent) -> (String, String) {
     let roots = agent.roots();
-    let id = roots["ActiveRootID"].as_str().unwrap().to_owned();
-    let pem = roots["Roots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["ID"] == id.as_str())
-        .unwrap()["RootCert"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    (id, pem)
+    let active = active_entry(&roots).expect("an active root");
+    let text = |k: &str| active[k].as_str().unwrap().to_owned();
+    (text("ID"), text("RootCert"))
 }
 
 /// A root rotation in `primary` by `PUT /v1/connect/ca/configuration` with `token`: a new key
@@ -640,12 +641,7 @@ pub fn follows(secondary: &Agent, root_id: &str, poll: Duration, limit: Duration
     let deadline = Instant::now() + limit;
     loop {
         let roots = secondary.roots();
-        let active = roots["Roots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["Active"] == true)
-            .cloned();
+        let active = active_entry(&roots);
         if roots["ActiveRootID"] == root_id
             && active.as_ref().is_some_and(|a| {
                 a["ID"] == root_id
@@ -674,4 +670,56 @@ pub fn mesh_gateway(agent: &Agent, extra: &[&str]) -> (Daemon, String) {
     let gw = Daemon::start(agent, &args, "==> Mesh gateway running!");
     let addr = gw.logged_after("listening on ");
     (gw, addr)
+}
+
+/// `openssl s_client -connect ADDR -servername SNI` with a client certificate (`cert`, whose
+/// intermediates go out through `-cert_chain`: `-cert` sends its first certificate alone) and
+/// `key`, trusting `ca` only; writes `input`, ends the session 2 s later (time for an echo),
+/// and returns whether it succeeded and its output (stdout, then stderr).
+pub fn s_client(
+    addr: &str,
+    sni: &str,
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    input: &[u8],
+) -> (bool, String) {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-servername", sni])
+        .arg("-cert")
+        .arg(cert)
+        .arg("-cert_chain")
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .arg("-CAfile")
+        .arg(ca)
+        .args(["-verify_return_error", "-showcerts"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    // s_client ends the session when stdin ends: give the echo time first.
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        drop(stdin);
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("openssl s_client did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
