@@ -280,13 +280,7 @@ fn leaf_csr(server: &Server, service: &str) -> String {
 
 /// The authority key ID of the first certificate of `pem`, colon-hex.
 fn issuer_key(pem: &str) -> String {
-    let der = certs::parse_pem_certificate(&pem_blocks(pem)[0]).unwrap();
-    CertInfo::from_der(&der)
-        .unwrap()
-        .authority_key_id
-        .as_deref()
-        .map(certs::colon_hex)
-        .unwrap_or_default()
+    cli_support::issuer_key(&certs::parse_pem_certificate(&pem_blocks(pem)[0]).unwrap())
 }
 
 /// What a Connect leaf looks like, apart from keys, serial, dates and trust domain.

@@ -265,16 +265,6 @@ impl Mesh {
     }
 }
 
-/// The signing key ID a certificate names as its issuer (its AuthorityKeyIdentifier).
-fn issuer_key(der: &[u8]) -> String {
-    CertInfo::from_der(der)
-        .unwrap()
-        .authority_key_id
-        .as_deref()
-        .map(certs::colon_hex)
-        .unwrap_or_default()
-}
-
 /// The active root's SigningKeyID in `agent`'s roots.
 fn signing_key(agent: &Agent) -> String {
     let active = cli_support::active_entry(&blocking(|| agent.roots())).unwrap();
@@ -285,7 +275,7 @@ fn signed_by(svc: &ConnectService, key: &str) -> bool {
     svc.identity()
         .snapshot()
         .svid()
-        .is_some_and(|s| issuer_key(s.leaf()).eq_ignore_ascii_case(key))
+        .is_some_and(|s| cli_support::issuer_key(s.leaf()).eq_ignore_ascii_case(key))
 }
 
 /// Retries `attempt` until it gives `want` (the catalogs and caches fill in the background,

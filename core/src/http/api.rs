@@ -591,6 +591,26 @@ async fn sign_intermediate(
     Req { o, .. }: Req,
     body: axum::body::Body,
 ) -> ApiResult {
+    let body = match operator_body(&st, &o, body).await? {
+        Ok(body) => body,
+        Err(too_large) => return Ok(too_large),
+    };
+    let req: crate::server::SignIntermediateRequest = decode(&body)?;
+    check_peer_datacenter(&peer, &req.datacenter, "intermediate")?;
+    let resp = st
+        .write(o, move |s, token| s.sign_intermediate_for(token, &req))
+        .await?;
+    Ok(json_response(&resp, None))
+}
+
+/// The body of a server-to-server call, read only once the token has `operator:write` and
+/// bounded by [`crate::server::MAX_SIGN_INTERMEDIATE_BODY`]; a larger one is answered 413
+/// (`Err`) and the connection closed.
+async fn operator_body(
+    st: &AppState,
+    o: &QueryOptions,
+    body: axum::body::Body,
+) -> Result<Result<Bytes, Response>, ApiError> {
     st.server
         .authorizer(o.token.as_deref())?
         .require(crate::acl::Permission::OperatorWrite)?;
@@ -603,14 +623,9 @@ async fn sign_intermediate(
             .into_response();
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(resp);
+        return Ok(Err(resp));
     };
-    let req: crate::server::SignIntermediateRequest = decode(&body)?;
-    check_peer_datacenter(&peer, &req.datacenter, "intermediate")?;
-    let resp = st
-        .write(o, move |s, token| s.sign_intermediate_for(token, &req))
-        .await?;
-    Ok(json_response(&resp, None))
+    Ok(Ok(body))
 }
 
 /// A caller that proved a server identity on the HTTPS listener acts for its own datacenter
@@ -649,13 +664,10 @@ async fn federation_advertise(
     Req { o, .. }: Req,
     body: axum::body::Body,
 ) -> ApiResult {
-    st.server
-        .authorizer(o.token.as_deref())?
-        .require(crate::acl::Permission::OperatorWrite)?;
-    let limit = crate::server::MAX_SIGN_INTERMEDIATE_BODY;
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| Error::new(ErrorKind::InvalidParameter, "Request body too large"))?;
+    let body = match operator_body(&st, &o, body).await? {
+        Ok(body) => body,
+        Err(too_large) => return Ok(too_large),
+    };
     let req: crate::server::AdvertiseRequest = decode(&body)?;
     check_peer_datacenter(&peer, &req.datacenter, "address")?;
     st.write(o, move |s, token| s.advertise_for(token, &req))

@@ -723,3 +723,14 @@ pub fn s_client(
     );
     (out.status.success(), text)
 }
+
+/// The signing key ID a certificate (DER) names as its issuer: its AuthorityKeyIdentifier, as
+/// colon hex.
+pub fn issuer_key(der: &[u8]) -> String {
+    connect_core::certs::CertInfo::from_der(der)
+        .unwrap()
+        .authority_key_id
+        .as_deref()
+        .map(connect_core::certs::colon_hex)
+        .unwrap_or_default()
+}
