@@ -298,13 +298,7 @@ fn sign_every_quarter_second(server: &Server, period: Duration) -> u32 {
 
 /// The authority key ID of the first certificate of `pem`, colon-hex.
 fn issuer_key(pem: &str) -> String {
-    let der = certs::parse_pem_certificate(&pem_blocks(pem)[0]).unwrap();
-    CertInfo::from_der(&der)
-        .unwrap()
-        .authority_key_id
-        .as_deref()
-        .map(certs::colon_hex)
-        .unwrap_or_default()
+    cli_support::issuer_key(&certs::parse_pem_certificate(&pem_blocks(pem)[0]).unwrap())
 }
 
 /// The key ID of the first certificate in `pem`, colon-hex (a CA's `SigningKeyID`).

@@ -506,7 +506,7 @@ mod processes {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::path::Path;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     use std::time::{Duration, Instant};
 
     use super::cli_support::{self, Agent, Daemon, TIMEOUT, echo_app, free_port};
@@ -573,11 +573,7 @@ mod processes {
     }
 
     fn gateway(agent: &Agent, extra: &[&str]) -> (Daemon, String) {
-        let mut args = vec!["gateway", "mesh", "-listen", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
-        let gw = Daemon::start(agent, &args, "==> Mesh gateway running!");
-        let addr = gw.logged_after("listening on ");
-        (gw, addr)
+        cli_support::mesh_gateway(agent, extra)
     }
 
     /// Writes `msg` to `addr` and reads it back, retrying while the path comes up (the
@@ -734,42 +730,7 @@ mod processes {
         )
         .unwrap();
         std::fs::write(&ca, m.dcs.dc1.cli(&["ca", "roots", "-pem"]).ok().stdout).unwrap();
-        let mut child = Command::new("openssl")
-            .args(["s_client", "-connect", &m.gw1_addr, "-servername", sni])
-            .arg("-cert")
-            .arg(&cert)
-            .arg("-key")
-            .arg(&key_path)
-            .arg("-CAfile")
-            .arg(&ca)
-            .args(["-verify_return_error", "-showcerts"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(input).unwrap();
-        // s_client ends the session when stdin ends: give the echo time first.
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(2));
-            drop(stdin);
-        });
-        let deadline = Instant::now() + TIMEOUT;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("openssl s_client did not finish");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
-        let text = format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        cli_support::s_client(&m.gw1_addr, sni, &cert, &key_path, &ca, input)
     }
 
     #[test]

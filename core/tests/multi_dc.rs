@@ -61,28 +61,6 @@ fn federation() -> Federation {
                     "tokens": {"initial_management": DC1_ROOT}},
         }),
     );
-    let dc1 = Agent::start(&[
-        "-server",
-        "-data-dir",
-        p("data1").to_str().unwrap(),
-        "-config-file",
-        p("dc1.json").to_str().unwrap(),
-        "-node",
-        "server-1",
-        "-https-port",
-        "0",
-    ]);
-    let dc1_https = dc1.https.clone().expect("dc1 serves HTTPS");
-    let roots = dc1.roots();
-    let active = roots["ActiveRootID"].as_str().unwrap();
-    let root = roots["Roots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["ID"] == active)
-        .unwrap();
-    std::fs::write(p("dc1-root.pem"), root["RootCert"].as_str().unwrap()).unwrap();
-
     // HCL, as most Consul configurations are written.
     std::fs::write(
         p("dc2.hcl"),
@@ -93,25 +71,8 @@ fn federation() -> Federation {
         ),
     )
     .unwrap();
-    let mut cmd = command();
-    cmd.arg("agent").args([
-        "-server",
-        "-data-dir",
-        p("data2").to_str().unwrap(),
-        "-config-file",
-        p("dc2.hcl").to_str().unwrap(),
-        "-node",
-        "server-2",
-        "-http-port",
-        "0",
-        "-https-port",
-        "0",
-        "-retry-join-wan",
-        &dc1_https,
-        "-primary-ca-file",
-        p("dc1-root.pem").to_str().unwrap(),
-    ]);
-    let dc2 = Agent::launch_within(cmd, CONVERGE);
+    let (dc1, dc2) =
+        cli_support::start_federation(dir.path(), &p("dc1.json"), &p("dc2.hcl"), CONVERGE);
     Federation { dir, dc1, dc2 }
 }
 
@@ -153,71 +114,18 @@ impl Federation {
     }
 
     fn dc1_active_root(&self) -> (String, String) {
-        let roots = self.dc1.roots();
-        let id = roots["ActiveRootID"].as_str().unwrap().to_owned();
-        let pem = roots["Roots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["ID"] == id.as_str())
-            .unwrap()["RootCert"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        (id, pem)
+        cli_support::active_root(&self.dc1)
     }
 
     /// A root rotation in dc1 (a new key type makes a new root, cross-signed by the old).
     fn rotate_dc1(&self, key_type: &str, bits: u32) -> String {
-        let (before, _) = self.dc1_active_root();
-        let body = json!({"Provider": "consul",
-                          "Config": {"PrivateKeyType": key_type, "PrivateKeyBits": bits}})
-        .to_string();
-        let r = try_http(
-            &self.dc1.http,
-            "PUT",
-            "/v1/connect/ca/configuration",
-            &[("X-Consul-Token", DC1_ROOT)],
-            &body,
-            Duration::from_secs(30),
-        )
-        .unwrap();
-        assert_eq!(r.status, 200, "{}", r.body);
-        let (after, _) = self.dc1_active_root();
-        assert_ne!(before, after, "dc1 rotated its root");
-        after
+        cli_support::rotate_root(&self.dc1, DC1_ROOT, key_type, bits)
     }
 
     /// Waits until dc2's roots name `root_id` as active with its own signing key (a new
     /// intermediate installed); returns dc2's roots answer.
     fn dc2_follows(&self, root_id: &str) -> Value {
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            let roots = self.dc2.roots();
-            let active = roots["Roots"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["Active"] == true)
-                .cloned();
-            if roots["ActiveRootID"] == root_id
-                && active.as_ref().is_some_and(|a| {
-                    a["ID"] == root_id
-                        && a["IntermediateCerts"]
-                            .as_array()
-                            .is_some_and(|i| !i.is_empty())
-                })
-            {
-                return roots;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dc2 did not follow dc1's root {root_id} within {CONVERGE:?}: {roots:#}\n\
-                 dc2 stderr:\n{}",
-                self.dc2.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        cli_support::follows(&self.dc2, root_id, Duration::from_millis(200), CONVERGE)
     }
 }
 
@@ -669,4 +577,15 @@ fn intentions_written_in_the_primary_govern_the_secondary() {
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
     let r = get(&fed.dc2.http, "/v1/connect/ca/roots?dc=dc3", "");
     assert!(r.body.contains("No path to datacenter"), "{}", r.body);
+    // `?dc=dc2` sent to dc1 is answered by dc2, at the address dc2's servers advertised.
+    let start = Instant::now();
+    let via_dc1 = loop {
+        let r = get(&fed.dc1.http, "/v1/connect/ca/roots?dc=dc2", "");
+        if r.status == 200 {
+            break r.json();
+        }
+        assert!(start.elapsed() < CONVERGE, "{}", r.body);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(signing(via_dc1), signing(fed.dc2.roots()));
 }

@@ -61,6 +61,12 @@ echo "==> /v1/catalog/datacenters in dc2 (its own first):"
 python3 -c 'import json,sys,urllib.request; print("    " + json.dumps(json.load(urllib.request.urlopen(sys.argv[1]))))' \
     "http://127.0.0.1:$DC2_HTTP_PORT/v1/catalog/datacenters"
 
+echo "==> dc2's replication from dc1 (/v1/agent/self, field Replication):"
+python3 -c 'import json,sys,urllib.request
+r = urllib.request.Request(sys.argv[1], headers={"X-Consul-Token": sys.argv[2]})
+print(json.dumps(json.load(urllib.request.urlopen(r))["Replication"], indent=2))' \
+    "http://127.0.0.1:$DC2_HTTP_PORT/v1/agent/self" "$DC2_TOKEN" | sed 's/^/    /'
+
 CONSUL_HTTP_ADDR=127.0.0.1:$DC2_HTTP_PORT CONSUL_HTTP_TOKEN=$DC2_TOKEN \
     "$CONNECT" leaf web > "$work/web.pem"
 # The answer is the leaf, the intermediates it chains through, then its key.

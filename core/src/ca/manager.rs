@@ -360,6 +360,12 @@ impl CaManager {
         Ok(csr)
     }
 
+    /// Secondary: whether a key made by [`CaManager::intermediate_csr`] still waits for the
+    /// primary's signature.
+    pub fn intermediate_pending(&self) -> bool {
+        self.pending_intermediate.is_some()
+    }
+
     /// Secondary: installs the intermediate the primary signed. The local view of the
     /// primary's active root gets the intermediate appended and its SigningKeyID replaced.
     pub fn set_intermediate(

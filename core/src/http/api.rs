@@ -245,6 +245,10 @@ fn routes(state: AppState) -> Router {
             crate::server::SIGN_INTERMEDIATE_PATH,
             post(sign_intermediate).put(sign_intermediate),
         )
+        .route(
+            crate::server::ADVERTISE_PATH,
+            post(federation_advertise).put(federation_advertise),
+        )
         .route("/v1/catalog/datacenters", get(catalog_datacenters))
         .route("/v1/agent/connect/ca/leaf/{service}", get(agent_leaf))
         .route(
@@ -587,6 +591,26 @@ async fn sign_intermediate(
     Req { o, .. }: Req,
     body: axum::body::Body,
 ) -> ApiResult {
+    let body = match operator_body(&st, &o, body).await? {
+        Ok(body) => body,
+        Err(too_large) => return Ok(too_large),
+    };
+    let req: crate::server::SignIntermediateRequest = decode(&body)?;
+    check_peer_datacenter(&peer, &req.datacenter, "intermediate")?;
+    let resp = st
+        .write(o, move |s, token| s.sign_intermediate_for(token, &req))
+        .await?;
+    Ok(json_response(&resp, None))
+}
+
+/// The body of a server-to-server call, read only once the token has `operator:write` and
+/// bounded by [`crate::server::MAX_SIGN_INTERMEDIATE_BODY`]; a larger one is answered 413
+/// (`Err`) and the connection closed.
+async fn operator_body(
+    st: &AppState,
+    o: &QueryOptions,
+    body: axum::body::Body,
+) -> Result<Result<Bytes, Response>, ApiError> {
     st.server
         .authorizer(o.token.as_deref())?
         .require(crate::acl::Permission::OperatorWrite)?;
@@ -599,26 +623,56 @@ async fn sign_intermediate(
             .into_response();
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(resp);
+        return Ok(Err(resp));
     };
-    let req: crate::server::SignIntermediateRequest = decode(&body)?;
-    if let Some(axum::Extension(TlsPeer(crate::spiffe::SpiffeId::Server(id)))) = &peer
-        && id.datacenter != req.datacenter
-    {
-        return Err(Error::new(
-            ErrorKind::PermissionDenied,
-            format!(
-                "Permission denied: a server of datacenter {:?} asked for datacenter {:?}'s \
-                 intermediate",
-                id.datacenter, req.datacenter
-            ),
-        )
-        .into());
+    Ok(Ok(body))
+}
+
+/// A caller that proved a server identity on the HTTPS listener acts for its own datacenter
+/// only: asking for another's `what` is refused. Without a certificate the token decides.
+fn check_peer_datacenter(
+    peer: &Option<axum::Extension<TlsPeer>>,
+    datacenter: &str,
+    what: &str,
+) -> Result<(), ApiError> {
+    match peer {
+        Some(axum::Extension(TlsPeer(crate::spiffe::SpiffeId::Server(id))))
+            if id.datacenter != datacenter =>
+        {
+            Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "Permission denied: a server of datacenter {:?} asked for datacenter {:?}'s \
+                     {what}",
+                    id.datacenter, datacenter
+                ),
+            )
+            .into())
+        }
+        _ => Ok(()),
     }
-    let resp = st
-        .write(o, move |s, token| s.sign_intermediate_for(token, &req))
+}
+
+/// A secondary's server telling the primary where its HTTPS API answers
+/// ([`crate::server::ADVERTISE_PATH`]), with `operator:write` (the replication token). As for
+/// the intermediate, a caller that proved a server identity may only speak for its own
+/// datacenter; a wrong address gains nothing, since the primary requires that datacenter's
+/// server identity from whatever answers there.
+async fn federation_advertise(
+    State(st): State<AppState>,
+    peer: Option<axum::Extension<TlsPeer>>,
+    Req { o, .. }: Req,
+    body: axum::body::Body,
+) -> ApiResult {
+    let body = match operator_body(&st, &o, body).await? {
+        Ok(body) => body,
+        Err(too_large) => return Ok(too_large),
+    };
+    let req: crate::server::AdvertiseRequest = decode(&body)?;
+    check_peer_datacenter(&peer, &req.datacenter, "address")?;
+    st.write(o, move |s, token| s.advertise_for(token, &req))
         .await?;
-    Ok(json_response(&resp, None))
+    Ok(json_response(&true, None))
 }
 
 /// `GET /v1/catalog/datacenters`: this datacenter first, then the others this server knows
@@ -991,6 +1045,8 @@ async fn agent_self(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult
             },
             "Member": { "Name": c.node_name, "Addr": c.node_address, "Status": 1 },
             "Meta": {},
+            // libconnect's: a secondary's replication from the primary (Server::replication_status).
+            "Replication": st.server.replication_status(),
         }),
         None,
     ))
@@ -1250,6 +1306,31 @@ mod tests {
         let ok = call("dc3", None).await.unwrap();
         assert_eq!(ok.status(), StatusCode::OK);
         assert_eq!(st.server.datacenters(), ["dc1", "dc2", "dc3"]);
+    }
+
+    #[tokio::test]
+    async fn a_server_peer_may_advertise_only_its_own_datacenter() {
+        let (st, _) = state();
+        let td = crate::spiffe::TrustDomain::new(&st.server.trust_domain()).unwrap();
+        let peer = TlsPeer(crate::spiffe::ServerId::new(&td, "dc2").into());
+        let call = |dc: &str, peer: Option<TlsPeer>| {
+            let body = serde_json::json!({"Datacenter": dc, "Address": "127.0.0.1:8501"});
+            federation_advertise(
+                State(st.clone()),
+                peer.map(axum::Extension),
+                Req::parse(&HeaderMap::new(), None).unwrap(),
+                axum::body::Body::from(body.to_string()),
+            )
+        };
+        let err = call("dc3", Some(peer.clone())).await.unwrap_err();
+        assert_eq!(err.0.kind(), ErrorKind::PermissionDenied, "{}", err.0);
+        assert_eq!(st.server.server_address("dc3"), None);
+        let ok = call("dc2", Some(peer)).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(
+            st.server.server_address("dc2").as_deref(),
+            Some("127.0.0.1:8501")
+        );
     }
 
     fn cached_leaves(st: &AppState) -> u64 {

@@ -124,6 +124,11 @@ pub(super) struct Inner {
     pub(super) limiter: CsrLimiter,
     /// Other datacenters this server has heard from (see [`Server::datacenters`]).
     pub(super) datacenters: Mutex<std::collections::BTreeSet<String>>,
+    /// A secondary's replication progress (see [`Server::replication_status`]).
+    pub(super) replication: Mutex<super::federation::ReplicationState>,
+    /// Where other datacenters' servers answer, as they advertised it (see
+    /// [`Server::advertise_for`]).
+    pub(super) server_addresses: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// One datacenter's control plane. Cheap to clone.
@@ -191,6 +196,8 @@ impl Server {
                 intentions: Arc::new(SharedIntentionIndex::new(index)),
                 limiter,
                 datacenters: Mutex::default(),
+                replication: Mutex::default(),
+                server_addresses: Mutex::default(),
             }),
         };
         server.register_self()?;

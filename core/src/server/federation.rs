@@ -610,6 +610,7 @@ pub async fn run_secondary(server: Server, mut client: PrimaryClient) {
             Ok::<_, Error>(got.index)
         }
         .await;
+        server.note_replication(Replicated::Roots, pass.as_ref().copied());
         outage.account(pass, &mut index).await;
     }
 }
@@ -635,7 +636,414 @@ pub async fn run_intention_replication(server: Server, mut client: PrimaryClient
             Ok::<_, Error>(got.index)
         }
         .await;
+        server.note_replication(Replicated::Intentions, pass.as_ref().copied());
         outage.account(pass, &mut index).await;
+    }
+}
+
+/// Which of a secondary's replication loops a result belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replicated {
+    /// The intention list ([`run_intention_replication`]).
+    Intentions,
+    /// The primary's roots and this datacenter's intermediate ([`run_secondary`]).
+    Roots,
+}
+
+/// One replication loop's progress, with the fields Consul reports for its ACL replication
+/// (Consul API docs, ACL: Check ACL Replication): the primary's index last applied, the time
+/// of the last success and of the last failure (`null` when none yet), and that failure's
+/// message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReplicationProgress {
+    /// The primary's `X-Consul-Index` of the last answer applied.
+    #[serde(rename = "ReplicatedIndex")]
+    pub replicated_index: u64,
+    /// When a pass last succeeded.
+    #[serde(rename = "LastSuccess", with = "time::serde::rfc3339::option")]
+    pub last_success: Option<time::OffsetDateTime>,
+    /// When a pass last failed.
+    #[serde(rename = "LastError", with = "time::serde::rfc3339::option")]
+    pub last_error: Option<time::OffsetDateTime>,
+    /// What the last failure said (kept after a later success, as Consul does).
+    #[serde(rename = "LastErrorMessage")]
+    pub last_error_message: String,
+}
+
+/// Where a secondary's intermediate CA certificate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum IntermediateState {
+    /// No intermediate and none asked for: leaves fail with `CaNotInitialized`.
+    None,
+    /// A key and CSR wait for the primary's signature: the first intermediate (leaves fail
+    /// with `CaNotInitialized` until it comes) or a replacement after a primary rotation or at
+    /// half life (leaves go on from the current one).
+    Waiting,
+    /// Installed for the primary's active root, nothing asked for.
+    Active,
+}
+
+/// A secondary's intermediate: its state, the active root it chains to and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IntermediateStatus {
+    /// none, waiting or active.
+    #[serde(rename = "Status")]
+    pub state: IntermediateState,
+    /// The active root's ID in this datacenter's roots.
+    #[serde(rename = "ActiveRootID")]
+    pub active_root_id: String,
+    /// The signing key ID of the intermediate in use (empty without one).
+    #[serde(rename = "SigningKeyID")]
+    pub signing_key_id: String,
+    /// The intermediate's NotAfter (`null` without one).
+    #[serde(rename = "NotAfter", with = "time::serde::rfc3339::option")]
+    pub not_after: Option<time::OffsetDateTime>,
+}
+
+/// What `/v1/agent/self` reports under `Replication` (a libconnect field): in a secondary,
+/// the progress of intention and roots replication from the primary and the intermediate's
+/// state; in a primary, `Enabled: false` and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicationStatus {
+    /// Whether this datacenter replicates from a primary (it is a secondary).
+    #[serde(rename = "Enabled")]
+    pub enabled: bool,
+    /// The primary datacenter (empty in the primary).
+    #[serde(rename = "SourceDatacenter")]
+    pub source_datacenter: String,
+    /// Intention replication.
+    #[serde(rename = "Intentions", skip_serializing_if = "Option::is_none")]
+    pub intentions: Option<ReplicationProgress>,
+    /// The primary's roots (the blocking query and the intermediate requests it leads to).
+    #[serde(rename = "Roots", skip_serializing_if = "Option::is_none")]
+    pub roots: Option<ReplicationProgress>,
+    /// This datacenter's intermediate CA certificate.
+    #[serde(rename = "Intermediate", skip_serializing_if = "Option::is_none")]
+    pub intermediate: Option<IntermediateStatus>,
+}
+
+/// A secondary's replication progress, kept by the server and written by the loops.
+#[derive(Debug, Default)]
+pub(super) struct ReplicationState {
+    intentions: ReplicationProgress,
+    roots: ReplicationProgress,
+}
+
+impl Server {
+    /// Secondary: records the outcome of one replication pass (`Ok` with the primary's
+    /// index). Times come from the server's clock.
+    pub fn note_replication(&self, what: Replicated, outcome: Result<u64, &Error>) {
+        let now = self.clock().now();
+        let mut state = self
+            .inner
+            .replication
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let progress = match what {
+            Replicated::Intentions => &mut state.intentions,
+            Replicated::Roots => &mut state.roots,
+        };
+        match outcome {
+            Ok(index) => {
+                progress.replicated_index = index;
+                progress.last_success = Some(now);
+            }
+            Err(e) => {
+                progress.last_error = Some(now);
+                progress.last_error_message = e.to_string();
+            }
+        }
+    }
+
+    /// This datacenter's replication status (see [`ReplicationStatus`]).
+    pub fn replication_status(&self) -> ReplicationStatus {
+        let config = self.config();
+        if config.is_primary() {
+            return ReplicationStatus {
+                enabled: false,
+                source_datacenter: String::new(),
+                intentions: None,
+                roots: None,
+                intermediate: None,
+            };
+        }
+        let (intentions, roots) = {
+            let s = self
+                .inner
+                .replication
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (s.intentions.clone(), s.roots.clone())
+        };
+        ReplicationStatus {
+            enabled: true,
+            source_datacenter: config.primary_datacenter.clone().unwrap_or_default(),
+            intentions: Some(intentions),
+            roots: Some(roots),
+            intermediate: Some(self.intermediate_status()),
+        }
+    }
+
+    fn intermediate_status(&self) -> IntermediateStatus {
+        let pending = self.ca().intermediate_pending();
+        let ready = self.ca_ready();
+        let roots = self.ca_roots().value;
+        let active = roots.active();
+        let signing_key_id = active.map(|a| a.signing_key_id.clone()).unwrap_or_default();
+        // The intermediate in use is the one whose key signs: its subject key ID is the
+        // active root's SigningKeyID in this datacenter's answer (else the last one added).
+        let infos: Vec<CertInfo> = active
+            .and_then(|a| a.intermediate_certs.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|pem| certs::parse_pem_certificate(pem).ok())
+            .filter_map(|der| CertInfo::from_der(&der).ok())
+            .collect();
+        let not_after = infos
+            .iter()
+            .find(|info| {
+                info.subject_key_id
+                    .as_deref()
+                    .is_some_and(|k| certs::colon_hex(k).eq_ignore_ascii_case(&signing_key_id))
+            })
+            .or(infos.last())
+            .map(|info| info.not_after);
+        let state = match (pending, ready) {
+            (true, _) => IntermediateState::Waiting,
+            (false, true) => IntermediateState::Active,
+            (false, false) => IntermediateState::None,
+        };
+        IntermediateStatus {
+            state,
+            active_root_id: roots.active_root_id.clone(),
+            signing_key_id: if ready { signing_key_id } else { String::new() },
+            not_after: if ready { not_after } else { None },
+        }
+    }
+}
+
+/// The primary's endpoint where a secondary's server says where its HTTPS API answers, so
+/// that the primary can forward `?dc=<secondary>` to it (Consul's servers learn each other's
+/// addresses from WAN gossip, which libconnect does not have). `POST` (or `PUT`) an
+/// [`AdvertiseRequest`] over HTTPS with the secondary's server certificate and a token with
+/// `operator:write`.
+pub const ADVERTISE_PATH: &str = "/v1/internal/federation/advertise";
+
+/// How often a secondary repeats its [`ADVERTISE_PATH`] call (the primary keeps addresses in
+/// memory only, so a restarted primary learns them again within this time).
+const ADVERTISE_EVERY: Duration = Duration::from_secs(30);
+
+/// The body of [`ADVERTISE_PATH`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdvertiseRequest {
+    /// The secondary's datacenter.
+    #[serde(rename = "Datacenter")]
+    pub datacenter: String,
+    /// Where its servers' HTTPS API answers, `IP:port`.
+    #[serde(rename = "Address")]
+    pub address: String,
+}
+
+impl Server {
+    /// Primary: remembers where the servers of a secondary datacenter answer
+    /// ([`ADVERTISE_PATH`]); the caller proved that it is one of them (the HTTP layer checks
+    /// its server certificate). Calls to that address will again require the secondary's
+    /// server identity.
+    ///
+    /// Errors: `PermissionDenied`/`AclNotFound` without `operator:write`; `InvalidParameter`
+    /// for a bad datacenter name, this datacenter's own name, or an address that is not
+    /// `IP:port`.
+    pub fn advertise_for(&self, token: Option<&str>, req: &AdvertiseRequest) -> Result<(), Error> {
+        self.authorizer(token)?
+            .require(crate::acl::Permission::OperatorWrite)?;
+        if !valid_datacenter(&req.datacenter) || req.datacenter == self.datacenter() {
+            return Err(Error::new(
+                ErrorKind::InvalidParameter,
+                format!(
+                    "Datacenter {:?} is not another datacenter's name",
+                    req.datacenter
+                ),
+            ));
+        }
+        let addr: std::net::SocketAddr = req.address.parse().map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidParameter,
+                format!("Address {:?} is not IP:port", req.address),
+            )
+        })?;
+        if addr.ip().is_unspecified() || addr.port() == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidParameter,
+                format!("Address {:?} is not one to connect to", req.address),
+            ));
+        }
+        let mut known = self
+            .inner
+            .server_addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.len() < MAX_DATACENTERS || known.contains_key(&req.datacenter) {
+            known.insert(req.datacenter.clone(), addr.to_string());
+        }
+        drop(known);
+        self.note_datacenter(&req.datacenter);
+        Ok(())
+    }
+
+    /// Where the servers of datacenter `dc` answer, if they told this server
+    /// ([`Server::advertise_for`]).
+    pub fn server_address(&self, dc: &str) -> Option<String> {
+        self.inner
+            .server_addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(dc)
+            .cloned()
+    }
+}
+
+impl PrimaryClient {
+    /// Tells the primary where this datacenter's servers answer ([`ADVERTISE_PATH`]).
+    pub async fn advertise(&mut self, address: &str) -> Result<(), Error> {
+        let req = AdvertiseRequest {
+            datacenter: self.datacenter.clone(),
+            address: address.to_owned(),
+        };
+        let got: Result<serde_json::Value, Error> = self
+            .client()
+            .call(Method::POST, ADVERTISE_PATH, &[], Some(&req))
+            .await;
+        if got.is_err() {
+            self.fail_over();
+        }
+        got.map(|_| ())
+    }
+}
+
+/// The secondary's advertisement loop: tells the primary where this datacenter's HTTPS API
+/// answers at once and every 30 s, retrying with back-off and logging once per outage. Runs
+/// until the task is dropped.
+pub async fn run_advertise(mut client: PrimaryClient, address: String) {
+    let mut outage = Outage::new(&client.primary);
+    loop {
+        match client.advertise(&address).await {
+            Ok(()) => {
+                outage.ended();
+                tokio::time::sleep(ADVERTISE_EVERY).await;
+            }
+            Err(e) => {
+                outage.failed(&e);
+                tokio::time::sleep(outage.backoff()).await;
+            }
+        }
+    }
+}
+
+/// A primary's clients of its secondaries' servers, for forwarding `?dc=<secondary>`: each
+/// call goes to the address the secondary advertised, requires
+/// `spiffe://<td>/agent/server/dc/<secondary>` chained to this datacenter's current roots,
+/// and presents this server's own certificate once it has one.
+pub struct SecondaryClients {
+    server: Server,
+    client_cert: ClientCertSlot,
+    roots: std::sync::Mutex<Option<(u64, SharedBundle)>>,
+    clients: std::sync::Mutex<std::collections::HashMap<String, (String, ApiClient)>>,
+}
+
+impl fmt::Debug for SecondaryClients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecondaryClients").finish_non_exhaustive()
+    }
+}
+
+impl SecondaryClients {
+    /// Clients for `server` (a primary), presenting the certificate put in `client_cert`.
+    pub fn new(server: Server, client_cert: ClientCertSlot) -> SecondaryClients {
+        SecondaryClients {
+            server,
+            client_cert,
+            roots: std::sync::Mutex::default(),
+            clients: std::sync::Mutex::default(),
+        }
+    }
+
+    /// This datacenter's roots as the bundle the clients verify with, updated when they change.
+    fn roots(&self) -> Result<SharedBundle, Error> {
+        let current = self.server.ca_roots();
+        let mut cached = self
+            .roots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((index, shared)) = &*cached
+            && *index == current.index
+        {
+            return Ok(shared.clone());
+        }
+        let bundle = Arc::new(Bundle::from_ca_roots(&current.value)?);
+        let shared = match cached.take() {
+            Some((_, shared)) => {
+                shared.store(bundle);
+                shared
+            }
+            None => Arc::new(ArcSwap::from(bundle)),
+        };
+        *cached = Some((current.index, shared.clone()));
+        Ok(shared)
+    }
+
+    fn client(&self, dc: &str) -> Result<Option<ApiClient>, Error> {
+        let Some(address) = self.server.server_address(dc) else {
+            return Ok(None);
+        };
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, c)) = clients.get(dc)
+            && *at == address
+        {
+            return Ok(Some(c.clone()));
+        }
+        let tls = server_client_config(
+            self.roots()?,
+            dc,
+            self.server.clock().clone(),
+            self.client_cert.clone(),
+        )?;
+        let client = ApiClient::with_tls(
+            &ClientConfig {
+                endpoint: HttpEndpoint::new(address.clone()),
+                token: None,
+                datacenter: None,
+            },
+            tls,
+        )?;
+        clients.insert(dc.to_owned(), (address, client.clone()));
+        Ok(Some(client))
+    }
+
+    /// Forwards a caller's request to the servers of `dc` unchanged (the caller's token
+    /// decides there); `None` when `dc` never advertised an address.
+    pub async fn forward(
+        &self,
+        dc: &str,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Option<(u16, Option<String>, Vec<u8>)>, Error> {
+        let Some(client) = self.client(dc)? else {
+            return Ok(None);
+        };
+        self.roots()?;
+        client
+            .forward(method, path_and_query, headers, body, timeout)
+            .await
+            .map(Some)
     }
 }
 
@@ -749,6 +1157,112 @@ mod tests {
         );
         assert_eq!(p.datacenters(), ["dc1", "dc2"]);
         assert_eq!(s.datacenters(), ["dc2", "dc1"]);
+    }
+
+    #[test]
+    fn the_replication_status_follows_the_loops_and_the_intermediate() {
+        let clock = clock();
+        let shared: SharedClock = clock.clone();
+        let p = primary(shared.clone());
+        let v = serde_json::to_value(p.replication_status()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"Enabled": false, "SourceDatacenter": ""})
+        );
+
+        let s = Server::start_secondary(secondary_config(), shared.clone(), &p.ca_roots().value)
+            .unwrap();
+        let st = s.replication_status();
+        assert!(st.enabled);
+        assert_eq!(st.source_datacenter, "dc1");
+        assert_eq!(st.roots, Some(ReplicationProgress::default()));
+        let i = st.intermediate.unwrap();
+        assert_eq!(i.state, IntermediateState::None);
+        assert_eq!((i.not_after, i.signing_key_id.as_str()), (None, ""));
+
+        // A key and CSR made: waiting until the primary's signature is installed.
+        let csr = s.intermediate_csr().unwrap();
+        let waiting = s.replication_status().intermediate.unwrap();
+        assert_eq!(waiting.state, IntermediateState::Waiting);
+        assert_eq!(waiting.not_after, None, "nothing installed yet");
+        let req = SignIntermediateRequest {
+            csr,
+            datacenter: "dc2".into(),
+        };
+        let signed = p.sign_intermediate_for(Some(ROOT), &req).unwrap();
+        s.install_intermediate(&signed.intermediate_pem, &p.ca_roots().value)
+            .unwrap();
+        let i = s.replication_status().intermediate.unwrap();
+        assert_eq!(i.state, IntermediateState::Active);
+        let der = certs::parse_pem_certificate(&signed.intermediate_pem).unwrap();
+        let expected = CertInfo::from_der(&der).unwrap().not_after;
+        assert_eq!(i.not_after, Some(expected));
+        assert_eq!(i.active_root_id, p.ca_roots().value.active_root_id);
+        assert_eq!(
+            i.signing_key_id,
+            s.ca_roots().value.active().unwrap().signing_key_id
+        );
+
+        // A replacement asked for (as after a primary rotation): waiting, the current one
+        // still reported.
+        s.intermediate_csr().unwrap();
+        let i = s.replication_status().intermediate.unwrap();
+        assert_eq!(i.state, IntermediateState::Waiting);
+        assert_eq!(i.not_after, Some(expected));
+
+        // A pass's success sets the index and its time; a failure its time and message,
+        // keeping the index; each loop has its own.
+        let t0 = shared.now();
+        s.note_replication(Replicated::Intentions, Ok(42));
+        clock.advance(Duration::from_secs(5));
+        let e = Error::new(ErrorKind::ConnectionRefused, "primary down");
+        s.note_replication(Replicated::Intentions, Err(&e));
+        let st = s.replication_status();
+        let ixn = st.intentions.clone().unwrap();
+        assert_eq!(ixn.replicated_index, 42);
+        assert_eq!(ixn.last_success, Some(t0));
+        assert_eq!(ixn.last_error, Some(t0 + Duration::from_secs(5)));
+        assert!(ixn.last_error_message.contains("primary down"), "{ixn:?}");
+        assert_eq!(st.roots, Some(ReplicationProgress::default()));
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["Intentions"]["LastSuccess"], "2026-01-01T00:00:00Z");
+        assert_eq!(v["Intentions"]["LastError"], "2026-01-01T00:00:05Z");
+        assert_eq!(v["Roots"]["LastSuccess"], serde_json::Value::Null);
+        assert_eq!(v["Intermediate"]["Status"], "waiting");
+    }
+
+    #[test]
+    fn a_primary_learns_where_a_secondary_answers() {
+        let p = primary(clock());
+        let req = |dc: &str, address: &str| AdvertiseRequest {
+            datacenter: dc.into(),
+            address: address.into(),
+        };
+        let err = p
+            .advertise_for(None, &req("dc2", "127.0.0.1:8501"))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+        for (dc, address) in [
+            ("dc1", "127.0.0.1:8501"),
+            ("a.b", "127.0.0.1:8501"),
+            ("dc2", "server.dc2.consul:8501"),
+            ("dc2", "0.0.0.0:8501"),
+            ("dc2", "127.0.0.1:0"),
+        ] {
+            let err = p.advertise_for(Some(ROOT), &req(dc, address)).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                ErrorKind::InvalidParameter,
+                "{dc} {address}: {err}"
+            );
+        }
+        assert_eq!(p.server_address("dc2"), None);
+        p.advertise_for(Some(ROOT), &req("dc2", "127.0.0.1:8501"))
+            .unwrap();
+        p.advertise_for(Some(ROOT), &req("dc2", "[::1]:8502"))
+            .unwrap();
+        assert_eq!(p.server_address("dc2").as_deref(), Some("[::1]:8502"));
+        assert_eq!(p.datacenters(), ["dc1", "dc2"]);
     }
 
     #[test]

@@ -13,8 +13,10 @@ mod limiter;
 pub(crate) use control_plane::internal;
 pub use control_plane::{Server, ServerConfig};
 pub use federation::{
-    FederationConfig, MAX_SIGN_INTERMEDIATE_BODY, PrimaryClient, SIGN_INTERMEDIATE_PATH,
-    SignIntermediateRequest, SignIntermediateResponse, run_intention_replication, run_secondary,
+    ADVERTISE_PATH, AdvertiseRequest, FederationConfig, IntermediateState, IntermediateStatus,
+    MAX_SIGN_INTERMEDIATE_BODY, PrimaryClient, Replicated, ReplicationProgress, ReplicationStatus,
+    SIGN_INTERMEDIATE_PATH, SecondaryClients, SignIntermediateRequest, SignIntermediateResponse,
+    run_advertise, run_intention_replication, run_secondary,
 };
 pub use intentions::{ServiceName, parse_service_name};
 pub use limiter::{CSR_LIMIT_WAIT, CsrLimiter, Permit};

@@ -587,3 +587,193 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+// ---- Federated datacenters (tests/multi_dc.rs, tests/multi_dc_mesh.rs) ----------------------
+
+/// Starts dc1, a primary, with the configuration file `dc1_config`, then dc2, a secondary,
+/// with `dc2_config`, joined to dc1's HTTPS address (`-retry-join-wan`) with dc1's active root
+/// as the file that trusts the first contact (written to `dir/dc1-root.pem`). Data go to
+/// `dir/data1` and `dir/data2`; dc2 may take up to `converge` to start, since it serves only
+/// once dc1 signed its intermediate.
+pub fn start_federation(
+    dir: &Path,
+    dc1_config: &Path,
+    dc2_config: &Path,
+    converge: Duration,
+) -> (Agent, Agent) {
+    let p = |name: &str| dir.join(name);
+    let dc1 = Agent::start(&[
+        "-server",
+        "-data-dir",
+        p("data1").to_str().unwrap(),
+        "-config-file",
+        dc1_config.to_str().unwrap(),
+        "-node",
+        "server-1",
+        "-https-port",
+        "0",
+    ]);
+    let dc1_https = dc1.https.clone().expect("dc1 serves HTTPS");
+    let (_, root) = active_root(&dc1);
+    std::fs::write(p("dc1-root.pem"), root).unwrap();
+    let mut cmd = command();
+    cmd.arg("agent").args([
+        "-server",
+        "-data-dir",
+        p("data2").to_str().unwrap(),
+        "-config-file",
+        dc2_config.to_str().unwrap(),
+        "-node",
+        "server-2",
+        "-http-port",
+        "0",
+        "-https-port",
+        "0",
+        "-retry-join-wan",
+        &dc1_https,
+        "-primary-ca-file",
+        p("dc1-root.pem").to_str().unwrap(),
+    ]);
+    let dc2 = Agent::launch_within(cmd, converge);
+    (dc1, dc2)
+}
+
+/// The entry of `roots` (a `/v1/connect/ca/roots` answer) marked active, if any.
+pub fn active_entry(roots: &Value) -> Option<Value> {
+    roots["Roots"]
+        .as_array()?
+        .iter()
+        .find(|r| r["Active"] == true)
+        .cloned()
+}
+
+/// The agent's active root: its ID and its certificate (PEM).
+pub fn active_root(agent: &Agent) -> (String, String) {
+    let roots = agent.roots();
+    let active = active_entry(&roots).expect("an active root");
+    let text = |k: &str| active[k].as_str().unwrap().to_owned();
+    (text("ID"), text("RootCert"))
+}
+
+/// A root rotation in `primary` by `PUT /v1/connect/ca/configuration` with `token`: a new key
+/// type or size makes a new root, cross-signed by the old one. Returns the new root's ID.
+pub fn rotate_root(primary: &Agent, token: &str, key_type: &str, bits: u32) -> String {
+    let (before, _) = active_root(primary);
+    let body = serde_json::json!({"Provider": "consul",
+                      "Config": {"PrivateKeyType": key_type, "PrivateKeyBits": bits}})
+    .to_string();
+    let r = try_http(
+        &primary.http,
+        "PUT",
+        "/v1/connect/ca/configuration",
+        &[("X-Consul-Token", token)],
+        &body,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (after, _) = active_root(primary);
+    assert_ne!(before, after, "the primary rotated its root");
+    after
+}
+
+/// Waits, polling every `poll`, until the secondary's roots name `root_id` as active with its
+/// own signing key (a new intermediate installed); returns its roots answer. Panics after
+/// `limit`.
+pub fn follows(secondary: &Agent, root_id: &str, poll: Duration, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let roots = secondary.roots();
+        let active = active_entry(&roots);
+        if roots["ActiveRootID"] == root_id
+            && active.as_ref().is_some_and(|a| {
+                a["ID"] == root_id
+                    && a["IntermediateCerts"]
+                        .as_array()
+                        .is_some_and(|i| !i.is_empty())
+            })
+        {
+            return roots;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the secondary did not follow root {root_id} within {limit:?}: {roots:#}\n\
+             its stderr:\n{}",
+            secondary.stderr()
+        );
+        std::thread::sleep(poll);
+    }
+}
+
+/// `connect gateway mesh -listen 127.0.0.1:0 EXTRA…` against `agent`, once running; with the
+/// address it listens on.
+pub fn mesh_gateway(agent: &Agent, extra: &[&str]) -> (Daemon, String) {
+    let mut args = vec!["gateway", "mesh", "-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let gw = Daemon::start(agent, &args, "==> Mesh gateway running!");
+    let addr = gw.logged_after("listening on ");
+    (gw, addr)
+}
+
+/// `openssl s_client -connect ADDR -servername SNI` with a client certificate (`cert`, whose
+/// intermediates go out through `-cert_chain`: `-cert` sends its first certificate alone) and
+/// `key`, trusting `ca` only; writes `input`, ends the session 2 s later (time for an echo),
+/// and returns whether it succeeded and its output (stdout, then stderr).
+pub fn s_client(
+    addr: &str,
+    sni: &str,
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    input: &[u8],
+) -> (bool, String) {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-servername", sni])
+        .arg("-cert")
+        .arg(cert)
+        .arg("-cert_chain")
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .arg("-CAfile")
+        .arg(ca)
+        .args(["-verify_return_error", "-showcerts"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    // s_client ends the session when stdin ends: give the echo time first.
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        drop(stdin);
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("openssl s_client did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The signing key ID a certificate (DER) names as its issuer: its AuthorityKeyIdentifier, as
+/// colon hex.
+pub fn issuer_key(der: &[u8]) -> String {
+    connect_core::certs::CertInfo::from_der(der)
+        .unwrap()
+        .authority_key_id
+        .as_deref()
+        .map(connect_core::certs::colon_hex)
+        .unwrap_or_default()
+}

@@ -393,19 +393,19 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
 
     let api = connect_core::http::api::Api::new(server.clone());
     let mut app = api.router();
-    if let Some(primary) = &primary {
-        app = app.layer(axum::middleware::from_fn_with_state(
-            Forwarding {
-                primary: Arc::new(primary.sibling()),
-                primary_dc: server
-                    .config()
-                    .primary_datacenter
-                    .clone()
-                    .unwrap_or_default(),
-            },
-            forward_to_primary,
-        ));
-    }
+    // The certificate this server presents when it calls another datacenter's servers.
+    let own_cert = connect_core::tls::ClientCertSlot::default();
+    let forwarding = match &primary {
+        Some(primary) => Forwarding::ToPrimary(Arc::new(primary.sibling())),
+        None => Forwarding::ToSecondaries(Arc::new(connect_core::server::SecondaryClients::new(
+            server.clone(),
+            own_cert.clone(),
+        ))),
+    };
+    app = app.layer(axum::middleware::from_fn_with_state(
+        (forwarding, server.datacenter().to_owned()),
+        forward_requests,
+    ));
     let app = app.layer(axum::middleware::from_fn(log_request));
     let mut limits = settings.limits.clone();
     if let Some(open_files) = crate::http_server::raise_open_file_limit()
@@ -438,6 +438,7 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     // A secondary's own leaves, its HTTPS certificate among them, need its intermediate.
     let mut background = tokio::task::JoinSet::new();
     let client_cert = primary.as_ref().map(|p| p.client_certificate());
+    let advertiser = primary.as_ref().map(|p| p.sibling());
     if let Some(primary) = primary {
         background.spawn(connect_core::server::run_intention_replication(
             server.clone(),
@@ -467,9 +468,30 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
         let tls_config = api
             .https_config(&server.config().node_name, addr.ip())
             .await?;
-        // The secondary presents the same certificate to the primary's servers.
-        if let (Some(slot), Some(cert)) = (&client_cert, api.https_certificate()) {
-            let _ = slot.set(cert);
+        // A server presents the same certificate to other datacenters' servers.
+        if let Some(cert) = api.https_certificate() {
+            let _ = own_cert.set(cert.clone());
+            if let Some(slot) = &client_cert {
+                let _ = slot.set(cert);
+            }
+        }
+        // A secondary tells the primary where it answers, so that the primary can forward
+        // `?dc=<this datacenter>` here.
+        if let Some(advertiser) = advertiser {
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+            let ip = if bound.ip().is_unspecified() {
+                server
+                    .config()
+                    .node_address
+                    .parse()
+                    .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+            } else {
+                bound.ip()
+            };
+            let address = std::net::SocketAddr::new(ip, bound.port()).to_string();
+            background.spawn(connect_core::server::run_advertise(advertiser, address));
         }
         lines.push(format!("==> HTTPS API listening on https://{local}"));
         tasks.spawn(crate::http_server::serve(
@@ -529,11 +551,14 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
 /// The largest intention write a secondary forwards (the API's own body limit).
 const MAX_FORWARDED_BODY: usize = 1 << 20;
 
-/// A secondary's way to forward requests to the primary.
+/// Where this server forwards requests for other datacenters.
 #[derive(Clone)]
-struct Forwarding {
-    primary: Arc<connect_core::server::PrimaryClient>,
-    primary_dc: String,
+enum Forwarding {
+    /// A secondary: to the primary's servers (intention writes, and `?dc=` of any other
+    /// datacenter, which the primary forwards on).
+    ToPrimary(Arc<connect_core::server::PrimaryClient>),
+    /// The primary: `?dc=<secondary>` to the servers that secondary advertised.
+    ToSecondaries(Arc<connect_core::server::SecondaryClients>),
 }
 
 /// The longest a forwarded request may take: a blocking query's `wait` (at most Consul's
@@ -548,13 +573,15 @@ fn forward_timeout(query: &str) -> Duration {
     wait + wait / 16 + Duration::from_secs(30)
 }
 
-/// In a secondary, as Consul forwards them: intention writes, and any request with
-/// `?dc=<primary>` (catalog, health, intentions, CA roots …; not the agent's own endpoints nor
-/// the internal ones), go to the primary. The request is passed on unchanged over the
-/// server-to-server channel (the caller's token decides in the primary) and the primary's
-/// answer returned; replication then brings an intention change back.
-async fn forward_to_primary(
-    axum::extract::State(fwd): axum::extract::State<Forwarding>,
+/// As Consul forwards them: in a secondary, intention writes and any request with
+/// `?dc=<another datacenter>` go to the primary; in the primary, `?dc=<secondary>` goes to
+/// that secondary's servers (once they advertised their address; else the local answer is
+/// `No path to datacenter`). Catalog, health, intentions, CA roots …; not the agent's own
+/// endpoints nor the internal ones. The request is passed on unchanged over the
+/// server-to-server channel (the caller's token decides there) and the answer returned;
+/// replication then brings an intention change back.
+async fn forward_requests(
+    axum::extract::State((fwd, own_dc)): axum::extract::State<(Forwarding, String)>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -565,17 +592,21 @@ async fn forward_to_primary(
     let intention_write = (path == "/v1/connect/intentions"
         || path.starts_with("/v1/connect/intentions/"))
         && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let to_primary = !fwd.primary_dc.is_empty()
-        && query
-            .split('&')
-            .any(|kv| kv.strip_prefix("dc=") == Some(fwd.primary_dc.as_str()))
-        && !path.starts_with("/v1/agent/")
-        && !path.starts_with("/v1/internal/");
-    if !intention_write && !to_primary {
+    let other_dc = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("dc="))
+        .filter(|dc| !dc.is_empty() && *dc != own_dc)
+        .filter(|_| !path.starts_with("/v1/agent/") && !path.starts_with("/v1/internal/"))
+        .map(str::to_owned);
+    let forward = match (&fwd, &other_dc) {
+        (Forwarding::ToPrimary(_), _) => intention_write || other_dc.is_some(),
+        (Forwarding::ToSecondaries(_), Some(_)) => true,
+        (Forwarding::ToSecondaries(_), None) => false,
+    };
+    if !forward {
         return next.run(req).await;
     }
     let timeout = forward_timeout(query);
-    let primary = fwd.primary;
     let method = req.method().clone();
     let target = req
         .uri()
@@ -588,21 +619,41 @@ async fn forward_to_primary(
             Some((k.to_owned(), v.to_owned()))
         })
         .collect();
-    let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_FORWARDED_BODY).await else {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large").into_response();
+    let method =
+        reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
+    let (req, body) = {
+        let (parts, body) = req.into_parts();
+        let Ok(body) = axum::body::to_bytes(body, MAX_FORWARDED_BODY).await else {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large").into_response();
+        };
+        (
+            Request::from_parts(parts, axum::body::Body::from(body.clone())),
+            body,
+        )
     };
     let headers: Vec<(&str, &str)> = headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let method =
-        reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
-    match primary
-        .client()
-        .forward(method, &target, &headers, body.to_vec(), timeout)
-        .await
-    {
-        Ok((status, content_type, body)) => {
+    let (answer, to) = match (&fwd, &other_dc) {
+        (Forwarding::ToPrimary(primary), _) => (
+            primary
+                .client()
+                .forward(method, &target, &headers, body.to_vec(), timeout)
+                .await
+                .map(Some),
+            "the primary datacenter",
+        ),
+        (Forwarding::ToSecondaries(secondaries), Some(dc)) => (
+            secondaries
+                .forward(dc, method, &target, &headers, body.to_vec(), timeout)
+                .await,
+            "another datacenter",
+        ),
+        (Forwarding::ToSecondaries(_), None) => (Ok(None), ""),
+    };
+    match answer {
+        Ok(Some((status, content_type, body))) => {
             let mut resp = (
                 StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
                 body,
@@ -613,11 +664,13 @@ async fn forward_to_primary(
             }
             resp
         }
+        // A datacenter that never advertised its servers: the local answer says so.
+        Ok(None) => next.run(req).await,
         Err(e) => {
-            tracing::warn!(error = %e, "forwarding a request to the primary failed");
+            tracing::warn!(error = %e, "forwarding a request to {to} failed");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("forwarding to the primary datacenter failed: {e}"),
+                format!("forwarding to {to} failed: {e}"),
             )
                 .into_response()
         }
