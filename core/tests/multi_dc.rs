@@ -588,4 +588,10 @@ fn intentions_written_in_the_primary_govern_the_secondary() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(signing(via_dc1), signing(fed.dc2.roots()));
+    // dc2's server proved its identity with its server certificate, not with the token alone.
+    let said = fed.dc1.wait_for_log("advertised its address", CONVERGE);
+    assert!(
+        said.contains("server identity spiffe://") && said.contains("/agent/server/dc/dc2"),
+        "{said}"
+    );
 }

@@ -670,8 +670,18 @@ async fn federation_advertise(
     };
     let req: crate::server::AdvertiseRequest = decode(&body)?;
     check_peer_datacenter(&peer, &req.datacenter, "address")?;
-    st.write(o, move |s, token| s.advertise_for(token, &req))
+    let (dc, address) = (req.datacenter.clone(), req.address.clone());
+    let changed = st
+        .write(o, move |s, token| s.advertise_for(token, &req))
         .await?;
+    // Once per new address (it is repeated every 30 s), saying how the caller proved itself.
+    if changed {
+        let proof = match &peer {
+            Some(axum::Extension(TlsPeer(id))) => format!("server identity {id}"),
+            None => "token only, no server certificate".to_owned(),
+        };
+        tracing::info!(datacenter = %dc, %address, %proof, "a secondary datacenter's server advertised its address");
+    }
     Ok(json_response(&true, None))
 }
 

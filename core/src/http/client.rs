@@ -166,7 +166,7 @@ impl ApiClient {
     /// A client for `config`.
     pub fn new(config: &ClientConfig) -> Result<ApiClient, Error> {
         let tls = tls_config(config.endpoint.ca_file.as_deref())?;
-        ApiClient::build(config, config.base_url()?, tls)
+        ApiClient::build(config, config.base_url()?, tls, usize::MAX)
     }
 
     /// A client with its own TLS configuration (server-to-server calls, which check a
@@ -175,17 +175,21 @@ impl ApiClient {
     pub fn with_tls(config: &ClientConfig, tls: rustls::ClientConfig) -> Result<ApiClient, Error> {
         let mut endpoint = config.endpoint.clone();
         endpoint.https = true;
-        ApiClient::build(config, endpoint.base_url()?, tls)
+        // No idle connections kept: the server's own certificate arrives after its first
+        // calls, and a pooled connection would keep calling without it.
+        ApiClient::build(config, endpoint.base_url()?, tls, 0)
     }
 
     fn build(
         config: &ClientConfig,
         base: String,
         tls: rustls::ClientConfig,
+        max_idle: usize,
     ) -> Result<ApiClient, Error> {
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(max_idle)
             .build()
             .map_err(|e| Error::new(ErrorKind::Http, e.to_string()))?;
         Ok(ApiClient {

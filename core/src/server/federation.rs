@@ -853,10 +853,16 @@ impl Server {
     /// its server certificate). Calls to that address will again require the secondary's
     /// server identity.
     ///
+    /// Returns whether the address is new for that datacenter.
+    ///
     /// Errors: `PermissionDenied`/`AclNotFound` without `operator:write`; `InvalidParameter`
     /// for a bad datacenter name, this datacenter's own name, or an address that is not
     /// `IP:port`.
-    pub fn advertise_for(&self, token: Option<&str>, req: &AdvertiseRequest) -> Result<(), Error> {
+    pub fn advertise_for(
+        &self,
+        token: Option<&str>,
+        req: &AdvertiseRequest,
+    ) -> Result<bool, Error> {
         self.authorizer(token)?
             .require(crate::acl::Permission::OperatorWrite)?;
         if !valid_datacenter(&req.datacenter) || req.datacenter == self.datacenter() {
@@ -885,12 +891,14 @@ impl Server {
             .server_addresses
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut changed = false;
         if known.len() < MAX_DATACENTERS || known.contains_key(&req.datacenter) {
-            known.insert(req.datacenter.clone(), addr.to_string());
+            changed =
+                known.insert(req.datacenter.clone(), addr.to_string()) != Some(addr.to_string());
         }
         drop(known);
         self.note_datacenter(&req.datacenter);
-        Ok(())
+        Ok(changed)
     }
 
     /// Where the servers of datacenter `dc` answer, if they told this server

@@ -145,6 +145,9 @@ pub fn server_client_config(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(SlotCert(client_cert)));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // A resumed session carries the identity of the handshake it resumes: one made before
+    // this server had its certificate would keep it anonymous. These calls are few.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 
