@@ -24,10 +24,13 @@ use super::query::{Params, QueryOptions, index_headers};
 use crate::agent::{Agent, AgentBackend, AgentConfig, Leaf, LeafCacheRequest};
 use crate::ca::{CaConfiguration, IndexedCaRoots, SignPolicy};
 use crate::cache::{GetOptions, ResultMeta};
-use crate::catalog::ServiceRegistration;
-use crate::filter::Filter;
+use crate::catalog::{
+    AgentService, CatalogService, CheckRegistration, HealthCheck, HealthStatus, Node, ServiceEntry,
+    ServiceRegistration,
+};
+use crate::filter::{Filter, Selectable};
 use crate::intentions::{Decision, Intention, IntentionIndex, MatchType, ServiceRef};
-use crate::server::Server;
+use crate::server::{AclFiltered, HealthChecksOf, Server, ServiceQuery, parse_node_meta};
 use crate::state::{Indexed, Table};
 use crate::tls::{
     Bundle, CurrentLeaf, KeyExchange, RootsSource, certified_key, crypto_provider,
@@ -279,6 +282,26 @@ fn routes(state: AppState) -> Router {
         .route("/v1/health/service/{name}", get(health_service))
         .route("/v1/health/connect/{name}", get(health_connect))
         .route("/v1/status/leader", get(status_leader))
+        .route("/v1/status/peers", get(status_peers))
+        .route("/v1/agent/service/{id}", get(agent_service))
+        .route(
+            "/v1/agent/service/maintenance/{id}",
+            put(service_maintenance),
+        )
+        .route("/v1/agent/checks", get(agent_checks))
+        .route("/v1/agent/check/register", put(check_register))
+        .route("/v1/agent/check/deregister/{id}", put(check_deregister))
+        .route("/v1/agent/check/pass/{id}", put(check_pass))
+        .route("/v1/agent/check/warn/{id}", put(check_warn))
+        .route("/v1/agent/check/fail/{id}", put(check_fail))
+        .route("/v1/agent/check/update/{id}", put(check_update))
+        .route("/v1/agent/members", get(agent_members))
+        .route("/v1/catalog/nodes", get(catalog_nodes))
+        .route("/v1/catalog/node/{node}", get(catalog_node))
+        .route("/v1/health/node/{node}", get(health_node))
+        .route("/v1/health/checks/{service}", get(health_service_checks))
+        .route("/v1/health/state/{state}", get(health_state))
+        .route("/v1/coordinate/nodes", get(coordinate_nodes))
         .route("/v1/acl/bootstrap", put(acl_bootstrap))
         .route("/v1/acl/policy", put(acl_policy_create))
         .route("/v1/acl/policy/name/{name}", get(acl_policy_by_name))
@@ -380,6 +403,36 @@ impl AppState {
         tables: &[Table],
         read: impl Fn(&Server, Option<&str>) -> Result<Indexed<T>, Error>,
     ) -> ApiResult {
+        let current = self.read_indexed(o, tables, read).await?;
+        Ok(json_response(&current.value, Some(current.index)))
+    }
+
+    /// [`AppState::read`] of a result filtered by ACLs: Consul's
+    /// `X-Consul-Results-Filtered-By-ACLs: true` when the server left something out.
+    async fn read_filtered<T: Serialize>(
+        &self,
+        o: &QueryOptions,
+        tables: &[Table],
+        read: impl Fn(&Server, Option<&str>) -> Result<Indexed<AclFiltered<T>>, Error>,
+    ) -> ApiResult {
+        let current = self.read_indexed(o, tables, read).await?;
+        let mut resp = json_response(&current.value.value, Some(current.index));
+        if current.value.filtered_by_acls {
+            resp.headers_mut().insert(
+                "x-consul-results-filtered-by-acls",
+                HeaderValue::from_static("true"),
+            );
+        }
+        Ok(resp)
+    }
+
+    /// The blocking loop of [`AppState::read`].
+    async fn read_indexed<T>(
+        &self,
+        o: &QueryOptions,
+        tables: &[Table],
+        read: impl Fn(&Server, Option<&str>) -> Result<Indexed<T>, Error>,
+    ) -> Result<Indexed<T>, ApiError> {
         let (server, token) = (&self.server, o.token.as_deref());
         let deadline = tokio::time::Instant::now() + o.wait_with_jitter();
         // The read's own index decides, not the watched tables': a read may report one
@@ -398,7 +451,7 @@ impl AppState {
             seen = server.store().view().max_index(tables);
             current = read(server, token)?;
         }
-        Ok(json_response(&current.value, Some(current.index)))
+        Ok(current)
     }
 
     /// A write to the server with the request's token, off the async workers (writes are
@@ -424,13 +477,41 @@ fn check_dc(server: &Server, o: &QueryOptions) -> Result<(), ApiError> {
 }
 
 /// Parses `?filter=` only after the request's token resolves, so that a request with an
-/// unknown token is refused (403) before any work on a filter it chose.
-fn filter(server: &Server, o: &QueryOptions) -> Result<Option<Filter>, ApiError> {
+/// unknown token is refused (403) before any work on a filter it chose; a selector that `T`
+/// does not have is refused (400) as go-bexpr refuses it.
+fn filter<T: Selectable>(server: &Server, o: &QueryOptions) -> Result<Option<Filter>, ApiError> {
     let Some(expr) = o.filter.as_deref() else {
         return Ok(None);
     };
     server.authorizer(o.token.as_deref())?;
-    Ok(Some(Filter::parse(expr)?))
+    let f = Filter::parse(expr)?;
+    f.check_selectors::<T>()?;
+    Ok(Some(f))
+}
+
+/// `?tag=` and `?node-meta=` (each repeatable, all must match), `?passing` and `?filter=` of
+/// a catalog or health query of one service.
+fn service_query<T: Selectable>(
+    server: &Server,
+    o: &QueryOptions,
+    params: &Params,
+    connect: bool,
+) -> Result<ServiceQuery, ApiError> {
+    let mut q = ServiceQuery::default();
+    q.connect = connect;
+    q.tags = params.all("tag").into_iter().map(str::to_owned).collect();
+    q.node_meta = node_meta(params)?;
+    q.passing_only = params.flag("passing");
+    q.filter = filter::<T>(server, o)?;
+    Ok(q)
+}
+
+fn node_meta(params: &Params) -> Result<Vec<(String, String)>, ApiError> {
+    Ok(params
+        .all("node-meta")
+        .into_iter()
+        .map(parse_node_meta)
+        .collect::<Result<_, _>>()?)
 }
 
 fn json_response<T: Serialize>(value: &T, index: Option<u64>) -> Response {
@@ -807,7 +888,7 @@ fn authorize_response(d: &Decision) -> Response {
 // ---- Intentions ------------------------------------------------------------------------
 
 async fn intention_list(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
-    let f = filter(&st.server, &o)?;
+    let f = filter::<Intention>(&st.server, &o)?;
     st.read(&o, &[Table::Intentions], move |s, token| {
         s.intention_list(token, f.as_ref())
     })
@@ -960,7 +1041,7 @@ async fn service_deregister(
 }
 
 async fn agent_services(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
-    let f = filter(&st.server, &o)?;
+    let f = filter::<AgentService>(&st.server, &o)?;
     Ok(json_response(
         &st.server.agent_services(o.token.as_deref(), f.as_ref())?,
         None,
@@ -998,17 +1079,22 @@ async fn agent_self(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult
 
 async fn catalog_services(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     check_dc(&st.server, &o)?;
-    st.read(&o, Table::CATALOG, move |s, token| {
+    st.read_filtered(&o, Table::CATALOG, move |s, token| {
         s.catalog_services(token)
     })
     .await
 }
 
-async fn catalog_rows(st: AppState, name: String, Req { o, .. }: Req, connect: bool) -> ApiResult {
+async fn catalog_rows(
+    st: AppState,
+    name: String,
+    Req { o, params }: Req,
+    connect: bool,
+) -> ApiResult {
     check_dc(&st.server, &o)?;
-    let f = filter(&st.server, &o)?;
-    st.read(&o, Table::CATALOG, move |s, token| {
-        s.catalog_service(token, &name, connect, f.as_ref())
+    let q = service_query::<CatalogService>(&st.server, &o, &params, connect)?;
+    st.read_filtered(&o, Table::CATALOG, move |s, token| {
+        s.catalog_service(token, &name, &q)
     })
     .await
 }
@@ -1036,10 +1122,9 @@ async fn health_rows(
     connect: bool,
 ) -> ApiResult {
     check_dc(&st.server, &o)?;
-    let f = filter(&st.server, &o)?;
-    let passing = params.flag("passing");
-    st.read(&o, Table::CATALOG, move |s, token| {
-        s.health(token, &name, connect, passing, f.as_ref())
+    let q = service_query::<ServiceEntry>(&st.server, &o, &params, connect)?;
+    st.read_filtered(&o, Table::CATALOG, move |s, token| {
+        s.health(token, &name, &q)
     })
     .await
 }
@@ -1060,8 +1145,278 @@ async fn health_connect(
     health_rows(st, name, req, true).await
 }
 
+/// `GET /v1/catalog/nodes` (`?node-meta=`, `?filter=`).
+async fn catalog_nodes(State(st): State<AppState>, Req { o, params }: Req) -> ApiResult {
+    check_dc(&st.server, &o)?;
+    let meta = node_meta(&params)?;
+    let f = filter::<Node>(&st.server, &o)?;
+    st.read_filtered(&o, &[Table::Nodes], move |s, token| {
+        s.catalog_nodes(token, &meta, f.as_ref())
+    })
+    .await
+}
+
+/// `GET /v1/catalog/node/:node`: `{"Node": …, "Services": {id: …}}`, or `null` for a node
+/// that does not exist (as Consul answers).
+async fn catalog_node(
+    State(st): State<AppState>,
+    Path(node): Path<String>,
+    Req { o, .. }: Req,
+) -> ApiResult {
+    check_dc(&st.server, &o)?;
+    st.read_filtered(&o, Table::CATALOG, move |s, token| {
+        let r = s.catalog_node(token, &node)?;
+        Ok(Indexed {
+            index: r.index,
+            value: AclFiltered {
+                filtered_by_acls: r.value.filtered_by_acls,
+                value: r
+                    .value
+                    .value
+                    .map(|(node, services)| json!({"Node": node, "Services": services})),
+            },
+        })
+    })
+    .await
+}
+
+async fn health_checks_of(st: AppState, o: QueryOptions, select: HealthChecksOf) -> ApiResult {
+    check_dc(&st.server, &o)?;
+    let f = filter::<HealthCheck>(&st.server, &o)?;
+    st.read_filtered(&o, Table::CATALOG, move |s, token| {
+        s.health_checks(token, &select, f.as_ref())
+    })
+    .await
+}
+
+/// `GET /v1/health/node/:node`: every check on the node.
+async fn health_node(
+    State(st): State<AppState>,
+    Path(node): Path<String>,
+    Req { o, .. }: Req,
+) -> ApiResult {
+    health_checks_of(st, o, HealthChecksOf::Node(node)).await
+}
+
+/// `GET /v1/health/checks/:service`: the checks of the service's instances.
+async fn health_service_checks(
+    State(st): State<AppState>,
+    Path(service): Path<String>,
+    Req { o, .. }: Req,
+) -> ApiResult {
+    health_checks_of(st, o, HealthChecksOf::Service(service)).await
+}
+
+/// `GET /v1/health/state/:state`: checks in one state (`passing`, `warning`, `critical`), or
+/// all (`any`).
+async fn health_state(
+    State(st): State<AppState>,
+    Path(state): Path<String>,
+    Req { o, .. }: Req,
+) -> ApiResult {
+    let state = match state.as_str() {
+        "any" => None,
+        s => Some(
+            HealthStatus::from_name(s)
+                .ok_or_else(|| Error::new(ErrorKind::InvalidParameter, "Bad check state"))?,
+        ),
+    };
+    health_checks_of(st, o, HealthChecksOf::State(state)).await
+}
+
+/// `GET /v1/agent/service/:id`.
+async fn agent_service(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Req { o, .. }: Req,
+) -> ApiResult {
+    Ok(json_response(
+        &st.server.agent_service(o.token.as_deref(), &id)?,
+        None,
+    ))
+}
+
+/// `GET /v1/agent/checks` (`?filter=`).
+async fn agent_checks(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
+    let f = filter::<HealthCheck>(&st.server, &o)?;
+    Ok(json_response(
+        &st.server.agent_checks(o.token.as_deref(), f.as_ref())?,
+        None,
+    ))
+}
+
+/// `PUT /v1/agent/check/register` (TTL checks).
+async fn check_register(State(st): State<AppState>, Req { o, .. }: Req, body: Bytes) -> ApiResult {
+    let reg = CheckRegistration::from_json(&body)?;
+    st.write(o, move |s, token| s.register_check(token, reg))
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/check/deregister/:id`.
+async fn check_deregister(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Req { o, .. }: Req,
+) -> ApiResult {
+    st.write(o, move |s, token| s.deregister_check(token, &id))
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn ttl_update(
+    st: AppState,
+    id: String,
+    o: QueryOptions,
+    status: HealthStatus,
+    note: String,
+) -> ApiResult {
+    st.write(o, move |s, token| s.update_check(token, &id, status, &note))
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/check/pass/:id` (`?note=` becomes the output).
+async fn check_pass(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Req { o, params }: Req,
+) -> ApiResult {
+    let note = params.get("note").unwrap_or_default().to_owned();
+    ttl_update(st, id, o, HealthStatus::Passing, note).await
+}
+
+/// `PUT /v1/agent/check/warn/:id`.
+async fn check_warn(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Req { o, params }: Req,
+) -> ApiResult {
+    let note = params.get("note").unwrap_or_default().to_owned();
+    ttl_update(st, id, o, HealthStatus::Warning, note).await
+}
+
+/// `PUT /v1/agent/check/fail/:id`.
+async fn check_fail(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Req { o, params }: Req,
+) -> ApiResult {
+    let note = params.get("note").unwrap_or_default().to_owned();
+    ttl_update(st, id, o, HealthStatus::Critical, note).await
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct CheckUpdate {
+    #[serde(rename = "Status")]
+    status: String,
+    #[serde(rename = "Output")]
+    output: String,
+}
+
+/// `PUT /v1/agent/check/update/:id`: `{"Status": …, "Output": …}`.
+async fn check_update(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Req { o, .. }: Req,
+    body: Bytes,
+) -> ApiResult {
+    let update: CheckUpdate = decode(&body)?;
+    let status = HealthStatus::from_name(&update.status).ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidParameter,
+            format!("Invalid check status: '{}'", update.status),
+        )
+    })?;
+    ttl_update(st, id, o, status, update.output).await
+}
+
+/// `PUT /v1/agent/service/maintenance/:id?enable=true|false&reason=…`.
+async fn service_maintenance(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Req { o, params }: Req,
+) -> ApiResult {
+    let enable = match params.get("enable") {
+        None | Some("") => {
+            return Err(Error::new(ErrorKind::InvalidParameter, "Missing value for enable").into());
+        }
+        Some("true") => true,
+        Some("false") => false,
+        Some(v) => {
+            return Err(Error::new(
+                ErrorKind::InvalidParameter,
+                format!("Invalid value for enable: {v:?}"),
+            )
+            .into());
+        }
+    };
+    let reason = params.get("reason").unwrap_or_default().to_owned();
+    st.write(o, move |s, token| {
+        s.service_maintenance(token, &id, enable, &reason)
+    })
+    .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `GET /v1/agent/members`: this agent, the only member of its LAN pool (libconnect has no
+/// gossip), in Consul's shape; `node:read` on it.
+async fn agent_members(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
+    let c = st.server.config();
+    let members = if st
+        .server
+        .authorizer(o.token.as_deref())?
+        .node_read(&c.node_name)
+    {
+        vec![json!({
+            "Name": c.node_name,
+            "Addr": c.node_address,
+            "Port": 8301,
+            "Tags": {
+                "dc": c.datacenter,
+                "role": "consul",
+                "port": "8300",
+                "build": crate::VERSION,
+                "vsn": "2",
+                "vsn_min": "2",
+                "vsn_max": "3",
+            },
+            "Status": 1,
+            "ProtocolMin": 1,
+            "ProtocolMax": 5,
+            "ProtocolCur": 2,
+            "DelegateMin": 2,
+            "DelegateMax": 5,
+            "DelegateCur": 4,
+        })]
+    } else {
+        Vec::new()
+    };
+    Ok(json_response(&members, None))
+}
+
+/// `GET /v1/status/peers`: the one server, this one (as `/v1/status/leader`).
+async fn status_peers() -> Response {
+    json_response(&[STATUS_ADDRESS], None)
+}
+
+/// `GET /v1/coordinate/nodes`: libconnect keeps no network coordinates, so the list Consul
+/// answers before any are known, `[]`.
+async fn coordinate_nodes(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
+    check_dc(&st.server, &o)?;
+    st.server.authorizer(o.token.as_deref())?;
+    Ok(json_response(
+        &Vec::<()>::new(),
+        Some(st.server.store().index().max(1)),
+    ))
+}
+
+/// The server address `/v1/status/leader` and `/v1/status/peers` report.
+const STATUS_ADDRESS: &str = "127.0.0.1:8300";
+
 async fn status_leader() -> Response {
-    json_response(&"127.0.0.1:8300", None)
+    json_response(&STATUS_ADDRESS, None)
 }
 
 // ---- ACL -------------------------------------------------------------------------------

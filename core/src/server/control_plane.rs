@@ -253,26 +253,6 @@ impl Server {
             .await
             .max(1)
     }
-
-    /// The node this server runs on, registered so that agent-local services have a node.
-    fn register_self(&self) -> Result<(), Error> {
-        let c = &self.inner.config;
-        if self
-            .inner
-            .store
-            .view()
-            .catalog()
-            .node(&c.node_name)
-            .is_none()
-        {
-            self.inner.store.register_node(crate::catalog::Node::new(
-                &c.node_name,
-                &c.node_address,
-                &c.datacenter,
-            ))?;
-        }
-        Ok(())
-    }
 }
 
 pub(crate) fn internal(e: impl fmt::Display) -> Error {
