@@ -1342,8 +1342,9 @@ async fn service_maintenance(
         None | Some("") => {
             return Err(Error::new(ErrorKind::InvalidParameter, "Missing value for enable").into());
         }
-        Some("true") => true,
-        Some("false") => false,
+        // Go's `strconv.ParseBool`, as Consul reads it.
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True") => true,
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => false,
         Some(v) => {
             return Err(Error::new(
                 ErrorKind::InvalidParameter,
