@@ -14,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post, put};
+use axum::routing::{MethodFilter, MethodRouter, any, on};
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
 use serde_json::json;
@@ -235,92 +235,523 @@ async fn keep_https_cert(
     }
 }
 
-fn routes(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/connect/ca/roots", get(ca_roots))
-        .route("/v1/agent/connect/ca/roots", get(agent_ca_roots))
-        .route(
+/// How closely an endpoint follows Consul (the README's compatibility matrix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Support {
+    /// Consul's paths, parameters, JSON shapes, status codes and ACL rules.
+    Full,
+    /// Served, with the differences the notes name.
+    Partial,
+    /// Consul has it; libconnect answers 404.
+    No,
+    /// libconnect's own, not in Consul.
+    Extension,
+}
+
+impl Support {
+    /// The matrix's word.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Support::Full => "yes",
+            Support::Partial => "partial",
+            Support::No => "no",
+            Support::Extension => "libconnect only",
+        }
+    }
+}
+
+/// One method and path of the HTTP API, as the router serves it (or, for [`Support::No`],
+/// a Consul endpoint it does not serve).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Endpoint {
+    /// `GET`, `PUT`, `POST` or `DELETE`.
+    pub method: &'static str,
+    /// The path, parameters in braces.
+    pub path: &'static str,
+    /// How closely it follows Consul.
+    pub support: Support,
+    /// What differs, or what to know.
+    pub notes: &'static str,
+}
+
+/// The router's table: every endpoint, with its handler (none for Consul endpoints not served).
+struct Route {
+    endpoint: Endpoint,
+    handler: Option<MethodRouter<AppState>>,
+}
+
+fn route<H, T>(
+    method: Method,
+    path: &'static str,
+    support: Support,
+    notes: &'static str,
+    handler: H,
+) -> Route
+where
+    H: axum::handler::Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = match method {
+        Method::Get => MethodFilter::GET,
+        Method::Put => MethodFilter::PUT,
+        Method::Post => MethodFilter::POST,
+        Method::Delete => MethodFilter::DELETE,
+    };
+    Route {
+        endpoint: Endpoint {
+            method: method.as_str(),
+            path,
+            support,
+            notes,
+        },
+        handler: Some(on(filter, handler)),
+    }
+}
+
+fn consul_only(method: Method, path: &'static str, notes: &'static str) -> Route {
+    Route {
+        endpoint: Endpoint {
+            method: method.as_str(),
+            path,
+            support: Support::No,
+            notes,
+        },
+        handler: None,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Method {
+    Get,
+    Put,
+    Post,
+    Delete,
+}
+
+impl Method {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// Every endpoint of the HTTP API, in the router's order, and the Consul endpoints it does not
+/// serve: the source of the README's compatibility matrix.
+pub fn endpoints() -> Vec<Endpoint> {
+    table().into_iter().map(|r| r.endpoint).collect()
+}
+
+/// The README's compatibility matrix (a Markdown table, one row per path) made from
+/// [`endpoints`].
+pub fn compatibility_matrix() -> String {
+    let mut rows: Vec<(Vec<&str>, Endpoint, Vec<&str>)> = Vec::new();
+    for e in endpoints() {
+        match rows.iter_mut().find(|(_, first, _)| first.path == e.path) {
+            Some((methods, _, notes)) => {
+                methods.push(e.method);
+                if !e.notes.is_empty() {
+                    notes.push(e.notes);
+                }
+            }
+            None => {
+                let notes = if e.notes.is_empty() {
+                    vec![]
+                } else {
+                    vec![e.notes]
+                };
+                rows.push((vec![e.method], e, notes));
+            }
+        }
+    }
+    let mut out = String::from("| endpoint | methods | supported | notes |\n|---|---|---|---|\n");
+    for (methods, e, notes) in rows {
+        let path = e.path.replace('{', ":").replace('}', "");
+        out.push_str(&format!(
+            "| `{path}` | {} | {} | {} |\n",
+            methods.join(", "),
+            e.support.as_str(),
+            notes.join("; ")
+        ));
+    }
+    out
+}
+
+fn table() -> Vec<Route> {
+    use Method::{Delete, Get, Post, Put};
+    use Support::{Extension, Full, Partial};
+    let filtered = "filtered by ACLs (`X-Consul-Results-Filtered-By-ACLs`), blocking, `?filter=`";
+    vec![
+        route(
+            Get,
+            "/v1/connect/ca/roots",
+            Full,
+            "`?pem=true`; blocking",
+            ca_roots,
+        ),
+        route(
+            Get,
+            "/v1/agent/connect/ca/roots",
+            Full,
+            "from the agent cache (`X-Cache`)",
+            agent_ca_roots,
+        ),
+        route(Get, "/v1/connect/ca/configuration", Full, "", ca_config_get),
+        route(
+            Put,
             "/v1/connect/ca/configuration",
-            get(ca_config_get).put(ca_config_put),
-        )
-        .route("/v1/connect/ca/sign", put(ca_sign).post(ca_sign))
-        .route(
+            Full,
+            "a new key or provider rotates the root, cross-signed",
+            ca_config_put,
+        ),
+        route(
+            Put,
+            "/v1/connect/ca/sign",
+            Extension,
+            "signs a CSR made in the service's process (`service:write`)",
+            ca_sign,
+        ),
+        route(Post, "/v1/connect/ca/sign", Extension, "", ca_sign),
+        route(
+            Post,
             crate::server::SIGN_INTERMEDIATE_PATH,
-            post(sign_intermediate).put(sign_intermediate),
-        )
-        .route("/v1/catalog/datacenters", get(catalog_datacenters))
-        .route("/v1/agent/connect/ca/leaf/{service}", get(agent_leaf))
-        .route(
+            Extension,
+            "federation: the primary signs a secondary's intermediate (`operator:write`)",
+            sign_intermediate,
+        ),
+        route(
+            Put,
+            crate::server::SIGN_INTERMEDIATE_PATH,
+            Extension,
+            "",
+            sign_intermediate,
+        ),
+        route(
+            Get,
+            "/v1/catalog/datacenters",
+            Full,
+            "this datacenter and those learnt from federation",
+            catalog_datacenters,
+        ),
+        route(
+            Get,
+            "/v1/agent/connect/ca/leaf/{service}",
+            Full,
+            "from the agent cache; blocking until renewal",
+            agent_leaf,
+        ),
+        route(
+            Post,
             "/v1/agent/connect/authorize",
-            post(agent_authorize).put(agent_authorize),
-        )
-        .route(
+            Full,
+            "from the agent cache",
+            agent_authorize,
+        ),
+        route(
+            Put,
+            "/v1/agent/connect/authorize",
+            Full,
+            "",
+            agent_authorize,
+        ),
+        route(
+            Get,
             "/v1/connect/intentions",
-            get(intention_list).post(intention_create),
-        )
-        .route(
+            Full,
+            "`?filter=`; blocking",
+            intention_list,
+        ),
+        route(
+            Post,
+            "/v1/connect/intentions",
+            Full,
+            "legacy create",
+            intention_create,
+        ),
+        route(
+            Get,
             "/v1/connect/intentions/exact",
-            get(intention_exact_get)
-                .put(intention_exact_put)
-                .delete(intention_exact_delete),
-        )
-        .route("/v1/connect/intentions/match", get(intention_match))
-        .route("/v1/connect/intentions/check", get(intention_check))
-        .route(
+            Full,
+            "",
+            intention_exact_get,
+        ),
+        route(
+            Put,
+            "/v1/connect/intentions/exact",
+            Full,
+            "",
+            intention_exact_put,
+        ),
+        route(
+            Delete,
+            "/v1/connect/intentions/exact",
+            Full,
+            "",
+            intention_exact_delete,
+        ),
+        route(
+            Get,
+            "/v1/connect/intentions/match",
+            Full,
+            "",
+            intention_match,
+        ),
+        route(
+            Get,
+            "/v1/connect/intentions/check",
+            Full,
+            "",
+            intention_check,
+        ),
+        route(Get, "/v1/connect/intentions/{id}", Full, "", intention_get),
+        route(Put, "/v1/connect/intentions/{id}", Full, "", intention_put),
+        route(
+            Delete,
             "/v1/connect/intentions/{id}",
-            get(intention_get)
-                .put(intention_put)
-                .delete(intention_delete),
-        )
-        .route("/v1/agent/service/register", put(service_register))
-        .route("/v1/agent/service/deregister/{id}", put(service_deregister))
-        .route("/v1/agent/services", get(agent_services))
-        .route("/v1/agent/self", get(agent_self))
-        .route("/v1/catalog/services", get(catalog_services))
-        .route("/v1/catalog/service/{name}", get(catalog_service))
-        .route("/v1/catalog/connect/{name}", get(catalog_connect))
-        .route("/v1/health/service/{name}", get(health_service))
-        .route("/v1/health/connect/{name}", get(health_connect))
-        .route("/v1/status/leader", get(status_leader))
-        .route("/v1/status/peers", get(status_peers))
-        .route("/v1/agent/service/{id}", get(agent_service))
-        .route(
+            Full,
+            "",
+            intention_delete,
+        ),
+        route(
+            Put,
+            "/v1/agent/service/register",
+            Partial,
+            "TTL checks only; no `Connect.SidecarService` (register the proxy itself)",
+            service_register,
+        ),
+        route(
+            Put,
+            "/v1/agent/service/deregister/{id}",
+            Full,
+            "",
+            service_deregister,
+        ),
+        route(
+            Get,
+            "/v1/agent/service/{id}",
+            Partial,
+            "no `ContentHash` nor hash blocking",
+            agent_service,
+        ),
+        route(
+            Put,
             "/v1/agent/service/maintenance/{id}",
-            put(service_maintenance),
-        )
-        .route("/v1/agent/checks", get(agent_checks))
-        .route("/v1/agent/check/register", put(check_register))
-        .route("/v1/agent/check/deregister/{id}", put(check_deregister))
-        .route("/v1/agent/check/pass/{id}", put(check_pass))
-        .route("/v1/agent/check/warn/{id}", put(check_warn))
-        .route("/v1/agent/check/fail/{id}", put(check_fail))
-        .route("/v1/agent/check/update/{id}", put(check_update))
-        .route("/v1/agent/members", get(agent_members))
-        .route("/v1/catalog/nodes", get(catalog_nodes))
-        .route("/v1/catalog/node/{node}", get(catalog_node))
-        .route("/v1/health/node/{node}", get(health_node))
-        .route("/v1/health/checks/{service}", get(health_service_checks))
-        .route("/v1/health/state/{state}", get(health_state))
-        .route("/v1/coordinate/nodes", get(coordinate_nodes))
-        .route("/v1/acl/bootstrap", put(acl_bootstrap))
-        .route("/v1/acl/policy", put(acl_policy_create))
-        .route("/v1/acl/policy/name/{name}", get(acl_policy_by_name))
-        .route(
-            "/v1/acl/policy/{id}",
-            get(acl_policy_read)
-                .put(acl_policy_update)
-                .delete(acl_policy_delete),
-        )
-        .route("/v1/acl/policies", get(acl_policy_list))
-        .route("/v1/acl/token", put(acl_token_create))
-        .route("/v1/acl/token/self", get(acl_token_self))
-        .route(
-            "/v1/acl/token/{id}",
-            get(acl_token_read)
-                .put(acl_token_update)
-                .delete(acl_token_delete),
-        )
-        .route("/v1/acl/tokens", get(acl_token_list))
+            Full,
+            "`?enable=&reason=`: the critical `_service_maintenance:<id>` check",
+            service_maintenance,
+        ),
+        route(
+            Get,
+            "/v1/agent/services",
+            Full,
+            "`?filter=`",
+            agent_services,
+        ),
+        route(Get, "/v1/agent/checks", Full, "`?filter=`", agent_checks),
+        route(
+            Put,
+            "/v1/agent/check/register",
+            Partial,
+            "TTL checks only; other types refused by name",
+            check_register,
+        ),
+        route(
+            Put,
+            "/v1/agent/check/deregister/{id}",
+            Full,
+            "",
+            check_deregister,
+        ),
+        route(
+            Put,
+            "/v1/agent/check/pass/{id}",
+            Full,
+            "`?note=`; TTL checks; `service:write` on the check's service",
+            check_pass,
+        ),
+        route(
+            Put,
+            "/v1/agent/check/warn/{id}",
+            Full,
+            "`?note=`",
+            check_warn,
+        ),
+        route(
+            Put,
+            "/v1/agent/check/fail/{id}",
+            Full,
+            "`?note=`",
+            check_fail,
+        ),
+        route(
+            Put,
+            "/v1/agent/check/update/{id}",
+            Full,
+            "`{Status, Output}`; output cut at 4 KiB",
+            check_update,
+        ),
+        route(
+            Get,
+            "/v1/agent/self",
+            Partial,
+            "`Config`, `DebugConfig` (Connect and ACL settings), `Member`",
+            agent_self,
+        ),
+        route(
+            Get,
+            "/v1/agent/members",
+            Partial,
+            "this agent only (no gossip pool)",
+            agent_members,
+        ),
+        route(
+            Get,
+            "/v1/catalog/services",
+            Full,
+            "filtered by ACLs (`X-Consul-Results-Filtered-By-ACLs`), blocking",
+            catalog_services,
+        ),
+        route(
+            Get,
+            "/v1/catalog/service/{name}",
+            Partial,
+            "`?tag=` (all must match), `?node-meta=`; filtered by `service:read` only (Consul also needs `node:read`)",
+            catalog_service,
+        ),
+        route(
+            Get,
+            "/v1/catalog/connect/{name}",
+            Partial,
+            "as `/v1/catalog/service/:name`",
+            catalog_connect,
+        ),
+        route(
+            Get,
+            "/v1/catalog/nodes",
+            Full,
+            "`?node-meta=`, `?filter=`, filtered by `node:read`",
+            catalog_nodes,
+        ),
+        route(
+            Get,
+            "/v1/catalog/node/{node}",
+            Full,
+            "`null` for an unknown node",
+            catalog_node,
+        ),
+        route(
+            Get,
+            "/v1/health/service/{name}",
+            Partial,
+            "`?tag=`, `?node-meta=`, `?passing`, `?filter=`; filtered by `service:read` only",
+            health_service,
+        ),
+        route(
+            Get,
+            "/v1/health/connect/{name}",
+            Partial,
+            "as `/v1/health/service/:name`",
+            health_connect,
+        ),
+        route(Get, "/v1/health/node/{node}", Full, filtered, health_node),
+        route(
+            Get,
+            "/v1/health/checks/{service}",
+            Full,
+            filtered,
+            health_service_checks,
+        ),
+        route(
+            Get,
+            "/v1/health/state/{state}",
+            Full,
+            filtered,
+            health_state,
+        ),
+        route(
+            Get,
+            "/v1/status/leader",
+            Partial,
+            "a fixed `127.0.0.1:8300` (one server)",
+            status_leader,
+        ),
+        route(
+            Get,
+            "/v1/status/peers",
+            Partial,
+            "as `/v1/status/leader`",
+            status_peers,
+        ),
+        route(
+            Get,
+            "/v1/coordinate/nodes",
+            Partial,
+            "always `[]`: no network coordinates",
+            coordinate_nodes,
+        ),
+        route(Put, "/v1/acl/bootstrap", Full, "", acl_bootstrap),
+        route(Put, "/v1/acl/policy", Full, "", acl_policy_create),
+        route(
+            Get,
+            "/v1/acl/policy/name/{name}",
+            Full,
+            "",
+            acl_policy_by_name,
+        ),
+        route(Get, "/v1/acl/policy/{id}", Full, "", acl_policy_read),
+        route(Put, "/v1/acl/policy/{id}", Full, "", acl_policy_update),
+        route(Delete, "/v1/acl/policy/{id}", Full, "", acl_policy_delete),
+        route(Get, "/v1/acl/policies", Full, "", acl_policy_list),
+        route(
+            Put,
+            "/v1/acl/token",
+            Partial,
+            "policies only (no roles, identities, auth methods)",
+            acl_token_create,
+        ),
+        route(Get, "/v1/acl/token/self", Full, "", acl_token_self),
+        route(Get, "/v1/acl/token/{id}", Full, "", acl_token_read),
+        route(Put, "/v1/acl/token/{id}", Full, "", acl_token_update),
+        route(Delete, "/v1/acl/token/{id}", Full, "", acl_token_delete),
+        route(Get, "/v1/acl/tokens", Full, "", acl_token_list),
+        consul_only(Get, "/v1/kv/{key}", "no key/value store"),
+        consul_only(
+            Put,
+            "/v1/catalog/register",
+            "register through the agent endpoints",
+        ),
+        consul_only(
+            Put,
+            "/v1/agent/maintenance",
+            "node maintenance: use `/v1/agent/service/maintenance/:id`",
+        ),
+        consul_only(Put, "/v1/session/create", "no sessions"),
+        consul_only(Put, "/v1/event/fire/{name}", "no events"),
+        consul_only(Get, "/v1/config/{kind}", "no configuration entries"),
+        consul_only(Post, "/v1/query", "no prepared queries"),
+        consul_only(Put, "/v1/txn", "no transactions"),
+    ]
+}
+
+fn routes(state: AppState) -> Router {
+    let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
+    for r in table() {
+        let Some(handler) = r.handler else { continue };
+        match by_path.iter_mut().find(|(p, _)| *p == r.endpoint.path) {
+            Some((_, methods)) => *methods = std::mem::take(methods).merge(handler),
+            None => by_path.push((r.endpoint.path, handler)),
+        }
+    }
+    by_path
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        })
         .fallback(any(not_found))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
