@@ -280,9 +280,11 @@ impl Backend {
                     return Err(no_path_to_datacenter(dc));
                 }
                 s.wait(Table::CATALOG, min_index, wait).await;
-                let mut q = crate::server::ServiceQuery::default();
-                q.connect = connect;
-                q.passing_only = true;
+                let q = crate::server::ServiceQuery {
+                    connect,
+                    passing_only: true,
+                    ..Default::default()
+                };
                 let r = s.health(token, service, &q)?;
                 Ok(Indexed {
                     value: r.value.value,

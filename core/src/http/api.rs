@@ -928,13 +928,13 @@ fn service_query<T: Selectable>(
     params: &Params,
     connect: bool,
 ) -> Result<ServiceQuery, ApiError> {
-    let mut q = ServiceQuery::default();
-    q.connect = connect;
-    q.tags = params.all("tag").into_iter().map(str::to_owned).collect();
-    q.node_meta = node_meta(params)?;
-    q.passing_only = params.flag("passing");
-    q.filter = filter::<T>(server, o)?;
-    Ok(q)
+    Ok(ServiceQuery {
+        connect,
+        tags: params.all("tag").into_iter().map(str::to_owned).collect(),
+        node_meta: node_meta(params)?,
+        passing_only: params.flag("passing"),
+        filter: filter::<T>(server, o)?,
+    })
 }
 
 fn node_meta(params: &Params) -> Result<Vec<(String, String)>, ApiError> {
@@ -1596,17 +1596,7 @@ async fn catalog_node(
 ) -> ApiResult {
     check_dc(&st.server, &o)?;
     st.read_filtered(&o, Table::CATALOG, move |s, token| {
-        let r = s.catalog_node(token, &node)?;
-        Ok(Indexed {
-            index: r.index,
-            value: AclFiltered {
-                filtered_by_acls: r.value.filtered_by_acls,
-                value: r
-                    .value
-                    .value
-                    .map(|(node, services)| json!({"Node": node, "Services": services})),
-            },
-        })
+        s.catalog_node(token, &node)
     })
     .await
 }

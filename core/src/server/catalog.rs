@@ -7,8 +7,11 @@ use super::Server;
 use crate::acl::{ANONYMOUS_TOKEN_ACCESSOR_ID, AclAuthorizer, Permission};
 use crate::catalog::{
     AgentService, Catalog, CatalogService, CheckRegistration, HealthCheck, HealthStatus, Node,
-    ServiceEntry, ServiceRegistration,
+    NodeServices, ServiceEntry, ServiceRegistration,
 };
+
+/// `/v1/catalog/services`: every service name with its instances' tags.
+pub type ServiceNames = BTreeMap<String, Vec<String>>;
 use crate::filter::Filter;
 use crate::state::{Indexed, Table};
 use crate::{Error, ErrorKind};
@@ -242,7 +245,7 @@ impl Server {
     pub fn catalog_services(
         &self,
         token: Option<&str>,
-    ) -> Result<Indexed<AclFiltered<BTreeMap<String, Vec<String>>>>, Error> {
+    ) -> Result<Indexed<AclFiltered<ServiceNames>>, Error> {
         let authz = self.authorizer(token)?;
         let Indexed { mut value, index } = self.store().catalog_services();
         let before = value.len();
@@ -528,7 +531,7 @@ impl Server {
         &self,
         token: Option<&str>,
         node: &str,
-    ) -> Result<Indexed<AclFiltered<Option<(Node, BTreeMap<String, AgentService>)>>>, Error> {
+    ) -> Result<Indexed<AclFiltered<Option<NodeServices>>>, Error> {
         let authz = self.authorizer(token)?;
         let view = self.store().view();
         let index = view.max_index(Table::CATALOG).max(1);
@@ -547,14 +550,14 @@ impl Server {
         Ok(Indexed {
             value: AclFiltered {
                 filtered_by_acls: services.filtered_by_acls,
-                value: Some((
-                    n.clone(),
-                    services
+                value: Some(NodeServices {
+                    node: n.clone(),
+                    services: services
                         .value
                         .into_iter()
                         .map(|s| (s.id.clone(), s))
                         .collect(),
-                )),
+                }),
             },
             index,
         })
