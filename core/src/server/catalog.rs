@@ -46,13 +46,33 @@ pub struct ServiceQuery {
     pub filter: Option<Filter>,
 }
 
+/// What a one-service query reads of each result: the instance's tags, its node's metadata and
+/// its service name.
+type RowParts<'a> = (&'a [String], &'a BTreeMap<String, String>, &'a str);
+
 impl ServiceQuery {
-    fn keeps(&self, node: &Node, service: &AgentService) -> bool {
-        self.tags.iter().all(|t| service.tags.contains(t))
-            && self
-                .node_meta
-                .iter()
-                .all(|(k, v)| node.meta.get(k) == Some(v))
+    /// The results of the query of `name` that the token may read: `?tag=` and `?node-meta=`,
+    /// then `service:read` on each, then `?filter=`. Consul answers a Connect query only to a
+    /// token that may read the destination, and anyone else with an empty list.
+    fn select<T: serde::Serialize>(
+        &self,
+        authz: &AclAuthorizer,
+        name: &str,
+        rows: Vec<T>,
+        parts: impl Fn(&T) -> RowParts<'_>,
+    ) -> AclFiltered<Vec<T>> {
+        if self.connect && !authz.service_read(name) {
+            return AclFiltered::default();
+        }
+        let rows = rows
+            .into_iter()
+            .filter(|r| {
+                let (tags, meta, _) = parts(r);
+                self.tags.iter().all(|t| tags.contains(t))
+                    && self.node_meta.iter().all(|(k, v)| meta.get(k) == Some(v))
+            })
+            .collect();
+        acl_filter(authz, rows, |a, r| a.service_read(parts(r).2)).with_filter(self.filter.as_ref())
     }
 }
 
@@ -91,6 +111,16 @@ fn acl_filter<T>(
     AclFiltered {
         filtered_by_acls: items.len() != before && authenticated(authz),
         value: items,
+    }
+}
+
+impl<T: serde::Serialize> AclFiltered<Vec<T>> {
+    /// Keeps the items `?filter=` passes, after ACL filtering (as Consul orders them).
+    fn with_filter(mut self, filter: Option<&Filter>) -> Self {
+        if let Some(f) = filter {
+            self.value = f.apply(self.value);
+        }
+        self
     }
 }
 
@@ -270,34 +300,15 @@ impl Server {
     ) -> Result<Indexed<AclFiltered<Vec<CatalogService>>>, Error> {
         let authz = self.authorizer(token)?;
         let view = self.store().view();
-        let index = view.max_index(Table::CATALOG).max(1);
-        // Consul answers a Connect query only to a token that may read the destination, and
-        // answers anyone else with an empty list.
-        if query.connect && !authz.service_read(name) {
-            return Ok(Indexed {
-                value: AclFiltered::default(),
-                index,
-            });
-        }
-        let catalog = view.catalog();
         let rows = if query.connect {
-            catalog.catalog_connect(name)
+            view.catalog().catalog_connect(name)
         } else {
-            catalog.catalog_service(name)
+            view.catalog().catalog_service(name)
         };
-        let rows = rows
-            .into_iter()
-            .filter(|r| {
-                catalog
-                    .node(&r.node)
-                    .zip(catalog.service(&r.node, &r.service_id))
-                    .is_some_and(|(n, s)| query.keeps(n, s))
-            })
-            .collect();
-        let mut value = acl_filter(&authz, rows, |a, r| a.service_read(&r.service_name));
-        if let Some(f) = &query.filter {
-            value.value = f.apply(value.value);
-        }
+        let value = query.select(&authz, name, rows, |r| {
+            (&r.service_tags, &r.node_meta, &r.service_name)
+        });
+        let index = view.max_index(Table::CATALOG).max(1);
         Ok(Indexed { value, index })
     }
 
@@ -315,21 +326,10 @@ impl Server {
         } else {
             self.store().health_service(name, query.passing_only)
         };
+        let value = query.select(&authz, name, value, |e| {
+            (&e.service.tags, &e.node.meta, &e.service.service)
+        });
         let index = index.max(1);
-        if query.connect && !authz.service_read(name) {
-            return Ok(Indexed {
-                value: AclFiltered::default(),
-                index,
-            });
-        }
-        let entries = value
-            .into_iter()
-            .filter(|e| query.keeps(&e.node, &e.service))
-            .collect();
-        let mut value = acl_filter(&authz, entries, |a, e| a.service_read(&e.service.service));
-        if let Some(f) = &query.filter {
-            value.value = f.apply(value.value);
-        }
         Ok(Indexed { value, index })
     }
 
@@ -367,11 +367,9 @@ impl Server {
             .node_checks(&self.config().node_name)
             .cloned()
             .collect();
-        let mut checks = acl_filter(&authz, checks, check_readable).value;
-        if let Some(f) = filter {
-            checks = f.apply(checks);
-        }
+        let checks = acl_filter(&authz, checks, check_readable).with_filter(filter);
         Ok(checks
+            .value
             .into_iter()
             .map(|c| (c.check_id.clone(), c))
             .collect())
@@ -515,10 +513,7 @@ impl Server {
             .filter(|n| node_meta.iter().all(|(k, v)| n.meta.get(k) == Some(v)))
             .cloned()
             .collect();
-        let mut value = acl_filter(&authz, nodes, |a, n| a.node_read(&n.node));
-        if let Some(f) = filter {
-            value.value = f.apply(value.value);
-        }
+        let value = acl_filter(&authz, nodes, |a, n| a.node_read(&n.node)).with_filter(filter);
         Ok(Indexed {
             value,
             index: view.max_index(&[Table::Nodes]).max(1),
@@ -588,10 +583,7 @@ impl Server {
                 .cloned()
                 .collect(),
         };
-        let mut value = acl_filter(&authz, checks, check_readable);
-        if let Some(f) = filter {
-            value.value = f.apply(value.value);
-        }
+        let value = acl_filter(&authz, checks, check_readable).with_filter(filter);
         Ok(Indexed {
             value,
             index: view.max_index(Table::CATALOG).max(1),
