@@ -311,6 +311,17 @@ async fn acl_filtering_answers_200_with_what_the_token_may_read() {
         .ok("GET", &format!("/v1/catalog/node/{node}"), None, "")
         .await;
     assert_eq!(r.body, "null", "the anonymous token may not read the node");
+    assert!(!r.filtered);
+    let r = api
+        .ok(
+            "GET",
+            &format!("/v1/catalog/node/{node}"),
+            Some(&web_reader),
+            "",
+        )
+        .await;
+    assert_eq!(r.body, "null");
+    assert!(r.filtered, "a known token is told the node is hidden");
     let r = api.ok("GET", "/v1/agent/members", None, "").await;
     assert_eq!(r.json(), json!([]));
     let r = api

@@ -530,16 +530,21 @@ impl Server {
         let authz = self.authorizer(token)?;
         let view = self.store().view();
         let index = view.max_index(Table::CATALOG).max(1);
-        let Some(n) = view
-            .catalog()
-            .node(node)
-            .filter(|n| authz.node_read(&n.node))
-        else {
+        let Some(n) = view.catalog().node(node) else {
             return Ok(Indexed {
                 value: AclFiltered::default(),
                 index,
             });
         };
+        if !authz.node_read(&n.node) {
+            return Ok(Indexed {
+                value: AclFiltered {
+                    value: None,
+                    filtered_by_acls: authenticated(&authz),
+                },
+                index,
+            });
+        }
         let services = view.catalog().node_services(node).cloned().collect();
         let services = acl_filter(&authz, services, |a, s| a.service_read(&s.service));
         Ok(Indexed {
