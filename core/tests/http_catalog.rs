@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
+mod cli_support;
+
 use std::sync::Arc;
 
 use connect_core::catalog::{Node, ServiceRegistration};
@@ -930,4 +932,53 @@ async fn unknown_filter_selectors_are_refused_naming_the_selector() {
         .await;
     assert_eq!(r.status, 400);
     assert!(r.body.contains("\"Checks.Bogus\""), "{}", r.body);
+}
+
+/// In a real `connect agent`, a TTL check not updated within its TTL turns critical with
+/// Consul's output, and the next update brings it back.
+#[test]
+fn a_ttl_check_not_updated_in_time_turns_critical_in_connect_agent() {
+    let agent = cli_support::Agent::start(&["-dev"]);
+    let r = agent.http(
+        "PUT",
+        "/v1/agent/service/register",
+        &[],
+        r#"{"Name": "web", "ID": "web-1", "Port": 1, "Check": {"CheckID": "web-ttl", "TTL": "1s"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let state = || {
+        let r = agent.http("GET", "/v1/health/checks/web", &[], "");
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        (
+            v[0]["Status"].as_str().unwrap().to_owned(),
+            v[0]["Output"].as_str().unwrap().to_owned(),
+        )
+    };
+    let r = agent.http("PUT", "/v1/agent/check/pass/web-ttl?note=up", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let passed = std::time::Instant::now();
+    assert_eq!(state(), ("passing".into(), "up".into()));
+    let deadline = passed + std::time::Duration::from_secs(10);
+    while state().0 == "passing" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TTL never expired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let took = passed.elapsed();
+    assert_eq!(state(), ("critical".into(), "TTL expired".into()));
+    assert!(
+        took >= std::time::Duration::from_millis(950),
+        "expired after {took:?}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "expired after {took:?}"
+    );
+    let r = agent.http("GET", "/v1/health/service/web?passing", &[], "");
+    assert_eq!(r.body, "[]");
+    agent.http("PUT", "/v1/agent/check/pass/web-ttl", &[], "");
+    assert_eq!(state().0, "passing");
+    eprintln!("TTL 1s expired after {took:?}");
 }

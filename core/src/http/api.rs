@@ -571,7 +571,7 @@ fn table() -> Vec<Route> {
             Put,
             "/v1/agent/check/pass/{id}",
             Full,
-            "`?note=`; TTL checks; `service:write` on the check's service",
+            "`?note=`; `service:write` on the check's service; a TTL check not updated in time turns critical (`TTL expired`) in `connect agent`",
             check_pass,
         ),
         route(

@@ -12,6 +12,7 @@ use crate::catalog::{
 
 /// `/v1/catalog/services`: every service name with its instances' tags.
 pub type ServiceNames = BTreeMap<String, Vec<String>>;
+use crate::duration::parse_go_duration;
 use crate::filter::Filter;
 use crate::state::{Indexed, Table};
 use crate::{Error, ErrorKind};
@@ -25,6 +26,8 @@ pub const SERVICE_MAINTENANCE_PREFIX: &str = "_service_maintenance:";
 /// The note of a maintenance check enabled without a reason (Consul's text).
 const DEFAULT_MAINTENANCE_REASON: &str = "Maintenance mode is enabled for this service, but no reason was provided. This is a \
      default message.";
+/// The output of a TTL check that was not updated in time (Consul's text).
+pub const TTL_EXPIRED: &str = "TTL expired";
 /// Longest check output kept, in bytes (Consul's default `check_output_max_size`).
 pub const CHECK_OUTPUT_MAX: usize = 4096;
 
@@ -231,7 +234,11 @@ impl Server {
             .store()
             .write(|tx| {
                 vet_replacement(&authz, tx.catalog(), node, &reg)?;
-                Ok::<_, Error>(tx.register_service(node, &reg)?)
+                let service = tx.register_service(node, &reg)?;
+                for check in reg.health_checks(node) {
+                    self.reset_ttl(&check);
+                }
+                Ok::<_, Error>(service)
             })?
             .value)
     }
@@ -403,6 +410,7 @@ impl Server {
                 if let Some(existing) = tx.catalog().check(node, &check.check_id) {
                     require_check_write(&authz, existing)?;
                 }
+                self.reset_ttl(&check);
                 Ok::<_, Error>(tx.register_check(check)?)
             })?
             .value)
@@ -450,9 +458,67 @@ impl Server {
                         format!("CheckID {check_id:?} does not have associated TTL"),
                     ));
                 }
+                // Inside the write: an expiry pass (also a write) never sees this update
+                // with the old deadline.
+                self.reset_ttl(existing);
                 Ok(tx.update_check(node, check_id, status, &output)?)
             })?
             .value)
+    }
+
+    /// Turns critical, with Consul's output `TTL expired`, every TTL check of this node not
+    /// updated within its TTL since it was registered or last updated (Consul docs: Health
+    /// checks, TTL); a check met first here (after a restart) starts its timer now. Returns
+    /// when the next check is due. `connect agent` calls it in a loop; an embedder serving
+    /// TTL checks calls it the same way.
+    pub fn expire_ttl_checks(&self) -> Result<Option<time::OffsetDateTime>, Error> {
+        let now = self.clock().now();
+        let node = &self.config().node_name;
+        let next = self.store().write(|tx| {
+            let mut deadlines = self.ttl_deadlines();
+            let checks: Vec<HealthCheck> = tx
+                .catalog()
+                .node_checks(node)
+                .filter(|c| c.check_type == "ttl")
+                .cloned()
+                .collect();
+            deadlines.retain(|id, _| checks.iter().any(|c| c.check_id == *id));
+            let mut next: Option<time::OffsetDateTime> = None;
+            for c in checks {
+                let Ok(ttl) = parse_go_duration(&c.definition.ttl) else {
+                    continue;
+                };
+                let deadline = *deadlines.entry(c.check_id.clone()).or_insert(now + ttl);
+                if deadline > now {
+                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                } else if c.status != HealthStatus::Critical || c.output != TTL_EXPIRED {
+                    tx.update_check(node, &c.check_id, HealthStatus::Critical, TTL_EXPIRED)?;
+                }
+            }
+            Ok::<_, Error>(next)
+        })?;
+        Ok(next.value)
+    }
+
+    /// Restarts a TTL check's timer (registration and every update), as Consul's agent does.
+    fn reset_ttl(&self, check: &HealthCheck) {
+        if check.check_type != "ttl" {
+            return;
+        }
+        if let Ok(ttl) = parse_go_duration(&check.definition.ttl) {
+            let deadline = self.clock().now() + ttl;
+            self.ttl_deadlines()
+                .insert(check.check_id.clone(), deadline);
+        }
+    }
+
+    fn ttl_deadlines(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, time::OffsetDateTime>> {
+        self.inner
+            .ttl_deadlines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `PUT /v1/agent/service/maintenance/:id`: with `enable`, adds the critical

@@ -124,6 +124,8 @@ pub(super) struct Inner {
     pub(super) limiter: CsrLimiter,
     /// Other datacenters this server has heard from (see [`Server::datacenters`]).
     pub(super) datacenters: Mutex<std::collections::BTreeSet<String>>,
+    /// When each TTL check of this node turns critical unless updated (see `catalog.rs`).
+    pub(super) ttl_deadlines: Mutex<std::collections::HashMap<String, time::OffsetDateTime>>,
 }
 
 /// One datacenter's control plane. Cheap to clone.
@@ -191,6 +193,7 @@ impl Server {
                 intentions: Arc::new(SharedIntentionIndex::new(index)),
                 limiter,
                 datacenters: Mutex::default(),
+                ttl_deadlines: Mutex::default(),
             }),
         };
         server.register_self()?;
