@@ -2,7 +2,8 @@
 # The Python lane: builds the binding (maturin develop, debug) into bindings/python/.venv and
 # runs its pytest suite, mypy.stubtest over the hand-written stubs and mypy --strict over the
 # package and the typed usage file. Installs what a fresh machine lacks first (a venv with
-# maturin, pytest, pytest-timeout and mypy from PyPI). Called by scripts/test.sh; runs alone.
+# maturin, pytest, pytest-timeout, mypy and py-consul — an independent Consul client the tests
+# run against the agent — from PyPI). Called by scripts/test.sh; runs alone.
 #
 # Environment: PYTHON (default python3) makes the venv; CARGO_TARGET_DIR is honoured by cargo
 # and maturin alike.
@@ -22,9 +23,9 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "== creating $venv"
   "$python" -m venv "$venv"
 fi
-echo "== pip install maturin pytest pytest-timeout mypy"
+echo "== pip install maturin pytest pytest-timeout mypy py-consul"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-  'maturin>=1.9,<2' 'pytest>=8' 'pytest-timeout>=2.3' 'mypy>=1.10'
+  'maturin>=1.9,<2' 'pytest>=8' 'pytest-timeout>=2.3' 'mypy>=1.10' 'py-consul==1.8.0'
 
 export PATH="$root/$venv/bin:$PATH"
 export VIRTUAL_ENV="$root/$venv"

@@ -21,6 +21,11 @@
 
 use serde_json::Value;
 
+use crate::catalog::{
+    AgentService, CatalogService, HealthCheck, HealthStatus, Node, ProxyConfig, ServiceAddress,
+    ServiceConnect, ServiceEntry, ServiceKind, Upstream,
+};
+use crate::intentions::{Intention, IntentionAction};
 use crate::{Error, ErrorKind};
 
 /// Longest expression accepted, in bytes. Hand-written and generated filters are a few
@@ -463,6 +468,65 @@ impl Filter {
     }
 }
 
+/// A result type whose selectors a filter is checked against before it runs (go-bexpr refuses
+/// a selector the result type does not have: `Selector "X" is not valid`).
+pub trait Selectable {
+    /// A JSON sample of the type with every field present: an object key `*` stands for any
+    /// map key; an empty object or array and `null` accept any selector below them.
+    fn selector_sample() -> Value;
+}
+
+impl Filter {
+    /// Refuses (400) a filter naming a field that `T`'s results do not have, as go-bexpr does,
+    /// instead of silently matching nothing.
+    pub fn check_selectors<T: Selectable>(&self) -> Result<(), Error> {
+        let sample = T::selector_sample();
+        let mut result = Ok(());
+        self.each_selector(&mut |sel| {
+            if result.is_ok() && !selector_valid(&sample, sel) {
+                result = Err(err(format!("Selector {:?} is not valid", sel.join("."))));
+            }
+        });
+        result
+    }
+
+    fn each_selector<'a>(&'a self, f: &mut impl FnMut(&'a [String])) {
+        match self {
+            Filter::And(terms) | Filter::Or(terms) => {
+                terms.iter().for_each(|t| t.each_selector(f));
+            }
+            Filter::Not(inner) => inner.each_selector(f),
+            Filter::Match { selector, .. } | Filter::Regex { selector, .. } => f(selector),
+        }
+    }
+}
+
+/// Whether `path` names a field of `sample` (see [`Selectable::selector_sample`]).
+fn selector_valid(mut sample: &Value, path: &[String]) -> bool {
+    for part in path {
+        // A list's fields are its elements' (`Checks.Status`).
+        while let Value::Array(items) = sample {
+            match items.first() {
+                Some(first) => sample = first,
+                None => return true,
+            }
+        }
+        sample = match sample {
+            Value::Null => return true,
+            Value::Object(map) if map.is_empty() => return true,
+            Value::Object(map) => match map.get("*") {
+                Some(any) => any,
+                None => match map.iter().find(|(k, _)| k.eq_ignore_ascii_case(part)) {
+                    Some((_, v)) => v,
+                    None => return false,
+                },
+            },
+            _ => return false,
+        };
+    }
+    true
+}
+
 /// Field names match case-insensitively, as bexpr does over Go structs; map keys exactly.
 fn lookup<'a>(mut v: &'a Value, path: &[String]) -> Option<&'a Value> {
     for part in path {
@@ -505,6 +569,121 @@ fn is_empty(field: &Value) -> bool {
     }
 }
 
+// The samples of the result types `?filter=` runs over: every optional field set, one element
+// in each list whose elements have fields, `*` for map keys.
+
+fn any_key<V>(v: V) -> std::collections::BTreeMap<String, V> {
+    [("*".to_owned(), v)].into()
+}
+
+fn node_sample() -> Node {
+    let mut node = Node::new("n", "a", "dc");
+    node.id = "id".to_owned();
+    node.tagged_addresses = any_key("a".to_owned());
+    node.meta = any_key("v".to_owned());
+    node
+}
+
+fn service_sample() -> AgentService {
+    let mut upstream = Upstream::service("s", 1);
+    upstream.destination_type = "service".to_owned();
+    upstream.destination_namespace = "ns".to_owned();
+    upstream.destination_partition = "ap".to_owned();
+    upstream.destination_peer = "p".to_owned();
+    upstream.local_bind_address = "a".to_owned();
+    upstream.config = serde_json::Map::new();
+    upstream.mesh_gateway.mode = "local".to_owned();
+    let mut proxy = ProxyConfig::for_service("d");
+    proxy.destination_service_id = "d".to_owned();
+    proxy.local_service_address = "a".to_owned();
+    proxy.local_service_port = 1;
+    proxy.upstreams = vec![upstream];
+    AgentService {
+        kind: ServiceKind::ConnectProxy,
+        id: "id".to_owned(),
+        service: "s".to_owned(),
+        tags: vec!["t".to_owned()],
+        meta: any_key("v".to_owned()),
+        port: 1,
+        address: "a".to_owned(),
+        tagged_addresses: any_key(ServiceAddress::new("a", 1)),
+        proxy: Some(proxy),
+        connect: ServiceConnect::native(),
+        create_index: 1,
+        modify_index: 1,
+    }
+}
+
+fn check_sample() -> HealthCheck {
+    let mut check = HealthCheck::node_check("n", "c", HealthStatus::Passing);
+    check.service_id = "id".to_owned();
+    check.service_name = "s".to_owned();
+    check.service_tags = vec!["t".to_owned()];
+    check.check_type = "ttl".to_owned();
+    check.definition.ttl = "1s".to_owned();
+    check
+}
+
+fn sample<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+impl Selectable for Node {
+    fn selector_sample() -> Value {
+        sample(&node_sample())
+    }
+}
+
+impl Selectable for AgentService {
+    fn selector_sample() -> Value {
+        sample(&service_sample())
+    }
+}
+
+impl Selectable for HealthCheck {
+    fn selector_sample() -> Value {
+        sample(&check_sample())
+    }
+}
+
+impl Selectable for ServiceEntry {
+    fn selector_sample() -> Value {
+        sample(&ServiceEntry {
+            node: node_sample(),
+            service: service_sample(),
+            checks: vec![check_sample()],
+        })
+    }
+}
+
+impl Selectable for CatalogService {
+    fn selector_sample() -> Value {
+        sample(&CatalogService::new(&node_sample(), &service_sample()))
+    }
+}
+
+impl Selectable for Intention {
+    fn selector_sample() -> Value {
+        let mut ixn = Intention::new("s", "d", IntentionAction::Allow);
+        ixn.source_peer = "p".to_owned();
+        ixn.source_partition = "ap".to_owned();
+        ixn.destination_partition = "ap".to_owned();
+        ixn.default_addr = "a".to_owned();
+        ixn.default_port = 1;
+        ixn.meta = any_key("v".to_owned());
+        ixn.created_at = Some(time::OffsetDateTime::UNIX_EPOCH);
+        ixn.updated_at = Some(time::OffsetDateTime::UNIX_EPOCH);
+        ixn.hash = vec![0];
+        // `Permissions` (left out of the JSON when empty) as an empty list: any selector
+        // below it is accepted.
+        let mut v = sample(&ixn);
+        if let Value::Object(map) = &mut v {
+            map.insert("Permissions".to_owned(), Value::Array(Vec::new()));
+        }
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,6 +691,97 @@ mod tests {
 
     fn m(expr: &str, v: &Value) -> bool {
         Filter::parse(expr).unwrap().matches(v)
+    }
+
+    fn selectors_ok<T: Selectable>(expr: &str) -> Result<(), Error> {
+        Filter::parse(expr).unwrap().check_selectors::<T>()
+    }
+
+    #[test]
+    fn selectors_are_checked_against_the_result_type() {
+        // Selectors of Consul's docs (HTTP API > Filtering, per endpoint) are accepted.
+        for sel in [
+            "Service",
+            "ID",
+            "Tags",
+            "Meta.env",
+            "Port",
+            "Kind",
+            "Proxy.DestinationServiceName",
+            "Proxy.Upstreams.DestinationName",
+            "Proxy.Upstreams.MeshGateway.Mode",
+            "Proxy.LocalServicePort",
+            "TaggedAddresses.lan.Address",
+            "Connect.Native",
+        ] {
+            assert!(
+                selectors_ok::<AgentService>(&format!("{sel} is empty")).is_ok(),
+                "{sel}"
+            );
+        }
+        for sel in [
+            "Node.ID",
+            "Node.Meta.rack",
+            "Service.Tags",
+            "Checks.Status",
+            "checks.checkid",
+        ] {
+            assert!(
+                selectors_ok::<ServiceEntry>(&format!("{sel} is empty")).is_ok(),
+                "{sel}"
+            );
+        }
+        for sel in [
+            "ServiceMeta.x",
+            "NodeMeta.x",
+            "ServiceProxy.Upstreams.Datacenter",
+            "TaggedAddresses.wan",
+        ] {
+            assert!(
+                selectors_ok::<CatalogService>(&format!("{sel} is empty")).is_ok(),
+                "{sel}"
+            );
+        }
+        for sel in ["Status", "ServiceTags", "Definition.TTL", "Type", "Notes"] {
+            assert!(
+                selectors_ok::<HealthCheck>(&format!("{sel} is empty")).is_ok(),
+                "{sel}"
+            );
+        }
+        for sel in [
+            "SourceName",
+            "Action",
+            "Meta.k",
+            "Precedence",
+            "SourcePeer",
+            "CreatedAt",
+            "Permissions.HTTP.PathExact",
+        ] {
+            assert!(
+                selectors_ok::<Intention>(&format!("{sel} is empty")).is_ok(),
+                "{sel}"
+            );
+        }
+        // Unknown ones are refused with go-bexpr's words, naming the selector as written.
+        for (expr, sel) in [
+            ("Bogus == 1", "Bogus"),
+            ("Port == 1 and (Meta.env == x or not Nope.x == y)", "Nope.x"),
+            ("Tags.x == 1", "Tags.x"),
+            ("Meta.env.deeper == 1", "Meta.env.deeper"),
+            ("x matches \"y\"", "x"),
+            ("\"v\" in Proxy.Bogus", "Proxy.Bogus"),
+        ] {
+            let e = selectors_ok::<AgentService>(expr).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidParameter);
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "Failed to create boolean expression evaluator: Selector {sel:?} is not valid"
+                )
+            );
+        }
+        assert!(selectors_ok::<Node>("Address == x").is_ok());
+        assert!(selectors_ok::<Node>("ServiceName == x").is_err());
     }
 
     #[test]

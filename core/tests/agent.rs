@@ -304,13 +304,25 @@ async fn register_resolve_and_verify_server_for_other_tls_stacks() {
     agent.close();
 }
 
+/// `/v1/health/connect/:service?passing`.
+fn connect_passing() -> connect_core::server::ServiceQuery {
+    let mut q = connect_core::server::ServiceQuery::default();
+    q.connect = true;
+    q.passing_only = true;
+    q
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listening_registers_the_instance_and_closing_deregisters_it() {
     let (server, agent) = strict_agent(&[("web", "db")]).await;
     let db = ready(&agent, "db").await;
     let web = ready(&agent, "web").await;
     let addr = echo_server(&db).await;
-    let found = server.health(None, "db", true, true, None).unwrap().value;
+    let found = server
+        .health(None, "db", &connect_passing())
+        .unwrap()
+        .value
+        .value;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].dial_address(), ("127.0.0.1", addr.port()));
     let mut c = web.dial("db").await.unwrap();
@@ -318,8 +330,9 @@ async fn listening_registers_the_instance_and_closing_deregisters_it() {
     db.close();
     tokio::time::timeout(T, async {
         while !server
-            .health(None, "db", true, true, None)
+            .health(None, "db", &connect_passing())
             .unwrap()
+            .value
             .value
             .is_empty()
         {

@@ -15,6 +15,11 @@ const FILTERED: &[&str] = &[
     "/v1/health/service/web",
     "/v1/health/connect/web",
     "/v1/connect/intentions",
+    "/v1/agent/checks",
+    "/v1/catalog/nodes",
+    "/v1/health/node/web",
+    "/v1/health/checks/web",
+    "/v1/health/state/any",
 ];
 
 fn with_filter(path: &str, expr: &str) -> String {

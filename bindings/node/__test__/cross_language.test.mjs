@@ -14,13 +14,13 @@ import tls from 'node:tls'
 
 import { Agent } from 'libconnect'
 
+import { connectBin, startDevAgent } from './agent_process.mjs'
 import { closed, echo, port, roundTrip } from './helpers.mjs'
 
 const T = 10_000
 const here = dirname(fileURLToPath(import.meta.url))
 const root = resolve(here, '../../..')
 const target = process.env.CARGO_TARGET_DIR || join(root, 'target')
-const connectBin = process.env.LIBCONNECT_CONNECT_BIN || join(target, 'debug', 'connect')
 const cExamples = process.env.LIBCONNECT_C_EXAMPLES || join(target, 'c-test')
 const python = join(root, 'bindings', 'python', '.venv', 'bin', 'python')
 const pyPeer = join(here, 'fixtures', 'py_peer.py')
@@ -176,22 +176,9 @@ let agent, httpAddr, env
 
 before(async () => {
   assert.ok(executable(connectBin), `no connect binary at ${connectBin} (cargo build -p connect-core --features cli --bin connect)`)
-  const { match } = await new Promise((resolve, reject) => {
-    const child = spawn(connectBin, ['agent', '-dev', '-http-port', '0'], { stdio: ['ignore', 'ignore', 'pipe'] })
-    children.push(child)
-    const lines = createInterface({ input: child.stderr })
-    const timer = setTimeout(() => reject(new Error('connect agent -dev did not start')), T)
-    child.once('exit', (code) => reject(new Error(`connect agent exited with ${code}`)))
-    lines.on('line', (line) => {
-      const m = /==> HTTP API listening on http:\/\/(\S+)/.exec(line)
-      if (m) {
-        clearTimeout(timer)
-        child.removeAllListeners('exit')
-        resolve({ match: m })
-      }
-    })
-  })
-  httpAddr = match[1]
+  const started = await startDevAgent()
+  children.push(started.child)
+  httpAddr = started.httpAddr
   env = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CONSUL_'))) }
   env.CONSUL_HTTP_ADDR = `http://${httpAddr}`
   agent = new Agent({ address: httpAddr, rootChangeJitterMs: 0 })

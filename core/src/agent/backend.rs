@@ -245,7 +245,16 @@ impl Backend {
                     return Err(no_path_to_datacenter(dc));
                 }
                 s.wait(Table::CATALOG, min_index, wait).await;
-                s.health(token, service, connect, true, None)
+                let q = crate::server::ServiceQuery {
+                    connect,
+                    passing_only: true,
+                    ..Default::default()
+                };
+                let r = s.health(token, service, &q)?;
+                Ok(Indexed {
+                    value: r.value.value,
+                    index: r.index,
+                })
             }
             Backend::Http(h) => {
                 let mut q = blocking_query(min_index, wait);

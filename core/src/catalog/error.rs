@@ -19,6 +19,9 @@ pub enum CatalogError {
     /// `Name` is empty.
     #[error("Missing service name")]
     MissingServiceName,
+    /// A check registered without `Name` (Consul's text).
+    #[error("Missing check name")]
+    MissingCheckName,
     /// `Kind` is not a kind Consul knows.
     #[error("Invalid service kind: {kind:?}")]
     InvalidKind {

@@ -15,8 +15,8 @@ mod tables;
 pub use error::CatalogError;
 pub use model::{
     AgentService, CatalogService, CheckDefinition, HealthCheck, HealthStatus, MeshGatewayConfig,
-    MeshGatewayMode, Node, ProxyConfig, ServiceAddress, ServiceConnect, ServiceEntry, ServiceKind,
-    Upstream,
+    MeshGatewayMode, Node, NodeServices, ProxyConfig, ServiceAddress, ServiceConnect, ServiceEntry,
+    ServiceKind, Upstream,
 };
 pub use register::{
     CheckRegistration, MAX_SERVICE_META_KEY_LEN, MAX_SERVICE_META_PAIRS,

@@ -502,6 +502,17 @@ impl ServiceEntry {
     }
 }
 
+/// `/v1/catalog/node/:node`: a node and its service instances by ID.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+#[non_exhaustive]
+pub struct NodeServices {
+    /// The node.
+    pub node: Node,
+    /// Its instances, by ID.
+    pub services: BTreeMap<String, AgentService>,
+}
+
 /// One row of `/v1/catalog/service/:service`: a node and a service instance, flattened.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]

@@ -104,6 +104,10 @@ pub struct CheckRegistration {
     /// Free text for people.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub notes: String,
+    /// The instance on this node the check belongs to; empty for a node check. Read only by
+    /// `/v1/agent/check/register`: a check registered with a service belongs to that service.
+    #[serde(rename = "ServiceID", skip_serializing_if = "String::is_empty")]
+    pub service_id: String,
 }
 
 impl CheckRegistration {
@@ -113,6 +117,52 @@ impl CheckRegistration {
             ttl: ttl.to_owned(),
             ..CheckRegistration::default()
         }
+    }
+
+    /// Decodes and validates a `/v1/agent/check/register` body, as Consul's agent reads it:
+    /// keys as [`ServiceRegistration::from_json`] matches them, `Name` required, the ID
+    /// defaulting to the name, and only TTL checks (other check types are refused by name).
+    pub fn from_json(bytes: &[u8]) -> Result<CheckRegistration, CatalogError> {
+        let object = json_object(bytes)?;
+        let label = match field(&object, "CheckID").or_else(|| field(&object, "ID")) {
+            Some(Value::String(id)) if !id.is_empty() => id.clone(),
+            _ => match field(&object, "Name") {
+                Some(Value::String(name)) => name.clone(),
+                _ => String::new(),
+            },
+        };
+        refuse_unsupported_check(&label, &object)?;
+        let mut check =
+            crate::json::decode::<CheckRegistration>(Value::Object(object), Rules::AGENT).map_err(
+                |e| CatalogError::Json {
+                    message: e.to_string(),
+                },
+            )?;
+        if check.name.is_empty() {
+            return Err(CatalogError::MissingCheckName);
+        }
+        if check.check_id.is_empty() {
+            check.check_id.clone_from(&check.name);
+        }
+        validate_check(&check.check_id, &check)?;
+        Ok(check)
+    }
+
+    /// The check this registration creates on `node`, of `service` when it names one; the
+    /// status starts critical unless the registration says otherwise.
+    pub fn to_health_check(&self, node: &str, service: Option<&AgentService>) -> HealthCheck {
+        let mut check = HealthCheck::node_check(node, &self.check_id, HealthStatus::Critical);
+        check.name.clone_from(&self.name);
+        check.status = HealthStatus::from_name(&self.status).unwrap_or_default();
+        check.notes.clone_from(&self.notes);
+        check.check_type = "ttl".to_owned();
+        check.definition.ttl.clone_from(&self.ttl);
+        if let Some(s) = service {
+            check.service_id.clone_from(&s.id);
+            check.service_name.clone_from(&s.service);
+            check.service_tags.clone_from(&s.tags);
+        }
+        check
     }
 }
 
@@ -150,14 +200,7 @@ impl ServiceRegistration {
     /// an unknown kind, a check type other than TTL, or a rule of
     /// [`validate`](Self::validate).
     pub fn from_json(bytes: &[u8]) -> Result<ServiceRegistration, CatalogError> {
-        let document: Value = serde_json::from_slice(bytes).map_err(|e| CatalogError::Json {
-            message: e.to_string(),
-        })?;
-        let Value::Object(object) = document else {
-            return Err(CatalogError::Json {
-                message: "expected a JSON object".to_owned(),
-            });
-        };
+        let object = json_object(bytes)?;
         let decoded =
             crate::json::decode::<ServiceRegistration>(Value::Object(object.clone()), Rules::AGENT);
         // A key given twice is reported first, as it is the document that is ambiguous;
@@ -456,17 +499,36 @@ fn precheck(object: &Map<String, Value>) -> Result<(), CatalogError> {
             Some(Value::String(id)) if !id.is_empty() => id.clone(),
             _ => position,
         };
-        if let Some(field) = UNSUPPORTED_CHECK_FIELDS
-            .iter()
-            .find(|f| field(check, f).is_some())
-        {
-            return Err(CatalogError::UnsupportedCheck {
-                check: label,
-                field,
-            });
-        }
+        refuse_unsupported_check(&label, check)?;
     }
     Ok(())
+}
+
+/// Refuses a check of a type libconnect does not run, naming the field that selects it.
+fn refuse_unsupported_check(label: &str, check: &Map<String, Value>) -> Result<(), CatalogError> {
+    match UNSUPPORTED_CHECK_FIELDS
+        .iter()
+        .find(|f| field(check, f).is_some())
+    {
+        Some(field) => Err(CatalogError::UnsupportedCheck {
+            check: label.to_owned(),
+            field,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A request body that must be one JSON object.
+fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, CatalogError> {
+    match serde_json::from_slice(bytes) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(CatalogError::Json {
+            message: "expected a JSON object".to_owned(),
+        }),
+        Err(e) => Err(CatalogError::Json {
+            message: e.to_string(),
+        }),
+    }
 }
 
 fn check_port(object: &Map<String, Value>, key: &str, path: &str) -> Result<(), CatalogError> {

@@ -14,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post, put};
+use axum::routing::{MethodFilter, MethodRouter, any, on};
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
 use serde_json::json;
@@ -24,10 +24,13 @@ use super::query::{Params, QueryOptions, index_headers};
 use crate::agent::{Agent, AgentBackend, AgentConfig, Leaf, LeafCacheRequest};
 use crate::ca::{CaConfiguration, IndexedCaRoots, SignPolicy};
 use crate::cache::{GetOptions, ResultMeta};
-use crate::catalog::ServiceRegistration;
-use crate::filter::Filter;
+use crate::catalog::{
+    AgentService, CatalogService, CheckRegistration, HealthCheck, HealthStatus, Node, ServiceEntry,
+    ServiceRegistration,
+};
+use crate::filter::{Filter, Selectable};
 use crate::intentions::{Decision, Intention, IntentionIndex, MatchType, ServiceRef};
-use crate::server::Server;
+use crate::server::{AclFiltered, HealthChecksOf, Server, ServiceQuery, parse_node_meta};
 use crate::state::{Indexed, Table};
 use crate::tls::{
     Bundle, CurrentLeaf, KeyExchange, RootsSource, certified_key, crypto_provider,
@@ -232,76 +235,537 @@ async fn keep_https_cert(
     }
 }
 
-fn routes(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/connect/ca/roots", get(ca_roots))
-        .route("/v1/agent/connect/ca/roots", get(agent_ca_roots))
-        .route(
+/// How closely an endpoint follows Consul (the README's compatibility matrix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Support {
+    /// Consul's paths, parameters, JSON shapes, status codes and ACL rules.
+    Full,
+    /// Served, with the differences the notes name.
+    Partial,
+    /// Consul has it; libconnect answers 404.
+    No,
+    /// libconnect's own, not in Consul.
+    Extension,
+}
+
+impl Support {
+    /// The matrix's word.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Support::Full => "yes",
+            Support::Partial => "partial",
+            Support::No => "no",
+            Support::Extension => "libconnect only",
+        }
+    }
+}
+
+/// One method and path of the HTTP API, as the router serves it (or, for [`Support::No`],
+/// a Consul endpoint it does not serve).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Endpoint {
+    /// `GET`, `PUT`, `POST` or `DELETE`.
+    pub method: &'static str,
+    /// The path, parameters in braces.
+    pub path: &'static str,
+    /// How closely it follows Consul.
+    pub support: Support,
+    /// What differs, or what to know.
+    pub notes: &'static str,
+}
+
+/// The router's table: every endpoint, with its handler (none for Consul endpoints not served).
+struct Route {
+    endpoint: Endpoint,
+    handler: Option<MethodRouter<AppState>>,
+}
+
+fn route<H, T>(
+    method: Method,
+    path: &'static str,
+    support: Support,
+    notes: &'static str,
+    handler: H,
+) -> Route
+where
+    H: axum::handler::Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = match method {
+        Method::Get => MethodFilter::GET,
+        Method::Put => MethodFilter::PUT,
+        Method::Post => MethodFilter::POST,
+        Method::Delete => MethodFilter::DELETE,
+    };
+    Route {
+        endpoint: Endpoint {
+            method: method.as_str(),
+            path,
+            support,
+            notes,
+        },
+        handler: Some(on(filter, handler)),
+    }
+}
+
+fn consul_only(method: Method, path: &'static str, notes: &'static str) -> Route {
+    Route {
+        endpoint: Endpoint {
+            method: method.as_str(),
+            path,
+            support: Support::No,
+            notes,
+        },
+        handler: None,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Method {
+    Get,
+    Put,
+    Post,
+    Delete,
+}
+
+impl Method {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// Every endpoint of the HTTP API, in the router's order, and the Consul endpoints it does not
+/// serve: the source of the README's compatibility matrix.
+pub fn endpoints() -> Vec<Endpoint> {
+    table().into_iter().map(|r| r.endpoint).collect()
+}
+
+/// The README's compatibility matrix (a Markdown table, one row per path) made from
+/// [`endpoints`].
+pub fn compatibility_matrix() -> String {
+    let mut rows: Vec<(Vec<&str>, Endpoint, Vec<&str>)> = Vec::new();
+    for e in endpoints() {
+        match rows.iter_mut().find(|(_, first, _)| first.path == e.path) {
+            Some((methods, _, notes)) => {
+                methods.push(e.method);
+                if !e.notes.is_empty() {
+                    notes.push(e.notes);
+                }
+            }
+            None => {
+                let notes = if e.notes.is_empty() {
+                    vec![]
+                } else {
+                    vec![e.notes]
+                };
+                rows.push((vec![e.method], e, notes));
+            }
+        }
+    }
+    let mut out = String::from("| endpoint | methods | supported | notes |\n|---|---|---|---|\n");
+    for (methods, e, notes) in rows {
+        let path = e.path.replace('{', ":").replace('}', "");
+        out.push_str(&format!(
+            "| `{path}` | {} | {} | {} |\n",
+            methods.join(", "),
+            e.support.as_str(),
+            notes.join("; ")
+        ));
+    }
+    out
+}
+
+fn table() -> Vec<Route> {
+    use Method::{Delete, Get, Post, Put};
+    use Support::{Extension, Full, Partial};
+    let filtered = "filtered by ACLs (`X-Consul-Results-Filtered-By-ACLs`), blocking, `?filter=`";
+    vec![
+        route(
+            Get,
+            "/v1/connect/ca/roots",
+            Full,
+            "`?pem=true`; blocking",
+            ca_roots,
+        ),
+        route(
+            Get,
+            "/v1/agent/connect/ca/roots",
+            Full,
+            "from the agent cache (`X-Cache`)",
+            agent_ca_roots,
+        ),
+        route(Get, "/v1/connect/ca/configuration", Full, "", ca_config_get),
+        route(
+            Put,
             "/v1/connect/ca/configuration",
-            get(ca_config_get).put(ca_config_put),
-        )
-        .route("/v1/connect/ca/sign", put(ca_sign).post(ca_sign))
-        .route(
+            Full,
+            "a new key or provider rotates the root, cross-signed",
+            ca_config_put,
+        ),
+        route(
+            Put,
+            "/v1/connect/ca/sign",
+            Extension,
+            "signs a CSR made in the service's process (`service:write`)",
+            ca_sign,
+        ),
+        route(Post, "/v1/connect/ca/sign", Extension, "", ca_sign),
+        route(
+            Post,
             crate::server::SIGN_INTERMEDIATE_PATH,
-            post(sign_intermediate).put(sign_intermediate),
-        )
-        .route(
+            Extension,
+            "federation: the primary signs a secondary's intermediate (`operator:write`)",
+            sign_intermediate,
+        ),
+        route(
+            Put,
+            crate::server::SIGN_INTERMEDIATE_PATH,
+            Extension,
+            "",
+            sign_intermediate,
+        ),
+        route(
+            Post,
             crate::server::ADVERTISE_PATH,
-            post(federation_advertise).put(federation_advertise),
-        )
-        .route("/v1/catalog/datacenters", get(catalog_datacenters))
-        .route("/v1/agent/connect/ca/leaf/{service}", get(agent_leaf))
-        .route(
+            Extension,
+            "federation: a secondary's server tells the primary where it answers (`operator:write`)",
+            federation_advertise,
+        ),
+        route(
+            Put,
+            crate::server::ADVERTISE_PATH,
+            Extension,
+            "",
+            federation_advertise,
+        ),
+        route(
+            Get,
+            "/v1/catalog/datacenters",
+            Full,
+            "this datacenter and those learnt from federation",
+            catalog_datacenters,
+        ),
+        route(
+            Get,
+            "/v1/agent/connect/ca/leaf/{service}",
+            Full,
+            "from the agent cache; blocking until renewal",
+            agent_leaf,
+        ),
+        route(
+            Post,
             "/v1/agent/connect/authorize",
-            post(agent_authorize).put(agent_authorize),
-        )
-        .route(
+            Full,
+            "from the agent cache",
+            agent_authorize,
+        ),
+        route(
+            Put,
+            "/v1/agent/connect/authorize",
+            Full,
+            "",
+            agent_authorize,
+        ),
+        route(
+            Get,
             "/v1/connect/intentions",
-            get(intention_list).post(intention_create),
-        )
-        .route(
+            Full,
+            "`?filter=`; blocking",
+            intention_list,
+        ),
+        route(
+            Post,
+            "/v1/connect/intentions",
+            Full,
+            "legacy create",
+            intention_create,
+        ),
+        route(
+            Get,
             "/v1/connect/intentions/exact",
-            get(intention_exact_get)
-                .put(intention_exact_put)
-                .delete(intention_exact_delete),
-        )
-        .route("/v1/connect/intentions/match", get(intention_match))
-        .route("/v1/connect/intentions/check", get(intention_check))
-        .route(
+            Full,
+            "",
+            intention_exact_get,
+        ),
+        route(
+            Put,
+            "/v1/connect/intentions/exact",
+            Full,
+            "",
+            intention_exact_put,
+        ),
+        route(
+            Delete,
+            "/v1/connect/intentions/exact",
+            Full,
+            "",
+            intention_exact_delete,
+        ),
+        route(
+            Get,
+            "/v1/connect/intentions/match",
+            Full,
+            "",
+            intention_match,
+        ),
+        route(
+            Get,
+            "/v1/connect/intentions/check",
+            Full,
+            "",
+            intention_check,
+        ),
+        route(Get, "/v1/connect/intentions/{id}", Full, "", intention_get),
+        route(Put, "/v1/connect/intentions/{id}", Full, "", intention_put),
+        route(
+            Delete,
             "/v1/connect/intentions/{id}",
-            get(intention_get)
-                .put(intention_put)
-                .delete(intention_delete),
-        )
-        .route("/v1/agent/service/register", put(service_register))
-        .route("/v1/agent/service/deregister/{id}", put(service_deregister))
-        .route("/v1/agent/services", get(agent_services))
-        .route("/v1/agent/self", get(agent_self))
-        .route("/v1/catalog/services", get(catalog_services))
-        .route("/v1/catalog/service/{name}", get(catalog_service))
-        .route("/v1/catalog/connect/{name}", get(catalog_connect))
-        .route("/v1/health/service/{name}", get(health_service))
-        .route("/v1/health/connect/{name}", get(health_connect))
-        .route("/v1/status/leader", get(status_leader))
-        .route("/v1/acl/bootstrap", put(acl_bootstrap))
-        .route("/v1/acl/policy", put(acl_policy_create))
-        .route("/v1/acl/policy/name/{name}", get(acl_policy_by_name))
-        .route(
-            "/v1/acl/policy/{id}",
-            get(acl_policy_read)
-                .put(acl_policy_update)
-                .delete(acl_policy_delete),
-        )
-        .route("/v1/acl/policies", get(acl_policy_list))
-        .route("/v1/acl/token", put(acl_token_create))
-        .route("/v1/acl/token/self", get(acl_token_self))
-        .route(
-            "/v1/acl/token/{id}",
-            get(acl_token_read)
-                .put(acl_token_update)
-                .delete(acl_token_delete),
-        )
-        .route("/v1/acl/tokens", get(acl_token_list))
+            Full,
+            "",
+            intention_delete,
+        ),
+        route(
+            Put,
+            "/v1/agent/service/register",
+            Partial,
+            "TTL checks only; no `Connect.SidecarService` (register the proxy itself)",
+            service_register,
+        ),
+        route(
+            Put,
+            "/v1/agent/service/deregister/{id}",
+            Full,
+            "",
+            service_deregister,
+        ),
+        route(
+            Get,
+            "/v1/agent/service/{id}",
+            Partial,
+            "no `ContentHash` nor hash blocking",
+            agent_service,
+        ),
+        route(
+            Put,
+            "/v1/agent/service/maintenance/{id}",
+            Full,
+            "`?enable=&reason=`: the critical `_service_maintenance:<id>` check",
+            service_maintenance,
+        ),
+        route(
+            Get,
+            "/v1/agent/services",
+            Full,
+            "`?filter=`",
+            agent_services,
+        ),
+        route(Get, "/v1/agent/checks", Full, "`?filter=`", agent_checks),
+        route(
+            Put,
+            "/v1/agent/check/register",
+            Partial,
+            "TTL checks only; other types refused by name",
+            check_register,
+        ),
+        route(
+            Put,
+            "/v1/agent/check/deregister/{id}",
+            Full,
+            "",
+            check_deregister,
+        ),
+        route(
+            Put,
+            "/v1/agent/check/pass/{id}",
+            Full,
+            "`?note=`; `service:write` on the check's service; a TTL check not updated in time turns critical (`TTL expired`) in `connect agent`",
+            check_pass,
+        ),
+        route(
+            Put,
+            "/v1/agent/check/warn/{id}",
+            Full,
+            "`?note=`",
+            check_warn,
+        ),
+        route(
+            Put,
+            "/v1/agent/check/fail/{id}",
+            Full,
+            "`?note=`",
+            check_fail,
+        ),
+        route(
+            Put,
+            "/v1/agent/check/update/{id}",
+            Full,
+            "`{Status, Output}`; output cut at 4 KiB",
+            check_update,
+        ),
+        route(
+            Get,
+            "/v1/agent/self",
+            Partial,
+            "`Config`, `DebugConfig` (Connect and ACL settings), `Member`",
+            agent_self,
+        ),
+        route(
+            Get,
+            "/v1/agent/members",
+            Partial,
+            "this agent only (no gossip pool)",
+            agent_members,
+        ),
+        route(
+            Get,
+            "/v1/catalog/services",
+            Full,
+            "filtered by ACLs (`X-Consul-Results-Filtered-By-ACLs`), blocking",
+            catalog_services,
+        ),
+        route(
+            Get,
+            "/v1/catalog/service/{name}",
+            Partial,
+            "`?tag=` (all must match), `?node-meta=`; filtered by `service:read` only (Consul also needs `node:read`)",
+            catalog_service,
+        ),
+        route(
+            Get,
+            "/v1/catalog/connect/{name}",
+            Partial,
+            "as `/v1/catalog/service/:name`",
+            catalog_connect,
+        ),
+        route(
+            Get,
+            "/v1/catalog/nodes",
+            Full,
+            "`?node-meta=`, `?filter=`, filtered by `node:read`",
+            catalog_nodes,
+        ),
+        route(
+            Get,
+            "/v1/catalog/node/{node}",
+            Full,
+            "`null` for an unknown node",
+            catalog_node,
+        ),
+        route(
+            Get,
+            "/v1/health/service/{name}",
+            Partial,
+            "`?tag=`, `?node-meta=`, `?passing`, `?filter=`; filtered by `service:read` only",
+            health_service,
+        ),
+        route(
+            Get,
+            "/v1/health/connect/{name}",
+            Partial,
+            "as `/v1/health/service/:name`",
+            health_connect,
+        ),
+        route(Get, "/v1/health/node/{node}", Full, filtered, health_node),
+        route(
+            Get,
+            "/v1/health/checks/{service}",
+            Full,
+            filtered,
+            health_service_checks,
+        ),
+        route(
+            Get,
+            "/v1/health/state/{state}",
+            Full,
+            filtered,
+            health_state,
+        ),
+        route(
+            Get,
+            "/v1/status/leader",
+            Partial,
+            "a fixed `127.0.0.1:8300` (one server)",
+            status_leader,
+        ),
+        route(
+            Get,
+            "/v1/status/peers",
+            Partial,
+            "as `/v1/status/leader`",
+            status_peers,
+        ),
+        route(
+            Get,
+            "/v1/coordinate/nodes",
+            Partial,
+            "always `[]`: no network coordinates",
+            coordinate_nodes,
+        ),
+        route(Put, "/v1/acl/bootstrap", Full, "", acl_bootstrap),
+        route(Put, "/v1/acl/policy", Full, "", acl_policy_create),
+        route(
+            Get,
+            "/v1/acl/policy/name/{name}",
+            Full,
+            "",
+            acl_policy_by_name,
+        ),
+        route(Get, "/v1/acl/policy/{id}", Full, "", acl_policy_read),
+        route(Put, "/v1/acl/policy/{id}", Full, "", acl_policy_update),
+        route(Delete, "/v1/acl/policy/{id}", Full, "", acl_policy_delete),
+        route(Get, "/v1/acl/policies", Full, "", acl_policy_list),
+        route(
+            Put,
+            "/v1/acl/token",
+            Partial,
+            "policies only (no roles, identities, auth methods)",
+            acl_token_create,
+        ),
+        route(Get, "/v1/acl/token/self", Full, "", acl_token_self),
+        route(Get, "/v1/acl/token/{id}", Full, "", acl_token_read),
+        route(Put, "/v1/acl/token/{id}", Full, "", acl_token_update),
+        route(Delete, "/v1/acl/token/{id}", Full, "", acl_token_delete),
+        route(Get, "/v1/acl/tokens", Full, "", acl_token_list),
+        consul_only(Get, "/v1/kv/{key}", "no key/value store"),
+        consul_only(
+            Put,
+            "/v1/catalog/register",
+            "register through the agent endpoints",
+        ),
+        consul_only(
+            Put,
+            "/v1/agent/maintenance",
+            "node maintenance: use `/v1/agent/service/maintenance/:id`",
+        ),
+        consul_only(Put, "/v1/session/create", "no sessions"),
+        consul_only(Put, "/v1/event/fire/{name}", "no events"),
+        consul_only(Get, "/v1/config/{kind}", "no configuration entries"),
+        consul_only(Post, "/v1/query", "no prepared queries"),
+        consul_only(Put, "/v1/txn", "no transactions"),
+    ]
+}
+
+fn routes(state: AppState) -> Router {
+    let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
+    for r in table() {
+        let Some(handler) = r.handler else { continue };
+        match by_path.iter_mut().find(|(p, _)| *p == r.endpoint.path) {
+            Some((_, methods)) => *methods = std::mem::take(methods).merge(handler),
+            None => by_path.push((r.endpoint.path, handler)),
+        }
+    }
+    by_path
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        })
         .fallback(any(not_found))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
@@ -384,6 +848,36 @@ impl AppState {
         tables: &[Table],
         read: impl Fn(&Server, Option<&str>) -> Result<Indexed<T>, Error>,
     ) -> ApiResult {
+        let current = self.read_indexed(o, tables, read).await?;
+        Ok(json_response(&current.value, Some(current.index)))
+    }
+
+    /// [`AppState::read`] of a result filtered by ACLs: Consul's
+    /// `X-Consul-Results-Filtered-By-ACLs: true` when the server left something out.
+    async fn read_filtered<T: Serialize>(
+        &self,
+        o: &QueryOptions,
+        tables: &[Table],
+        read: impl Fn(&Server, Option<&str>) -> Result<Indexed<AclFiltered<T>>, Error>,
+    ) -> ApiResult {
+        let current = self.read_indexed(o, tables, read).await?;
+        let mut resp = json_response(&current.value.value, Some(current.index));
+        if current.value.filtered_by_acls {
+            resp.headers_mut().insert(
+                "x-consul-results-filtered-by-acls",
+                HeaderValue::from_static("true"),
+            );
+        }
+        Ok(resp)
+    }
+
+    /// The blocking loop of [`AppState::read`].
+    async fn read_indexed<T>(
+        &self,
+        o: &QueryOptions,
+        tables: &[Table],
+        read: impl Fn(&Server, Option<&str>) -> Result<Indexed<T>, Error>,
+    ) -> Result<Indexed<T>, ApiError> {
         let (server, token) = (&self.server, o.token.as_deref());
         let deadline = tokio::time::Instant::now() + o.wait_with_jitter();
         // The read's own index decides, not the watched tables': a read may report one
@@ -402,7 +896,7 @@ impl AppState {
             seen = server.store().view().max_index(tables);
             current = read(server, token)?;
         }
-        Ok(json_response(&current.value, Some(current.index)))
+        Ok(current)
     }
 
     /// A write to the server with the request's token, off the async workers (writes are
@@ -428,13 +922,41 @@ fn check_dc(server: &Server, o: &QueryOptions) -> Result<(), ApiError> {
 }
 
 /// Parses `?filter=` only after the request's token resolves, so that a request with an
-/// unknown token is refused (403) before any work on a filter it chose.
-fn filter(server: &Server, o: &QueryOptions) -> Result<Option<Filter>, ApiError> {
+/// unknown token is refused (403) before any work on a filter it chose; a selector that `T`
+/// does not have is refused (400) as go-bexpr refuses it.
+fn filter<T: Selectable>(server: &Server, o: &QueryOptions) -> Result<Option<Filter>, ApiError> {
     let Some(expr) = o.filter.as_deref() else {
         return Ok(None);
     };
     server.authorizer(o.token.as_deref())?;
-    Ok(Some(Filter::parse(expr)?))
+    let f = Filter::parse(expr)?;
+    f.check_selectors::<T>()?;
+    Ok(Some(f))
+}
+
+/// `?tag=` and `?node-meta=` (each repeatable, all must match), `?passing` and `?filter=` of
+/// a catalog or health query of one service.
+fn service_query<T: Selectable>(
+    server: &Server,
+    o: &QueryOptions,
+    params: &Params,
+    connect: bool,
+) -> Result<ServiceQuery, ApiError> {
+    Ok(ServiceQuery {
+        connect,
+        tags: params.all("tag").into_iter().map(str::to_owned).collect(),
+        node_meta: node_meta(params)?,
+        passing_only: params.flag("passing"),
+        filter: filter::<T>(server, o)?,
+    })
+}
+
+fn node_meta(params: &Params) -> Result<Vec<(String, String)>, ApiError> {
+    Ok(params
+        .all("node-meta")
+        .into_iter()
+        .map(parse_node_meta)
+        .collect::<Result<_, _>>()?)
 }
 
 fn json_response<T: Serialize>(value: &T, index: Option<u64>) -> Response {
@@ -871,7 +1393,7 @@ fn authorize_response(d: &Decision) -> Response {
 // ---- Intentions ------------------------------------------------------------------------
 
 async fn intention_list(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
-    let f = filter(&st.server, &o)?;
+    let f = filter::<Intention>(&st.server, &o)?;
     st.read(&o, &[Table::Intentions], move |s, token| {
         s.intention_list(token, f.as_ref())
     })
@@ -1024,7 +1546,7 @@ async fn service_deregister(
 }
 
 async fn agent_services(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
-    let f = filter(&st.server, &o)?;
+    let f = filter::<AgentService>(&st.server, &o)?;
     Ok(json_response(
         &st.server.agent_services(o.token.as_deref(), f.as_ref())?,
         None,
@@ -1064,17 +1586,22 @@ async fn agent_self(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult
 
 async fn catalog_services(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
     check_dc(&st.server, &o)?;
-    st.read(&o, Table::CATALOG, move |s, token| {
+    st.read_filtered(&o, Table::CATALOG, move |s, token| {
         s.catalog_services(token)
     })
     .await
 }
 
-async fn catalog_rows(st: AppState, name: String, Req { o, .. }: Req, connect: bool) -> ApiResult {
+async fn catalog_rows(
+    st: AppState,
+    name: String,
+    Req { o, params }: Req,
+    connect: bool,
+) -> ApiResult {
     check_dc(&st.server, &o)?;
-    let f = filter(&st.server, &o)?;
-    st.read(&o, Table::CATALOG, move |s, token| {
-        s.catalog_service(token, &name, connect, f.as_ref())
+    let q = service_query::<CatalogService>(&st.server, &o, &params, connect)?;
+    st.read_filtered(&o, Table::CATALOG, move |s, token| {
+        s.catalog_service(token, &name, &q)
     })
     .await
 }
@@ -1102,10 +1629,9 @@ async fn health_rows(
     connect: bool,
 ) -> ApiResult {
     check_dc(&st.server, &o)?;
-    let f = filter(&st.server, &o)?;
-    let passing = params.flag("passing");
-    st.read(&o, Table::CATALOG, move |s, token| {
-        s.health(token, &name, connect, passing, f.as_ref())
+    let q = service_query::<ServiceEntry>(&st.server, &o, &params, connect)?;
+    st.read_filtered(&o, Table::CATALOG, move |s, token| {
+        s.health(token, &name, &q)
     })
     .await
 }
@@ -1126,8 +1652,269 @@ async fn health_connect(
     health_rows(st, name, req, true).await
 }
 
+/// `GET /v1/catalog/nodes` (`?node-meta=`, `?filter=`).
+async fn catalog_nodes(State(st): State<AppState>, Req { o, params }: Req) -> ApiResult {
+    check_dc(&st.server, &o)?;
+    let meta = node_meta(&params)?;
+    let f = filter::<Node>(&st.server, &o)?;
+    st.read_filtered(&o, &[Table::Nodes], move |s, token| {
+        s.catalog_nodes(token, &meta, f.as_ref())
+    })
+    .await
+}
+
+/// `GET /v1/catalog/node/:node`: `{"Node": …, "Services": {id: …}}`, or `null` for a node
+/// that does not exist (as Consul answers).
+async fn catalog_node(
+    State(st): State<AppState>,
+    Path(node): Path<String>,
+    Req { o, .. }: Req,
+) -> ApiResult {
+    check_dc(&st.server, &o)?;
+    st.read_filtered(&o, Table::CATALOG, move |s, token| {
+        s.catalog_node(token, &node)
+    })
+    .await
+}
+
+async fn health_checks_of(st: AppState, o: QueryOptions, select: HealthChecksOf) -> ApiResult {
+    check_dc(&st.server, &o)?;
+    let f = filter::<HealthCheck>(&st.server, &o)?;
+    st.read_filtered(&o, Table::CATALOG, move |s, token| {
+        s.health_checks(token, &select, f.as_ref())
+    })
+    .await
+}
+
+/// `GET /v1/health/node/:node`: every check on the node.
+async fn health_node(
+    State(st): State<AppState>,
+    Path(node): Path<String>,
+    Req { o, .. }: Req,
+) -> ApiResult {
+    health_checks_of(st, o, HealthChecksOf::Node(node)).await
+}
+
+/// `GET /v1/health/checks/:service`: the checks of the service's instances.
+async fn health_service_checks(
+    State(st): State<AppState>,
+    Path(service): Path<String>,
+    Req { o, .. }: Req,
+) -> ApiResult {
+    health_checks_of(st, o, HealthChecksOf::Service(service)).await
+}
+
+/// `GET /v1/health/state/:state`: checks in one state (`passing`, `warning`, `critical`), or
+/// all (`any`).
+async fn health_state(
+    State(st): State<AppState>,
+    Path(state): Path<String>,
+    Req { o, .. }: Req,
+) -> ApiResult {
+    let state = match state.as_str() {
+        "any" => None,
+        s => Some(
+            HealthStatus::from_name(s)
+                .ok_or_else(|| Error::new(ErrorKind::InvalidParameter, "Bad check state"))?,
+        ),
+    };
+    health_checks_of(st, o, HealthChecksOf::State(state)).await
+}
+
+/// `GET /v1/agent/service/:id`.
+async fn agent_service(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Req { o, .. }: Req,
+) -> ApiResult {
+    Ok(json_response(
+        &st.server.agent_service(o.token.as_deref(), &id)?,
+        None,
+    ))
+}
+
+/// `GET /v1/agent/checks` (`?filter=`).
+async fn agent_checks(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
+    let f = filter::<HealthCheck>(&st.server, &o)?;
+    Ok(json_response(
+        &st.server.agent_checks(o.token.as_deref(), f.as_ref())?,
+        None,
+    ))
+}
+
+/// `PUT /v1/agent/check/register` (TTL checks).
+async fn check_register(State(st): State<AppState>, Req { o, .. }: Req, body: Bytes) -> ApiResult {
+    let reg = CheckRegistration::from_json(&body)?;
+    st.write(o, move |s, token| s.register_check(token, reg))
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/check/deregister/:id`.
+async fn check_deregister(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Req { o, .. }: Req,
+) -> ApiResult {
+    st.write(o, move |s, token| s.deregister_check(token, &id))
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn ttl_update(
+    st: AppState,
+    id: String,
+    o: QueryOptions,
+    status: HealthStatus,
+    note: String,
+) -> ApiResult {
+    st.write(o, move |s, token| s.update_check(token, &id, status, &note))
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/check/pass/:id` (`?note=` becomes the output).
+async fn check_pass(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Req { o, params }: Req,
+) -> ApiResult {
+    let note = params.get("note").unwrap_or_default().to_owned();
+    ttl_update(st, id, o, HealthStatus::Passing, note).await
+}
+
+/// `PUT /v1/agent/check/warn/:id`.
+async fn check_warn(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Req { o, params }: Req,
+) -> ApiResult {
+    let note = params.get("note").unwrap_or_default().to_owned();
+    ttl_update(st, id, o, HealthStatus::Warning, note).await
+}
+
+/// `PUT /v1/agent/check/fail/:id`.
+async fn check_fail(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Req { o, params }: Req,
+) -> ApiResult {
+    let note = params.get("note").unwrap_or_default().to_owned();
+    ttl_update(st, id, o, HealthStatus::Critical, note).await
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct CheckUpdate {
+    #[serde(rename = "Status")]
+    status: String,
+    #[serde(rename = "Output")]
+    output: String,
+}
+
+/// `PUT /v1/agent/check/update/:id`: `{"Status": …, "Output": …}`.
+async fn check_update(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Req { o, .. }: Req,
+    body: Bytes,
+) -> ApiResult {
+    let update: CheckUpdate = decode(&body)?;
+    let status = HealthStatus::from_name(&update.status).ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidParameter,
+            format!("Invalid check status: '{}'", update.status),
+        )
+    })?;
+    ttl_update(st, id, o, status, update.output).await
+}
+
+/// `PUT /v1/agent/service/maintenance/:id?enable=true|false&reason=…`.
+async fn service_maintenance(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Req { o, params }: Req,
+) -> ApiResult {
+    let enable = match params.get("enable") {
+        None | Some("") => {
+            return Err(Error::new(ErrorKind::InvalidParameter, "Missing value for enable").into());
+        }
+        // Go's `strconv.ParseBool`, as Consul reads it.
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True") => true,
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => false,
+        Some(v) => {
+            return Err(Error::new(
+                ErrorKind::InvalidParameter,
+                format!("Invalid value for enable: {v:?}"),
+            )
+            .into());
+        }
+    };
+    let reason = params.get("reason").unwrap_or_default().to_owned();
+    st.write(o, move |s, token| {
+        s.service_maintenance(token, &id, enable, &reason)
+    })
+    .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `GET /v1/agent/members`: this agent, the only member of its LAN pool (libconnect has no
+/// gossip), in Consul's shape; `node:read` on it.
+async fn agent_members(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
+    let c = st.server.config();
+    let members = if st
+        .server
+        .authorizer(o.token.as_deref())?
+        .node_read(&c.node_name)
+    {
+        vec![json!({
+            "Name": c.node_name,
+            "Addr": c.node_address,
+            "Port": 8301,
+            "Tags": {
+                "dc": c.datacenter,
+                "role": "consul",
+                "port": "8300",
+                "build": crate::VERSION,
+                "vsn": "2",
+                "vsn_min": "2",
+                "vsn_max": "3",
+            },
+            "Status": 1,
+            "ProtocolMin": 1,
+            "ProtocolMax": 5,
+            "ProtocolCur": 2,
+            "DelegateMin": 2,
+            "DelegateMax": 5,
+            "DelegateCur": 4,
+        })]
+    } else {
+        Vec::new()
+    };
+    Ok(json_response(&members, None))
+}
+
+/// `GET /v1/status/peers`: the one server, this one (as `/v1/status/leader`).
+async fn status_peers() -> Response {
+    json_response(&[STATUS_ADDRESS], None)
+}
+
+/// `GET /v1/coordinate/nodes`: libconnect keeps no network coordinates, so the list Consul
+/// answers before any are known, `[]`.
+async fn coordinate_nodes(State(st): State<AppState>, Req { o, .. }: Req) -> ApiResult {
+    check_dc(&st.server, &o)?;
+    st.server.authorizer(o.token.as_deref())?;
+    Ok(json_response(
+        &Vec::<()>::new(),
+        Some(st.server.store().index().max(1)),
+    ))
+}
+
+/// The server address `/v1/status/leader` and `/v1/status/peers` report.
+const STATUS_ADDRESS: &str = "127.0.0.1:8300";
+
 async fn status_leader() -> Response {
-    json_response(&"127.0.0.1:8300", None)
+    json_response(&STATUS_ADDRESS, None)
 }
 
 // ---- ACL -------------------------------------------------------------------------------

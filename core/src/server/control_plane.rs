@@ -129,6 +129,8 @@ pub(super) struct Inner {
     /// Where other datacenters' servers answer, as they advertised it (see
     /// [`Server::advertise_for`]).
     pub(super) server_addresses: Mutex<std::collections::BTreeMap<String, String>>,
+    /// When each TTL check of this node turns critical unless updated (see `catalog.rs`).
+    pub(super) ttl_deadlines: Mutex<std::collections::HashMap<String, time::OffsetDateTime>>,
 }
 
 /// One datacenter's control plane. Cheap to clone.
@@ -198,6 +200,7 @@ impl Server {
                 datacenters: Mutex::default(),
                 replication: Mutex::default(),
                 server_addresses: Mutex::default(),
+                ttl_deadlines: Mutex::default(),
             }),
         };
         server.register_self()?;
@@ -259,26 +262,6 @@ impl Server {
             .wait_any(tables, min_index, wait)
             .await
             .max(1)
-    }
-
-    /// The node this server runs on, registered so that agent-local services have a node.
-    fn register_self(&self) -> Result<(), Error> {
-        let c = &self.inner.config;
-        if self
-            .inner
-            .store
-            .view()
-            .catalog()
-            .node(&c.node_name)
-            .is_none()
-        {
-            self.inner.store.register_node(crate::catalog::Node::new(
-                &c.node_name,
-                &c.node_address,
-                &c.datacenter,
-            ))?;
-        }
-        Ok(())
     }
 }
 

@@ -10,6 +10,10 @@ mod federation;
 mod intentions;
 mod limiter;
 
+pub use catalog::{
+    AclFiltered, CHECK_OUTPUT_MAX, HealthChecksOf, SERF_HEALTH_CHECK_ID,
+    SERVICE_MAINTENANCE_PREFIX, ServiceNames, ServiceQuery, TTL_EXPIRED, parse_node_meta,
+};
 pub(crate) use control_plane::internal;
 pub use control_plane::{Server, ServerConfig};
 pub use federation::{

@@ -5,10 +5,10 @@ use serde_json::json;
 
 use super::*;
 use crate::ca::{CaConfiguration, RotationOutcome, SignPolicy, generate_leaf_request};
-use crate::catalog::ServiceRegistration;
+use crate::catalog::{HealthStatus, ServiceRegistration};
 use crate::intentions::{Intention, IntentionAction, MatchType};
 use crate::state::Table;
-use crate::{ErrorKind, ManualClock, SharedClock};
+use crate::{Clock, ErrorKind, ManualClock, SharedClock};
 
 fn clock() -> SharedClock {
     Arc::new(ManualClock::new(
@@ -431,4 +431,60 @@ fn concurrent_writes_of_one_pair_store_one_intention() {
         assert_eq!(rows, 1, "round {round}: {rows} intentions for one pair");
         assert!(created.into_inner() <= 1);
     }
+}
+
+#[test]
+fn ttl_checks_expire_unless_updated_within_their_ttl() {
+    let clock = Arc::new(ManualClock::new(
+        time::macros::datetime!(2026-01-01 00:00:00 UTC),
+    ));
+    let s = Server::start(ServerConfig::dev(), clock.clone()).unwrap();
+    let mut reg = ServiceRegistration::new("web", 8080);
+    reg.check = Some(crate::catalog::CheckRegistration::ttl("10s"));
+    s.register_service(None, reg).unwrap();
+    let status = || {
+        let c = s
+            .store()
+            .view()
+            .catalog()
+            .check(&s.config().node_name, "service:web")
+            .cloned()
+            .unwrap();
+        (c.status, c.output)
+    };
+    let passing = || (HealthStatus::Passing, "ok".to_owned());
+    s.update_check(None, "service:web", HealthStatus::Passing, "ok")
+        .unwrap();
+    clock.advance(Duration::from_secs(6));
+    let next = s.expire_ttl_checks().unwrap().unwrap();
+    assert_eq!(next, clock.now() + Duration::from_secs(4));
+    assert_eq!(status(), passing());
+    // An update restarts the timer.
+    s.update_check(None, "service:web", HealthStatus::Passing, "ok")
+        .unwrap();
+    clock.advance(Duration::from_secs(8));
+    s.expire_ttl_checks().unwrap();
+    assert_eq!(status(), passing());
+    clock.advance(Duration::from_secs(2));
+    let index = s.store().index();
+    assert_eq!(
+        s.expire_ttl_checks().unwrap(),
+        None,
+        "nothing pending once expired"
+    );
+    assert_eq!(status(), (HealthStatus::Critical, TTL_EXPIRED.to_owned()));
+    assert!(s.store().index() > index);
+    // Expired once: later passes write nothing.
+    let index = s.store().index();
+    clock.advance(Duration::from_secs(30));
+    s.expire_ttl_checks().unwrap();
+    assert_eq!(s.store().index(), index);
+    // The next update passes again, with a new timer.
+    s.update_check(None, "service:web", HealthStatus::Passing, "ok")
+        .unwrap();
+    assert_eq!(
+        s.expire_ttl_checks().unwrap(),
+        Some(clock.now() + Duration::from_secs(10))
+    );
+    assert_eq!(status(), passing());
 }
