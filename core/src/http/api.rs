@@ -29,7 +29,7 @@ use crate::catalog::{
     ServiceRegistration,
 };
 use crate::filter::{Filter, Selectable};
-use crate::intentions::{Decision, Intention, IntentionIndex, MatchType, ServiceRef};
+use crate::intentions::{Decision, Intention, MatchType, ServiceRef, authorize_listed};
 use crate::server::{AclFiltered, HealthChecksOf, Server, ServiceQuery, parse_node_meta};
 use crate::state::{Indexed, Table};
 use crate::tls::{
@@ -1376,8 +1376,11 @@ async fn agent_authorize(State(st): State<AppState>, Req { o, .. }: Req, body: B
     .await?;
     // The cached list holds the intentions whose destination covers the target, in
     // evaluation order: the first whose source covers the client decides.
-    let index = IntentionIndex::new(intentions.iter().cloned(), agent.default_policy());
-    let d = index.authorize(&ServiceRef::new(&req.target), &ServiceRef::new(&source));
+    let d = authorize_listed(
+        &intentions,
+        &ServiceRef::new(&source),
+        agent.default_policy(),
+    );
     let mut resp = authorize_response(&d);
     cache_headers(&mut resp, &meta);
     Ok(resp)
