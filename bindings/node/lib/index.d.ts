@@ -61,8 +61,9 @@ export declare class Intentions {
    */
   upsert(source: string, destination: string, action: IntentionAction): Promise<void>
   /**
-   * Deletes the intention `source → destination` (absent is fine).
-   * @throws `INVALID_INTENTION`, `PERMISSION_DENIED`, `CLOSED`, `HTTP`
+   * Deletes the intention `source → destination`; rejects with `NOT_FOUND` when there is
+   * none (Consul's HTTP endpoint itself answers success either way).
+   * @throws `NOT_FOUND`, `INVALID_PARAMETER` (a name), `PERMISSION_DENIED`, `CLOSED`, `HTTP`
    */
   delete(source: string, destination: string): Promise<void>
   /**

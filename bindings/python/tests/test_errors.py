@@ -90,6 +90,9 @@ def test_bad_intentions(agent: libconnect.Agent) -> None:
         agent.intentions.upsert("", "db", "allow")
     with expect(libconnect.InvalidArgumentError, "INVALID_PARAMETER"):
         agent.intentions.check("web", "")
+    # Deleting a pair without an intention is NotFoundError, as the stub documents.
+    with expect(libconnect.NotFoundError, "NOT_FOUND"):
+        agent.intentions.delete("nobody", "nothing")
 
 
 def test_bad_peers(agent: libconnect.Agent, db: libconnect.Service) -> None:
