@@ -116,6 +116,28 @@ async fn the_servers_own_error_is_authorization_denied_with_the_reason() {
     );
 }
 
+/// `db` listening and `web` connected to it, having read a byte from db: by then web holds
+/// db's session tickets. Returns the listener, its address and both ends of the connection
+/// (web's, then db's), which stay open while the caller holds them.
+async fn connected_with_tickets(
+    db: &Service,
+    web: &Service,
+) -> (
+    tls::Listener,
+    std::net::SocketAddr,
+    tls::Connection,
+    tls::Connection,
+) {
+    let mut listener = db.listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+    let mut c = web.dial_addr(addr, "db").await.unwrap();
+    let mut s = timeout(IO, listener.accept()).await.unwrap().unwrap();
+    s.write_all(b"t").await.unwrap();
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b).await.unwrap();
+    (listener, addr, c, s)
+}
+
 #[tokio::test]
 async fn an_intention_changed_to_deny_also_stops_resumed_sessions() {
     let mut mesh = Mesh::new();
@@ -125,14 +147,8 @@ async fn an_intention_changed_to_deny_also_stops_resumed_sessions() {
     )));
     let (db, denials) = db_service(&mut mesh, index.clone());
     let web = Service::new(mesh.identity("web"), authorizer::any()).unwrap();
-    let mut listener = db.listen("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr();
-
-    let mut c = web.dial_addr(addr, "db").await.unwrap();
-    let mut s = timeout(IO, listener.accept()).await.unwrap().unwrap();
-    s.write_all(b"t").await.unwrap();
+    let (mut listener, addr, mut c, _s) = connected_with_tickets(&db, &web).await;
     let mut b = [0u8; 1];
-    c.read_exact(&mut b).await.unwrap(); // the client now holds session tickets
 
     index.store(IntentionIndex::new(
         [Intention::new("web", "db", IntentionAction::Deny)],
@@ -197,13 +213,8 @@ async fn a_resumed_peer_denied_after_the_handshake_reads_an_error_then_gets_the_
         .unwrap();
     let db = Service::from_server(server);
     let web = Service::new(mesh.identity("web"), authorizer::any()).unwrap();
-    let mut listener = db.listen("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr();
-    let mut c = web.dial_addr(addr, "db").await.unwrap();
-    let mut s = timeout(IO, listener.accept()).await.unwrap().unwrap();
-    s.write_all(b"t").await.unwrap();
+    let (mut listener, addr, _c, _s) = connected_with_tickets(&db, &web).await;
     let mut b = [0u8; 1];
-    c.read_exact(&mut b).await.unwrap(); // the client now holds session tickets
 
     allow.store(false, std::sync::atomic::Ordering::SeqCst);
     let mut c2 = web.dial_addr(addr, "db").await.unwrap();
