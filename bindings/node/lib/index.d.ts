@@ -57,7 +57,7 @@ export declare class Intentions {
   private constructor()
   /**
    * Creates or replaces the intention `source → destination`.
-   * @throws `INVALID_PARAMETER` (action), `INVALID_INTENTION`, `PERMISSION_DENIED`, `CLOSED`, `HTTP`
+   * @throws `INVALID_PARAMETER` (action or a name), `PERMISSION_DENIED`, `CLOSED`, `HTTP`
    */
   upsert(source: string, destination: string, action: IntentionAction): Promise<void>
   /**
@@ -68,7 +68,7 @@ export declare class Intentions {
   delete(source: string, destination: string): Promise<void>
   /**
    * Whether `source` may connect to `destination`.
-   * @throws `INVALID_INTENTION`, `PERMISSION_DENIED`, `CLOSED`, `HTTP`
+   * @throws `INVALID_PARAMETER` (a name), `PERMISSION_DENIED`, `CLOSED`, `HTTP`
    */
   check(source: string, destination: string): Promise<boolean>
 }

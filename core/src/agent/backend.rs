@@ -314,8 +314,9 @@ impl Backend {
     ///
     /// Consul's `DELETE /v1/connect/intentions/exact` succeeds for a missing pair (Consul API
     /// docs, Connect Intentions), so over HTTP the pair is first read with
-    /// `GET /v1/connect/intentions/exact` (404 when missing). Between that read and the delete
-    /// another client may delete it too; both then succeed, as the endpoint does.
+    /// `GET /v1/connect/intentions/exact` (404 when missing), then deleted either way (so a
+    /// token that may not write gets `PermissionDenied`, as in process). Between the read and
+    /// the delete another client may delete it too; both then succeed, as the endpoint does.
     pub async fn intention_delete(
         &self,
         token: Option<&str>,
@@ -334,16 +335,20 @@ impl Backend {
             }
             Backend::Http(h) => {
                 let q = exact_pair(source, destination);
-                let client = h.with_token(token)?;
-                match client.get::<serde_json::Value>(INTENTIONS_EXACT, &q).await {
+                let existed = match h
+                    .with_token(token)?
+                    .get::<serde_json::Value>(INTENTIONS_EXACT, &q)
+                    .await
+                {
                     Err(e) if e.kind() == ErrorKind::NotFound => false,
                     Err(e) => return Err(e),
-                    Ok(_) => {
-                        h.write::<()>(token, Method::DELETE, INTENTIONS_EXACT, &q, None)
-                            .await?;
-                        true
-                    }
-                }
+                    Ok(_) => true,
+                };
+                // Sent either way: its ACL check comes first, as in process (a token that may
+                // not write gets `PermissionDenied`, not `NotFound`).
+                h.write::<()>(token, Method::DELETE, INTENTIONS_EXACT, &q, None)
+                    .await?;
+                existed
             }
         };
         if deleted {
