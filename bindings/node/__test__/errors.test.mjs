@@ -3,6 +3,8 @@ import { after, before, test } from 'node:test'
 
 import { Agent, errorCodes } from 'libconnect'
 
+import { aclArgs, putJson, startDevAgent } from './agent_process.mjs'
+
 let agent, web
 
 before(async () => {
@@ -133,26 +135,11 @@ test('documented codes of intentions and registrations: NOT_FOUND, INVALID_PARAM
 })
 
 test('documented PERMISSION_DENIED: a token without write rights, against connect agent with ACLs', async () => {
-  const { mkdtempSync, writeFileSync } = await import('node:fs')
-  const { tmpdir } = await import('node:os')
-  const { join } = await import('node:path')
-  const { startDevAgent } = await import('./agent_process.mjs')
   const ROOT = 'root-secret-for-permission-tests'
-  const dir = mkdtempSync(join(tmpdir(), 'libconnect-acl-'))
-  const cfg = join(dir, 'acl.hcl')
-  writeFileSync(cfg, `acl {\n  enabled = true\n  default_policy = "deny"\n  tokens {\n    initial_management = "${ROOT}"\n  }\n}\n`)
-  const { child, httpAddr } = await startDevAgent(['-config-file', cfg], 20_000)
+  const { child, httpAddr } = await startDevAgent(aclArgs(ROOT), 20_000)
   let reader
   try {
-    const put = async (path, body) => {
-      const r = await fetch(`http://${httpAddr}/v1/${path}`, {
-        method: 'PUT',
-        headers: { 'X-Consul-Token': ROOT },
-        body: JSON.stringify(body),
-      })
-      assert.equal(r.status, 200)
-      return r.json()
-    }
+    const put = (path, body) => putJson(httpAddr, ROOT, path, body)
     // May read the agent and the services, may write nothing.
     const rules = 'agent_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\nservice_prefix "" { policy = "read" }'
     const policy = await put('acl/policy', { Name: 'read-only', Rules: rules })
