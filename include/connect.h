@@ -854,9 +854,11 @@ connect_result connect_last_error_message(char *buf, size_t len, size_t *out_n);
  Registration: the listener also registers the instance in the agent's catalog as a
  Connect-native service named like `service`, with the ID `<name>-<port>` and the address
  and port it is bound to (a dev agent's own catalog, or the HTTP agent's
- `/v1/agent/service/register`), so that `connect_conn_dial` finds it by name. The instance is
- deregistered when the service is released: after `connect_service_free` and the
- `connect_listener_free` of every listener made from it.
+ `/v1/agent/service/register`), so that `connect_conn_dial` finds it by name (a client
+ whose agent cached an answer without it sees it once the agent's blocking query on the
+ catalog returns, moments later). The instance is deregistered when the service is
+ released: after `connect_service_free` and the `connect_listener_free` of every listener
+ made from it.
 
  Revocation: the listener re-checks every connection it accepted whenever the intentions
  change, and at least once a second. A connection whose peer the intentions now deny is shut
