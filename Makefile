@@ -83,6 +83,7 @@ bench-node:
 
 build:
 	cargo build --workspace --release --features connect-core/cli
+	$(MAKE) -C ffi link
 
 ## Regenerate include/connect.h with the pinned cbindgen (installed on first use).
 header:

@@ -9,8 +9,12 @@
  *   its outputs only on success. The detail of the latest failure on the calling thread is
  *   available from connect_last_error_message(); connect_result_str() describes a code.
  * - Output buffers use the size-query pattern: pass the buffer and its size; when it is too
- *   small the call returns CONNECT_RESULT_INSUFFICIENT_SIZE and sets *out_n to the size needed
- *   (pass NULL and 0 to ask first).
+ *   small the call returns CONNECT_RESULT_INSUFFICIENT_SIZE, leaves the buffer untouched and
+ *   sets *out_n to the size needed (pass NULL and 0 to ask first). Text outputs (names, IDs,
+ *   addresses, error details) are NUL-terminated: the size needed counts the NUL, while *out_n
+ *   after success is the length without it (strlen). Byte outputs (PEM) are not
+ *   NUL-terminated: both counts are the number of bytes. A NULL buffer with a length other
+ *   than 0 is refused with CONNECT_RESULT_NULL_PARAMETER and nothing is written.
  * - Handles are opaque. A `const connect_x *` handle is internally synchronized and reference
  *   counted: it is safe to use from any thread at once. A `connect_x *` handle is exclusively
  *   owned and needs external synchronization: use it from one thread at a time.
@@ -22,6 +26,13 @@
  *   fallback of a function that cannot fail) and the process goes on.
  * - Callbacks run on the library's background threads. They must not unwind (no C++
  *   exceptions, no longjmp) and must not make blocking libconnect calls.
+ *
+ * Linking: on Linux libconnect.so carries the SONAME libconnect.so.MAJOR.MINOR (0.x: every
+ * minor release may change the ABI), so a program linked with -lconnect looks for that file at
+ * run time. `make install PREFIX=...` installs it with its links and a pkg-config file (use
+ * `pkg-config --cflags --libs libconnect`); to run against a build tree, `make -C ffi build`
+ * leaves the libconnect.so.MAJOR.MINOR link next to target/<profile>/libconnect.so (a plain
+ * `cargo build` does not).
  */
 
 
@@ -423,6 +434,11 @@ const char *connect_version(void);
 /*
  A new agent config builder, set up for a dev agent (an in-process `-dev` server).
 
+ A dev agent's default intention policy is **allow**, as with `consul agent -dev` (ACLs
+ off): two services with no intention between them may connect. Add a `*` → `<service>`
+ deny intention (`connect_agent_intention_upsert`) to refuse everything not allowed
+ explicitly. An HTTP agent reports its own policy when built.
+
  Returns: the builder, or NULL if a panic was caught.
 
  Memory and lifetimes: caller owns the result; free with `connect_agent_config_builder_free`
@@ -661,12 +677,17 @@ connect_result connect_agent_intention_upsert(const connect_agent *agent,
 /*
  Deletes the intention `source → destination`.
 
+ Unlike Consul's `DELETE /v1/connect/intentions/exact`, which answers success for a pair
+ that has no intention (and which `connect agent` serves the same way), this call reports
+ it: with an HTTP agent it reads the pair first, then deletes it.
+
  Parameters:
  - `agent`: the agent.
  - `source`, `destination`: service names, NUL-terminated UTF-8.
 
  Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
- `CONNECT_RESULT_INVALID_PARAMETER`, `CONNECT_RESULT_NOT_FOUND` (no such intention),
+ `CONNECT_RESULT_INVALID_PARAMETER` (not UTF-8, or not a valid service name or `*`),
+ `CONNECT_RESULT_NOT_FOUND` (no intention from `source` to `destination`),
  `CONNECT_RESULT_PERMISSION_DENIED`, `CONNECT_RESULT_HTTP`, `CONNECT_RESULT_IO`,
  `CONNECT_RESULT_CLOSED`, `CONNECT_RESULT_PANIC`.
 
@@ -752,12 +773,14 @@ connect_result connect_agent_set_ca_config(const connect_agent *agent, const cha
 
  Parameters:
  - `agent`: a dev agent.
- - `name`: the service name, NUL-terminated UTF-8.
+ - `name`: the service name, NUL-terminated UTF-8: 1 to 256 of `A-Z a-z 0-9 . _ -`, not
+   `.` or `..` (the one service-name rule of `connect_service_new` and intentions).
  - `address`: the instance's IP address or host name, NUL-terminated UTF-8.
  - `port`: the instance's port, not 0.
 
  Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
- `CONNECT_RESULT_INVALID_PARAMETER` (bad name, port 0, or not a dev agent),
+ `CONNECT_RESULT_INVALID_PARAMETER` (a name outside that rule, not UTF-8, port 0, or not a
+ dev agent),
  `CONNECT_RESULT_PERMISSION_DENIED`, `CONNECT_RESULT_CLOSED`, `CONNECT_RESULT_PANIC`.
 
  Memory and lifetimes: nothing is retained.
@@ -828,6 +851,24 @@ connect_result connect_last_error_message(char *buf, size_t len, size_t *out_n);
  the background; clients that fail verification or are denied by intentions are refused
  there.
 
+ Registration: the listener also registers the instance in the agent's catalog as a
+ Connect-native service named like `service`, with the ID `<name>-<port>` and the address
+ and port it is bound to (a dev agent's own catalog, or the HTTP agent's
+ `/v1/agent/service/register`), so that `connect_conn_dial` finds it by name (a client
+ whose agent cached an answer without it sees it once the agent's blocking query on the
+ catalog returns, moments later). The instance is deregistered when the service is
+ released: after `connect_service_free` and the `connect_listener_free` of every listener
+ made from it.
+
+ Revocation: the listener re-checks every connection it accepted whenever the intentions
+ change, and at least once a second. A connection whose peer the intentions now deny is shut
+ down under both ends (no close_notify is sent): the client's next `connect_conn_read`
+ returns `CONNECT_RESULT_TLS` (the detail says the peer closed without close_notify), and
+ the server's own `connect_conn_read` on it returns `CONNECT_RESULT_TLS` as well (or data
+ already received before the shutdown first). This goes on after the listener is freed, as
+ long as a connection it accepted lives. New handshakes of the denied peer, resumed sessions
+ included, are refused with an `access_denied` alert.
+
  Parameters:
  - `service`: the service whose identity the listener presents and whose intentions it
    enforces.
@@ -837,7 +878,9 @@ connect_result connect_last_error_message(char *buf, size_t len, size_t *out_n);
 
  Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
  `CONNECT_RESULT_INVALID_PARAMETER` (not UTF-8), `CONNECT_RESULT_IO` (cannot bind),
- `CONNECT_RESULT_CLOSED`, `CONNECT_RESULT_PANIC`.
+ `CONNECT_RESULT_PERMISSION_DENIED` (the agent's token may not register the service),
+ `CONNECT_RESULT_HTTP` (the HTTP agent refused the registration), `CONNECT_RESULT_CLOSED`,
+ `CONNECT_RESULT_PANIC`.
 
  Memory and lifetimes: caller owns the result; free with `connect_listener_free`. The
  listener keeps the service alive.
@@ -853,8 +896,9 @@ connect_result connect_listener_new(const connect_service *service,
 
  Parameters:
  - `listener`: the listener.
- - `timeout_ms`: the longest wait in milliseconds (0: only take one already waiting), or
-   `CONNECT_WAIT_FOREVER`.
+ - `timeout_ms`: the longest wait in milliseconds, or `CONNECT_WAIT_FOREVER`. 0 takes a
+   connection that already finished its handshake and returns `CONNECT_RESULT_TIMEOUT` at
+   once when none is waiting.
  - `out`: receives the connection on success (blocking mode).
 
  Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`, `CONNECT_RESULT_TIMEOUT`,
@@ -1033,8 +1077,10 @@ connect_result connect_conn_dial_addr(const connect_service *service,
  `CONNECT_RESULT_INVALID_PARAMETER` (`len` 0), `CONNECT_RESULT_WOULD_BLOCK` (non-blocking
  mode, nothing to read yet), `CONNECT_RESULT_TIMEOUT` (blocking mode, past the timeout of
  `connect_conn_set_timeout`), `CONNECT_RESULT_TLS` (an alert such as `access denied` from a
- server whose intentions refuse us, a bad record, or the peer closing without
- close_notify), `CONNECT_RESULT_IO`, `CONNECT_RESULT_PANIC`.
+ server whose intentions refuse us — also when this client dials again with a resumed
+ session after the intention turned to deny —, a bad record, or the peer closing without
+ close_notify, as a listener does when it revokes the connection: see
+ `connect_listener_new`), `CONNECT_RESULT_IO`, `CONNECT_RESULT_PANIC`.
 
  Memory and lifetimes: nothing is retained.
 
@@ -1134,6 +1180,22 @@ connect_result connect_conn_shutdown(connect_conn *conn);
 connect_str connect_conn_get_peer_id(connect_conn *conn);
 
 /*
+ Whether the handshake resumed an earlier TLS session (a client's second dial of the same
+ server from the same service usually does). A resumed session is authorized again: after
+ an intention change the listener no longer resumes sessions made before it.
+
+ Parameters:
+ - `conn`: the connection.
+
+ Returns: the answer; `false` for NULL or if a panic was caught.
+
+ Memory and lifetimes: nothing is retained.
+
+ Thread safety: needs external synchronization of `conn`.
+ */
+bool connect_conn_is_resumed(connect_conn *conn);
+
+/*
  The connection's socket, for poll/epoll/select. Do not read, write or close it directly:
  the TLS state lives in the connection.
 
@@ -1206,12 +1268,13 @@ void connect_conn_free(connect_conn *conn);
 
  Parameters:
  - `agent`: the agent.
- - `name`: the service name, NUL-terminated UTF-8, not empty.
+ - `name`: the service name, NUL-terminated UTF-8: 1 to 256 of `A-Z a-z 0-9 . _ -`, not
+   `.` or `..`.
  - `out`: receives the service on success.
 
  Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
- `CONNECT_RESULT_INVALID_PARAMETER` (empty name, not UTF-8), `CONNECT_RESULT_CLOSED`,
- `CONNECT_RESULT_PANIC`.
+ `CONNECT_RESULT_INVALID_PARAMETER` (a name outside that rule, not UTF-8),
+ `CONNECT_RESULT_CLOSED`, `CONNECT_RESULT_PANIC`.
 
  Memory and lifetimes: caller owns the result; free with `connect_service_free`. The service
  keeps the agent's state alive, but `connect_agent_free` still stops it.

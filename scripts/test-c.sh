@@ -45,6 +45,15 @@ if ! nm -D --defined-only "$prefix/lib/libconnect.so" | grep -q ' connect_versio
   make -s -C ffi install PROFILE=debug PREFIX="$prefix"
 fi
 export CONNECT_FFI_LIB="$prefix/lib/libconnect.so"
+
+step "a program linked against the build tree starts (the SONAME link make -C ffi build leaves)"
+build_lib="$target_dir/debug"
+test -L "$build_lib/libconnect.so.$(sed -n 's/^version = "\([0-9]*\.[0-9]*\).*"/\1/p' Cargo.toml | head -n 1)"
+printf '#include <stdio.h>\n#include "connect.h"\nint main(void) { return puts(connect_version()) < 0; }\n' \
+  >"$out/build_tree.c"
+cc -std=c11 -Wall -Werror -Iinclude "$out/build_tree.c" -o "$out/build_tree" \
+  -L"$build_lib" -lconnect -Wl,-rpath,"$build_lib"
+"$out/build_tree" | grep -q '^libconnect/'
 make -s -C examples/c PREFIX="$prefix" OUT="$out" all cxx-check
 
 cflags=(-std=c11 -Wall -Wextra -Wpedantic -Werror -g -Iinclude -Itests/c)
@@ -53,7 +62,7 @@ sanitize=(-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-for t in test_misuse test_mtls; do
+for t in test_misuse test_mtls test_contract; do
   step "$t under AddressSanitizer + UndefinedBehaviorSanitizer"
   cc "${cflags[@]}" "${sanitize[@]}" "tests/c/$t.c" -o "$out/$t.asan" "${libs[@]}"
   timeout 120 "$out/$t.asan"
@@ -63,7 +72,7 @@ c++ -std=c++17 -Wall -Wextra -Wpedantic -Werror -g "${sanitize[@]}" -Iinclude \
   examples/c/raii_echo.cpp -o "$out/raii_echo.asan" "${libs[@]}"
 timeout 120 "$out/raii_echo.asan"
 
-for t in test_misuse test_mtls; do
+for t in test_misuse test_mtls test_contract; do
   step "$t under valgrind (leak check; errors fail)"
   cc "${cflags[@]}" "tests/c/$t.c" -o "$out/$t" "${libs[@]}"
   timeout 300 valgrind -q --suppressions=tests/c/valgrind.supp --leak-check=full \

@@ -56,6 +56,15 @@ fn config_in(server: &Server, clock: connect_core::SharedClock) -> AgentConfig {
     }
 }
 
+/// Serves `server`'s HTTP API on a free loopback port; returns its `host:port`.
+async fn serve_http(server: &Server) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = listener.local_addr().unwrap().to_string();
+    let router = connect_core::http::api::router(server.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    http_addr
+}
+
 /// The service `name` of `agent`, once it has a leaf that verifies against the roots.
 async fn ready(agent: &Agent, name: &str) -> ConnectService {
     let service = agent.service(name).unwrap();
@@ -202,10 +211,7 @@ async fn leaves_renew_when_the_injected_clock_reaches_the_renewal_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_backend_gets_leaves_by_csr_and_intentions_from_the_match_cache() {
     let server = strict_server(connect_core::clock::system());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr = listener.local_addr().unwrap().to_string();
-    let router = connect_core::http::api::router(server.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let http_addr = serve_http(&server).await;
     let http_cfg = HttpEndpoint::new(http_addr);
     let config = AgentConfig {
         backend: AgentBackend::Http(http_cfg),
@@ -552,4 +558,48 @@ async fn a_root_rotation_reissues_every_leaf_inside_the_jitter_window() {
         );
     }
     agent.close();
+}
+
+/// Deleting a missing intention through the agent is `NotFound` with either backend (the C,
+/// Python and Node `delete` document it), while Consul's by-name endpoint itself keeps
+/// answering 200 `true` for a missing pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_missing_intention_is_not_found_in_process_and_over_http() {
+    let server = strict_server(connect_core::clock::system());
+    let http_addr = serve_http(&server).await;
+    let over_http = Agent::new_async(AgentConfig {
+        backend: AgentBackend::Http(HttpEndpoint::new(http_addr.clone())),
+        runtime: Some(tokio::runtime::Handle::current()),
+        ..AgentConfig::dev()
+    })
+    .await
+    .unwrap();
+    let in_process = Agent::new_async(config_in(&server, connect_core::clock::system()))
+        .await
+        .unwrap();
+    for agent in [&in_process, &over_http] {
+        agent
+            .intention_upsert("web", "db", IntentionAction::Deny)
+            .await
+            .unwrap();
+        agent.intention_delete("web", "db").await.unwrap();
+        let e = agent.intention_delete("web", "db").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert!(e.to_string().contains("web => db"), "{e}");
+        // A bad name is still refused before any lookup.
+        let e = agent.intention_delete("web/x", "db").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidParameter, "{e}");
+    }
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let r = reqwest::Client::new()
+        .delete(format!(
+            "http://{http_addr}/v1/connect/intentions/exact?source=web&destination=db"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap().trim(), "true");
+    in_process.close();
+    over_http.close();
 }

@@ -116,6 +116,28 @@ async fn the_servers_own_error_is_authorization_denied_with_the_reason() {
     );
 }
 
+/// `db` listening and `web` connected to it, having read a byte from db: by then web holds
+/// db's session tickets. Returns the listener, its address and both ends of the connection
+/// (web's, then db's), which stay open while the caller holds them.
+async fn connected_with_tickets(
+    db: &Service,
+    web: &Service,
+) -> (
+    tls::Listener,
+    std::net::SocketAddr,
+    tls::Connection,
+    tls::Connection,
+) {
+    let mut listener = db.listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+    let mut c = web.dial_addr(addr, "db").await.unwrap();
+    let mut s = timeout(IO, listener.accept()).await.unwrap().unwrap();
+    s.write_all(b"t").await.unwrap();
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b).await.unwrap();
+    (listener, addr, c, s)
+}
+
 #[tokio::test]
 async fn an_intention_changed_to_deny_also_stops_resumed_sessions() {
     let mut mesh = Mesh::new();
@@ -125,26 +147,17 @@ async fn an_intention_changed_to_deny_also_stops_resumed_sessions() {
     )));
     let (db, denials) = db_service(&mut mesh, index.clone());
     let web = Service::new(mesh.identity("web"), authorizer::any()).unwrap();
-    let mut listener = db.listen("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr();
-
-    let mut c = web.dial_addr(addr, "db").await.unwrap();
-    let mut s = timeout(IO, listener.accept()).await.unwrap().unwrap();
-    s.write_all(b"t").await.unwrap();
+    let (mut listener, addr, mut c, _s) = connected_with_tickets(&db, &web).await;
     let mut b = [0u8; 1];
-    c.read_exact(&mut b).await.unwrap(); // the client now holds session tickets
 
     index.store(IntentionIndex::new(
         [Intention::new("web", "db", IntentionAction::Deny)],
         DefaultPolicy::acl(IntentionAction::Deny),
     ));
-    // The ticket would resume without any certificate check; the server re-checks and
-    // drops the connection before the application sees it.
-    if let Ok(mut c2) = web.dial_addr(addr, "db").await {
-        assert!(c2.is_resumed());
-        let r = timeout(IO, c2.read(&mut b)).await.unwrap();
-        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
-    }
+    // The change retired the server's tickets: web's ticket no longer resumes, so the
+    // handshake is a full one, the intentions are checked inside it, and web reads the
+    // documented access_denied alert rather than an end of stream.
+    assert_access_denied(&web, addr).await;
     assert!(
         timeout(Duration::from_millis(200), listener.accept())
             .await
@@ -155,6 +168,66 @@ async fn an_intention_changed_to_deny_also_stops_resumed_sessions() {
     // tls_revocation.rs) closes it now that its peer is denied.
     let r = timeout(IO, c.read(&mut b)).await.unwrap();
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+}
+
+/// Dials `addr` as `from` and expects db's `access_denied` alert from a full handshake: on
+/// the dial (TLS 1.2) or on the first read (TLS 1.3).
+async fn assert_access_denied(from: &Service, addr: std::net::SocketAddr) {
+    let e = match timeout(IO, from.dial_addr(addr, "db")).await.unwrap() {
+        Err(e) => e,
+        Ok(mut c) => {
+            assert!(!c.is_resumed(), "a denied client resumed its session");
+            let mut b = [0u8; 1];
+            let r = timeout(IO, c.read(&mut b)).await.unwrap();
+            tls::error_from_io(&r.expect_err("a denied client read data or a clean EOF"))
+        }
+    };
+    assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("remote error: tls: access denied"),
+        "{e}"
+    );
+}
+
+/// An authorizer that announces no changes cannot retire tickets ahead of time: a resumed
+/// peer it now denies is caught after the handshake. The client then reads an error, never a
+/// clean end of stream, and its next handshake is a full one that gets the alert.
+#[tokio::test]
+async fn a_resumed_peer_denied_after_the_handshake_reads_an_error_then_gets_the_alert() {
+    let mut mesh = Mesh::new();
+    let allow = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = allow.clone();
+    let server = mtls_server(&mesh.identity("db"))
+        .authorize(
+            move |_: &SpiffeId, _: &[rustls_pki_types::CertificateDer<'_>]| {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err(authorizer::AuthzDenied::new("switched off"))
+                }
+            },
+        )
+        .revocation_interval(None)
+        .build()
+        .unwrap();
+    let db = Service::from_server(server);
+    let web = Service::new(mesh.identity("web"), authorizer::any()).unwrap();
+    let (mut listener, addr, _c, _s) = connected_with_tickets(&db, &web).await;
+    let mut b = [0u8; 1];
+
+    allow.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut c2 = web.dial_addr(addr, "db").await.unwrap();
+    assert!(c2.is_resumed());
+    let r = timeout(IO, c2.read(&mut b)).await.unwrap();
+    let e = tls::error_from_io(&r.expect_err("a clean EOF would read as a normal close"));
+    assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+    assert_access_denied(&web, addr).await;
+    assert!(
+        timeout(Duration::from_millis(200), listener.accept())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]

@@ -256,6 +256,11 @@ fn refuse_empty(value: &str, message: &str) -> Result<(), Error> {
 
 /// A new agent config builder, set up for a dev agent (an in-process `-dev` server).
 ///
+/// A dev agent's default intention policy is **allow**, as with `consul agent -dev` (ACLs
+/// off): two services with no intention between them may connect. Add a `*` → `<service>`
+/// deny intention (`connect_agent_intention_upsert`) to refuse everything not allowed
+/// explicitly. An HTTP agent reports its own policy when built.
+///
 /// Returns: the builder, or NULL if a panic was caught.
 ///
 /// Memory and lifetimes: caller owns the result; free with `connect_agent_config_builder_free`
@@ -626,12 +631,17 @@ pub unsafe extern "C" fn connect_agent_intention_upsert(
 
 /// Deletes the intention `source → destination`.
 ///
+/// Unlike Consul's `DELETE /v1/connect/intentions/exact`, which answers success for a pair
+/// that has no intention (and which `connect agent` serves the same way), this call reports
+/// it: with an HTTP agent it reads the pair first, then deletes it.
+///
 /// Parameters:
 /// - `agent`: the agent.
 /// - `source`, `destination`: service names, NUL-terminated UTF-8.
 ///
 /// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
-/// `CONNECT_RESULT_INVALID_PARAMETER`, `CONNECT_RESULT_NOT_FOUND` (no such intention),
+/// `CONNECT_RESULT_INVALID_PARAMETER` (not UTF-8, or not a valid service name or `*`),
+/// `CONNECT_RESULT_NOT_FOUND` (no intention from `source` to `destination`),
 /// `CONNECT_RESULT_PERMISSION_DENIED`, `CONNECT_RESULT_HTTP`, `CONNECT_RESULT_IO`,
 /// `CONNECT_RESULT_CLOSED`, `CONNECT_RESULT_PANIC`.
 ///
@@ -771,12 +781,14 @@ pub unsafe extern "C" fn connect_agent_set_ca_config(
 ///
 /// Parameters:
 /// - `agent`: a dev agent.
-/// - `name`: the service name, NUL-terminated UTF-8.
+/// - `name`: the service name, NUL-terminated UTF-8: 1 to 256 of `A-Z a-z 0-9 . _ -`, not
+///   `.` or `..` (the one service-name rule of `connect_service_new` and intentions).
 /// - `address`: the instance's IP address or host name, NUL-terminated UTF-8.
 /// - `port`: the instance's port, not 0.
 ///
 /// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
-/// `CONNECT_RESULT_INVALID_PARAMETER` (bad name, port 0, or not a dev agent),
+/// `CONNECT_RESULT_INVALID_PARAMETER` (a name outside that rule, not UTF-8, port 0, or not a
+/// dev agent),
 /// `CONNECT_RESULT_PERMISSION_DENIED`, `CONNECT_RESULT_CLOSED`, `CONNECT_RESULT_PANIC`.
 ///
 /// Memory and lifetimes: nothing is retained.

@@ -262,6 +262,24 @@ impl Conn {
 /// the background; clients that fail verification or are denied by intentions are refused
 /// there.
 ///
+/// Registration: the listener also registers the instance in the agent's catalog as a
+/// Connect-native service named like `service`, with the ID `<name>-<port>` and the address
+/// and port it is bound to (a dev agent's own catalog, or the HTTP agent's
+/// `/v1/agent/service/register`), so that `connect_conn_dial` finds it by name (a client
+/// whose agent cached an answer without it sees it once the agent's blocking query on the
+/// catalog returns, moments later). The instance is deregistered when the service is
+/// released: after `connect_service_free` and the `connect_listener_free` of every listener
+/// made from it.
+///
+/// Revocation: the listener re-checks every connection it accepted whenever the intentions
+/// change, and at least once a second. A connection whose peer the intentions now deny is shut
+/// down under both ends (no close_notify is sent): the client's next `connect_conn_read`
+/// returns `CONNECT_RESULT_TLS` (the detail says the peer closed without close_notify), and
+/// the server's own `connect_conn_read` on it returns `CONNECT_RESULT_TLS` as well (or data
+/// already received before the shutdown first). This goes on after the listener is freed, as
+/// long as a connection it accepted lives. New handshakes of the denied peer, resumed sessions
+/// included, are refused with an `access_denied` alert.
+///
 /// Parameters:
 /// - `service`: the service whose identity the listener presents and whose intentions it
 ///   enforces.
@@ -271,7 +289,9 @@ impl Conn {
 ///
 /// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
 /// `CONNECT_RESULT_INVALID_PARAMETER` (not UTF-8), `CONNECT_RESULT_IO` (cannot bind),
-/// `CONNECT_RESULT_CLOSED`, `CONNECT_RESULT_PANIC`.
+/// `CONNECT_RESULT_PERMISSION_DENIED` (the agent's token may not register the service),
+/// `CONNECT_RESULT_HTTP` (the HTTP agent refused the registration), `CONNECT_RESULT_CLOSED`,
+/// `CONNECT_RESULT_PANIC`.
 ///
 /// Memory and lifetimes: caller owns the result; free with `connect_listener_free`. The
 /// listener keeps the service alive.
@@ -302,8 +322,9 @@ pub unsafe extern "C" fn connect_listener_new(
 ///
 /// Parameters:
 /// - `listener`: the listener.
-/// - `timeout_ms`: the longest wait in milliseconds (0: only take one already waiting), or
-///   `CONNECT_WAIT_FOREVER`.
+/// - `timeout_ms`: the longest wait in milliseconds, or `CONNECT_WAIT_FOREVER`. 0 takes a
+///   connection that already finished its handshake and returns `CONNECT_RESULT_TIMEOUT` at
+///   once when none is waiting.
 /// - `out`: receives the connection on success (blocking mode).
 ///
 /// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`, `CONNECT_RESULT_TIMEOUT`,
@@ -596,8 +617,10 @@ pub unsafe extern "C" fn connect_conn_dial_addr(
 /// `CONNECT_RESULT_INVALID_PARAMETER` (`len` 0), `CONNECT_RESULT_WOULD_BLOCK` (non-blocking
 /// mode, nothing to read yet), `CONNECT_RESULT_TIMEOUT` (blocking mode, past the timeout of
 /// `connect_conn_set_timeout`), `CONNECT_RESULT_TLS` (an alert such as `access denied` from a
-/// server whose intentions refuse us, a bad record, or the peer closing without
-/// close_notify), `CONNECT_RESULT_IO`, `CONNECT_RESULT_PANIC`.
+/// server whose intentions refuse us — also when this client dials again with a resumed
+/// session after the intention turned to deny —, a bad record, or the peer closing without
+/// close_notify, as a listener does when it revokes the connection: see
+/// `connect_listener_new`), `CONNECT_RESULT_IO`, `CONNECT_RESULT_PANIC`.
 ///
 /// Memory and lifetimes: nothing is retained.
 ///
@@ -749,6 +772,27 @@ pub unsafe extern "C" fn connect_conn_get_peer_id(conn: *mut connect_conn) -> co
     boundary_or(connect_str::EMPTY, || {
         // SAFETY: NULL or a live connection handle (documented).
         unsafe { try_box_mut(conn) }.map_or(connect_str::EMPTY, |c| connect_str::borrow(&c.peer_id))
+    })
+}
+
+/// Whether the handshake resumed an earlier TLS session (a client's second dial of the same
+/// server from the same service usually does). A resumed session is authorized again: after
+/// an intention change the listener no longer resumes sessions made before it.
+///
+/// Parameters:
+/// - `conn`: the connection.
+///
+/// Returns: the answer; `false` for NULL or if a panic was caught.
+///
+/// Memory and lifetimes: nothing is retained.
+///
+/// Thread safety: needs external synchronization of `conn`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_conn_is_resumed(conn: *mut connect_conn) -> bool {
+    boundary_or(false, || {
+        // SAFETY: NULL or a live connection handle (documented).
+        unsafe { try_box_mut(conn) }
+            .is_ok_and(|c| c.tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
     })
 }
 

@@ -194,12 +194,13 @@ pub(crate) fn timeout_of(ms: u32) -> Option<Duration> {
 ///
 /// Parameters:
 /// - `agent`: the agent.
-/// - `name`: the service name, NUL-terminated UTF-8, not empty.
+/// - `name`: the service name, NUL-terminated UTF-8: 1 to 256 of `A-Z a-z 0-9 . _ -`, not
+///   `.` or `..`.
 /// - `out`: receives the service on success.
 ///
 /// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
-/// `CONNECT_RESULT_INVALID_PARAMETER` (empty name, not UTF-8), `CONNECT_RESULT_CLOSED`,
-/// `CONNECT_RESULT_PANIC`.
+/// `CONNECT_RESULT_INVALID_PARAMETER` (a name outside that rule, not UTF-8),
+/// `CONNECT_RESULT_CLOSED`, `CONNECT_RESULT_PANIC`.
 ///
 /// Memory and lifetimes: caller owns the result; free with `connect_service_free`. The service
 /// keeps the agent's state alive, but `connect_agent_free` still stops it.

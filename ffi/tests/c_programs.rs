@@ -277,6 +277,11 @@ fn c_mtls_suite_passes() {
     c_suite("tests/c/test_mtls.c", "test_mtls");
 }
 
+#[test]
+fn c_contract_suite_passes() {
+    c_suite("tests/c/test_contract.c", "test_contract");
+}
+
 fn have(tool: &str) -> bool {
     Command::new(tool)
         .arg("version")

@@ -105,7 +105,7 @@ static void test_agent_and_service(void) {
   CHECK_RC(connect_agent_intention_check(agent, "web", "db", &allowed), CONNECT_OK);
   CHECK(!allowed);
   CHECK_RC(connect_agent_intention_delete(agent, "web", "db"), CONNECT_OK);
-  CHECK_RC(connect_agent_intention_delete(agent, "web", "db"), CONNECT_OK); /* idempotent, as Consul */
+  CHECK_RC(connect_agent_intention_delete(agent, "web", "db"), CONNECT_RESULT_NOT_FOUND); /* as documented */
   CHECK_RC(connect_agent_intention_check(agent, "web", "db", &allowed), CONNECT_OK);
   CHECK(allowed); /* dev default: allow */
 

@@ -40,7 +40,12 @@ test('intentions: upsert, check, delete', async () => {
   await agent.intentions.upsert('web', 'db', 'allow')
   assert.equal(await agent.intentions.check('web', 'db'), true)
   await agent.intentions.delete('web', 'db')
-  await agent.intentions.delete('web', 'db')
+  await assert.rejects(agent.intentions.delete('web', 'db'), (e) => {
+    assert.equal(e.code, 'NOT_FOUND')
+    assert.match(e.message, /web => db/)
+    return true
+  })
+  await assert.rejects(agent.intentions.delete('a/b', 'db'), { code: 'INVALID_PARAMETER' })
 })
 
 test('a service has PEM material naming it', async () => {

@@ -1,6 +1,8 @@
 // A `connect agent -dev` process for the suites that talk to it over HTTP; imports nothing of
 // libconnect, so that the tests of independent Consul clients run without the addon.
 import { spawn } from 'node:child_process'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
@@ -40,4 +42,25 @@ export function startDevAgent(args = [], timeoutMs = 10_000) {
       }
     })
   })
+}
+
+/**
+ * The `-config-file` arguments of an agent with ACLs on (default deny) whose management token is
+ * `rootToken`, for `startDevAgent`.
+ */
+export function aclArgs(rootToken) {
+  const cfg = join(mkdtempSync(join(tmpdir(), 'connect-acl-')), 'acl.hcl')
+  writeFileSync(cfg, `acl {\n  enabled = true\n  default_policy = "deny"\n  tokens {\n    initial_management = "${rootToken}"\n  }\n}\n`)
+  return ['-config-file', cfg]
+}
+
+/** `PUT /v1/<path>` with `body` as JSON under `token`; the answer's JSON, or a rejection unless 200. */
+export async function putJson(httpAddr, token, path, body) {
+  const r = await fetch(`http://${httpAddr}/v1/${path}`, {
+    method: 'PUT',
+    headers: { 'X-Consul-Token': token },
+    body: JSON.stringify(body),
+  })
+  if (r.status !== 200) throw new Error(`PUT /v1/${path}: ${r.status} ${await r.text()}`)
+  return r.json()
 }

@@ -4,14 +4,11 @@
 // queries) firing on change. Imports nothing of libconnect: it tests the agent's HTTP API as any
 // Consul user meets it.
 import assert from 'node:assert/strict'
-import { mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
 import Consul from 'consul'
 
-import { startDevAgent } from './agent_process.mjs'
+import { aclArgs, putJson, startDevAgent } from './agent_process.mjs'
 
 const T = 10_000
 const ROOT = 'root-secret-for-npm-consul'
@@ -133,10 +130,7 @@ describe('npm consul with ACLs on (default deny)', () => {
   let root, anonymous, httpAddr
 
   before(async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'consul-acl-'))
-    const cfg = join(dir, 'acl.hcl')
-    writeFileSync(cfg, `acl {\n  enabled = true\n  default_policy = "deny"\n  tokens {\n    initial_management = "${ROOT}"\n  }\n}\n`)
-    httpAddr = await start(['-config-file', cfg])
+    httpAddr = await start(aclArgs(ROOT))
     root = client(httpAddr, ROOT)
     anonymous = client(httpAddr)
   })
@@ -150,15 +144,7 @@ describe('npm consul with ACLs on (default deny)', () => {
     assert.deepEqual(await anonymous.catalog.service.list(), {})
 
     // A token with service:read on web only (made over plain HTTP: the client has no ACL API).
-    const put = async (path, body) => {
-      const r = await fetch(`http://${httpAddr}/v1/${path}`, {
-        method: 'PUT',
-        headers: { 'X-Consul-Token': ROOT },
-        body: JSON.stringify(body),
-      })
-      assert.equal(r.status, 200)
-      return r.json()
-    }
+    const put = (path, body) => putJson(httpAddr, ROOT, path, body)
     const policy = await put('acl/policy', { Name: 'web-read', Rules: 'service "web" { policy = "read" }' })
     const token = (await put('acl/token', { Policies: [{ ID: policy.ID }] })).SecretID
     const webReader = client(httpAddr, token)

@@ -3,6 +3,8 @@ import { after, before, test } from 'node:test'
 
 import { Agent, errorCodes } from 'libconnect'
 
+import { aclArgs, putJson, startDevAgent } from './agent_process.mjs'
+
 let agent, web
 
 before(async () => {
@@ -123,4 +125,32 @@ test('everything after close is CLOSED', async () => {
   await assert.rejects(a.ca.rootsPem(), is('CLOSED'))
   assert.throws(() => a.service('again'), is('CLOSED'))
   await assert.rejects(svc.connect('db', { port: 1 }), (e) => codes.has(e.code))
+})
+
+test('documented codes of intentions and registrations: NOT_FOUND, INVALID_PARAMETER', async () => {
+  await assert.rejects(agent.intentions.check('web', 'a/b'), is('INVALID_PARAMETER'))
+  await assert.rejects(agent.intentions.delete('', 'db'), is('INVALID_PARAMETER'))
+  await assert.rejects(agent.intentions.delete('nobody', 'nothing'), is('NOT_FOUND'))
+  await assert.rejects(agent.deregisterService('never-registered'), is('NOT_FOUND'))
+})
+
+test('documented PERMISSION_DENIED: a token without write rights, against connect agent with ACLs', async () => {
+  const ROOT = 'root-secret-for-permission-tests'
+  const { child, httpAddr } = await startDevAgent(aclArgs(ROOT), 20_000)
+  let reader
+  try {
+    const put = (path, body) => putJson(httpAddr, ROOT, path, body)
+    // May read the agent and the services, may write nothing.
+    const rules = 'agent_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\nservice_prefix "" { policy = "read" }'
+    const policy = await put('acl/policy', { Name: 'read-only', Rules: rules })
+    const token = (await put('acl/token', { Policies: [{ ID: policy.ID }] })).SecretID
+    reader = await new Agent({ address: httpAddr, token }).ready()
+    await assert.rejects(reader.intentions.upsert('web', 'db', 'deny'), is('PERMISSION_DENIED'))
+    await assert.rejects(reader.intentions.delete('web', 'db'), is('PERMISSION_DENIED'))
+    await assert.rejects(reader.ca.setConfig('consul', { PrivateKeyType: 'ec', PrivateKeyBits: 384 }), is('PERMISSION_DENIED'))
+    await assert.rejects(reader.registerService({ name: 'db', port: 5432 }), is('PERMISSION_DENIED'))
+  } finally {
+    reader?.close()
+    child.kill('SIGKILL')
+  }
 })

@@ -57,17 +57,18 @@ export declare class Intentions {
   private constructor()
   /**
    * Creates or replaces the intention `source → destination`.
-   * @throws `INVALID_PARAMETER` (action), `INVALID_INTENTION`, `PERMISSION_DENIED`, `CLOSED`, `HTTP`
+   * @throws `INVALID_PARAMETER` (action or a name), `PERMISSION_DENIED`, `CLOSED`, `HTTP`
    */
   upsert(source: string, destination: string, action: IntentionAction): Promise<void>
   /**
-   * Deletes the intention `source → destination` (absent is fine).
-   * @throws `INVALID_INTENTION`, `PERMISSION_DENIED`, `CLOSED`, `HTTP`
+   * Deletes the intention `source → destination`; rejects with `NOT_FOUND` when there is
+   * none (Consul's HTTP endpoint itself answers success either way).
+   * @throws `NOT_FOUND`, `INVALID_PARAMETER` (a name), `PERMISSION_DENIED`, `CLOSED`, `HTTP`
    */
   delete(source: string, destination: string): Promise<void>
   /**
    * Whether `source` may connect to `destination`.
-   * @throws `INVALID_INTENTION`, `PERMISSION_DENIED`, `CLOSED`, `HTTP`
+   * @throws `INVALID_PARAMETER` (a name), `PERMISSION_DENIED`, `CLOSED`, `HTTP`
    */
   check(source: string, destination: string): Promise<boolean>
 }

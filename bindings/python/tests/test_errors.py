@@ -90,6 +90,9 @@ def test_bad_intentions(agent: libconnect.Agent) -> None:
         agent.intentions.upsert("", "db", "allow")
     with expect(libconnect.InvalidArgumentError, "INVALID_PARAMETER"):
         agent.intentions.check("web", "")
+    # Deleting a pair without an intention is NotFoundError, as the stub documents.
+    with expect(libconnect.NotFoundError, "NOT_FOUND"):
+        agent.intentions.delete("nobody", "nothing")
 
 
 def test_bad_peers(agent: libconnect.Agent, db: libconnect.Service) -> None:
@@ -201,3 +204,21 @@ def test_cross_datacenter_dials_fail_with_typed_errors(web: libconnect.Service) 
         web.dial("db", datacenter="dc2", mesh_gateway="Local", timeout=10)  # type: ignore[arg-type]
     with pytest.raises(libconnect.InvalidArgumentError, match="give datacenter too"):
         web.dial("db", mesh_gateway="local", timeout=10)
+
+
+def test_a_service_that_gets_no_leaf_in_time_is_a_connect_timeout() -> None:
+    """``Agent.service(ready_timeout=…)`` and ``Service.ready_wait`` raise ``ConnectTimeout``
+    as documented: here the HTTP agent's server is gone before any leaf was signed."""
+    from .agent_process import dev_agent_process
+
+    process = dev_agent_process()
+    address = next(process)
+    with libconnect.Agent(address=address) as agent:
+        for _ in process:  # resumes the generator to its end, which stops connect agent
+            pass
+        with expect(libconnect.ConnectTimeout, "TIMEOUT"):
+            agent.service("db", ready_timeout=0.3)
+        with agent.service("web", ready_timeout=0) as web:
+            assert not web.ready
+            with expect(libconnect.ConnectTimeout, "TIMEOUT"):
+                web.ready_wait(0.3)

@@ -310,14 +310,20 @@ impl Backend {
         }
     }
 
-    /// Deletes the intention `source → destination` (absent is fine).
+    /// Deletes the intention `source → destination`; `NotFound` when there is none.
+    ///
+    /// Consul's `DELETE /v1/connect/intentions/exact` succeeds for a missing pair (Consul API
+    /// docs, Connect Intentions), so over HTTP the pair is first read with
+    /// `GET /v1/connect/intentions/exact` (404 when missing), then deleted either way (so a
+    /// token that may not write gets `PermissionDenied`, as in process). Between the read and
+    /// the delete another client may delete it too; both then succeed, as the endpoint does.
     pub async fn intention_delete(
         &self,
         token: Option<&str>,
         source: &str,
         destination: &str,
     ) -> Result<(), Error> {
-        match self {
+        let deleted = match self {
             Backend::InProcess(s) => {
                 let (s, t, src, dst) = (
                     s.clone(),
@@ -325,14 +331,33 @@ impl Backend {
                     source.to_owned(),
                     destination.to_owned(),
                 );
-                in_blocking(move || s.intention_delete_exact(t.as_deref(), &src, &dst)).await
+                in_blocking(move || s.intention_delete_exact(t.as_deref(), &src, &dst)).await?
             }
             Backend::Http(h) => {
                 let q = exact_pair(source, destination);
-                h.write::<()>(token, Method::DELETE, INTENTIONS_EXACT, &q, None)
+                let existed = match h
+                    .with_token(token)?
+                    .get::<serde_json::Value>(INTENTIONS_EXACT, &q)
                     .await
+                {
+                    Err(e) if e.kind() == ErrorKind::NotFound => false,
+                    Err(e) => return Err(e),
+                    Ok(_) => true,
+                };
+                // Sent either way: its ACL check comes first, as in process (a token that may
+                // not write gets `PermissionDenied`, not `NotFound`).
+                h.write::<()>(token, Method::DELETE, INTENTIONS_EXACT, &q, None)
+                    .await?;
+                existed
             }
+        };
+        if deleted {
+            return Ok(());
         }
+        Err(Error::new(
+            ErrorKind::NotFound,
+            format!("Intention not found: no intention {source} => {destination}"),
+        ))
     }
 
     /// Whether `source` may connect to `destination` (`/v1/connect/intentions/check`).

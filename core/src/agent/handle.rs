@@ -556,7 +556,8 @@ impl Agent {
             .await
     }
 
-    /// Deletes the intention `source → destination`.
+    /// Deletes the intention `source → destination`; `NotFound` when there is none (unlike
+    /// Consul's `DELETE /v1/connect/intentions/exact`, which answers success either way).
     pub async fn intention_delete(&self, source: &str, destination: &str) -> Result<(), Error> {
         self.check_open()?;
         self.inner

@@ -1457,6 +1457,7 @@ async fn intention_exact_delete(State(st): State<AppState>, Req { o, params }: R
         required(&params, "source")?.to_owned(),
         required(&params, "destination")?.to_owned(),
     );
+    // `true` whether or not the pair existed: by-name deletes are idempotent in Consul.
     st.write(o, move |s, token| {
         s.intention_delete_exact(token, &src, &dst)
     })

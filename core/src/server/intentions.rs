@@ -277,24 +277,27 @@ impl Server {
         Ok(())
     }
 
-    /// `DELETE /v1/connect/intentions/exact`; deleting what is not there succeeds, as in
-    /// Consul.
+    /// `DELETE /v1/connect/intentions/exact`; returns whether an intention was deleted.
+    /// Deleting what is not there is not an error, as in Consul (Consul API docs, Connect
+    /// Intentions: delete by name answers `true`); the agent's `intention_delete`, which
+    /// promises `NotFound`, uses the answer.
     pub fn intention_delete_exact(
         &self,
         token: Option<&str>,
         source: &str,
         destination: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let src = parse_service_name(source, "source")?;
         let dst = parse_service_name(destination, "destination")?;
         self.authorizer(token)?
             .require(Permission::IntentionWrite(&dst.name))?;
         self.check_intention_writes()?;
-        if let Some(existing) = self.find_exact(&src, &dst) {
-            self.store().delete_intention(&existing.id)?;
-            self.rebuild_intentions();
-        }
-        Ok(())
+        let Some(existing) = self.find_exact(&src, &dst) else {
+            return Ok(false);
+        };
+        self.store().delete_intention(&existing.id)?;
+        self.rebuild_intentions();
+        Ok(true)
     }
 
     /// `GET /v1/connect/intentions/match`: per name, the intentions whose `by` side covers

@@ -59,21 +59,29 @@ struct Counters {
     revoked: AtomicU64,
 }
 
-/// The session store and ticketer of one identity generation. A new leaf or new roots bring
-/// new ones, so a client cannot resume into a session made under the old certificates: its
-/// first handshake after the change is a full one and sees this server's current leaf.
+/// The session store and ticketer of one identity generation and one authorizer version.
+///
+/// A new leaf or new roots bring new ones, so a client cannot resume into a session made under
+/// the old certificates: its first handshake after the change is a full one and sees this
+/// server's current leaf. A change the authorizer announces (for intentions, every new index)
+/// brings new ones too: a resumed handshake skips the client verifier, so a client the
+/// change denies would otherwise only be caught after the handshake, where rustls can no
+/// longer send it an `access_denied` alert. Its next handshake is a full one instead, and it
+/// is refused inside it like any other denied client.
 struct Resumption {
     generation: u64,
+    authz_version: u64,
     storage: Arc<dyn rustls::server::StoresServerSessions>,
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
 }
 
 impl Resumption {
-    fn new(generation: u64, cache_size: usize) -> Result<Resumption> {
+    fn new(generation: u64, authz_version: u64, cache_size: usize) -> Result<Resumption> {
         let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
             .map_err(|e| Error::new(ErrorKind::Internal, format!("session tickets: {e}")))?;
         Ok(Resumption {
             generation,
+            authz_version,
             storage: ServerSessionMemoryCache::new(cache_size),
             ticketer,
         })
@@ -83,6 +91,9 @@ impl Resumption {
 pub(crate) struct Shared {
     pub(crate) identity: Identity,
     authorizer: SharedAuthorizer,
+    /// The authorizer's change notifications (`None` if it has none): their value keys the
+    /// [`Resumption`].
+    authz_changes: Option<tokio::sync::watch::Receiver<u64>>,
     on_deny: Option<DenyHook>,
     on_handshake_error: Option<HandshakeErrorHook>,
     counters: Counters,
@@ -184,16 +195,38 @@ impl Shared {
             .with_cert_resolver(Arc::new(CurrentLeaf(self.identity.clone())));
         config.alpn_protocols = self.alpn.clone();
         let generation = self.identity.snapshot().generation();
+        let authz_version = self.authz_version();
         let mut resumption = self
             .resumption
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if resumption.generation != generation {
-            *resumption = Resumption::new(generation, self.session_cache_size)?;
+        if resumption.generation != generation || resumption.authz_version != authz_version {
+            *resumption = Resumption::new(generation, authz_version, self.session_cache_size)?;
         }
         config.session_storage = resumption.storage.clone();
         config.ticketer = resumption.ticketer.clone();
         Ok(Arc::new(config))
+    }
+
+    /// The authorizer's current change count (0 for authorizers that announce none).
+    fn authz_version(&self) -> u64 {
+        self.authz_changes.as_ref().map_or(0, |rx| *rx.borrow())
+    }
+
+    /// Drops every session and ticket issued so far: after a resumed peer failed the
+    /// post-handshake check (an authorizer that announces no changes, or a change that
+    /// landed during the handshake), its next handshake is a full one.
+    fn forget_sessions(&self) -> Result<()> {
+        let fresh = Resumption::new(
+            self.identity.snapshot().generation(),
+            self.authz_version(),
+            self.session_cache_size,
+        )?;
+        *self
+            .resumption
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(())
     }
 }
 
@@ -383,13 +416,16 @@ impl MtlsServerBuilder {
                 "mtls_server needs an authorizer: use authorizer::any() to allow every verified peer",
             )
         })?;
+        let authz_changes = authorizer.changes();
         let resumption = Resumption::new(
             self.identity.snapshot().generation(),
+            authz_changes.as_ref().map_or(0, |rx| *rx.borrow()),
             self.session_cache_size,
         )?;
         let shared = Arc::new(Shared {
             identity: self.identity,
             authorizer,
+            authz_changes,
             on_deny: self.on_deny,
             on_handshake_error: self.on_handshake_error,
             counters: Counters::default(),
@@ -480,7 +516,7 @@ impl MtlsServer {
         let denial = Arc::new(Mutex::new(None));
         let acceptor = tokio_rustls::TlsAcceptor::from(self.shared.config(Some(denial.clone()))?);
         let timeout = self.shared.handshake_timeout;
-        let mut stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Err(_) => {
                 return Err(Error::new(
                     ErrorKind::Timeout,
@@ -510,8 +546,13 @@ impl MtlsServer {
                 peer,
             )),
             Err(e) => {
-                use tokio::io::AsyncWriteExt;
-                let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+                // rustls cannot send an alert once the handshake is done, and a close_notify
+                // would read as a clean end of stream: the stream is dropped without one, so
+                // the client's read fails ("closed without close_notify"). Sessions are
+                // forgotten, so its next handshake is a full one and a denial there is an
+                // `access_denied` alert.
+                let _ = self.shared.forget_sessions();
+                drop(stream);
                 let io = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
                 Err(self.handshake_error(&io, &denial))
             }
