@@ -500,8 +500,20 @@ async fn service(name: &str) -> (Agent, ConnectService) {
     (agent, svc)
 }
 
-/// `f`, which must finish within `limit`.
+/// Names the path a panic happened on (when it is dropped while unwinding).
+struct OnPanic<'a>(&'a str);
+
+impl Drop for OnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("proxy_latency: that panic happened on the {} path", self.0);
+        }
+    }
+}
+
+/// `f` on the `what` path, which must finish within `limit`.
 async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T {
+    let _context = OnPanic(what);
     tokio::time::timeout(limit, f)
         .await
         .unwrap_or_else(|_| panic!("{what} took over {limit:?}"))
@@ -580,9 +592,15 @@ enum Conn {
 impl Conn {
     async fn open(web: &ConnectService, via: &Via) -> Conn {
         match via {
-            Via::Native(addr) => Conn::Tls(Box::new(web.dial_addr(addr, "db").await.unwrap())),
+            Via::Native(addr) => Conn::Tls(Box::new(
+                web.dial_addr(addr, "db")
+                    .await
+                    .unwrap_or_else(|e| panic!("dialing db at {addr}: {e}")),
+            )),
             Via::Tcp(addr) => {
-                let s = TcpStream::connect(addr).await.unwrap();
+                let s = TcpStream::connect(addr)
+                    .await
+                    .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
                 s.set_nodelay(true).unwrap();
                 Conn::Tcp(s)
             }
