@@ -54,10 +54,23 @@ bench-run:
 		--bench agent_cache >$(BENCH_OUT)/agent_cache.txt; s=$$?; cat $(BENCH_OUT)/agent_cache.txt; exit $$s
 	$(BENCH_ENV) cargo bench -p connect-core --bench http_load
 	$(BENCH_ENV) cargo bench -p connect-core --bench conn_memory
+	$(MAKE) bench-sidecars
 	$(BENCH_ENV) cargo bench -p connect-core --bench proxy_latency
 	$(MAKE) bench-ffi
 	$(MAKE) bench-python
 	$(MAKE) bench-node
+
+## stunnel and HAProxy, which proxy_latency runs beside `connect proxy` (Debian packages):
+## installed when missing if this is root with apt-get; otherwise the harness prints one
+## SKIPPED line for each and measures the rest.
+.PHONY: bench-sidecars
+APT_INSTALL = DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y --no-install-recommends stunnel4 haproxy
+bench-sidecars:
+	@if command -v stunnel4 >/dev/null && { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		$(APT_INSTALL) || { timeout 600 apt-get update && $(APT_INSTALL); } \
+		|| echo "bench-sidecars: could not install stunnel4 and haproxy; proxy_latency will skip them"; \
+	else echo "bench-sidecars: stunnel4 or haproxy is missing and this is not root with apt-get; proxy_latency will skip them"; fi
 
 ## The C API against the Rust API: handshakes/s and MiB/s against one Rust server (release).
 .PHONY: bench-ffi bench-python bench-node

@@ -598,27 +598,51 @@ class Report:
         if not j:
             return None
         r, p = j["results"], j["params"]
+        versions = p.get("versions", {})
         names = {
             "plain_tcp": "plain TCP, no TLS (the floor)",
             "native": "libconnect in the application",
             "sidecar": "sidecar: `connect proxy` on both sides",
+            "stunnel": f"sidecar: stunnel {versions.get('stunnel', '')} on both sides".replace("  ", " "),
+            "haproxy": f"sidecar: HAProxy {versions.get('haproxy', '')} on both sides".replace("  ", " "),
         }
-        base_of = {"native": "plain_tcp", "sidecar": "native"}
+        short = {"plain_tcp": "plain TCP", "native": "libconnect in the application",
+                 "sidecar": "`connect proxy`", "stunnel": "stunnel", "haproxy": "HAProxy"}
+        # The other sidecars are read against `connect proxy`, the question users ask.
+        base_of = {"native": "plain_tcp", "sidecar": "native", "stunnel": "sidecar", "haproxy": "sidecar"}
+        paths = [path for path in names if path in r]
+
+        def against(label: str, get: Callable[[str], Optional[float]], fmt: Callable[[float], str],
+                    only: Optional[List[str]] = None, base: Optional[Dict[str, str]] = None) -> List[Row]:
+            out = []
+            for path in only or paths:
+                if path not in r or get(path) is None:
+                    continue
+                v, b = get(path), (base or base_of).get(path)
+                bv = get(b) if b in r else None
+                out.append(Row(f"{label}: {names[path]}", fmt(v),
+                               f"{short[b]}: {fmt(bv)}" if bv else "(baseline)",
+                               fmt_ratio(v / bv) if bv else "—"))
+            return out
+
         rows = []
         for kind, label in (("established", f"{p['message_bytes']}-byte echo, established connection"),
                             ("new_connection", "new connection + first echo")):
             for q in ("p50_us", "p99_us"):
-                for path in names:
-                    if path not in r:
-                        continue
-                    v = r[path][kind][q]
-                    b = base_of.get(path)
-                    bv = r[b][kind][q] if b in r else None
-                    rows.append(Row(f"{label}, {q[:3]}: {names[path]}", fmt_time_ns(v * 1e3),
-                                    f"{names[b].split(',')[0].split(':')[0]}: {fmt_time_ns(bv * 1e3)}" if bv else "(baseline)",
-                                    fmt_ratio(v / bv) if bv else "—"))
+                rows += against(f"{label}, {q[:3]}", lambda path: r[path][kind][q], lambda v: fmt_time_ns(v * 1e3))
+        rows += against("new connections per second, one at a time (connect + first echo)",
+                        lambda path: r[path]["new_connection"].get("per_second"), fmt_rate)
+        rows += against(f"bulk echo over one connection ({p.get('bulk_mib', '?')} MiB each way)",
+                        lambda path: r[path].get("bulk_mib_per_s"), lambda v: fmt_rate(v, " MiB/s"))
+
+        def rss(path: str) -> Optional[float]:
+            k = r[path].get("rss_kib")
+            return k["inbound"] + k["outbound"] if k else None
+
+        rows += against("resident set of both proxies after the run (inbound + outbound)", rss,
+                        lambda v: f"{fmt_num(v)} KiB")
         for q in ("p50_us", "p99_us"):
-            e = {path: r[path]["established"][q] for path in names if path in r}
+            e = {path: r[path]["established"][q] for path in paths}
             if "sidecar" in e and "native" in e:
                 rows.append(Row(f"added per request by the sidecar hop over libconnect in the application, {q[:3]}",
                                 f"{e['sidecar'] - e['native']:+.1f} µs", "libconnect in the application",
@@ -627,8 +651,33 @@ class Report:
                 rows.append(Row(f"added per request by libconnect's mTLS over plain TCP, {q[:3]}",
                                 f"{e['native'] - e['plain_tcp']:+.1f} µs", "plain TCP",
                                 fmt_ratio(e["native"] / e["plain_tcp"])))
+        # The issue's targets: `connect proxy`'s added latency (over plain TCP) and resident set
+        # no worse than each other sidecar's.
+        for other in ("stunnel", "haproxy"):
+            if other not in r or "sidecar" not in r:
+                continue
+            if "plain_tcp" in r:
+                floor = r["plain_tcp"]["established"]["p50_us"]
+                ours, theirs = (r[x]["established"]["p50_us"] - floor for x in ("sidecar", other))
+                met = ours <= theirs
+                what = f"latency `connect proxy` adds over plain TCP vs {short[other]}'s, p50"
+                rows.append(Row(what, f"{ours:+.1f} µs", f"{short[other]}: {theirs:+.1f} µs",
+                                fmt_ratio(ours / theirs) if theirs > 0 else "—", "≤ 1×", met))
+                self.target(what, f"{ours:+.1f} µs vs {theirs:+.1f} µs", "≤ 1×", met)
+            ours, theirs = rss("sidecar"), rss(other)
+            if ours and theirs:
+                met = ours <= theirs
+                what = f"resident set of `connect proxy` (both sides) vs {short[other]}'s"
+                rows.append(Row(what, f"{fmt_num(ours)} KiB", f"{short[other]}: {fmt_num(theirs)} KiB",
+                                fmt_ratio(ours / theirs), "≤ 1×", met))
+                self.target(what, f"{fmt_num(ours)} KiB vs {fmt_num(theirs)} KiB", "≤ 1×", met)
         note = (f"{p['requests_per_path']:,} requests per path ({p['rounds']} rounds, paths in turn); "
-                f"{p['new_connections_per_path']:,} new connections per path.")
+                f"{p['new_connections_per_path']:,} new connections per path")
+        if "bulk_rounds" in p:
+            note += f"; bulk: median of {p['bulk_rounds']} rounds, a new connection each"
+        note += "."
+        for tool, why in p.get("skipped", {}).items():
+            note += f" **{short.get(tool, tool)} was skipped**: {why}."
         return table(rows) + "\n\n" + note + "\n\n" + self.reproduce(j.get("command", CRITERION_CMD.format("proxy_latency")))
 
     # -- bindings -----------------------------------------------------------------------------

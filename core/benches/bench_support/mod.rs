@@ -59,7 +59,13 @@ pub fn write_json(
 
 /// This process's resident set, in KiB (0 where /proc is missing).
 pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_kib_of("self")
+}
+
+/// The resident set of process `pid` (`"self"` for this one), in KiB, from the `VmRSS` line
+/// of `/proc/<pid>/status` (0 where it is missing).
+pub fn rss_kib_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
