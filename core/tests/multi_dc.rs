@@ -245,55 +245,50 @@ fn a_secondary_gets_its_intermediate_from_the_primary_and_signs_leaves_itself() 
 }
 
 #[test]
-fn the_intermediate_endpoint_checks_the_token_first() {
+fn the_server_to_server_endpoints_check_the_token_first() {
     let fed = federation();
-    // Over plain HTTP on dc1 with no or a weak token: refused before the body is read.
-    for (token, body) in [("", "{\"CSR\": 1}"), ("nope", "not json at all")] {
-        let r = try_http(
+    let post = |path: &str, token: &str, body: &str| {
+        try_http(
             &fed.dc1.http,
             "POST",
-            "/v1/internal/connect/ca/sign-intermediate",
+            path,
             &[("X-Consul-Token", token)],
             body,
             Duration::from_secs(10),
         )
+    };
+    for path in [
+        "/v1/internal/connect/ca/sign-intermediate",
+        "/v1/internal/federation/advertise",
+    ] {
+        // Over plain HTTP on dc1 with no or a weak token: refused before the body is read.
+        for (token, body) in [("", "{\"CSR\": 1}"), ("nope", "not json at all")] {
+            let r = post(path, token, body).unwrap();
+            assert_eq!(r.status, 403, "{path}: {}", r.body);
+        }
+        // With the token: a body that is not what the endpoint takes is a clear 400, an
+        // oversized one a 413.
+        let r = post(
+            path,
+            DC1_ROOT,
+            &json!({"CSR": "garbage", "Address": "nowhere", "Datacenter": "dc3"}).to_string(),
+        )
         .unwrap();
-        assert_eq!(r.status, 403, "{}", r.body);
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        if let Ok(r) = post(path, DC1_ROOT, &"x".repeat(64 * 1024)) {
+            assert_eq!(r.status, 413, "{path}: {}", r.body);
+        }
+        // This datacenter's own name is refused: only a secondary asks.
+        let r = post(
+            path,
+            DC1_ROOT,
+            &json!({"CSR": "garbage", "Address": "127.0.0.1:1", "Datacenter": "dc1"}).to_string(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
     }
-    // With the token: a body that is no CSR is a clear 400, an oversized one a 413.
-    let r = try_http(
-        &fed.dc1.http,
-        "POST",
-        "/v1/internal/connect/ca/sign-intermediate",
-        &[("X-Consul-Token", DC1_ROOT)],
-        &json!({"CSR": "garbage", "Datacenter": "dc3"}).to_string(),
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert_eq!(r.status, 400, "{}", r.body);
-    let big = "x".repeat(64 * 1024);
-    let r = try_http(
-        &fed.dc1.http,
-        "POST",
-        "/v1/internal/connect/ca/sign-intermediate",
-        &[("X-Consul-Token", DC1_ROOT)],
-        &big,
-        Duration::from_secs(10),
-    );
-    if let Ok(r) = r {
-        assert_eq!(r.status, 413, "{}", r.body);
-    }
-    // dc2 asks as a secondary only: its own datacenter name is refused as the primary's.
-    let r = try_http(
-        &fed.dc1.http,
-        "POST",
-        "/v1/internal/connect/ca/sign-intermediate",
-        &[("X-Consul-Token", DC1_ROOT)],
-        &json!({"CSR": "garbage", "Datacenter": "dc1"}).to_string(),
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert_eq!(r.status, 400, "{}", r.body);
+    // dc1 still serves after all of it.
+    assert_eq!(get(&fed.dc1.http, "/v1/connect/ca/roots", "").status, 200);
 }
 
 #[test]
