@@ -447,7 +447,7 @@ impl Agent {
         token: Option<&str>,
         service: &str,
         opts: GetOptions,
-    ) -> Result<(Arc<Vec<Intention>>, ResultMeta), Error> {
+    ) -> Result<(Arc<Vec<Arc<Intention>>>, ResultMeta), Error> {
         self.check_open()?;
         self.inner
             .cache
@@ -477,7 +477,7 @@ impl Agent {
     }
 
     /// Intentions whose destination covers `service`, in evaluation order.
-    pub async fn intentions_for(&self, service: &str) -> Result<Arc<Vec<Intention>>, Error> {
+    pub async fn intentions_for(&self, service: &str) -> Result<Arc<Vec<Arc<Intention>>>, Error> {
         self.check_open()?;
         Ok(self
             .inner

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::{Agent, IntentionMatchType, LeafType, RootsType};
 use crate::cache::GetOptions;
 use crate::catalog::{MeshGatewayMode, ServiceConnect, ServiceEntry, ServiceRegistration};
-use crate::intentions::{IntentionIndex, SharedIntentionIndex};
+use crate::intentions::{Intention, IntentionIndex, SharedIntentionIndex};
 use crate::spiffe::{
     DEFAULT_NAMESPACE, DEFAULT_PARTITION, ServiceId, SpiffeId, check_datacenter_name,
     check_service_name, service_sni,
@@ -216,7 +216,10 @@ impl ConnectService {
         self.track(self.agent.handle().spawn(async move {
             while let Some(ev) = rx.recv().await {
                 if let Some(list) = ev.value {
-                    shared.store(IntentionIndex::new(list.iter().cloned(), policy));
+                    shared.store(IntentionIndex::new(
+                        list.iter().map(|ixn| Intention::clone(ixn)),
+                        policy,
+                    ));
                 }
             }
         }));

@@ -106,7 +106,7 @@ pub struct IntentionMatchType {
 impl CacheType for IntentionMatchType {
     const NAME: &'static str = "intention-match";
     type Request = Scoped;
-    type Value = Vec<Intention>;
+    type Value = Vec<Arc<Intention>>;
     type State = ();
 
     fn options(&self) -> TypeOptions {
@@ -115,17 +115,23 @@ impl CacheType for IntentionMatchType {
 
     async fn fetch(
         &self,
-        opts: FetchOptions<Vec<Intention>, ()>,
+        opts: FetchOptions<Vec<Arc<Intention>>, ()>,
         req: &Scoped,
-    ) -> Result<FetchResult<Vec<Intention>, ()>, Error> {
+    ) -> Result<FetchResult<Vec<Arc<Intention>>, ()>, Error> {
         let r = self
             .backend
             .intention_match(req.token(), &req.name, opts.min_index, timeout_of(&opts))
             .await?;
+        // Shared, so that a decision taken over the cached list points at its intention
+        // instead of copying it (the HTTP authorize endpoint, BENCHMARKS.md).
+        let r = Indexed {
+            value: r.value.into_iter().map(Arc::new).collect(),
+            index: r.index,
+        };
         Ok(blocking_result(&opts, r))
     }
 
-    fn size_of(&self, v: &Vec<Intention>) -> usize {
+    fn size_of(&self, v: &Vec<Arc<Intention>>) -> usize {
         v.len() * std::mem::size_of::<Intention>()
     }
 }

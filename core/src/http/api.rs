@@ -29,7 +29,7 @@ use crate::catalog::{
     ServiceRegistration,
 };
 use crate::filter::{Filter, Selectable};
-use crate::intentions::{Decision, Intention, MatchType, ServiceRef, authorize_listed};
+use crate::intentions::{Decision, Intention, MatchType, ServiceRef, authorize_candidates};
 use crate::server::{AclFiltered, HealthChecksOf, Server, ServiceQuery, parse_node_meta};
 use crate::state::{Indexed, Table};
 use crate::tls::{
@@ -1376,8 +1376,8 @@ async fn agent_authorize(State(st): State<AppState>, Req { o, .. }: Req, body: B
     .await?;
     // The cached list holds the intentions whose destination covers the target, in
     // evaluation order: the first whose source covers the client decides.
-    let d = authorize_listed(
-        &intentions,
+    let d = authorize_candidates(
+        intentions.iter(),
         &ServiceRef::new(&source),
         agent.default_policy(),
     );

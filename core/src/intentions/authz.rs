@@ -1,6 +1,5 @@
 //! The L4 authorization decision (Consul API docs, Agent Connect, `/v1/agent/connect/authorize`).
 
-use std::borrow::Borrow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -160,32 +159,10 @@ pub fn authorize_candidates<'a, I>(
 where
     I: IntoIterator<Item = &'a Arc<Intention>>,
 {
-    first_covering(candidates, source)
+    candidates
+        .into_iter()
+        .find(|ixn| authorize_intention_target(ixn, MatchType::Source, source).is_some())
         .map_or_else(|| Decision::from_default(default), Decision::from_intention)
-}
-
-/// [`authorize_candidates`] over a list of plain intentions (the agent cache's
-/// `intention-match` value, as the HTTP authorize endpoint reads it): nothing is copied but
-/// the deciding intention.
-pub fn authorize_listed(
-    candidates: &[Intention],
-    source: &ServiceRef<'_>,
-    default: DefaultPolicy,
-) -> Decision {
-    first_covering(candidates, source).map_or_else(
-        || Decision::from_default(default),
-        |ixn| Decision::from_intention(&Arc::new(ixn.clone())),
-    )
-}
-
-/// The first of `candidates` (in evaluation order) whose source covers `source`.
-fn first_covering<'a, T: Borrow<Intention> + 'a>(
-    candidates: impl IntoIterator<Item = &'a T>,
-    source: &ServiceRef<'_>,
-) -> Option<&'a T> {
-    candidates.into_iter().find(|ixn| {
-        authorize_intention_target((*ixn).borrow(), MatchType::Source, source).is_some()
-    })
 }
 
 /// Decides a connection from `source` to `destination` over a whole set of intentions, in the
@@ -408,25 +385,5 @@ mod tests {
             d.allowed,
             "the caller's order is trusted, as the agent trusts the cache"
         );
-    }
-
-    #[test]
-    fn a_plain_list_decides_as_the_candidates_do() {
-        let deny = Intention::new("web", "db", IntentionAction::Deny);
-        let allow = with(Intention::new("*", "db", IntentionAction::Allow), |_| {});
-        for (list, source) in [
-            (vec![deny.clone(), allow.clone()], "web"),
-            (vec![deny.clone(), allow.clone()], "api"),
-            (vec![allow.clone(), deny.clone()], "web"),
-            (vec![deny.clone()], "api"),
-            (vec![], "web"),
-        ] {
-            let arcs: Vec<_> = list.iter().cloned().map(arc).collect();
-            let source = ServiceRef::new(source);
-            let listed = authorize_listed(&list, &source, DENY_BY_ACL);
-            let walked = authorize_candidates(&arcs, &source, DENY_BY_ACL);
-            assert_eq!(listed.allowed, walked.allowed, "{list:?} from {source:?}");
-            assert_eq!(listed.reason.to_string(), walked.reason.to_string());
-        }
     }
 }

@@ -16,7 +16,6 @@ mod validate;
 
 pub use authz::{
     Decision, DecisionReason, DefaultPolicy, DefaultSource, authorize, authorize_candidates,
-    authorize_listed,
 };
 pub use error::IntentionError;
 pub use index::{IntentionIndex, SharedIntentionIndex};

@@ -350,18 +350,32 @@ pub(crate) fn run(args: AgentArgs) -> u8 {
 
 /// Logs each request's method, path (never the query, which may carry `?token=`), status
 /// and duration at debug level.
-async fn log_request(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    tracing::debug!(
-        %method,
-        %path,
-        status = resp.status().as_u16(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "http request"
-    );
+/// The agent's one layer around the API: forwarding to other datacenters
+/// ([`forward_requests`]) and a debug line per request. One layer rather than two, because
+/// each axum layer costs a boxed future and a state clone on every request (BENCHMARKS.md,
+/// issue 18's re-run); the log line's copies are made only when debug logging is on.
+async fn agent_layer(
+    axum::extract::State(st): axum::extract::State<Arc<(Forwarding, String)>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        (
+            req.method().clone(),
+            req.uri().path().to_owned(),
+            Instant::now(),
+        )
+    });
+    let resp = forward_requests(&st.0, &st.1, req, next).await;
+    if let Some((method, path, started)) = logged {
+        tracing::debug!(
+            %method,
+            %path,
+            status = resp.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "http request"
+        );
+    }
     resp
 }
 
@@ -392,7 +406,7 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     );
 
     let api = connect_core::http::api::Api::new(server.clone());
-    let mut app = api.router();
+    let app = api.router();
     // The certificate this server presents when it calls another datacenter's servers.
     let own_cert = connect_core::tls::ClientCertSlot::default();
     let forwarding = match &primary {
@@ -402,11 +416,10 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
             own_cert.clone(),
         ))),
     };
-    app = app.layer(axum::middleware::from_fn_with_state(
-        (forwarding, server.datacenter().to_owned()),
-        forward_requests,
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        Arc::new((forwarding, server.datacenter().to_owned())),
+        agent_layer,
     ));
-    let app = app.layer(axum::middleware::from_fn(log_request));
     let mut limits = settings.limits.clone();
     if let Some(open_files) = crate::http_server::raise_open_file_limit()
         && let Some(configured) = limits.fit_open_files(open_files)
@@ -581,11 +594,7 @@ fn forward_timeout(query: &str) -> Duration {
 /// endpoints nor the internal ones. The request is passed on unchanged over the
 /// server-to-server channel (the caller's token decides there) and the answer returned;
 /// replication then brings an intention change back.
-async fn forward_requests(
-    axum::extract::State((fwd, own_dc)): axum::extract::State<(Forwarding, String)>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn forward_requests(fwd: &Forwarding, own_dc: &str, req: Request, next: Next) -> Response {
     use axum::http::{Method, StatusCode, header};
     use axum::response::IntoResponse;
     let path = req.uri().path();
