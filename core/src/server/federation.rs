@@ -107,6 +107,24 @@ fn valid_datacenter(dc: &str) -> bool {
 }
 
 impl Server {
+    /// What a secondary's call may name as its datacenter (signing its intermediate,
+    /// advertising its address): a valid name, and not this primary's own.
+    fn check_secondary_name(&self, dc: &str) -> Result<(), Error> {
+        if !valid_datacenter(dc) {
+            return Err(Error::new(
+                ErrorKind::InvalidParameter,
+                format!("Datacenter {dc:?} is invalid: use letters, digits, '-' and '_'"),
+            ));
+        }
+        if dc == self.datacenter() {
+            return Err(Error::new(
+                ErrorKind::InvalidParameter,
+                format!("datacenter {dc:?} is this (primary) datacenter, not a secondary"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Primary: [`Server::sign_intermediate`] for a secondary datacenter's request, which is
     /// then remembered as a datacenter of this federation.
     pub fn sign_intermediate_for(
@@ -116,24 +134,7 @@ impl Server {
     ) -> Result<SignIntermediateResponse, Error> {
         self.authorizer(token)?
             .require(crate::acl::Permission::OperatorWrite)?;
-        if !valid_datacenter(&req.datacenter) {
-            return Err(Error::new(
-                ErrorKind::InvalidParameter,
-                format!(
-                    "Datacenter {:?} is invalid: use letters, digits, '-' and '_'",
-                    req.datacenter
-                ),
-            ));
-        }
-        if req.datacenter == self.datacenter() {
-            return Err(Error::new(
-                ErrorKind::InvalidParameter,
-                format!(
-                    "datacenter {:?} is this (primary) datacenter, not a secondary",
-                    req.datacenter
-                ),
-            ));
-        }
+        self.check_secondary_name(&req.datacenter)?;
         let intermediate_pem = self.sign_intermediate(token, &req.csr)?;
         self.note_datacenter(&req.datacenter);
         Ok(SignIntermediateResponse { intermediate_pem })
@@ -865,15 +866,7 @@ impl Server {
     ) -> Result<bool, Error> {
         self.authorizer(token)?
             .require(crate::acl::Permission::OperatorWrite)?;
-        if !valid_datacenter(&req.datacenter) || req.datacenter == self.datacenter() {
-            return Err(Error::new(
-                ErrorKind::InvalidParameter,
-                format!(
-                    "Datacenter {:?} is not another datacenter's name",
-                    req.datacenter
-                ),
-            ));
-        }
+        self.check_secondary_name(&req.datacenter)?;
         let addr: std::net::SocketAddr = req.address.parse().map_err(|_| {
             Error::new(
                 ErrorKind::InvalidParameter,
@@ -893,8 +886,9 @@ impl Server {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut changed = false;
         if known.len() < MAX_DATACENTERS || known.contains_key(&req.datacenter) {
-            changed =
-                known.insert(req.datacenter.clone(), addr.to_string()) != Some(addr.to_string());
+            let addr = addr.to_string();
+            changed = known.get(&req.datacenter) != Some(&addr);
+            known.insert(req.datacenter.clone(), addr);
         }
         drop(known);
         self.note_datacenter(&req.datacenter);
