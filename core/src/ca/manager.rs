@@ -435,9 +435,12 @@ impl CaManager {
         if self.primary {
             return false;
         }
+        // None, or one that does not parse: a new one is due as much as an old one.
         match self.provider.active_leaf_signing_cert() {
-            Ok(pem) => needs_renewal(&pem, self.clock.now()),
-            Err(_) => true,
+            Ok(pem) if certs::parse_pem_certificate(&pem).is_ok() => {
+                needs_renewal(&pem, self.clock.now())
+            }
+            _ => true,
         }
     }
 
