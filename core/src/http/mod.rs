@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod client;
+pub mod intercept;
 pub(crate) mod query;
 
 use axum::http::StatusCode;

@@ -46,7 +46,15 @@ fn split_uri(input: &str) -> Result<RawUri<'_>, SpiffeIdError> {
     let owned = || input.to_owned();
 
     // Checked first so that every later message can show the input without hiding anything.
-    if let Some(ch) = input.chars().find(|c| c.is_whitespace() || c.is_control()) {
+    // Byte by byte while the input is ASCII, as every ID a peer presents is: decoding
+    // characters made this check the largest part of parsing (BENCHMARKS.md, issue 18).
+    let refused = |c: char| c.is_whitespace() || c.is_control();
+    let bad = if input.is_ascii() {
+        input.bytes().map(char::from).find(|&c| refused(c))
+    } else {
+        input.chars().find(|&c| refused(c))
+    };
+    if let Some(ch) = bad {
         return Err(SpiffeIdError::InvalidCharacter { ch, input: owned() });
     }
 
@@ -66,7 +74,10 @@ fn split_uri(input: &str) -> Result<RawUri<'_>, SpiffeIdError> {
     let Some(rest) = rest.strip_prefix("//") else {
         return Err(SpiffeIdError::MissingAuthority { input: owned() });
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority_end = rest
+        .bytes()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
     let (host, rest) = rest.split_at(authority_end);
 
     if host.contains('@') {
@@ -86,7 +97,7 @@ fn split_uri(input: &str) -> Result<RawUri<'_>, SpiffeIdError> {
         });
     }
 
-    if rest.contains(['?', '#']) {
+    if rest.bytes().any(|b| matches!(b, b'?' | b'#')) {
         return Err(SpiffeIdError::QueryOrFragment { input: owned() });
     }
 
@@ -107,16 +118,22 @@ fn match_path(host: &str, path: &str) -> Result<Option<SpiffeId>, SpiffeIdError>
     let Some(path) = path.strip_prefix('/') else {
         return Ok(None);
     };
-    let segments: Vec<&str> = path.split('/').collect();
     // Every grammar segment is a literal or `[^/]+`, so an empty segment (trailing slash, `//`,
-    // the path "/") can never match.
-    if segments.iter().any(|s| s.is_empty()) {
-        return Ok(None);
+    // the path "/") can never match; nor can more than eight segments, the longest form
+    // (`ap/<p>/ns/<n>/dc/<d>/svc/<s>`), so they fit on the stack.
+    let mut segments = [""; 8];
+    let mut count = 0;
+    for segment in path.split('/') {
+        if segment.is_empty() || count == segments.len() {
+            return Ok(None);
+        }
+        segments[count] = segment;
+        count += 1;
     }
 
     // The optional `/ap/<partition>` prefix. No unprefixed grammar starts with `ap`, so taking
     // the prefix whenever it is there never hides a match.
-    let (raw_partition, tail) = match segments.as_slice() {
+    let (raw_partition, tail) = match &segments[..count] {
         ["ap", partition, tail @ ..] => (Some(*partition), tail),
         all => (None, all),
     };

@@ -41,9 +41,9 @@ use std::time::{Duration, Instant};
 
 use crate::config_file::AgentConfigFile;
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::Response;
 use connect_core::ca::CaConfiguration;
+use connect_core::http::intercept::{Intercept, InterceptLayer, Next, Verdict};
 use connect_core::intentions::IntentionAction;
 use connect_core::server::{Server, ServerConfig};
 use connect_core::{Error, ErrorKind};
@@ -354,29 +354,44 @@ pub(crate) fn run(args: AgentArgs) -> u8 {
 /// ([`forward_requests`]) and a debug line per request. One layer rather than two, because
 /// each axum layer costs a boxed future and a state clone on every request (BENCHMARKS.md,
 /// issue 18's re-run); the log line's copies are made only when debug logging is on.
-async fn agent_layer(
-    axum::extract::State(st): axum::extract::State<Arc<(Forwarding, String)>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
-        (
-            req.method().clone(),
-            req.uri().path().to_owned(),
-            Instant::now(),
-        )
-    });
-    let resp = forward_requests(&st.0, &st.1, req, next).await;
-    if let Some((method, path, started)) = logged {
-        tracing::debug!(
-            %method,
-            %path,
-            status = resp.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "http request"
-        );
+/// The agent's own middleware: forwarding to other datacenters and, at debug level, the
+/// request log. An [`Intercept`], so the requests it leaves alone (nearly all) pay nothing
+/// for it.
+#[derive(Clone)]
+struct AgentIntercept(Arc<(Forwarding, String)>);
+
+impl Intercept for AgentIntercept {
+    fn check(&self, req: Request) -> Verdict {
+        let (fwd, own_dc) = &*self.0;
+        if tracing::enabled!(tracing::Level::DEBUG) || forwarded_to(fwd, own_dc, &req).is_some() {
+            Verdict::Take(req)
+        } else {
+            Verdict::Pass(req)
+        }
     }
-    resp
+
+    fn take(self, req: Request, next: Next) -> futures_util::future::BoxFuture<'static, Response> {
+        Box::pin(async move {
+            let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+                (
+                    req.method().clone(),
+                    req.uri().path().to_owned(),
+                    Instant::now(),
+                )
+            });
+            let resp = forward_requests(&self.0.0, &self.0.1, req, next).await;
+            if let Some((method, path, started)) = logged {
+                tracing::debug!(
+                    %method,
+                    %path,
+                    status = resp.status().as_u16(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "http request"
+                );
+            }
+            resp
+        })
+    }
 }
 
 async fn serve(settings: AgentSettings) -> Result<(), Error> {
@@ -416,10 +431,10 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
             own_cert.clone(),
         ))),
     };
-    let app = app.layer(axum::middleware::from_fn_with_state(
-        Arc::new((forwarding, server.datacenter().to_owned())),
-        agent_layer,
-    ));
+    let app = app.layer(InterceptLayer(AgentIntercept(Arc::new((
+        forwarding,
+        server.datacenter().to_owned(),
+    )))));
     let mut limits = settings.limits.clone();
     if let Some(open_files) = crate::http_server::raise_open_file_limit()
         && let Some(configured) = limits.fit_open_files(open_files)
@@ -587,6 +602,32 @@ fn forward_timeout(query: &str) -> Duration {
     wait + wait / 16 + Duration::from_secs(30)
 }
 
+/// Whether `req` goes to another datacenter's servers: `None` when it is served here,
+/// `Some(Some(dc))` for `?dc=<dc>`, `Some(None)` for an intention write a secondary hands to
+/// its primary.
+fn forwarded_to<'r>(fwd: &Forwarding, own_dc: &str, req: &'r Request) -> Option<Option<&'r str>> {
+    use axum::http::Method;
+    let path = req.uri().path();
+    let other_dc = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("dc="))
+        .filter(|dc| !dc.is_empty() && *dc != own_dc)
+        .filter(|_| !path.starts_with("/v1/agent/") && !path.starts_with("/v1/internal/"));
+    let forward = match fwd {
+        Forwarding::ToPrimary(_) => {
+            other_dc.is_some()
+                || ((path == "/v1/connect/intentions"
+                    || path.starts_with("/v1/connect/intentions/"))
+                    && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS))
+        }
+        Forwarding::ToSecondaries(_) => other_dc.is_some(),
+    };
+    forward.then_some(other_dc)
+}
+
 /// As Consul forwards them: in a secondary, intention writes and any request with
 /// `?dc=<another datacenter>` go to the primary; in the primary, `?dc=<secondary>` goes to
 /// that secondary's servers (once they advertised their address; else the local answer is
@@ -595,27 +636,14 @@ fn forward_timeout(query: &str) -> Duration {
 /// server-to-server channel (the caller's token decides there) and the answer returned;
 /// replication then brings an intention change back.
 async fn forward_requests(fwd: &Forwarding, own_dc: &str, req: Request, next: Next) -> Response {
-    use axum::http::{Method, StatusCode, header};
+    use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
+    let Some(other_dc) = forwarded_to(fwd, own_dc, &req) else {
+        return next.run(req).await;
+    };
+    let other_dc = other_dc.map(str::to_owned);
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or_default();
-    let intention_write = (path == "/v1/connect/intentions"
-        || path.starts_with("/v1/connect/intentions/"))
-        && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let other_dc = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("dc="))
-        .filter(|dc| !dc.is_empty() && *dc != own_dc)
-        .filter(|_| !path.starts_with("/v1/agent/") && !path.starts_with("/v1/internal/"))
-        .map(str::to_owned);
-    let forward = match (&fwd, &other_dc) {
-        (Forwarding::ToPrimary(_), _) => intention_write || other_dc.is_some(),
-        (Forwarding::ToSecondaries(_), Some(_)) => true,
-        (Forwarding::ToSecondaries(_), None) => false,
-    };
-    if !forward {
-        return next.run(req).await;
-    }
     let timeout = forward_timeout(query);
     let method = req.method().clone();
     let target = req
