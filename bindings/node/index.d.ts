@@ -21,8 +21,13 @@ export declare class NativeAgent {
    * process). Returns at once; `ready()` settles when the CA is initialized.
    */
   static dev(options?: DevOptions | undefined | null): NativeAgent
-  /** Resolves when the agent is up; rejects with the reason it could not start. */
-  ready(): Promise<void>
+  /**
+   * Resolves when the agent is up; rejects with the reason it could not start, or with
+   * `TIMEOUT` after `timeoutMs` when given (the start goes on; a later `ready()` can still
+   * resolve). Without it, an agent that accepts connections but never answers rejects with
+   * `TIMEOUT` after the HTTP client's 60 s.
+   */
+  ready(timeoutMs?: number | undefined | null): Promise<void>
   /** The datacenter. Throws `NOT_READY` before `ready()`. */
   get datacenter(): string
   /** Creates or replaces the intention `source → destination`. */

@@ -18,6 +18,7 @@ async function main(): Promise<void> {
   const dev: Agent = await Agent.dev({ rootChangeJitterMs: 0 })
   const remote = new Agent({ address: '127.0.0.1:8500', token: 't', datacenter: 'dc1', caFile: '/ca.pem' })
   await remote.ready()
+  await remote.ready(5_000)
   const fromEnv = new Agent()
   fromEnv.close()
 

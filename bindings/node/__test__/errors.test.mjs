@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict'
 import { after, before, test } from 'node:test'
 
+import { createRequire } from 'node:module'
+
 import { Agent, errorCodes } from 'libconnect'
 
 import { aclArgs, putJson, startDevAgent } from './agent_process.mjs'
@@ -149,8 +151,82 @@ test('documented PERMISSION_DENIED: a token without write rights, against connec
     await assert.rejects(reader.intentions.delete('web', 'db'), is('PERMISSION_DENIED'))
     await assert.rejects(reader.ca.setConfig('consul', { PrivateKeyType: 'ec', PrivateKeyBits: 384 }), is('PERMISSION_DENIED'))
     await assert.rejects(reader.registerService({ name: 'db', port: 5432 }), is('PERMISSION_DENIED'))
+    // Deregistering needs service:write on the instance's service (an unknown ID is
+    // NOT_FOUND first, as in Consul, which needs the service's name to check the token).
+    const registered = await fetch(`http://${httpAddr}/v1/agent/service/register`, {
+      method: 'PUT',
+      headers: { 'X-Consul-Token': ROOT },
+      body: JSON.stringify({ ID: 'db-5432', Name: 'db', Port: 5432 }),
+    })
+    assert.equal(registered.status, 200)
+    await assert.rejects(reader.deregisterService('db-5432'), is('PERMISSION_DENIED'))
+    // Reading an intention decision needs service:read on the destination.
+    const agentOnly = await put('acl/policy', { Name: 'agent-only', Rules: 'agent_prefix "" { policy = "read" }' })
+    const blind = (await put('acl/token', { Policies: [{ ID: agentOnly.ID }] })).SecretID
+    const blindAgent = await new Agent({ address: httpAddr, token: blind }).ready()
+    try {
+      await assert.rejects(blindAgent.intentions.check('web', 'db'), is('PERMISSION_DENIED'))
+    } finally {
+      blindAgent.close()
+    }
   } finally {
     reader?.close()
     child.kill('SIGKILL')
+  }
+})
+
+test('documented HTTP and TIMEOUT of Agent.ready and the calls that wait for it', async () => {
+  const http = await import('node:http')
+  const net = await import('node:net')
+  const listening = (srv) => new Promise((r) => srv.listen(0, '127.0.0.1', () => r(srv.address().port)))
+  // Something that is not a Consul agent answers every request with 500.
+  const broken = http.createServer((_, res) => { res.statusCode = 500; res.end('boom') })
+  const brokenPort = await listening(broken)
+  const wrong = new Agent({ address: `127.0.0.1:${brokenPort}` })
+  await assert.rejects(wrong.ready(), (e) => is('HTTP')(e) && /boom/.test(e.message))
+  await assert.rejects(wrong.ca.rootsPem(), is('HTTP'))
+  await assert.rejects(wrong.intentions.upsert('web', 'db', 'allow'), is('HTTP'))
+  wrong.close()
+  broken.close()
+  // Something that accepts connections and never answers.
+  const sockets = []
+  const silent = net.createServer((s) => sockets.push(s))
+  const silentPort = await listening(silent)
+  const mute = new Agent({ address: `127.0.0.1:${silentPort}` })
+  const started = Date.now()
+  await assert.rejects(mute.ready(300), is('TIMEOUT'))
+  assert.ok(Date.now() - started < 10_000, 'ready(300) gave up long before the HTTP timeout')
+  mute.close()
+  for (const s of sockets) s.destroy()
+  silent.close()
+})
+
+test('documented CROSS_SIGNING_UNSUPPORTED: a root change the current provider cannot cross-sign', async () => {
+  const a = await Agent.dev()
+  try {
+    // The built-in provider's switch for providers that cannot cross-sign (Consul's test hook).
+    await a.ca.setConfig('consul', { DisableCrossSigning: true })
+    await assert.rejects(
+      a.ca.setConfig('consul', { PrivateKeyType: 'ec', PrivateKeyBits: 384 }),
+      (e) => is('CROSS_SIGNING_UNSUPPORTED')(e) && /ForceWithoutCrossSigning/.test(e.message),
+    )
+  } finally {
+    a.close()
+  }
+})
+
+test('documented nodeError mapping: errno, OpenSSL codes, and IO for anything else', () => {
+  const native = createRequire(import.meta.url)('../index.js')
+  const mapped = (errno, code) => native.nodeError(errno, code, 'detail')
+  assert.equal(mapped(-111, 'ECONNREFUSED').code, 'CONNECTION_REFUSED')
+  assert.equal(mapped(-110, 'ETIMEDOUT').code, 'TIMEOUT')
+  assert.equal(mapped(undefined, 'ERR_SSL_WRONG_VERSION_NUMBER').code, 'TLS')
+  assert.equal(mapped(undefined, 'UNABLE_TO_VERIFY_LEAF_SIGNATURE').code, 'CERTIFICATE_VERIFICATION')
+  assert.equal(mapped(undefined, 'CERT_HAS_EXPIRED').code, 'CERTIFICATE_VERIFICATION')
+  assert.equal(mapped(undefined, 'SOMETHING_ELSE').code, 'IO')
+  assert.equal(mapped(undefined, undefined).code, 'IO')
+  for (const e of [mapped(-111, 'ECONNREFUSED'), mapped(undefined, undefined)]) {
+    assert.ok(e instanceof Error)
+    assert.equal(e.message, 'detail')
   }
 })

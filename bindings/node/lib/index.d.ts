@@ -78,7 +78,7 @@ export declare class Ca {
   private constructor()
   /**
    * Every trusted root, PEM.
-   * @throws `CACHE_FETCH`, `CLOSED`, `HTTP`
+   * @throws `CONNECTION_REFUSED`, `TIMEOUT`, `CLOSED`, `HTTP`
    */
   rootsPem(): Promise<string>
   /**
@@ -100,10 +100,14 @@ export declare class Agent {
   /** An agent with an in-process `-dev` server, once its CA is initialized. */
   static dev(options?: DevOptions): Promise<Agent>
   /**
-   * Resolves when the agent is up.
-   * @throws `CONNECTION_REFUSED`, `TIMEOUT`, `HTTP`, `INVALID_PARAMETER`
+   * Resolves when the agent is up: with an HTTP backend, when the agent has answered. Rejects
+   * with `TIMEOUT` after `timeoutMs` when given (the start goes on, so a later `ready()` can
+   * still resolve), or after the HTTP client's 60 s when an agent accepts the connection but
+   * never answers.
+   * @throws `CONNECTION_REFUSED` (nothing listens), `TIMEOUT`, `HTTP` (the agent answered an
+   * error status, e.g. a server that is not a Consul agent), `INVALID_PARAMETER` (options)
    */
-  ready(): Promise<this>
+  ready(timeoutMs?: number): Promise<this>
   /**
    * The datacenter.
    * @throws `NOT_READY` before `ready()`
@@ -123,7 +127,8 @@ export declare class Agent {
   registerService(registration: ServiceRegistrationOptions): Promise<void>
   /**
    * Deregisters the instance `id`.
-   * @throws `NOT_FOUND`, `PERMISSION_DENIED`, `CLOSED`, `HTTP`
+   * @throws `NOT_FOUND` (an unknown ID; checked before the token, as Consul does, since the
+   * token is judged by the instance's service name), `PERMISSION_DENIED`, `CLOSED`, `HTTP`
    */
   deregisterService(id: string): Promise<void>
   /** Closes every service and stops the agent. Idempotent; later calls fail with `CLOSED`. */

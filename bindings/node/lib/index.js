@@ -105,8 +105,8 @@ class Agent {
     return new Agent({ [NATIVE]: n })
   }
 
-  async ready() {
-    await callAsync(() => this.#native.ready())
+  async ready(timeoutMs) {
+    await callAsync(() => this.#native.ready(timeoutMs ?? null))
     return this
   }
 

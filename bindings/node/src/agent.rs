@@ -149,10 +149,27 @@ impl NativeAgent {
         }
     }
 
-    /// Resolves when the agent is up; rejects with the reason it could not start.
+    /// Resolves when the agent is up; rejects with the reason it could not start, or with
+    /// `TIMEOUT` after `timeoutMs` when given (the start goes on; a later `ready()` can still
+    /// resolve). Without it, an agent that accepts connections but never answers rejects with
+    /// `TIMEOUT` after the HTTP client's 60 s.
     #[napi(ts_return_type = "Promise<void>")]
-    pub async fn ready(&self) -> Outcome<()> {
-        self.agent.wait().await.map(|_| ()).into()
+    pub async fn ready(&self, timeout_ms: Option<u32>) -> Outcome<()> {
+        let started = match timeout_ms {
+            None => self.agent.wait().await,
+            Some(ms) => tokio::time::timeout(
+                Duration::from_millis(u64::from(ms)),
+                self.agent.wait(),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("the agent did not start within {ms} ms"),
+                ))
+            }),
+        };
+        started.map(|_| ()).into()
     }
 
     /// The datacenter. Throws `NOT_READY` before `ready()`.
