@@ -436,14 +436,21 @@ impl Filter {
                 op,
                 value,
             } => {
-                let field = lookup(item, selector);
+                let (fields, through_list) = lookup(item, selector);
+                // Through a list (`Checks.Status`), the selector names one value per element
+                // and `in`/`contains` asks whether any element's value is the one given.
+                let has = |f: &Value| match f {
+                    Value::Array(_) | Value::Object(_) => contains(f, value),
+                    _ if through_list => equals(f, value),
+                    _ => contains(f, value),
+                };
                 match op {
-                    Op::Equal => field.is_some_and(|f| equals(f, value)),
-                    Op::NotEqual => !field.is_some_and(|f| equals(f, value)),
-                    Op::Contains => field.is_some_and(|f| contains(f, value)),
-                    Op::NotContains => !field.is_some_and(|f| contains(f, value)),
-                    Op::IsEmpty => field.is_none_or(is_empty),
-                    Op::IsNotEmpty => !field.is_none_or(is_empty),
+                    Op::Equal => fields.iter().any(|f| equals(f, value)),
+                    Op::NotEqual => !fields.iter().any(|f| equals(f, value)),
+                    Op::Contains => fields.iter().any(|f| has(f)),
+                    Op::NotContains => !fields.iter().any(|f| has(f)),
+                    Op::IsEmpty => fields.iter().all(|f| is_empty(f)),
+                    Op::IsNotEmpty => !fields.iter().all(|f| is_empty(f)),
                 }
             }
             Filter::Regex {
@@ -452,8 +459,10 @@ impl Filter {
                 negate,
             } => {
                 let hit = lookup(item, selector)
-                    .and_then(Value::as_str)
-                    .is_some_and(|s| pattern.0.is_match(s));
+                    .0
+                    .iter()
+                    .filter_map(|f| f.as_str())
+                    .any(|s| pattern.0.is_match(s));
                 hit != *negate
             }
         }
@@ -527,17 +536,36 @@ fn selector_valid(mut sample: &Value, path: &[String]) -> bool {
     true
 }
 
-/// Field names match case-insensitively, as bexpr does over Go structs; map keys exactly.
-fn lookup<'a>(mut v: &'a Value, path: &[String]) -> Option<&'a Value> {
+/// The values `path` selects in `v`, and whether the path went through a list. Field names
+/// match case-insensitively, as bexpr does over Go structs; map keys exactly. A list met
+/// before the path ends stands for each of its elements (`Checks.Status`: every check's
+/// status), so one selector can name several values; a missing field names none.
+fn lookup<'a>(v: &'a Value, path: &[String]) -> (Vec<&'a Value>, bool) {
+    let mut through_list = false;
+    let mut current = vec![v];
     for part in path {
-        let map = v.as_object()?;
-        v = map.get(part).or_else(|| {
-            map.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(part))
-                .map(|(_, x)| x)
-        })?;
+        let mut next = Vec::with_capacity(current.len());
+        for v in current {
+            let elements: &[Value] = match v {
+                Value::Array(items) => {
+                    through_list = true;
+                    items
+                }
+                other => std::slice::from_ref(other),
+            };
+            for e in elements {
+                let Some(map) = e.as_object() else { continue };
+                let field = map.get(part).or_else(|| {
+                    map.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(part))
+                        .map(|(_, x)| x)
+                });
+                next.extend(field);
+            }
+        }
+        current = next;
     }
-    Some(v)
+    (current, through_list)
 }
 
 fn equals(field: &Value, value: &str) -> bool {
@@ -867,6 +895,41 @@ mod tests {
             Filter::parse("A == 2").unwrap().apply(items),
             vec![json!({"A": 2})]
         );
+    }
+
+    #[test]
+    fn selectors_through_lists_name_every_elements_value() {
+        let entry = json!({
+            "Service": {"Tags": ["v1", "primary"]},
+            "Checks": [
+                {"CheckID": "serfHealth", "Status": "passing"},
+                {"CheckID": "web-ttl", "Status": "critical", "ServiceTags": ["v1"]},
+            ],
+        });
+        for (expr, want) in [
+            ("Checks.Status == critical", true),
+            ("Checks.Status == warning", false),
+            ("Checks.Status != critical", false),
+            ("Checks.Status != warning", true),
+            ("\"critical\" in Checks.Status", true),
+            // Membership, not a substring of one status.
+            ("\"crit\" in Checks.Status", false),
+            ("Checks.Status not contains passing", false),
+            ("Checks.CheckID matches \"^web-\"", true),
+            ("Checks.CheckID not matches \"^web-\"", false),
+            ("\"v1\" in Checks.ServiceTags", true),
+            ("Checks.Output is empty", true),
+            ("Checks.Status is not empty", true),
+            // A list at the end of the path is one value, as before.
+            ("\"primary\" in Service.Tags", true),
+            ("Service.Tags == primary", false),
+        ] {
+            assert_eq!(m(expr, &entry), want, "{expr}");
+        }
+        let no_checks = json!({"Checks": []});
+        assert!(!m("Checks.Status == passing", &no_checks));
+        assert!(m("Checks.Status != passing", &no_checks));
+        assert!(m("Checks.Status is empty", &no_checks));
     }
 }
 

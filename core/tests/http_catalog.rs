@@ -232,6 +232,9 @@ async fn acl_filtering_answers_200_with_what_the_token_may_read() {
         .await;
     }
     let web_reader = api.token(r#"service "web" { policy = "read" }"#).await;
+    let node_reader = api
+        .token("node_prefix \"\" { policy = \"read\" }\nservice \"web\" { policy = \"read\" }")
+        .await;
     let paths = [
         "/v1/catalog/service/",
         "/v1/catalog/connect/",
@@ -251,7 +254,15 @@ async fn acl_filtering_answers_200_with_what_the_token_may_read() {
         if base.contains("/service/") {
             assert!(r.filtered, "{base}db with a web token");
         }
+        // service:read alone does not show an instance: its node needs node:read too
+        // (Consul API docs, Catalog and Health: `node:read,service:read`).
         let r = api.get(&format!("{base}web"), Some(&web_reader)).await;
+        assert_eq!((r.status, r.json()), (200, json!([])), "{base}: {}", r.body);
+        assert!(
+            r.filtered,
+            "{base}web: the node is hidden, and the token is told"
+        );
+        let r = api.get(&format!("{base}web"), Some(&node_reader)).await;
         assert_eq!(r.json().as_array().unwrap().len(), 1, "{base}: {}", r.body);
         assert!(!r.filtered, "{base}web: nothing hidden");
         // The management token sees everything; an unknown token is refused.
@@ -282,9 +293,6 @@ async fn acl_filtering_answers_200_with_what_the_token_may_read() {
     assert_eq!(r.json(), json!([]));
     let r = api.ok("GET", "/v1/catalog/nodes", Some(ROOT), "").await;
     assert_eq!(r.json().as_array().unwrap().len(), 1);
-    let node_reader = api
-        .token("node_prefix \"\" { policy = \"read\" }\nservice \"web\" { policy = \"read\" }")
-        .await;
     let r = api
         .ok(
             "GET",
@@ -500,12 +508,7 @@ async fn ttl_updates_need_service_write_on_the_checks_service() {
     api.ok("PUT", "/v1/agent/check/pass/web-ttl", Some(&web_writer), "")
         .await;
     let r = api
-        .ok(
-            "GET",
-            "/v1/health/service/web?passing",
-            Some(&web_reader),
-            "",
-        )
+        .ok("GET", "/v1/health/service/web?passing", Some(ROOT), "")
         .await;
     assert_eq!(r.ids("Service.ID"), ["web-1"]);
     // A node check needs node:write.
@@ -932,6 +935,31 @@ async fn unknown_filter_selectors_are_refused_naming_the_selector() {
         .await;
     assert_eq!(r.status, 400);
     assert!(r.body.contains("\"Checks.Bogus\""), "{}", r.body);
+
+    // A selector through a list names each element's value: web-2's TTL check starts
+    // critical, so `Checks.Status == critical` selects it and `!=` selects web-1.
+    api.register(
+        None,
+        json!({"Name": "web", "ID": "web-2", "Port": 2, "Check": {"CheckID": "web-2-ttl", "TTL": "30s"}}),
+    )
+    .await;
+    for (expr, want) in [
+        ("Checks.Status == critical", vec!["web-2"]),
+        ("Checks.Status != critical", vec!["web-1"]),
+        ("\"critical\" in Checks.Status", vec!["web-2"]),
+        ("Checks.CheckID == serfHealth", vec!["web-1", "web-2"]),
+    ] {
+        let r = api
+            .get(
+                &format!("/v1/health/service/web?filter={}", encode(expr)),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{expr}: {}", r.body);
+        let mut ids = r.ids("Service.ID");
+        ids.sort();
+        assert_eq!(ids, want, "{expr}");
+    }
 }
 
 /// In a real `connect agent`, a TTL check not updated within its TTL turns critical with

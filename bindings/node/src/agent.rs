@@ -157,17 +157,16 @@ impl NativeAgent {
     pub async fn ready(&self, timeout_ms: Option<u32>) -> Outcome<()> {
         let started = match timeout_ms {
             None => self.agent.wait().await,
-            Some(ms) => tokio::time::timeout(
-                Duration::from_millis(u64::from(ms)),
-                self.agent.wait(),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!("the agent did not start within {ms} ms"),
-                ))
-            }),
+            Some(ms) => {
+                tokio::time::timeout(Duration::from_millis(u64::from(ms)), self.agent.wait())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!("the agent did not start within {ms} ms"),
+                        ))
+                    })
+            }
         };
         started.map(|_| ()).into()
     }

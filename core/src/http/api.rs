@@ -636,7 +636,7 @@ fn table() -> Vec<Route> {
             Get,
             "/v1/catalog/service/{name}",
             Partial,
-            "`?tag=` (all must match), `?node-meta=`; filtered by `service:read` only (Consul also needs `node:read`)",
+            "`?tag=` (all must match), `?node-meta=`, `?filter=`; filtered by `service:read` and `node:read`; no `?near=`",
             catalog_service,
         ),
         route(
@@ -664,7 +664,7 @@ fn table() -> Vec<Route> {
             Get,
             "/v1/health/service/{name}",
             Partial,
-            "`?tag=`, `?node-meta=`, `?passing`, `?filter=`; filtered by `service:read` only",
+            "`?tag=`, `?node-meta=`, `?passing`, `?filter=`; filtered by `service:read` and `node:read`; no `?near=`",
             health_service,
         ),
         route(

@@ -49,13 +49,14 @@ pub struct ServiceQuery {
     pub filter: Option<Filter>,
 }
 
-/// What a one-service query reads of each result: the instance's tags, its node's metadata and
-/// its service name.
-type RowParts<'a> = (&'a [String], &'a BTreeMap<String, String>, &'a str);
+/// What a one-service query reads of each result: the instance's tags, its node's metadata,
+/// its service name and its node's name.
+type RowParts<'a> = (&'a [String], &'a BTreeMap<String, String>, &'a str, &'a str);
 
 impl ServiceQuery {
     /// The results of the query of `name` that the token may read: `?tag=` and `?node-meta=`,
-    /// then `service:read` on each, then `?filter=`. Consul answers a Connect query only to a
+    /// then `service:read` on each instance's service and `node:read` on its node (Consul API
+    /// docs, Catalog and Health: both are required), then `?filter=`. Consul answers a Connect query only to a
     /// token that may read the destination, and anyone else with an empty list.
     fn select<T: serde::Serialize>(
         &self,
@@ -70,12 +71,16 @@ impl ServiceQuery {
         let rows = rows
             .into_iter()
             .filter(|r| {
-                let (tags, meta, _) = parts(r);
+                let (tags, meta, _, _) = parts(r);
                 self.tags.iter().all(|t| tags.contains(t))
                     && self.node_meta.iter().all(|(k, v)| meta.get(k) == Some(v))
             })
             .collect();
-        acl_filter(authz, rows, |a, r| a.service_read(parts(r).2)).with_filter(self.filter.as_ref())
+        acl_filter(authz, rows, |a, r| {
+            let (_, _, service, node) = parts(r);
+            a.service_read(service) && a.node_read(node)
+        })
+        .with_filter(self.filter.as_ref())
     }
 }
 
@@ -313,7 +318,7 @@ impl Server {
             view.catalog().catalog_service(name)
         };
         let value = query.select(&authz, name, rows, |r| {
-            (&r.service_tags, &r.node_meta, &r.service_name)
+            (&r.service_tags, &r.node_meta, &r.service_name, &r.node)
         });
         let index = view.max_index(Table::CATALOG).max(1);
         Ok(Indexed { value, index })
@@ -334,7 +339,12 @@ impl Server {
             self.store().health_service(name, query.passing_only)
         };
         let value = query.select(&authz, name, value, |e| {
-            (&e.service.tags, &e.node.meta, &e.service.service)
+            (
+                &e.service.tags,
+                &e.node.meta,
+                &e.service.service,
+                &e.node.node,
+            )
         });
         let index = index.max(1);
         Ok(Indexed { value, index })
