@@ -9,6 +9,7 @@
 mod cli_support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use connect_core::catalog::{Node, ServiceRegistration};
 use connect_core::server::{Server, ServerConfig};
@@ -1009,4 +1010,56 @@ fn a_ttl_check_not_updated_in_time_turns_critical_in_connect_agent() {
     agent.http("PUT", "/v1/agent/check/pass/web-ttl", &[], "");
     assert_eq!(state().0, "passing");
     eprintln!("TTL 1s expired after {took:?}");
+}
+
+/// `GET /v1/agent/service/:id` carries Consul's `ContentHash` (body and header), and
+/// `?hash=` blocks until the instance changes, or answers the same hash when the wait ends.
+#[tokio::test]
+async fn agent_service_content_hash_blocks_until_the_instance_changes() {
+    let api = Arc::new(start(ServerConfig::dev()).await);
+    let reg = |tags: Value| json!({"Name": "web", "ID": "web-1", "Port": 1, "Tags": tags});
+    api.register(None, reg(json!(["v1"]))).await;
+    let r = api.ok("GET", "/v1/agent/service/web-1", None, "").await;
+    let hash = r.json()["ContentHash"].as_str().unwrap().to_owned();
+    assert_eq!(hash.len(), 16, "{hash}");
+    assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{hash}");
+    // The same content, the same hash; a wait that runs out answers it again.
+    let path = format!("/v1/agent/service/web-1?hash={hash}&wait=200ms");
+    let started = std::time::Instant::now();
+    let r = api.ok("GET", &path, None, "").await;
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert_eq!(r.json()["ContentHash"], json!(hash));
+    // A write to another service does not wake it with a changed answer.
+    api.register(None, json!({"Name": "db", "ID": "db-1", "Port": 2}))
+        .await;
+    let r = api.ok("GET", &path, None, "").await;
+    assert_eq!(r.json()["ContentHash"], json!(hash));
+    // A change of web-1 answers a blocked query with the new content and hash.
+    let blocked = {
+        let api = Arc::clone(&api);
+        let path = format!("/v1/agent/service/web-1?hash={hash}&wait=30s");
+        tokio::spawn(async move { api.ok("GET", &path, None, "").await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!blocked.is_finished(), "the hash matched: it must block");
+    api.register(None, reg(json!(["v2"]))).await;
+    let r = tokio::time::timeout(Duration::from_secs(10), blocked)
+        .await
+        .expect("the change woke the query")
+        .unwrap();
+    let body = r.json();
+    assert_eq!(body["Tags"], json!(["v2"]));
+    assert_ne!(body["ContentHash"], json!(hash));
+    // A hash that is not the current one answers at once.
+    let r = api
+        .ok(
+            "GET",
+            "/v1/agent/service/web-1?hash=0000&wait=30s",
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(r.json()["ContentHash"], body["ContentHash"]);
+    let r = api.get("/v1/agent/service/nope?hash=x", None).await;
+    assert_eq!(r.status, 404);
 }

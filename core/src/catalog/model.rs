@@ -344,6 +344,19 @@ pub struct AgentService {
 }
 
 impl AgentService {
+    /// Consul's `ContentHash` of `GET /v1/agent/service/:id`: an opaque 16-hex-digit digest of
+    /// the instance's JSON, which changes whenever any of it does; `?hash=` blocks until it
+    /// differs (Consul API docs, Agent Service: hash-based blocking). Consul hashes its Go
+    /// struct, we the first 8 bytes of SHA-256 over the JSON; clients only compare it.
+    pub fn content_hash(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &json);
+        digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Whether this instance accepts Connect traffic for `destination`: a sidecar proxy for it,
     /// or the service itself speaking Connect natively (Consul API docs, Health).
     pub fn is_connect_endpoint_for(&self, destination: &str) -> bool {

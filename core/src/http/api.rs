@@ -550,8 +550,8 @@ fn table() -> Vec<Route> {
         route(
             Get,
             "/v1/agent/service/{id}",
-            Partial,
-            "no `ContentHash` nor hash blocking",
+            Full,
+            "`ContentHash` and `X-Consul-ContentHash`; `?hash=&wait=` blocks until it changes",
             agent_service,
         ),
         route(
@@ -1764,10 +1764,36 @@ async fn agent_service(
     Path(id): Path<String>,
     Req { o, .. }: Req,
 ) -> ApiResult {
-    Ok(json_response(
-        &st.server.agent_service(o.token.as_deref(), &id)?,
-        None,
-    ))
+    let (server, token) = (&st.server, o.token.as_deref());
+    let deadline = tokio::time::Instant::now() + o.wait_with_jitter();
+    // Taken before each read, so a change between the read and the wait wakes the wait.
+    let mut seen = server.store().view().max_index(Table::CATALOG);
+    let mut service = server.agent_service(token, &id)?;
+    let mut hash = service.content_hash();
+    while o.hash.as_deref() == Some(hash.as_str()) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        server.wait(Table::CATALOG, seen.max(1), left).await;
+        seen = server.store().view().max_index(Table::CATALOG);
+        service = server.agent_service(token, &id)?;
+        hash = service.content_hash();
+    }
+    let mut body = serde_json::to_value(&service).map_err(|e| {
+        ApiError(Error::new(
+            ErrorKind::Internal,
+            format!("encoding the service: {e}"),
+        ))
+    })?;
+    if let Some(map) = body.as_object_mut() {
+        map.insert("ContentHash".to_owned(), json!(hash));
+    }
+    let mut resp = json_response(&body, None);
+    if let Ok(v) = HeaderValue::from_str(&hash) {
+        resp.headers_mut().insert("x-consul-contenthash", v);
+    }
+    Ok(resp)
 }
 
 /// `GET /v1/agent/checks` (`?filter=`).

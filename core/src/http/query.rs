@@ -75,6 +75,9 @@ pub(crate) struct QueryOptions {
     pub(crate) consistent: bool,
     /// `?cached`.
     pub(crate) cached: bool,
+    /// `?hash=`: block until the result's content hash differs (hash-based blocking, Consul
+    /// API docs, Agent Service).
+    pub(crate) hash: Option<String>,
 }
 
 impl std::fmt::Debug for QueryOptions {
@@ -112,6 +115,10 @@ impl QueryOptions {
             stale: params.has("stale"),
             consistent: params.has("consistent"),
             cached: params.has("cached"),
+            hash: params
+                .get("hash")
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned),
             wait: DEFAULT_QUERY_TIME,
             min_index: 0,
         };
