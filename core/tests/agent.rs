@@ -603,3 +603,46 @@ async fn deleting_a_missing_intention_is_not_found_in_process_and_over_http() {
     in_process.close();
     over_http.close();
 }
+
+/// An agent with its own in-process server expires TTL checks as `connect agent` does: a
+/// check not updated within its TTL turns critical with Consul's output, and closing the
+/// agent stops the timer with everything else.
+#[test]
+fn an_in_process_agent_turns_overdue_ttl_checks_critical() {
+    let agent = Agent::new(AgentConfig::dev()).unwrap();
+    let server = agent.server().expect("a dev agent has its server").clone();
+    let reg = ServiceRegistration::from_json(
+        br#"{"Name": "web", "ID": "web-1", "Port": 1, "Check": {"CheckID": "web-ttl", "TTL": "1s"}}"#,
+    )
+    .unwrap();
+    server.register_service(None, reg).unwrap();
+    server
+        .update_check(
+            None,
+            "web-ttl",
+            connect_core::catalog::HealthStatus::Passing,
+            "ok",
+        )
+        .unwrap();
+    let status = || {
+        let view = server.store().view();
+        let c = view
+            .catalog()
+            .check(&server.config().node_name, "web-ttl")
+            .cloned()
+            .unwrap();
+        (c.status, c.output)
+    };
+    // The timer runs in real time (1 s TTL, checked at least every second): allow 10 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status().0 != connect_core::catalog::HealthStatus::Critical {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {:?} after 10 s",
+            status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status().1, "TTL expired");
+    agent.close();
+}

@@ -227,6 +227,14 @@ impl Agent {
             }),
         };
         agent.start_roots_watch()?;
+        if let (AgentBackend::Dev, Backend::InProcess(server)) =
+            (&config.backend, &agent.inner.backend)
+        {
+            // The agent owns this server, so it keeps its TTL checks honest, as `connect
+            // agent` does; an embedder's own server is the embedder's to run.
+            let task = agent.inner.handle.spawn(server.clone().run_ttl_expiry());
+            agent.track(task);
+        }
         Ok(agent)
     }
 

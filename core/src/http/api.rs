@@ -587,7 +587,7 @@ fn table() -> Vec<Route> {
             Put,
             "/v1/agent/check/pass/{id}",
             Full,
-            "`?note=`; `service:write` on the check's service; a TTL check not updated in time turns critical (`TTL expired`) in `connect agent`",
+            "`?note=`; `service:write` on the check's service; a TTL check not updated in time turns critical (`TTL expired`) in `connect agent` and in an agent with its own in-process server",
             check_pass,
         ),
         route(

@@ -479,8 +479,7 @@ impl Server {
     /// Turns critical, with Consul's output `TTL expired`, every TTL check of this node not
     /// updated within its TTL since it was registered or last updated (Consul docs: Health
     /// checks, TTL); a check met first here (after a restart) starts its timer now. Returns
-    /// when the next check is due. `connect agent` calls it in a loop; an embedder serving
-    /// TTL checks calls it the same way.
+    /// when the next check is due; [`Server::run_ttl_expiry`] calls it in a loop.
     pub fn expire_ttl_checks(&self) -> Result<Option<time::OffsetDateTime>, Error> {
         let now = self.clock().now();
         let node = &self.config().node_name;
@@ -508,6 +507,34 @@ impl Server {
             Ok::<_, Error>(next)
         })?;
         Ok(next.value)
+    }
+
+    /// Runs [`Server::expire_ttl_checks`] for as long as the returned future is polled: at the
+    /// next check's deadline, and at least every second so that a check registered meanwhile
+    /// is seen (Consul's agent runs a timer per check). `connect agent` and an [`Agent`] with
+    /// its own in-process server spawn it; dropping or aborting the task stops it.
+    ///
+    /// [`Agent`]: crate::agent::Agent
+    pub async fn run_ttl_expiry(self) {
+        let most = std::time::Duration::from_secs(1);
+        loop {
+            let s = self.clone();
+            let next = match tokio::task::spawn_blocking(move || s.expire_ttl_checks()).await {
+                Ok(Ok(next)) => next,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "expiring TTL checks failed");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "expiring TTL checks panicked");
+                    None
+                }
+            };
+            let wait = next
+                .and_then(|d| std::time::Duration::try_from(d - self.clock().now()).ok())
+                .map_or(most, |d| d.min(most));
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Restarts a TTL check's timer (registration and every update), as Consul's agent does.

@@ -532,7 +532,7 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     }
 
     background.spawn(prune_roots(server.clone()));
-    background.spawn(expire_ttl_checks(server.clone()));
+    background.spawn(server.clone().run_ttl_expiry());
 
     let c = server.config();
     eprintln!("==> Starting libconnect agent...");
@@ -783,31 +783,6 @@ fn url_host(addr: SocketAddr) -> String {
         ip => ip,
     };
     SocketAddr::new(ip, addr.port()).to_string()
-}
-
-/// Turns TTL checks that were not updated in time critical (Consul's agent runs a timer per
-/// check): at the next check's deadline, and at least every second so that a check
-/// registered meanwhile is seen.
-async fn expire_ttl_checks(server: Server) {
-    loop {
-        let s = server.clone();
-        let next = match tokio::task::spawn_blocking(move || s.expire_ttl_checks()).await {
-            Ok(Ok(next)) => next,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "expiring TTL checks failed");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "expiring TTL checks panicked");
-                None
-            }
-        };
-        let most = std::time::Duration::from_secs(1);
-        let wait = next
-            .and_then(|d| std::time::Duration::try_from(d - server.clock().now()).ok())
-            .map_or(most, |d| d.min(most));
-        tokio::time::sleep(wait).await;
-    }
 }
 
 /// Prunes roots rotated out long ago and renews a Vault intermediate, hourly (Consul's leader
