@@ -143,9 +143,10 @@ describe('npm consul with ACLs on (default deny)', () => {
     assert.deepEqual(await anonymous.catalog.connect.nodes('db'), [])
     assert.deepEqual(await anonymous.catalog.service.list(), {})
 
-    // A token with service:read on web only (made over plain HTTP: the client has no ACL API).
+    // A token with service:read on web only, and node:read, without which Consul shows no
+    // instance (made over plain HTTP: the client has no ACL API).
     const put = (path, body) => putJson(httpAddr, ROOT, path, body)
-    const policy = await put('acl/policy', { Name: 'web-read', Rules: 'service "web" { policy = "read" }' })
+    const policy = await put('acl/policy', { Name: 'web-read', Rules: 'service "web" { policy = "read" }\nnode_prefix "" { policy = "read" }' })
     const token = (await put('acl/token', { Policies: [{ ID: policy.ID }] })).SecretID
     const webReader = client(httpAddr, token)
     assert.deepEqual(await webReader.health.service('db'), [])

@@ -168,8 +168,11 @@ def test_acl_filtering_answers_empty_lists(acl_addr: str) -> None:
     assert rows == []
     _, services = anonymous.catalog.services()
     assert services == {}
+    # Consul shows an instance to a token that may read its service and its node.
     policy = root.acl.policy.create(
-        "web-read", rules={"service": {"web": {"policy": "read"}}}
+        "web-read",
+        rules={"service": {"web": {"policy": "read"}},
+               "node_prefix": {"": {"policy": "read"}}},
     )
     token = root.acl.token.create(policies_id=[policy["ID"]])["SecretID"]
     web_reader = client(acl_addr, token=token)
