@@ -8,6 +8,7 @@ mod catalog;
 mod control_plane;
 mod federation;
 mod intentions;
+mod jwt;
 mod limiter;
 
 pub use catalog::{
