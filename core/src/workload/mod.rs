@@ -4,12 +4,15 @@
 //! matched against the configured registrations), `service.rs` (the `SpiffeWorkloadAPI`
 //! methods over the agent cache and the server's JWT keys), `socket.rs` (the socket, its
 //! mode and owner, and its bounds), `proto.rs` (generated from `core/proto/workload.proto`
-//! by `tools/workload-proto-gen`; `make workload-proto`).
+//! by `tools/workload-proto-gen`; `make workload-proto`), `authority.rs` (requests of gRPC's C core
+//! and Java clients carry the socket path as `:authority`, which h2 refuses: rewritten on the
+//! way in).
 //!
 //! Built with the `workload-api` cargo feature (on with `cli`), so that embedders and the
 //! bindings compile no gRPC stack.
 
 mod attest;
+mod authority;
 #[allow(
     missing_docs,
     unreachable_pub,

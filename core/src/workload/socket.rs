@@ -20,6 +20,7 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use super::attest::{Caller, WorkloadSelector, attest};
+use super::authority::AuthorityFix;
 use super::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use super::service::{Attested, WorkloadApi};
 use crate::agent::Agent;
@@ -228,6 +229,8 @@ async fn accept_loop(
         );
         let conn = WorkloadConn {
             io,
+            fix: AuthorityFix::new(),
+            eof: false,
             info: Attested(Arc::new((caller, services))),
             _permit: permit,
         };
@@ -237,9 +240,12 @@ async fn accept_loop(
     }
 }
 
-/// An accepted connection with its attestation; holds its slot of the connection limit.
+/// An accepted connection with its attestation; holds its slot of the connection limit. What
+/// the client sends goes through [`AuthorityFix`].
 struct WorkloadConn {
     io: UnixStream,
+    fix: AuthorityFix,
+    eof: bool,
     info: Attested,
     _permit: OwnedSemaphorePermit,
 }
@@ -258,7 +264,27 @@ impl AsyncRead for WorkloadConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        loop {
+            let pending = this.fix.pending();
+            if !pending.is_empty() {
+                let n = pending.len().min(buf.remaining());
+                buf.put_slice(&pending[..n]);
+                this.fix.consume(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.io).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => this.eof = true,
+                Poll::Ready(Ok(())) => this.fix.feed(read.filled())?,
+            }
+        }
     }
 }
 
