@@ -912,6 +912,44 @@ mod tests {
     }
 
     #[test]
+    fn the_workload_api_socket_comes_from_the_flag_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("w.hcl");
+        std::fs::write(
+            &f,
+            r#"workload_api {
+                 socket = "/run/file.sock"
+                 socket_mode = "0700"
+                 root_change_jitter = "0s"
+                 workload {
+                   service = "web"
+                   uid = 1000
+                 }
+               }"#,
+        )
+        .unwrap();
+        let s = parse(&["-dev", "-config-file", f.to_str().unwrap()]).unwrap();
+        let w = s.workload_api.unwrap();
+        assert_eq!(w.config.socket, std::path::PathBuf::from("/run/file.sock"));
+        assert_eq!(w.config.socket_mode, 0o700);
+        assert_eq!(w.root_change_jitter, Some(Duration::ZERO));
+        assert_eq!(w.config.workloads.len(), 1);
+        let s = parse(&[
+            "-dev",
+            "-config-file",
+            f.to_str().unwrap(),
+            "-workload-api-socket",
+            "/run/flag.sock",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.workload_api.unwrap().config.socket,
+            std::path::PathBuf::from("/run/flag.sock")
+        );
+        assert!(parse(&["-dev"]).unwrap().workload_api.is_none());
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("a.hcl");

@@ -38,8 +38,15 @@
 //!   socket       = "/run/connect/workload.sock"
 //!   socket_mode  = "0770"               # octal; socket_user / socket_group: numeric IDs
 //!   jwt_svid_ttl = "5m"
-//!   workload { service = "web", uid = 1000 }          # every set selector must match
-//!   workload { service = "db", uid = 1001, gid = 1001, path = "/usr/bin/db" }
+//!   workload {                          # every selector set must match the caller
+//!     service = "web"
+//!     uid     = 1000
+//!   }
+//!   workload {
+//!     service = "db"
+//!     uid     = 1001
+//!     path    = "/usr/bin/db"
+//!   }
 //! }
 //! limits {
 //!   http_max_conns_per_client = 200
@@ -717,6 +724,65 @@ mod tests {
           }
         }
     "#;
+
+    #[test]
+    fn workload_api_blocks_in_hcl_and_json() {
+        let hcl = r#"
+            workload_api {
+              socket       = "/run/w.sock"
+              socket_mode  = "0770"
+              socket_group = 100
+              jwt_svid_ttl = "10m"
+              token        = "s3cr3t"
+              workload {
+                service = "web"
+                uid     = 1000
+              }
+              workload {
+                service = "db"
+                gid     = 7
+                path    = "/usr/bin/db"
+              }
+            }
+        "#;
+        let c = AgentConfigFile::parse(hcl, ConfigFormat::Hcl).unwrap();
+        let w = &c.workload_api;
+        assert_eq!(w.socket, Some(PathBuf::from("/run/w.sock")));
+        assert_eq!(w.socket_mode, Some(0o770));
+        assert_eq!(w.socket_group, Some(100));
+        assert_eq!(w.jwt_svid_ttl, Some(Duration::from_secs(600)));
+        assert_eq!(w.workloads.len(), 2);
+        assert_eq!(w.workloads[0].service, "web");
+        assert_eq!(w.workloads[0].uid, Some(1000));
+        assert_eq!(w.workloads[1].path, Some(PathBuf::from("/usr/bin/db")));
+        assert!(
+            !format!("{c:?}").contains("s3cr3t"),
+            "the token is redacted"
+        );
+
+        let json = r#"{"workload_api": {"socket": "/run/w.sock",
+            "workload": {"service": "web", "uid": "1000"}}}"#;
+        let mut j = AgentConfigFile::parse(json, ConfigFormat::Json).unwrap();
+        assert_eq!(j.workload_api.workloads.len(), 1);
+        j.merge(c);
+        assert_eq!(
+            j.workload_api.workloads.len(),
+            3,
+            "registrations add up across files"
+        );
+
+        for bad in [
+            r#"workload_api { socket_mode = "999" }"#,
+            r#"workload_api { workload { service = "web" } }"#,
+            r#"workload_api { workload { uid = 1 } }"#,
+            r#"workload_api { jwt_svid_ttl = "0s" }"#,
+        ] {
+            assert!(
+                AgentConfigFile::parse(bad, ConfigFormat::Hcl).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn hcl_with_consuls_keys() {
