@@ -3,6 +3,8 @@
 //! CA rotation, bundles, JWT-SVIDs, intentions for a workload dialing a libconnect service,
 //! and hostile input (ARCHITECTURE.md, workload).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
 mod cli_support;
 
 use std::io::{Read, Write};
