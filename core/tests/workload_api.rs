@@ -79,6 +79,28 @@ async fn client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
     SpiffeWorkloadApiClient::new(channel)
 }
 
+/// The registration of `web` for this process's uid.
+fn web_registration() -> String {
+    format!("workload {{\n service = \"web\"\n uid = {}\n}}", my_uid())
+}
+
+/// A `FetchX509SVID` stream and its first message.
+async fn svid_stream(
+    c: &mut SpiffeWorkloadApiClient<Channel>,
+) -> (tonic::Streaming<X509svidResponse>, X509svidResponse) {
+    let mut stream = c
+        .fetch_x509svid(req(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    (stream, first)
+}
+
 /// A request with the Workload API's security header.
 fn req<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
@@ -122,24 +144,57 @@ fn svid_of(resp: &X509svidResponse) -> (Svid, Bundle) {
     (svid, bundle)
 }
 
+/// Rotates `agent`'s root to an EC key of `bits` and reads `stream` until it delivers an SVID
+/// that verifies against the new root alone. Returns the times from sending the rotation to the
+/// push whose bundle holds the new root, and to the push of that SVID.
+async fn rotate_and_follow(
+    agent: &Arc<Agent>,
+    stream: &mut tonic::Streaming<X509svidResponse>,
+    bits: u32,
+) -> (Duration, Duration) {
+    let a = Arc::clone(agent);
+    let started = Instant::now();
+    let new_root = tokio::task::spawn_blocking(move || rotate_root(&a, "", "ec", bits))
+        .await
+        .unwrap();
+    let roots = agent.roots();
+    let pem = roots["Roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ID"] == new_root.as_str())
+        .unwrap()["RootCert"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let new_root_der = connect_core::certs::parse_pem_certificates(&pem).unwrap();
+    let mut saw_bundle = None;
+    loop {
+        let msg = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("a push after the rotation")
+            .unwrap()
+            .unwrap();
+        let at = started.elapsed();
+        let (svid, bundle) = svid_of(&msg);
+        if saw_bundle.is_none() && bundle.roots().contains(&new_root_der[0]) {
+            saw_bundle = Some(at);
+        }
+        let only_new = Bundle::new(bundle.trust_domain().as_str(), new_root_der.clone()).unwrap();
+        let id = Identity::new("web", connect_core::clock::system());
+        id.update_bundle(only_new).unwrap();
+        if id.update_svid(svid).is_ok() {
+            return (saw_bundle.unwrap_or(at), at);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_gets_its_svid_and_a_new_one_after_a_rotation() {
     let dir = tempfile::tempdir().unwrap();
-    let (agent, socket) = agent_with(
-        dir.path(),
-        &format!("workload {{\n service = \"web\"\n uid = {}\n}}", my_uid()),
-    );
+    let (agent, socket) = agent_with(dir.path(), &web_registration());
     let mut c = client(&socket).await;
-    let mut stream = c
-        .fetch_x509svid(req(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (mut stream, first) = svid_stream(&mut c).await;
     let (svid, bundle) = svid_of(&first);
     assert!(
         svid.spiffe_id()
@@ -169,53 +224,15 @@ async fn a_workload_gets_its_svid_and_a_new_one_after_a_rotation() {
     );
 
     // A rotation: the new root reaches the stream, then a leaf signed by it.
-    let blocking_agent = Arc::new(agent);
-    let a = Arc::clone(&blocking_agent);
-    let rotated_at = Instant::now();
-    let new_root = tokio::task::spawn_blocking(move || rotate_root(&a, "", "ec", 384))
-        .await
-        .unwrap();
-    let roots = blocking_agent.roots();
-    let new_root_pem = roots["Roots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["ID"] == new_root.as_str())
-        .unwrap()["RootCert"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let new_root_der = connect_core::certs::parse_pem_certificates(&new_root_pem).unwrap();
-    let deadline = Instant::now() + WAIT;
-    let (mut saw_bundle, mut saw_leaf) = (None, None);
-    while saw_leaf.is_none() {
-        let msg = tokio::time::timeout_at(deadline.into(), stream.message())
-            .await
-            .expect("a push after the rotation")
-            .unwrap()
-            .unwrap();
-        let (svid, bundle) = svid_of(&msg);
-        if saw_bundle.is_none() && bundle.roots().contains(&new_root_der[0]) {
-            saw_bundle = Some(rotated_at.elapsed());
-        }
-        // The new leaf verifies against the new root alone.
-        let only_new = Bundle::new(bundle.trust_domain().as_str(), new_root_der.clone()).unwrap();
-        let id = Identity::new("web", connect_core::clock::system());
-        id.update_bundle(only_new).unwrap();
-        if id.update_svid(svid).is_ok() {
-            saw_leaf = Some(rotated_at.elapsed());
-        }
-    }
+    let agent = Arc::new(agent);
+    let (saw_bundle, saw_leaf) = rotate_and_follow(&agent, &mut stream, 384).await;
     eprintln!("rotation to push: bundle {saw_bundle:?}, new SVID {saw_leaf:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_svids_are_issued_validated_and_verifiable_with_the_bundle() {
     let dir = tempfile::tempdir().unwrap();
-    let (_agent, socket) = agent_with(
-        dir.path(),
-        &format!("workload {{\n service = \"web\"\n uid = {}\n}}", my_uid()),
-    );
+    let (_agent, socket) = agent_with(dir.path(), &web_registration());
     let mut c = client(&socket).await;
     let resp = c
         .fetch_jwtsvid(req(JwtsvidRequest {
@@ -331,10 +348,7 @@ async fn callers_without_the_header_or_a_registration_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_leaves_the_agent_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let (agent, socket) = agent_with(
-        dir.path(),
-        &format!("workload {{\n service = \"web\"\n uid = {}\n}}", my_uid()),
-    );
+    let (agent, socket) = agent_with(dir.path(), &web_registration());
     // Garbage instead of an HTTP/2 preface: the connection is closed.
     for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0xffu8; 4096][..], b""] {
         let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
@@ -400,16 +414,7 @@ async fn hostile_input_leaves_the_agent_serving() {
     drop(raw);
 
     // Still serving, and the process is alive.
-    let mut stream = c
-        .fetch_x509svid(req(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    let msg = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (_stream, msg) = svid_stream(&mut c).await;
     assert_eq!(msg.svids.len(), 1);
     assert!(agent.roots()["Roots"].is_array());
 }
@@ -417,10 +422,7 @@ async fn hostile_input_leaves_the_agent_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intentions_rule_a_spiffe_workload_dialing_a_libconnect_service() {
     let dir = tempfile::tempdir().unwrap();
-    let (agent, socket) = agent_with(
-        dir.path(),
-        &format!("workload {{\n service = \"web\"\n uid = {}\n}}", my_uid()),
-    );
+    let (agent, socket) = agent_with(dir.path(), &web_registration());
     agent
         .cli(&["intention", "create", "-deny", "web", "vault"])
         .ok();
@@ -452,15 +454,7 @@ async fn intentions_rule_a_spiffe_workload_dialing_a_libconnect_service() {
 
     // The workload's SVID from the socket, in a TLS identity of its own.
     let mut c = client(&socket).await;
-    let first = c
-        .fetch_x509svid(req(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .unwrap();
+    let (_stream, first) = svid_stream(&mut c).await;
     let (svid, bundle) = svid_of(&first);
     let web = Identity::new("web", connect_core::clock::system());
     web.update_bundle(bundle).unwrap();
@@ -498,60 +492,16 @@ fn io(e: std::io::Error) -> connect_core::Error {
 async fn rotation_to_push_latency() {
     const ROTATIONS: usize = 12;
     let dir = tempfile::tempdir().unwrap();
-    let (agent, socket) = agent_with(
-        dir.path(),
-        &format!("workload {{\n service = \"web\"\n uid = {}\n}}", my_uid()),
-    );
+    let (agent, socket) = agent_with(dir.path(), &web_registration());
     let agent = Arc::new(agent);
     let mut c = client(&socket).await;
-    let mut stream = c
-        .fetch_x509svid(req(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    stream.message().await.unwrap().unwrap();
+    let (mut stream, _) = svid_stream(&mut c).await;
     let (mut bundle_ms, mut svid_ms) = (Vec::new(), Vec::new());
     for i in 0..ROTATIONS {
-        let a = Arc::clone(&agent);
         let bits = if i % 2 == 0 { 384 } else { 256 };
-        let started = Instant::now();
-        let new_root = tokio::task::spawn_blocking(move || rotate_root(&a, "", "ec", bits))
-            .await
-            .unwrap();
-        let roots = agent.roots();
-        let pem = roots["Roots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["ID"] == new_root.as_str())
-            .unwrap()["RootCert"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let new_root_der = connect_core::certs::parse_pem_certificates(&pem).unwrap();
-        let mut saw_bundle = None;
-        loop {
-            let msg = tokio::time::timeout(WAIT, stream.message())
-                .await
-                .expect("a push after the rotation")
-                .unwrap()
-                .unwrap();
-            let at = started.elapsed();
-            let (svid, bundle) = svid_of(&msg);
-            if saw_bundle.is_none() && bundle.roots().contains(&new_root_der[0]) {
-                saw_bundle = Some(at);
-            }
-            let id = Identity::new("web", connect_core::clock::system());
-            id.update_bundle(
-                Bundle::new(bundle.trust_domain().as_str(), new_root_der.clone()).unwrap(),
-            )
-            .unwrap();
-            if id.update_svid(svid).is_ok() {
-                bundle_ms.push(saw_bundle.unwrap_or(at).as_secs_f64() * 1000.0);
-                svid_ms.push(at.as_secs_f64() * 1000.0);
-                break;
-            }
-        }
+        let (bundle, svid) = rotate_and_follow(&agent, &mut stream, bits).await;
+        bundle_ms.push(bundle.as_secs_f64() * 1000.0);
+        svid_ms.push(svid.as_secs_f64() * 1000.0);
     }
     let stats = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);

@@ -106,6 +106,13 @@ impl WorkloadApi {
             .collect()
     }
 
+    /// The in-process server whose keys sign and check JWT-SVIDs.
+    fn jwt_server(&self) -> Result<crate::server::Server, Status> {
+        self.agent.server().cloned().ok_or_else(|| {
+            Status::unimplemented("JWT-SVIDs need an agent with an in-process server")
+        })
+    }
+
     /// The one `ConnectService` of `name`, started on first use and shared by every caller.
     fn service(&self, name: &str) -> Result<Arc<ConnectService>, Error> {
         let mut services = self.services.lock().unwrap_or_else(PoisonError::into_inner);
@@ -285,13 +292,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
         let services = self.attested(&request)?;
-        let server = self
-            .agent
-            .server()
-            .ok_or_else(|| {
-                Status::unimplemented("JWT-SVIDs need an agent with an in-process server")
-            })?
-            .clone();
+        let server = self.jwt_server()?;
         let req = request.into_inner();
         if req.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -330,13 +331,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let services = self.attested(&request)?;
-        let server = self
-            .agent
-            .server()
-            .ok_or_else(|| {
-                Status::unimplemented("JWT bundles need an agent with an in-process server")
-            })?
-            .clone();
+        let server = self.jwt_server()?;
         // Re-read on every identity change (a rotation brings a new key) and every minute.
         Ok(Response::new(self.stream(services, move |_| {
             let (td, jwks) = server.jwt_bundle()?;
@@ -351,13 +346,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         self.attested(&request)?;
-        let server = self
-            .agent
-            .server()
-            .ok_or_else(|| {
-                Status::unimplemented("JWT-SVIDs need an agent with an in-process server")
-            })?
-            .clone();
+        let server = self.jwt_server()?;
         let req = request.into_inner();
         if req.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
