@@ -561,6 +561,9 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     }
 
     if let Some(wl) = settings.workload_api {
+        if wl.config.workloads.is_empty() {
+            tracing::warn!("workload_api has no workload block: every caller will be refused");
+        }
         let listener = connect_core::workload::WorkloadApiListener::bind(wl.config)?;
         // An agent cache of its own over this server: the workloads' leaves are signed with
         // the block's token and re-issued after a rotation within its jitter.
