@@ -16,6 +16,9 @@ use std::io;
 const MAX_FRAME: usize = 16_384;
 /// The largest header block (HEADERS plus CONTINUATIONs) accepted before decoding.
 const MAX_BLOCK: usize = 64 * 1024;
+/// The largest decoded header list passed on, counted as h2 does; beyond it the connection
+/// ends (h2 itself refuses more than 16 KiB).
+const MAX_HEADER_LIST: usize = 32 * 1024;
 /// The HPACK dynamic table size h2 advertises (the default, 4096).
 const TABLE_SIZE: usize = 4096;
 const PREFACE_LEN: usize = 24;
@@ -184,23 +187,33 @@ impl AuthorityFix {
         let Some(block) = self.block.take() else {
             return Ok(());
         };
-        // The decoder asserts on some malformed input instead of returning an error.
+        // The decoder asserts on some malformed input instead of returning an error. Decoded
+        // size is bounded as h2 counts a header list (name + value + 32 per field), so that a
+        // block of indexed references to large table entries cannot expand without limit.
         let decoder = &mut self.decoder;
-        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            decoder.decode(&block.fragment)
-        }))
-        .map_err(|_| bad("malformed header block"))?
-        .map_err(|_| bad("malformed header block"))?;
         let mut encoded = Vec::with_capacity(block.fragment.len() + 16);
-        for (name, value) in &decoded {
-            let value: &[u8] = if name.as_slice() == b":authority" {
-                b"localhost"
-            } else {
-                value
-            };
-            encoded.push(0x00); // literal without indexing, new name
-            encode_string(&mut encoded, name);
-            encode_string(&mut encoded, value);
+        let mut listed = 0usize;
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decoder.decode_with_cb(&block.fragment, |name, value| {
+                listed += name.len() + value.len() + 32;
+                if listed > MAX_HEADER_LIST {
+                    return;
+                }
+                let value: &[u8] = if name.as_ref() == b":authority" {
+                    b"localhost"
+                } else {
+                    &value
+                };
+                encoded.push(0x00); // literal without indexing, new name
+                encode_string(&mut encoded, &name);
+                encode_string(&mut encoded, value);
+            })
+        }));
+        if !matches!(decoded, Ok(Ok(()))) {
+            return Err(bad("malformed header block"));
+        }
+        if listed > MAX_HEADER_LIST {
+            return Err(bad("header list too large"));
         }
         let mut first = true;
         let mut rest: &[u8] = &encoded;
@@ -398,6 +411,19 @@ mod tests {
         let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, PADDED | END_HEADERS, 1, &[9, 0x82]));
         assert!(fix.feed(&input).is_err(), "padding longer than the frame");
+
+        // An HPACK bomb: one 4 KiB table entry, then a block of references to it.
+        let mut fix = AuthorityFix::new();
+        let mut input = PREFACE.to_vec();
+        let first = {
+            let mut f = vec![0x40, 0x01, b'x'];
+            encode_integer(&mut f, 4096 - 32 - 1, 7, 0);
+            f.extend(std::iter::repeat_n(b'y', 4096 - 32 - 1));
+            f
+        };
+        input.extend(frame(HEADERS, END_HEADERS, 1, &first));
+        input.extend(frame(HEADERS, END_HEADERS, 3, &[0xbe; 1000])); // index 62, 1000 times
+        assert!(fix.feed(&input).is_err(), "an expanding header block");
 
         let mut fix = AuthorityFix::new();
         let mut input = PREFACE.to_vec();
