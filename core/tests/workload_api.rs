@@ -317,10 +317,13 @@ async fn callers_without_the_header_or_a_registration_are_refused() {
     let (_agent, socket) = agent_with(
         dir.path(),
         &format!(
-            "workload {{\n service = \"web\"\n uid = 4242\n}}\nworkload {{\n service = \"db\"\n uid = {}\n path = \"/nonexistent/db\"\n}}",
+            "socket_group = 4242\nworkload {{\n service = \"web\"\n uid = 4242\n}}\nworkload {{\n service = \"db\"\n uid = {}\n path = \"/nonexistent/db\"\n}}",
             my_uid()
         ),
     );
+    // The socket belongs to the configured group.
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(std::fs::metadata(&socket).unwrap().gid(), 4242);
     let mut c = client(&socket).await;
     let denied = c
         .fetch_x509svid(req(X509svidRequest {}))
