@@ -24,6 +24,7 @@ pub use federation::{
     run_advertise, run_intention_replication, run_secondary,
 };
 pub use intentions::{ServiceName, parse_service_name};
+pub use jwt::{JwtSvid, JwtSvidRequest, JwtValidateRequest, JwtValidation};
 pub use limiter::{CSR_LIMIT_WAIT, CsrLimiter, Permit};
 
 #[cfg(test)]
