@@ -242,3 +242,21 @@ def test_an_unmatched_caller_is_refused(workload_agent: Tuple[str, str]) -> None
     )
     assert out.returncode == 3, (out.stdout, out.stderr)
     assert "PERMISSION_DENIED" in out.stdout or "no identity issued" in out.stdout, out.stdout
+
+
+def test_libconnect_jwt_svids_and_the_workload_apis_are_one_issuer(
+    workload_agent: Tuple[str, str],
+) -> None:
+    """libconnect's own ``Service.jwt_svid`` / ``Agent.validate_jwt_svid`` (through the agent's
+    HTTP API) and the Workload API sign with the same key: each validates the other's token."""
+    addr, socket = workload_agent
+    with libconnect.Agent(address=addr) as agent, client(socket) as c:
+        with agent.service("web", ready_timeout=T) as web:
+            token = web.jwt_svid(["db", "api"])
+            assert str(c.validate_jwt_svid(token, "db").spiffe_id) == web.spiffe_id
+            theirs = c.fetch_jwt_svid(audience={"api"})
+            claims = agent.validate_jwt_svid(theirs.token, "api")
+            assert claims["sub"] == str(theirs.spiffe_id)
+            assert claims["aud"] == "api"
+            with pytest.raises(libconnect.InvalidArgumentError, match="audience"):
+                agent.validate_jwt_svid(theirs.token, "db")
