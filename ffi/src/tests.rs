@@ -36,6 +36,20 @@ fn dev_agent() -> *const connect_agent {
     agent
 }
 
+/// A service of `agent` with its first leaf.
+fn ready_service(agent: *const connect_agent, name: &CStr) -> *const connect_service {
+    let mut svc = ptr::null();
+    // SAFETY: a live agent, a C string and a valid out pointer.
+    unsafe {
+        assert_eq!(
+            connect_service_new(agent, name.as_ptr(), &mut svc),
+            connect_result::Ok
+        );
+        assert_eq!(connect_service_ready_wait(svc, 20_000), connect_result::Ok);
+    }
+    svc
+}
+
 #[test]
 fn a_panic_inside_a_call_is_reported_and_the_process_lives() {
     let agent = dev_agent();
@@ -196,14 +210,9 @@ fn builder_text_setters_check_their_values_and_refuse_after_build() {
 #[test]
 fn cross_datacenter_dials_check_their_arguments_with_typed_results() {
     let agent = dev_agent();
-    let mut svc = ptr::null();
+    let svc = ready_service(agent, c"web");
     // SAFETY: live handles and valid pointers throughout; each handle is freed once.
     unsafe {
-        assert_eq!(
-            connect_service_new(agent, c"web".as_ptr(), &mut svc),
-            connect_result::Ok
-        );
-        assert_eq!(connect_service_ready_wait(svc, 20_000), connect_result::Ok);
         let mut conn = ptr::null_mut();
         let none = connect_mesh_gateway_mode::None as u32;
         let local = connect_mesh_gateway_mode::Local as u32;
@@ -263,14 +272,9 @@ fn cross_datacenter_dials_check_their_arguments_with_typed_results() {
 #[test]
 fn a_jwt_svid_is_signed_for_the_service_and_validated_by_the_agent() {
     let agent = dev_agent();
-    let mut svc = ptr::null();
+    let svc = ready_service(agent, c"web");
     // SAFETY: live handles and valid pointers throughout; each handle is freed once.
     unsafe {
-        assert_eq!(
-            connect_service_new(agent, c"web".as_ptr(), &mut svc),
-            connect_result::Ok
-        );
-        assert_eq!(connect_service_ready_wait(svc, 20_000), connect_result::Ok);
         let mut token = [0 as c_char; 1024];
         let mut n = 0usize;
         assert_eq!(
