@@ -102,6 +102,14 @@ build:
 header:
 	$(MAKE) -C ffi header
 
+## Regenerate core/src/workload/proto.rs from core/proto/workload.proto (the SPIFFE Workload
+## API) with the pinned generator in tools/workload-proto-gen (tonic-prost-build and a vendored
+## protoc; its own Cargo.lock). The generated file is committed: builds need no protoc.
+.PHONY: workload-proto
+workload-proto:
+	cd tools/workload-proto-gen && cargo run --locked --quiet
+	cargo fmt --all
+
 ## Install libconnect (library, header, pkg-config file): make install PREFIX=/opt/libconnect
 install:
 	$(MAKE) -C ffi install

@@ -722,6 +722,35 @@ connect_result connect_agent_intention_check(const connect_agent *agent,
                                              bool *out_allowed);
 
 /*
+ Checks a JWT-SVID (from `connect_service_get_jwt_svid`, a SPIFFE Workload API, or any
+ issuer of this trust domain's JWT keys) for `audience`: signature, expiry and audience; on
+ success copies out its subject, the SPIFFE ID.
+
+ Parameters:
+ - `agent`: the agent.
+ - `token`, `audience`: NUL-terminated UTF-8.
+ - `buf`, `len`: the output buffer for the SPIFFE ID, NUL-terminated.
+ - `out_n`: receives the length without the NUL, or the size needed on
+   `CONNECT_RESULT_INSUFFICIENT_SIZE`.
+
+ Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+ `CONNECT_RESULT_INVALID_PARAMETER` (the token is malformed, expired, not for `audience`,
+ or not signed by a key of this trust domain; `connect_last_error_message` says which),
+ `CONNECT_RESULT_INSUFFICIENT_SIZE`, `CONNECT_RESULT_HTTP`, `CONNECT_RESULT_CLOSED`,
+ `CONNECT_RESULT_PANIC`.
+
+ Memory and lifetimes: nothing is retained.
+
+ Thread safety: may be called from any thread except libconnect's own.
+ */
+connect_result connect_agent_validate_jwt_svid(const connect_agent *agent,
+                                               const char *token,
+                                               const char *audience,
+                                               char *buf,
+                                               size_t len,
+                                               size_t *out_n);
+
+/*
  Copies the PEM of every trusted CA root (the active one and any kept during a rotation).
 
  Parameters:
@@ -1439,6 +1468,35 @@ connect_result connect_service_get_spiffe_id(const connect_service *service,
                                              char *buf,
                                              size_t len,
                                              size_t *out_n);
+
+/*
+ Signs a JWT-SVID (SPIFFE spec: JWT-SVID; ES256, valid 5 minutes) for the service with one
+ audience, and copies it out. The agent's token needs `service:write` on the service.
+
+ Parameters:
+ - `service`: the service.
+ - `audience`: the token's audience, NUL-terminated UTF-8.
+ - `buf`, `len`: the output buffer; the token, NUL-terminated. Tokens are a few hundred
+   bytes: pass 1024. Asking for the size first (`buf` NULL, `len` 0) signs a token too.
+ - `out_n`: receives the length without the NUL, or the size needed on
+   `CONNECT_RESULT_INSUFFICIENT_SIZE`.
+
+ Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+ `CONNECT_RESULT_INVALID_PARAMETER` (an empty or too long audience),
+ `CONNECT_RESULT_INSUFFICIENT_SIZE`, `CONNECT_RESULT_PERMISSION_DENIED`,
+ `CONNECT_RESULT_CA_NOT_INITIALIZED`, `CONNECT_RESULT_HTTP`, `CONNECT_RESULT_CLOSED`,
+ `CONNECT_RESULT_PANIC`.
+
+ Memory and lifetimes: nothing is retained. The token is a bearer credential until it
+ expires: keep it out of logs.
+
+ Thread safety: may be called from any thread except libconnect's own.
+ */
+connect_result connect_service_get_jwt_svid(const connect_service *service,
+                                            const char *audience,
+                                            char *buf,
+                                            size_t len,
+                                            size_t *out_n);
 
 /*
  Explains whether a peer with this SPIFFE ID may connect to the service, by its intentions

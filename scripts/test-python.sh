@@ -3,7 +3,8 @@
 # runs its pytest suite, mypy.stubtest over the hand-written stubs and mypy --strict over the
 # package and the typed usage file. Installs what a fresh machine lacks first (a venv with
 # maturin, pytest, pytest-timeout, mypy and py-consul — an independent Consul client the tests
-# run against the agent — from PyPI). Called by scripts/test.sh; runs alone.
+# run against the agent — and spiffe + spiffe-tls, the SPIFFE project's Python library that
+# tests the agent's Workload API, from PyPI). Called by scripts/test.sh; runs alone.
 #
 # Environment: PYTHON (default python3) makes the venv; CARGO_TARGET_DIR is honoured by cargo
 # and maturin alike.
@@ -23,9 +24,10 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "== creating $venv"
   "$python" -m venv "$venv"
 fi
-echo "== pip install maturin pytest pytest-timeout mypy py-consul"
+echo "== pip install maturin pytest pytest-timeout mypy py-consul spiffe spiffe-tls"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-  'maturin>=1.9,<2' 'pytest>=8' 'pytest-timeout>=2.3' 'mypy>=1.10' 'py-consul==1.8.0'
+  'maturin>=1.9,<2' 'pytest>=8' 'pytest-timeout>=2.3' 'mypy>=1.10' 'py-consul==1.8.0' \
+  'spiffe==0.3.2' 'spiffe-tls==0.4.0'
 
 export PATH="$root/$venv/bin:$PATH"
 export VIRTUAL_ENV="$root/$venv"

@@ -36,6 +36,11 @@ export declare class NativeAgent {
   intentionDelete(source: string, destination: string): Promise<void>
   /** Whether `source` may connect to `destination`. */
   intentionCheck(source: string, destination: string): Promise<boolean>
+  /**
+   * Checks a JWT-SVID for `audience` (signature, expiry, audience); resolves with its
+   * claims as JSON text (`sub` is the SPIFFE ID).
+   */
+  validateJwtSvid(token: string, audience: string): Promise<string>
   /** Every trusted CA root, PEM. */
   rootsPem(): Promise<string>
   /**
@@ -82,6 +87,8 @@ export declare class NativeService {
    * peer is allowed, throws `AUTHORIZATION_DENIED` (with Consul's reason) when it is not.
    */
   admit(peer: string | Buffer | Array<Buffer>): PeerAuthorization
+  /** A JWT-SVID (ES256, valid 5 minutes) for this service with `audiences`. */
+  jwtSvid(audiences: Array<string>): Promise<string>
   /**
    * The addresses of healthy instances of `target`, in the order to try them. Rejects with
    * `CONNECTION_REFUSED` when there is none.

@@ -40,6 +40,10 @@ async function main(): Promise<void> {
   const pems: string[] = [db.leafPem(), db.keyPem(), db.rootsPem(), m.chainPem, m.spiffeId]
   const id: string = db.spiffeId
   const ready: boolean = db.isReady
+  const jwt: string = await web.jwtSvid(['db', 'api'])
+  const claims: Record<string, unknown> = await dev.validateJwtSvid(await web.jwtSvid('db'), 'db')
+  void jwt
+  void claims
 
   const server: MtlsServer = db.createServer((socket, peer) => {
     const who: string = peer.peer

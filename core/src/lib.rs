@@ -27,6 +27,8 @@ pub mod server;
 pub mod spiffe;
 pub mod state;
 pub mod tls;
+#[cfg(feature = "workload-api")]
+pub mod workload;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::{Error, ErrorKind, Result};

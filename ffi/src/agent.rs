@@ -706,6 +706,55 @@ pub unsafe extern "C" fn connect_agent_intention_check(
     })
 }
 
+/// Checks a JWT-SVID (from `connect_service_get_jwt_svid`, a SPIFFE Workload API, or any
+/// issuer of this trust domain's JWT keys) for `audience`: signature, expiry and audience; on
+/// success copies out its subject, the SPIFFE ID.
+///
+/// Parameters:
+/// - `agent`: the agent.
+/// - `token`, `audience`: NUL-terminated UTF-8.
+/// - `buf`, `len`: the output buffer for the SPIFFE ID, NUL-terminated.
+/// - `out_n`: receives the length without the NUL, or the size needed on
+///   `CONNECT_RESULT_INSUFFICIENT_SIZE`.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+/// `CONNECT_RESULT_INVALID_PARAMETER` (the token is malformed, expired, not for `audience`,
+/// or not signed by a key of this trust domain; `connect_last_error_message` says which),
+/// `CONNECT_RESULT_INSUFFICIENT_SIZE`, `CONNECT_RESULT_HTTP`, `CONNECT_RESULT_CLOSED`,
+/// `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: nothing is retained.
+///
+/// Thread safety: may be called from any thread except libconnect's own.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_agent_validate_jwt_svid(
+    agent: *const connect_agent,
+    token: *const c_char,
+    audience: *const c_char,
+    buf: *mut c_char,
+    len: usize,
+    out_n: *mut usize,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: a live agent handle and C strings (documented).
+        let (a, token, audience) = unsafe {
+            (
+                try_arc(agent)?,
+                try_str(token, "token")?,
+                try_str(audience, "audience")?,
+            )
+        };
+        try_out(out_n, "out_n")?;
+        let valid = a.run(
+            None,
+            "JWT-SVID validation",
+            a.agent.validate_jwt_svid(token, audience),
+        )?;
+        // SAFETY: `buf`/`out_n` as documented.
+        unsafe { copy_text_out(&valid.spiffe_id, buf, len, out_n) }
+    })
+}
+
 /// Copies the PEM of every trusted CA root (the active one and any kept during a rotation).
 ///
 /// Parameters:

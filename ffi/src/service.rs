@@ -462,6 +462,48 @@ pub unsafe extern "C" fn connect_service_get_spiffe_id(
     })
 }
 
+/// Signs a JWT-SVID (SPIFFE spec: JWT-SVID; ES256, valid 5 minutes) for the service with one
+/// audience, and copies it out. The agent's token needs `service:write` on the service.
+///
+/// Parameters:
+/// - `service`: the service.
+/// - `audience`: the token's audience, NUL-terminated UTF-8.
+/// - `buf`, `len`: the output buffer; the token, NUL-terminated. Tokens are a few hundred
+///   bytes: pass 1024. Asking for the size first (`buf` NULL, `len` 0) signs a token too.
+/// - `out_n`: receives the length without the NUL, or the size needed on
+///   `CONNECT_RESULT_INSUFFICIENT_SIZE`.
+///
+/// Returns: `CONNECT_RESULT_OK`, `CONNECT_RESULT_NULL_PARAMETER`,
+/// `CONNECT_RESULT_INVALID_PARAMETER` (an empty or too long audience),
+/// `CONNECT_RESULT_INSUFFICIENT_SIZE`, `CONNECT_RESULT_PERMISSION_DENIED`,
+/// `CONNECT_RESULT_CA_NOT_INITIALIZED`, `CONNECT_RESULT_HTTP`, `CONNECT_RESULT_CLOSED`,
+/// `CONNECT_RESULT_PANIC`.
+///
+/// Memory and lifetimes: nothing is retained. The token is a bearer credential until it
+/// expires: keep it out of logs.
+///
+/// Thread safety: may be called from any thread except libconnect's own.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect_service_get_jwt_svid(
+    service: *const connect_service,
+    audience: *const c_char,
+    buf: *mut c_char,
+    len: usize,
+    out_n: *mut usize,
+) -> connect_result {
+    boundary(|| {
+        // SAFETY: a live service handle and a C string (documented).
+        let (s, audience) = unsafe { (try_arc(service)?, try_str(audience, "audience")?) };
+        try_out(out_n, "out_n")?;
+        let audiences = [audience.to_owned()];
+        let token = s
+            .agent
+            .run(None, "JWT-SVID", s.service.jwt_svid(&audiences))?;
+        // SAFETY: `buf`/`out_n` as documented.
+        unsafe { copy_text_out(&token, buf, len, out_n) }
+    })
+}
+
 /// # Safety
 /// `service` NULL or live, `out` NULL or valid for one write.
 unsafe fn authorize(

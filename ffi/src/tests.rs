@@ -36,6 +36,20 @@ fn dev_agent() -> *const connect_agent {
     agent
 }
 
+/// A service of `agent` with its first leaf.
+fn ready_service(agent: *const connect_agent, name: &CStr) -> *const connect_service {
+    let mut svc = ptr::null();
+    // SAFETY: a live agent, a C string and a valid out pointer.
+    unsafe {
+        assert_eq!(
+            connect_service_new(agent, name.as_ptr(), &mut svc),
+            connect_result::Ok
+        );
+        assert_eq!(connect_service_ready_wait(svc, 20_000), connect_result::Ok);
+    }
+    svc
+}
+
 #[test]
 fn a_panic_inside_a_call_is_reported_and_the_process_lives() {
     let agent = dev_agent();
@@ -196,14 +210,9 @@ fn builder_text_setters_check_their_values_and_refuse_after_build() {
 #[test]
 fn cross_datacenter_dials_check_their_arguments_with_typed_results() {
     let agent = dev_agent();
-    let mut svc = ptr::null();
+    let svc = ready_service(agent, c"web");
     // SAFETY: live handles and valid pointers throughout; each handle is freed once.
     unsafe {
-        assert_eq!(
-            connect_service_new(agent, c"web".as_ptr(), &mut svc),
-            connect_result::Ok
-        );
-        assert_eq!(connect_service_ready_wait(svc, 20_000), connect_result::Ok);
         let mut conn = ptr::null_mut();
         let none = connect_mesh_gateway_mode::None as u32;
         let local = connect_mesh_gateway_mode::Local as u32;
@@ -255,6 +264,71 @@ fn cross_datacenter_dials_check_their_arguments_with_typed_results() {
             connect_result::NullParameter
         );
         assert!(conn.is_null(), "no output on failure");
+        connect_service_free(svc);
+        connect_agent_free(agent);
+    }
+}
+
+#[test]
+fn a_jwt_svid_is_signed_for_the_service_and_validated_by_the_agent() {
+    let agent = dev_agent();
+    let svc = ready_service(agent, c"web");
+    // SAFETY: live handles and valid pointers throughout; each handle is freed once.
+    unsafe {
+        let mut token = [0 as c_char; 1024];
+        let mut n = 0usize;
+        assert_eq!(
+            connect_service_get_jwt_svid(
+                svc,
+                c"db".as_ptr(),
+                token.as_mut_ptr(),
+                token.len(),
+                &mut n
+            ),
+            connect_result::Ok
+        );
+        assert!(n > 100 && n < 1024, "{n}");
+        let mut id = [0 as c_char; 256];
+        assert_eq!(
+            connect_agent_validate_jwt_svid(
+                agent,
+                token.as_ptr(),
+                c"db".as_ptr(),
+                id.as_mut_ptr(),
+                id.len(),
+                &mut n
+            ),
+            connect_result::Ok
+        );
+        let id = CStr::from_ptr(id.as_ptr()).to_str().unwrap().to_owned();
+        assert!(id.ends_with("/ns/default/dc/dc1/svc/web"), "{id}");
+        let mut other = [0 as c_char; 256];
+        assert_eq!(
+            connect_agent_validate_jwt_svid(
+                agent,
+                token.as_ptr(),
+                c"api".as_ptr(),
+                other.as_mut_ptr(),
+                other.len(),
+                &mut n
+            ),
+            connect_result::InvalidParameter
+        );
+        assert!(last_error().contains("audience"), "{}", last_error());
+        assert_eq!(
+            connect_service_get_jwt_svid(
+                svc,
+                c"".as_ptr(),
+                token.as_mut_ptr(),
+                token.len(),
+                &mut n
+            ),
+            connect_result::InvalidParameter
+        );
+        assert_eq!(
+            connect_service_get_jwt_svid(svc, c"db".as_ptr(), ptr::null_mut(), 0, &mut n),
+            connect_result::InsufficientSize
+        );
         connect_service_free(svc);
         connect_agent_free(agent);
     }

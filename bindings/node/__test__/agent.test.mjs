@@ -34,6 +34,22 @@ test('a dev agent knows its datacenter and its roots', async () => {
   assert.match(pem, /^-----BEGIN CERTIFICATE-----/)
 })
 
+test('JWT-SVIDs: a service signs one, the agent validates it', async () => {
+  const web = await agent.service('web').ready()
+  try {
+    const token = await web.jwtSvid(['db', 'api'])
+    for (const aud of ['db', 'api']) {
+      const claims = await agent.validateJwtSvid(token, aud)
+      assert.equal(claims.sub, web.spiffeId)
+    }
+    assert.equal((await agent.validateJwtSvid(await web.jwtSvid('db'), 'db')).aud, 'db')
+    await assert.rejects(agent.validateJwtSvid(token, 'other'), { code: 'INVALID_PARAMETER' })
+    await assert.rejects(web.jwtSvid([]), { code: 'INVALID_PARAMETER' })
+  } finally {
+    web.close()
+  }
+})
+
 test('intentions: upsert, check, delete', async () => {
   await agent.intentions.upsert('web', 'db', 'deny')
   assert.equal(await agent.intentions.check('web', 'db'), false)

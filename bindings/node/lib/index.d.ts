@@ -121,6 +121,13 @@ export declare class Agent {
    */
   service(name: string): Service
   /**
+   * Checks a JWT-SVID (from `Service.jwtSvid`, a SPIFFE Workload API, or any issuer of this
+   * trust domain's JWT keys) for `audience`: signature, expiry and audience. Resolves with its
+   * claims (`sub` is the SPIFFE ID).
+   * @throws `INVALID_PARAMETER` (the check that failed), `CLOSED`, `HTTP`
+   */
+  validateJwtSvid(token: string, audience: string): Promise<Record<string, unknown>>
+  /**
    * Registers a service instance on the agent's node, so that `connect(name)` finds it.
    * @throws `INVALID_PARAMETER`, `PERMISSION_DENIED`, `CLOSED`, `HTTP`
    */
@@ -217,6 +224,12 @@ export declare class Service extends EventEmitter {
    * @throws `TIMEOUT`, `CLOSED`, and the agent's start errors
    */
   ready(timeoutMs?: number): Promise<this>
+  /**
+   * A JWT-SVID (ES256, valid 5 minutes) for this service with `audience` (one string or up
+   * to 32), signed by the datacenter's JWT key; the agent's token needs `service:write`.
+   * @throws `INVALID_PARAMETER`, `PERMISSION_DENIED`, `CLOSED`, `HTTP`
+   */
+  jwtSvid(audience: string | string[]): Promise<string>
   /**
    * The current chain, key and roots.
    * @throws `NOT_READY`

@@ -121,6 +121,12 @@ class Agent {
     return svc
   }
 
+  /** Checks a JWT-SVID for `audience` (signature, expiry, audience); resolves with its claims
+   * (`sub` is the SPIFFE ID). Rejects with `INVALID_PARAMETER` naming the failed check. */
+  async validateJwtSvid(token, audience) {
+    return JSON.parse(await callAsync(() => this.#native.validateJwtSvid(token, audience)))
+  }
+
   registerService(registration) {
     return callAsync(() => this.#native.registerService(registration))
   }
@@ -175,6 +181,11 @@ class Service extends EventEmitter {
   async ready(timeoutMs) {
     await callAsync(() => this.#native.ready(timeoutMs ?? null))
     return this
+  }
+
+  jwtSvid(audience) {
+    const audiences = Array.isArray(audience) ? audience : [audience]
+    return callAsync(() => this.#native.jwtSvid(audiences))
   }
 
   material() {

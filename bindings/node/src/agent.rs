@@ -221,6 +221,18 @@ impl NativeAgent {
         .into()
     }
 
+    /// Checks a JWT-SVID for `audience` (signature, expiry, audience); resolves with its
+    /// claims as JSON text (`sub` is the SPIFFE ID).
+    #[napi(ts_return_type = "Promise<string>")]
+    pub async fn validate_jwt_svid(&self, token: String, audience: String) -> Outcome<String> {
+        on_agent(&self.agent, move |a| async move {
+            let valid = a.validate_jwt_svid(&token, &audience).await?;
+            Ok(serde_json::Value::Object(valid.claims).to_string())
+        })
+        .await
+        .into()
+    }
+
     /// Every trusted CA root, PEM.
     #[napi(ts_return_type = "Promise<string>")]
     pub async fn roots_pem(&self) -> Outcome<String> {

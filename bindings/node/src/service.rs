@@ -134,6 +134,24 @@ impl NativeService {
     }
 }
 
+/// Runs `f` with the service on its agent's runtime once the service is up, and waits for it.
+async fn on_service<T, F, Fut>(
+    svc: &Lazy<Arc<ConnectService>>,
+    f: F,
+) -> std::result::Result<T, Error>
+where
+    F: FnOnce(Arc<ConnectService>) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, Error>> + Send + 'static,
+    T: Send + 'static,
+{
+    let svc = svc.wait().await?;
+    let handle = svc.agent().handle().clone();
+    handle
+        .spawn(f(svc))
+        .await
+        .map_err(|e| Error::new(ErrorKind::Closed, format!("the agent is closed: {e}")))?
+}
+
 fn generation(g: u64) -> i64 {
     i64::try_from(g).unwrap_or(i64::MAX)
 }
@@ -238,6 +256,16 @@ impl NativeService {
                 format!("{} may not connect: {}", d.peer, d.reason),
             ))
         }
+    }
+
+    /// A JWT-SVID (ES256, valid 5 minutes) for this service with `audiences`.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub async fn jwt_svid(&self, audiences: Vec<String>) -> Outcome<String> {
+        on_service(&self.svc, move |svc| async move {
+            svc.jwt_svid(&audiences).await
+        })
+        .await
+        .into()
     }
 
     /// The addresses of healthy instances of `target`, in the order to try them. Rejects with

@@ -95,6 +95,20 @@ impl Agent {
         Ok(svc)
     }
 
+    /// Checks a JWT-SVID for `audience`; returns its claims (`sub` is the SPIFFE ID).
+    fn validate_jwt_svid<'py>(
+        &self,
+        py: Python<'py>,
+        token: &str,
+        audience: &str,
+    ) -> Result<Bound<'py, PyAny>> {
+        let valid = wait(py, None, "validate_jwt_svid", async move {
+            Ok(self.inner.validate_jwt_svid(token, audience).await?)
+        })?;
+        let text = serde_json::Value::Object(valid.claims).to_string();
+        Ok(py.import("json")?.call_method1("loads", (text,))?)
+    }
+
     fn close(&self) {
         self.inner.close();
     }

@@ -92,6 +92,13 @@ impl Service {
     }
 }
 
+/// The audience of a JWT-SVID: one string or a list of them.
+#[derive(Debug, FromPyObject)]
+pub(crate) enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
 /// Calls every callback after each change of `svc`'s identity until `stop`.
 fn dispatch(svc: &ConnectService, callbacks: Callbacks, stop: Arc<CloseSignal>) -> Result<()> {
     let handle = runtime::handle()?;
@@ -253,6 +260,18 @@ impl Service {
             })
         })?;
         Ok(PyConnection::new(c))
+    }
+
+    /// A JWT-SVID for this service with `audience` (one string or a list).
+    fn jwt_svid(&self, py: Python<'_>, audience: Audience) -> Result<String> {
+        let svc = self.get()?;
+        let audiences = match audience {
+            Audience::One(a) => vec![a],
+            Audience::Many(list) => list,
+        };
+        wait(py, None, "jwt_svid", async move {
+            Ok(svc.jwt_svid(&audiences).await?)
+        })
     }
 
     fn resolve(&self, py: Python<'_>, target: &str) -> Result<Vec<(String, u16)>> {

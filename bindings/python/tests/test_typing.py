@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import libconnect
 
@@ -54,6 +54,9 @@ def test_typed_usage() -> None:
             assert isinstance(ctx, libconnect.ConnectSSLContext)
             pems: List[bytes] = [db.leaf_pem(), db.key_pem(), db.roots_pem()]
             assert all(pems)
+            jwt: str = web.jwt_svid(["db"])
+            claims: Dict[str, Any] = agent.validate_jwt_svid(jwt, "db")
+            assert claims["sub"] == web.spiffe_id
 
             async def main() -> None:
                 async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:

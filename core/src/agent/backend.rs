@@ -13,7 +13,7 @@ use crate::ca::{CaConfiguration, IndexedCaRoots, IssuedCert, SignPolicy};
 use crate::catalog::{ServiceEntry, ServiceRegistration};
 use crate::http::client::{ApiClient, ClientConfig, blocking_query};
 use crate::intentions::{Intention, IntentionAction, MatchType};
-use crate::server::Server;
+use crate::server::{JwtSvid, JwtSvidRequest, JwtValidateRequest, JwtValidation, Server};
 use crate::state::{Indexed, Table};
 use crate::{Error, ErrorKind};
 
@@ -164,6 +164,69 @@ impl Backend {
                     issued: leaf,
                     peer_key_pem: Some(key),
                 })
+            }
+        }
+    }
+
+    /// A JWT-SVID for `service` with `audiences`, signed by the datacenter's JWT key
+    /// (`service:write` with `token`). Over HTTP through libconnect's
+    /// `PUT /v1/agent/connect/jwt/sign/:service`; a Consul agent has no such endpoint.
+    pub async fn jwt_svid(
+        &self,
+        token: Option<&str>,
+        service: &str,
+        audiences: &[String],
+    ) -> Result<JwtSvid, Error> {
+        match self {
+            Backend::InProcess(s) => {
+                let (s, token, service, audiences) = (
+                    s.clone(),
+                    token.map(str::to_owned),
+                    service.to_owned(),
+                    audiences.to_vec(),
+                );
+                in_blocking(move || s.jwt_svid(token.as_deref(), &service, &audiences)).await
+            }
+            Backend::Http(h) => {
+                crate::spiffe::check_service_name("service name", service)?;
+                let body = JwtSvidRequest {
+                    audience: audiences.to_vec(),
+                };
+                h.with_token(token)?
+                    .call(
+                        Method::PUT,
+                        &format!("/v1/agent/connect/jwt/sign/{service}"),
+                        &[],
+                        Some(&body),
+                    )
+                    .await
+            }
+        }
+    }
+
+    /// Checks a JWT-SVID for `audience` against the datacenter's JWT keys: signature, expiry,
+    /// audience. Over HTTP through `POST /v1/agent/connect/jwt/validate`.
+    pub async fn validate_jwt_svid(
+        &self,
+        token: Option<&str>,
+        jwt: &str,
+        audience: &str,
+    ) -> Result<JwtValidation, Error> {
+        match self {
+            Backend::InProcess(s) => Ok(s.validate_jwt_svid(jwt, audience)?.into()),
+            Backend::Http(h) => {
+                let body = JwtValidateRequest {
+                    token: jwt.to_owned(),
+                    audience: audience.to_owned(),
+                };
+                h.with_token(token)?
+                    .call(
+                        Method::POST,
+                        "/v1/agent/connect/jwt/validate",
+                        &[],
+                        Some(&body),
+                    )
+                    .await
             }
         }
     }

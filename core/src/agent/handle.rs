@@ -484,6 +484,21 @@ impl Agent {
         .is_ok_and(|r| r.is_ok())
     }
 
+    /// Checks a JWT-SVID (from [`ConnectService::jwt_svid`](super::ConnectService::jwt_svid), a
+    /// SPIFFE Workload API, or any issuer of this trust domain's JWT keys) for `audience`:
+    /// signature, expiry and audience. Answers its SPIFFE ID and claims; `InvalidParameter` says
+    /// which check failed.
+    pub async fn validate_jwt_svid(
+        &self,
+        jwt: &str,
+        audience: &str,
+    ) -> Result<crate::server::JwtValidation, Error> {
+        self.check_open()?;
+        self.backend()
+            .validate_jwt_svid(self.token(), jwt, audience)
+            .await
+    }
+
     /// Intentions whose destination covers `service`, in evaluation order.
     pub async fn intentions_for(&self, service: &str) -> Result<Arc<Vec<Arc<Intention>>>, Error> {
         self.check_open()?;

@@ -226,6 +226,18 @@ impl ConnectService {
         Ok(())
     }
 
+    /// A JWT-SVID for this service (SPIFFE spec: JWT-SVID) with `audiences` (1 to 32), signed
+    /// by the datacenter's JWT key and valid 5 minutes; the agent's token needs `service:write`
+    /// on the service. Errors: `InvalidParameter` (audiences), `PermissionDenied`.
+    pub async fn jwt_svid(&self, audiences: &[String]) -> Result<String, Error> {
+        let svid = self
+            .agent
+            .backend()
+            .jwt_svid(self.agent.token(), &self.name, audiences)
+            .await?;
+        Ok(svid.token)
+    }
+
     /// The service name.
     pub fn name(&self) -> &str {
         &self.name

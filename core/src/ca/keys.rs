@@ -223,6 +223,36 @@ impl PrivateKey {
         certs::key_id(&self.public_key_der())
     }
 
+    /// Unencrypted PKCS#8 DER, the form the SPIFFE Workload API hands keys out in
+    /// (SPIFFE spec: SPIFFE Workload API, `x509_svid_key`).
+    pub fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, CaError> {
+        use aws_lc_rs::encoding::AsDer as _;
+        // rcgen keeps the DER a key was loaded from: SEC1, PKCS#1 or PKCS#8.
+        let der = self.pair.serialized_der();
+        let bad = |e: aws_lc_rs::error::KeyRejected| CaError::InvalidKey(e.to_string());
+        let pkcs8 = match self.spec.key_type {
+            KeyType::Ec => aws_lc_rs::signature::EcdsaKeyPair::from_private_key_der(
+                ec_signing_alg(&self.pair)?,
+                der,
+            )
+            .map_err(bad)?
+            .to_pkcs8v1()
+            .map_err(|_| CaError::InvalidKey("cannot encode EC key".into()))?
+            .as_ref()
+            .to_vec(),
+            KeyType::Rsa => {
+                let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(der)
+                    .or_else(|_| aws_lc_rs::rsa::KeyPair::from_der(der))
+                    .map_err(bad)?;
+                let encoded: aws_lc_rs::encoding::Pkcs8V1Der<'static> = pair
+                    .as_der()
+                    .map_err(|_| CaError::InvalidKey("cannot encode RSA key".into()))?;
+                encoded.as_ref().to_vec()
+            }
+        };
+        Ok(Zeroizing::new(pkcs8))
+    }
+
     pub(crate) fn pair(&self) -> &KeyPair {
         &self.pair
     }
@@ -332,6 +362,24 @@ mod tests {
             }
         );
         assert_eq!(back.key_id(), k.key_id());
+    }
+
+    #[test]
+    fn pkcs8_output_loads_back_as_the_same_key() {
+        for pem in [
+            PrivateKey::generate(KeySpec::EC_P256).unwrap().to_pem(),
+            PrivateKey::generate(KeySpec {
+                key_type: KeyType::Rsa,
+                bits: 2048,
+            })
+            .unwrap()
+            .to_pem(),
+        ] {
+            let k = PrivateKey::from_pem(&pem).unwrap();
+            let der = k.to_pkcs8_der().unwrap();
+            let back = PrivateKey::from_der(&PrivateKeyDer::Pkcs8(der.to_vec().into())).unwrap();
+            assert_eq!(back.key_id(), k.key_id());
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod builtin;
 mod config;
 mod csr;
 mod error;
+mod jwt;
 mod keys;
 mod leaf;
 mod manager;
@@ -19,6 +20,10 @@ pub use config::{
 };
 pub use csr::{Csr, build_csr};
 pub use error::CaError;
+pub use jwt::{
+    DEFAULT_JWT_TTL, JwtKeySet, MAX_AUDIENCE_LEN, MAX_AUDIENCES, MAX_JWT_LEN, MAX_JWT_TTL,
+    ValidatedJwt, check_audiences,
+};
 pub use keys::{KeySpec, KeyType, PrivateKey};
 pub use leaf::{LeafCsr, generate_leaf_request, pick_renewal_time, renewal_window};
 pub use manager::{

@@ -470,6 +470,20 @@ fn table() -> Vec<Route> {
         ),
         route(
             Put,
+            "/v1/agent/connect/jwt/sign/{service}",
+            Extension,
+            "a JWT-SVID for the service (`service:write`): `{\"Audience\": [...]}`",
+            agent_jwt_sign,
+        ),
+        route(
+            Post,
+            "/v1/agent/connect/jwt/validate",
+            Extension,
+            "checks a JWT-SVID's signature, expiry and audience: `{\"Token\", \"Audience\"}`",
+            agent_jwt_validate,
+        ),
+        route(
+            Put,
             "/v1/agent/connect/authorize",
             Full,
             "",
@@ -1352,6 +1366,40 @@ async fn agent_leaf(
     let mut resp = json_response(&issued, Some(meta.index));
     cache_headers(&mut resp, &meta);
     Ok(resp)
+}
+
+/// Not in Consul: a JWT-SVID for `service` (SPIFFE spec: JWT-SVID), signed by this datacenter's
+/// JWT key (`service:write`, as for its leaf). The SPIFFE Workload API hands out the same tokens.
+async fn agent_jwt_sign(
+    State(st): State<AppState>,
+    Path(service): Path<String>,
+    Req { o, .. }: Req,
+    body: Bytes,
+) -> ApiResult {
+    check_dc(&st.server, &o)?;
+    let req: crate::server::JwtSvidRequest = decode(&body)?;
+    let svid = st
+        .write(o, move |s, token| {
+            s.jwt_svid(token, &service, &req.audience)
+        })
+        .await?;
+    Ok(json_response(&svid, None))
+}
+
+/// Not in Consul: checks a JWT-SVID's signature (a key of this trust domain's JWKS), expiry and
+/// audience; answers its SPIFFE ID and claims. No ACL, as for the roots.
+async fn agent_jwt_validate(
+    State(st): State<AppState>,
+    Req { o, .. }: Req,
+    body: Bytes,
+) -> ApiResult {
+    check_dc(&st.server, &o)?;
+    let req: crate::server::JwtValidateRequest = decode(&body)?;
+    let valid = st.server.validate_jwt_svid(&req.token, &req.audience)?;
+    Ok(json_response(
+        &crate::server::JwtValidation::from(valid),
+        None,
+    ))
 }
 
 #[derive(serde::Deserialize, Default)]

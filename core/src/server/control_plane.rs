@@ -131,6 +131,9 @@ pub(super) struct Inner {
     pub(super) server_addresses: Mutex<std::collections::BTreeMap<String, String>>,
     /// When each TTL check of this node turns critical unless updated (see `catalog.rs`).
     pub(super) ttl_deadlines: Mutex<std::collections::HashMap<String, time::OffsetDateTime>>,
+    /// The JWT-SVID signing keys, made on first use and renewed with the active root (see
+    /// `jwt.rs`).
+    pub(super) jwt: Mutex<Option<crate::ca::JwtKeySet>>,
 }
 
 /// One datacenter's control plane. Cheap to clone.
@@ -201,6 +204,7 @@ impl Server {
                 replication: Mutex::default(),
                 server_addresses: Mutex::default(),
                 ttl_deadlines: Mutex::default(),
+                jwt: Mutex::default(),
             }),
         };
         server.register_self()?;

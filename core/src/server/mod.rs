@@ -8,6 +8,7 @@ mod catalog;
 mod control_plane;
 mod federation;
 mod intentions;
+mod jwt;
 mod limiter;
 
 pub use catalog::{
@@ -23,6 +24,7 @@ pub use federation::{
     run_advertise, run_intention_replication, run_secondary,
 };
 pub use intentions::{ServiceName, parse_service_name};
+pub use jwt::{JwtSvid, JwtSvidRequest, JwtValidateRequest, JwtValidation};
 pub use limiter::{CSR_LIMIT_WAIT, CsrLimiter, Permit};
 
 #[cfg(test)]

@@ -129,6 +129,11 @@ impl Svid {
         Svid::from_der(chain, key)
     }
 
+    /// The leaf's key as unencrypted PKCS#8 DER (what the SPIFFE Workload API hands out).
+    pub fn key_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>> {
+        Ok(crate::ca::PrivateKey::from_pem(&self.key_pem)?.to_pkcs8_der()?)
+    }
+
     /// Builds an SVID from what the CA returned and the key generated for its CSR.
     pub fn from_issued(issued: &IssuedCert, key: &PrivateKey) -> Result<Svid> {
         Svid::from_pem(&issued.cert_pem, &key.to_pem())

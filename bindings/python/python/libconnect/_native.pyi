@@ -78,6 +78,11 @@ class Agent:
         """A Connect service named ``name``; waits until it has a leaf certificate that
         verifies against the roots, at most ``ready_timeout`` seconds (``None``: no limit,
         ``0``: do not wait). Raises ``ConnectTimeout`` when it does not get one in time."""
+    def validate_jwt_svid(self, token: str, audience: str) -> dict[str, Any]:
+        """Checks a JWT-SVID (from ``Service.jwt_svid``, a SPIFFE Workload API, or any issuer of
+        this trust domain's JWT keys) for ``audience``: signature, expiry and audience. Returns
+        its claims (``sub`` is the SPIFFE ID); raises ``InvalidArgumentError`` naming the check
+        that failed."""
     def close(self) -> None:
         """Stops the agent's background work. Idempotent; later calls raise
         ``ConnectError(code="CLOSED")``."""
@@ -163,6 +168,10 @@ class Service:
     def dial_addr(self, addr: _Address, target: str, timeout: float | None = None) -> Connection:
         """Connects to ``addr``, expecting the service ``target`` there (``TlsError`` with
         code ``PEER_IDENTITY_MISMATCH`` otherwise)."""
+    def jwt_svid(self, audience: str | list[str]) -> str:
+        """A JWT-SVID (ES256, valid 5 minutes) for this service with ``audience`` (one string or
+        up to 32), signed by the datacenter's JWT key; the agent's token needs ``service:write``
+        on the service."""
     def resolve(self, target: str) -> list[tuple[str, int]]:
         """The addresses of the healthy instances of ``target``."""
     def authorize(self, peer: str | bytes | bytearray) -> Authorization:

@@ -68,6 +68,49 @@ struct AgentSettings {
     limits: HttpLimits,
     /// A secondary datacenter's way to the primary; `None` in a primary.
     federation: Option<connect_core::server::FederationConfig>,
+    /// The SPIFFE Workload API socket, when configured.
+    workload_api: Option<WorkloadApiSettings>,
+}
+
+/// The Workload API's socket and the agent that serves it (see [`workload_api`]).
+#[derive(Debug)]
+struct WorkloadApiSettings {
+    config: connect_core::workload::WorkloadApiConfig,
+    root_change_jitter: Option<Duration>,
+    token: Option<String>,
+}
+
+/// `-workload-api-socket` over `workload_api.socket`; the block's other keys over the
+/// defaults. No socket: no Workload API.
+fn workload_api(
+    args: &AgentArgs,
+    file: &crate::config_file::WorkloadApiFileConfig,
+) -> Result<Option<WorkloadApiSettings>, Error> {
+    let Some(socket) = args.workload_api_socket.clone().or(file.socket.clone()) else {
+        if !file.workloads.is_empty() {
+            tracing::warn!("workload_api has workloads but no socket: the Workload API is off");
+        }
+        return Ok(None);
+    };
+    let mut config = connect_core::workload::WorkloadApiConfig::new(socket);
+    if let Some(mode) = file.socket_mode {
+        config.socket_mode = mode;
+    }
+    config.socket_uid = file.socket_user;
+    config.socket_gid = file.socket_group;
+    if let Some(n) = file.max_conns {
+        config.max_conns = n as usize;
+    }
+    if let Some(ttl) = file.jwt_svid_ttl {
+        config.jwt_ttl = ttl;
+    }
+    config.workloads = file.workloads.clone();
+    config.check()?;
+    Ok(Some(WorkloadApiSettings {
+        config,
+        root_change_jitter: file.root_change_jitter,
+        token: file.token.clone().filter(|t| !t.is_empty()),
+    }))
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -249,6 +292,7 @@ fn settings(args: &AgentArgs) -> Result<AgentSettings, Error> {
         unknown_keys: file.unknown_keys,
         connect_disabled: file.connect.enabled == Some(false),
         limits: HttpLimits::from_file(&file.limits),
+        workload_api: workload_api(args, &file.workload_api)?,
         federation,
         server,
     })
@@ -529,6 +573,36 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
             tracker.clone(),
             stop_rx.clone(),
         ));
+    }
+
+    if let Some(wl) = settings.workload_api {
+        if wl.config.workloads.is_empty() {
+            tracing::warn!("workload_api has no workload block: every caller will be refused");
+        }
+        let listener = connect_core::workload::WorkloadApiListener::bind(wl.config)?;
+        // An agent cache of its own over this server: the workloads' leaves are signed with
+        // the block's token and re-issued after a rotation within its jitter.
+        let mut config = connect_core::agent::AgentConfig::dev();
+        config.backend = connect_core::agent::AgentBackend::InProcess(server.clone());
+        config.token = wl.token;
+        config.clock = server.clock().clone();
+        if let Some(jitter) = wl.root_change_jitter {
+            config.root_change_jitter = jitter;
+        }
+        let agent = connect_core::agent::Agent::new_async(config).await?;
+        lines.push(format!(
+            "==> SPIFFE Workload API listening on unix://{}",
+            listener.path().display()
+        ));
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = listener.serve(agent, stopped).await {
+                tracing::error!(error = %e, "the SPIFFE Workload API stopped");
+            }
+        });
     }
 
     background.spawn(prune_roots(server.clone()));
@@ -841,6 +915,44 @@ mod tests {
             Some(IntentionAction::Allow)
         );
         assert_eq!(s.log_level, "info");
+    }
+
+    #[test]
+    fn the_workload_api_socket_comes_from_the_flag_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("w.hcl");
+        std::fs::write(
+            &f,
+            r#"workload_api {
+                 socket = "/run/file.sock"
+                 socket_mode = "0700"
+                 root_change_jitter = "0s"
+                 workload {
+                   service = "web"
+                   uid = 1000
+                 }
+               }"#,
+        )
+        .unwrap();
+        let s = parse(&["-dev", "-config-file", f.to_str().unwrap()]).unwrap();
+        let w = s.workload_api.unwrap();
+        assert_eq!(w.config.socket, std::path::PathBuf::from("/run/file.sock"));
+        assert_eq!(w.config.socket_mode, 0o700);
+        assert_eq!(w.root_change_jitter, Some(Duration::ZERO));
+        assert_eq!(w.config.workloads.len(), 1);
+        let s = parse(&[
+            "-dev",
+            "-config-file",
+            f.to_str().unwrap(),
+            "-workload-api-socket",
+            "/run/flag.sock",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.workload_api.unwrap().config.socket,
+            std::path::PathBuf::from("/run/flag.sock")
+        );
+        assert!(parse(&["-dev"]).unwrap().workload_api.is_none());
     }
 
     #[test]

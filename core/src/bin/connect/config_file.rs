@@ -34,6 +34,20 @@
 //!     private_key_type = "ec"
 //!   }
 //! }
+//! workload_api {                      # the SPIFFE Workload API (connect_core::workload)
+//!   socket       = "/run/connect/workload.sock"
+//!   socket_mode  = "0770"               # octal; socket_user / socket_group: numeric IDs
+//!   jwt_svid_ttl = "5m"
+//!   workload {                          # every selector set must match the caller
+//!     service = "web"
+//!     uid     = 1000
+//!   }
+//!   workload {
+//!     service = "db"
+//!     uid     = 1001
+//!     path    = "/usr/bin/db"
+//!   }
+//! }
 //! limits {
 //!   http_max_conns_per_client = 200
 //!   https_handshake_timeout   = "5s"
@@ -224,6 +238,130 @@ impl LimitsFileConfig {
     }
 }
 
+/// The `workload_api` block: the SPIFFE Workload API socket and its registrations
+/// (`connect_core::workload`).
+#[derive(Clone, Default, PartialEq)]
+pub(crate) struct WorkloadApiFileConfig {
+    /// `workload_api.socket`.
+    pub(crate) socket: Option<PathBuf>,
+    /// `workload_api.socket_mode`: octal text such as `"0770"`.
+    pub(crate) socket_mode: Option<u32>,
+    /// `workload_api.socket_user`: a numeric uid.
+    pub(crate) socket_user: Option<u32>,
+    /// `workload_api.socket_group`: a numeric gid.
+    pub(crate) socket_group: Option<u32>,
+    /// `workload_api.max_conns`.
+    pub(crate) max_conns: Option<u32>,
+    /// `workload_api.jwt_svid_ttl`.
+    pub(crate) jwt_svid_ttl: Option<Duration>,
+    /// `workload_api.root_change_jitter`: upper bound of the random delay before the
+    /// workloads' SVIDs are re-issued after a root rotation (default Consul's 30s; `"0s"`
+    /// re-issues at once).
+    pub(crate) root_change_jitter: Option<Duration>,
+    /// `workload_api.token`: the ACL token the workloads' leaves are signed with (needs
+    /// `service:write` on each registered service when ACLs are on).
+    pub(crate) token: Option<String>,
+    /// `workload_api.workload` blocks, in order; they add up across files.
+    pub(crate) workloads: Vec<connect_core::workload::WorkloadSelector>,
+}
+
+impl fmt::Debug for WorkloadApiFileConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkloadApiFileConfig")
+            .field("socket", &self.socket)
+            .field("socket_mode", &self.socket_mode)
+            .field("socket_user", &self.socket_user)
+            .field("socket_group", &self.socket_group)
+            .field("max_conns", &self.max_conns)
+            .field("jwt_svid_ttl", &self.jwt_svid_ttl)
+            .field("root_change_jitter", &self.root_change_jitter)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("workloads", &self.workloads)
+            .finish()
+    }
+}
+
+impl WorkloadApiFileConfig {
+    fn read(&mut self, value: &Value, unknown: &mut Vec<String>) -> Result<(), Error> {
+        let id = |name: &str, v: &Value| {
+            u32::try_from(integer(name, v)?)
+                .map_err(|_| invalid(format!("{name}: expected a numeric ID")))
+        };
+        for (k, v) in object(value, "workload_api")? {
+            let name = format!("workload_api.{k}");
+            match k.as_str() {
+                "socket" => self.socket = Some(PathBuf::from(string(&name, &v)?)),
+                "socket_mode" => {
+                    let text = string(&name, &v)?;
+                    let mode = u32::from_str_radix(text.trim(), 8)
+                        .ok()
+                        .filter(|m| *m <= 0o777)
+                        .ok_or_else(|| {
+                            invalid(format!("{name}: expected an octal mode such as \"0770\""))
+                        })?;
+                    self.socket_mode = Some(mode);
+                }
+                "socket_user" => self.socket_user = Some(id(&name, &v)?),
+                "socket_group" => self.socket_group = Some(id(&name, &v)?),
+                "max_conns" => self.max_conns = Some(count(&name, &v, 1)?),
+                "jwt_svid_ttl" => self.jwt_svid_ttl = Some(timeout(&name, &v)?),
+                "root_change_jitter" => {
+                    let text = string(&name, &v)?;
+                    self.root_change_jitter = Some(
+                        connect_core::duration::parse_go_duration(text.trim())
+                            .map_err(|e| invalid(format!("{name}: {e}")))?,
+                    );
+                }
+                "token" => self.token = Some(string(&name, &v)?),
+                "workload" => {
+                    // A repeated block is a list: one registration each (never merged).
+                    let blocks = match &v {
+                        Value::Array(items) => items.clone(),
+                        other => vec![other.clone()],
+                    };
+                    for (i, block) in blocks.iter().enumerate() {
+                        let bname = format!("{name}[{i}]");
+                        let mut w = connect_core::workload::WorkloadSelector::default();
+                        for (wk, wv) in object(block, &bname)? {
+                            let wname = format!("{bname}.{wk}");
+                            match wk.as_str() {
+                                "service" => w.service = string(&wname, &wv)?,
+                                "uid" => w.uid = Some(id(&wname, &wv)?),
+                                "gid" => w.gid = Some(id(&wname, &wv)?),
+                                "path" => w.path = Some(PathBuf::from(string(&wname, &wv)?)),
+                                _ => unknown.push(wname),
+                            }
+                        }
+                        w.check().map_err(|e| invalid(format!("{bname}: {e}")))?;
+                        self.workloads.push(w);
+                    }
+                }
+                _ => unknown.push(name),
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, later: WorkloadApiFileConfig) {
+        set_if_some(&mut self.socket, later.socket);
+        set_if_some(&mut self.socket_mode, later.socket_mode);
+        set_if_some(&mut self.socket_user, later.socket_user);
+        set_if_some(&mut self.socket_group, later.socket_group);
+        set_if_some(&mut self.max_conns, later.max_conns);
+        set_if_some(&mut self.jwt_svid_ttl, later.jwt_svid_ttl);
+        set_if_some(&mut self.root_change_jitter, later.root_change_jitter);
+        set_if_some(&mut self.token, later.token);
+        self.workloads.extend(later.workloads);
+    }
+}
+
+/// A later file's value, when set, replaces the earlier one.
+fn set_if_some<T>(a: &mut Option<T>, b: Option<T>) {
+    if b.is_some() {
+        *a = b;
+    }
+}
+
 /// A connection count in `min..=MAX_CONNS`.
 fn count(name: &str, value: &Value, min: u32) -> Result<u32, Error> {
     let n = integer(name, value)?;
@@ -298,6 +436,8 @@ pub(crate) struct AgentConfigFile {
     pub(crate) connect: ConnectFileConfig,
     /// `limits { … }`.
     pub(crate) limits: LimitsFileConfig,
+    /// `workload_api { … }`.
+    pub(crate) workload_api: WorkloadApiFileConfig,
     /// Dotted names of keys libconnect does not use (values are never kept).
     pub(crate) unknown_keys: Vec<String>,
 }
@@ -367,6 +507,7 @@ impl AgentConfigFile {
                 "acl" => c.read_acl(value)?,
                 "connect" => c.read_connect(value)?,
                 "limits" => c.limits.read(value, &mut c.unknown_keys)?,
+                "workload_api" => c.workload_api.read(value, &mut c.unknown_keys)?,
                 _ => c.unknown_keys.push(key.clone()),
             }
         }
@@ -479,6 +620,7 @@ impl AgentConfigFile {
             (a, b) => over(a, b),
         }
         self.limits.merge(later.limits);
+        self.workload_api.merge(later.workload_api);
         self.unknown_keys.extend(later.unknown_keys);
     }
 }
@@ -582,6 +724,65 @@ mod tests {
           }
         }
     "#;
+
+    #[test]
+    fn workload_api_blocks_in_hcl_and_json() {
+        let hcl = r#"
+            workload_api {
+              socket       = "/run/w.sock"
+              socket_mode  = "0770"
+              socket_group = 100
+              jwt_svid_ttl = "10m"
+              token        = "s3cr3t"
+              workload {
+                service = "web"
+                uid     = 1000
+              }
+              workload {
+                service = "db"
+                gid     = 7
+                path    = "/usr/bin/db"
+              }
+            }
+        "#;
+        let c = AgentConfigFile::parse(hcl, ConfigFormat::Hcl).unwrap();
+        let w = &c.workload_api;
+        assert_eq!(w.socket, Some(PathBuf::from("/run/w.sock")));
+        assert_eq!(w.socket_mode, Some(0o770));
+        assert_eq!(w.socket_group, Some(100));
+        assert_eq!(w.jwt_svid_ttl, Some(Duration::from_secs(600)));
+        assert_eq!(w.workloads.len(), 2);
+        assert_eq!(w.workloads[0].service, "web");
+        assert_eq!(w.workloads[0].uid, Some(1000));
+        assert_eq!(w.workloads[1].path, Some(PathBuf::from("/usr/bin/db")));
+        assert!(
+            !format!("{c:?}").contains("s3cr3t"),
+            "the token is redacted"
+        );
+
+        let json = r#"{"workload_api": {"socket": "/run/w.sock",
+            "workload": {"service": "web", "uid": "1000"}}}"#;
+        let mut j = AgentConfigFile::parse(json, ConfigFormat::Json).unwrap();
+        assert_eq!(j.workload_api.workloads.len(), 1);
+        j.merge(c);
+        assert_eq!(
+            j.workload_api.workloads.len(),
+            3,
+            "registrations add up across files"
+        );
+
+        for bad in [
+            r#"workload_api { socket_mode = "999" }"#,
+            r#"workload_api { workload { service = "web" } }"#,
+            r#"workload_api { workload { uid = 1 } }"#,
+            r#"workload_api { jwt_svid_ttl = "0s" }"#,
+        ] {
+            assert!(
+                AgentConfigFile::parse(bad, ConfigFormat::Hcl).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn hcl_with_consuls_keys() {

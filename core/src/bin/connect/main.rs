@@ -226,6 +226,10 @@ pub(crate) struct AgentArgs {
     /// the first contact with the primary (Consul's `tls.defaults.ca_file`).
     #[arg(long = "primary-ca-file", value_name = "FILE")]
     pub(crate) primary_ca_file: Option<PathBuf>,
+    /// Serve the SPIFFE Workload API on this Unix socket (over `workload_api.socket`);
+    /// callers are attested against the `workload_api { workload { ... } }` registrations.
+    #[arg(long = "workload-api-socket", value_name = "PATH")]
+    pub(crate) workload_api_socket: Option<PathBuf>,
 }
 
 /// Flags of every client command (Consul's names and environment variables).
