@@ -59,6 +59,8 @@
 //! backend (ARCHITECTURE.md, Principles: scale elsewhere).
 
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod ops;
 mod persist;
 mod sqlite;
@@ -68,10 +70,12 @@ mod tables;
 mod tx;
 
 pub use error::StateError;
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdConfig, EtcdPersistence, EtcdTls, Kek, Leadership};
 pub use ops::{Op, Snapshot, Txn};
 pub use persist::{MemoryPersistence, Persistence};
 pub use sqlite::SqlitePersistence;
-pub use store::Store;
+pub use store::{Feed, Store};
 pub use table::{Indexed, Table};
 pub use tables::Tables;
 pub use tx::Tx;
