@@ -1027,14 +1027,24 @@ impl Leadership {
         self.set_fence(None);
     }
 
-    /// Runs `fut` on the client's runtime and awaits it from the caller's.
+    /// Runs `fut` on the client's runtime and awaits it from the caller's; dropping the
+    /// returned future stops it (a campaign that is stopped stops keeping its lease alive).
     async fn spawn<T: Send + 'static>(
         &self,
         fut: impl Future<Output = Result<T, StateError>> + Send + 'static,
     ) -> Result<T, StateError> {
-        self.handle
-            .spawn(fut)
+        let mut task = AbortOnDrop(self.handle.spawn(fut));
+        (&mut task.0)
             .await
             .unwrap_or_else(|e| Err(self.shared.etcd_err(e)))
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

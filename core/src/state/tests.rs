@@ -586,13 +586,18 @@ fn an_inconsistent_snapshot_is_refused() {
 fn sqlite_round_trip_restores_every_table_index_and_the_serial() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    round_trip(|| Store::open_dir(&data).unwrap());
+}
+
+/// `fill` through one store, dropped, then everything back through the next `open`.
+fn round_trip(open: impl Fn() -> Store) {
     let (before, index) = {
-        let store = Store::open_dir(&data).unwrap();
+        let store = open();
         fill(&store);
         (store.snapshot(), store.index())
     };
     assert!(index > 20);
-    let store = Store::open_dir(&data).unwrap();
+    let store = open();
     let after = store.snapshot();
     assert_eq!(after, before);
     assert_eq!(store.index(), index);
@@ -1027,5 +1032,237 @@ on_every_backend! {
         assert!(!rendered.contains("PRIVATE KEY"), "{rendered}");
         assert!(!rendered.contains("secret-t1"), "{rendered}");
         let _shared: Arc<Tables> = store.view();
+    }
+}
+
+/// What only a shared (etcd) store does: other servers' writes, sealed secrets, conflicts and
+/// the leader fence.
+#[cfg(feature = "etcd")]
+mod etcd {
+    use super::*;
+
+    fn open(config: &EtcdConfig) -> Store {
+        Store::open(EtcdPersistence::open(config.clone()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn etcd_round_trip_restores_every_table_index_and_the_serial() {
+        let Some(config) = etcd_harness::config("etcd_round_trip") else {
+            return;
+        };
+        round_trip(|| open(&config));
+    }
+
+    /// Every value under the prefix, as etcd holds it.
+    async fn raw_values(config: &EtcdConfig) -> Vec<(String, String)> {
+        let mut client = etcd_client::Client::connect(&config.endpoints, None)
+            .await
+            .unwrap();
+        let response = client
+            .get(
+                config.prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn secrets_are_sealed_in_etcd_and_open_only_with_the_kek() {
+        let Some(config) = etcd_harness::config("sealed") else {
+            return;
+        };
+        let store = open(&config);
+        store.set_ca_secrets(secrets()).unwrap();
+        store.put_acl_token(token("t1")).unwrap();
+        drop(store);
+        let raw = raw_values(&config).await;
+        let secrets_value = raw
+            .iter()
+            .find(|(k, _)| k.ends_with("/state/ca_secrets/builtin"))
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        assert!(secrets_value.starts_with("lcsealed1:"), "{secrets_value}");
+        for (key, value) in &raw {
+            assert!(!value.contains("PRIVATE KEY"), "{key}: {value}");
+            assert!(!value.contains("secret-t1"), "{key}: {value}");
+        }
+
+        let store = open(&config);
+        assert_eq!(store.ca_secrets().value.0, Some(secrets()));
+        assert_eq!(store.acl_token("t1").value.unwrap().secret_id, "secret-t1");
+        drop(store);
+
+        let mut wrong = config.clone();
+        wrong.kek =
+            Kek::from_base64("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=", "wrong").unwrap();
+        let err = Store::open(EtcdPersistence::open(wrong).unwrap()).unwrap_err();
+        assert!(matches!(err, StateError::Decrypt { .. }), "{err:?}");
+        assert!(err.to_string().contains("key-encryption key"), "{err}");
+    }
+
+    #[test]
+    fn a_kek_must_be_32_bytes_of_base64() {
+        for bad in ["", "not base64!", "c2hvcnQ="] {
+            let err = Kek::from_base64(bad, "kek.b64").unwrap_err();
+            assert!(matches!(err, StateError::Kek { .. }), "{err:?}");
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidParameter);
+            assert!(
+                err.to_string().starts_with("key-encryption key kek.b64: "),
+                "{err}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Kek::from_file(&dir.path().join("none")).unwrap_err();
+        assert!(matches!(missing, StateError::Kek { .. }), "{missing:?}");
+        assert!(!format!("{:?}", etcd_harness::kek()).contains(etcd_harness::KEK));
+    }
+
+    #[tokio::test]
+    async fn a_second_server_sees_the_first_ones_writes_and_its_blocking_queries_wake() {
+        let Some(config) = etcd_harness::config("two_servers") else {
+            return;
+        };
+        let a = open(&config);
+        let b = open(&config);
+        let start = b.intentions().index;
+        let reader = blocked_reader(&b, &[Table::Intentions], start, Duration::from_secs(30));
+        let written = a.put_intention(intention("i1", "web", "db")).unwrap().index;
+        assert_eq!(
+            reader.await.unwrap(),
+            written,
+            "b's query woke at a's index"
+        );
+        assert_eq!(b.intention("i1").value.unwrap().modify_index, written);
+        // b writes next, at the next index, and a sees it.
+        let back = b.put_intention(intention("i2", "api", "db")).unwrap().index;
+        assert_eq!(back, written + 1);
+        assert_eq!(
+            a.wait(Table::Intentions, written, Duration::from_secs(30))
+                .await,
+            back
+        );
+        assert_eq!(a.snapshot(), b.snapshot());
+    }
+
+    #[test]
+    fn a_stale_writer_gets_a_conflict_and_nothing_is_written() {
+        let Some(config) = etcd_harness::config("conflict") else {
+            return;
+        };
+        let store = open(&config);
+        for i in 0..3 {
+            store
+                .put_intention(intention(&format!("i{i}"), "a", "b"))
+                .unwrap();
+        }
+        let stale = EtcdPersistence::open(config.clone()).unwrap();
+        let txn = Txn {
+            index: 3,
+            ops: vec![Op::DeleteIntention { id: "i0".into() }],
+        };
+        let err = stale.commit(&txn).unwrap_err();
+        assert!(matches!(err, StateError::Conflict(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("found the store at index 4"),
+            "{err}"
+        );
+        assert!(open(&config).intention("i0").value.is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deposed_leaders_write_is_refused() {
+        let Some(config) = etcd_harness::config("fence") else {
+            return;
+        };
+        let first = EtcdPersistence::open(config.clone()).unwrap();
+        let first_lead = first.leadership();
+        let first_store = Store::open(first).unwrap();
+        let second = EtcdPersistence::open(config.clone()).unwrap();
+        let second_lead = second.leadership();
+        let second_store = Store::open(second).unwrap();
+
+        let ttl = Duration::from_secs(2);
+        let (stop_first, stopped_first) = tokio::sync::oneshot::channel::<()>();
+        let campaign = {
+            let lead = first_lead.clone();
+            tokio::spawn(async move {
+                lead.campaign("first:8500".into(), ttl, |_| {}, async {
+                    let _ = stopped_first.await;
+                })
+                .await;
+            })
+        };
+        let old_fence = wait_for(|| first_lead.fence()).await;
+        assert_eq!(
+            first_lead.leader().unwrap(),
+            Some(("first:8500".into(), old_fence))
+        );
+        first_store
+            .put_intention(intention("i1", "a", "b"))
+            .unwrap();
+
+        let second_campaign = {
+            let lead = second_lead.clone();
+            tokio::spawn(async move {
+                lead.campaign("second:8500".into(), ttl, |_| {}, std::future::pending())
+                    .await;
+            })
+        };
+        assert_eq!(second_lead.fence(), None, "one leader at a time");
+        // The first server stops campaigning without resigning, as a crashed one would: its
+        // lease runs out and the second takes over.
+        stop_first.send(()).unwrap();
+        campaign.await.unwrap();
+        let new_fence = wait_for(|| second_lead.fence()).await;
+        assert!(new_fence > old_fence);
+        second_store
+            .put_intention(intention("i2", "a", "b"))
+            .unwrap();
+
+        // The first server, not knowing it was deposed, still fences with its old revision.
+        first_lead.set_fence(Some(old_fence));
+        let _ = first_store
+            .wait(Table::Intentions, 2, Duration::from_secs(30))
+            .await;
+        let err = first_store
+            .put_intention(intention("i3", "a", "b"))
+            .unwrap_err();
+        assert!(matches!(err, StateError::NotLeader(_)), "{err:?}");
+        assert!(second_store.intention("i3").value.is_none());
+        second_lead.resign().await;
+        assert_eq!(second_lead.leader().unwrap(), None);
+        second_campaign.abort();
+    }
+
+    /// Polls `f` until it returns a value (an election takes a lease's TTL, not a fixed time).
+    async fn wait_for<T>(f: impl Fn() -> Option<T>) -> T {
+        for _ in 0..600 {
+            if let Some(v) = f() {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("not within 30 s");
+    }
+
+    #[test]
+    fn concurrent_writers_keep_the_index_consistent_in_etcd() {
+        let Some(config) = etcd_harness::config("concurrent") else {
+            return;
+        };
+        let store = open(&config);
+        concurrent_writers(&store, 4, 15);
+        assert_eq!(open(&config).snapshot(), store.snapshot());
     }
 }

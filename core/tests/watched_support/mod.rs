@@ -16,7 +16,7 @@ pub fn spawn_watched(bin: &Path, args: &[String]) -> Child {
     let script = r#"parent=$1; shift; "$@" >/dev/null 2>&1 & b=$!
 trap 'kill $b 2>/dev/null; wait $b; exit 0' TERM INT
 while kill -0 "$parent" 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.3; done
-kill $b 2>/dev/null; wait $b"#;
+kill $b 2>/dev/null; wait $b 2>/dev/null"#;
     Command::new("sh")
         .arg("-c")
         .arg(script)
