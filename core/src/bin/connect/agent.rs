@@ -68,6 +68,8 @@ struct AgentSettings {
     limits: HttpLimits,
     /// A secondary datacenter's way to the primary; `None` in a primary.
     federation: Option<connect_core::server::FederationConfig>,
+    /// The etcd store shared with the datacenter's other servers (see `crate::ha`).
+    etcd: Option<connect_core::state::EtcdConfig>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -142,9 +144,21 @@ fn settings(args: &AgentArgs) -> Result<AgentSettings, Error> {
             "libconnect runs server agents only: pass -server (or -dev for a development agent)",
         ));
     }
-    if !dev && data_dir.is_none() {
+    let etcd_endpoints = if args.store_etcd.is_empty() {
+        file.etcd.endpoints.clone().unwrap_or_default()
+    } else {
+        args.store_etcd.clone()
+    };
+    if !etcd_endpoints.is_empty() && (dev || data_dir.is_some()) {
         return Err(invalid(
-            "data_dir is required: pass -data-dir DIR (or -dev for in-memory state)",
+            "store.etcd (-store-etcd) keeps the state in etcd and cannot be combined with -dev \
+             or data_dir",
+        ));
+    }
+    if !dev && data_dir.is_none() && etcd_endpoints.is_empty() {
+        return Err(invalid(
+            "data_dir is required: pass -data-dir DIR (or -dev for in-memory state, or \
+             -store-etcd URL to share the state in etcd)",
         ));
     }
 
@@ -154,6 +168,9 @@ fn settings(args: &AgentArgs) -> Result<AgentSettings, Error> {
         server.datacenter = dc.to_ascii_lowercase();
     }
     check_name("datacenter", &server.datacenter, false)?;
+    let etcd = (!etcd_endpoints.is_empty())
+        .then(|| crate::ha::etcd_config(args, &file, etcd_endpoints, &server.datacenter))
+        .transpose()?;
     server.primary_datacenter = args
         .primary_datacenter
         .clone()
@@ -251,6 +268,7 @@ fn settings(args: &AgentArgs) -> Result<AgentSettings, Error> {
         limits: HttpLimits::from_file(&file.limits),
         federation,
         server,
+        etcd,
     })
 }
 
@@ -379,7 +397,34 @@ async fn agent_layer(
     resp
 }
 
-async fn serve(settings: AgentSettings) -> Result<(), Error> {
+/// A follower's HTTP listener (see `crate::ha`): every request goes to the leader. Returns
+/// what stops it.
+async fn serve_follower(
+    addr: SocketAddr,
+    leader: crate::ha::LeaderClient,
+    datacenter: String,
+    limits: HttpLimits,
+) -> Result<(watch::Sender<bool>, tokio::task::JoinHandle<()>), Error> {
+    let (listener, local) = bind("HTTP", addr).await?;
+    eprintln!("==> HTTP API listening on http://{local}, forwarding to the leader");
+    let app = axum::Router::new()
+        .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new((Forwarding::ToLeader(leader), datacenter)),
+            agent_layer,
+        ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(crate::http_server::serve(
+        listener,
+        None,
+        app,
+        ConnTracker::new(limits),
+        stop_rx,
+    ));
+    Ok((stop_tx, task))
+}
+
+async fn serve(mut settings: AgentSettings) -> Result<(), Error> {
     for key in &settings.unknown_keys {
         tracing::warn!(key = %key, "configuration key not used by libconnect; ignored");
     }
@@ -390,6 +435,39 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     let signal = crate::shutdown_signal();
     tokio::pin!(signal);
     let clock: connect_core::SharedClock = Arc::new(connect_core::SystemClock);
+    // With an etcd store: forward to the leader until this server leads (see `crate::ha`).
+    let elected = match settings.etcd.take() {
+        None => None,
+        Some(etcd) => {
+            let http = settings.http.filter(|a| a.port() != 0).ok_or_else(|| {
+                invalid(
+                    "store.etcd needs a fixed HTTP port: the other servers forward to the \
+                     leader's",
+                )
+            })?;
+            let advertise = crate::ha::advertise(http, &settings.server.node_address);
+            let (leader, leads) = crate::ha::join(etcd, advertise).await?;
+            let (stop_follower, follower) = serve_follower(
+                http,
+                leader,
+                settings.server.datacenter.clone(),
+                settings.limits.clone(),
+            )
+            .await?;
+            let elected = tokio::select! {
+                r = leads => r?,
+                s = &mut signal => {
+                    eprintln!("==> Caught signal: {}", s?);
+                    return Ok(());
+                }
+            };
+            let _ = stop_follower.send(true);
+            let _ = follower.await;
+            eprintln!("==> This server leads the datacenter");
+            settings.server.store = Some(elected.store.clone());
+            Some(elected)
+        }
+    };
     let started = tokio::select! {
         r = start_server(settings.server.clone(), settings.federation.clone(), clock) => r?,
         s = &mut signal => {
@@ -536,7 +614,10 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
         "          Data dir: {}",
         c.data_dir
             .as_ref()
-            .map_or_else(|| "(in memory)".to_owned(), |d| d.display().to_string())
+            .map_or_else(
+                || if c.store.is_some() { "(etcd)" } else { "(in memory)" }.to_owned(),
+                |d| d.display().to_string()
+            )
     );
     eprintln!("      Trust domain: {}", server.trust_domain());
     for line in &lines {
@@ -544,8 +625,26 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     }
     eprintln!("==> libconnect agent running!");
 
-    let signal = signal.await?;
+    let lost = async {
+        match &elected {
+            Some(e) => e.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    let signal = tokio::select! {
+        s = signal => s?,
+        () = lost => {
+            // Its fenced writes already fail; a supervisor restarts it as a follower.
+            return Err(Error::new(
+                ErrorKind::Io,
+                "this server lost the leadership of the datacenter's etcd store; exiting",
+            ));
+        }
+    };
     eprintln!("==> Caught signal: {signal}");
+    if let Some(e) = &elected {
+        e.resign().await;
+    }
     tracing::info!(signal, "shutting down");
     background.abort_all();
     let _ = stop_tx.send(true);
@@ -573,6 +672,9 @@ enum Forwarding {
     ToPrimary(Arc<connect_core::server::PrimaryClient>),
     /// The primary: `?dc=<secondary>` to the servers that secondary advertised.
     ToSecondaries(Arc<connect_core::server::SecondaryClients>),
+    /// A server that does not lead its datacenter's etcd-shared state: everything to the
+    /// leader (see `crate::ha`); `None` while there is none.
+    ToLeader(watch::Receiver<Option<connect_core::http::client::ApiClient>>),
 }
 
 /// The longest a forwarded request may take: a blocking query's `wait` (at most Consul's
@@ -609,6 +711,7 @@ async fn forward_requests(fwd: &Forwarding, own_dc: &str, req: Request, next: Ne
         .filter(|_| !path.starts_with("/v1/agent/") && !path.starts_with("/v1/internal/"))
         .map(str::to_owned);
     let forward = match (&fwd, &other_dc) {
+        (Forwarding::ToLeader(_), _) => true,
         (Forwarding::ToPrimary(_), _) => intention_write || other_dc.is_some(),
         (Forwarding::ToSecondaries(_), Some(_)) => true,
         (Forwarding::ToSecondaries(_), None) => false,
@@ -661,16 +764,35 @@ async fn forward_requests(fwd: &Forwarding, own_dc: &str, req: Request, next: Ne
             "another datacenter",
         ),
         (Forwarding::ToSecondaries(_), None) => (Ok(None), ""),
+        (Forwarding::ToLeader(leader), _) => {
+            let leader = leader.borrow().clone();
+            let Some(leader) = leader else {
+                // Consul's answer while a datacenter has no leader.
+                return (StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader").into_response();
+            };
+            (
+                leader
+                    .forward(method, &target, &headers, body.to_vec(), timeout)
+                    .await
+                    .map(Some),
+                "the leader",
+            )
+        }
     };
     match answer {
-        Ok(Some((status, content_type, body))) => {
+        Ok(Some(answer)) => {
             let mut resp = (
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                body,
+                StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY),
+                answer.body,
             )
                 .into_response();
-            if let Some(ct) = content_type.and_then(|c| c.parse().ok()) {
-                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            for (name, value) in answer.headers {
+                if let (Ok(name), Ok(value)) = (
+                    header::HeaderName::from_bytes(name.as_bytes()),
+                    header::HeaderValue::from_str(&value),
+                ) {
+                    resp.headers_mut().insert(name, value);
+                }
             }
             resp
         }
