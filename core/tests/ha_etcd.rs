@@ -47,7 +47,10 @@ fn start_server(dir: &Path, cluster: &EtcdCluster, node: &str) -> Server {
     let mut cmd = command();
     cmd.arg("agent")
         .args(["-server", "-node", node, "-http-port", &port.to_string()])
-        .args(["-store-etcd-kek-file", dir.join("kek.b64").to_str().unwrap()]);
+        .args([
+            "-store-etcd-kek-file",
+            dir.join("kek.b64").to_str().unwrap(),
+        ]);
     for e in cluster.endpoints() {
         cmd.args(["-store-etcd", &e]);
     }
@@ -169,11 +172,14 @@ fn round(
     tally: &mut Tally,
 ) -> Instant {
     let give_up = Duration::from_secs(20);
-    let body = json!({"SourceName": format!("src-{i}"), "DestinationName": "db", "Action": "allow"});
+    let body =
+        json!({"SourceName": format!("src-{i}"), "DestinationName": "db", "Action": "allow"});
     let (r, _) = client.call("POST", "/v1/connect/intentions", &body.to_string(), give_up);
     assert_eq!(r.status, 200, "{}", r.body);
     let acked_at = Instant::now();
-    tally.acked.push(r.json()["ID"].as_str().unwrap().to_owned());
+    tally
+        .acked
+        .push(r.json()["ID"].as_str().unwrap().to_owned());
     tally.writes += 1;
 
     let (leaf, _) = client.call(
@@ -249,7 +255,11 @@ fn a_leader_dies_under_load_and_another_takes_over() {
         .build()
         .unwrap();
     let (db_leaf, _) = client.call("GET", "/v1/agent/connect/ca/leaf/db", "", give_up);
-    let db = Service::new(identity("db", &db_leaf.json(), &roots), tls::authorizer::any()).unwrap();
+    let db = Service::new(
+        identity("db", &db_leaf.json(), &roots),
+        tls::authorizer::any(),
+    )
+    .unwrap();
     let db_addr = rt.block_on(async {
         let mut listener = db.listen("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr();
@@ -328,7 +338,13 @@ fn a_leader_dies_under_load_and_another_takes_over() {
     // write is fenced out.
     let deposed = second;
     let pid = servers[deposed].agent.pid().to_string();
-    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     alive[deposed].store(false, Ordering::Relaxed);
     let third = leader(&servers, &alive_now(&alive), Duration::from_secs(15));
     assert_ne!(third, deposed);
@@ -348,11 +364,20 @@ fn a_leader_dies_under_load_and_another_takes_over() {
         })
     };
     std::thread::sleep(Duration::from_millis(200));
-    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let stale = stale_write.join().unwrap();
     let refused = match &stale {
         Ok(r) => {
-            assert!(r.status >= 400, "a deposed leader acknowledged a write: {r:?}");
+            assert!(
+                r.status >= 400,
+                "a deposed leader acknowledged a write: {r:?}"
+            );
             format!("HTTP {} {}", r.status, r.body.trim())
         }
         Err(e) => format!("connection closed ({e})"),
@@ -370,7 +395,11 @@ fn a_leader_dies_under_load_and_another_takes_over() {
         .iter()
         .map(|i| i["ID"].as_str().unwrap().to_owned())
         .collect();
-    let lost: Vec<&String> = tally.acked.iter().filter(|id| !stored.contains(*id)).collect();
+    let lost: Vec<&String> = tally
+        .acked
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     assert!(
         !list.body.contains("\"stale\""),

@@ -560,14 +560,13 @@ impl Shared {
 
     /// The whole state at one revision, and that revision.
     async fn load(&self) -> Result<(Snapshot, i64), StateError> {
-        let mut kv = self.client.kv_client();
-        let response = kv
-            .get(
-                self.state_prefix.as_bytes(),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await
-            .map_err(|e| self.etcd_err(e))?;
+        let response = retry_unavailable(|| {
+            let mut kv = self.client.kv_client();
+            let prefix = self.state_prefix.clone();
+            async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await
+        .map_err(|e| self.etcd_err(e))?;
         let revision = response
             .header()
             .map(|h| h.revision())
@@ -646,8 +645,13 @@ impl Shared {
     }
 
     async fn commit(&self, request: CommitRequest) -> Result<(), StateError> {
-        let mut kv = self.client.kv_client();
-        let response = kv.txn(request.txn).await.map_err(|e| self.etcd_err(e))?;
+        let response = retry_unavailable(|| {
+            let mut kv = self.client.kv_client();
+            let txn = request.txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(|e| self.etcd_err(e))?;
         if response.succeeded() {
             return Ok(());
         }
@@ -797,6 +801,36 @@ impl Shared {
     }
 }
 
+/// Runs an etcd request again while it fails without reaching a member (one just died, and
+/// the client's balancer still tried it), for up to [`REQUEST_TIMEOUT`]. Safe for commits too:
+/// a transaction that never reached etcd did nothing, and one that did would fail its compare
+/// on a second try rather than apply twice.
+async fn retry_unavailable<T, Fut>(
+    mut request: impl FnMut() -> Fut,
+) -> Result<T, etcd_client::Error>
+where
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        match request().await {
+            Err(e) if unreachable_member(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// gRPC's `UNAVAILABLE` (14), or a transport error: the request did not reach a member.
+fn unreachable_member(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => i32::from(status.code()) == 14,
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
 fn from_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StateError> {
     serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
         location: format!("etcd key {key}"),
@@ -872,11 +906,13 @@ impl Leadership {
     pub fn leader(&self) -> Result<Option<(String, i64)>, StateError> {
         let shared = self.shared.clone();
         block_on(&self.handle, &self.shared.endpoints, async move {
-            let mut kv = shared.client.kv_client();
-            let response = kv
-                .get(shared.leader_key.as_bytes(), None)
-                .await
-                .map_err(|e| shared.etcd_err(e))?;
+            let response = retry_unavailable(|| {
+                let mut kv = shared.client.kv_client();
+                let key = shared.leader_key.clone();
+                async move { kv.get(key, None).await }
+            })
+            .await
+            .map_err(|e| shared.etcd_err(e))?;
             Ok(response.kvs().first().map(|kv| {
                 (
                     String::from_utf8_lossy(kv.value()).into_owned(),
@@ -971,36 +1007,42 @@ impl Leadership {
         .await
     }
 
-    /// Keeps the lease alive until a keep-alive fails or the lease runs out.
+    /// Keeps the lease alive until etcd says it is gone or no keep-alive got through for its
+    /// whole TTL. A failed keep-alive stream (an etcd member died under it) is opened again:
+    /// leadership is lost only when the lease may have expired.
     async fn hold(&self, lease: i64, ttl: Duration) {
         let shared = self.shared.clone();
         let _ = self
             .spawn(async move {
                 let mut client = shared.client.clone();
-                let (mut keeper, mut responses) = client
-                    .lease_keep_alive(lease)
-                    .await
-                    .map_err(|e| shared.etcd_err(e))?;
-                let mut deadline = tokio::time::Instant::now() + ttl;
-                loop {
-                    let sent = tokio::time::timeout(ttl / 3, async {
-                        keeper.keep_alive().await?;
-                        responses.message().await
-                    })
-                    .await;
-                    match sent {
-                        Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                            deadline = tokio::time::Instant::now()
-                                + Duration::from_secs(u64::try_from(r.ttl()).unwrap_or(0));
+                let now = tokio::time::Instant::now;
+                let mut deadline = now() + ttl;
+                while now() < deadline {
+                    let Ok((mut keeper, mut responses)) = client.lease_keep_alive(lease).await
+                    else {
+                        tokio::time::sleep(ttl / 10).await;
+                        continue;
+                    };
+                    while now() < deadline {
+                        let sent = tokio::time::timeout(ttl / 3, async {
+                            keeper.keep_alive().await?;
+                            responses.message().await
+                        })
+                        .await;
+                        match sent {
+                            Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                                let granted = u64::try_from(r.ttl()).unwrap_or(0);
+                                deadline = now() + Duration::from_secs(granted).min(ttl);
+                            }
+                            // etcd answered: the lease is gone.
+                            Ok(Ok(Some(_))) => return Ok::<(), StateError>(()),
+                            // The stream broke or stalled: open another.
+                            Ok(Ok(None) | Err(_)) | Err(_) => break,
                         }
-                        Ok(Ok(_)) => return Ok::<(), StateError>(()),
-                        Ok(Err(_)) | Err(_) => {}
+                        tokio::time::sleep(ttl / 3).await;
                     }
-                    if tokio::time::Instant::now() >= deadline {
-                        return Ok(());
-                    }
-                    tokio::time::sleep(ttl / 3).await;
                 }
+                Ok(())
             })
             .await;
     }

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 /// SIGTERM to the returned child stops the server too.
 pub fn spawn_watched(bin: &Path, args: &[String]) -> Child {
     let script = r#"parent=$1; shift; "$@" >/dev/null 2>&1 & b=$!
-trap 'kill $b 2>/dev/null; wait $b; exit 0' TERM INT
+trap 'kill $b 2>/dev/null; wait $b 2>/dev/null; exit 0' TERM INT
 while kill -0 "$parent" 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.3; done
 kill $b 2>/dev/null; wait $b 2>/dev/null"#;
     Command::new("sh")

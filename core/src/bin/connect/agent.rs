@@ -612,12 +612,15 @@ async fn serve(mut settings: AgentSettings) -> Result<(), Error> {
     );
     eprintln!(
         "          Data dir: {}",
-        c.data_dir
-            .as_ref()
-            .map_or_else(
-                || if c.store.is_some() { "(etcd)" } else { "(in memory)" }.to_owned(),
-                |d| d.display().to_string()
-            )
+        c.data_dir.as_ref().map_or_else(
+            || if c.store.is_some() {
+                "(etcd)"
+            } else {
+                "(in memory)"
+            }
+            .to_owned(),
+            |d| d.display().to_string()
+        )
     );
     eprintln!("      Trust domain: {}", server.trust_domain());
     for line in &lines {

@@ -927,9 +927,18 @@ mod tests {
     fn bad_store_blocks_are_refused_with_the_key() {
         for (text, needle) in [
             (r#"store { consul { } }"#, "store.consul: unknown store"),
-            (r#"store { etcd { endpoint = "x" } }"#, "store.etcd.endpoint: unknown key"),
-            (r#"store { etcd { tls { ca = "x" } } }"#, "store.etcd.tls.ca: unknown key"),
-            (r#"store { etcd { endpoints = { a = 1 } } }"#, "store.etcd.endpoints"),
+            (
+                r#"store { etcd { endpoint = "x" } }"#,
+                "store.etcd.endpoint: unknown key",
+            ),
+            (
+                r#"store { etcd { tls { ca = "x" } } }"#,
+                "store.etcd.tls.ca: unknown key",
+            ),
+            (
+                r#"store { etcd { endpoints = { a = 1 } } }"#,
+                "store.etcd.endpoints",
+            ),
             (r#"store = "etcd""#, "store: expected a block"),
         ] {
             let err = AgentConfigFile::parse(text, ConfigFormat::Hcl).unwrap_err();

@@ -78,13 +78,12 @@ pub(crate) fn etcd_config(
             "store.etcd.prefix: {prefix:?} must start with '/'"
         )));
     }
-    let tls = (e.ca_file.is_some() || e.cert_file.is_some() || e.key_file.is_some()).then(|| {
-        EtcdTls {
+    let tls =
+        (e.ca_file.is_some() || e.cert_file.is_some() || e.key_file.is_some()).then(|| EtcdTls {
             ca_file: e.ca_file.clone(),
             cert_file: e.cert_file.clone(),
             key_file: e.key_file.clone(),
-        }
-    });
+        });
     Ok(EtcdConfig {
         endpoints,
         prefix,
@@ -152,12 +151,12 @@ pub(crate) async fn join(
             let mut current: Option<String> = None;
             loop {
                 let l = leadership.clone();
-                let found = tokio::task::spawn_blocking(move || l.leader())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .flatten()
-                    .map(|(address, _)| address);
+                // A failed read (an etcd member just died) says nothing: keep what we have.
+                let Ok(Ok(found)) = tokio::task::spawn_blocking(move || l.leader()).await else {
+                    tokio::time::sleep(LEASE_TTL / 8).await;
+                    continue;
+                };
+                let found = found.map(|(address, _)| address);
                 if found != current {
                     tracing::info!(leader = ?found, "etcd: the datacenter's leader");
                     let client = found.as_ref().and_then(|a| {
