@@ -153,7 +153,7 @@ impl Kek {
         let mut buf = Zeroizing::new(ct.to_vec());
         let plain = self
             .key
-            .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut *buf)
+            .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut buf)
             .map_err(|_| err())?;
         Ok(Zeroizing::new(plain.to_vec()))
     }
@@ -387,6 +387,10 @@ struct CommitRequest {
 }
 
 /// What one key decodes to.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one short-lived value per key read; boxing would only add an allocation"
+)]
 enum Row {
     Index(u64),
     /// `meta/table_index/*`: recomputed from the ops on a watch, read on load.
@@ -736,19 +740,24 @@ impl Shared {
                         return;
                     }
                     match self.load().await {
-                        Ok((snapshot, revision)) => match {
-                            let feed = feed.clone();
-                            tokio::task::spawn_blocking(move || feed.reload(snapshot))
-                                .await
-                                .unwrap_or_else(|e| Err(self.etcd_err(e)))
-                        } {
-                            Ok(true) => {
-                                from = revision + 1;
-                                break;
+                        Ok((snapshot, revision)) => {
+                            let reloaded = {
+                                let feed = feed.clone();
+                                tokio::task::spawn_blocking(move || feed.reload(snapshot))
+                                    .await
+                                    .unwrap_or_else(|e| Err(self.etcd_err(e)))
+                            };
+                            match reloaded {
+                                Ok(true) => {
+                                    from = revision + 1;
+                                    break;
+                                }
+                                Ok(false) => return,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "etcd: reloaded state refused");
+                                }
                             }
-                            Ok(false) => return,
-                            Err(e) => tracing::warn!(error = %e, "etcd: reloaded state refused"),
-                        },
+                        }
                         Err(e) => tracing::debug!(error = %e, "etcd: reload failed; retrying"),
                     }
                     tokio::time::sleep(retry).await;

@@ -410,7 +410,7 @@ async fn serve_follower(
     let app = axum::Router::new()
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new((Forwarding::ToLeader(leader), datacenter)),
+            Arc::new((Forwarding::AllToLeader(leader), datacenter)),
             agent_layer,
         ));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -677,7 +677,7 @@ enum Forwarding {
     ToSecondaries(Arc<connect_core::server::SecondaryClients>),
     /// A server that does not lead its datacenter's etcd-shared state: everything to the
     /// leader (see `crate::ha`); `None` while there is none.
-    ToLeader(watch::Receiver<Option<connect_core::http::client::ApiClient>>),
+    AllToLeader(watch::Receiver<Option<connect_core::http::client::ApiClient>>),
 }
 
 /// The longest a forwarded request may take: a blocking query's `wait` (at most Consul's
@@ -714,7 +714,7 @@ async fn forward_requests(fwd: &Forwarding, own_dc: &str, req: Request, next: Ne
         .filter(|_| !path.starts_with("/v1/agent/") && !path.starts_with("/v1/internal/"))
         .map(str::to_owned);
     let forward = match (&fwd, &other_dc) {
-        (Forwarding::ToLeader(_), _) => true,
+        (Forwarding::AllToLeader(_), _) => true,
         (Forwarding::ToPrimary(_), _) => intention_write || other_dc.is_some(),
         (Forwarding::ToSecondaries(_), Some(_)) => true,
         (Forwarding::ToSecondaries(_), None) => false,
@@ -767,7 +767,7 @@ async fn forward_requests(fwd: &Forwarding, own_dc: &str, req: Request, next: Ne
             "another datacenter",
         ),
         (Forwarding::ToSecondaries(_), None) => (Ok(None), ""),
-        (Forwarding::ToLeader(leader), _) => {
+        (Forwarding::AllToLeader(leader), _) => {
             let leader = leader.borrow().clone();
             let Some(leader) = leader else {
                 // Consul's answer while a datacenter has no leader.
