@@ -270,8 +270,13 @@ impl EtcdPersistence {
         let client_endpoints = config.endpoints.clone();
         handle.spawn(async move {
             let connected = async {
-                let mut client = Client::connect(client_endpoints, Some(options)).await?;
-                client.status().await?;
+                let client = Client::connect(client_endpoints, Some(options)).await?;
+                // Members that are still starting (or one that is down) are waited for.
+                retry_unavailable(|| {
+                    let mut client = client.clone();
+                    async move { client.status().await }
+                })
+                .await?;
                 Ok::<_, etcd_client::Error>(client)
             };
             let _ = tx.send(tokio::time::timeout(REQUEST_TIMEOUT * 2, connected).await);
