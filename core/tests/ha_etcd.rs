@@ -34,23 +34,34 @@ struct Server {
     agent: Agent,
 }
 
-fn start_servers(dir: &Path, cluster: &EtcdCluster, n: usize) -> Vec<Server> {
+/// Starts `n` servers on `cluster`, each with `extra` arguments.
+fn start_servers(dir: &Path, cluster: &EtcdCluster, n: usize, extra: &[&str]) -> Vec<Server> {
     let kek = dir.join("kek.b64");
     std::fs::write(&kek, KEK).unwrap();
     (0..n)
-        .map(|i| start_server(dir, cluster, &format!("s{i}")))
+        .map(|i| {
+            let port = cli_support::free_port();
+            start_server(dir, cluster, &format!("s{i}"), port, extra)
+        })
         .collect()
 }
 
-fn start_server(dir: &Path, cluster: &EtcdCluster, node: &str) -> Server {
-    let port = cli_support::free_port();
+/// A server on `127.0.0.1:port`, which it advertises to the others when it leads.
+fn start_server(
+    dir: &Path,
+    cluster: &EtcdCluster,
+    node: &str,
+    port: u16,
+    extra: &[&str],
+) -> Server {
     let mut cmd = command();
     cmd.arg("agent")
         .args(["-server", "-node", node, "-http-port", &port.to_string()])
         .args([
             "-store-etcd-kek-file",
             dir.join("kek.b64").to_str().unwrap(),
-        ]);
+        ])
+        .args(extra);
     for e in cluster.endpoints() {
         cmd.args(["-store-etcd", &e]);
     }
@@ -233,7 +244,7 @@ fn a_leader_dies_under_load_and_another_takes_over() {
     let started = Instant::now();
     let mut cluster = EtcdCluster::start(bin, 3);
     let dir = tempfile::tempdir().unwrap();
-    let mut servers = start_servers(dir.path(), &cluster, 3);
+    let mut servers = start_servers(dir.path(), &cluster, 3, &[]);
     let alive: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(true))).collect();
     let alive_now = |alive: &[Arc<AtomicBool>]| -> Vec<bool> {
         alive.iter().map(|a| a.load(Ordering::Relaxed)).collect()
@@ -424,4 +435,129 @@ fn a_leader_dies_under_load_and_another_takes_over() {
         started.elapsed().as_secs_f64()
     );
     drop(cluster);
+}
+
+/// Intention writes and leaf signings per second through `addrs` (sequential, one client).
+fn rates(client: &Client, tag: &str, n: u64) -> (f64, f64) {
+    let give_up = Duration::from_secs(20);
+    let start = Instant::now();
+    for i in 0..n {
+        let body =
+            json!({"SourceName": format!("{tag}-{i}"), "DestinationName": "db", "Action": "allow"});
+        let (r, _) = client.call("POST", "/v1/connect/intentions", &body.to_string(), give_up);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let writes = n as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for i in 0..n {
+        let (r, _) = client.call(
+            "GET",
+            &format!("/v1/agent/connect/ca/leaf/{tag}-{i}"),
+            "",
+            give_up,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    (writes, n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// BENCHMARKS.md, "High availability on etcd": failover time over ten kills of the leader
+/// (kill -9 to the next acknowledged intention write through any server; the killed server
+/// comes back as a follower each time), and intention-write and leaf-signing rates through the
+/// etcd cluster against one SQLite server, in the same run.
+///
+/// `cargo test --release -p connect-core --features cli --test ha_etcd -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement (BENCHMARKS.md); about a minute"]
+fn failover_times() {
+    let Some(bin) = etcd_support::etcd_or_skip("failover_times") else {
+        return;
+    };
+    let cluster = EtcdCluster::start(bin, 3);
+    let dir = tempfile::tempdir().unwrap();
+    // Without the CA's CSR rate limit (Consul's default, 50/s), which would cap both rates.
+    let unlimited = dir.path().join("unlimited.hcl");
+    std::fs::write(
+        &unlimited,
+        "connect {\n  ca_config {\n    csr_max_per_second = 0\n  }\n}\n",
+    )
+    .unwrap();
+    let extra = ["-config-file", unlimited.to_str().unwrap()];
+    let mut servers = start_servers(dir.path(), &cluster, 3, &extra);
+    let alive: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(true))).collect();
+    let alive_now = |alive: &[Arc<AtomicBool>]| -> Vec<bool> {
+        alive.iter().map(|a| a.load(Ordering::Relaxed)).collect()
+    };
+    let client = Client {
+        addrs: servers.iter().map(|s| s.http.clone()).collect(),
+        alive: alive.clone(),
+        next: AtomicU64::new(0),
+    };
+    let give_up = Duration::from_secs(30);
+    let mut times = Vec::new();
+    for kill in 0..10 {
+        let current = leader(&servers, &alive_now(&alive), Duration::from_secs(20));
+        let body = json!({"SourceName": format!("warm-{kill}"), "DestinationName": "db", "Action": "allow"});
+        client.call("POST", "/v1/connect/intentions", &body.to_string(), give_up);
+        alive[current].store(false, Ordering::Relaxed);
+        let killed_at = Instant::now();
+        servers[current].agent.kill9();
+        let body = json!({"SourceName": format!("after-{kill}"), "DestinationName": "db", "Action": "allow"});
+        let (r, _) = client.call("POST", "/v1/connect/intentions", &body.to_string(), give_up);
+        assert_eq!(r.status, 200, "{}", r.body);
+        times.push(killed_at.elapsed());
+        // The killed server comes back as a follower on its old address.
+        let port = servers[current].http.rsplit(':').next().unwrap().to_owned();
+        let mut cmd = command();
+        cmd.arg("agent")
+            .args([
+                "-server",
+                "-node",
+                &format!("s{current}"),
+                "-http-port",
+                &port,
+            ])
+            .args([
+                "-store-etcd-kek-file",
+                dir.path().join("kek.b64").to_str().unwrap(),
+            ]);
+        for e in cluster.endpoints() {
+            cmd.args(["-store-etcd", &e]);
+        }
+        let agent = Agent::spawn(cmd);
+        agent.wait_for_log("==> HTTP API listening on", Duration::from_secs(10));
+        servers[current].agent = agent;
+        alive[current].store(true, Ordering::Relaxed);
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (etcd_writes, etcd_signs) = rates(&client, "etcd", 200);
+
+    let sqlite_dir = tempfile::tempdir().unwrap();
+    let single = Agent::start(&[
+        "-server",
+        "-data-dir",
+        sqlite_dir.path().to_str().unwrap(),
+        "-config-file",
+        unlimited.to_str().unwrap(),
+    ]);
+    let single_client = Client {
+        addrs: vec![single.http.clone()],
+        alive: vec![Arc::new(AtomicBool::new(true))],
+        next: AtomicU64::new(0),
+    };
+    let (sqlite_writes, sqlite_signs) = rates(&single_client, "sqlite", 200);
+    println!(
+        "failover over {} kills: p50 {:.0} ms, max {:.0} ms (lease TTL 2 s)",
+        times.len(),
+        ms(times[times.len() / 2]),
+        ms(*times.last().unwrap())
+    );
+    println!(
+        "intention writes/s: etcd (3 members, 3 servers, via any server) {etcd_writes:.0}, \
+         SQLite (one server) {sqlite_writes:.0}"
+    );
+    println!(
+        "leaf signings/s: etcd {etcd_signs:.0}, SQLite {sqlite_signs:.0} (sequential HTTP, one client)"
+    );
 }

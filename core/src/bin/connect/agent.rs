@@ -1061,4 +1061,114 @@ mod tests {
             assert!(e.contains(want), "{args:?}: {e}");
         }
     }
+
+    #[test]
+    fn the_etcd_store_comes_from_flags_or_the_file_and_needs_a_kek() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = dir.path().join("kek.b64");
+        std::fs::write(&kek, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").unwrap();
+        let kek = kek.to_str().unwrap();
+        let s = parse(&[
+            "-server",
+            "-datacenter",
+            "east",
+            "-store-etcd",
+            "http://127.0.0.1:2379",
+            "-store-etcd",
+            "http://127.0.0.1:22379",
+            "-store-etcd-kek-file",
+            kek,
+        ])
+        .unwrap();
+        let etcd = s.etcd.unwrap();
+        assert_eq!(
+            etcd.endpoints,
+            ["http://127.0.0.1:2379", "http://127.0.0.1:22379"]
+        );
+        assert_eq!(etcd.prefix, "/connect/east", "the default prefix");
+        assert!(etcd.tls.is_none());
+        assert!(s.server.data_dir.is_none());
+
+        let file = dir.path().join("etcd.hcl");
+        std::fs::write(
+            &file,
+            format!(
+                r#"store {{
+                  etcd {{
+                    endpoints = ["https://10.0.0.1:2379"]
+                    prefix    = "/c/dc1"
+                    kek_file  = "{kek}"
+                    tls {{
+                      ca_file = "ca.pem"
+                    }}
+                  }}
+                }}"#
+            ),
+        )
+        .unwrap();
+        let s = parse(&["-server", "-config-file", file.to_str().unwrap()]).unwrap();
+        let etcd = s.etcd.unwrap();
+        assert_eq!(etcd.endpoints, ["https://10.0.0.1:2379"]);
+        assert_eq!(etcd.prefix, "/c/dc1");
+        assert_eq!(
+            etcd.tls.unwrap().ca_file.as_deref(),
+            Some(std::path::Path::new("ca.pem"))
+        );
+
+        let bad_kek = dir.path().join("short.b64");
+        std::fs::write(&bad_kek, "c2hvcnQ=").unwrap();
+        let bad_kek = bad_kek.to_str().unwrap();
+        for (args, want) in [
+            (
+                &["-server", "-store-etcd", "http://e:2379"][..],
+                "a key-encryption key is required",
+            ),
+            (
+                &[
+                    "-server",
+                    "-store-etcd",
+                    "e:2379",
+                    "-store-etcd-kek-file",
+                    kek,
+                ][..],
+                "is not an http:// or https:// URL",
+            ),
+            (
+                &[
+                    "-server",
+                    "-store-etcd",
+                    "http://e:2379",
+                    "-store-etcd-kek-file",
+                    bad_kek,
+                ][..],
+                "5 bytes; an AES-256 key is 32",
+            ),
+            (
+                &[
+                    "-dev",
+                    "-store-etcd",
+                    "http://e:2379",
+                    "-store-etcd-kek-file",
+                    kek,
+                ][..],
+                "cannot be combined with -dev",
+            ),
+            (
+                &[
+                    "-server",
+                    "-data-dir",
+                    "/tmp/x",
+                    "-store-etcd",
+                    "http://e:2379",
+                    "-store-etcd-kek-file",
+                    kek,
+                ][..],
+                "cannot be combined with -dev or data_dir",
+            ),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidParameter, "{args:?}");
+            assert!(e.to_string().contains(want), "{args:?}: {e}");
+        }
+    }
 }

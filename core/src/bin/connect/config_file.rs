@@ -914,8 +914,8 @@ mod tests {
         let mut merged = AgentConfigFile::parse(hcl, ConfigFormat::Hcl).unwrap();
         merged.merge(
             AgentConfigFile::parse(
-                r#"store { etcd { endpoints = "http://e:2379" } }"#,
-                ConfigFormat::Hcl,
+                r#"{"store": {"etcd": {"endpoints": "http://e:2379"}}}"#,
+                ConfigFormat::Json,
             )
             .unwrap(),
         );
@@ -926,22 +926,25 @@ mod tests {
     #[test]
     fn bad_store_blocks_are_refused_with_the_key() {
         for (text, needle) in [
-            (r#"store { consul { } }"#, "store.consul: unknown store"),
             (
-                r#"store { etcd { endpoint = "x" } }"#,
+                r#"{"store": {"consul": {}}}"#,
+                "store.consul: unknown store",
+            ),
+            (
+                r#"{"store": {"etcd": {"endpoint": "x"}}}"#,
                 "store.etcd.endpoint: unknown key",
             ),
             (
-                r#"store { etcd { tls { ca = "x" } } }"#,
+                r#"{"store": {"etcd": {"tls": {"ca": "x"}}}}"#,
                 "store.etcd.tls.ca: unknown key",
             ),
             (
-                r#"store { etcd { endpoints = { a = 1 } } }"#,
+                r#"{"store": {"etcd": {"endpoints": {"a": 1}}}}"#,
                 "store.etcd.endpoints",
             ),
-            (r#"store = "etcd""#, "store: expected a block"),
+            (r#"{"store": "etcd"}"#, "store: expected a block"),
         ] {
-            let err = AgentConfigFile::parse(text, ConfigFormat::Hcl).unwrap_err();
+            let err = AgentConfigFile::parse(text, ConfigFormat::Json).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidParameter);
             assert!(err.to_string().contains(needle), "{text}: {err}");
         }
