@@ -161,6 +161,31 @@ fn identity(service: &str, leaf: &Value, roots: &Value) -> Identity {
     id
 }
 
+/// Creates the intention `source → db allow` through any server; returns the answer.
+fn allow(client: &Client, source: &str) -> Value {
+    let body = json!({"SourceName": source, "DestinationName": "db", "Action": "allow"});
+    let (r, _) = client.call(
+        "POST",
+        "/v1/connect/intentions",
+        &body.to_string(),
+        Duration::from_secs(20),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+/// A new leaf for `service` through any server (a new name: a new signing).
+fn leaf(client: &Client, service: &str) -> Value {
+    let (r, _) = client.call(
+        "GET",
+        &format!("/v1/agent/connect/ca/leaf/{service}"),
+        "",
+        Duration::from_secs(20),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
 /// What the load saw.
 #[derive(Default)]
 struct Tally {
@@ -182,27 +207,15 @@ fn round(
     roots: &Value,
     tally: &mut Tally,
 ) -> Instant {
-    let give_up = Duration::from_secs(20);
-    let body =
-        json!({"SourceName": format!("src-{i}"), "DestinationName": "db", "Action": "allow"});
-    let (r, _) = client.call("POST", "/v1/connect/intentions", &body.to_string(), give_up);
-    assert_eq!(r.status, 200, "{}", r.body);
+    let acked = allow(client, &format!("src-{i}"));
     let acked_at = Instant::now();
-    tally
-        .acked
-        .push(r.json()["ID"].as_str().unwrap().to_owned());
+    tally.acked.push(acked["ID"].as_str().unwrap().to_owned());
     tally.writes += 1;
 
-    let (leaf, _) = client.call(
-        "GET",
-        &format!("/v1/agent/connect/ca/leaf/web-{i}"),
-        "",
-        give_up,
-    );
-    assert_eq!(leaf.status, 200, "{}", leaf.body);
+    let leaf = leaf(client, &format!("web-{i}"));
     tally.signs += 1;
     let web = Service::new(
-        identity(&format!("web-{i}"), &leaf.json(), roots),
+        identity(&format!("web-{i}"), &leaf, roots),
         tls::authorizer::any(),
     )
     .unwrap();
@@ -227,7 +240,7 @@ fn round(
         "POST",
         "/v1/agent/connect/authorize",
         &body.to_string(),
-        give_up,
+        Duration::from_secs(20),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     if r.json()["Authorized"] == json!(true) {
@@ -265,9 +278,8 @@ fn a_leader_dies_under_load_and_another_takes_over() {
         .enable_all()
         .build()
         .unwrap();
-    let (db_leaf, _) = client.call("GET", "/v1/agent/connect/ca/leaf/db", "", give_up);
     let db = Service::new(
-        identity("db", &db_leaf.json(), &roots),
+        identity("db", &leaf(&client, "db"), &roots),
         tls::authorizer::any(),
     )
     .unwrap();
@@ -439,24 +451,14 @@ fn a_leader_dies_under_load_and_another_takes_over() {
 
 /// Intention writes and leaf signings per second through `addrs` (sequential, one client).
 fn rates(client: &Client, tag: &str, n: u64) -> (f64, f64) {
-    let give_up = Duration::from_secs(20);
     let start = Instant::now();
     for i in 0..n {
-        let body =
-            json!({"SourceName": format!("{tag}-{i}"), "DestinationName": "db", "Action": "allow"});
-        let (r, _) = client.call("POST", "/v1/connect/intentions", &body.to_string(), give_up);
-        assert_eq!(r.status, 200, "{}", r.body);
+        allow(client, &format!("{tag}-{i}"));
     }
     let writes = n as f64 / start.elapsed().as_secs_f64();
     let start = Instant::now();
     for i in 0..n {
-        let (r, _) = client.call(
-            "GET",
-            &format!("/v1/agent/connect/ca/leaf/{tag}-{i}"),
-            "",
-            give_up,
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
+        leaf(client, &format!("{tag}-{i}"));
     }
     (writes, n as f64 / start.elapsed().as_secs_f64())
 }
@@ -493,40 +495,24 @@ fn failover_times() {
         alive: alive.clone(),
         next: AtomicU64::new(0),
     };
-    let give_up = Duration::from_secs(30);
     let mut times = Vec::new();
     for kill in 0..10 {
         let current = leader(&servers, &alive_now(&alive), Duration::from_secs(20));
-        let body = json!({"SourceName": format!("warm-{kill}"), "DestinationName": "db", "Action": "allow"});
-        client.call("POST", "/v1/connect/intentions", &body.to_string(), give_up);
+        allow(&client, &format!("warm-{kill}"));
         alive[current].store(false, Ordering::Relaxed);
         let killed_at = Instant::now();
         servers[current].agent.kill9();
-        let body = json!({"SourceName": format!("after-{kill}"), "DestinationName": "db", "Action": "allow"});
-        let (r, _) = client.call("POST", "/v1/connect/intentions", &body.to_string(), give_up);
-        assert_eq!(r.status, 200, "{}", r.body);
+        allow(&client, &format!("after-{kill}"));
         times.push(killed_at.elapsed());
         // The killed server comes back as a follower on its old address.
-        let port = servers[current].http.rsplit(':').next().unwrap().to_owned();
-        let mut cmd = command();
-        cmd.arg("agent")
-            .args([
-                "-server",
-                "-node",
-                &format!("s{current}"),
-                "-http-port",
-                &port,
-            ])
-            .args([
-                "-store-etcd-kek-file",
-                dir.path().join("kek.b64").to_str().unwrap(),
-            ]);
-        for e in cluster.endpoints() {
-            cmd.args(["-store-etcd", &e]);
-        }
-        let agent = Agent::spawn(cmd);
-        agent.wait_for_log("==> HTTP API listening on", Duration::from_secs(10));
-        servers[current].agent = agent;
+        let port = servers[current]
+            .http
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        servers[current] = start_server(dir.path(), &cluster, &format!("s{current}"), port, &extra);
         alive[current].store(true, Ordering::Relaxed);
     }
     times.sort();

