@@ -904,8 +904,7 @@ impl Leadership {
     }
 
     /// Fences every later commit of this server with the leader key's `create_revision`, or
-    /// (with `None`) stops fencing. [`campaign`](Self::campaign) sets it; it is public so that
-    /// a test can make a deposed leader write.
+    /// (with `None`) stops fencing. [`campaign`](Self::campaign) sets it and never clears it.
     pub fn set_fence(&self, create_revision: Option<i64>) {
         *self
             .shared
@@ -938,8 +937,12 @@ impl Leadership {
 
     /// Campaigns until this server is the leader or `stop` resolves, then keeps the lease alive
     /// until it is lost or `stop` resolves; calls `on_change(true)` on winning (after fencing
-    /// writes) and `on_change(false)` on losing (after unfencing). Runs on the caller's
-    /// runtime; the etcd calls themselves run on the client's.
+    /// writes) and `on_change(false)` on losing. Runs on the caller's runtime; the etcd calls
+    /// themselves run on the client's.
+    ///
+    /// Losing (or stopping) leaves the fence in place: the server's later writes still compare
+    /// the revision it won with, and fail with [`StateError::NotLeader`] — a deposed leader
+    /// must never write again, not even unfenced.
     ///
     /// The leader key is put only if absent (`create_revision == 0`), under a lease of `ttl`
     /// that this server keeps alive at a third of it: when the server dies or is cut off, the
@@ -960,7 +963,6 @@ impl Leadership {
                         tracing::info!(revision, "etcd: this server is the leader");
                         on_change(true);
                         this.hold(lease, ttl).await;
-                        this.set_fence(None);
                         tracing::warn!("etcd: this server lost the leadership");
                         on_change(false);
                     }
@@ -974,7 +976,6 @@ impl Leadership {
             () = campaign => {}
             () = stop => {}
         }
-        self.set_fence(None);
     }
 
     /// One attempt: grants a lease and puts the leader key if it is absent. Returns the lease
@@ -1062,6 +1063,7 @@ impl Leadership {
     }
 
     /// Gives the leadership up: revokes the lease (deleting the key) if this server holds it.
+    /// The fence stays: this server's writes fail from now on.
     pub async fn resign(&self) {
         let shared = self.shared.clone();
         let _ = self
@@ -1080,7 +1082,6 @@ impl Leadership {
                 Ok(())
             })
             .await;
-        self.set_fence(None);
     }
 
     /// Runs `fut` on the client's runtime and awaits it from the caller's; dropping the

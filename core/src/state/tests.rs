@@ -1230,8 +1230,8 @@ mod etcd {
             .put_intention(intention("i2", "a", "b"))
             .unwrap();
 
-        // The first server, not knowing it was deposed, still fences with its old revision.
-        first_lead.set_fence(Some(old_fence));
+        // The first server's writes keep its old fence after its campaign ends.
+        assert_eq!(first_lead.fence(), Some(old_fence));
         let _ = first_store
             .wait(Table::Intentions, 2, Duration::from_secs(30))
             .await;
@@ -1242,6 +1242,13 @@ mod etcd {
         assert!(second_store.intention("i3").value.is_none());
         second_lead.resign().await;
         assert_eq!(second_lead.leader().unwrap(), None);
+        let err = second_store
+            .put_intention(intention("i4", "a", "b"))
+            .unwrap_err();
+        assert!(
+            matches!(err, StateError::NotLeader(_)),
+            "a resigned leader writes no more: {err:?}"
+        );
         second_campaign.abort();
     }
 

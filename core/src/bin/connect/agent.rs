@@ -634,21 +634,24 @@ async fn serve(mut settings: AgentSettings) -> Result<(), Error> {
             None => std::future::pending().await,
         }
     };
-    let signal = tokio::select! {
-        s = signal => s?,
+    // Leadership lost: requests in flight finish (their fenced writes fail with "not the
+    // leader"), then the process exits with an error so that a supervisor restarts it as a
+    // follower.
+    let lost = tokio::select! {
+        s = signal => {
+            let signal = s?;
+            eprintln!("==> Caught signal: {signal}");
+            tracing::info!(signal, "shutting down");
+            if let Some(e) = &elected {
+                e.resign().await;
+            }
+            false
+        }
         () = lost => {
-            // Its fenced writes already fail; a supervisor restarts it as a follower.
-            return Err(Error::new(
-                ErrorKind::Io,
-                "this server lost the leadership of the datacenter's etcd store; exiting",
-            ));
+            tracing::error!("this server lost the leadership; stopping");
+            true
         }
     };
-    eprintln!("==> Caught signal: {signal}");
-    if let Some(e) = &elected {
-        e.resign().await;
-    }
-    tracing::info!(signal, "shutting down");
     background.abort_all();
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -659,6 +662,12 @@ async fn serve(mut settings: AgentSettings) -> Result<(), Error> {
     if drained.is_err() {
         tracing::info!("requests still in flight after the grace period were cut off");
         tasks.abort_all();
+    }
+    if lost {
+        return Err(Error::new(
+            ErrorKind::Io,
+            "this server lost the leadership of the datacenter's etcd store; exiting",
+        ));
     }
     eprintln!("==> libconnect agent stopped");
     Ok(())
