@@ -1272,4 +1272,95 @@ mod etcd {
         concurrent_writers(&store, 4, 15);
         assert_eq!(open(&config).snapshot(), store.snapshot());
     }
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in
+    /// `dir`: (ca, server cert, server key, client cert, client key).
+    fn tls_files(dir: &Path) -> [std::path::PathBuf; 5] {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, &ca_key);
+        let issue = |sans: Vec<SanType>| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.subject_alt_names = sans;
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server, server_key) = issue(vec![SanType::IpAddress([127, 0, 0, 1].into())]);
+        let (client, client_key) = issue(vec![SanType::DnsName("connect".try_into().unwrap())]);
+        let files = [
+            "ca.pem",
+            "server.pem",
+            "server-key.pem",
+            "client.pem",
+            "client-key.pem",
+        ]
+        .map(|f| dir.join(f));
+        for (path, pem) in files
+            .iter()
+            .zip([ca_cert.pem(), server, server_key, client, client_key])
+        {
+            std::fs::write(path, pem).unwrap();
+        }
+        files
+    }
+
+    #[test]
+    fn mutual_tls_to_etcd() {
+        let Some(bin) = etcd_support::etcd_or_skip("mutual_tls_to_etcd") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let [ca, cert, key, client_cert, client_key] = tls_files(dir.path());
+        let cluster = etcd_support::EtcdCluster::start_with(
+            bin,
+            1,
+            Some(etcd_support::ServerTls {
+                ca: ca.clone(),
+                cert,
+                key,
+            }),
+        );
+        let config = |tls| EtcdConfig {
+            endpoints: cluster.endpoints(),
+            prefix: "/tls".into(),
+            tls,
+            kek: etcd_harness::kek(),
+        };
+        let with_cert = EtcdTls {
+            ca_file: Some(ca.clone()),
+            cert_file: Some(client_cert),
+            key_file: Some(client_key),
+        };
+        let store = open(&config(Some(with_cert.clone())));
+        store.put_intention(intention("i1", "web", "db")).unwrap();
+        assert!(
+            open(&config(Some(with_cert)))
+                .intention("i1")
+                .value
+                .is_some()
+        );
+
+        // etcd refuses a client without a certificate.
+        let without = EtcdTls {
+            ca_file: Some(ca),
+            cert_file: None,
+            key_file: None,
+        };
+        let err = EtcdPersistence::open(config(Some(without))).unwrap_err();
+        assert!(matches!(err, StateError::Etcd { .. }), "{err:?}");
+        // Half a client identity is a configuration error.
+        let half = EtcdTls {
+            cert_file: Some(dir.path().join("client.pem")),
+            ..EtcdTls::default()
+        };
+        let err = EtcdPersistence::open(config(Some(half))).unwrap_err();
+        assert!(
+            err.to_string().contains("both cert_file and key_file"),
+            "{err}"
+        );
+    }
 }

@@ -85,6 +85,10 @@ impl Member {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    pub fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.client_port)
+    }
+
     fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
@@ -97,6 +101,16 @@ pub struct EtcdCluster {
     bin: PathBuf,
     pub members: Vec<Member>,
     dir: tempfile::TempDir,
+    tls: Option<ServerTls>,
+}
+
+/// Client TLS of a cluster: members serve `https://` with `cert`/`key` and require client
+/// certificates signed by `ca` (`--client-cert-auth`).
+#[derive(Clone)]
+pub struct ServerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl EtcdCluster {
@@ -106,6 +120,11 @@ impl EtcdCluster {
     /// directory is named after the process and removed by the next run once that process is
     /// gone.
     pub fn start(bin: PathBuf, n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(bin, n, None)
+    }
+
+    /// [`start`](Self::start), with client TLS when `tls` is given.
+    pub fn start_with(bin: PathBuf, n: usize, tls: Option<ServerTls>) -> EtcdCluster {
         let shm = std::path::Path::new("/dev/shm");
         let base = if shm.is_dir() {
             shm.to_path_buf()
@@ -125,7 +144,12 @@ impl EtcdCluster {
                 child: None,
             })
             .collect();
-        let mut cluster = EtcdCluster { bin, members, dir };
+        let mut cluster = EtcdCluster {
+            bin,
+            members,
+            dir,
+            tls,
+        };
         for i in 0..n {
             cluster.spawn(i);
         }
@@ -147,11 +171,16 @@ impl EtcdCluster {
         let initial = self.initial_cluster();
         let m = &self.members[i];
         let data = self.dir.path().join(&m.name);
-        let args: Vec<String> = vec![
+        let client_url = if self.tls.is_some() {
+            m.https_url()
+        } else {
+            m.client_url()
+        };
+        let mut args: Vec<String> = vec![
             format!("--name={}", m.name),
             format!("--data-dir={}", data.display()),
-            format!("--listen-client-urls={}", m.client_url()),
-            format!("--advertise-client-urls={}", m.client_url()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
             format!("--listen-peer-urls={}", m.peer_url()),
             format!("--initial-advertise-peer-urls={}", m.peer_url()),
             format!("--initial-cluster={initial}"),
@@ -164,6 +193,14 @@ impl EtcdCluster {
             "--election-timeout=500".into(),
             "--log-level=error".into(),
         ];
+        if let Some(tls) = &self.tls {
+            args.extend([
+                format!("--cert-file={}", tls.cert.display()),
+                format!("--key-file={}", tls.key.display()),
+                format!("--trusted-ca-file={}", tls.ca.display()),
+                "--client-cert-auth".into(),
+            ]);
+        }
         let child = watched::spawn_watched(&self.bin, &args);
         self.members[i].child = Some(child);
     }
@@ -179,7 +216,11 @@ impl EtcdCluster {
 
     /// Every member's client URL.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(Member::client_url).collect()
+        if self.tls.is_some() {
+            self.members.iter().map(Member::https_url).collect()
+        } else {
+            self.members.iter().map(Member::client_url).collect()
+        }
     }
 
     /// Stops member `i` (SIGTERM to its watchdog, which stops etcd).
