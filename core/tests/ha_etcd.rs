@@ -17,8 +17,8 @@ mod cli_support;
 mod etcd_support;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cli_support::{Agent, Resp, command, try_http};
@@ -107,23 +107,24 @@ struct Client {
 }
 
 impl Client {
-    /// `method path` on some live server; retries across servers until a 2xx answer or
-    /// `give_up`. Returns the answer and whether a retry was needed.
+    /// `method path` on some live server; retries across servers until an answer that is not
+    /// a 5xx, or `give_up`. Returns the answer and whether a retry was needed.
     fn call(&self, method: &str, path: &str, body: &str, give_up: Duration) -> (Resp, bool) {
         let deadline = Instant::now() + give_up;
         let mut retried = false;
         loop {
             let i = (self.next.load(Ordering::Relaxed) as usize) % self.addrs.len();
             if self.alive[i].load(Ordering::Relaxed) {
-                match try_http(
-                    &self.addrs[i],
-                    method,
-                    path,
-                    &[],
-                    body,
-                    Duration::from_secs(70),
-                ) {
-                    Ok(r) if r.status < 300 => return (r, retried),
+                // A blocking query may be held for its wait; anything else that takes seconds
+                // is on a frozen or dying server.
+                let per_try = if path.contains("wait=") {
+                    Duration::from_secs(70)
+                } else {
+                    Duration::from_secs(3)
+                };
+                match try_http(&self.addrs[i], method, path, &[], body, per_try) {
+                    // 5xx: no leader yet, or the leader went away under the forward.
+                    Ok(r) if r.status < 500 => return (r, retried),
                     Ok(r) if Instant::now() >= deadline => return (r, retried),
                     _ => {}
                 }
@@ -161,17 +162,25 @@ fn identity(service: &str, leaf: &Value, roots: &Value) -> Identity {
     id
 }
 
-/// Creates the intention `source → db allow` through any server; returns the answer.
-fn allow(client: &Client, source: &str) -> Value {
+/// Creates the intention `source → db allow` through any server; returns its ID. A retry that
+/// finds the pair already there means the first try landed (its answer was lost with the
+/// server): that is the write, acknowledged now.
+fn allow(client: &Client, source: &str) -> String {
+    let give_up = Duration::from_secs(20);
     let body = json!({"SourceName": source, "DestinationName": "db", "Action": "allow"});
-    let (r, _) = client.call(
-        "POST",
-        "/v1/connect/intentions",
-        &body.to_string(),
-        Duration::from_secs(20),
-    );
+    let (r, retried) = client.call("POST", "/v1/connect/intentions", &body.to_string(), give_up);
+    if retried && r.status == 400 && r.body.contains("duplicate intention found") {
+        let (r, _) = client.call(
+            "GET",
+            &format!("/v1/connect/intentions/exact?source={source}&destination=db"),
+            "",
+            give_up,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        return r.json()["ID"].as_str().unwrap().to_owned();
+    }
     assert_eq!(r.status, 200, "{}", r.body);
-    r.json()
+    r.json()["ID"].as_str().unwrap().to_owned()
 }
 
 /// A new leaf for `service` through any server (a new name: a new signing).
@@ -190,6 +199,7 @@ fn leaf(client: &Client, service: &str) -> Value {
 #[derive(Default)]
 struct Tally {
     acked: Vec<String>,
+    acked_at: Vec<Instant>,
     writes: u64,
     signs: u64,
     handshakes: u64,
@@ -209,7 +219,8 @@ fn round(
 ) -> Instant {
     let acked = allow(client, &format!("src-{i}"));
     let acked_at = Instant::now();
-    tally.acked.push(acked["ID"].as_str().unwrap().to_owned());
+    tally.acked.push(acked);
+    tally.acked_at.push(acked_at);
     tally.writes += 1;
 
     let leaf = leaf(client, &format!("web-{i}"));
@@ -295,22 +306,55 @@ fn a_leader_dies_under_load_and_another_takes_over() {
     });
     let db_target = ("db".to_owned(), db_addr);
 
-    let mut tally = Tally::default();
-    let mut i = 0;
-    for _ in 0..10 {
-        round(&client, i, &rt, &db_target, &roots, &mut tally);
-        i += 1;
-    }
+    // Continuous load from a thread of its own: intention writes, fresh leaves each used in an
+    // mTLS handshake with `db`, authorize calls, round after round, through any server.
+    let client = Arc::new(client);
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (client, tally, stop) = (client.clone(), tally.clone(), stop.clone());
+        let roots = roots.clone();
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut t = Tally::default();
+                round(&client, i, &rt, &db_target, &roots, &mut t);
+                let mut all = tally.lock().unwrap();
+                all.acked.extend(t.acked);
+                all.acked_at.extend(t.acked_at);
+                all.writes += t.writes;
+                all.signs += t.signs;
+                all.handshakes += t.handshakes;
+                all.handshake_failures += t.handshake_failures;
+                all.authorized += t.authorized;
+                i += 1;
+            }
+            drop(db);
+        })
+    };
+    let writes = || tally.lock().unwrap().writes;
+    let wait_writes = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while writes() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the load stalled at {} writes",
+                writes()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_writes(10);
 
-    // A blocking query held on the leader.
-    let (list, _) = client.call("GET", "/v1/connect/intentions", "", give_up);
-    let held_index = list.index();
+    // A blocking query on the catalog, held on the leader.
+    let (services, _) = client.call("GET", "/v1/catalog/services", "", give_up);
+    let held_index = services.index();
     let leader_addr = servers[first].http.clone();
     let blocking = {
         let addrs = client.addrs.clone();
         let alive = alive.clone();
         std::thread::spawn(move || {
-            let path = format!("/v1/connect/intentions?index={held_index}&wait=60s");
+            let path = format!("/v1/catalog/services?index={held_index}&wait=60s");
             let first = try_http(&leader_addr, "GET", &path, &[], "", Duration::from_secs(70));
             assert!(first.is_err(), "the killed server cannot answer: {first:?}");
             let retry = Client {
@@ -319,27 +363,40 @@ fn a_leader_dies_under_load_and_another_takes_over() {
                 next: AtomicU64::new(0),
             };
             let (r, _) = retry.call("GET", &path, "", Duration::from_secs(60));
-            (r.status, r.index())
+            (r.status, r.index(), r.body)
         })
     };
     std::thread::sleep(Duration::from_millis(300));
 
-    // Kill the leader.
+    // Kill the leader under the load.
     alive[first].store(false, Ordering::Relaxed);
     let killed_at = Instant::now();
     servers[first].agent.kill9();
-    let acked_after = round(&client, i, &rt, &db_target, &roots, &mut tally);
-    i += 1;
-    let failover = acked_after - killed_at;
     let second = leader(&servers, &alive_now(&alive), Duration::from_secs(10));
     assert_ne!(second, first);
-    let (status, answered_index) = blocking.join().unwrap();
+    let at_kill = writes();
+    wait_writes(at_kill + 2);
+    let failover = tally
+        .lock()
+        .unwrap()
+        .acked_at
+        .iter()
+        .find(|t| **t > killed_at)
+        .map(|t| *t - killed_at)
+        .unwrap();
+    // A write to the catalog, through any server, answers the query held on the dead one.
+    let (r, _) = client.call(
+        "PUT",
+        "/v1/agent/service/register",
+        r#"{"Name": "after-failover", "Port": 9090}"#,
+        give_up,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (status, answered_index, answered) = blocking.join().unwrap();
     assert_eq!(status, 200);
     assert!(answered_index > held_index);
-    for _ in 0..10 {
-        round(&client, i, &rt, &db_target, &roots, &mut tally);
-        i += 1;
-    }
+    assert!(answered.contains("after-failover"), "{answered}");
+    wait_writes(writes() + 10);
     let (after, _) = client.call("GET", "/v1/connect/ca/roots", "", give_up);
     assert_eq!(
         after.json()["ActiveRootID"],
@@ -347,19 +404,18 @@ fn a_leader_dies_under_load_and_another_takes_over() {
         "the new leader signs under the same root"
     );
 
-    // Kill one etcd member: service continues.
+    // Kill one etcd member under the load: service continues.
     let member = 0;
     cluster.kill(member);
     let etcd_killed = Instant::now();
-    for _ in 0..10 {
-        round(&client, i, &rt, &db_target, &roots, &mut tally);
-        i += 1;
-    }
+    wait_writes(writes() + 10);
     let after_member = etcd_killed.elapsed();
 
     // Freeze the leader until another takes over, then send it a write and thaw it: its
-    // write is fenced out.
+    // write is fenced out. The load moves off it first.
     let deposed = second;
+    alive[deposed].store(false, Ordering::Relaxed);
+    wait_writes(writes() + 2);
     let pid = servers[deposed].agent.pid().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -368,10 +424,9 @@ fn a_leader_dies_under_load_and_another_takes_over() {
             .unwrap()
             .success()
     );
-    alive[deposed].store(false, Ordering::Relaxed);
     let third = leader(&servers, &alive_now(&alive), Duration::from_secs(15));
     assert_ne!(third, deposed);
-    round(&client, i, &rt, &db_target, &roots, &mut tally);
+    wait_writes(writes() + 2);
     let stale_write = {
         let addr = servers[deposed].http.clone();
         std::thread::spawn(move || {
@@ -406,6 +461,10 @@ fn a_leader_dies_under_load_and_another_takes_over() {
         // It noticed before it read the request, and stopped.
         Err(e) => format!("connection closed before the request was read ({e})"),
     };
+    wait_writes(writes() + 5);
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
     servers[deposed]
         .agent
         .wait_for_log("lost the leadership", Duration::from_secs(10));
@@ -431,15 +490,23 @@ fn a_leader_dies_under_load_and_another_takes_over() {
     );
     assert_eq!(tally.handshake_failures, 0);
     assert_eq!(tally.authorized, tally.writes);
+    let longest_pause = tally
+        .acked_at
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap();
 
     println!(
-        "ha_etcd: 3 servers, 3 etcd members; failover (kill -9 of the leader to the next \
-         acknowledged write) {:.0} ms; blocking query held at index {held_index} answered at \
-         {answered_index} by another server; {} intention writes acknowledged, 0 lost; {} leaves \
-         signed, {} mTLS handshakes with them, 0 failed; {} authorizations; 10 rounds after \
-         killing etcd member {member} in {:.0} ms; the deposed leader's write: {refused}; \
-         whole test {:.1} s",
+        "ha_etcd: 3 servers, 3 etcd members, continuous load; failover (kill -9 of the leader to \
+         the next acknowledged write) {:.0} ms, longest pause between acknowledged writes over \
+         both failovers {:.0} \
+         ms; blocking query held at index {held_index} answered at {answered_index} by another \
+         server; {} intention writes acknowledged, 0 lost; {} leaves signed, {} mTLS handshakes \
+         with them, 0 failed; {} authorizations; 10 writes after killing etcd member {member} \
+         in {:.0} ms; the deposed leader's write: {refused}; whole test {:.1} s",
         failover.as_secs_f64() * 1000.0,
+        longest_pause.as_secs_f64() * 1000.0,
         tally.writes,
         tally.signs,
         tally.handshakes,
