@@ -1,41 +1,5 @@
-//! The etcd persistence: several servers of one datacenter share one state in an etcd cluster.
-//!
-//! Layout under the configured prefix `<p>` (every key segment percent-encoded, so IDs holding
-//! `/` stay one segment):
-//!
-//! | key | value |
-//! |---|---|
-//! | `<p>/state/meta/index` | the store index of the last commit, decimal |
-//! | `<p>/state/meta/table_index/<table>` | the index of the last commit to the table |
-//! | `<p>/state/meta/ca_serial`, `…/acl_bootstrapped` | decimal, `0`/`1` |
-//! | `<p>/state/ca_config/config` | `CaConfiguration` JSON, **sealed** |
-//! | `<p>/state/ca_roots/all` | the list of roots, in order, with `RotatedOutAt` |
-//! | `<p>/state/ca_secrets/builtin` | `{"PrivateKeyPEM", "CertPEM"}`, **sealed** |
-//! | `<p>/state/intentions/<id>`, `…/acl_policies/<id>`, `…/nodes/<name>` | the row's JSON |
-//! | `<p>/state/acl_tokens/<accessor>` | `Token` JSON, **sealed** |
-//! | `<p>/state/services/<node>/<id>`, `…/checks/<node>/<id>` | the row's JSON |
-//! | `<p>/leader` | the elected server's advertised address, under its lease (see [`Leadership`]) |
-//!
-//! Rows are the same JSON as the SQLite persistence's. Sealed values — everything that holds a
-//! secret: the CA's private key, the CA configuration (a Vault token), ACL token secrets — are
-//! `lcsealed1:` and the base64 of a random 96-bit nonce, the AES-256-GCM ciphertext and its tag,
-//! under the key-encryption key ([`Kek`]) from the server configuration, with the etcd key as
-//! associated data (so a value copied to another key does not open).
-//!
-//! A commit is one etcd transaction: `If(meta/index == <the store's index>)` (absent for the
-//! first), and, for a leader's writes, `If(create_revision(<p>/leader) == <its campaign's>)`;
-//! `Then(the puts and deletes, meta/index, meta/table_index/…)`. A second writer therefore
-//! fails ([`StateError::Conflict`]) instead of interleaving, and a deposed leader fails
-//! ([`StateError::NotLeader`]) even before it knows it was deposed — the fencing that etcd's
-//! own locks lack. The store index is the store's own counter, committed in the same
-//! transaction, not the etcd revision: it stays dense (one per write, as the memory and SQLite
-//! stores give), and keys outside the prefix (the leader key, other datacenters) do not move it.
-//!
-//! Every server follows the prefix with an etcd watch from the revision it loaded at: each
-//! revision's events (etcd never splits one revision over two watch responses) are decoded
-//! back into the transaction's ops and handed to the store's [`Feed`], which applies the ones
-//! other servers committed and wakes the blocking queries on their tables. If the watch falls
-//! behind a compaction, or the feed finds a gap, the server reloads the prefix at one revision.
+//! The etcd persistence: several servers of one datacenter share one state in an etcd cluster
+//! (layout, transaction and watch: [`EtcdPersistence`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -206,8 +170,44 @@ struct Shared {
     loaded_at: Mutex<i64>,
 }
 
-/// Persists the store in etcd; see the [module docs](self) for the layout, the transaction
-/// and the watch.
+/// Persists the store in etcd, shared by the servers of one datacenter.
+///
+/// Layout under the configured prefix `<p>` (every key segment percent-encoded, so IDs holding
+/// `/` stay one segment):
+///
+/// | key | value |
+/// |---|---|
+/// | `<p>/state/meta/index` | the store index of the last commit, decimal |
+/// | `<p>/state/meta/table_index/<table>` | the index of the last commit to the table |
+/// | `<p>/state/meta/ca_serial`, `…/acl_bootstrapped` | decimal, `0`/`1` |
+/// | `<p>/state/ca_config/config` | `CaConfiguration` JSON, **sealed** |
+/// | `<p>/state/ca_roots/all` | the list of roots, in order, with `RotatedOutAt` |
+/// | `<p>/state/ca_secrets/builtin` | `{"PrivateKeyPEM", "CertPEM"}`, **sealed** |
+/// | `<p>/state/intentions/<id>`, `…/acl_policies/<id>`, `…/nodes/<name>` | the row's JSON |
+/// | `<p>/state/acl_tokens/<accessor>` | `Token` JSON, **sealed** |
+/// | `<p>/state/services/<node>/<id>`, `…/checks/<node>/<id>` | the row's JSON |
+/// | `<p>/leader` | the elected server's advertised address, under its lease (see [`Leadership`]) |
+///
+/// Rows are the same JSON as the SQLite persistence's. Sealed values — everything that holds a
+/// secret: the CA's private key, the CA configuration (a Vault token), ACL token secrets — are
+/// `lcsealed1:` and the base64 of a random 96-bit nonce, the AES-256-GCM ciphertext and its tag,
+/// under the key-encryption key ([`Kek`]) from the server configuration, with the etcd key as
+/// associated data (so a value copied to another key does not open).
+///
+/// A commit is one etcd transaction: `If(meta/index == <the store's index>)` (absent for the
+/// first), and, for a leader's writes, `If(create_revision(<p>/leader) == <its campaign's>)`;
+/// `Then(the puts and deletes, meta/index, meta/table_index/…)`. A second writer therefore
+/// fails ([`StateError::Conflict`]) instead of interleaving, and a deposed leader fails
+/// ([`StateError::NotLeader`]) even before it knows it was deposed — the fencing that etcd's
+/// own locks lack. The store index is the store's own counter, committed in the same
+/// transaction, not the etcd revision: it stays dense (one per write, as the memory and SQLite
+/// stores give), and keys outside the prefix (the leader key, other datacenters) do not move it.
+///
+/// Every server follows the prefix with an etcd watch from the revision it loaded at: each
+/// revision's events (etcd never splits one revision over two watch responses) are decoded
+/// back into the transaction's ops and handed to the store's [`Feed`], which applies the ones
+/// other servers committed and wakes the blocking queries on their tables. If the watch falls
+/// behind a compaction, or the feed finds a gap, the server reloads the prefix at one revision.
 ///
 /// etcd's client is async; this persistence runs it on a small runtime of its own, so that the
 /// store's synchronous [`Persistence`] calls can wait for it from any thread (including a
