@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v cc >/dev/null || need_apt+=(gcc)
+# The etcd client (core feature `etcd`, on with `cli`) compiles etcd's gRPC definitions: protoc
+# and protobuf's own .proto files.
+{ command -v protoc >/dev/null && [ -f /usr/include/google/protobuf/descriptor.proto ]; } \
+  || need_apt+=(protobuf-compiler libprotobuf-dev)
+# The etcd persistence's tests and core/tests/ha_etcd.rs run a real etcd cluster (Debian's
+# etcd-server, /usr/bin/etcd); in CI they fail rather than skip without it.
+{ command -v etcd >/dev/null || [ -x /usr/bin/etcd ]; } || need_apt+=(etcd-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -111,6 +111,17 @@ impl ClientConfig {
     }
 }
 
+/// A forwarded request's answer ([`ApiClient::forward`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The HTTP status.
+    pub status: u16,
+    /// `Content-Type` and the `X-Consul-*` headers, lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
 /// An API client.
 #[derive(Clone)]
 pub struct ApiClient {
@@ -271,8 +282,9 @@ impl ApiClient {
     }
 
     /// Sends a request as received from a caller (`path_and_query` as it came, the caller's
-    /// `headers`) and returns the answer's status, `Content-Type` and body unchanged: a
-    /// server forwarding a write to another datacenter's servers.
+    /// `headers`) and returns the answer's status, `Content-Type`, `X-Consul-*` headers (the
+    /// index a blocking client waits on) and body unchanged: a server forwarding a request to
+    /// another datacenter's servers, or to its datacenter's leader.
     pub async fn forward(
         &self,
         method: Method,
@@ -280,7 +292,7 @@ impl ApiClient {
         headers: &[(&str, &str)],
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<(u16, Option<String>, Vec<u8>), Error> {
+    ) -> Result<Forwarded, Error> {
         let mut req = self
             .http
             .request(method, format!("{}{path_and_query}", self.base))
@@ -291,13 +303,18 @@ impl ApiClient {
         }
         let resp = req.send().await.map_err(transport_error)?;
         let status = resp.status().as_u16();
-        let content_type = resp
+        let headers = resp
             .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = resp.bytes().await.map_err(transport_error)?.to_vec();
-        Ok((status, content_type, bytes))
+            .iter()
+            .filter(|(k, _)| *k == "content-type" || k.as_str().starts_with("x-consul-"))
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let body = resp.bytes().await.map_err(transport_error)?.to_vec();
+        Ok(Forwarded {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// GET a raw body (`?pem=true`).

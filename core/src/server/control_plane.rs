@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub node_address: String,
     /// Where state is kept; `None` keeps it in memory (`-dev`).
     pub data_dir: Option<PathBuf>,
+    /// A store opened by the caller, used instead of `data_dir`: the etcd store that several
+    /// servers of the datacenter share (`connect agent` opens it once it leads).
+    pub store: Option<Store>,
     /// Whether ACLs are enforced.
     pub acl_enabled: bool,
     /// The ACL default policy.
@@ -71,6 +74,7 @@ impl ServerConfig {
             node_name: hostname(),
             node_address: "127.0.0.1".into(),
             data_dir: None,
+            store: None,
             acl_enabled: false,
             acl_default_policy: crate::acl::AclDefaultPolicy::Allow,
             acl_initial_management_token: None,
@@ -179,9 +183,10 @@ impl Server {
         clock: SharedClock,
         primary_roots: Option<&crate::ca::IndexedCaRoots>,
     ) -> Result<Server, Error> {
-        let store = match &config.data_dir {
-            Some(dir) => Store::open_dir(dir)?,
-            None => Store::in_memory(),
+        let store = match (&config.store, &config.data_dir) {
+            (Some(store), _) => store.clone(),
+            (None, Some(dir)) => Store::open_dir(dir)?,
+            (None, None) => Store::in_memory(),
         };
         let ca = ca::open_ca(&config, &store, &clock, primary_roots)?;
         let acl = acl::open_acl(&config, &store)?;

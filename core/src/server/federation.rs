@@ -1037,7 +1037,7 @@ impl SecondaryClients {
         headers: &[(&str, &str)],
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Option<(u16, Option<String>, Vec<u8>)>, Error> {
+    ) -> Result<Option<crate::http::client::Forwarded>, Error> {
         let Some(client) = self.client(dc)? else {
             return Ok(None);
         };

@@ -54,6 +54,38 @@ pub enum StateError {
         /// SQLite's message.
         message: String,
     },
+    /// The etcd cluster could not be reached or refused a request; nothing was committed (or,
+    /// for a commit whose answer was lost, the caller cannot know and should read again).
+    #[error("etcd ({endpoints}): {message}")]
+    Etcd {
+        /// The endpoints configured.
+        endpoints: String,
+        /// The client's or server's message.
+        message: String,
+    },
+    /// Another server sharing the store committed first; nothing was committed. The store
+    /// catches up from the other server's commit, after which the write can be retried.
+    #[error("state changed on another server; retry: {0}")]
+    Conflict(String),
+    /// This server wrote as the leader but no longer is: another server holds the leader key
+    /// (Consul docs: Consensus Protocol — only the leader writes). Nothing was committed.
+    #[error("not the leader: {0}")]
+    NotLeader(String),
+    /// The key-encryption key is missing, unreadable or not 32 bytes of base64.
+    #[error("key-encryption key {path}: {message}")]
+    Kek {
+        /// The key file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A value stored encrypted does not decrypt with this key-encryption key: a wrong key, or
+    /// a value moved to another key.
+    #[error("{key} does not decrypt with the configured key-encryption key")]
+    Decrypt {
+        /// The etcd key of the value.
+        key: String,
+    },
     /// The row to change or delete does not exist; the message is Consul's where it has one.
     #[error("{0}")]
     NotFound(String),
@@ -73,7 +105,12 @@ impl StateError {
             | StateError::Corrupt { .. }
             | StateError::UnsupportedSchema { .. }
             | StateError::Locked { .. }
-            | StateError::Database { .. } => ErrorKind::Io,
+            | StateError::Database { .. }
+            | StateError::Etcd { .. }
+            | StateError::Conflict(_)
+            | StateError::NotLeader(_)
+            | StateError::Decrypt { .. } => ErrorKind::Io,
+            StateError::Kek { .. } => ErrorKind::InvalidParameter,
             StateError::NotFound(_) => ErrorKind::NotFound,
             StateError::InvalidRow(_) => ErrorKind::InvalidParameter,
             StateError::Catalog(e) => e.kind(),

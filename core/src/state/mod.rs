@@ -27,38 +27,43 @@
 //!
 //! [`MemoryPersistence`] keeps nothing (`connect agent -dev`). [`SqlitePersistence`] keeps one
 //! SQLite database in the data directory (layout in its docs), made owner-only because it holds
-//! the CA's private key.
+//! the CA's private key. `EtcdPersistence` (core feature `etcd`) keeps the state in an etcd
+//! cluster that several servers of one datacenter share.
 //!
-//! # An etcd-backed persistence (not built)
+//! # Several servers on etcd
 //!
-//! Nothing in the store is SQLite-specific; an etcd (or any MVCC key-value store) persistence
-//! maps onto it as follows:
+//! The etcd persistence (layout, transaction and watch in its module docs, `state/etcd.rs`):
 //!
-//! - Each row is a key `/<prefix>/<table>/<id>` (`/<table>/<node>/<id>` for services and
-//!   checks) holding the same JSON as the SQLite rows; the serial counter, bootstrap flag and
-//!   table indexes are keys under `/<prefix>/meta/`.
-//! - [`Persistence::commit`] is one etcd transaction: `If(mod_revision(meta/index) ==
-//!   <revision of the last commit>)` `Then(puts and deletes of the ops, put meta/index)`. The
-//!   compare makes a second writer fail instead of interleaving, as SQLite's exclusive lock
-//!   does.
-//! - The store index is the etcd revision of that transaction (revisions are cluster-wide and
-//!   monotonic, like Raft indexes; they advance by more than one per transaction when other
-//!   keys change, which blocking clients accept since Consul's indexes also jump).
-//!   `ModifyIndex`/`CreateIndex` are then a key's `mod_revision`/`create_revision`, and a
-//!   table's index is the highest `mod_revision` under its prefix (deletes need a tombstone
-//!   key or the `meta/table_index` keys to be seen).
+//! - Each row is a key `<prefix>/state/<table>/<id>` (`…/<table>/<node>/<id>` for services and
+//!   checks) holding the same JSON as the SQLite rows; the store index, table indexes, serial
+//!   counter and bootstrap flag are keys under `<prefix>/state/meta/`. Rows holding secrets (the
+//!   CA key, the CA configuration, ACL tokens) are sealed with AES-256-GCM under a
+//!   key-encryption key (`Kek`) from the server configuration; without one there is no etcd
+//!   persistence.
+//! - [`Persistence::commit`] is one etcd transaction: `If(meta/index == <the store's index>)`
+//!   `Then(puts and deletes of the ops, meta/index, meta/table_index/…)`; a second writer fails
+//!   with [`StateError::Conflict`] instead of interleaving, as SQLite's exclusive lock makes it.
+//!   A leader's commits also compare its leader key's `create_revision` (`Leadership`), so a
+//!   deposed leader's write fails with [`StateError::NotLeader`].
+//! - The store index stays the store's own counter, committed in that transaction, not the etcd
+//!   revision: it advances by exactly one per write on every backend (the store tests run
+//!   against memory, SQLite and etcd and check that), and writes outside the prefix (the leader
+//!   key, other datacenters) do not move it. `ModifyIndex`/`CreateIndex` are stamped by [`Tx`]
+//!   as everywhere.
 //! - [`Persistence::load`] is a range read of the prefix at one revision.
-//! - Blocking queries map to etcd watches: a watch on `/<prefix>/<table>/` from the client's
-//!   index + 1 fires on the next change, which is what `wait(table, index, timeout)` waits for.
-//!   With several servers sharing one etcd, each would feed that watch into its own store
-//!   (apply the events, bump the table's channel) instead of only its own commits, which is
-//!   the one structural change: the store would take writes from the watch as well as from
-//!   [`Store::write`].
+//! - [`Persistence::follow`] is the one structural change: each server watches the prefix from
+//!   that revision and hands the transactions other servers commit to the store's [`Feed`],
+//!   which applies them as if written here and wakes the blocking queries on their tables; a
+//!   gap or a compaction reloads the whole prefix.
 //!
-//! Scale beyond one machine is otherwise the job of a real Consul cluster behind the HTTP
-//! backend (ARCHITECTURE.md, Principles: scale elsewhere).
+//! Which server writes is `connect agent`'s business (`bin/connect/ha.rs`): one leader, elected
+//! with an etcd lease, runs the server; the others forward to it.
+//! Scale beyond that is the job of a real Consul cluster behind the HTTP backend
+//! (ARCHITECTURE.md, Principles: scale elsewhere).
 
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod ops;
 mod persist;
 mod sqlite;
@@ -68,10 +73,12 @@ mod tables;
 mod tx;
 
 pub use error::StateError;
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdConfig, EtcdPersistence, EtcdTls, Kek, Leadership};
 pub use ops::{Op, Snapshot, Txn};
 pub use persist::{MemoryPersistence, Persistence};
 pub use sqlite::SqlitePersistence;
-pub use store::Store;
+pub use store::{Feed, Store};
 pub use table::{Indexed, Table};
 pub use tables::Tables;
 pub use tx::Tx;

@@ -2,7 +2,7 @@
 
 use std::fmt::Debug;
 
-use super::{Snapshot, StateError, Txn};
+use super::{Snapshot, StateError, Txn, store::Feed};
 
 /// Durable storage under a [`Store`](super::Store).
 ///
@@ -18,6 +18,14 @@ pub trait Persistence: Send + Sync + Debug + 'static {
     /// crash or power loss; when it returns an error, none of it was recorded, and the store
     /// discards it too.
     fn commit(&self, txn: &Txn) -> Result<(), StateError>;
+
+    /// For a persistence that other servers write to as well (etcd): starts handing their
+    /// committed transactions to `feed`, so that this store sees them and wakes its blocking
+    /// queries. Called once, right after [`load`](Self::load). A persistence only this store
+    /// writes to has nothing to follow, which is the default.
+    fn follow(&self, feed: Feed) {
+        drop(feed);
+    }
 }
 
 /// Keeps nothing: for `connect agent -dev` and tests, where state ends with the process.

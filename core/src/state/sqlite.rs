@@ -236,9 +236,7 @@ impl Persistence for SqlitePersistence {
             rows.map(|row| {
                 let (key, json) = row.map_err(|e| self.err(e))?;
                 let row: RootRow = self.decode("ca_roots", &key, &json)?;
-                let mut root = row.root;
-                root.rotated_out_at = row.rotated_out_at;
-                Ok(root)
+                Ok(row.into_root())
             })
             .collect::<Result<Vec<_>, StateError>>()?
         };
@@ -246,10 +244,7 @@ impl Persistence for SqlitePersistence {
             .keyed_rows::<SecretsRow>(&conn, "ca_secrets")?
             .into_iter()
             .next()
-            .map(|s| BuiltinSecrets {
-                private_key_pem: s.private_key_pem,
-                cert_pem: s.cert_pem,
-            });
+            .map(SecretsRow::into_secrets);
         Ok(Snapshot {
             index: counter("index")?,
             table_indexes,
@@ -297,10 +292,7 @@ impl SqlitePersistence {
                 tx.execute("DELETE FROM ca_roots", [])
                     .map_err(|e| self.err(e))?;
                 for (position, root) in roots.iter().enumerate() {
-                    let row = RootRow {
-                        root: root.clone(),
-                        rotated_out_at: root.rotated_out_at,
-                    };
+                    let row = RootRow::new(root);
                     tx.execute(
                         "INSERT INTO ca_roots (id, position, json) VALUES (?1, ?2, ?3)",
                         params![root.id, to_int(position as u64)?, json(&row)?],
@@ -310,10 +302,7 @@ impl SqlitePersistence {
                 Ok(0)
             }
             Op::SetCaSecrets(secrets) => {
-                let row = Zeroizing::new(json(&SecretsRow {
-                    private_key_pem: secrets.private_key_pem.clone(),
-                    cert_pem: secrets.cert_pem.clone(),
-                })?);
+                let row = Zeroizing::new(json(&SecretsRow::new(secrets))?);
                 put(tx, "ca_secrets", CA_SECRETS_ROW, &row)
             }
             Op::SetCaSerial(last) => set_meta(tx, "ca_serial", *last),
@@ -339,15 +328,15 @@ impl SqlitePersistence {
     }
 }
 
-fn json<T: Serialize>(row: &T) -> Result<String, StateError> {
+pub(super) fn json<T: Serialize>(row: &T) -> Result<String, StateError> {
     serde_json::to_string(row)
         .map_err(|e| StateError::InvalidRow(format!("cannot encode a row as JSON: {e}")))
 }
 
 /// A CA root row: `CaRoot` leaves `rotated_out_at` out of its (API) JSON, but pruning needs it
-/// after a restart.
+/// after a restart. The etcd persistence stores the same rows.
 #[derive(Serialize, Deserialize)]
-struct RootRow {
+pub(super) struct RootRow {
     #[serde(flatten)]
     root: CaRoot,
     #[serde(
@@ -358,14 +347,45 @@ struct RootRow {
     rotated_out_at: Option<OffsetDateTime>,
 }
 
+impl RootRow {
+    pub(super) fn new(root: &CaRoot) -> RootRow {
+        RootRow {
+            root: root.clone(),
+            rotated_out_at: root.rotated_out_at,
+        }
+    }
+
+    pub(super) fn into_root(self) -> CaRoot {
+        let mut root = self.root;
+        root.rotated_out_at = self.rotated_out_at;
+        root
+    }
+}
+
 /// `BuiltinSecrets` has no serde form of its own, on purpose; this is the one place it is
-/// written down.
+/// written down (for SQLite and etcd alike).
 #[derive(Serialize, Deserialize)]
-struct SecretsRow {
+pub(super) struct SecretsRow {
     #[serde(rename = "PrivateKeyPEM")]
     private_key_pem: String,
     #[serde(rename = "CertPEM")]
     cert_pem: String,
+}
+
+impl SecretsRow {
+    pub(super) fn new(secrets: &BuiltinSecrets) -> SecretsRow {
+        SecretsRow {
+            private_key_pem: secrets.private_key_pem.clone(),
+            cert_pem: secrets.cert_pem.clone(),
+        }
+    }
+
+    pub(super) fn into_secrets(self) -> BuiltinSecrets {
+        BuiltinSecrets {
+            private_key_pem: self.private_key_pem,
+            cert_pem: self.cert_pem,
+        }
+    }
 }
 
 fn init_schema(conn: &mut Connection, path: &Path) -> Result<(), StateError> {

@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -48,6 +48,92 @@ struct Inner {
     watches: Vec<watch::Sender<u64>>,
 }
 
+impl Inner {
+    /// Makes `tables` the current version and wakes the queries blocked on `changed`. Called
+    /// with the writer lock held.
+    fn publish(&self, tables: Tables, changed: &std::collections::BTreeSet<Table>) {
+        let index = tables.index();
+        self.current.store(Arc::new(tables));
+        for table in changed {
+            self.watches[table.slot()].send_replace(index);
+        }
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic in an earlier writer poisons the lock but cannot have left anything half
+        // written: writers only ever change a private copy.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How a [`Persistence`] shared with other servers hands their commits to the store
+/// ([`Persistence::follow`]). It holds the store weakly: once the store is dropped, the
+/// methods return `false` and the persistence should stop following.
+#[derive(Clone)]
+pub struct Feed {
+    store: Weak<Inner>,
+}
+
+impl fmt::Debug for Feed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Feed")
+            .field("open", &(self.store.strong_count() > 0))
+            .finish()
+    }
+}
+
+impl Feed {
+    /// The store's current index, or `None` once the store is gone.
+    pub fn index(&self) -> Option<u64> {
+        self.store.upgrade().map(|s| s.current.load().index())
+    }
+
+    /// Applies a transaction another server committed. One at or below the store's index is
+    /// already here (this store's own commits come back this way) and is skipped; the next one
+    /// is applied and wakes the queries on its tables. Returns `Ok(false)` once the store is
+    /// gone, and [`StateError::Conflict`] for a transaction past the next index — the caller
+    /// missed some and must [`reload`](Self::reload).
+    pub fn apply(&self, txn: &Txn) -> Result<bool, StateError> {
+        let Some(inner) = self.store.upgrade() else {
+            return Ok(false);
+        };
+        let _writer = inner.lock_writer();
+        let current = inner.current.load_full();
+        if txn.index <= current.index() {
+            return Ok(true);
+        }
+        if txn.index != current.index() + 1 {
+            return Err(StateError::Conflict(format!(
+                "the store is at index {} and was handed a transaction at {}",
+                current.index(),
+                txn.index
+            )));
+        }
+        let mut tables = (*current).clone();
+        for op in &txn.ops {
+            tables.apply(op, txn.index);
+        }
+        tables.set_index(txn.index);
+        inner.publish(tables, &txn.tables());
+        Ok(true)
+    }
+
+    /// Replaces the store's state with `snapshot` if it is newer, waking every blocking query;
+    /// for when the transactions in between cannot be had one by one. Returns `Ok(false)` once
+    /// the store is gone.
+    pub fn reload(&self, snapshot: Snapshot) -> Result<bool, StateError> {
+        let Some(inner) = self.store.upgrade() else {
+            return Ok(false);
+        };
+        let tables = Tables::from_snapshot(snapshot)?;
+        let _writer = inner.lock_writer();
+        if tables.index() > inner.current.load().index() {
+            inner.publish(tables, &Table::ALL.iter().copied().collect());
+        }
+        Ok(true)
+    }
+}
+
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
@@ -61,7 +147,11 @@ impl Store {
     /// Opens a store over `persistence`, starting from the state it loads.
     pub fn open(persistence: impl Persistence) -> Result<Store, StateError> {
         let tables = Tables::from_snapshot(persistence.load()?)?;
-        Ok(Store::with_tables(tables, Box::new(persistence)))
+        let store = Store::with_tables(tables, Box::new(persistence));
+        store.inner.persistence.follow(Feed {
+            store: Arc::downgrade(&store.inner),
+        });
+        Ok(store)
     }
 
     /// An empty store that keeps nothing across restarts (`connect agent -dev`).
@@ -125,13 +215,7 @@ impl Store {
     where
         E: From<StateError>,
     {
-        // A panic in an earlier `f` poisons the lock but cannot have left anything half
-        // written: `f` only ever sees a private copy.
-        let _writer = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _writer = self.inner.lock_writer();
         let current = self.inner.current.load_full();
         let index = current.index() + 1;
         let mut tx = Tx::new((*current).clone(), index);
@@ -146,10 +230,7 @@ impl Store {
         tables.set_index(index);
         let txn = Txn { index, ops };
         self.inner.persistence.commit(&txn)?;
-        self.inner.current.store(Arc::new(tables));
-        for table in txn.tables() {
-            self.inner.watches[table.slot()].send_replace(index);
-        }
+        self.inner.publish(tables, &txn.tables());
         Ok(Indexed { value, index })
     }
 

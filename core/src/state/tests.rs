@@ -13,6 +13,167 @@ use crate::ca::{BuiltinSecrets, CaConfiguration, CaRoot};
 use crate::catalog::{CheckRegistration, HealthCheck, HealthStatus, Node, ServiceRegistration};
 use crate::intentions::{Intention, IntentionAction};
 
+/// Where a store under test keeps its state: the store tests run against each (the
+/// `on_every_backend!` tests), so every write behaves the same whatever persists it.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Memory,
+    Sqlite,
+    #[cfg(feature = "etcd")]
+    Etcd,
+}
+
+/// A store and what must outlive it.
+struct Opened {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    /// A new, empty store; `None` (with a printed SKIPPED line) when etcd is not installed.
+    fn open(self, test: &str) -> Option<Opened> {
+        match self {
+            Backend::Memory => Some(Opened {
+                store: Store::in_memory(),
+                _dir: None,
+            }),
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                Some(Opened {
+                    store: Store::open_dir(dir.path()).unwrap(),
+                    _dir: Some(dir),
+                })
+            }
+            #[cfg(feature = "etcd")]
+            Backend::Etcd => {
+                let config = etcd_harness::config(test)?;
+                Some(Opened {
+                    store: Store::open(EtcdPersistence::open(config).unwrap()).unwrap(),
+                    _dir: None,
+                })
+            }
+        }
+    }
+}
+
+/// `fn name(store) { … }` becomes a module `name` with one test per [`Backend`], each running
+/// the body on a new store of that backend; `async fn` makes tokio tests.
+macro_rules! on_every_backend {
+    (fn $name:ident($store:ident) $body:block) => {
+        mod $name {
+            use super::*;
+
+            fn run($store: Store) $body
+
+            fn on(backend: Backend) {
+                if let Some(opened) = backend.open(stringify!($name)) {
+                    run(opened.store.clone());
+                }
+            }
+
+            #[test]
+            fn memory() {
+                on(Backend::Memory)
+            }
+
+            #[test]
+            fn sqlite() {
+                on(Backend::Sqlite)
+            }
+
+            #[cfg(feature = "etcd")]
+            #[test]
+            fn etcd() {
+                on(Backend::Etcd)
+            }
+        }
+    };
+    (async fn $name:ident($store:ident) $body:block) => {
+        mod $name {
+            use super::*;
+
+            async fn run($store: Store) $body
+
+            async fn on(backend: Backend) {
+                if let Some(opened) = backend.open(stringify!($name)) {
+                    run(opened.store.clone()).await;
+                }
+            }
+
+            #[tokio::test]
+            async fn memory() {
+                on(Backend::Memory).await
+            }
+
+            #[tokio::test]
+            async fn sqlite() {
+                on(Backend::Sqlite).await
+            }
+
+            #[cfg(feature = "etcd")]
+            #[tokio::test]
+            async fn etcd() {
+                on(Backend::Etcd).await
+            }
+        }
+    };
+}
+
+#[cfg(feature = "etcd")]
+#[path = "../../tests/etcd_support/mod.rs"]
+mod etcd_support;
+
+/// One single-member etcd per test binary, started on first use; each test gets a prefix of
+/// its own.
+#[cfg(feature = "etcd")]
+mod etcd_harness {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::{EtcdConfig, Kek};
+
+    use super::etcd_support;
+
+    static CLUSTER: OnceLock<Option<etcd_support::EtcdCluster>> = OnceLock::new();
+
+    /// The endpoints of the shared etcd, or `None` (printed as SKIPPED) without one.
+    pub(super) fn endpoints(test: &str) -> Option<Vec<String>> {
+        CLUSTER
+            .get_or_init(|| {
+                etcd_support::etcd_or_skip(test).map(|bin| etcd_support::EtcdCluster::start(bin, 1))
+            })
+            .as_ref()
+            .map(etcd_support::EtcdCluster::endpoints)
+    }
+
+    /// A fixed test key (32 bytes of base64).
+    pub(super) const KEK: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+    pub(super) fn kek() -> Kek {
+        Kek::from_base64(KEK, "test").unwrap()
+    }
+
+    /// A fresh prefix: tests share the etcd but never each other's state.
+    pub(super) fn prefix(test: &str) -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        format!(
+            "/libconnect-test/{}-{}/{test}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// The configuration of a new store under a fresh prefix.
+    pub(super) fn config(test: &str) -> Option<EtcdConfig> {
+        Some(EtcdConfig {
+            endpoints: endpoints(test)?,
+            prefix: prefix(test),
+            tls: None,
+            kek: kek(),
+        })
+    }
+}
+
 fn intention(id: &str, src: &str, dst: &str) -> Intention {
     let mut i = Intention::new(src, dst, IntentionAction::Allow);
     i.id = id.to_owned();
@@ -137,219 +298,219 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-#[test]
-fn index_is_monotonic_across_tables_and_never_zero() {
-    let store = Store::in_memory();
-    assert_eq!(store.index(), 1);
-    for table in Table::ALL {
-        assert_eq!(store.table_index(*table), 1, "{table}");
-    }
-    assert_eq!(store.intentions().index, 1);
-    assert_eq!(store.health_connect("web", false).index, 1);
+on_every_backend! {
+    fn index_is_monotonic_across_tables_and_never_zero(store) {
+        assert_eq!(store.index(), 1);
+        for table in Table::ALL {
+            assert_eq!(store.table_index(*table), 1, "{table}");
+        }
+        assert_eq!(store.intentions().index, 1);
+        assert_eq!(store.health_connect("web", false).index, 1);
 
-    let mut last = store.index();
-    let mut step = |index: u64| {
-        assert_eq!(index, last + 1, "every write takes the next index");
-        last = index;
-    };
-    step(
-        store
+        let mut last = store.index();
+        let mut step = |index: u64| {
+            assert_eq!(index, last + 1, "every write takes the next index");
+            last = index;
+        };
+        step(
+            store
+                .put_intention(intention("i1", "web", "db"))
+                .unwrap()
+                .index,
+        );
+        step(store.put_acl_token(token("t1")).unwrap().index);
+        step(
+            store
+                .register_node(Node::new("n1", "10.0.0.1", "dc1"))
+                .unwrap()
+                .index,
+        );
+        step(
+            store
+                .put_intention(intention("i2", "api", "db"))
+                .unwrap()
+                .index,
+        );
+        step(store.set_ca_serial(5).unwrap());
+        assert_eq!(store.index(), last);
+        assert_eq!(store.table_index(Table::Intentions), 5);
+        assert_eq!(store.table_index(Table::AclTokens), 3);
+        assert_eq!(store.table_index(Table::Nodes), 4);
+        assert_eq!(store.table_index(Table::CaSecrets), 6);
+        assert_eq!(store.table_index(Table::AclPolicies), 1, "never written");
+        assert_eq!(store.intentions().index, 5);
+        assert_eq!(store.acl_policies().index, 1);
+
+        // Writes that change nothing take no index.
+        assert_eq!(
+            store.set_ca_serial(3).unwrap(),
+            last,
+            "the serial never goes back"
+        );
+        assert_eq!(
+            store
+                .register_node(Node::new("n1", "10.0.0.1", "dc1"))
+                .unwrap()
+                .index,
+            last
+        );
+        assert_eq!(store.index(), last);
+    }
+}
+
+on_every_backend! {
+    fn rows_carry_create_and_modify_indexes(store) {
+        let first = store.put_intention(intention("i1", "web", "db")).unwrap();
+        assert_eq!(first.value.create_index, first.index);
+        assert_eq!(first.value.modify_index, first.index);
+        store.put_acl_token(token("t1")).unwrap();
+        let mut changed = intention("i1", "web", "db");
+        changed.description = "changed".into();
+        let second = store.put_intention(changed).unwrap();
+        assert_eq!(second.value.create_index, first.index);
+        assert_eq!(second.value.modify_index, second.index);
+        assert_eq!(store.intention("i1").value.unwrap(), second.value);
+
+        let roots = store.set_ca_roots(vec![root("r1", true)]).unwrap();
+        let r1 = roots.value[0].clone();
+        assert_eq!(
+            (r1.create_index, r1.modify_index),
+            (roots.index, roots.index)
+        );
+        let mut rotated = r1.clone();
+        rotated.active = false;
+        let again = store.set_ca_roots(vec![rotated, root("r2", true)]).unwrap();
+        assert_eq!(again.value[0].create_index, roots.index);
+        assert_eq!(again.value[0].modify_index, again.index, "changed root");
+        let third = store
+            .set_ca_roots(vec![again.value[0].clone(), root("r2", true)])
+            .unwrap();
+        assert_eq!(
+            third.value[1].modify_index, again.index,
+            "unchanged root keeps its index"
+        );
+    }
+}
+
+on_every_backend! {
+    async fn wait_wakes_on_a_write_to_its_table_and_not_on_others(store) {
+        let start = store
             .put_intention(intention("i1", "web", "db"))
             .unwrap()
-            .index,
-    );
-    step(store.put_acl_token(token("t1")).unwrap().index);
-    step(
+            .index;
+        let waiter = blocked_reader(&store, &[Table::Intentions], start, Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.put_acl_token(token("t1")).unwrap();
         store
             .register_node(Node::new("n1", "10.0.0.1", "dc1"))
-            .unwrap()
-            .index,
-    );
-    step(
-        store
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished(), "woke on another table's write");
+        let written = store
             .put_intention(intention("i2", "api", "db"))
             .unwrap()
-            .index,
-    );
-    step(store.set_ca_serial(5).unwrap());
-    assert_eq!(store.index(), last);
-    assert_eq!(store.table_index(Table::Intentions), 5);
-    assert_eq!(store.table_index(Table::AclTokens), 3);
-    assert_eq!(store.table_index(Table::Nodes), 4);
-    assert_eq!(store.table_index(Table::CaSecrets), 6);
-    assert_eq!(store.table_index(Table::AclPolicies), 1, "never written");
-    assert_eq!(store.intentions().index, 5);
-    assert_eq!(store.acl_policies().index, 1);
+            .index;
+        let woke = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("did not wake on its own table's write")
+            .unwrap();
+        assert_eq!(woke, written);
+        assert_eq!(woke, store.intentions().index);
+    }
+}
 
-    // Writes that change nothing take no index.
-    assert_eq!(
-        store.set_ca_serial(3).unwrap(),
-        last,
-        "the serial never goes back"
-    );
-    assert_eq!(
+on_every_backend! {
+    async fn wait_returns_at_once_when_the_index_is_already_past(store) {
+        // Index 0 means "don't block", as in Consul; an empty table is at 1.
+        assert_eq!(
+            store
+                .wait(Table::Intentions, 0, Duration::from_secs(30))
+                .await,
+            1
+        );
+        let i = store
+            .put_intention(intention("i1", "web", "db"))
+            .unwrap()
+            .index;
+        assert_eq!(
+            store
+                .wait(Table::Intentions, 1, Duration::from_secs(30))
+                .await,
+            i
+        );
+        assert_eq!(
+            store
+                .wait(Table::Intentions, i - 1, Duration::from_secs(30))
+                .await,
+            i
+        );
+    }
+}
+
+on_every_backend! {
+    async fn wait_times_out_with_the_current_index_and_no_error(store) {
+        let i = store
+            .put_intention(intention("i1", "web", "db"))
+            .unwrap()
+            .index;
+        store.put_acl_token(token("t1")).unwrap();
+        let started = std::time::Instant::now();
+        let index = store
+            .wait(Table::Intentions, i, Duration::from_millis(100))
+            .await;
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(index, i, "the table's index, not the store's");
+        assert_eq!(
+            store.wait(Table::AclPolicies, 1, Duration::ZERO).await,
+            1,
+            "never 0"
+        );
+    }
+}
+
+on_every_backend! {
+    async fn wait_any_wakes_on_any_of_its_tables(store) {
         store
             .register_node(Node::new("n1", "10.0.0.1", "dc1"))
+            .unwrap();
+        let start = store.health_service("web", false).index;
+        let waiter = blocked_reader(&store, Table::CATALOG, start, Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.put_intention(intention("i1", "web", "db")).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        let written = store
+            .register_service("n1", &web_with_check())
             .unwrap()
-            .index,
-        last
-    );
-    assert_eq!(store.index(), last);
+            .index;
+        let woke = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(woke, written);
+        assert_eq!(store.health_service("web", false).index, written);
+    }
 }
 
-#[test]
-fn rows_carry_create_and_modify_indexes() {
-    let store = Store::in_memory();
-    let first = store.put_intention(intention("i1", "web", "db")).unwrap();
-    assert_eq!(first.value.create_index, first.index);
-    assert_eq!(first.value.modify_index, first.index);
-    store.put_acl_token(token("t1")).unwrap();
-    let mut changed = intention("i1", "web", "db");
-    changed.description = "changed".into();
-    let second = store.put_intention(changed).unwrap();
-    assert_eq!(second.value.create_index, first.index);
-    assert_eq!(second.value.modify_index, second.index);
-    assert_eq!(store.intention("i1").value.unwrap(), second.value);
-
-    let roots = store.set_ca_roots(vec![root("r1", true)]).unwrap();
-    let r1 = roots.value[0].clone();
-    assert_eq!(
-        (r1.create_index, r1.modify_index),
-        (roots.index, roots.index)
-    );
-    let mut rotated = r1.clone();
-    rotated.active = false;
-    let again = store.set_ca_roots(vec![rotated, root("r2", true)]).unwrap();
-    assert_eq!(again.value[0].create_index, roots.index);
-    assert_eq!(again.value[0].modify_index, again.index, "changed root");
-    let third = store
-        .set_ca_roots(vec![again.value[0].clone(), root("r2", true)])
-        .unwrap();
-    assert_eq!(
-        third.value[1].modify_index, again.index,
-        "unchanged root keeps its index"
-    );
-}
-
-#[tokio::test]
-async fn wait_wakes_on_a_write_to_its_table_and_not_on_others() {
-    let store = Store::in_memory();
-    let start = store
-        .put_intention(intention("i1", "web", "db"))
-        .unwrap()
-        .index;
-    let waiter = blocked_reader(&store, &[Table::Intentions], start, Duration::from_secs(30));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    store.put_acl_token(token("t1")).unwrap();
-    store
-        .register_node(Node::new("n1", "10.0.0.1", "dc1"))
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!waiter.is_finished(), "woke on another table's write");
-    let written = store
-        .put_intention(intention("i2", "api", "db"))
-        .unwrap()
-        .index;
-    let woke = tokio::time::timeout(Duration::from_secs(5), waiter)
-        .await
-        .expect("did not wake on its own table's write")
-        .unwrap();
-    assert_eq!(woke, written);
-    assert_eq!(woke, store.intentions().index);
-}
-
-#[tokio::test]
-async fn wait_returns_at_once_when_the_index_is_already_past() {
-    let store = Store::in_memory();
-    // Index 0 means "don't block", as in Consul; an empty table is at 1.
-    assert_eq!(
-        store
-            .wait(Table::Intentions, 0, Duration::from_secs(30))
-            .await,
-        1
-    );
-    let i = store
-        .put_intention(intention("i1", "web", "db"))
-        .unwrap()
-        .index;
-    assert_eq!(
-        store
-            .wait(Table::Intentions, 1, Duration::from_secs(30))
-            .await,
-        i
-    );
-    assert_eq!(
-        store
-            .wait(Table::Intentions, i - 1, Duration::from_secs(30))
-            .await,
-        i
-    );
-}
-
-#[tokio::test]
-async fn wait_times_out_with_the_current_index_and_no_error() {
-    let store = Store::in_memory();
-    let i = store
-        .put_intention(intention("i1", "web", "db"))
-        .unwrap()
-        .index;
-    store.put_acl_token(token("t1")).unwrap();
-    let started = std::time::Instant::now();
-    let index = store
-        .wait(Table::Intentions, i, Duration::from_millis(100))
-        .await;
-    assert!(started.elapsed() >= Duration::from_millis(100));
-    assert_eq!(index, i, "the table's index, not the store's");
-    assert_eq!(
-        store.wait(Table::AclPolicies, 1, Duration::ZERO).await,
-        1,
-        "never 0"
-    );
-}
-
-#[tokio::test]
-async fn wait_any_wakes_on_any_of_its_tables() {
-    let store = Store::in_memory();
-    store
-        .register_node(Node::new("n1", "10.0.0.1", "dc1"))
-        .unwrap();
-    let start = store.health_service("web", false).index;
-    let waiter = blocked_reader(&store, Table::CATALOG, start, Duration::from_secs(30));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    store.put_intention(intention("i1", "web", "db")).unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!waiter.is_finished());
-    let written = store
-        .register_service("n1", &web_with_check())
-        .unwrap()
-        .index;
-    let woke = tokio::time::timeout(Duration::from_secs(5), waiter)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(woke, written);
-    assert_eq!(store.health_service("web", false).index, written);
-}
-
-#[test]
-fn a_failed_transaction_changes_nothing() {
-    let store = Store::in_memory();
-    let before = store.index();
-    let result: Result<Indexed<()>, StateError> = store.write(|tx| {
-        tx.put_intention(intention("i1", "web", "db"))?;
-        assert!(
-            tx.intention("i1").is_some(),
-            "a transaction reads its own writes"
+on_every_backend! {
+    fn a_failed_transaction_changes_nothing(store) {
+        let before = store.index();
+        let result: Result<Indexed<()>, StateError> = store.write(|tx| {
+            tx.put_intention(intention("i1", "web", "db"))?;
+            assert!(
+                tx.intention("i1").is_some(),
+                "a transaction reads its own writes"
+            );
+            tx.delete_acl_token("missing")?;
+            Ok(())
+        });
+        assert_eq!(
+            result.unwrap_err(),
+            StateError::NotFound("ACL token with AccessorID \"missing\" not found".into())
         );
-        tx.delete_acl_token("missing")?;
-        Ok(())
-    });
-    assert_eq!(
-        result.unwrap_err(),
-        StateError::NotFound("ACL token with AccessorID \"missing\" not found".into())
-    );
-    assert_eq!(store.index(), before);
-    assert!(store.intention("i1").value.is_none());
+        assert_eq!(store.index(), before);
+        assert!(store.intention("i1").value.is_none());
+    }
 }
 
 /// Refuses every commit, as a full disk would.
@@ -425,13 +586,18 @@ fn an_inconsistent_snapshot_is_refused() {
 fn sqlite_round_trip_restores_every_table_index_and_the_serial() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    round_trip(|| Store::open_dir(&data).unwrap());
+}
+
+/// `fill` through one store, dropped, then everything back through the next `open`.
+fn round_trip(open: impl Fn() -> Store) {
     let (before, index) = {
-        let store = Store::open_dir(&data).unwrap();
+        let store = open();
         fill(&store);
         (store.snapshot(), store.index())
     };
     assert!(index > 20);
-    let store = Store::open_dir(&data).unwrap();
+    let store = open();
     let after = store.snapshot();
     assert_eq!(after, before);
     assert_eq!(store.index(), index);
@@ -694,177 +860,507 @@ fn concurrent_writers_keep_the_index_consistent_in_sqlite() {
     assert_eq!(store.snapshot(), snapshot);
 }
 
-#[test]
-fn catalog_register_and_deregister() {
-    let store = Store::in_memory();
-    let err = store
-        .register_service("node1", &web_with_check())
-        .unwrap_err();
-    assert_eq!(
-        err,
-        StateError::NotFound("node \"node1\" is not registered".into())
-    );
-    store
-        .register_node(Node::new("node1", "10.0.0.5", "dc1"))
-        .unwrap();
-    let web = store.register_service("node1", &web_with_check()).unwrap();
-    assert_eq!(web.value.id, "web");
-    assert_eq!(web.value.create_index, web.index);
-    let mut native = ServiceRegistration::from_json(
-        br#"{"name":"web","id":"web-native","port":9090,"connect":{"native":true}}"#,
-    )
-    .unwrap();
-    store.register_service("node1", &native).unwrap();
-    let mut sidecar = ServiceRegistration::sidecar_proxy("web", 21000);
-    sidecar.check = Some(CheckRegistration::ttl("10s"));
-    store.register_service("node1", &sidecar).unwrap();
-    store
-        .register_check(HealthCheck::node_check(
-            "node1",
-            "serfHealth",
-            HealthStatus::Passing,
-        ))
-        .unwrap();
-
-    let connect = store.health_connect("web", false);
-    let ids: Vec<_> = connect
-        .value
-        .iter()
-        .map(|e| e.service.id.as_str())
-        .collect();
-    assert_eq!(ids, ["web-native", "web-sidecar-proxy"]);
-    assert_eq!(connect.index, store.index());
-    assert_eq!(connect.value[1].dial_address(), ("10.0.0.5", 21000));
-    // Only the native service has no failing check yet; new TTL checks start critical.
-    let passing: Vec<_> = store
-        .health_connect("web", true)
-        .value
-        .into_iter()
-        .map(|e| e.service.id)
-        .collect();
-    assert_eq!(passing, ["web-native"]);
-    let sidecar_passes = || {
+on_every_backend! {
+    fn catalog_register_and_deregister(store) {
+        let err = store
+            .register_service("node1", &web_with_check())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            StateError::NotFound("node \"node1\" is not registered".into())
+        );
         store
-            .update_check(
+            .register_node(Node::new("node1", "10.0.0.5", "dc1"))
+            .unwrap();
+        let web = store.register_service("node1", &web_with_check()).unwrap();
+        assert_eq!(web.value.id, "web");
+        assert_eq!(web.value.create_index, web.index);
+        let mut native = ServiceRegistration::from_json(
+            br#"{"name":"web","id":"web-native","port":9090,"connect":{"native":true}}"#,
+        )
+        .unwrap();
+        store.register_service("node1", &native).unwrap();
+        let mut sidecar = ServiceRegistration::sidecar_proxy("web", 21000);
+        sidecar.check = Some(CheckRegistration::ttl("10s"));
+        store.register_service("node1", &sidecar).unwrap();
+        store
+            .register_check(HealthCheck::node_check(
                 "node1",
-                "service:web-sidecar-proxy",
+                "serfHealth",
                 HealthStatus::Passing,
-                "",
+            ))
+            .unwrap();
+
+        let connect = store.health_connect("web", false);
+        let ids: Vec<_> = connect
+            .value
+            .iter()
+            .map(|e| e.service.id.as_str())
+            .collect();
+        assert_eq!(ids, ["web-native", "web-sidecar-proxy"]);
+        assert_eq!(connect.index, store.index());
+        assert_eq!(connect.value[1].dial_address(), ("10.0.0.5", 21000));
+        // Only the native service has no failing check yet; new TTL checks start critical.
+        let passing: Vec<_> = store
+            .health_connect("web", true)
+            .value
+            .into_iter()
+            .map(|e| e.service.id)
+            .collect();
+        assert_eq!(passing, ["web-native"]);
+        let sidecar_passes = || {
+            store
+                .update_check(
+                    "node1",
+                    "service:web-sidecar-proxy",
+                    HealthStatus::Passing,
+                    "",
+                )
+                .unwrap()
+        };
+        sidecar_passes();
+        assert_eq!(store.health_connect("web", true).value.len(), 2);
+
+        // Heartbeats that change nothing write nothing.
+        let i = store.index();
+        sidecar_passes();
+        assert_eq!(store.index(), i);
+
+        // Re-registering keeps a check's status; a registration without the check drops it.
+        store.register_service("node1", &sidecar).unwrap();
+        assert_eq!(
+            store
+                .view()
+                .catalog()
+                .check("node1", "service:web-sidecar-proxy")
+                .unwrap()
+                .status,
+            HealthStatus::Passing
+        );
+        sidecar.check = None;
+        store.register_service("node1", &sidecar).unwrap();
+        assert!(
+            store
+                .view()
+                .catalog()
+                .check("node1", "service:web-sidecar-proxy")
+                .is_none()
+        );
+
+        native.port = 0;
+        native.kind = crate::catalog::ServiceKind::ConnectProxy;
+        let err = store.register_service("node1", &native).unwrap_err();
+        assert_eq!(
+            err,
+            StateError::Catalog(crate::catalog::CatalogError::ProxyMissingDestination)
+        );
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidParameter);
+
+        store.deregister_service("node1", "web").unwrap();
+        assert!(
+            store
+                .view()
+                .catalog()
+                .check("node1", "service:web")
+                .is_none(),
+            "checks go too"
+        );
+        let err = store.deregister_service("node1", "web").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::NotFound);
+        assert_eq!(
+            err.to_string(),
+            "Unknown service ID \"web\". Ensure that the service ID is passed, not the service name."
+        );
+        let err = store.deregister_check("node1", "nope").unwrap_err();
+        assert!(err.to_string().starts_with("Unknown check ID \"nope\""));
+        let mut orphan = HealthCheck::node_check("node1", "c", HealthStatus::Passing);
+        orphan.service_id = "missing".into();
+        assert!(matches!(
+            store.register_check(orphan).unwrap_err(),
+            StateError::NotFound(_)
+        ));
+
+        assert!(store.deregister_node("node1").unwrap().value);
+        let view = store.view();
+        assert_eq!(view.catalog().services().count(), 0);
+        assert_eq!(view.catalog().checks().count(), 0);
+        assert!(!store.deregister_node("node1").unwrap().value);
+        assert!(store.catalog_services().value.is_empty());
+    }
+}
+
+on_every_backend! {
+    fn acl_bootstrap_is_race_free_inside_a_transaction(store) {
+        let bootstrap = |store: &Store| {
+            store.write(|tx| {
+                if tx.acl_bootstrapped() {
+                    return Err(StateError::InvalidRow(
+                        "ACL bootstrap no longer allowed".into(),
+                    ));
+                }
+                tx.set_acl_bootstrapped(true);
+                tx.put_acl_token(token("root"))
+            })
+        };
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || bootstrap(&store).is_ok())
+            })
+            .collect();
+        let wins = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(wins, 1);
+        let b = store.acl_bootstrapped();
+        assert!(b.value);
+        assert_eq!(
+            b.index,
+            store.acl_token("root").index,
+            "one transaction, one index"
+        );
+    }
+}
+
+on_every_backend! {
+    fn debug_output_holds_no_secrets(store) {
+        store.set_ca_secrets(secrets()).unwrap();
+        store.put_acl_token(token("t1")).unwrap();
+        let rendered = format!("{store:?} {:?}", store.snapshot());
+        assert!(!rendered.contains("PRIVATE KEY"), "{rendered}");
+        assert!(!rendered.contains("secret-t1"), "{rendered}");
+        let _shared: Arc<Tables> = store.view();
+    }
+}
+
+/// What only a shared (etcd) store does: other servers' writes, sealed secrets, conflicts and
+/// the leader fence.
+#[cfg(feature = "etcd")]
+mod etcd {
+    use super::*;
+
+    fn open(config: &EtcdConfig) -> Store {
+        Store::open(EtcdPersistence::open(config.clone()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn etcd_round_trip_restores_every_table_index_and_the_serial() {
+        let Some(config) = etcd_harness::config("etcd_round_trip") else {
+            return;
+        };
+        round_trip(|| open(&config));
+    }
+
+    /// Every value under the prefix, as etcd holds it.
+    async fn raw_values(config: &EtcdConfig) -> Vec<(String, String)> {
+        let mut client = etcd_client::Client::connect(&config.endpoints, None)
+            .await
+            .unwrap();
+        let response = client
+            .get(
+                config.prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
             )
-            .unwrap()
-    };
-    sidecar_passes();
-    assert_eq!(store.health_connect("web", true).value.len(), 2);
+            .await
+            .unwrap();
+        response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+            .collect()
+    }
 
-    // Heartbeats that change nothing write nothing.
-    let i = store.index();
-    sidecar_passes();
-    assert_eq!(store.index(), i);
+    #[tokio::test]
+    async fn secrets_are_sealed_in_etcd_and_open_only_with_the_kek() {
+        let Some(config) = etcd_harness::config("sealed") else {
+            return;
+        };
+        let store = open(&config);
+        store.set_ca_secrets(secrets()).unwrap();
+        store.put_acl_token(token("t1")).unwrap();
+        drop(store);
+        let raw = raw_values(&config).await;
+        let secrets_value = raw
+            .iter()
+            .find(|(k, _)| k.ends_with("/state/ca_secrets/builtin"))
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        assert!(secrets_value.starts_with("lcsealed1:"), "{secrets_value}");
+        for (key, value) in &raw {
+            assert!(!value.contains("PRIVATE KEY"), "{key}: {value}");
+            assert!(!value.contains("secret-t1"), "{key}: {value}");
+        }
 
-    // Re-registering keeps a check's status; a registration without the check drops it.
-    store.register_service("node1", &sidecar).unwrap();
-    assert_eq!(
-        store
-            .view()
-            .catalog()
-            .check("node1", "service:web-sidecar-proxy")
-            .unwrap()
-            .status,
-        HealthStatus::Passing
-    );
-    sidecar.check = None;
-    store.register_service("node1", &sidecar).unwrap();
-    assert!(
-        store
-            .view()
-            .catalog()
-            .check("node1", "service:web-sidecar-proxy")
-            .is_none()
-    );
+        let store = open(&config);
+        assert_eq!(store.ca_secrets().value.0, Some(secrets()));
+        assert_eq!(store.acl_token("t1").value.unwrap().secret_id, "secret-t1");
+        drop(store);
 
-    native.port = 0;
-    native.kind = crate::catalog::ServiceKind::ConnectProxy;
-    let err = store.register_service("node1", &native).unwrap_err();
-    assert_eq!(
-        err,
-        StateError::Catalog(crate::catalog::CatalogError::ProxyMissingDestination)
-    );
-    assert_eq!(err.kind(), crate::ErrorKind::InvalidParameter);
+        let mut wrong = config.clone();
+        wrong.kek =
+            Kek::from_base64("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=", "wrong").unwrap();
+        let err = Store::open(EtcdPersistence::open(wrong).unwrap()).unwrap_err();
+        assert!(matches!(err, StateError::Decrypt { .. }), "{err:?}");
+        assert!(err.to_string().contains("key-encryption key"), "{err}");
+    }
 
-    store.deregister_service("node1", "web").unwrap();
-    assert!(
-        store
-            .view()
-            .catalog()
-            .check("node1", "service:web")
-            .is_none(),
-        "checks go too"
-    );
-    let err = store.deregister_service("node1", "web").unwrap_err();
-    assert_eq!(err.kind(), crate::ErrorKind::NotFound);
-    assert_eq!(
-        err.to_string(),
-        "Unknown service ID \"web\". Ensure that the service ID is passed, not the service name."
-    );
-    let err = store.deregister_check("node1", "nope").unwrap_err();
-    assert!(err.to_string().starts_with("Unknown check ID \"nope\""));
-    let mut orphan = HealthCheck::node_check("node1", "c", HealthStatus::Passing);
-    orphan.service_id = "missing".into();
-    assert!(matches!(
-        store.register_check(orphan).unwrap_err(),
-        StateError::NotFound(_)
-    ));
+    #[test]
+    fn a_kek_must_be_32_bytes_of_base64() {
+        for bad in ["", "not base64!", "c2hvcnQ="] {
+            let err = Kek::from_base64(bad, "kek.b64").unwrap_err();
+            assert!(matches!(err, StateError::Kek { .. }), "{err:?}");
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidParameter);
+            assert!(
+                err.to_string().starts_with("key-encryption key kek.b64: "),
+                "{err}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Kek::from_file(&dir.path().join("none")).unwrap_err();
+        assert!(matches!(missing, StateError::Kek { .. }), "{missing:?}");
+        assert!(!format!("{:?}", etcd_harness::kek()).contains(etcd_harness::KEK));
+    }
 
-    assert!(store.deregister_node("node1").unwrap().value);
-    let view = store.view();
-    assert_eq!(view.catalog().services().count(), 0);
-    assert_eq!(view.catalog().checks().count(), 0);
-    assert!(!store.deregister_node("node1").unwrap().value);
-    assert!(store.catalog_services().value.is_empty());
-}
+    #[tokio::test]
+    async fn a_second_server_sees_the_first_ones_writes_and_its_blocking_queries_wake() {
+        let Some(config) = etcd_harness::config("two_servers") else {
+            return;
+        };
+        let a = open(&config);
+        let b = open(&config);
+        let start = b.intentions().index;
+        let reader = blocked_reader(&b, &[Table::Intentions], start, Duration::from_secs(30));
+        let written = a.put_intention(intention("i1", "web", "db")).unwrap().index;
+        assert_eq!(
+            reader.await.unwrap(),
+            written,
+            "b's query woke at a's index"
+        );
+        assert_eq!(b.intention("i1").value.unwrap().modify_index, written);
+        // b writes next, at the next index, and a sees it.
+        let back = b.put_intention(intention("i2", "api", "db")).unwrap().index;
+        assert_eq!(back, written + 1);
+        assert_eq!(
+            a.wait(Table::Intentions, written, Duration::from_secs(30))
+                .await,
+            back
+        );
+        assert_eq!(a.snapshot(), b.snapshot());
+    }
 
-#[test]
-fn acl_bootstrap_is_race_free_inside_a_transaction() {
-    let store = Store::in_memory();
-    let bootstrap = |store: &Store| {
-        store.write(|tx| {
-            if tx.acl_bootstrapped() {
-                return Err(StateError::InvalidRow(
-                    "ACL bootstrap no longer allowed".into(),
-                ));
+    #[test]
+    fn a_stale_writer_gets_a_conflict_and_nothing_is_written() {
+        let Some(config) = etcd_harness::config("conflict") else {
+            return;
+        };
+        let store = open(&config);
+        for i in 0..3 {
+            store
+                .put_intention(intention(&format!("i{i}"), "a", "b"))
+                .unwrap();
+        }
+        let stale = EtcdPersistence::open(config.clone()).unwrap();
+        let txn = Txn {
+            index: 3,
+            ops: vec![Op::DeleteIntention { id: "i0".into() }],
+        };
+        let err = stale.commit(&txn).unwrap_err();
+        assert!(matches!(err, StateError::Conflict(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("found the store at index 4"),
+            "{err}"
+        );
+        assert!(open(&config).intention("i0").value.is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deposed_leaders_write_is_refused() {
+        let Some(config) = etcd_harness::config("fence") else {
+            return;
+        };
+        let first = EtcdPersistence::open(config.clone()).unwrap();
+        let first_lead = first.leadership();
+        let first_store = Store::open(first).unwrap();
+        let second = EtcdPersistence::open(config.clone()).unwrap();
+        let second_lead = second.leadership();
+        let second_store = Store::open(second).unwrap();
+
+        let ttl = Duration::from_secs(2);
+        let (stop_first, stopped_first) = tokio::sync::oneshot::channel::<()>();
+        let campaign = {
+            let lead = first_lead.clone();
+            tokio::spawn(async move {
+                lead.campaign("first:8500".into(), ttl, |_| {}, async {
+                    let _ = stopped_first.await;
+                })
+                .await;
+            })
+        };
+        let old_fence = wait_for(|| first_lead.fence()).await;
+        assert_eq!(
+            first_lead.leader().unwrap(),
+            Some(("first:8500".into(), old_fence))
+        );
+        first_store
+            .put_intention(intention("i1", "a", "b"))
+            .unwrap();
+
+        let second_campaign = {
+            let lead = second_lead.clone();
+            tokio::spawn(async move {
+                lead.campaign("second:8500".into(), ttl, |_| {}, std::future::pending())
+                    .await;
+            })
+        };
+        assert_eq!(second_lead.fence(), None, "one leader at a time");
+        // The first server stops campaigning without resigning, as a crashed one would: its
+        // lease runs out and the second takes over.
+        stop_first.send(()).unwrap();
+        campaign.await.unwrap();
+        let new_fence = wait_for(|| second_lead.fence()).await;
+        assert!(new_fence > old_fence);
+        second_store
+            .put_intention(intention("i2", "a", "b"))
+            .unwrap();
+
+        // The first server's writes keep its old fence after its campaign ends.
+        assert_eq!(first_lead.fence(), Some(old_fence));
+        let _ = first_store
+            .wait(Table::Intentions, 2, Duration::from_secs(30))
+            .await;
+        let err = first_store
+            .put_intention(intention("i3", "a", "b"))
+            .unwrap_err();
+        assert!(matches!(err, StateError::NotLeader(_)), "{err:?}");
+        assert!(second_store.intention("i3").value.is_none());
+        second_lead.resign().await;
+        assert_eq!(second_lead.leader().unwrap(), None);
+        let err = second_store
+            .put_intention(intention("i4", "a", "b"))
+            .unwrap_err();
+        assert!(
+            matches!(err, StateError::NotLeader(_)),
+            "a resigned leader writes no more: {err:?}"
+        );
+        second_campaign.abort();
+    }
+
+    /// Polls `f` until it returns a value (an election takes a lease's TTL, not a fixed time).
+    async fn wait_for<T>(f: impl Fn() -> Option<T>) -> T {
+        for _ in 0..600 {
+            if let Some(v) = f() {
+                return v;
             }
-            tx.set_acl_bootstrapped(true);
-            tx.put_acl_token(token("root"))
-        })
-    };
-    let handles: Vec<_> = (0..4)
-        .map(|_| {
-            let store = store.clone();
-            std::thread::spawn(move || bootstrap(&store).is_ok())
-        })
-        .collect();
-    let wins = handles
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .filter(|ok| *ok)
-        .count();
-    assert_eq!(wins, 1);
-    let b = store.acl_bootstrapped();
-    assert!(b.value);
-    assert_eq!(
-        b.index,
-        store.acl_token("root").index,
-        "one transaction, one index"
-    );
-}
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("not within 30 s");
+    }
 
-#[test]
-fn debug_output_holds_no_secrets() {
-    let store = Store::in_memory();
-    store.set_ca_secrets(secrets()).unwrap();
-    store.put_acl_token(token("t1")).unwrap();
-    let rendered = format!("{store:?} {:?}", store.snapshot());
-    assert!(!rendered.contains("PRIVATE KEY"), "{rendered}");
-    assert!(!rendered.contains("secret-t1"), "{rendered}");
-    let _shared: Arc<Tables> = store.view();
+    #[test]
+    fn concurrent_writers_keep_the_index_consistent_in_etcd() {
+        let Some(config) = etcd_harness::config("concurrent") else {
+            return;
+        };
+        let store = open(&config);
+        concurrent_writers(&store, 4, 15);
+        assert_eq!(open(&config).snapshot(), store.snapshot());
+    }
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in
+    /// `dir`: (ca, server cert, server key, client cert, client key).
+    fn tls_files(dir: &Path) -> [std::path::PathBuf; 5] {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, &ca_key);
+        let issue = |sans: Vec<SanType>| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.subject_alt_names = sans;
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server, server_key) = issue(vec![SanType::IpAddress([127, 0, 0, 1].into())]);
+        let (client, client_key) = issue(vec![SanType::DnsName("connect".try_into().unwrap())]);
+        let files = [
+            "ca.pem",
+            "server.pem",
+            "server-key.pem",
+            "client.pem",
+            "client-key.pem",
+        ]
+        .map(|f| dir.join(f));
+        for (path, pem) in files
+            .iter()
+            .zip([ca_cert.pem(), server, server_key, client, client_key])
+        {
+            std::fs::write(path, pem).unwrap();
+        }
+        files
+    }
+
+    #[test]
+    fn mutual_tls_to_etcd() {
+        let Some(bin) = etcd_support::etcd_or_skip("mutual_tls_to_etcd") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let [ca, cert, key, client_cert, client_key] = tls_files(dir.path());
+        let cluster = etcd_support::EtcdCluster::start_with(
+            bin,
+            1,
+            Some(etcd_support::ServerTls {
+                ca: ca.clone(),
+                cert,
+                key,
+            }),
+        );
+        let config = |tls| EtcdConfig {
+            endpoints: cluster.endpoints(),
+            prefix: "/tls".into(),
+            tls,
+            kek: etcd_harness::kek(),
+        };
+        let with_cert = EtcdTls {
+            ca_file: Some(ca.clone()),
+            cert_file: Some(client_cert),
+            key_file: Some(client_key),
+        };
+        let store = open(&config(Some(with_cert.clone())));
+        store.put_intention(intention("i1", "web", "db")).unwrap();
+        assert!(
+            open(&config(Some(with_cert)))
+                .intention("i1")
+                .value
+                .is_some()
+        );
+
+        // etcd refuses a client without a certificate.
+        let without = EtcdTls {
+            ca_file: Some(ca),
+            cert_file: None,
+            key_file: None,
+        };
+        let err = EtcdPersistence::open(config(Some(without))).unwrap_err();
+        assert!(matches!(err, StateError::Etcd { .. }), "{err:?}");
+        // Half a client identity is a configuration error.
+        let half = EtcdTls {
+            cert_file: Some(dir.path().join("client.pem")),
+            ..EtcdTls::default()
+        };
+        let err = EtcdPersistence::open(config(Some(half))).unwrap_err();
+        assert!(
+            err.to_string().contains("both cert_file and key_file"),
+            "{err}"
+        );
+    }
 }

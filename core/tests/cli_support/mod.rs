@@ -34,12 +34,13 @@ pub fn command() -> Command {
 }
 
 /// The variables of the test's environment that would change what `connect` does.
-const INHERITED: [&str; 5] = [
+const INHERITED: [&str; 6] = [
     "CONSUL_HTTP_ADDR",
     "CONSUL_HTTP_TOKEN",
     "CONSUL_CACERT",
     "CONSUL_HTTP_SSL",
     "RUST_LOG",
+    "CONNECT_ETCD_KEK_FILE",
 ];
 
 /// Writes an agent configuration file into `dir` that enables ACLs with a default policy of

@@ -70,6 +70,8 @@ struct AgentSettings {
     federation: Option<connect_core::server::FederationConfig>,
     /// The SPIFFE Workload API socket, when configured.
     workload_api: Option<WorkloadApiSettings>,
+    /// The etcd store shared with the datacenter's other servers (see `crate::ha`).
+    etcd: Option<connect_core::state::EtcdConfig>,
 }
 
 /// The Workload API's socket and the agent that serves it (see [`workload_api`]).
@@ -185,9 +187,21 @@ fn settings(args: &AgentArgs) -> Result<AgentSettings, Error> {
             "libconnect runs server agents only: pass -server (or -dev for a development agent)",
         ));
     }
-    if !dev && data_dir.is_none() {
+    let etcd_endpoints = if args.store_etcd.is_empty() {
+        file.etcd.endpoints.clone().unwrap_or_default()
+    } else {
+        args.store_etcd.clone()
+    };
+    if !etcd_endpoints.is_empty() && (dev || data_dir.is_some()) {
         return Err(invalid(
-            "data_dir is required: pass -data-dir DIR (or -dev for in-memory state)",
+            "store.etcd (-store-etcd) keeps the state in etcd and cannot be combined with -dev \
+             or data_dir",
+        ));
+    }
+    if !dev && data_dir.is_none() && etcd_endpoints.is_empty() {
+        return Err(invalid(
+            "data_dir is required: pass -data-dir DIR (or -dev for in-memory state, or \
+             -store-etcd URL to share the state in etcd)",
         ));
     }
 
@@ -197,6 +211,9 @@ fn settings(args: &AgentArgs) -> Result<AgentSettings, Error> {
         server.datacenter = dc.to_ascii_lowercase();
     }
     check_name("datacenter", &server.datacenter, false)?;
+    let etcd = (!etcd_endpoints.is_empty())
+        .then(|| crate::ha::etcd_config(args, &file, etcd_endpoints, &server.datacenter))
+        .transpose()?;
     server.primary_datacenter = args
         .primary_datacenter
         .clone()
@@ -295,6 +312,7 @@ fn settings(args: &AgentArgs) -> Result<AgentSettings, Error> {
         workload_api: workload_api(args, &file.workload_api)?,
         federation,
         server,
+        etcd,
     })
 }
 
@@ -438,7 +456,34 @@ impl Intercept for AgentIntercept {
     }
 }
 
-async fn serve(settings: AgentSettings) -> Result<(), Error> {
+/// A follower's HTTP listener (see `crate::ha`): every request goes to the leader. Returns
+/// what stops it.
+async fn serve_follower(
+    addr: SocketAddr,
+    leader: crate::ha::LeaderClient,
+    datacenter: String,
+    limits: HttpLimits,
+) -> Result<(watch::Sender<bool>, tokio::task::JoinHandle<()>), Error> {
+    let (listener, local) = bind("HTTP", addr).await?;
+    eprintln!("==> HTTP API listening on http://{local}, forwarding to the leader");
+    let app = axum::Router::new()
+        .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
+        .layer(InterceptLayer(AgentIntercept(Arc::new((
+            Forwarding::AllToLeader(leader),
+            datacenter,
+        )))));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(crate::http_server::serve(
+        listener,
+        None,
+        app,
+        ConnTracker::new(limits),
+        stop_rx,
+    ));
+    Ok((stop_tx, task))
+}
+
+async fn serve(mut settings: AgentSettings) -> Result<(), Error> {
     for key in &settings.unknown_keys {
         tracing::warn!(key = %key, "configuration key not used by libconnect; ignored");
     }
@@ -449,6 +494,39 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     let signal = crate::shutdown_signal();
     tokio::pin!(signal);
     let clock: connect_core::SharedClock = Arc::new(connect_core::SystemClock);
+    // With an etcd store: forward to the leader until this server leads (see `crate::ha`).
+    let elected = match settings.etcd.take() {
+        None => None,
+        Some(etcd) => {
+            let http = settings.http.filter(|a| a.port() != 0).ok_or_else(|| {
+                invalid(
+                    "store.etcd needs a fixed HTTP port: the other servers forward to the \
+                     leader's",
+                )
+            })?;
+            let advertise = crate::ha::advertise(http, &settings.server.node_address);
+            let (leader, leads) = crate::ha::join(etcd, advertise).await?;
+            let (stop_follower, follower) = serve_follower(
+                http,
+                leader,
+                settings.server.datacenter.clone(),
+                settings.limits.clone(),
+            )
+            .await?;
+            let elected = tokio::select! {
+                r = leads => r?,
+                s = &mut signal => {
+                    eprintln!("==> Caught signal: {}", s?);
+                    return Ok(());
+                }
+            };
+            let _ = stop_follower.send(true);
+            let _ = follower.await;
+            eprintln!("==> This server leads the datacenter");
+            settings.server.store = Some(elected.store.clone());
+            Some(elected)
+        }
+    };
     let started = tokio::select! {
         r = start_server(settings.server.clone(), settings.federation.clone(), clock) => r?,
         s = &mut signal => {
@@ -623,9 +701,15 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     );
     eprintln!(
         "          Data dir: {}",
-        c.data_dir
-            .as_ref()
-            .map_or_else(|| "(in memory)".to_owned(), |d| d.display().to_string())
+        c.data_dir.as_ref().map_or_else(
+            || if c.store.is_some() {
+                "(etcd)"
+            } else {
+                "(in memory)"
+            }
+            .to_owned(),
+            |d| d.display().to_string()
+        )
     );
     eprintln!("      Trust domain: {}", server.trust_domain());
     for line in &lines {
@@ -633,9 +717,30 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     }
     eprintln!("==> libconnect agent running!");
 
-    let signal = signal.await?;
-    eprintln!("==> Caught signal: {signal}");
-    tracing::info!(signal, "shutting down");
+    let lost = async {
+        match &elected {
+            Some(e) => e.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    // Leadership lost: requests in flight finish (their fenced writes fail with "not the
+    // leader"), then the process exits with an error so that a supervisor restarts it as a
+    // follower.
+    let lost = tokio::select! {
+        s = signal => {
+            let signal = s?;
+            eprintln!("==> Caught signal: {signal}");
+            tracing::info!(signal, "shutting down");
+            if let Some(e) = &elected {
+                e.resign().await;
+            }
+            false
+        }
+        () = lost => {
+            tracing::error!("this server lost the leadership; stopping");
+            true
+        }
+    };
     background.abort_all();
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -646,6 +751,12 @@ async fn serve(settings: AgentSettings) -> Result<(), Error> {
     if drained.is_err() {
         tracing::info!("requests still in flight after the grace period were cut off");
         tasks.abort_all();
+    }
+    if lost {
+        return Err(Error::new(
+            ErrorKind::Io,
+            "this server lost the leadership of the datacenter's etcd store; exiting",
+        ));
     }
     eprintln!("==> libconnect agent stopped");
     Ok(())
@@ -662,6 +773,9 @@ enum Forwarding {
     ToPrimary(Arc<connect_core::server::PrimaryClient>),
     /// The primary: `?dc=<secondary>` to the servers that secondary advertised.
     ToSecondaries(Arc<connect_core::server::SecondaryClients>),
+    /// A server that does not lead its datacenter's etcd-shared state: everything to the
+    /// leader (see `crate::ha`); `None` while there is none.
+    AllToLeader(watch::Receiver<Option<connect_core::http::client::ApiClient>>),
 }
 
 /// The longest a forwarded request may take: a blocking query's `wait` (at most Consul's
@@ -676,9 +790,9 @@ fn forward_timeout(query: &str) -> Duration {
     wait + wait / 16 + Duration::from_secs(30)
 }
 
-/// Whether `req` goes to another datacenter's servers: `None` when it is served here,
-/// `Some(Some(dc))` for `?dc=<dc>`, `Some(None)` for an intention write a secondary hands to
-/// its primary.
+/// Whether `req` goes to other servers: `None` when it is served here, `Some(Some(dc))` for
+/// `?dc=<dc>`, `Some(None)` for an intention write a secondary hands to its primary and for
+/// everything a server that does not lead its etcd-shared datacenter hands to the leader.
 fn forwarded_to<'r>(fwd: &Forwarding, own_dc: &str, req: &'r Request) -> Option<Option<&'r str>> {
     use axum::http::Method;
     let path = req.uri().path();
@@ -691,6 +805,7 @@ fn forwarded_to<'r>(fwd: &Forwarding, own_dc: &str, req: &'r Request) -> Option<
         .filter(|dc| !dc.is_empty() && *dc != own_dc)
         .filter(|_| !path.starts_with("/v1/agent/") && !path.starts_with("/v1/internal/"));
     let forward = match fwd {
+        Forwarding::AllToLeader(_) => true,
         Forwarding::ToPrimary(_) => {
             other_dc.is_some()
                 || ((path == "/v1/connect/intentions"
@@ -763,16 +878,35 @@ async fn forward_requests(fwd: &Forwarding, own_dc: &str, req: Request, next: Ne
             "another datacenter",
         ),
         (Forwarding::ToSecondaries(_), None) => (Ok(None), ""),
+        (Forwarding::AllToLeader(leader), _) => {
+            let leader = leader.borrow().clone();
+            let Some(leader) = leader else {
+                // Consul's answer while a datacenter has no leader.
+                return (StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader").into_response();
+            };
+            (
+                leader
+                    .forward(method, &target, &headers, body.to_vec(), timeout)
+                    .await
+                    .map(Some),
+                "the leader",
+            )
+        }
     };
     match answer {
-        Ok(Some((status, content_type, body))) => {
+        Ok(Some(answer)) => {
             let mut resp = (
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                body,
+                StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY),
+                answer.body,
             )
                 .into_response();
-            if let Some(ct) = content_type.and_then(|c| c.parse().ok()) {
-                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            for (name, value) in answer.headers {
+                if let (Ok(name), Ok(value)) = (
+                    header::HeaderName::from_bytes(name.as_bytes()),
+                    header::HeaderValue::from_str(&value),
+                ) {
+                    resp.headers_mut().insert(name, value);
+                }
             }
             resp
         }
@@ -1049,6 +1183,116 @@ mod tests {
         ] {
             let e = parse(args).unwrap_err().to_string();
             assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_etcd_store_comes_from_flags_or_the_file_and_needs_a_kek() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = dir.path().join("kek.b64");
+        std::fs::write(&kek, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").unwrap();
+        let kek = kek.to_str().unwrap();
+        let s = parse(&[
+            "-server",
+            "-datacenter",
+            "east",
+            "-store-etcd",
+            "http://127.0.0.1:2379",
+            "-store-etcd",
+            "http://127.0.0.1:22379",
+            "-store-etcd-kek-file",
+            kek,
+        ])
+        .unwrap();
+        let etcd = s.etcd.unwrap();
+        assert_eq!(
+            etcd.endpoints,
+            ["http://127.0.0.1:2379", "http://127.0.0.1:22379"]
+        );
+        assert_eq!(etcd.prefix, "/connect/east", "the default prefix");
+        assert!(etcd.tls.is_none());
+        assert!(s.server.data_dir.is_none());
+
+        let file = dir.path().join("etcd.hcl");
+        std::fs::write(
+            &file,
+            format!(
+                r#"store {{
+                  etcd {{
+                    endpoints = ["https://10.0.0.1:2379"]
+                    prefix    = "/c/dc1"
+                    kek_file  = "{kek}"
+                    tls {{
+                      ca_file = "ca.pem"
+                    }}
+                  }}
+                }}"#
+            ),
+        )
+        .unwrap();
+        let s = parse(&["-server", "-config-file", file.to_str().unwrap()]).unwrap();
+        let etcd = s.etcd.unwrap();
+        assert_eq!(etcd.endpoints, ["https://10.0.0.1:2379"]);
+        assert_eq!(etcd.prefix, "/c/dc1");
+        assert_eq!(
+            etcd.tls.unwrap().ca_file.as_deref(),
+            Some(std::path::Path::new("ca.pem"))
+        );
+
+        let bad_kek = dir.path().join("short.b64");
+        std::fs::write(&bad_kek, "c2hvcnQ=").unwrap();
+        let bad_kek = bad_kek.to_str().unwrap();
+        for (args, want) in [
+            (
+                &["-server", "-store-etcd", "http://e:2379"][..],
+                "a key-encryption key is required",
+            ),
+            (
+                &[
+                    "-server",
+                    "-store-etcd",
+                    "e:2379",
+                    "-store-etcd-kek-file",
+                    kek,
+                ][..],
+                "is not an http:// or https:// URL",
+            ),
+            (
+                &[
+                    "-server",
+                    "-store-etcd",
+                    "http://e:2379",
+                    "-store-etcd-kek-file",
+                    bad_kek,
+                ][..],
+                "5 bytes; an AES-256 key is 32",
+            ),
+            (
+                &[
+                    "-dev",
+                    "-store-etcd",
+                    "http://e:2379",
+                    "-store-etcd-kek-file",
+                    kek,
+                ][..],
+                "cannot be combined with -dev",
+            ),
+            (
+                &[
+                    "-server",
+                    "-data-dir",
+                    "/tmp/x",
+                    "-store-etcd",
+                    "http://e:2379",
+                    "-store-etcd-kek-file",
+                    kek,
+                ][..],
+                "cannot be combined with -dev or data_dir",
+            ),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidParameter, "{args:?}");
+            assert!(e.to_string().contains(want), "{args:?}: {e}");
         }
     }
 }

@@ -56,6 +56,14 @@
 //!   http_body_read_timeout    = "30s"
 //!   http_idle_timeout         = "90s"
 //! }
+//! store {                                  # several servers share one etcd (examples/ha)
+//!   etcd {
+//!     endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+//!     prefix    = "/connect/dc1"           # default: /connect/<datacenter>
+//!     kek_file  = "/etc/connect/kek.b64"   # seals CA keys and token secrets in etcd
+//!     tls { ca_file = "etcd-ca.pem"  cert_file = "client.pem"  key_file = "client-key.pem" }
+//!   }
+//! }
 //! ```
 //!
 //! Values are read weakly, as Consul reads them: `"8500"` is a port, `"true"` a boolean, a
@@ -438,6 +446,8 @@ pub(crate) struct AgentConfigFile {
     pub(crate) limits: LimitsFileConfig,
     /// `workload_api { … }`.
     pub(crate) workload_api: WorkloadApiFileConfig,
+    /// `store { etcd { … } }`.
+    pub(crate) etcd: EtcdFileConfig,
     /// Dotted names of keys libconnect does not use (values are never kept).
     pub(crate) unknown_keys: Vec<String>,
 }
@@ -508,6 +518,7 @@ impl AgentConfigFile {
                 "connect" => c.read_connect(value)?,
                 "limits" => c.limits.read(value, &mut c.unknown_keys)?,
                 "workload_api" => c.workload_api.read(value, &mut c.unknown_keys)?,
+                "store" => c.read_store(value)?,
                 _ => c.unknown_keys.push(key.clone()),
             }
         }
@@ -581,6 +592,42 @@ impl AgentConfigFile {
         Ok(())
     }
 
+    /// The `store` block: `store { etcd { endpoints, prefix, kek_file, tls { … } } }`.
+    fn read_store(&mut self, value: &Value) -> Result<(), Error> {
+        for (k, v) in object(value, "store")? {
+            let name = format!("store.{k}");
+            if k != "etcd" {
+                return Err(invalid(format!(
+                    "{name}: unknown store (the one shared store is \"etcd\")"
+                )));
+            }
+            for (ek, ev) in object(&v, &name)? {
+                let ename = format!("{name}.{ek}");
+                let e = &mut self.etcd;
+                match ek.as_str() {
+                    "endpoints" => e.endpoints = Some(strings(&ename, &ev)?),
+                    "prefix" => e.prefix = Some(string(&ename, &ev)?),
+                    "kek_file" => e.kek_file = Some(PathBuf::from(string(&ename, &ev)?)),
+                    "tls" => {
+                        for (tk, tv) in object(&ev, &ename)? {
+                            let tname = format!("{ename}.{tk}");
+                            let path = Some(PathBuf::from(string(&tname, &tv)?));
+                            match tk.as_str() {
+                                "ca_file" => e.ca_file = path,
+                                "cert_file" => e.cert_file = path,
+                                "key_file" => e.key_file = path,
+                                _ => return Err(invalid(format!("{tname}: unknown key"))),
+                            }
+                        }
+                    }
+                    // A typo here would silently fall back to another store: refuse it.
+                    _ => return Err(invalid(format!("{ename}: unknown key"))),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Merges `later` over `self`, as Consul merges several `-config-file`s: a value set
     /// in `later` wins; `ca_config` maps merge key by key.
     pub(crate) fn merge(&mut self, later: AgentConfigFile) {
@@ -621,8 +668,32 @@ impl AgentConfigFile {
         }
         self.limits.merge(later.limits);
         self.workload_api.merge(later.workload_api);
+        let (e, l) = (&mut self.etcd, later.etcd);
+        over(&mut e.endpoints, l.endpoints);
+        over(&mut e.prefix, l.prefix);
+        over(&mut e.kek_file, l.kek_file);
+        over(&mut e.ca_file, l.ca_file);
+        over(&mut e.cert_file, l.cert_file);
+        over(&mut e.key_file, l.key_file);
         self.unknown_keys.extend(later.unknown_keys);
     }
+}
+
+/// `store { etcd { … } }`: where several servers of a datacenter share their state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct EtcdFileConfig {
+    /// `endpoints`: client URLs of the etcd members.
+    pub(crate) endpoints: Option<Vec<String>>,
+    /// `prefix`: the datacenter's key prefix.
+    pub(crate) prefix: Option<String>,
+    /// `kek_file`: the key-encryption key (32 bytes, base64).
+    pub(crate) kek_file: Option<PathBuf>,
+    /// `tls.ca_file`.
+    pub(crate) ca_file: Option<PathBuf>,
+    /// `tls.cert_file`.
+    pub(crate) cert_file: Option<PathBuf>,
+    /// `tls.key_file`.
+    pub(crate) key_file: Option<PathBuf>,
 }
 
 /// A block as an object. HCL gives a repeated block as an array of objects (and JSON may
@@ -1002,5 +1073,81 @@ mod tests {
             ConfigFormat::detect(Path::new("a.conf"), "x = 1"),
             ConfigFormat::Hcl
         );
+    }
+
+    #[test]
+    fn store_etcd_block_in_hcl_and_json() {
+        let hcl = r#"
+            store {
+              etcd {
+                endpoints = ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+                prefix    = "/connect/east"
+                kek_file  = "/etc/connect/kek.b64"
+                tls {
+                  ca_file   = "ca.pem"
+                  cert_file = "c.pem"
+                  key_file  = "k.pem"
+                }
+              }
+            }
+        "#;
+        let json = r#"{"store": {"etcd": {
+            "endpoints": ["http://10.0.0.1:2379", "http://10.0.0.2:2379"],
+            "prefix": "/connect/east", "kek_file": "/etc/connect/kek.b64",
+            "tls": {"ca_file": "ca.pem", "cert_file": "c.pem", "key_file": "k.pem"}}}}"#;
+        let want = EtcdFileConfig {
+            endpoints: Some(vec![
+                "http://10.0.0.1:2379".into(),
+                "http://10.0.0.2:2379".into(),
+            ]),
+            prefix: Some("/connect/east".into()),
+            kek_file: Some("/etc/connect/kek.b64".into()),
+            ca_file: Some("ca.pem".into()),
+            cert_file: Some("c.pem".into()),
+            key_file: Some("k.pem".into()),
+        };
+        for (text, format) in [(hcl, ConfigFormat::Hcl), (json, ConfigFormat::Json)] {
+            let c = AgentConfigFile::parse(text, format).unwrap();
+            assert_eq!(c.etcd, want);
+            assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+        }
+        // A lone endpoint is a list of one; a later file's values win.
+        let mut merged = AgentConfigFile::parse(hcl, ConfigFormat::Hcl).unwrap();
+        merged.merge(
+            AgentConfigFile::parse(
+                r#"{"store": {"etcd": {"endpoints": "http://e:2379"}}}"#,
+                ConfigFormat::Json,
+            )
+            .unwrap(),
+        );
+        assert_eq!(merged.etcd.endpoints, Some(vec!["http://e:2379".into()]));
+        assert_eq!(merged.etcd.prefix.as_deref(), Some("/connect/east"));
+    }
+
+    #[test]
+    fn bad_store_blocks_are_refused_with_the_key() {
+        for (text, needle) in [
+            (
+                r#"{"store": {"consul": {}}}"#,
+                "store.consul: unknown store",
+            ),
+            (
+                r#"{"store": {"etcd": {"endpoint": "x"}}}"#,
+                "store.etcd.endpoint: unknown key",
+            ),
+            (
+                r#"{"store": {"etcd": {"tls": {"ca": "x"}}}}"#,
+                "store.etcd.tls.ca: unknown key",
+            ),
+            (
+                r#"{"store": {"etcd": {"endpoints": {"a": 1}}}}"#,
+                "store.etcd.endpoints",
+            ),
+            (r#"{"store": "etcd"}"#, "store: expected a block"),
+        ] {
+            let err = AgentConfigFile::parse(text, ConfigFormat::Json).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidParameter);
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
     }
 }

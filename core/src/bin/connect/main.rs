@@ -23,6 +23,7 @@ mod agent;
 mod client;
 mod config_file;
 mod gateway;
+mod ha;
 mod http_server;
 mod proxy;
 
@@ -230,6 +231,14 @@ pub(crate) struct AgentArgs {
     /// callers are attested against the `workload_api { workload { ... } }` registrations.
     #[arg(long = "workload-api-socket", value_name = "PATH")]
     pub(crate) workload_api_socket: Option<PathBuf>,
+    /// Keep the state in etcd, shared with the datacenter's other servers: an etcd client URL;
+    /// may be repeated (replaces `store.etcd.endpoints`).
+    #[arg(long = "store-etcd", value_name = "URL")]
+    pub(crate) store_etcd: Vec<String>,
+    /// The key-encryption key (32 bytes, base64) that seals CA keys and token secrets in etcd
+    /// [env: CONNECT_ETCD_KEK_FILE; else `store.etcd.kek_file`].
+    #[arg(long = "store-etcd-kek-file", value_name = "FILE")]
+    pub(crate) store_etcd_kek_file: Option<PathBuf>,
 }
 
 /// Flags of every client command (Consul's names and environment variables).
