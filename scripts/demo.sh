@@ -22,6 +22,9 @@ if [ $build = 1 ]; then
   command -v node >/dev/null || need_apt+=(nodejs)
   command -v npm >/dev/null || need_apt+=(npm)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+  # The CLI's etcd client compiles etcd's gRPC definitions: protoc and protobuf's .proto files.
+  { command -v protoc >/dev/null && [ -f /usr/include/google/protobuf/descriptor.proto ]; } \
+    || need_apt+=(protobuf-compiler libprotobuf-dev)
   if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing: ${need_apt[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
