@@ -898,28 +898,47 @@ impl AppState {
         Ok(resp)
     }
 
-    /// The blocking loop of [`AppState::read`].
+    /// The blocking loop of [`AppState::read`]: index-based blocking (Consul docs: Blocking
+    /// Queries).
     async fn read_indexed<T>(
         &self,
         o: &QueryOptions,
         tables: &[Table],
         read: impl Fn(&Server, Option<&str>) -> Result<Indexed<T>, Error>,
     ) -> Result<Indexed<T>, ApiError> {
-        let (server, token) = (&self.server, o.token.as_deref());
-        let deadline = tokio::time::Instant::now() + o.wait_with_jitter();
         // The read's own index decides, not the watched tables': a read may report one
         // table's index while it watches several (`/v1/catalog/services` reports the services
         // table and watches nodes and checks too), and waiting for the tables to pass
         // `min_index` would then return at once, forever, to a watcher on an idle agent.
+        self.read_while(o, tables, read, |current| {
+            o.min_index > 0 && current.index <= o.min_index
+        })
+        .await
+    }
+
+    /// Reads, and while `unchanged` holds of what it read, waits for a write to `tables` and
+    /// reads again, until `?wait=` (with jitter) runs out. Index-based blocking
+    /// ([`AppState::read_indexed`]) and hash-based blocking (`agent/service/:id`) both run on it.
+    async fn read_while<T>(
+        &self,
+        o: &QueryOptions,
+        tables: &[Table],
+        read: impl Fn(&Server, Option<&str>) -> Result<T, Error>,
+        unchanged: impl Fn(&T) -> bool,
+    ) -> Result<T, ApiError> {
+        let (server, token) = (&self.server, o.token.as_deref());
+        let deadline = tokio::time::Instant::now() + o.wait_with_jitter();
         // Taken before the read, so a change between the two wakes the wait below.
         let mut seen = server.store().view().max_index(tables);
         let mut current = read(server, token)?;
-        while o.min_index > 0 && current.index <= o.min_index {
+        while unchanged(&current) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 break;
             }
-            server.wait(tables, seen.max(o.min_index), left).await;
+            server
+                .wait(tables, seen.max(o.min_index).max(1), left)
+                .await;
             seen = server.store().view().max_index(tables);
             current = read(server, token)?;
         }
@@ -1812,22 +1831,18 @@ async fn agent_service(
     Path(id): Path<String>,
     Req { o, .. }: Req,
 ) -> ApiResult {
-    let (server, token) = (&st.server, o.token.as_deref());
-    let deadline = tokio::time::Instant::now() + o.wait_with_jitter();
-    // Taken before each read, so a change between the read and the wait wakes the wait.
-    let mut seen = server.store().view().max_index(Table::CATALOG);
-    let mut service = server.agent_service(token, &id)?;
-    let mut hash = service.content_hash();
-    while o.hash.as_deref() == Some(hash.as_str()) {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        server.wait(Table::CATALOG, seen.max(1), left).await;
-        seen = server.store().view().max_index(Table::CATALOG);
-        service = server.agent_service(token, &id)?;
-        hash = service.content_hash();
-    }
+    let (service, hash) = st
+        .read_while(
+            &o,
+            Table::CATALOG,
+            |server, token| {
+                let service = server.agent_service(token, &id)?;
+                let hash = service.content_hash();
+                Ok((service, hash))
+            },
+            |(_, hash)| o.hash.as_deref() == Some(hash.as_str()),
+        )
+        .await?;
     let mut body = serde_json::to_value(&service).map_err(|e| {
         ApiError(Error::new(
             ErrorKind::Internal,
