@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use webpki::anchor_from_trusted_cert;
 use zeroize::Zeroizing;
 
-use super::verify::{PeerRole, check_chain, leaf_identity};
+use super::verify::{PeerRole, VerifiedChains, check_chain, leaf_identity};
 use super::{KeyExchange, crypto_provider, errors::from_rustls};
 use crate::ca::{IndexedCaRoots, IssuedCert, PrivateKey};
 use crate::certs::{self, pem_encode};
@@ -190,11 +190,24 @@ impl Svid {
 ///
 /// All roots count, not only the active one: during a rotation peers still hold leaves of the
 /// old root (Consul CA docs, root rotation).
-#[derive(Clone)]
 pub struct Bundle {
     trust_domain: TrustDomain,
     roots: Vec<CertificateDer<'static>>,
     anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
+    /// Peer chains that verified against these roots; a bundle of other roots starts empty.
+    verified: VerifiedChains,
+}
+
+impl Clone for Bundle {
+    /// The same roots with an empty cache of verified chains.
+    fn clone(&self) -> Bundle {
+        Bundle {
+            trust_domain: self.trust_domain.clone(),
+            roots: self.roots.clone(),
+            anchors: self.anchors.clone(),
+            verified: VerifiedChains::default(),
+        }
+    }
 }
 
 impl fmt::Debug for Bundle {
@@ -233,6 +246,7 @@ impl Bundle {
             trust_domain,
             roots,
             anchors,
+            verified: VerifiedChains::default(),
         })
     }
 
@@ -263,6 +277,10 @@ impl Bundle {
 
     pub(crate) fn anchors(&self) -> &[rustls_pki_types::TrustAnchor<'static>] {
         &self.anchors
+    }
+
+    pub(crate) fn verified_chains(&self) -> &VerifiedChains {
+        &self.verified
     }
 }
 

@@ -1,6 +1,7 @@
 //! PEM material for applications that keep their own TLS stack, and the explained
 //! authorization they call after their handshake.
 
+use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -77,6 +78,9 @@ pub enum PeerInput<'a> {
     CertDer(&'a [u8]),
     /// The peer's chain as PEM, leaf first (verified against our roots first).
     ChainPem(&'a str),
+    /// The peer's chain as DER certificates, leaf first, as a TLS stack reports it (verified
+    /// against our roots first). An empty chain is an `InvalidCertificate` error.
+    ChainDer(&'a [CertificateDer<'a>]),
     /// The peer's SPIFFE ID, already verified by the caller's TLS stack.
     Uri(&'a str),
 }

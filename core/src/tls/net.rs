@@ -190,37 +190,109 @@ const BACKLOG: usize = 64;
 
 /// One live connection as the revocation task sees it.
 struct Live {
-    peer: SpiffeId,
-    chain: Vec<CertificateDer<'static>>,
+    /// The chain the peer presented, shared with the other live connections that presented
+    /// the same bytes (the key of [`Registry::peers`]).
+    chain: Arc<[CertificateDer<'static>]>,
     /// A second descriptor of the connection's socket: shutting it down ends the connection
     /// whatever the application is doing with it (reads return end-of-stream, the peer gets
     /// a FIN). It must be dropped with the connection, or the socket would outlive it.
     socket: std::net::TcpStream,
 }
 
-/// The live connections of one listener.
+/// A distinct peer chain among the live connections.
+struct PeerEntry {
+    peer: SpiffeId,
+    /// How many entries of [`Registry::conns`] share the chain.
+    connections: usize,
+}
+
+/// The live connections of one listener. A mesh's clients present the same few chains again
+/// and again, so each distinct chain is held (and re-authorized) once, however many
+/// connections presented it: a held connection costs a map slot and a descriptor, not a copy
+/// of its chain.
+#[derive(Default)]
+struct Registry {
+    conns: HashMap<u64, Live>,
+    peers: HashMap<Arc<[CertificateDer<'static>]>, PeerEntry>,
+}
+
+impl Registry {
+    fn insert(
+        &mut self,
+        id: u64,
+        peer: &SpiffeId,
+        chain: &[CertificateDer<'static>],
+        socket: std::net::TcpStream,
+    ) {
+        let known = self.peers.get_key_value(chain).map(|(k, _)| Arc::clone(k));
+        let chain = match known {
+            Some(shared) => {
+                if let Some(entry) = self.peers.get_mut(&*shared) {
+                    entry.connections += 1;
+                }
+                shared
+            }
+            None => {
+                let shared: Arc<[CertificateDer<'static>]> = chain.iter().cloned().collect();
+                self.peers.insert(
+                    Arc::clone(&shared),
+                    PeerEntry {
+                        peer: peer.clone(),
+                        connections: 1,
+                    },
+                );
+                shared
+            }
+        };
+        self.conns.insert(id, Live { chain, socket });
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Live> {
+        let live = self.conns.remove(&id)?;
+        if let Some(entry) = self.peers.get_mut(&*live.chain) {
+            entry.connections -= 1;
+            if entry.connections == 0 {
+                self.peers.remove(&*live.chain);
+            }
+        }
+        Some(live)
+    }
+}
+
+/// The live connections of one listener and the ids it hands out.
 #[derive(Default)]
 struct LiveSet {
     next: AtomicU64,
-    conns: Mutex<HashMap<u64, Live>>,
+    registry: Mutex<Registry>,
 }
 
 impl LiveSet {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Live>> {
-        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Re-authorizes every live connection and shuts down the ones now denied.
+    /// Re-authorizes every distinct live peer chain and shuts down the connections of the
+    /// ones now denied.
     fn recheck(&self, server: &MtlsServer) {
         // Decide under the lock (authorizers are cheap and never block), shut down after it.
         let revoked: Vec<Live> = {
-            let mut conns = self.lock();
-            let denied: Vec<u64> = conns
+            let mut reg = self.lock();
+            let denied: Vec<Arc<[CertificateDer<'static>]>> = reg
+                .peers
                 .iter()
-                .filter(|(_, l)| !server.still_authorized(&l.peer, &l.chain))
+                .filter(|(chain, e)| !server.still_authorized(&e.peer, chain, e.connections))
+                .map(|(chain, _)| Arc::clone(chain))
+                .collect();
+            if denied.is_empty() {
+                return;
+            }
+            let ids: Vec<u64> = reg
+                .conns
+                .iter()
+                .filter(|(_, l)| denied.iter().any(|d| Arc::ptr_eq(d, &l.chain)))
                 .map(|(id, _)| *id)
                 .collect();
-            denied.iter().filter_map(|id| conns.remove(id)).collect()
+            ids.into_iter().filter_map(|id| reg.remove(id)).collect()
         };
         for l in revoked {
             let _ = l.socket.shutdown(std::net::Shutdown::Both);
@@ -236,7 +308,7 @@ struct LiveGuard {
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.set.lock().remove(&self.id);
+        self.set.lock().remove(self.id);
     }
 }
 
@@ -256,23 +328,17 @@ fn track(
     server: &MtlsServer,
 ) -> Option<Connection> {
     let id = set.next.fetch_add(1, Ordering::Relaxed);
-    let peer = conn.peer_id.clone();
-    let chain = conn.peer_certificates().to_vec();
-    set.lock().insert(
-        id,
-        Live {
-            peer: peer.clone(),
-            chain: chain.clone(),
-            socket,
-        },
-    );
+    set.lock()
+        .insert(id, &conn.peer_id, conn.peer_certificates(), socket);
     conn.live = Some(LiveGuard {
         set: Arc::clone(set),
         id,
     });
     // Checked after the insert: a change that lands later is seen by the task (it reads the
     // map after the change), one that landed earlier is seen here.
-    server.still_authorized(&peer, &chain).then_some(conn)
+    server
+        .still_authorized(&conn.peer_id, conn.peer_certificates(), 1)
+        .then_some(conn)
 }
 
 /// Re-authorizes `set` on every change of the authorizer and every `interval`; ends when the

@@ -592,16 +592,18 @@ impl MtlsServer {
     /// A certificate input is verified against the current roots first (give the chain as
     /// PEM when the leaf is signed by an intermediate); a URI is only authorized.
     pub fn authorize_peer(&self, input: PeerInput<'_>) -> Result<PeerAuthorization> {
-        let (peer, chain) = match input {
-            PeerInput::Uri(uri) => (SpiffeId::parse(uri)?, Vec::new()),
+        let owned: Vec<CertificateDer<'static>>;
+        let (peer, chain): (SpiffeId, &[CertificateDer<'_>]) = match input {
+            PeerInput::Uri(uri) => (SpiffeId::parse(uri)?, &[]),
             PeerInput::CertDer(der) => {
                 certs::CertInfo::from_der(der)?;
-                let chain = vec![CertificateDer::from(der.to_vec())];
-                (self.verified_peer(&chain)?, chain)
+                owned = vec![CertificateDer::from(der.to_vec())];
+                (self.verified_peer(&owned)?, &owned)
             }
+            PeerInput::ChainDer(chain) => (self.verified_peer(chain)?, chain),
             PeerInput::ChainPem(pem) => {
-                let chain = certs::parse_pem_certificates(pem)?;
-                (self.verified_peer(&chain)?, chain)
+                owned = certs::parse_pem_certificates(pem)?;
+                (self.verified_peer(&owned)?, &owned)
             }
         };
         if peer.as_service().is_none() {
@@ -611,7 +613,7 @@ impl MtlsServer {
                 reason: "ClientCertURI not a valid Service identifier".into(),
             });
         }
-        let d = self.shared.authorizer.explain(&peer, &chain);
+        let d = self.shared.authorizer.explain(&peer, chain);
         Ok(PeerAuthorization {
             peer,
             allowed: d.allowed,
@@ -619,18 +621,27 @@ impl MtlsServer {
         })
     }
 
-    /// Whether a live connection's peer still passes the authorizer; counts and logs a
-    /// revocation when it does not.
-    pub(crate) fn still_authorized(&self, peer: &SpiffeId, chain: &[CertificateDer<'_>]) -> bool {
+    /// Whether the live connections that `peer` opened with `chain` (`connections` of them)
+    /// still pass the authorizer; counts and logs their revocation when they do not.
+    pub(crate) fn still_authorized(
+        &self,
+        peer: &SpiffeId,
+        chain: &[CertificateDer<'_>],
+        connections: usize,
+    ) -> bool {
         match self.shared.authorizer.authorize(peer, chain) {
             Ok(()) => true,
             Err(denied) => {
-                self.shared.counters.revoked.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .revoked
+                    .fetch_add(connections as u64, Ordering::Relaxed);
                 tracing::info!(
                     service = self.shared.identity.service(),
                     peer = %peer,
                     reason = denied.reason(),
-                    "connect: closing a live connection: peer no longer authorized"
+                    connections,
+                    "connect: closing live connections: peer no longer authorized"
                 );
                 false
             }
@@ -647,7 +658,7 @@ impl MtlsServer {
         self.shared.revocation_interval
     }
 
-    fn verified_peer(&self, chain: &[CertificateDer<'static>]) -> Result<SpiffeId> {
+    fn verified_peer(&self, chain: &[CertificateDer<'_>]) -> Result<SpiffeId> {
         let bundle = self.shared.identity.require_bundle()?;
         let now = self.shared.identity.clock().now();
         super::verify::verify_chain(&bundle, chain, now, PeerRole::Client)?;

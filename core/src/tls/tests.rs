@@ -170,3 +170,213 @@ fn kx_cost_of_a_full_handshake() {
     assert!((1180..=1250).contains(&up), "client->server extra {up}");
     assert!((1080..=1110).contains(&down), "server->client extra {down}");
 }
+
+// The cache of verified chains (`verify::VerifiedChains`): what a hit may skip, and that
+// every rejection still happens.
+
+#[test]
+fn a_remembered_chain_still_expires_on_the_clock() {
+    let mut ca = Ca::new();
+    let bundle = Bundle::from_ca_roots(&ca.ca.roots()).unwrap();
+    let svid = ca.svid("web");
+    let now = ca.clock.now();
+    verify_chain(&bundle, svid.chain(), now, PeerRole::Client).unwrap();
+    assert_eq!(bundle.verified_chains().len(), 1);
+    // A hit, then the same chain a second after the leaf's notAfter: refused as expired.
+    verify_chain(&bundle, svid.chain(), now, PeerRole::Client).unwrap();
+    let late = svid.not_after() + time::Duration::seconds(1);
+    let e = verify_chain(&bundle, svid.chain(), late, PeerRole::Client).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CertificateVerification, "{e}");
+    assert!(e.to_string().contains("expired"), "{e}");
+    // And before its notBefore (a clock set back).
+    let early = now - time::Duration::days(2);
+    let e = verify_chain(&bundle, svid.chain(), early, PeerRole::Client).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CertificateVerification, "{e}");
+}
+
+#[test]
+fn failures_are_not_remembered_and_new_roots_start_empty() {
+    let mut ca = Ca::new();
+    let mut other = Ca::new();
+    let bundle = Bundle::from_ca_roots(&ca.ca.roots()).unwrap();
+    let now = ca.clock.now();
+    let stranger = other.svid("web");
+    for _ in 0..2 {
+        let e = verify_chain(&bundle, stranger.chain(), now, PeerRole::Client).unwrap_err();
+        assert!(e.to_string().contains("unknown authority"), "{e}");
+    }
+    assert_eq!(bundle.verified_chains().len(), 0);
+
+    // A chain remembered by one bundle means nothing to a bundle of other roots, nor to a
+    // copy of the same roots.
+    let ours = ca.svid("web");
+    verify_chain(&bundle, ours.chain(), now, PeerRole::Client).unwrap();
+    let rotated = Bundle::from_ca_roots(&other.ca.roots()).unwrap();
+    let e = verify_chain(&rotated, ours.chain(), now, PeerRole::Client).unwrap_err();
+    assert!(e.to_string().contains("unknown authority"), "{e}");
+    assert_eq!(bundle.clone().verified_chains().len(), 0);
+}
+
+#[test]
+fn a_chain_is_remembered_by_its_exact_bytes_and_role_and_the_cache_is_bounded() {
+    let mut ca = Ca::new();
+    let bundle = Bundle::from_ca_roots(&ca.ca.roots()).unwrap();
+    let now = ca.clock.now();
+    let svid = ca.svid("web");
+    verify_chain(&bundle, svid.chain(), now, PeerRole::Client).unwrap();
+    verify_chain(&bundle, svid.chain(), now, PeerRole::Server).unwrap();
+    assert_eq!(bundle.verified_chains().len(), 2);
+    // One byte changed in the signature: a different chain, verified (and refused) in full.
+    let mut forged = svid.chain()[0].as_ref().to_vec();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let forged = [rustls_pki_types::CertificateDer::from(forged)];
+    assert!(verify_chain(&bundle, &forged, now, PeerRole::Client).is_err());
+    assert_eq!(bundle.verified_chains().len(), 2);
+
+    for i in 0..super::verify::VERIFIED_CHAINS_CAPACITY + 3 {
+        let s = ca.svid(&format!("svc{i}"));
+        verify_chain(&bundle, s.chain(), now, PeerRole::Client).unwrap();
+    }
+    assert_eq!(
+        bundle.verified_chains().len(),
+        super::verify::VERIFIED_CHAINS_CAPACITY
+    );
+}
+
+/// Presents a fixed chain with a fixed key, whatever it matches.
+#[derive(Debug)]
+struct FixedClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Accepts any server: the test is about what the server makes of the client.
+#[derive(Debug)]
+struct AnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider::sig_algs())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider::sig_algs())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        provider::sig_algs().supported_schemes()
+    }
+}
+
+/// Runs a handshake in memory until it completes or one side fails; the first error wins.
+fn try_handshake(
+    server: &MtlsServer,
+    client: Arc<rustls::ClientConfig>,
+) -> Result<(), rustls::Error> {
+    let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+    let mut c = ClientConnection::new(client, name)?;
+    let mut s = ServerConnection::new(server.config())?;
+    for _ in 0..20 {
+        let mut buf = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut buf).unwrap();
+        }
+        s.read_tls(&mut &buf[..]).unwrap();
+        s.process_new_packets()?;
+        buf.clear();
+        while s.wants_write() {
+            s.write_tls(&mut buf).unwrap();
+        }
+        c.read_tls(&mut &buf[..]).unwrap();
+        c.process_new_packets()?;
+        if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() && !s.wants_write() {
+            return Ok(());
+        }
+    }
+    panic!("the handshake neither completed nor failed")
+}
+
+/// The attack the cache must not open: a peer replaying a chain the server has verified and
+/// remembered, without the leaf's private key, fails the handshake's CertificateVerify.
+#[test]
+fn a_remembered_chain_without_its_key_is_refused_in_the_handshake() {
+    let mut ca = Ca::new();
+    let web = ca.identity("web");
+    let db = ca.identity("db");
+    let server = mtls_server(&db)
+        .authorize(authorizer::any())
+        .build()
+        .unwrap();
+    // db's bundle already holds db's own chain, checked when its SVID was installed.
+    let bundle = db.snapshot().bundle().cloned().unwrap();
+    let before = bundle.verified_chains().len();
+    try_handshake(&server, mtls_client(&web, "db").build().unwrap().config()).unwrap();
+    assert_eq!(
+        bundle.verified_chains().len(),
+        before + 1,
+        "web's chain is remembered"
+    );
+
+    let provider = crypto_provider(KeyExchange::default());
+    let other = crate::ca::PrivateKey::generate(crate::ca::KeySpec::EC_P256).unwrap();
+    let key = provider
+        .key_provider
+        .load_private_key(rustls_pki_types::PrivateKeyDer::Pkcs8(
+            other.to_pkcs8_der().unwrap().to_vec().into(),
+        ))
+        .unwrap();
+    let stolen = web.snapshot().svid().unwrap().chain().to_vec();
+    let forger = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_client_cert_resolver(Arc::new(FixedClientCert(Arc::new(
+            rustls::sign::CertifiedKey::new(stolen, key),
+        ))));
+    let e = try_handshake(&server, Arc::new(forger)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)
+                | rustls::Error::PeerMisbehaved(_)
+                | rustls::Error::AlertReceived(_)
+        ),
+        "{e:?}"
+    );
+    // The real web still gets in, from the cache.
+    try_handshake(&server, mtls_client(&web, "db").build().unwrap().config()).unwrap();
+}

@@ -1,10 +1,15 @@
 //! Chain verification against the current roots, and the identity a leaf names (Consul docs:
 //! Connect-Native).
 
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, PoisonError};
+
+use rustc_hash::{FxHashMap, FxHasher};
 use rustls::CertificateError;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
 use webpki::{EndEntityCert, KeyUsage};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::errors::VerifyFailure;
 use super::identity::Bundle;
@@ -34,11 +39,33 @@ pub(crate) fn unix_time(t: OffsetDateTime) -> UnixTime {
 /// Every root of the bundle is a trust anchor, so during a CA rotation leaves of the old and
 /// the new root both verify, and a new leaf whose chain carries the new root cross-signed by the
 /// old one verifies for a peer that has only the old root (Consul CA docs, root rotation).
+///
+/// A chain that verified before against the same bundle for the same role is not verified
+/// again while `now` lies inside the validity of every certificate it carries (see
+/// [`VerifiedChains`]); anything else — a new chain, a failed one, a time outside that window —
+/// runs webpki's whole verification.
 pub(crate) fn check_chain(
     bundle: &Bundle,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     now: OffsetDateTime,
+    role: PeerRole,
+) -> std::result::Result<(), rustls::Error> {
+    let now = unix_time(now);
+    let verified = bundle.verified_chains();
+    if verified.contains(end_entity, intermediates, role, now) {
+        return Ok(());
+    }
+    verify_with_webpki(bundle, end_entity, intermediates, now, role)?;
+    verified.insert(end_entity, intermediates, role);
+    Ok(())
+}
+
+fn verify_with_webpki(
+    bundle: &Bundle,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
     role: PeerRole,
 ) -> std::result::Result<(), rustls::Error> {
     let ee = EndEntityCert::try_from(end_entity)
@@ -51,13 +78,132 @@ pub(crate) fn check_chain(
         sig_algs().all,
         bundle.anchors(),
         intermediates,
-        unix_time(now),
+        now,
         usage,
         None,
         None,
     )
     .map(|_| ())
     .map_err(webpki_error)
+}
+
+/// How many verified chains a bundle remembers. A service meets the chains of its peers'
+/// instances; beyond this many, the oldest-placed entries give way (a miss only costs the
+/// verification the cache would have saved).
+pub(crate) const VERIFIED_CHAINS_CAPACITY: usize = 512;
+
+/// Chains that verified against one [`Bundle`], keyed by their exact DER bytes and the role
+/// they verified for, with the time window in which every certificate of the chain is valid.
+///
+/// In a mesh the same peer chains arrive again and again, and verifying one costs a signature
+/// check per certificate. What a hit skips is only that: the chain's bytes are compared in
+/// full, the window is checked against the clock on every use, failures are never stored, the
+/// cache belongs to the bundle so new roots start with an empty one, and the handshake's
+/// CertificateVerify signature — the proof that the peer holds the leaf's key — is checked by
+/// rustls on every handshake as before.
+#[derive(Default)]
+pub(crate) struct VerifiedChains {
+    entries: Mutex<FxHashMap<u64, VerifiedChain>>,
+}
+
+struct VerifiedChain {
+    role: PeerRole,
+    chain: Vec<CertificateDer<'static>>,
+    /// Seconds since the epoch: the latest notBefore and the earliest notAfter of the chain,
+    /// compared as webpki compares them (valid when `not_before <= now <= not_after`).
+    not_before: u64,
+    not_after: u64,
+}
+
+impl VerifiedChains {
+    fn key(end_entity: &[u8], intermediates: &[CertificateDer<'_>], role: PeerRole) -> u64 {
+        let mut h = FxHasher::default();
+        role.hash(&mut h);
+        end_entity.hash(&mut h);
+        for c in intermediates {
+            c.as_ref().hash(&mut h);
+        }
+        h.finish()
+    }
+
+    fn contains(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        role: PeerRole,
+        now: UnixTime,
+    ) -> bool {
+        let key = Self::key(end_entity, intermediates, role);
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(e) = entries.get(&key) else {
+            return false;
+        };
+        let now = now.as_secs();
+        e.role == role
+            && e.not_before <= now
+            && now <= e.not_after
+            && e.chain.len() == 1 + intermediates.len()
+            && e.chain[0].as_ref() == end_entity.as_ref()
+            && e.chain[1..]
+                .iter()
+                .zip(intermediates)
+                .all(|(a, b)| a.as_ref() == b.as_ref())
+    }
+
+    /// Remembers a chain that has just verified. A chain whose validity cannot be read is not
+    /// remembered (it is verified again each time).
+    fn insert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        role: PeerRole,
+    ) {
+        let mut not_before = 0u64;
+        let mut not_after = u64::MAX;
+        for der in std::iter::once(end_entity).chain(intermediates) {
+            let Ok((_, cert)) = X509Certificate::from_der(der) else {
+                return;
+            };
+            let v = cert.validity();
+            let (Ok(nb), Ok(na)) = (
+                u64::try_from(v.not_before.timestamp()),
+                u64::try_from(v.not_after.timestamp()),
+            ) else {
+                return;
+            };
+            not_before = not_before.max(nb);
+            not_after = not_after.min(na);
+        }
+        let chain = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.clone().into_owned())
+            .collect();
+        let key = Self::key(end_entity, intermediates, role);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= VERIFIED_CHAINS_CAPACITY && !entries.contains_key(&key) {
+            if let Some(&evict) = entries.keys().next() {
+                entries.remove(&evict);
+            }
+        }
+        entries.insert(
+            key,
+            VerifiedChain {
+                role,
+                chain,
+                not_before,
+                not_after,
+            },
+        );
+    }
+
+    /// How many chains are remembered (for tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
 }
 
 fn webpki_error(e: webpki::Error) -> rustls::Error {
