@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use connect_core::agent::ConnectService;
 use connect_core::catalog::MeshGatewayMode;
-use connect_core::certs::der_to_pem;
 use connect_core::tls::PeerInput;
 use connect_core::{Error, ErrorKind};
 use napi::bindgen_prelude::{Buffer, Either3, Function};
@@ -231,8 +230,11 @@ impl NativeService {
             Either3::A(s) => svc.authorize(PeerInput::Uri(s)),
             Either3::B(der) => svc.authorize(PeerInput::CertDer(der)),
             Either3::C(chain) => {
-                let pem: String = chain.iter().map(|der| der_to_pem(der)).collect();
-                svc.authorize(PeerInput::ChainPem(&pem))
+                let ders: Vec<CertificateDer<'_>> = chain
+                    .iter()
+                    .map(|b| CertificateDer::from(b.as_ref()))
+                    .collect();
+                svc.authorize(PeerInput::ChainDer(&ders))
             }
         }
         .map_err(map_error)?;
