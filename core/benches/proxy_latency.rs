@@ -173,6 +173,11 @@ impl Proc {
     fn rss_kib(&self) -> u64 {
         bench_support::rss_kib_of(&self.child.id().to_string())
     }
+
+    /// Its private memory now (what ending it would free), in KiB.
+    fn private_kib(&self) -> u64 {
+        bench_support::private_kib_of(&self.child.id().to_string())
+    }
 }
 
 fn connect_bin() -> PathBuf {
@@ -801,6 +806,8 @@ fn main() {
             if let Some(p) = &r.proxies {
                 v["rss_kib"] = json!({"inbound": p.inbound.rss_kib(),
                                       "outbound": p.outbound.rss_kib()});
+                v["private_kib"] = json!({"inbound": p.inbound.private_kib(),
+                                          "outbound": p.outbound.private_kib()});
             }
             out.insert(r.name.to_owned(), v);
         }
@@ -825,7 +832,13 @@ fn main() {
             results[name]["bulk_mib_per_s"].as_f64().unwrap(),
             match &results[name]["rss_kib"] {
                 serde_json::Value::Null => String::new(),
-                v => format!("   RSS in {} KiB, out {} KiB", v["inbound"], v["outbound"]),
+                v => format!(
+                    "   RSS in {} KiB, out {} KiB; private in {} KiB, out {} KiB",
+                    v["inbound"],
+                    v["outbound"],
+                    results[name]["private_kib"]["inbound"],
+                    results[name]["private_kib"]["outbound"]
+                ),
             }
         );
     }

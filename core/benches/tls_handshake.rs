@@ -16,7 +16,9 @@
 //! `WebPkiClientVerifier` with the root, `with_single_cert`, `with_root_certificates` and a DNS
 //! name in the leaf, the same provider, versions, key-exchange groups, session cache and
 //! ticketer, through tokio-rustls over loopback. Run:
-//! `cargo bench -p connect-core --bench tls_handshake` (filters: `mtls_`, `loopback_`).
+//! `cargo bench -p connect-core --bench tls_handshake` (filters: `mtls_`, `loopback_`,
+//! `loopback_bulk_paired`: the bulk figure with the stacks in turn, see
+//! `bench_loopback_paired`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark set-up")]
 
@@ -338,9 +340,101 @@ fn bench_loopback(c: &mut Criterion) {
     g.finish();
 }
 
+/// Sends `mib` MiB in 64 KiB writes, each MiB acknowledged by the receiver; returns MiB/s.
+async fn bulk_rate(s: &mut Box<dyn Duplex>, data: &[u8], mib: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..mib {
+        for chunk in data.chunks(64 * 1024) {
+            s.write_all(chunk).await.unwrap();
+        }
+        s.flush().await.unwrap();
+        let mut ack = [0u8; 1];
+        s.read_exact(&mut ack).await.unwrap();
+    }
+    mib as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Loopback bulk with the stacks in turn: criterion measures one stack after the other, so
+/// whatever the machine does meanwhile (another process, frequency, the allocator's state
+/// after the previous stack) falls on one of them. Here every round sends the same amount over
+/// each stack, starting with a different one each round, and the ratio is taken per round.
+/// Writes `tls_loopback.json` (`make bench` reports its median ratio as the loopback target).
+/// Runs unless a filter that does not match `loopback_bulk_paired` is given.
+fn bench_loopback_paired(_: &mut Criterion) {
+    // criterion's filter is its one positional argument; option values here are numbers.
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-') && a.parse::<f64>().is_err());
+    if filter.is_some_and(|f| !"loopback_bulk_paired".contains(f.as_str())) {
+        return;
+    }
+    let quick = bench_support::quick();
+    let rounds: usize = bench_support::env_num("BENCH_ROUNDS", if quick { 5 } else { 41 });
+    let mib: usize = bench_support::env_num("BENCH_MIB", if quick { 4 } else { 32 });
+    let setup = setup();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let data = vec![0x5au8; MIB];
+    let mut stacks = rt.block_on(loopback_clients(&setup, b's'));
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); stacks.len()];
+    rt.block_on(async {
+        // One warm-up round, not counted.
+        for (_, s) in &mut stacks {
+            bulk_rate(s, &data, mib).await;
+        }
+        for round in 0..rounds {
+            for k in 0..stacks.len() {
+                let i = (round + k) % stacks.len();
+                rates[i].push(bulk_rate(&mut stacks[i].1, &data, mib).await);
+            }
+        }
+    });
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let names: Vec<&str> = stacks.iter().map(|(n, _)| *n).collect();
+    let at = |name: &str| names.iter().position(|n| *n == name).unwrap();
+    let (lc, bare) = (at("libconnect"), at("rustls"));
+    let ratios: Vec<f64> = (0..rounds).map(|r| rates[lc][r] / rates[bare][r]).collect();
+    let mut results = serde_json::Map::new();
+    for (i, name) in names.iter().enumerate() {
+        results.insert(
+            (*name).to_owned(),
+            serde_json::json!({ "median_mib_per_s": median(&rates[i]), "rounds_mib_per_s": rates[i] }),
+        );
+        println!(
+            "loopback_bulk_paired/{name}: median {:.0} MiB/s over {rounds} rounds of {mib} MiB",
+            median(&rates[i])
+        );
+    }
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    println!(
+        "loopback_bulk_paired: libconnect / rustls per round: median {:.1} % (range {:.1}–{:.1} %)",
+        median(&ratios) * 100.0,
+        lo * 100.0,
+        hi * 100.0
+    );
+    results.insert(
+        "libconnect_vs_rustls".into(),
+        serde_json::json!({ "median": median(&ratios), "min": lo, "max": hi, "rounds": ratios }),
+    );
+    bench_support::write_json(
+        "tls_loopback",
+        "cargo bench -p connect-core --bench tls_handshake -- loopback_bulk_paired",
+        serde_json::json!({ "rounds": rounds, "mib_per_round": mib, "write_size": 64 * 1024 }),
+        serde_json::Value::Object(results),
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = bench, bench_loopback
+    targets = bench, bench_loopback, bench_loopback_paired
 }
 criterion_main!(benches);
