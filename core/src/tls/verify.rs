@@ -180,10 +180,11 @@ impl VerifiedChains {
             .collect();
         let key = Self::key(end_entity, intermediates, role);
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= VERIFIED_CHAINS_CAPACITY && !entries.contains_key(&key) {
-            if let Some(&evict) = entries.keys().next() {
-                entries.remove(&evict);
-            }
+        if entries.len() >= VERIFIED_CHAINS_CAPACITY
+            && !entries.contains_key(&key)
+            && let Some(&evict) = entries.keys().next()
+        {
+            entries.remove(&evict);
         }
         entries.insert(
             key,
