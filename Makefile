@@ -21,12 +21,13 @@ CRITERION_QUICK := $(if $(BENCH_QUICK),--warm-up-time 0.2 --measurement-time 0.5
 
 .PHONY: bench-quick bench-report bench-run
 
-## Run every benchmark once, then rewrite the tables of BENCHMARKS.md from that run (takes
+## Run every benchmark once, then rewrite the tables of BENCHMARKS.md and the README's
+## performance table from that run (takes
 ## a while; results in <target>/bench).
 bench:
 	rm -rf $(BENCH_OUT)
 	$(MAKE) bench-run
-	python3 scripts/bench-report.py --out $(BENCH_OUT) --write BENCHMARKS.md
+	python3 scripts/bench-report.py --out $(BENCH_OUT) --write BENCHMARKS.md --readme README.md
 
 ## The same with short measurement times, to check the harnesses work. Its report goes to
 ## <target>/bench-quick/BENCHMARKS.md, never to BENCHMARKS.md.
@@ -37,7 +38,7 @@ bench-quick:
 
 ## Rewrite BENCHMARKS.md from the results make bench left in <target>/bench.
 bench-report:
-	python3 scripts/bench-report.py --out $(BENCH_OUT) --write BENCHMARKS.md
+	python3 scripts/bench-report.py --out $(BENCH_OUT) --write BENCHMARKS.md --readme README.md
 
 # agent_cache prints its figures rather than writing JSON; the report reads a copy of them.
 bench-run:

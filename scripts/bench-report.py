@@ -32,6 +32,7 @@ import math
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -277,6 +278,9 @@ WARM_TARGET_NS = 100
 SERVICE_MEMORY_TARGET_KIB = 4.0
 COLD_START_TARGET_NS = 50e6
 TLS_TARGET = 0.95
+# Issue 20: with the verified-chain cache, full handshakes between repeat peers at ≥ 110 % of
+# bare rustls (which verifies every chain).
+CACHED_FULL_TARGET = 1.10
 FFI_TARGET = 0.90
 # Issue 20: Node libconnect at least as fast as plain Node `tls` with the same certificates.
 NODE_TARGET = 1.00
@@ -507,7 +511,7 @@ class Report:
     # -- mTLS ---------------------------------------------------------------------------------
 
     TLS_LABELS = {
-        "mtls_full_handshake": "full mTLS handshake (TLS 1.3, X25519MLKEM768, no resumption)",
+        "mtls_full_handshake": "full mTLS handshake, repeat peers (TLS 1.3, X25519MLKEM768, no resumption)",
         "mtls_resumed_handshake": "resumed handshake",
         "mtls_bulk_1mib": "1 MiB of application data over an established session",
     }
@@ -552,13 +556,14 @@ class Report:
                     # As rates: the baseline's time over this one's, so 100 % means as fast.
                     r = base["median_ns"] / b["median_ns"]
                     is_target = targeted and m == "libconnect"
-                    met = r >= TLS_TARGET if is_target else None
+                    goal = CACHED_FULL_TARGET if g == "mtls_full_handshake" else TLS_TARGET
+                    met = r >= goal if is_target else None
                     rows.append(Row(what, shown, f"{base_fn}: {self._crit_value(base)}",
                                     f"{fmt_ratio(r, pct=True)} of its rate",
-                                    f"≥ {TLS_TARGET * 100:.0f} % of {base_fn}" if is_target else "—", met))
+                                    f"≥ {goal * 100:.0f} % of {base_fn}" if is_target else "—", met))
                     if is_target:
                         self.target(f"{label}{f' ({value})' if value else ''}, libconnect vs {base_fn}",
-                                    fmt_ratio(r, pct=True), f"≥ {TLS_TARGET * 100:.0f} %", met)
+                                    fmt_ratio(r, pct=True), f"≥ {goal * 100:.0f} %", met)
         note = ""
         if paired:
             r, p = paired["results"], paired["params"]
@@ -621,10 +626,13 @@ class Report:
                                 fmt_ratio(ratio), tgt, met)
                 rows.append(Row(what, fmt_bytes(lc[key]), f"bare tokio-rustls: {fmt_bytes(bare[key])}",
                                 fmt_ratio(ratio) if ratio is not None else "—", tgt, met))
+            def resumed(x: Dict[str, Any]) -> str:
+                return f" ({x['resumed'] * 100:.0f} % resumed)" if "resumed" in x else ""
+
             if "accepts_per_s" in lc:
                 rows.append(Row(f"connections opened per second ({p.get('in_flight', 64)} handshakes in flight, "
-                                "both ends in one process)", fmt_rate(lc["accepts_per_s"]),
-                                f"bare tokio-rustls: {fmt_rate(bare['accepts_per_s'])}",
+                                "both ends in one process)", fmt_rate(lc["accepts_per_s"]) + resumed(lc),
+                                f"bare tokio-rustls: {fmt_rate(bare['accepts_per_s'])}{resumed(bare)}",
                                 fmt_ratio(lc["accepts_per_s"] / bare["accepts_per_s"], pct=True)))
             self.target(f"{HELD_CONNECTIONS:,} connections held by one listener", f"{n:,}",
                         f"{HELD_CONNECTIONS:,}", n >= HELD_CONNECTIONS)
@@ -806,12 +814,19 @@ class Report:
         bases = [(k, label) for k, label in (("node_tls", "Node `tls`, PEM options per connection"),
                                               ("node_tls_shared_context", "Node `tls`, one shared SecureContext"))
                  if k in f]
+        def paired_ratio(a: Dict[str, Any], b: Dict[str, Any], key: str) -> float:
+            # The median of the per-round ratios: the paths ran side by side within a round.
+            xs, ys = (a.get("rounds") or {}).get(key), (b.get("rounds") or {}).get(key)
+            if not xs or not ys or len(xs) != len(ys):
+                return a[key] / b[key]
+            return statistics.median(x / y for x, y in zip(xs, ys))
+
         rows = []
         for key, what, unit in (("handshakes_per_s", f"Node libconnect: {n:,} sequential handshakes", " handshakes/s"),
                                 ("mib_per_s", f"Node libconnect: {mib} MiB", " MiB/s")):
             best = max(f[k][key] for k, _ in bases)
             for k, label in bases:
-                r = lc[key] / f[k][key]
+                r = paired_ratio(lc, f[k], key)
                 is_best = f[k][key] == best
                 met = r >= NODE_TARGET if is_best else None
                 rows.append(Row(what, fmt_rate(lc[key], unit), f"{label}: {fmt_rate(f[k][key], unit)}",
@@ -823,7 +838,8 @@ class Report:
                 what = "… the same"
         rounds = j["params"].get("rounds")
         note = f"Node {j['params'].get('node', '?')}." + (
-            f" Medians of {rounds} rounds, the paths in turn." if rounds else "")
+            f" Medians of {rounds} rounds, the paths in turn, each round starting with the next path;"
+            " ratios are the median of the per-round ratios." if rounds else "")
         return table(rows) + "\n\n" + note + " " + self.reproduce(j.get("command", "make bench-node"))
 
     # -- everything else ----------------------------------------------------------------------
@@ -905,10 +921,23 @@ def render(doc: str, report: Report) -> Tuple[str, List[str]]:
         return m.group(1) + body.rstrip() + "\n" + m.group(4)
 
     out = MARKER.sub(sub, doc)
+    report.blocks = blocks
     for name in missing:
         print(f"bench-report: no <!-- bench:table:{name} --> marker in the document; that table is left out",
               file=sys.stderr)
     return out, kept
+
+
+def apply_blocks(doc: str, blocks: Dict[str, Optional[str]]) -> str:
+    """Puts the blocks one render made into another document's markers (the README's)."""
+
+    def sub(m: "re.Match[str]") -> str:
+        body = blocks.get(m.group(2))
+        if body is None:
+            return m.group(0)
+        return m.group(1) + body.rstrip() + "\n" + m.group(4)
+
+    return MARKER.sub(sub, doc)
 
 
 def default_out() -> Path:
@@ -925,6 +954,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="with --start: this run is a quick one")
     ap.add_argument("--input", type=Path, default=ROOT / "BENCHMARKS.md", help="document to rewrite")
     ap.add_argument("--write", type=Path, help="write the result here instead of printing it")
+    ap.add_argument("--readme", type=Path,
+                    help="with --write: also rewrite this document's bench:table markers (README.md)")
     ap.add_argument("--allow-quick", action="store_true",
                     help="let quick-mode results overwrite the input document")
     args = ap.parse_args()
@@ -957,6 +988,9 @@ def main() -> int:
         args.write.parent.mkdir(parents=True, exist_ok=True)
         args.write.write_text(text)
         print(f"bench-report: wrote {args.write}", file=sys.stderr)
+        if args.readme:
+            args.readme.write_text(apply_blocks(args.readme.read_text(), report.blocks))
+            print(f"bench-report: wrote {args.readme}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

@@ -138,6 +138,8 @@ trait Stack {
 trait Dialer: Clone + Send + Sync + 'static {
     type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn dial(&self) -> impl Future<Output = Self::Conn> + Send;
+    /// Whether the connection's handshake resumed an earlier session.
+    fn resumed(c: &Self::Conn) -> bool;
 }
 
 struct Libconnect {
@@ -155,6 +157,9 @@ impl Dialer for LibconnectDialer {
     type Conn = tls::Connection;
     async fn dial(&self) -> tls::Connection {
         self.client.dial_addr(self.addr, "db").await.unwrap()
+    }
+    fn resumed(c: &tls::Connection) -> bool {
+        c.is_resumed()
     }
 }
 
@@ -230,6 +235,9 @@ impl Dialer for BareDialer {
         tcp.set_nodelay(true).unwrap();
         let name = ServerName::try_from("db").unwrap();
         self.connector.connect(name, tcp).await.unwrap()
+    }
+    fn resumed(c: &Self::Conn) -> bool {
+        c.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
     }
 }
 
@@ -308,6 +316,8 @@ struct Held {
     leftover: f64,
     /// Connections opened (handshake and echo done) per second, `IN_FLIGHT` at a time.
     accepts_per_s: f64,
+    /// The share of those handshakes that resumed a session (cheaper than a full one).
+    resumed: f64,
 }
 
 async fn measure<S: Stack>(stack: &mut S, n: usize) -> Held {
@@ -318,6 +328,7 @@ async fn measure<S: Stack>(stack: &mut S, n: usize) -> Held {
     let (heap0, rss0) = (live(), bench_support::rss_kib());
     let t = Instant::now();
     let (clients, servers) = open_many(stack, n).await;
+    let resumed = clients.iter().filter(|c| S::Dialer::resumed(c)).count();
     let secs = t.elapsed().as_secs_f64();
     settle().await;
     let (heap1, rss1) = (live(), bench_support::rss_kib());
@@ -337,6 +348,7 @@ async fn measure<S: Stack>(stack: &mut S, n: usize) -> Held {
         rss_kib: (rss1 as f64 - rss0 as f64) / n as f64,
         leftover: per(heap3 - heap0),
         accepts_per_s: n as f64 / secs,
+        resumed: resumed as f64 / n as f64,
     }
 }
 
@@ -425,12 +437,13 @@ fn main() {
     );
     for (name, h) in [("libconnect", &lc), ("bare rustls", &bare)] {
         println!(
-            "  {name:<11} heap both ends {:6.2} KiB (server {:5.2} KiB, client {:5.2} KiB); RSS {:5.1} KiB; {:6.0} accepts/s; not returned after close {:+.0} B",
+            "  {name:<11} heap both ends {:6.2} KiB (server {:5.2} KiB, client {:5.2} KiB); RSS {:5.1} KiB; {:6.0} accepts/s ({:.0} % resumed); not returned after close {:+.0} B",
             kib(h.both),
             kib(h.server),
             kib(h.both - h.server),
             h.rss_kib,
             h.accepts_per_s,
+            h.resumed * 100.0,
             h.leftover
         );
     }
@@ -448,6 +461,7 @@ fn main() {
             "rss_kib": h.rss_kib,
             "leftover_bytes": h.leftover,
             "accepts_per_s": h.accepts_per_s,
+            "resumed": h.resumed,
         })
     };
     bench_support::write_json(
