@@ -723,20 +723,14 @@ class Report:
                 rows.append(Row(what, f"{ours:+.1f} µs", f"{short[other]}: {theirs:+.1f} µs",
                                 fmt_ratio(ours / theirs) if theirs > 0 else "—", "≤ 1×", met))
                 self.target(what, f"{ours:+.1f} µs vs {theirs:+.1f} µs", "≤ 1×", met)
-            ours, theirs = rss("sidecar"), rss(other)
-            if ours and theirs:
-                met = ours <= theirs
-                what = f"resident set of `connect proxy` (both sides) vs {short[other]}'s"
-                rows.append(Row(what, f"{fmt_num(ours)} KiB", f"{short[other]}: {fmt_num(theirs)} KiB",
-                                fmt_ratio(ours / theirs), "≤ 1×", met))
-                self.target(what, f"{fmt_num(ours)} KiB vs {fmt_num(theirs)} KiB", "≤ 1×", met)
-            ours, theirs = private("sidecar"), private(other)
-            if ours and theirs:
-                met = ours <= theirs
-                what = f"private memory of `connect proxy` (both sides) vs {short[other]}'s"
-                rows.append(Row(what, f"{fmt_num(ours)} KiB", f"{short[other]}: {fmt_num(theirs)} KiB",
-                                fmt_ratio(ours / theirs), "≤ 1×", met))
-                self.target(what, f"{fmt_num(ours)} KiB vs {fmt_num(theirs)} KiB", "≤ 1×", met)
+            for measure, kind in ((rss, "resident set"), (private, "private memory")):
+                ours, theirs = measure("sidecar"), measure(other)
+                if ours and theirs:
+                    met = ours <= theirs
+                    what = f"{kind} of `connect proxy` (both sides) vs {short[other]}'s"
+                    rows.append(Row(what, f"{fmt_num(ours)} KiB", f"{short[other]}: {fmt_num(theirs)} KiB",
+                                    fmt_ratio(ours / theirs), "≤ 1×", met))
+                    self.target(what, f"{fmt_num(ours)} KiB vs {fmt_num(theirs)} KiB", "≤ 1×", met)
         note = (f"{p['requests_per_path']:,} requests per path ({p['rounds']} rounds, paths in turn); "
                 f"{p['new_connections_per_path']:,} new connections per path")
         if "bulk_rounds" in p:

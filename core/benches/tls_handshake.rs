@@ -302,13 +302,7 @@ fn bench_loopback(c: &mut Criterion) {
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        // 64 KiB at a time, then wait for the receiver to have it all.
-                        for chunk in data.chunks(64 * 1024) {
-                            s.write_all(chunk).await.unwrap();
-                        }
-                        s.flush().await.unwrap();
-                        let mut ack = [0u8; 1];
-                        s.read_exact(&mut ack).await.unwrap();
+                        send_acknowledged(&mut s, &data).await;
                     }
                     start.elapsed()
                 })
@@ -340,16 +334,21 @@ fn bench_loopback(c: &mut Criterion) {
     g.finish();
 }
 
-/// Sends `mib` MiB in 64 KiB writes, each MiB acknowledged by the receiver; returns MiB/s.
+/// Sends `data` 64 KiB at a time, then waits for the receiver to acknowledge all of it.
+async fn send_acknowledged(s: &mut Box<dyn Duplex>, data: &[u8]) {
+    for chunk in data.chunks(64 * 1024) {
+        s.write_all(chunk).await.unwrap();
+    }
+    s.flush().await.unwrap();
+    let mut ack = [0u8; 1];
+    s.read_exact(&mut ack).await.unwrap();
+}
+
+/// Sends `mib` MiB, each acknowledged by the receiver; returns MiB/s.
 async fn bulk_rate(s: &mut Box<dyn Duplex>, data: &[u8], mib: usize) -> f64 {
     let start = Instant::now();
     for _ in 0..mib {
-        for chunk in data.chunks(64 * 1024) {
-            s.write_all(chunk).await.unwrap();
-        }
-        s.flush().await.unwrap();
-        let mut ack = [0u8; 1];
-        s.read_exact(&mut ack).await.unwrap();
+        send_acknowledged(s, data).await;
     }
     mib as f64 / start.elapsed().as_secs_f64()
 }

@@ -13,6 +13,9 @@ mod provider;
 mod roots;
 mod vault;
 
+#[cfg(test)]
+pub(crate) use vault::SkipVerify;
+
 pub use builtin::{BuiltinProvider, BuiltinSecrets, ca_common_name, compact_uid, signing_uri};
 pub use config::{
     CLOCK_DRIFT_BUFFER, CROSS_SIGN_VALIDITY, CommonCaConfig, ConsulCaConfig,

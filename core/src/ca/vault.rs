@@ -320,9 +320,10 @@ fn tls_config(cfg: &VaultCaConfig) -> Result<rustls::ClientConfig, CaError> {
         .map_err(|e| CaError::InvalidConfig(format!("CertFile/KeyFile: {e}")))
 }
 
-/// `TLSSkipVerify`: any certificate is accepted, signatures are still checked.
+/// `TLSSkipVerify`: any certificate is accepted, signatures are still checked. The TLS tests
+/// use it too, for a client that is about what a server makes of it.
 #[derive(Debug)]
-struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct SkipVerify(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for SkipVerify {
     fn verify_server_cert(

@@ -262,45 +262,6 @@ impl rustls::client::ResolvesClientCert for FixedClientCert {
     }
 }
 
-/// Accepts any server: the test is about what the server makes of the client.
-#[derive(Debug)]
-struct AnyServer;
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &[rustls_pki_types::CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider::sig_algs())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider::sig_algs())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        provider::sig_algs().supported_schemes()
-    }
-}
-
 /// Runs a handshake in memory until it completes or one side fails; the first error wins.
 fn try_handshake(
     server: &MtlsServer,
@@ -359,11 +320,12 @@ fn a_remembered_chain_without_its_key_is_refused_in_the_handshake() {
         ))
         .unwrap();
     let stolen = web.snapshot().svid().unwrap().chain().to_vec();
-    let forger = rustls::ClientConfig::builder_with_provider(provider)
+    let forger = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        // Any server: the test is about what the server makes of the client.
+        .with_custom_certificate_verifier(Arc::new(crate::ca::SkipVerify(provider)))
         .with_client_cert_resolver(Arc::new(FixedClientCert(Arc::new(
             rustls::sign::CertifiedKey::new(stolen, key),
         ))));
