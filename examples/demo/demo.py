@@ -279,7 +279,7 @@ class Demo:
         web.expect(r"^web: (db closed|the long-lived connection was closed)", after=mark_web)
         db.expect(r"^db: connection from \S+/svc/web ended \((?!the client closed)", after=mark_db)
         took = db.last_time - flipped
-        db.expect(r"closing a live connection.*svc/web", after=mark_db)
+        db.expect(r"closing live connections.*svc/web", after=mark_db)
         web.expect(r"^web: reconnect", after=mark_web)
         if web.count(r"^web: reconnected and was answered", after=mark_web):
             raise DemoFailed("web was let back in after the deny")
