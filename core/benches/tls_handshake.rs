@@ -16,9 +16,9 @@
 //! `WebPkiClientVerifier` with the root, `with_single_cert`, `with_root_certificates` and a DNS
 //! name in the leaf, the same provider, versions, key-exchange groups, session cache and
 //! ticketer, through tokio-rustls over loopback. Run:
-//! `cargo bench -p connect-core --bench tls_handshake` (filters: `mtls_`, `loopback_`,
-//! `loopback_bulk_paired`: the bulk figure with the stacks in turn, see
-//! `bench_loopback_paired`).
+//! `cargo bench -p connect-core --bench tls_handshake` (filters: `mtls_`, `loopback_`;
+//! `mtls_handshakes_paired` and `loopback_bulk_paired`: the handshake and bulk figures with
+//! the stacks in turn, see `bench_handshakes_paired` and `bench_loopback_paired`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark set-up")]
 
@@ -360,11 +360,7 @@ async fn bulk_rate(s: &mut Box<dyn Duplex>, data: &[u8], mib: usize) -> f64 {
 /// Writes `tls_loopback.json` (`make bench` reports its median ratio as the loopback target).
 /// Runs unless a filter that does not match `loopback_bulk_paired` is given.
 fn bench_loopback_paired(_: &mut Criterion) {
-    // criterion's filter is its one positional argument; option values here are numbers.
-    let filter = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-') && a.parse::<f64>().is_err());
-    if filter.is_some_and(|f| !"loopback_bulk_paired".contains(f.as_str())) {
+    if !selected("loopback_bulk_paired") {
         return;
     }
     let quick = bench_support::quick();
@@ -390,11 +386,6 @@ fn bench_loopback_paired(_: &mut Criterion) {
             }
         }
     });
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let names: Vec<&str> = stacks.iter().map(|(n, _)| *n).collect();
     let at = |name: &str| names.iter().position(|n| *n == name).unwrap();
     let (lc, bare) = (at("libconnect"), at("rustls"));
@@ -431,9 +422,111 @@ fn bench_loopback_paired(_: &mut Criterion) {
     );
 }
 
+/// Whether a harness outside criterion's groups should run: criterion's filter is its one
+/// positional argument (option values here are numbers), and `name` runs unless a filter that
+/// does not match it is given.
+fn selected(name: &str) -> bool {
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-') && a.parse::<f64>().is_err());
+    filter.is_none_or(|f| name.contains(f.as_str()))
+}
+
+/// The median of `v`.
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// In-memory handshakes with the stacks in turn, as `bench_loopback_paired` does for bulk:
+/// each round times the same number of full (then resumed) handshakes on each stack, starting
+/// with a different stack each round, and the ratio of rates is taken per round, so what the
+/// machine does meanwhile falls on both. Writes `tls_handshakes.json` (`make bench` reports
+/// its median ratios as the handshake targets).
+fn bench_handshakes_paired(_: &mut Criterion) {
+    if !selected("mtls_handshakes_paired") {
+        return;
+    }
+    let quick = bench_support::quick();
+    let rounds: usize = bench_support::env_num("BENCH_ROUNDS", if quick { 5 } else { 31 });
+    let per_round: usize = bench_support::env_num("BENCH_HANDSHAKES", if quick { 20 } else { 200 });
+    let setup = setup();
+    let stacks = [("libconnect", &setup.libconnect), ("rustls", &setup.bare)];
+    let mut results = serde_json::Map::new();
+    for kind in ["full", "resumed"] {
+        // Per stack: its server config and a client config of its own (with resumption off
+        // for full handshakes; for resumed ones its session cache holds this server's tickets).
+        let configs: Vec<_> = stacks
+            .iter()
+            .map(|(_, (server, client))| {
+                let client = if kind == "full" {
+                    no_resumption(client)
+                } else {
+                    Arc::new((**client).clone())
+                };
+                handshake(server, &client);
+                let (cc, _) = handshake(server, &client);
+                let want = if kind == "full" {
+                    rustls::HandshakeKind::Full
+                } else {
+                    rustls::HandshakeKind::Resumed
+                };
+                assert_eq!(cc.handshake_kind(), Some(want));
+                (Arc::clone(server), client)
+            })
+            .collect();
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); stacks.len()];
+        for round in 0..=rounds {
+            for k in 0..stacks.len() {
+                let i = (round + k) % stacks.len();
+                let (server, client) = &configs[i];
+                let start = Instant::now();
+                for _ in 0..per_round {
+                    std::hint::black_box(handshake(server, client));
+                }
+                // Round 0 warms up and is not counted.
+                if round > 0 {
+                    rates[i].push(per_round as f64 / start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        let ratios: Vec<f64> = (0..rounds).map(|r| rates[0][r] / rates[1][r]).collect();
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        for (i, (name, _)) in stacks.iter().enumerate() {
+            println!(
+                "mtls_handshakes_paired/{kind}/{name}: median {:.0}/s over {rounds} rounds of {per_round}",
+                median(&rates[i])
+            );
+        }
+        println!(
+            "mtls_handshakes_paired/{kind}: libconnect / rustls per round: median {:.1} % (range {:.1}–{:.1} %)",
+            median(&ratios) * 100.0,
+            lo * 100.0,
+            hi * 100.0
+        );
+        results.insert(
+            kind.to_owned(),
+            serde_json::json!({
+                "libconnect_per_s": median(&rates[0]),
+                "rustls_per_s": median(&rates[1]),
+                "libconnect_vs_rustls": {"median": median(&ratios), "min": lo, "max": hi, "rounds": ratios},
+            }),
+        );
+    }
+    bench_support::write_json(
+        "tls_handshakes",
+        "cargo bench -p connect-core --bench tls_handshake -- mtls_handshakes_paired",
+        serde_json::json!({ "rounds": rounds, "handshakes_per_round": per_round }),
+        serde_json::Value::Object(results),
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = bench, bench_loopback, bench_loopback_paired
+    targets = bench, bench_handshakes_paired, bench_loopback, bench_loopback_paired
 }
 criterion_main!(benches);

@@ -84,7 +84,7 @@ async function throughput(dial) {
 // Paths take turns, ROUNDS times, each round starting with the next path (what runs first
 // after another path's 300 connections meets the garbage they left), so the machine's noise
 // falls on each alike; each figure is the median of its rounds.
-const ROUNDS = Number(process.env.ROUNDS ?? 9)
+const ROUNDS = Number(process.env.ROUNDS ?? 15)
 const plain = await listenPlain()
 const mtls = await db.listen(0, '127.0.0.1', sink)
 const rows = [
