@@ -596,6 +596,13 @@ class Report:
                             f"{fmt_ratio(ratio['median'], pct=True)} per round, median "
                             f"({fmt_ratio(ratio['min'], pct=True)}–{fmt_ratio(ratio['max'], pct=True)})",
                             f"≥ {TLS_TARGET * 100:.0f} % of rustls", met))
+            control = r.get("rustls_control_vs_rustls")
+            if control:
+                rows.append(Row(f"{label}: control, a second bare rustls connection",
+                                f"{fmt_num(r['rustls_control']['median_mib_per_s'])} MiB/s",
+                                f"rustls: {fmt_num(bare)} MiB/s",
+                                f"{fmt_ratio(control['median'], pct=True)} per round, median "
+                                f"({fmt_ratio(control['min'], pct=True)}–{fmt_ratio(control['max'], pct=True)})"))
             rows.append(Row(f"{label}: tcp", f"{fmt_num(tcp)} MiB/s", f"rustls: {fmt_num(bare)} MiB/s",
                             fmt_ratio(tcp / bare, pct=True)))
             self.target(f"{label}, libconnect vs rustls", fmt_ratio(ratio["median"], pct=True),

@@ -251,7 +251,13 @@ where
 }
 
 /// A client stream of each stack, connected to its server, in `mode`.
-async fn loopback_clients(setup: &Setup, mode: u8) -> Vec<(&'static str, Box<dyn Duplex>)> {
+/// One established client stream per stack; with `control`, a second bare rustls one too
+/// (`rustls_control`), which shows how far two identical stacks differ in one process.
+async fn loopback_clients(
+    setup: &Setup,
+    mode: u8,
+    control: bool,
+) -> Vec<(&'static str, Box<dyn Duplex>)> {
     let tcp_addr = accept_loop(|tcp| async { Some(tcp) }).await;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&setup.bare.0));
     let rustls_addr = accept_loop(move |tcp| {
@@ -279,6 +285,14 @@ async fn loopback_clients(setup: &Setup, mode: u8) -> Vec<(&'static str, Box<dyn
     );
     let lc: Box<dyn Duplex> = Box::new(setup.client.connect(tcp_to(lc_addr).await).await.unwrap());
     let mut out = vec![("tcp", plain), ("rustls", bare), ("libconnect", lc)];
+    if control {
+        let name = ServerName::try_from("db").unwrap();
+        let again = connector
+            .connect(name, tcp_to(rustls_addr).await)
+            .await
+            .unwrap();
+        out.push(("rustls_control", Box::new(again)));
+    }
     for (_, s) in &mut out {
         s.write_all(&[mode]).await.unwrap();
         s.flush().await.unwrap();
@@ -296,7 +310,7 @@ fn bench_loopback(c: &mut Criterion) {
     let data = vec![0x5au8; MIB];
     let mut g = c.benchmark_group("loopback_bulk_1mib");
     g.throughput(Throughput::Bytes(MIB as u64));
-    for (name, mut s) in rt.block_on(loopback_clients(&setup, b's')) {
+    for (name, mut s) in rt.block_on(loopback_clients(&setup, b's', false)) {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
@@ -313,7 +327,7 @@ fn bench_loopback(c: &mut Criterion) {
 
     let request = [0x42u8; 64];
     let mut g = c.benchmark_group("loopback_echo_64b");
-    for (name, mut s) in rt.block_on(loopback_clients(&setup, b'e')) {
+    for (name, mut s) in rt.block_on(loopback_clients(&setup, b'e', false)) {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
@@ -372,7 +386,7 @@ fn bench_loopback_paired(_: &mut Criterion) {
         .build()
         .unwrap();
     let data = vec![0x5au8; MIB];
-    let mut stacks = rt.block_on(loopback_clients(&setup, b's'));
+    let mut stacks = rt.block_on(loopback_clients(&setup, b's', true));
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); stacks.len()];
     rt.block_on(async {
         // One warm-up round, not counted.
@@ -388,8 +402,7 @@ fn bench_loopback_paired(_: &mut Criterion) {
     });
     let names: Vec<&str> = stacks.iter().map(|(n, _)| *n).collect();
     let at = |name: &str| names.iter().position(|n| *n == name).unwrap();
-    let (lc, bare) = (at("libconnect"), at("rustls"));
-    let ratios: Vec<f64> = (0..rounds).map(|r| rates[lc][r] / rates[bare][r]).collect();
+    let bare = at("rustls");
     let mut results = serde_json::Map::new();
     for (i, name) in names.iter().enumerate() {
         results.insert(
@@ -401,19 +414,19 @@ fn bench_loopback_paired(_: &mut Criterion) {
             median(&rates[i])
         );
     }
-    let (lo, hi) = ratios
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-    println!(
-        "loopback_bulk_paired: libconnect / rustls per round: median {:.1} % (range {:.1}–{:.1} %)",
-        median(&ratios) * 100.0,
-        lo * 100.0,
-        hi * 100.0
-    );
-    results.insert(
-        "libconnect_vs_rustls".into(),
-        serde_json::json!({ "median": median(&ratios), "min": lo, "max": hi, "rounds": ratios }),
-    );
+    // The control: a second bare rustls connection against the first, the harness's own
+    // spread between two identical stacks in this process.
+    for (stack, key) in [
+        ("libconnect", "libconnect_vs_rustls"),
+        ("rustls_control", "rustls_control_vs_rustls"),
+    ] {
+        let ratio = per_round_ratio(&rates[at(stack)], &rates[bare]);
+        println!(
+            "loopback_bulk_paired: {stack} / rustls per round: {}",
+            ratio.summary
+        );
+        results.insert(key.into(), ratio.json);
+    }
     bench_support::write_json(
         "tls_loopback",
         "cargo bench -p connect-core --bench tls_handshake -- loopback_bulk_paired",
@@ -437,6 +450,31 @@ fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// Rates of two stacks measured side by side, round by round, compared per round.
+struct PerRoundRatio {
+    /// "median x % (range y–z %)".
+    summary: String,
+    /// `{median, min, max, rounds}` for the report.
+    json: serde_json::Value,
+}
+
+fn per_round_ratio(a: &[f64], b: &[f64]) -> PerRoundRatio {
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    let mid = median(&ratios);
+    PerRoundRatio {
+        summary: format!(
+            "median {:.1} % (range {:.1}–{:.1} %)",
+            mid * 100.0,
+            lo * 100.0,
+            hi * 100.0
+        ),
+        json: serde_json::json!({ "median": mid, "min": lo, "max": hi, "rounds": ratios }),
+    }
 }
 
 /// In-memory handshakes with the stacks in turn, as `bench_loopback_paired` does for bulk:
@@ -491,10 +529,7 @@ fn bench_handshakes_paired(_: &mut Criterion) {
                 }
             }
         }
-        let ratios: Vec<f64> = (0..rounds).map(|r| rates[0][r] / rates[1][r]).collect();
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let ratio = per_round_ratio(&rates[0], &rates[1]);
         for (i, (name, _)) in stacks.iter().enumerate() {
             println!(
                 "mtls_handshakes_paired/{kind}/{name}: median {:.0}/s over {rounds} rounds of {per_round}",
@@ -502,17 +537,15 @@ fn bench_handshakes_paired(_: &mut Criterion) {
             );
         }
         println!(
-            "mtls_handshakes_paired/{kind}: libconnect / rustls per round: median {:.1} % (range {:.1}–{:.1} %)",
-            median(&ratios) * 100.0,
-            lo * 100.0,
-            hi * 100.0
+            "mtls_handshakes_paired/{kind}: libconnect / rustls per round: {}",
+            ratio.summary
         );
         results.insert(
             kind.to_owned(),
             serde_json::json!({
                 "libconnect_per_s": median(&rates[0]),
                 "rustls_per_s": median(&rates[1]),
-                "libconnect_vs_rustls": {"median": median(&ratios), "min": lo, "max": hi, "rounds": ratios},
+                "libconnect_vs_rustls": ratio.json,
             }),
         );
     }
