@@ -859,6 +859,14 @@ class Report:
                     self.target(f"Node libconnect vs Node `tls` (the faster variant), {unit.strip()}",
                                 fmt_ratio(r, pct=True), f"≥ {NODE_TARGET * 100:.0f} %", met)
                 what = "… the same"
+        control = f.get("node_tls_shared_context_control")
+        if control and "node_tls_shared_context" in f:
+            base = f["node_tls_shared_context"]
+            for key, what, unit in (("handshakes_per_s", "control: the shared-SecureContext path measured twice, "
+                                     "handshakes", " handshakes/s"),
+                                    ("mib_per_s", "control: the same, throughput", " MiB/s")):
+                rows.append(Row(what, fmt_rate(control[key], unit), f"its first measurement: {fmt_rate(base[key], unit)}",
+                                fmt_ratio(paired_ratio(control, base, key), pct=True)))
         rounds = j["params"].get("rounds")
         note = f"Node {j['params'].get('node', '?')}." + (
             f" Medians of {rounds} rounds, the paths in turn, each round starting with the next path;"

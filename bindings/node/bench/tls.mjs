@@ -91,6 +91,9 @@ const rows = [
   ['node tls', () => dialPlain(plain.address().port)],
   ['node tls shared context', () => dialPlainShared(plain.address().port)],
   ['libconnect', () => web.connect('db', { port: mtls.address().port })],
+  // The control: the shared-context path once more, measured as a path of its own, shows how
+  // far two identical paths differ in one run (the harness's own spread).
+  ['node tls shared context control', () => dialPlainShared(plain.address().port)],
 ]
 const samples = Object.fromEntries(rows.map(([name]) => [name, { h: [], t: [] }]))
 // Every measurement starts from a collected heap (`npm run bench` passes --expose-gc): the
