@@ -387,18 +387,9 @@ fn bench_loopback_paired(_: &mut Criterion) {
         .unwrap();
     let data = vec![0x5au8; MIB];
     let mut stacks = rt.block_on(loopback_clients(&setup, b's', true));
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); stacks.len()];
-    rt.block_on(async {
-        // One warm-up round, not counted.
-        for (_, s) in &mut stacks {
-            bulk_rate(s, &data, mib).await;
-        }
-        for round in 0..rounds {
-            for k in 0..stacks.len() {
-                let i = (round + k) % stacks.len();
-                rates[i].push(bulk_rate(&mut stacks[i].1, &data, mib).await);
-            }
-        }
+    let n = stacks.len();
+    let rates = in_turn(rounds, n, |i| {
+        rt.block_on(bulk_rate(&mut stacks[i].1, &data, mib))
     });
     let names: Vec<&str> = stacks.iter().map(|(n, _)| *n).collect();
     let at = |name: &str| names.iter().position(|n| *n == name).unwrap();
@@ -450,6 +441,23 @@ fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// Measures `stacks` stacks in turn: a warm-up round that is not counted, then `rounds`
+/// rounds, each starting with the next stack; `measure(i)` gives stack `i`'s rate. Returns
+/// each stack's rates, round by round.
+fn in_turn(rounds: usize, stacks: usize, mut measure: impl FnMut(usize) -> f64) -> Vec<Vec<f64>> {
+    for i in 0..stacks {
+        measure(i);
+    }
+    let mut rates = vec![Vec::with_capacity(rounds); stacks];
+    for round in 0..rounds {
+        for k in 0..stacks {
+            let i = (round + k) % stacks;
+            rates[i].push(measure(i));
+        }
+    }
+    rates
 }
 
 /// Rates of two stacks measured side by side, round by round, compared per round.
@@ -514,21 +522,14 @@ fn bench_handshakes_paired(_: &mut Criterion) {
                 (Arc::clone(server), client)
             })
             .collect();
-        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); stacks.len()];
-        for round in 0..=rounds {
-            for k in 0..stacks.len() {
-                let i = (round + k) % stacks.len();
-                let (server, client) = &configs[i];
-                let start = Instant::now();
-                for _ in 0..per_round {
-                    std::hint::black_box(handshake(server, client));
-                }
-                // Round 0 warms up and is not counted.
-                if round > 0 {
-                    rates[i].push(per_round as f64 / start.elapsed().as_secs_f64());
-                }
+        let rates = in_turn(rounds, stacks.len(), |i| {
+            let (server, client) = &configs[i];
+            let start = Instant::now();
+            for _ in 0..per_round {
+                std::hint::black_box(handshake(server, client));
             }
-        }
+            per_round as f64 / start.elapsed().as_secs_f64()
+        });
         let ratio = per_round_ratio(&rates[0], &rates[1]);
         for (i, (name, _)) in stacks.iter().enumerate() {
             println!(
