@@ -270,6 +270,24 @@ async fn authorize_peer_explains_for_other_tls_stacks() {
     assert_eq!(e.kind(), ErrorKind::InvalidSpiffeId);
     let e = db.authorize_peer(PeerInput::CertDer(b"junk")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidCertificate);
+
+    // A DER chain as other TLS stacks report it (Node's getPeerX509Certificate): the same
+    // decisions, and typed errors for an empty chain and for bytes that are no certificate.
+    let ders = web.snapshot().svid().unwrap().chain().to_vec();
+    let ok = db.authorize_peer(PeerInput::ChainDer(&ders)).unwrap();
+    assert!(ok.allowed);
+    assert_eq!(ok.peer.to_string(), mesh.uri("web"));
+    let e = db.authorize_peer(PeerInput::ChainDer(&[])).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidCertificate);
+    let junk = [rustls_pki_types::CertificateDer::from(&b"junk"[..])];
+    let e = db.authorize_peer(PeerInput::ChainDer(&junk)).unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::InvalidCertificate | ErrorKind::CertificateVerification
+        ),
+        "{e:?}"
+    );
     let stranger = Mesh::new().identity("web").chain_pem().unwrap();
     let e = db
         .authorize_peer(PeerInput::ChainPem(&stranger))
