@@ -65,14 +65,7 @@ pub fn rss_kib() -> u64 {
 /// The resident set of process `pid` (`"self"` for this one), in KiB, from the `VmRSS` line
 /// of `/proc/<pid>/status` (0 where it is missing).
 pub fn rss_kib_of(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+    sum_kib(&format!("/proc/{pid}/status"), &["VmRSS:"])
 }
 
 /// The memory of process `pid` that is its own, in KiB: its private pages, clean and dirty
@@ -81,13 +74,19 @@ pub fn rss_kib_of(pid: &str) -> u64 {
 /// (a binary's text shared with other processes running it, shared libraries). 0 where the
 /// file is missing.
 pub fn private_kib_of(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+    sum_kib(
+        &format!("/proc/{pid}/smaps_rollup"),
+        &["Private_Clean:", "Private_Dirty:"],
+    )
+}
+
+/// The sum of the `<field> <n> kB` lines of a /proc file named by `fields` (0 where it is
+/// missing).
+fn sum_kib(path: &str, fields: &[&str]) -> u64 {
+    std::fs::read_to_string(path)
         .map(|s| {
             s.lines()
-                .filter_map(|l| {
-                    l.strip_prefix("Private_Clean:")
-                        .or_else(|| l.strip_prefix("Private_Dirty:"))
-                })
+                .filter_map(|l| fields.iter().find_map(|f| l.strip_prefix(f)))
                 .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
                 .sum()
         })
