@@ -143,3 +143,86 @@ async fn the_interval_bounds_authorizers_without_notifications_and_off_means_off
     assert_eq!(revoking.server().stats().revoked, 1);
     assert_eq!(keeping.server().stats().revoked, 0);
 }
+
+/// Descriptors open in this process (nextest runs each test in a process of its own).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Revocation reaches a live connection through the socket the connection owns: a held
+/// connection costs the listener its one descriptor (a second one kept for revocation would
+/// cap a listener at half the open-file limit). A connection taken apart for a caller that
+/// drives the socket itself, as the C ABI does, is still shut down when its peer is denied,
+/// and its descriptor closes when the caller drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_connection_costs_one_descriptor_and_taken_apart_is_still_revoked() {
+    let mut mesh = Mesh::new();
+    let allow = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&allow);
+    let by_flag = move |_: &SpiffeId, _: &[CertificateDer<'_>]| {
+        if flag.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(AuthzDenied::new("flag down"))
+        }
+    };
+    let db = Service::from_server(
+        tls::mtls_server(&mesh.identity("db"))
+            .authorize(by_flag)
+            .revocation_interval(Some(Duration::from_millis(100)))
+            .build()
+            .unwrap(),
+    );
+    let web = Service::new(mesh.identity("web"), authorizer::any()).unwrap();
+    let mut l = db.listen("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr();
+    // Warm: the first dial and accept set up the runtime's and the resolver's descriptors.
+    let first = web.dial_addr(addr, "db").await.unwrap();
+    let first_server = l.accept().await.unwrap();
+
+    const N: usize = 40;
+    let before = open_fds();
+    let mut held = Vec::new();
+    for _ in 0..N {
+        let c = web.dial_addr(addr, "db").await.unwrap();
+        let s = tokio::time::timeout(IO, l.accept()).await.unwrap().unwrap();
+        held.push((c, s));
+    }
+    let grown = open_fds() - before;
+    // Two ends in this process: two descriptors a connection (three with a duplicate).
+    assert!(
+        grown <= 2 * N + 4,
+        "{N} connections opened {grown} descriptors"
+    );
+
+    // Taken apart: a blocking std socket and the rustls state; the registration goes along.
+    let mut client = first;
+    let parts = first_server.into_sync_parts().unwrap();
+    assert!(parts.revocable.is_some());
+    assert!(format!("{parts:?}").contains("SyncParts"));
+    let socket = Arc::clone(&parts.socket);
+    socket.set_read_timeout(Some(IO)).unwrap();
+    let reader = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        // Shut down both ways by the revocation: the blocked read ends with end-of-stream.
+        (&*socket).read(&mut buf)
+    });
+    allow.store(false, Ordering::SeqCst);
+    let n = tokio::time::timeout(IO * 2, reader)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the read ends with end-of-stream, not a timeout");
+    assert_eq!(n, 0);
+    // The client of the taken-apart connection sees it close, as do the tracked ones.
+    closed_within(&mut client, IO).await;
+    for (c, _) in &mut held {
+        closed_within(c, IO).await;
+    }
+    assert_eq!(db.server().stats().revoked, N as u64 + 1);
+    // The caller's socket is the only strong reference: dropping it closes the descriptor.
+    let fd_open = open_fds();
+    drop(parts);
+    assert_eq!(open_fds(), fd_open - 1);
+}

@@ -65,7 +65,8 @@ impl Castable for connect_conn {
 /// The value behind a `connect_conn`: the socket and the rustls state.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    sock: TcpStream,
+    /// Shared only with the listener's revocation, which holds a weak reference.
+    sock: Arc<TcpStream>,
     tls: rustls::Connection,
     peer_id: String,
     nonblocking: bool,
@@ -82,27 +83,15 @@ impl Conn {
     /// Takes over a connection whose handshake the core finished.
     fn from_core(c: Connection) -> Result<Conn, Error> {
         let peer_id = c.peer_id().to_string();
-        let (stream, revocable) = c.into_parts();
-        let (tcp, tls) = match stream {
-            tokio_rustls::TlsStream::Client(s) => {
-                let (io, conn) = s.into_inner();
-                (io, rustls::Connection::Client(conn))
-            }
-            tokio_rustls::TlsStream::Server(s) => {
-                let (io, conn) = s.into_inner();
-                (io, rustls::Connection::Server(conn))
-            }
-        };
-        let sock = tcp.into_std().map_err(|e| error_from_io(&e))?;
-        sock.set_nonblocking(false).map_err(|e| error_from_io(&e))?;
+        let parts = c.into_sync_parts()?;
         Ok(Conn {
-            sock,
-            tls,
+            sock: parts.socket,
+            tls: parts.tls,
             peer_id,
             nonblocking: false,
             close_notify_queued: false,
             failed: None,
-            _revocable: revocable,
+            _revocable: parts.revocable,
         })
     }
 
@@ -143,7 +132,7 @@ impl Conn {
     fn peer_gone(&mut self, e: &io::Error) -> Error {
         // A reset socket never blocks: this reads what arrived before the reset, if anything.
         for _ in 0..8 {
-            match self.tls.read_tls(&mut self.sock) {
+            match self.tls.read_tls(&mut &*self.sock) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     if let Err(tls) = self.tls.process_new_packets() {
@@ -200,7 +189,7 @@ impl Conn {
             // read more from the socket. A failure to send is for the next write to report:
             // what the peer sent may still be readable.
             let _ = self.try_flush_tls();
-            match self.tls.read_tls(&mut self.sock) {
+            match self.tls.read_tls(&mut &*self.sock) {
                 // End of stream: the reader now reports a clean close or a truncation.
                 Ok(_) => self.process()?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -438,7 +438,7 @@ impl MtlsClient {
         }
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
         let stream = connector
-            .connect(name, tcp)
+            .connect(name, super::net::Socket::new(tcp))
             .await
             .map_err(|e| error_from_io(&e))?;
         let (_, conn) = stream.get_ref();

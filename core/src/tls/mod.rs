@@ -120,7 +120,7 @@ pub use errors::error_from_io;
 pub(crate) use identity::certified_key;
 pub use identity::{Bundle, BundleSource, Identity, Snapshot, Svid, SvidSource};
 pub use material::{Material, PeerAuthorization, PeerInput};
-pub use net::{Connection, Listener, Revocable};
+pub use net::{Connection, Listener, Revocable, Socket, SyncParts};
 pub use provider::{KeyExchange, crypto_provider};
 pub(crate) use server::CurrentLeaf;
 pub use server::{

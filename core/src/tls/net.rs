@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
+use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -29,7 +30,7 @@ use crate::{Error, ErrorKind, Result};
 /// Read and write it with tokio's `AsyncReadExt`/`AsyncWriteExt`; I/O errors can be mapped
 /// with [`error_from_io`](super::error_from_io).
 pub struct Connection {
-    stream: TlsStream<TcpStream>,
+    stream: TlsStream<Socket>,
     peer_id: SpiffeId,
     /// Present while a listener may revoke this connection; dropping it unregisters.
     live: Option<LiveGuard>,
@@ -46,7 +47,7 @@ impl fmt::Debug for Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(stream: TlsStream<TcpStream>, peer_id: SpiffeId) -> Connection {
+    pub(crate) fn new(stream: TlsStream<Socket>, peer_id: SpiffeId) -> Connection {
         Connection {
             stream,
             peer_id,
@@ -61,11 +62,15 @@ impl Connection {
         }
     }
 
-    fn tcp(&self) -> &TcpStream {
+    fn socket(&self) -> &Socket {
         match &self.stream {
             TlsStream::Client(s) => s.get_ref().0,
             TlsStream::Server(s) => s.get_ref().0,
         }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        self.socket().get_ref()
     }
 
     /// The peer's SPIFFE ID (Go's `CertURIFromConn`).
@@ -118,29 +123,189 @@ impl Connection {
 
     /// The tokio-rustls stream. The stream is no longer tracked for revocation (see the
     /// [module documentation](super#revocation-of-live-connections)).
-    pub fn into_inner(self) -> TlsStream<TcpStream> {
+    pub fn into_inner(self) -> TlsStream<Socket> {
         drop(self.live);
         self.stream
     }
 
-    /// The tokio-rustls stream and, for a connection a listener accepted, its registration
-    /// for revocation: while the [`Revocable`] is kept, a change of intentions that denies
-    /// the peer still shuts the socket down (reads see end-of-stream, the peer a FIN), also
-    /// when the application drives the stream itself, as the C ABI does. Drop the
-    /// `Revocable` with the stream.
-    pub fn into_parts(self) -> (TlsStream<TcpStream>, Option<Revocable>) {
-        (self.stream, self.live.map(Revocable))
+    /// The connection as a blocking `std` socket and the rustls state, for a caller that
+    /// drives the TLS records itself, blocking or with poll/epoll (the C ABI does). For a
+    /// connection a listener accepted, [`SyncParts::revocable`] keeps it registered: while it
+    /// is kept, a change of intentions that denies the peer still shuts the socket down
+    /// (reads see end-of-stream, the peer a FIN).
+    ///
+    /// Errors: `Io` when the socket cannot be taken from the tokio runtime.
+    pub fn into_sync_parts(self) -> Result<SyncParts> {
+        let Connection { stream, live, .. } = self;
+        let (socket, tls) = match stream {
+            TlsStream::Client(s) => {
+                let (io, conn) = s.into_inner();
+                (io, rustls::Connection::Client(conn))
+            }
+            TlsStream::Server(s) => {
+                let (io, conn) = s.into_inner();
+                (io, rustls::Connection::Server(conn))
+            }
+        };
+        let socket = match &live {
+            None => socket.into_std().map_err(|e| error_from_io(&e))?,
+            Some(guard) => {
+                // Under the lock the revocation task holds no strong reference to the socket
+                // (it takes them only under the lock), and it cannot take one while the
+                // registration is moved to the std socket.
+                let mut reg = guard.set.lock();
+                let socket = socket.into_std().map_err(|e| error_from_io(&e))?;
+                if let Some(l) = reg.conns.get_mut(&guard.id) {
+                    l.socket = SocketRef::Sync(Arc::downgrade(&socket));
+                }
+                socket
+            }
+        };
+        Ok(SyncParts {
+            socket,
+            tls,
+            revocable: live.map(Revocable),
+        })
     }
 }
 
-/// Keeps a connection taken apart with [`Connection::into_parts`] registered with its
-/// listener's revocation; dropping it unregisters (and closes the descriptor revocation would
-/// have used).
+/// A [`Connection`] taken apart by [`Connection::into_sync_parts`].
+pub struct SyncParts {
+    /// The socket, in blocking mode. Shared only with the listener's revocation, which holds
+    /// a weak reference and shuts the socket down through it: the descriptor closes when
+    /// this `Arc` is dropped.
+    pub socket: Arc<std::net::TcpStream>,
+    /// The TLS state, handshake done.
+    pub tls: rustls::Connection,
+    /// For a connection a listener accepted: its registration with the listener's
+    /// revocation. Drop it with the socket.
+    pub revocable: Option<Revocable>,
+}
+
+impl fmt::Debug for SyncParts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncParts")
+            .field("peer_addr", &self.socket.peer_addr().ok())
+            .field("revocable", &self.revocable)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keeps a connection taken apart with [`Connection::into_sync_parts`] registered with its
+/// listener's revocation; dropping it unregisters.
 pub struct Revocable(LiveGuard);
 
 impl fmt::Debug for Revocable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Revocable").field("id", &self.0.id).finish()
+    }
+}
+
+/// The TCP socket under a [`Connection`]'s TLS. It is a tokio [`TcpStream`] that the
+/// connection's listener can also reach, through a weak reference, to shut it down when the
+/// peer stops being authorized: a held connection costs one descriptor, not a second one
+/// kept for revocation.
+pub struct Socket {
+    tcp: Arc<TcpStream>,
+}
+
+impl fmt::Debug for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Socket")
+            .field("local_addr", &self.tcp.local_addr().ok())
+            .field("peer_addr", &self.tcp.peer_addr().ok())
+            .finish()
+    }
+}
+
+impl Socket {
+    pub(crate) fn new(tcp: TcpStream) -> Socket {
+        Socket { tcp: Arc::new(tcp) }
+    }
+
+    /// The tokio stream, for its addresses and socket options.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    fn downgrade(&self) -> Weak<TcpStream> {
+        Arc::downgrade(&self.tcp)
+    }
+
+    /// The socket as a blocking `std` stream, leaving the tokio runtime.
+    fn into_std(self) -> io::Result<Arc<std::net::TcpStream>> {
+        // The only other strong references are the revocation task's, taken and dropped
+        // under its registry's lock; callers hold that lock or were never registered.
+        let tcp = Arc::try_unwrap(self.tcp).map_err(|_| {
+            io::Error::other("the socket is being shut down by revocation; try again")
+        })?;
+        let std = tcp.into_std()?;
+        std.set_nonblocking(false)?;
+        Ok(Arc::new(std))
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // tokio's own `poll_read` needs `&mut TcpStream`; through the shared reference this
+        // is the same readiness loop (a `WouldBlock` clears the readiness it waited for).
+        loop {
+            std::task::ready!(self.tcp.poll_read_ready(cx))?;
+            match self.tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.tcp.poll_write_ready(cx))?;
+            match self.tcp.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.tcp.poll_write_ready(cx))?;
+            match self.tcp.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(SockRef::from(&*self.tcp).shutdown(std::net::Shutdown::Write))
     }
 }
 
@@ -193,10 +358,28 @@ struct Live {
     /// The chain the peer presented, shared with the other live connections that presented
     /// the same bytes (the key of [`Registry::peers`]).
     chain: Arc<[CertificateDer<'static>]>,
-    /// A second descriptor of the connection's socket: shutting it down ends the connection
-    /// whatever the application is doing with it (reads return end-of-stream, the peer gets
-    /// a FIN). It must be dropped with the connection, or the socket would outlive it.
-    socket: std::net::TcpStream,
+    /// The connection's socket: shutting it down ends the connection whatever the
+    /// application is doing with it (reads return end-of-stream, the peer gets a FIN).
+    socket: SocketRef,
+}
+
+/// A weak reference to a live connection's socket, tokio's or (once taken apart for the C
+/// ABI) std's. Weak, so that the descriptor closes with the connection; upgraded only under
+/// the registry's lock, so that [`Connection::into_sync_parts`] can take the socket over.
+enum SocketRef {
+    Async(Weak<TcpStream>),
+    Sync(Weak<std::net::TcpStream>),
+}
+
+impl SocketRef {
+    /// Shuts the socket down both ways, if the connection still has it.
+    fn shut_down(&self) {
+        let both = std::net::Shutdown::Both;
+        let _ = match self {
+            SocketRef::Async(w) => w.upgrade().map(|s| SockRef::from(&*s).shutdown(both)),
+            SocketRef::Sync(w) => w.upgrade().map(|s| s.shutdown(both)),
+        };
+    }
 }
 
 /// A distinct peer chain among the live connections.
@@ -208,8 +391,8 @@ struct PeerEntry {
 
 /// The live connections of one listener. A mesh's clients present the same few chains again
 /// and again, so each distinct chain is held (and re-authorized) once, however many
-/// connections presented it: a held connection costs a map slot and a descriptor, not a copy
-/// of its chain.
+/// connections presented it: a held connection costs a map slot and a weak reference to its
+/// socket, not a copy of its chain or a descriptor.
 #[derive(Default)]
 struct Registry {
     conns: HashMap<u64, Live>,
@@ -222,7 +405,7 @@ impl Registry {
         id: u64,
         peer: &SpiffeId,
         chain: &[CertificateDer<'static>],
-        socket: std::net::TcpStream,
+        socket: SocketRef,
     ) {
         let known = self.peers.get_key_value(chain).map(|(k, _)| Arc::clone(k));
         let chain = match known {
@@ -274,28 +457,29 @@ impl LiveSet {
     /// Re-authorizes every distinct live peer chain and shuts down the connections of the
     /// ones now denied.
     fn recheck(&self, server: &MtlsServer) {
-        // Decide under the lock (authorizers are cheap and never block), shut down after it.
-        let revoked: Vec<Live> = {
-            let mut reg = self.lock();
-            let denied: Vec<Arc<[CertificateDer<'static>]>> = reg
-                .peers
-                .iter()
-                .filter(|(chain, e)| !server.still_authorized(&e.peer, chain, e.connections))
-                .map(|(chain, _)| Arc::clone(chain))
-                .collect();
-            if denied.is_empty() {
-                return;
+        // Decide and shut down under the lock: authorizers are cheap and never block, a
+        // shutdown is one system call, and a socket is upgraded only under the lock (see
+        // `SocketRef`).
+        let mut reg = self.lock();
+        let denied: Vec<Arc<[CertificateDer<'static>]>> = reg
+            .peers
+            .iter()
+            .filter(|(chain, e)| !server.still_authorized(&e.peer, chain, e.connections))
+            .map(|(chain, _)| Arc::clone(chain))
+            .collect();
+        if denied.is_empty() {
+            return;
+        }
+        let ids: Vec<u64> = reg
+            .conns
+            .iter()
+            .filter(|(_, l)| denied.iter().any(|d| Arc::ptr_eq(d, &l.chain)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(l) = reg.remove(id) {
+                l.socket.shut_down();
             }
-            let ids: Vec<u64> = reg
-                .conns
-                .iter()
-                .filter(|(_, l)| denied.iter().any(|d| Arc::ptr_eq(d, &l.chain)))
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter().filter_map(|id| reg.remove(id)).collect()
-        };
-        for l in revoked {
-            let _ = l.socket.shutdown(std::net::Shutdown::Both);
         }
     }
 }
@@ -312,22 +496,11 @@ impl Drop for LiveGuard {
     }
 }
 
-/// Splits off a second descriptor of `tcp` for revocation.
-fn dup_socket(tcp: TcpStream) -> io::Result<(TcpStream, std::net::TcpStream)> {
-    let std = tcp.into_std()?;
-    let dup = std.try_clone()?;
-    Ok((TcpStream::from_std(std)?, dup))
-}
-
 /// Registers `conn` with `set`, then checks it once more: an authorizer change that landed
 /// between its handshake and its registration was not seen by the revocation task.
-fn track(
-    mut conn: Connection,
-    set: &Arc<LiveSet>,
-    socket: std::net::TcpStream,
-    server: &MtlsServer,
-) -> Option<Connection> {
+fn track(mut conn: Connection, set: &Arc<LiveSet>, server: &MtlsServer) -> Option<Connection> {
     let id = set.next.fetch_add(1, Ordering::Relaxed);
+    let socket = SocketRef::Async(conn.socket().downgrade());
     set.lock()
         .insert(id, &conn.peer_id, conn.peer_certificates(), socket);
     conn.live = Some(LiveGuard {
@@ -411,15 +584,6 @@ impl Listener {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (stream, socket) = match &live {
-                    None => (stream, None),
-                    Some(_) => match dup_socket(stream) {
-                        Ok((s, dup)) => (s, Some(dup)),
-                        // No descriptor to spare: refuse rather than admit a connection that
-                        // could not be revoked.
-                        Err(_) => continue,
-                    },
-                };
                 let srv = srv.clone();
                 let tx = tx.clone();
                 let live = live.clone();
@@ -427,9 +591,9 @@ impl Listener {
                     let Ok(conn) = srv.accept(stream).await else {
                         return;
                     };
-                    let conn = match (live, socket) {
-                        (Some(set), Some(socket)) => track(conn, &set, socket, &srv),
-                        _ => Some(conn),
+                    let conn = match live {
+                        Some(set) => track(conn, &set, &srv),
+                        None => Some(conn),
                     };
                     if let Some(conn) = conn {
                         let _ = tx.send(conn).await;

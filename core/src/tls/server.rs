@@ -516,7 +516,12 @@ impl MtlsServer {
         let denial = Arc::new(Mutex::new(None));
         let acceptor = tokio_rustls::TlsAcceptor::from(self.shared.config(Some(denial.clone()))?);
         let timeout = self.shared.handshake_timeout;
-        let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        let stream = match tokio::time::timeout(
+            timeout,
+            acceptor.accept(super::net::Socket::new(tcp)),
+        )
+        .await
+        {
             Err(_) => {
                 return Err(Error::new(
                     ErrorKind::Timeout,
