@@ -411,7 +411,15 @@ fn connect_binary() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let o = Command::new(cargo)
             .current_dir(root())
-            .args(["build", "-p", "connect-core", "--bin", "connect"])
+            .args([
+                "build",
+                "-p",
+                "connect-core",
+                "--features",
+                "cli",
+                "--bin",
+                "connect",
+            ])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", text(&o.stderr));
