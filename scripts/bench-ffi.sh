@@ -4,10 +4,11 @@
 # a Rust echo server (bench_echo serve); then the same work from the Rust client (bench_echo
 # client) and the C client (ffi/bench/bench_client.c): N dial + 1-byte echo handshakes, then
 # MIB MiB echoed in 64 KiB lock-step. Then ffi/bench/bench_hold.c: HOLD mTLS connections held
-# at once by one C-API listener (both ends in one process, 64 dials in flight): KiB of resident
-# set per connection and accepts/s; a HOLD beyond the open-file limit is measured at the most
-# that fit ("SKIPPED: ..."). Environment: N (default 500), MIB (default 256), HOLD (default
-# 10000; 500 with BENCH_QUICK), BENCH_OUT (where ffi.json goes; default <target>/bench).
+# at once by one C-API listener (listener and dialing clients in two processes, 64 dials in
+# flight): KiB of resident set per connection, both ends, and accepts/s; a HOLD beyond the
+# open-file limit is measured at the most that fit ("SKIPPED: ..."). Environment: N (default
+# 500), MIB (default 256), HOLD (default 10000; 500 with BENCH_QUICK), BENCH_OUT (where ffi.json
+# goes; default <target>/bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-$PWD/target}"

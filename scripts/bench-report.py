@@ -307,8 +307,10 @@ class Report:
             self.agent_text = None
         self.agent = parse_agent_cache(self.agent_text or "")
         self.run = load_json(out, "run") or {}
-        # (target, measured, met) for the summary, in the order the sections add them.
-        self.targets: List[Row] = []
+        # (table, target, measured, met) for the summary, in the order the sections add them;
+        # `section` is the title of the table being rendered.
+        self.targets: List[Tuple[str, Row]] = []
+        self.section = ""
         self.claimed: set = set()
 
     @property
@@ -316,7 +318,7 @@ class Report:
         return bool(self.run.get("quick")) or any(j and j.get("quick") for j in self.json.values())
 
     def target(self, what: str, value: str, target: str, met: Optional[bool]) -> None:
-        self.targets.append(Row(what, value, target=target, met=met))
+        self.targets.append((self.section, Row(what, value, target=target, met=met)))
 
     def reproduce(self, *cmds: str, medians: bool = False) -> str:
         text = "Reproduce: " + "; ".join(f"`{c}`" for c in cmds) + "."
@@ -659,8 +661,10 @@ class Report:
                 return f" ({x['resumed'] * 100:.0f} % resumed)" if "resumed" in x else ""
 
             if "accepts_per_s" in lc:
+                shape = ("listener and clients in two processes" if "processes" in p
+                         else "both ends in one process")
                 rows.append(Row(f"connections opened per second ({p.get('in_flight', 64)} handshakes in flight, "
-                                "both ends in one process)", fmt_rate(lc["accepts_per_s"]) + resumed(lc),
+                                f"{shape})", fmt_rate(lc["accepts_per_s"]) + resumed(lc),
                                 f"bare tokio-rustls: {fmt_rate(bare['accepts_per_s'])}{resumed(bare)}",
                                 fmt_ratio(lc["accepts_per_s"] / bare["accepts_per_s"], pct=True)))
             self.target(f"{HELD_CONNECTIONS:,} connections held by one listener", f"{n:,}",
@@ -668,6 +672,12 @@ class Report:
             rows.append(Row("cross-check: resident set per connection, both ends",
                             f"{fmt_num(lc['rss_kib'])} KiB", f"bare tokio-rustls: {fmt_num(bare['rss_kib'])} KiB",
                             fmt_ratio(lc["rss_kib"] / bare["rss_kib"]) if bare["rss_kib"] else "—"))
+            if "server_rss_kib" in lc and "server_rss_kib" in bare:
+                rows.append(Row("… the listener's process",
+                                f"{fmt_num(lc['server_rss_kib'])} KiB",
+                                f"bare tokio-rustls: {fmt_num(bare['server_rss_kib'])} KiB",
+                                fmt_ratio(lc["server_rss_kib"] / bare["server_rss_kib"])
+                                if bare["server_rss_kib"] else "—"))
             rows.append(Row("heap still held after closing them all (kept capacity), per connection",
                             fmt_bytes(lc["leftover_bytes"]), f"bare tokio-rustls: {fmt_bytes(bare['leftover_bytes'])}"))
             cmds.append(j.get("command", CRITERION_CMD.format("conn_memory")))
@@ -790,13 +800,21 @@ class Report:
         if hold:
             n, asked = hold["held"], hold["requested"]
             held = f"{n:,} held" + (f" of {asked:,} asked (open-file limit)" if n < asked else "")
-            # The Rust harness's figures for the same shape (one process, both ends, 64 in flight).
+            # The Rust harness's figures for the same shape (listener and clients in two
+            # processes, both ends counted, 64 in flight).
             mem = (self.json["conn_memory"] or {}).get("results", {})
             bare, lc = mem.get("rustls"), mem.get("libconnect")
             rows.append(Row(f"C API listener: connections held at once, resident set per connection, both ends ({held})",
                             f"{fmt_num(hold['rss_kib_per_conn'])} KiB",
                             f"bare tokio-rustls (Rust harness): {fmt_num(bare['rss_kib'])} KiB" if bare else "—",
                             fmt_ratio(hold["rss_kib_per_conn"] / bare["rss_kib"]) if bare and bare["rss_kib"] else "—"))
+            if "server_rss_kib_per_conn" in hold:
+                rows.append(Row("… the listener's process",
+                                f"{fmt_num(hold['server_rss_kib_per_conn'])} KiB",
+                                f"bare tokio-rustls (Rust harness): {fmt_num(bare['server_rss_kib'])} KiB"
+                                if bare and "server_rss_kib" in bare else "—",
+                                fmt_ratio(hold["server_rss_kib_per_conn"] / bare["server_rss_kib"])
+                                if bare and bare.get("server_rss_kib") else "—"))
             rows.append(Row("… connections opened per second (64 dialing threads, one accepting thread)",
                             fmt_rate(hold["accepts_per_s"]),
                             f"libconnect Rust API (Rust harness): {fmt_rate(lc['accepts_per_s'])}"
@@ -885,11 +903,14 @@ class Report:
                 "scripts/bench-report.py yet.\n\n" + table(rows))
 
     def summary(self) -> Optional[str]:
+        """The targets this run measured; `render` adds the earlier rows of tables it kept."""
         if not self.targets:
             return None
-        rows = [[t.what, t.value, t.target, "—" if t.met is None else ("met" if t.met else "**not met**")]
-                for t in self.targets]
-        return table(rows, ["target from the issues", "measured", "target", "met"])
+        return table(self.summary_rows(), SUMMARY_HEADER)
+
+    def summary_rows(self) -> List[List[str]]:
+        return [[section, t.what, t.value, t.target, "—" if t.met is None else ("met" if t.met else "**not met**")]
+                for section, t in self.targets]
 
     def machine(self, kept: List[str]) -> str:
         m = machine()
@@ -933,17 +954,42 @@ SECTIONS: List[Tuple[str, str, Callable[[Report], Optional[str]]]] = [
     ("summary", "targets", Report.summary),
 ]
 
+SUMMARY_HEADER = ["table", "target from the issues", "measured", "target", "met"]
+
+
+def kept_summary_rows(doc: str, kept: List[str]) -> Dict[str, List[List[str]]]:
+    """The rows of the document's summary that belong to tables this run kept, by table."""
+    rows: Dict[str, List[List[str]]] = {}
+    m = re.search(r"<!-- bench:table:summary -->\n(.*?)<!-- /bench:table:summary -->", doc, re.S)
+    if not m:
+        return rows
+    for line in m.group(1).splitlines()[2:]:
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if len(cells) == len(SUMMARY_HEADER) and cells[0] in kept:
+            rows.setdefault(cells[0], []).append(cells)
+    return rows
+
+
 MARKER = re.compile(r"(<!-- bench:table:(\w+) -->\n)(.*?)(<!-- /bench:table:\2 -->)", re.S)
 
 
 def render(doc: str, report: Report) -> Tuple[str, List[str]]:
     blocks: Dict[str, Optional[str]] = {}
-    for name, _, fn in SECTIONS:
+    for name, title, fn in SECTIONS:
+        report.section = title
         blocks[name] = fn(report)
     present = {m.group(2) for m in MARKER.finditer(doc)}
     kept = [title for name, title, _ in SECTIONS if blocks[name] is None and name in present and name != "other"]
     missing = [name for name, _, _ in SECTIONS if blocks[name] is not None and name not in present]
     blocks["machine"] = report.machine(kept)
+    if kept:
+        # A table kept from an earlier run keeps its rows in the summary too, in table order.
+        old = kept_summary_rows(doc, kept)
+        new = report.summary_rows()
+        rows: List[List[str]] = []
+        for _, title, _ in SECTIONS:
+            rows += old.get(title, []) + [r for r in new if r[0] == title]
+        blocks["summary"] = table(rows, SUMMARY_HEADER) if rows else blocks["summary"]
 
     def sub(m: "re.Match[str]") -> str:
         body = blocks.get(m.group(2))

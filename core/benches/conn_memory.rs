@@ -4,39 +4,39 @@
 //! keys, provider, versions, groups, session cache and ticketer (its listener, like ours,
 //! runs each handshake in its own task).
 //!
-//! Both ends live in one process, and each stack is measured in a fresh process of its own
-//! (this executable again), so neither inherits the other's allocator pools. N connections
-//! are opened with up to 64 handshakes in flight, each carries a one-byte echo (so the
-//! tickets sent after the handshake have been processed) and all stay open; the live heap
-//! (counted by the global allocator below) and the resident set are compared with before.
-//! Dropping the client ends then leaves only the server ends, which splits the figure per
-//! side. Kernel socket buffers are not heap and are the same for both stacks.
-//!
-//! Descriptors bound N: a held connection costs bare tokio-rustls two (its two ends) and
-//! libconnect three (the listener keeps a second descriptor of each accepted socket, with
-//! which revocation shuts it down). N larger than the open-file limit allows is measured at
-//! the largest count that fits, for both stacks, and the output says so.
+//! Each stack runs in two fresh processes of its own (this executable again): the listener in
+//! one, the dialing clients in the other, so neither end inherits the other's allocator pools
+//! and each process holds one descriptor per connection (10,000 connections fit an open-file
+//! limit of 20,000, which both ends in one process would not). The parent drives them over
+//! their stdin and stdout. N connections are opened with up to 64 handshakes in flight, each
+//! carries a one-byte echo (so the tickets sent after the handshake have been processed) and
+//! all stay open; each process's live heap (counted by the global allocator below) and
+//! resident set are compared with before. Kernel socket buffers are not heap and are the same
+//! for both stacks.
 //!
 //! Run: `cargo bench -p connect-core --bench conn_memory` (`BENCH_CONNECTIONS`, default
 //! 10,000; `BENCH_QUICK=1` for 500; `make bench` raises the soft open-file limit to the hard
-//! one first). Writes `conn_memory.json` for `scripts/bench-report.py`.
+//! one first). An N beyond the open-file limit is measured at the largest count that fits,
+//! for both stacks, and the output says so. Writes `conn_memory.json` for
+//! `scripts/bench-report.py`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark harness")]
 
 mod bench_support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bench_support::mesh::Mesh;
 use connect_core::tls;
-use rustls::{ClientConfig, ServerConfig};
+use rustls::ServerConfig;
 use rustls_pki_types::ServerName;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -93,48 +93,18 @@ fn live() -> i64 {
     LIVE.load(Ordering::SeqCst) as i64
 }
 
-/// The two stacks' endpoints, built from one CA.
-struct Setup {
-    server: tls::Service,
-    client: tls::Service,
-    bare_server: Arc<ServerConfig>,
-    bare_client: Arc<ClientConfig>,
-}
-
-fn setup() -> Setup {
-    let mesh = Mesh::new();
-    let server = tls::Service::new(
-        mesh.identity("db"),
-        tls::authorizer::from_intentions("db", Mesh::intentions()),
-    )
-    .unwrap();
-    let client = tls::Service::new(
-        mesh.identity("web"),
-        tls::authorizer::from_intentions("web", Mesh::intentions()),
-    )
-    .unwrap();
-    let (bare_server, bare_client) = mesh.bare_configs();
-    Setup {
-        server,
-        client,
-        bare_server,
-        bare_client,
-    }
-}
-
 /// How many handshakes are in flight at once while connections are opened.
 const IN_FLIGHT: usize = 64;
 
-/// One way of opening established, authenticated connections: a dialer and a listener.
-trait Stack {
-    type Client: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    type Server: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    type Dialer: Dialer<Conn = Self::Client>;
-    fn dialer(&self) -> Self::Dialer;
+/// The listening end of a stack.
+trait Server {
+    type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn addr(&self) -> SocketAddr;
     /// The next connection whose handshake the listener completed.
-    async fn accept(&mut self) -> Self::Server;
+    async fn accept(&mut self) -> Self::Conn;
 }
 
+/// The dialing end of a stack.
 trait Dialer: Clone + Send + Sync + 'static {
     type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn dial(&self) -> impl Future<Output = Self::Conn> + Send;
@@ -142,9 +112,14 @@ trait Dialer: Clone + Send + Sync + 'static {
     fn resumed(c: &Self::Conn) -> bool;
 }
 
-struct Libconnect {
-    listener: tls::Listener,
-    client: tls::Service,
+impl Server for tls::Listener {
+    type Conn = tls::Connection;
+    fn addr(&self) -> SocketAddr {
+        self.local_addr()
+    }
+    async fn accept(&mut self) -> tls::Connection {
+        tls::Listener::accept(self).await.unwrap()
+    }
 }
 
 #[derive(Clone)]
@@ -163,32 +138,16 @@ impl Dialer for LibconnectDialer {
     }
 }
 
-impl Stack for Libconnect {
-    type Client = tls::Connection;
-    type Server = tls::Connection;
-    type Dialer = LibconnectDialer;
-    fn dialer(&self) -> LibconnectDialer {
-        LibconnectDialer {
-            client: self.client.clone(),
-            addr: self.listener.local_addr(),
-        }
-    }
-    async fn accept(&mut self) -> tls::Connection {
-        self.listener.accept().await.unwrap()
-    }
-}
-
 /// tokio-rustls with a listener shaped like libconnect's: an accept loop that runs each
 /// handshake in its own task and queues the finished ones.
 struct Bare {
     addr: SocketAddr,
     rx: mpsc::Receiver<tokio_rustls::server::TlsStream<TcpStream>>,
     task: JoinHandle<()>,
-    connector: tokio_rustls::TlsConnector,
 }
 
 impl Bare {
-    async fn new(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Bare {
+    async fn new(server: Arc<ServerConfig>) -> Bare {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(server);
@@ -207,18 +166,23 @@ impl Bare {
                 });
             }
         });
-        Bare {
-            addr,
-            rx,
-            task,
-            connector: tokio_rustls::TlsConnector::from(client),
-        }
+        Bare { addr, rx, task }
     }
 }
 
 impl Drop for Bare {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+impl Server for Bare {
+    type Conn = tokio_rustls::server::TlsStream<TcpStream>;
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    async fn accept(&mut self) -> Self::Conn {
+        self.rx.recv().await.unwrap()
     }
 }
 
@@ -241,49 +205,11 @@ impl Dialer for BareDialer {
     }
 }
 
-impl Stack for Bare {
-    type Client = tokio_rustls::client::TlsStream<TcpStream>;
-    type Server = tokio_rustls::server::TlsStream<TcpStream>;
-    type Dialer = BareDialer;
-    fn dialer(&self) -> BareDialer {
-        BareDialer {
-            connector: self.connector.clone(),
-            addr: self.addr,
-        }
-    }
-    async fn accept(&mut self) -> Self::Server {
-        self.rx.recv().await.unwrap()
-    }
-}
-
-/// Opens `n` connections, `IN_FLIGHT` at a time, each carrying a one-byte echo; returns both
-/// ends of each.
-async fn open_many<S: Stack>(stack: &mut S, n: usize) -> (Vec<S::Client>, Vec<S::Server>) {
-    let dialer = stack.dialer();
-    let gate = Arc::new(Semaphore::new(IN_FLIGHT));
-    let clients = tokio::spawn(async move {
-        let mut dials = JoinSet::new();
-        for _ in 0..n {
-            let permit = Arc::clone(&gate).acquire_owned().await.unwrap();
-            let dialer = dialer.clone();
-            dials.spawn(async move {
-                let mut c = dialer.dial().await;
-                let mut b = [7_u8; 1];
-                c.write_all(&b).await.unwrap();
-                c.read_exact(&mut b).await.unwrap();
-                drop(permit);
-                c
-            });
-        }
-        let mut clients = Vec::with_capacity(n);
-        while let Some(c) = dials.join_next().await {
-            clients.push(c.unwrap());
-        }
-        clients
-    });
+/// Accepts `n` connections and answers each one's byte; returns them all.
+async fn accept_many<S: Server>(server: &mut S, n: usize) -> Vec<S::Conn> {
     let mut echoes = JoinSet::new();
     for _ in 0..n {
-        let mut s = stack.accept().await;
+        let mut s = server.accept().await;
         echoes.spawn(async move {
             let mut b = [0_u8; 1];
             s.read_exact(&mut b).await.unwrap();
@@ -291,28 +217,246 @@ async fn open_many<S: Stack>(stack: &mut S, n: usize) -> (Vec<S::Client>, Vec<S:
             s
         });
     }
-    let mut servers = Vec::with_capacity(n);
+    let mut held = Vec::with_capacity(n);
     while let Some(s) = echoes.join_next().await {
-        servers.push(s.unwrap());
+        held.push(s.unwrap());
     }
-    (clients.await.unwrap(), servers)
+    held
 }
 
-/// Lets background tasks (handshake tasks, the revocation registration) finish.
+/// Opens `n` connections, `IN_FLIGHT` at a time, each carrying a one-byte echo.
+async fn open_many<D: Dialer>(dialer: &D, n: usize) -> Vec<D::Conn> {
+    let gate = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut dials = JoinSet::new();
+    for _ in 0..n {
+        let permit = Arc::clone(&gate).acquire_owned().await.unwrap();
+        let dialer = dialer.clone();
+        dials.spawn(async move {
+            let mut c = dialer.dial().await;
+            let mut b = [7_u8; 1];
+            c.write_all(&b).await.unwrap();
+            c.read_exact(&mut b).await.unwrap();
+            drop(permit);
+            c
+        });
+    }
+    let mut held = Vec::with_capacity(n);
+    while let Some(c) = dials.join_next().await {
+        held.push(c.unwrap());
+    }
+    held
+}
+
+/// Lets background tasks (handshake tasks, the revocation registration, closing sockets)
+/// finish.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
-/// What one stack's process measured.
-#[derive(Debug, Serialize, Deserialize)]
+/// One end of a stack: how it gets `k` more connections to hold.
+trait End {
+    type Conn;
+    /// Opens or accepts `k` connections, each with its one-byte echo, and says what it saw.
+    async fn hold(&mut self, k: usize) -> (Vec<Self::Conn>, Value);
+}
+
+struct ServerEnd<S>(S);
+
+impl<S: Server> End for ServerEnd<S> {
+    type Conn = S::Conn;
+    async fn hold(&mut self, k: usize) -> (Vec<S::Conn>, Value) {
+        (accept_many(&mut self.0, k).await, json!({}))
+    }
+}
+
+struct ClientEnd<D>(D);
+
+impl<D: Dialer> End for ClientEnd<D> {
+    type Conn = D::Conn;
+    async fn hold(&mut self, k: usize) -> (Vec<D::Conn>, Value) {
+        let t = Instant::now();
+        let conns = open_many(&self.0, k).await;
+        let secs = t.elapsed().as_secs_f64();
+        let resumed = conns.iter().filter(|c| D::resumed(c)).count();
+        (conns, json!({"secs": secs, "resumed": resumed}))
+    }
+}
+
+/// One end's connections and its figures, driven by the parent's commands, one per line on
+/// stdin, each answered with one JSON line on stdout:
+/// - `hold K`: the server accepts and echoes K connections, the client opens them
+///   (`{"secs", "resumed"}` from the client: seconds from first dial to last echo, and how
+///   many resumed);
+/// - `mark`: the baseline heap and resident set (`{}`);
+/// - `measure`: heap bytes and resident KiB now above the baseline (`{"heap", "rss_kib"}`);
+/// - `drop`: every connection closed (`{"heap"}` still above the baseline).
+async fn command_loop<E: End>(mut end: E) {
+    let mut held: Vec<E::Conn> = Vec::new();
+    let (mut heap0, mut rss0) = (live(), bench_support::rss_kib());
+    loop {
+        // A blocking read on a thread of the pool: the commands are few and far between.
+        let line = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        if line.is_empty() {
+            return;
+        }
+        let mut words = line.split_whitespace();
+        let reply = match (words.next(), words.next()) {
+            (Some("hold"), Some(k)) => {
+                let (conns, reply) = end.hold(k.parse().unwrap()).await;
+                held.extend(conns);
+                reply
+            }
+            (Some("mark"), None) => {
+                settle().await;
+                (heap0, rss0) = (live(), bench_support::rss_kib());
+                json!({})
+            }
+            (Some("measure"), None) => {
+                settle().await;
+                let rss = bench_support::rss_kib() as i64 - rss0 as i64;
+                json!({"heap": live() - heap0, "rss_kib": rss})
+            }
+            (Some("drop"), None) => {
+                held = Vec::new();
+                settle().await;
+                json!({"heap": live() - heap0})
+            }
+            _ => panic!("unknown command {line:?}"),
+        };
+        println!("{reply}");
+    }
+}
+
+/// Env vars a child process reads: its role (`server` or `client`), its stack
+/// (`libconnect` or `rustls`), the mesh file and, for a client, the listener's address.
+const ROLE: &str = "CONN_MEMORY_ROLE";
+const STACK: &str = "CONN_MEMORY_STACK";
+const MESH: &str = "CONN_MEMORY_MESH";
+const ADDR: &str = "CONN_MEMORY_ADDR";
+
+/// Runs in a child process: one end of one stack.
+fn child(role: &str) {
+    let stack = std::env::var(STACK).unwrap();
+    let mesh = Mesh::from_json(&std::fs::read_to_string(std::env::var(MESH).unwrap()).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (bare_server, bare_client) = mesh.bare_configs();
+    rt.block_on(async {
+        match (role, stack.as_str()) {
+            ("server", "libconnect") => {
+                let db = tls::Service::new(
+                    mesh.identity("db"),
+                    tls::authorizer::from_intentions("db", Mesh::intentions()),
+                )
+                .unwrap();
+                serve(db.listen("127.0.0.1:0").await.unwrap()).await;
+            }
+            ("server", _) => serve(Bare::new(bare_server).await).await,
+            ("client", stack) => {
+                let addr: SocketAddr = std::env::var(ADDR).unwrap().parse().unwrap();
+                if stack == "libconnect" {
+                    let client = tls::Service::new(
+                        mesh.identity("web"),
+                        tls::authorizer::from_intentions("web", Mesh::intentions()),
+                    )
+                    .unwrap();
+                    dial(LibconnectDialer { client, addr }).await;
+                } else {
+                    let connector = tokio_rustls::TlsConnector::from(bare_client);
+                    dial(BareDialer { connector, addr }).await;
+                }
+            }
+            _ => panic!("unknown role {role:?}"),
+        }
+    });
+}
+
+async fn serve<S: Server>(server: S) {
+    println!("{}", json!({"addr": server.addr().to_string()}));
+    command_loop(ServerEnd(server)).await;
+}
+
+async fn dial<D: Dialer>(dialer: D) {
+    println!("{}", json!({}));
+    command_loop(ClientEnd(dialer)).await;
+}
+
+/// The parent's end of a child process.
+struct Proc {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Proc {
+    fn spawn(role: &str, stack: &str, mesh: &std::path::Path, addr: Option<&str>) -> Proc {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env(ROLE, role)
+            .env(STACK, stack)
+            .env(MESH, mesh)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(a) = addr {
+            cmd.env(ADDR, a);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Proc {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn send(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn reply(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.stdout.read_line(&mut line).unwrap();
+        assert!(n > 0, "a measuring process ended early");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Sends `command` to both ends and returns their replies (server, client).
+    fn both(server: &mut Proc, client: &mut Proc, command: &str) -> (Value, Value) {
+        server.send(command);
+        client.send(command);
+        (server.reply(), client.reply())
+    }
+
+    fn finish(mut self) {
+        drop(self.stdin);
+        assert!(
+            self.child.wait().unwrap().success(),
+            "a measuring process failed"
+        );
+    }
+}
+
+/// What one stack measured.
+#[derive(Debug)]
 struct Held {
-    /// Heap bytes per connection, both ends.
-    both: f64,
-    /// Heap bytes per connection, server end only.
+    /// Heap bytes per connection, server end.
     server: f64,
-    /// Resident set per connection, both ends, KiB.
-    rss_kib: f64,
-    /// Heap bytes per connection not returned after closing everything (should be ~0).
+    /// Heap bytes per connection, client end.
+    client: f64,
+    /// Resident set per connection, KiB, server and client end.
+    rss_kib: (f64, f64),
+    /// Heap bytes per connection not returned after closing everything, both ends (~0).
     leftover: f64,
     /// Connections opened (handshake and echo done) per second, `IN_FLIGHT` at a time.
     accepts_per_s: f64,
@@ -320,35 +464,38 @@ struct Held {
     resumed: f64,
 }
 
-async fn measure<S: Stack>(stack: &mut S, n: usize) -> Held {
+fn measure(stack: &str, mesh: &std::path::Path, n: usize) -> Held {
+    let mut server = Proc::spawn("server", stack, mesh, None);
+    let addr = server.reply()["addr"].as_str().unwrap().to_owned();
+    let mut client = Proc::spawn("client", stack, mesh, Some(&addr));
+    client.reply();
     // Warm-up: session caches full, lazily built state built, allocator pools and the
     // runtime's task slabs grown.
-    drop(open_many(stack, IN_FLIGHT * 4).await);
-    settle().await;
-    let (heap0, rss0) = (live(), bench_support::rss_kib());
-    let t = Instant::now();
-    let (clients, servers) = open_many(stack, n).await;
-    let resumed = clients.iter().filter(|c| S::Dialer::resumed(c)).count();
-    let secs = t.elapsed().as_secs_f64();
-    settle().await;
-    let (heap1, rss1) = (live(), bench_support::rss_kib());
-    // The vectors were allocated inside the counted window; a connection object held in a
-    // task or a struct on the heap costs its inline size too, so the vectors' share is what
-    // an application pays. Their unused capacity is at most their length, well under 1 %.
-    drop(clients);
-    settle().await;
-    let heap2 = live();
-    drop(servers);
-    settle().await;
-    let heap3 = live();
-    let per = |bytes: i64| bytes as f64 / n as f64;
+    Proc::both(&mut server, &mut client, &format!("hold {}", IN_FLIGHT * 4));
+    client.send("drop");
+    client.reply();
+    server.send("drop");
+    server.reply();
+    Proc::both(&mut server, &mut client, "mark");
+    let (_, opened) = Proc::both(&mut server, &mut client, &format!("hold {n}"));
+    // The vectors holding the connections were allocated inside the counted window; a
+    // connection object held in a task or a struct on the heap costs its inline size too,
+    // so their share is what an application pays.
+    let (s, c) = Proc::both(&mut server, &mut client, "measure");
+    client.send("drop");
+    let c_left = client.reply();
+    server.send("drop");
+    let s_left = server.reply();
+    server.finish();
+    client.finish();
+    let per = |v: &Value| v.as_f64().unwrap() / n as f64;
     Held {
-        both: per(heap1 - heap0),
-        server: per(heap2 - heap0),
-        rss_kib: (rss1 as f64 - rss0 as f64) / n as f64,
-        leftover: per(heap3 - heap0),
-        accepts_per_s: n as f64 / secs,
-        resumed: resumed as f64 / n as f64,
+        server: per(&s["heap"]),
+        client: per(&c["heap"]),
+        rss_kib: (per(&s["rss_kib"]), per(&c["rss_kib"])),
+        leftover: per(&s_left["heap"]) + per(&c_left["heap"]),
+        accepts_per_s: n as f64 / opened["secs"].as_f64().unwrap(),
+        resumed: per(&opened["resumed"]),
     }
 }
 
@@ -363,85 +510,59 @@ fn open_file_limit() -> Option<usize> {
     soft.parse().ok()
 }
 
-/// Descriptors one held connection costs, both ends, in the stack that needs the most.
-const FDS_PER_CONN: usize = 3;
+/// Descriptors one held connection costs each process (its end's socket).
+const FDS_PER_CONN: usize = 1;
 /// Descriptors left for everything else (the runtime, the warm-up's closing sockets, stdio).
 const FD_MARGIN: usize = 64 + IN_FLIGHT * 4;
 
-/// Env var naming the stack a child process measures.
-const CHILD: &str = "CONN_MEMORY_STACK";
-
-/// Runs in a child process: measures one stack and prints its figures as one JSON line.
-fn child(stack: &str, n: usize) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let setup = setup();
-    let held = rt.block_on(async {
-        if stack == "libconnect" {
-            let mut lc = Libconnect {
-                listener: setup.server.listen("127.0.0.1:0").await.unwrap(),
-                client: setup.client.clone(),
-            };
-            measure(&mut lc, n).await
-        } else {
-            let mut bare = Bare::new(
-                Arc::clone(&setup.bare_server),
-                Arc::clone(&setup.bare_client),
-            )
-            .await;
-            measure(&mut bare, n).await
-        }
-    });
-    println!("{}", serde_json::to_string(&held).unwrap());
-}
-
-fn run_child(stack: &str, n: usize) -> Held {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, stack)
-        .env("BENCH_CONNECTIONS", n.to_string())
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "the {stack} measurement failed");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
-    serde_json::from_str(line).unwrap()
-}
-
 fn main() {
+    if let Ok(role) = std::env::var(ROLE) {
+        return child(&role);
+    }
     let quick = bench_support::quick();
     let requested: usize =
         bench_support::env_num("BENCH_CONNECTIONS", if quick { 500 } else { 10_000 });
-    if let Ok(stack) = std::env::var(CHILD) {
-        return child(&stack, requested);
-    }
     let limit = open_file_limit();
     let fits = limit.map_or(usize::MAX, |l| l.saturating_sub(FD_MARGIN) / FDS_PER_CONN);
     let n = requested.min(fits);
     if n < requested {
         println!(
-            "SKIPPED {requested} connections: they need ~{} descriptors and the open-file limit is {} (raise it with `ulimit -n`); measuring {n}, the most that fit, for both stacks",
+            "SKIPPED {requested} connections: they need ~{} descriptors in each process and the open-file limit is {} (raise it with `ulimit -n`); measuring {n}, the most that fit, for both stacks",
             requested * FDS_PER_CONN + FD_MARGIN,
             limit.unwrap_or(0)
         );
     }
-    // The order does not change the counted heap; each stack has a fresh process anyway.
-    let bare = run_child("rustls", n);
-    let lc = run_child("libconnect", n);
+    // Both ends of a stack must trust one CA; the file holds private keys, so it is the
+    // owner's alone and removed afterwards.
+    let dir = bench_support::out_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let mesh_path = dir.join(format!("conn_memory_mesh.{}.json", std::process::id()));
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&mesh_path)
+            .unwrap();
+        f.write_all(Mesh::new().to_json().as_bytes()).unwrap();
+    }
+    // The order does not change the counted heap; each stack has fresh processes anyway.
+    let bare = measure("rustls", &mesh_path, n);
+    let lc = measure("libconnect", &mesh_path, n);
+    std::fs::remove_file(&mesh_path).unwrap();
     let kib = |b: f64| b / 1024.0;
     println!(
-        "{n} established mTLS connections held by one listener, {IN_FLIGHT} handshakes in flight:"
+        "{n} established mTLS connections held by one listener, {IN_FLIGHT} handshakes in flight (listener and clients in separate processes):"
     );
     for (name, h) in [("libconnect", &lc), ("bare rustls", &bare)] {
         println!(
-            "  {name:<11} heap both ends {:6.2} KiB (server {:5.2} KiB, client {:5.2} KiB); RSS {:5.1} KiB; {:6.0} accepts/s ({:.0} % resumed); not returned after close {:+.0} B",
-            kib(h.both),
+            "  {name:<11} heap both ends {:6.2} KiB (server {:5.2} KiB, client {:5.2} KiB); RSS {:5.1} KiB (server {:4.1}); {:6.0} accepts/s ({:.0} % resumed); not returned after close {:+.0} B",
+            kib(h.server + h.client),
             kib(h.server),
-            kib(h.both - h.server),
-            h.rss_kib,
+            kib(h.client),
+            h.rss_kib.0 + h.rss_kib.1,
+            h.rss_kib.0,
             h.accepts_per_s,
             h.resumed * 100.0,
             h.leftover
@@ -449,16 +570,18 @@ fn main() {
     }
     println!(
         "  libconnect / bare rustls: heap {:.3}× (both ends), {:.3}× (server end); accept rate {:.2}×",
-        lc.both / bare.both,
+        (lc.server + lc.client) / (bare.server + bare.client),
         lc.server / bare.server,
         lc.accepts_per_s / bare.accepts_per_s
     );
     let row = |h: &Held| {
         json!({
-            "both_bytes": h.both,
+            "both_bytes": h.server + h.client,
             "server_bytes": h.server,
-            "client_bytes": h.both - h.server,
-            "rss_kib": h.rss_kib,
+            "client_bytes": h.client,
+            "rss_kib": h.rss_kib.0 + h.rss_kib.1,
+            "server_rss_kib": h.rss_kib.0,
+            "client_rss_kib": h.rss_kib.1,
             "leftover_bytes": h.leftover,
             "accepts_per_s": h.accepts_per_s,
             "resumed": h.resumed,
@@ -468,7 +591,7 @@ fn main() {
         "conn_memory",
         "ulimit -n $(ulimit -Hn); cargo bench -p connect-core --bench conn_memory",
         json!({"connections": n, "requested": requested, "in_flight": IN_FLIGHT,
-               "open_file_limit": limit}),
+               "open_file_limit": limit, "processes": "listener and clients apart"}),
         json!({"libconnect": row(&lc), "rustls": row(&bare)}),
     );
 }
