@@ -54,7 +54,7 @@ bench-run:
 	$(BENCH_ENV) $(if $(BENCH_QUICK),BENCH_SERVICES=1000) cargo bench -p connect-core \
 		--bench agent_cache >$(BENCH_OUT)/agent_cache.txt; s=$$?; cat $(BENCH_OUT)/agent_cache.txt; exit $$s
 	$(BENCH_ENV) cargo bench -p connect-core --bench http_load
-# Holding 10,000 connections takes ~30,000 descriptors in one process: the hard limit's worth.
+# Holding 10,000 connections takes ~10,300 descriptors in each of its two processes.
 	ulimit -n $$(ulimit -H -n) 2>/dev/null; $(BENCH_ENV) cargo bench -p connect-core --bench conn_memory
 	$(MAKE) bench-sidecars
 	$(BENCH_ENV) cargo bench -p connect-core --bench proxy_latency
