@@ -5,6 +5,7 @@
 
 mod tls_support;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -96,11 +97,9 @@ async fn an_intention_flipped_to_deny_closes_the_open_connection() {
     agent.close();
 }
 
-/// An authorizer that cannot report changes (a closure over a flag): the interval bounds the
-/// delay; with revocation off, the connection stays.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_interval_bounds_authorizers_without_notifications_and_off_means_off() {
-    let mut mesh = Mesh::new();
+/// An authorizer that cannot report changes: a closure allowing every peer while the flag is
+/// up.
+fn flag_authorizer() -> (Arc<AtomicBool>, impl tls::Authorizer + Clone) {
     let allow = Arc::new(AtomicBool::new(true));
     let flag = Arc::clone(&allow);
     let by_flag = move |_: &SpiffeId, _: &[CertificateDer<'_>]| {
@@ -110,6 +109,15 @@ async fn the_interval_bounds_authorizers_without_notifications_and_off_means_off
             Err(AuthzDenied::new("flag down"))
         }
     };
+    (allow, by_flag)
+}
+
+/// An authorizer that cannot report changes (a closure over a flag): the interval bounds the
+/// delay; with revocation off, the connection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_interval_bounds_authorizers_without_notifications_and_off_means_off() {
+    let mut mesh = Mesh::new();
+    let (allow, by_flag) = flag_authorizer();
     let db_identity = mesh.identity("db");
     let revoking = Service::from_server(
         tls::mtls_server(&db_identity)
@@ -144,9 +152,39 @@ async fn the_interval_bounds_authorizers_without_notifications_and_off_means_off
     assert_eq!(keeping.server().stats().revoked, 0);
 }
 
-/// Descriptors open in this process (nextest runs each test in a process of its own).
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
+/// The inodes of the IPv4 TCP sockets whose local port is `port`: a listener's own socket and
+/// the ones it accepted (`/proc/net/tcp`).
+fn sockets_on_port(port: u16) -> HashSet<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let inode: u64 = f.get(9)?.parse().ok()?;
+            // Inode 0: a socket no descriptor holds any more (TIME_WAIT).
+            (local == port && inode != 0).then_some(inode)
+        })
+        .collect()
+}
+
+/// How many of this process's descriptors refer to one of `inodes` (other tests running in
+/// the same process open descriptors of their own, so a plain count would not do).
+fn descriptors_of(inodes: &HashSet<u64>) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|t| {
+            let t = t
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .to_owned();
+            t.parse::<u64>().ok()
+        })
+        .filter(|i| inodes.contains(i))
+        .count()
 }
 
 /// Revocation reaches a live connection through the socket the connection owns: a held
@@ -157,15 +195,7 @@ fn open_fds() -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_connection_costs_one_descriptor_and_taken_apart_is_still_revoked() {
     let mut mesh = Mesh::new();
-    let allow = Arc::new(AtomicBool::new(true));
-    let flag = Arc::clone(&allow);
-    let by_flag = move |_: &SpiffeId, _: &[CertificateDer<'_>]| {
-        if flag.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err(AuthzDenied::new("flag down"))
-        }
-    };
+    let (allow, by_flag) = flag_authorizer();
     let db = Service::from_server(
         tls::mtls_server(&mesh.identity("db"))
             .authorize(by_flag)
@@ -181,19 +211,21 @@ async fn a_held_connection_costs_one_descriptor_and_taken_apart_is_still_revoked
     let first_server = l.accept().await.unwrap();
 
     const N: usize = 40;
-    let before = open_fds();
     let mut held = Vec::new();
     for _ in 0..N {
         let c = web.dial_addr(addr, "db").await.unwrap();
         let s = tokio::time::timeout(IO, l.accept()).await.unwrap().unwrap();
         held.push((c, s));
     }
-    let grown = open_fds() - before;
-    // Two ends in this process: two descriptors a connection (three with a duplicate).
+    // The listener's socket and every accepted one, each behind exactly one descriptor (a
+    // duplicate kept for revocation would make it two).
+    let sockets = sockets_on_port(addr.port());
     assert!(
-        grown <= 2 * N + 4,
-        "{N} connections opened {grown} descriptors"
+        sockets.len() > N,
+        "{} sockets on the listener's port",
+        sockets.len()
     );
+    assert_eq!(descriptors_of(&sockets), sockets.len());
 
     // Taken apart: a blocking std socket and the rustls state; the registration goes along.
     let mut client = first;
@@ -222,7 +254,12 @@ async fn a_held_connection_costs_one_descriptor_and_taken_apart_is_still_revoked
     }
     assert_eq!(db.server().stats().revoked, N as u64 + 1);
     // The caller's socket is the only strong reference: dropping it closes the descriptor.
-    let fd_open = open_fds();
+    let fd = {
+        use std::os::fd::AsRawFd;
+        parts.socket.as_raw_fd()
+    };
+    let own = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
     drop(parts);
-    assert_eq!(open_fds(), fd_open - 1);
+    let now = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
+    assert_ne!(now, Some(own), "the descriptor is still open");
 }
