@@ -15,7 +15,7 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 
 use super::errors::{VerifyFailure, error_from_io};
 use super::identity::Identity;
-use super::net::Connection;
+use super::net::{Connection, Socket};
 use super::verify::{PeerRole, check_chain, leaf_identity};
 use super::{DEFAULT_HANDSHAKE_TIMEOUT, KeyExchange, crypto_provider};
 use crate::spiffe::{DEFAULT_NAMESPACE, DEFAULT_PARTITION, ServiceId, SpiffeId};
@@ -438,7 +438,7 @@ impl MtlsClient {
         }
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
         let stream = connector
-            .connect(name, super::net::Socket::new(tcp))
+            .connect(name, Socket::new(tcp))
             .await
             .map_err(|e| error_from_io(&e))?;
         let (_, conn) = stream.get_ref();

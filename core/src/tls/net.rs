@@ -147,20 +147,18 @@ impl Connection {
                 (io, rustls::Connection::Server(conn))
             }
         };
-        let socket = match &live {
-            None => socket.into_std().map_err(|e| error_from_io(&e))?,
-            Some(guard) => {
-                // Under the lock the revocation task holds no strong reference to the socket
-                // (it takes them only under the lock), and it cannot take one while the
-                // registration is moved to the std socket.
-                let mut reg = guard.set.lock();
-                let socket = socket.into_std().map_err(|e| error_from_io(&e))?;
-                if let Some(l) = reg.conns.get_mut(&guard.id) {
-                    l.socket = SocketRef::Sync(Arc::downgrade(&socket));
-                }
-                socket
-            }
-        };
+        // Under the registry's lock the revocation task holds no strong reference to the
+        // socket (it takes them only under the lock), and it cannot take one while the
+        // registration is moved to the std socket.
+        let mut registered = live.as_ref().map(|g| (g.set.lock(), g.id));
+        let socket = socket.into_std().map_err(|e| error_from_io(&e))?;
+        if let Some(l) = registered
+            .as_mut()
+            .and_then(|(reg, id)| reg.conns.get_mut(id))
+        {
+            l.socket = SocketRef::Sync(Arc::downgrade(&socket));
+        }
+        drop(registered);
         Ok(SyncParts {
             socket,
             tls,

@@ -18,7 +18,7 @@ use super::authorizer::{Authorizer, AuthzDenied, SharedAuthorizer};
 use super::errors::{VerifyFailure, error_from_io};
 use super::identity::Identity;
 use super::material::{PeerAuthorization, PeerInput};
-use super::net::{Connection, Listener};
+use super::net::{Connection, Listener, Socket};
 use super::verify::{PeerRole, check_chain, leaf_identity};
 use super::{DEFAULT_HANDSHAKE_TIMEOUT, KeyExchange, crypto_provider};
 use crate::certs;
@@ -516,12 +516,7 @@ impl MtlsServer {
         let denial = Arc::new(Mutex::new(None));
         let acceptor = tokio_rustls::TlsAcceptor::from(self.shared.config(Some(denial.clone()))?);
         let timeout = self.shared.handshake_timeout;
-        let stream = match tokio::time::timeout(
-            timeout,
-            acceptor.accept(super::net::Socket::new(tcp)),
-        )
-        .await
-        {
+        let stream = match tokio::time::timeout(timeout, acceptor.accept(Socket::new(tcp))).await {
             Err(_) => {
                 return Err(Error::new(
                     ErrorKind::Timeout,
