@@ -67,6 +67,10 @@ async fn an_intention_flipped_to_deny_closes_the_open_connection() {
     round_trip(&mut from_web_too, b"web again").await;
     round_trip(&mut gone, b"web, briefly").await;
     round_trip(&mut from_api, b"api before").await;
+    // Closed, and the server's close seen: the server has dropped its side (which
+    // unregisters before the socket closes) before the change below.
+    gone.shutdown().await.unwrap();
+    closed_within(&mut gone, IO).await;
     drop(gone);
 
     agent

@@ -30,10 +30,12 @@ use crate::{Error, ErrorKind, Result};
 /// Read and write it with tokio's `AsyncReadExt`/`AsyncWriteExt`; I/O errors can be mapped
 /// with [`error_from_io`](super::error_from_io).
 pub struct Connection {
+    /// Present while a listener may revoke this connection; dropping it unregisters. Declared
+    /// first so that it drops first: a peer that sees the socket close can count on the
+    /// connection being gone from the listener's registry.
+    live: Option<LiveGuard>,
     stream: TlsStream<Socket>,
     peer_id: SpiffeId,
-    /// Present while a listener may revoke this connection; dropping it unregisters.
-    live: Option<LiveGuard>,
 }
 
 impl fmt::Debug for Connection {
@@ -49,9 +51,9 @@ impl fmt::Debug for Connection {
 impl Connection {
     pub(crate) fn new(stream: TlsStream<Socket>, peer_id: SpiffeId) -> Connection {
         Connection {
+            live: None,
             stream,
             peer_id,
-            live: None,
         }
     }
 
