@@ -56,11 +56,19 @@ bench-run:
 	$(BENCH_ENV) cargo bench -p connect-core --bench http_load
 # Holding 10,000 connections takes ~10,300 descriptors in each of its two processes.
 	ulimit -n $$(ulimit -H -n) 2>/dev/null; $(BENCH_ENV) cargo bench -p connect-core --bench conn_memory
-	$(MAKE) bench-sidecars
-	$(BENCH_ENV) cargo bench -p connect-core --bench proxy_latency
+	$(MAKE) bench-proxy
 	$(MAKE) bench-ffi
 	$(MAKE) bench-python
 	$(MAKE) bench-node
+
+## `connect-proxy` (the sidecar build) and `connect proxy` against stunnel, HAProxy, libconnect
+## in the application and plain TCP (core/benches/proxy_latency.rs).
+.PHONY: bench-proxy
+bench-proxy: bench-sidecars
+	cargo build --release -p connect-core --features cli --bin connect
+	cargo build --profile sidecar -p connect-core --features cli --bin connect-proxy
+	$(BENCH_ENV) CONNECT_PROXY_BIN=$(TARGET_DIR)/sidecar/connect-proxy \
+		cargo bench -p connect-core --bench proxy_latency
 
 ## stunnel and HAProxy, which proxy_latency runs beside `connect proxy` (Debian packages):
 ## installed when missing if this is root with apt-get; otherwise the harness prints one

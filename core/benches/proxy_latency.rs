@@ -4,9 +4,12 @@
 //!
 //! * native: a libconnect mTLS client in this process → a libconnect mTLS echo server
 //!   (another process);
-//! * sidecar: a plaintext client → `connect proxy -service web -upstream db:…` (outbound) →
-//!   mTLS → `connect proxy -service db -service-addr … -listen …` (inbound) → a plaintext
-//!   echo server (another process);
+//! * sidecar: a plaintext client → `connect-proxy -service web -upstream db:…` (outbound) →
+//!   mTLS → `connect-proxy -service db -service-addr … -listen …` (inbound) → a plaintext
+//!   echo server (another process). `connect-proxy` is the sidecar build of `connect proxy`
+//!   (its own binary, `--profile sidecar`);
+//! * all_in_one: the same two hops played by `connect proxy` in the all-in-one `connect`
+//!   (release), to show what the sidecar build saves;
 //! * stunnel and haproxy: the same two hops played by stunnel (client mode with
 //!   `cert`/`key`/`CAfile`; server mode with `verify = 2`) and by HAProxy (a `bind … ssl crt …
 //!   ca-file … verify required` frontend; a `server … ssl verify required ca-file … crt …`
@@ -26,7 +29,9 @@
 //! the harness prints one `SKIPPED stunnel: …` / `SKIPPED haproxy: …` line and measures the
 //! rest.
 //!
-//! Needs the release `connect` (`cargo build --release --bin connect`, or `CONNECT_BIN`).
+//! Needs the release `connect` (`cargo build --release --bin connect`, or `CONNECT_BIN`) and
+//! the sidecar `connect-proxy` (`cargo build --profile sidecar --bin connect-proxy`, or
+//! `CONNECT_PROXY_BIN`); `make bench-proxy` builds both.
 //! Run: `cargo bench -p connect-core --bench proxy_latency`; `BENCH_QUICK=1` for a smoke
 //! run. Writes `proxy_latency.json` for `scripts/bench-report.py`.
 
@@ -188,6 +193,67 @@ fn connect_bin() -> PathBuf {
             let exe = std::env::current_exe().unwrap();
             exe.parent().unwrap().parent().unwrap().join("connect")
         })
+}
+
+/// `connect-proxy`: `CONNECT_PROXY_BIN`, or the sidecar build beside this target's release
+/// directory (`cargo build --profile sidecar -p connect-core --features cli --bin
+/// connect-proxy`).
+fn proxy_bin() -> PathBuf {
+    let bin = std::env::var_os("CONNECT_PROXY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // <target>/release/deps/proxy_latency-… → <target>/sidecar/connect-proxy
+            let exe = std::env::current_exe().unwrap();
+            let target = exe.parent().unwrap().parent().unwrap().parent().unwrap();
+            target.join("sidecar").join("connect-proxy")
+        });
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build --profile sidecar -p connect-core --features cli --bin \
+         connect-proxy (or set CONNECT_PROXY_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// libconnect's proxy on both sides, `program()` being the command before the proxy's flags:
+/// inbound `db` in front of `echo`, outbound `web` with `db` as its upstream.
+fn libconnect_proxies(
+    http: &str,
+    echo: &str,
+    program: impl Fn() -> Command,
+    what: &str,
+) -> Sidecars {
+    let start = |flags: &[&str], side: &str| {
+        let mut c = program();
+        c.env("CONSUL_HTTP_ADDR", http)
+            .args(["-log-level", "warn"])
+            .args(flags);
+        Proc::spawn(c, &format!("{what} ({side})"))
+    };
+    let inbound = start(
+        &[
+            "-service",
+            "db",
+            "-service-addr",
+            echo,
+            "-listen",
+            "127.0.0.1:0",
+        ],
+        "inbound db",
+    );
+    inbound.wait_for("running!");
+    let outbound = start(
+        &["-service", "web", "-upstream", "db:127.0.0.1:0"],
+        "outbound web",
+    );
+    let addr = outbound.wait_for("Upstream db listening on ");
+    outbound.wait_for("running!");
+    Sidecars {
+        inbound,
+        outbound,
+        addr,
+    }
 }
 
 /// `connect` with Consul's variables naming only `agent_http` (none when empty).
@@ -662,21 +728,23 @@ fn main() {
 
     let (_echo, echo_addr) = serve("echo", &http);
     let (_native, native_addr) = serve("native", &http);
-    let inbound = {
-        let mut c = connect(&http);
-        c.args(["proxy", "-service", "db", "-log-level", "warn"])
-            .args(["-service-addr", &echo_addr, "-listen", "127.0.0.1:0"]);
-        Proc::spawn(c, "connect proxy (inbound db)")
-    };
-    inbound.wait_for("running!");
-    let outbound = {
-        let mut c = connect(&http);
-        c.args(["proxy", "-service", "web", "-log-level", "warn"])
-            .args(["-upstream", "db:127.0.0.1:0"]);
-        Proc::spawn(c, "connect proxy (outbound web)")
-    };
-    let upstream = outbound.wait_for("Upstream db listening on ");
-    outbound.wait_for("running!");
+    // The sidecar build of the proxy, and the same proxy inside the all-in-one `connect`.
+    let sidecar = libconnect_proxies(
+        &http,
+        &echo_addr,
+        || Command::new(proxy_bin()),
+        "connect-proxy",
+    );
+    let all_in_one = libconnect_proxies(
+        &http,
+        &echo_addr,
+        || {
+            let mut c = connect(&http);
+            c.arg("proxy");
+            c
+        },
+        "connect proxy",
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -704,12 +772,13 @@ fn main() {
         },
         Route {
             name: "sidecar",
-            via: Via::Tcp(upstream.clone()),
-            proxies: Some(Sidecars {
-                inbound,
-                outbound,
-                addr: upstream,
-            }),
+            via: Via::Tcp(sidecar.addr.clone()),
+            proxies: Some(sidecar),
+        },
+        Route {
+            name: "all_in_one",
+            via: Via::Tcp(all_in_one.addr.clone()),
+            proxies: Some(all_in_one),
         },
     ];
     let mut versions = serde_json::Map::new();
@@ -822,7 +891,7 @@ fn main() {
     for r in &routes {
         let name = r.name;
         println!(
-            "  {name:<9} p50 {:7.1} µs  p99 {:7.1} µs   new connection + first echo: p50 {:7.1} µs  \
+            "  {name:<10} p50 {:7.1} µs  p99 {:7.1} µs   new connection + first echo: p50 {:7.1} µs  \
              p99 {:7.1} µs ({:6.0}/s)   bulk {:7.1} MiB/s{}",
             get(name, "established", "p50_us"),
             get(name, "established", "p99_us"),
@@ -849,7 +918,7 @@ fn main() {
     );
     bench_support::write_json(
         "proxy_latency",
-        "cargo build --release --bin connect && cargo bench -p connect-core --bench proxy_latency",
+        "make bench-proxy",
         json!({"message_bytes": MSG, "requests_per_path": rounds * per_round,
                "rounds": rounds, "new_connections_per_path": new_conns,
                "bulk_mib": bulk_mib, "bulk_rounds": bulk_rounds,

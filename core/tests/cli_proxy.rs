@@ -1,7 +1,8 @@
 //! `connect proxy` end to end: a `connect agent -dev`, a plain TCP echo application, an inbound
 //! proxy for `db` in front of it and an outbound proxy for `web` with `db` as upstream. Bytes
 //! go through while web → db is allowed; once it is denied, new connections are refused and
-//! the open one is closed; SIGTERM deregisters the instance.
+//! the open one is closed; SIGTERM deregisters the instance. Run twice: as `connect proxy` and
+//! as `connect-proxy`, the sidecar binary of the same proxy, which must behave alike.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
@@ -11,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use cli_support::{Agent, Daemon, TIMEOUT, echo_app, free_port};
+use cli_support::{Agent, BIN, Daemon, PROXY_BIN, TIMEOUT, command_of, echo_app, free_port};
 
 enum Outcome {
     Echoed(TcpStream),
@@ -62,36 +63,130 @@ fn eventually(addr: &str, msg: &[u8], echoed: bool) -> Option<TcpStream> {
     }
 }
 
+/// A proxy binary and the arguments before the proxy's flags.
+#[derive(Clone, Copy)]
+struct Proxy {
+    bin: &'static str,
+    command: &'static [&'static str],
+}
+
+const CONNECT_PROXY: Proxy = Proxy {
+    bin: BIN,
+    command: &["proxy"],
+};
+const SIDECAR: Proxy = Proxy {
+    bin: PROXY_BIN,
+    command: &[],
+};
+
+impl Proxy {
+    fn start(self, agent: &Agent, flags: &[&str]) -> Daemon {
+        let args: Vec<&str> = self.command.iter().chain(flags).copied().collect();
+        Daemon::start_bin(self.bin, agent, &args, "running!")
+    }
+
+    /// Runs the proxy with `flags` and no agent; returns (exit code, stdout, stderr).
+    fn run(self, flags: &[&str]) -> (Option<i32>, String, String) {
+        let out = command_of(self.bin)
+            .args(self.command)
+            .args(flags)
+            .env("CONSUL_HTTP_ADDR", "127.0.0.1:1")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
 #[test]
 fn proxies_carry_allowed_traffic_and_refuse_denied() {
+    carry_and_refuse(CONNECT_PROXY);
+}
+
+#[test]
+fn the_sidecar_binary_carries_allowed_traffic_and_refuses_denied() {
+    carry_and_refuse(SIDECAR);
+}
+
+/// Both binaries take the same flags, print the same help (one-dash flags, as Consul's) and
+/// refuse bad flags with exit code 1 before they reach any agent.
+#[test]
+fn the_sidecar_binary_takes_connect_proxys_flags() {
+    let flags = |help: &str| -> Vec<String> {
+        help.lines()
+            .filter_map(|l| l.trim_start().strip_prefix('-'))
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
+            .filter(|f| !f.starts_with('V') && f != "version,")
+            .collect()
+    };
+    let (code, help, _) = CONNECT_PROXY.run(&["-h"]);
+    assert_eq!(code, Some(0));
+    let (code, sidecar_help, _) = SIDECAR.run(&["-h"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        sidecar_help.contains("-service-addr <ADDR>"),
+        "{sidecar_help}"
+    );
+    assert!(!sidecar_help.contains("--service"), "{sidecar_help}");
+    assert_eq!(flags(&help), flags(&sidecar_help));
+    assert!(flags(&help).len() >= 10, "{help}");
+
+    let (code, out, _) = SIDECAR.run(&["-version"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("connect-proxy "), "{out}");
+
+    for proxy in [CONNECT_PROXY, SIDECAR] {
+        for (flags, why) in [
+            (
+                &["-service", "db", "-bogus"][..],
+                "unexpected argument '-bogus'",
+            ),
+            (&["-upstream", "db:9191"][..], "-service <NAME>"),
+            (
+                &["-service", "db", "-upstream", "db:x"][..],
+                "neither PORT nor HOST:PORT",
+            ),
+            (
+                &["-service", "db", "-mesh-gateway-mode", "far"][..],
+                "invalid mesh gateway mode",
+            ),
+            (
+                &["-service", "db", "-listen", "127.0.0.1:0"][..],
+                "go together",
+            ),
+            (&["-service", "db"][..], "nothing to proxy"),
+            (
+                &["-service", "db", "-upstream", "db:0", "-log-level", "loud"][..],
+                "invalid log level \"loud\"",
+            ),
+        ] {
+            let (code, _, err) = proxy.run(flags);
+            assert_eq!(code, Some(1), "{flags:?}: {err}");
+            assert!(err.contains(why), "{flags:?}: {err}");
+        }
+        // An agent that is not there: a clear error, not a hang.
+        let (code, _, err) = proxy.run(&["-service", "web", "-upstream", "db:0"]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.starts_with("Error: "), "{err}");
+    }
+}
+
+fn carry_and_refuse(proxy: Proxy) {
     let agent = Agent::start(&["-dev"]);
     agent.cli(&["intention", "create", "web", "db"]).ok();
     let app = echo_app();
     let inbound = format!("127.0.0.1:{}", free_port());
-    let mut db = Daemon::start(
+    let mut db = proxy.start(
         &agent,
-        &[
-            "proxy",
-            "-service",
-            "db",
-            "-service-addr",
-            &app,
-            "-listen",
-            &inbound,
-        ],
-        "running!",
+        &["-service", "db", "-service-addr", &app, "-listen", &inbound],
     );
     let port = free_port();
-    let _web = Daemon::start(
+    let _web = proxy.start(
         &agent,
-        &[
-            "proxy",
-            "-service",
-            "web",
-            "-upstream",
-            &format!("db:{port}"),
-        ],
-        "running!",
+        &["-service", "web", "-upstream", &format!("db:{port}")],
     );
     let upstream = format!("127.0.0.1:{port}");
 

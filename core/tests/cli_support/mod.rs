@@ -21,12 +21,20 @@ use serde_json::Value;
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_connect");
 
+/// `connect proxy` on its own (the sidecar build of the same proxy).
+pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_connect-proxy");
+
 /// How long an agent may take to start, and a client command to finish.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A command with none of Consul's variables from the test's environment.
 pub fn command() -> Command {
-    let mut c = Command::new(BIN);
+    command_of(BIN)
+}
+
+/// [`command`] for another of the crate's binaries.
+pub fn command_of(bin: &str) -> Command {
+    let mut c = Command::new(bin);
     for k in INHERITED {
         c.env_remove(k);
     }
@@ -537,7 +545,12 @@ pub struct Daemon {
 impl Daemon {
     /// `connect ARGS` against `agent`; waits until stderr contains `ready`.
     pub fn start(agent: &Agent, args: &[&str], ready: &str) -> Daemon {
-        let mut cmd = command();
+        Daemon::start_bin(BIN, agent, args, ready)
+    }
+
+    /// [`Daemon::start`] with another of the crate's binaries.
+    pub fn start_bin(bin: &str, agent: &Agent, args: &[&str], ready: &str) -> Daemon {
+        let mut cmd = command_of(bin);
         cmd.env("CONSUL_HTTP_ADDR", &agent.http)
             .args(args)
             .stdin(Stdio::null())

@@ -119,22 +119,6 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidParameter, msg)
 }
 
-/// Consul's log levels (and `err`, Consul's spelling of `error`).
-fn log_level(level: &str) -> Result<&'static str, Error> {
-    Ok(match level.to_ascii_lowercase().as_str() {
-        "trace" => "trace",
-        "debug" => "debug",
-        "info" => "info",
-        "warn" | "warning" => "warn",
-        "err" | "error" => "error",
-        _ => {
-            return Err(invalid(format!(
-                "invalid log level {level:?}: use trace, debug, info, warn or error"
-            )));
-        }
-    })
-}
-
 /// Datacenter names: letters, digits, `-` and `_`, as Consul requires (a datacenter is a
 /// label of SNI names, so no dots). Node names may also hold dots (host names).
 fn check_name(what: &str, name: &str, dots: bool) -> Result<(), Error> {
@@ -302,7 +286,7 @@ fn settings(args: &AgentArgs) -> Result<AgentSettings, Error> {
         .or(file.log_level.clone())
         .unwrap_or_else(|| "info".into());
     Ok(AgentSettings {
-        log_level: log_level(&level)?.to_owned(),
+        log_level: crate::cli::log_level(&level)?.to_owned(),
         dev,
         http: http_port.map(|p| SocketAddr::new(http_ip, p)),
         https: https_port.map(|p| SocketAddr::new(https_ip, p)),
@@ -396,12 +380,12 @@ pub(crate) fn run(args: AgentArgs) -> u8 {
             return 1;
         }
     };
-    crate::init_logging(&settings.log_level);
+    crate::cli::init_logging(&settings.log_level);
     // Blocking work still running (a write mid-commit) gets a moment; nothing waits longer.
-    let runtime = crate::Runtime::MultiThread {
+    let runtime = crate::cli::Runtime::MultiThread {
         grace: Duration::from_secs(2),
     };
-    crate::with_runtime(runtime, |rt| match rt.block_on(serve(settings)) {
+    crate::cli::with_runtime(runtime, |rt| match rt.block_on(serve(settings)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("Error: {e}");
@@ -491,7 +475,7 @@ async fn serve(mut settings: AgentSettings) -> Result<(), Error> {
         tracing::warn!("connect.enabled = false is ignored: Connect is always on");
     }
     // Signals are handled from the start: a secondary may wait a long time for its primary.
-    let signal = crate::shutdown_signal();
+    let signal = crate::cli::shutdown_signal();
     tokio::pin!(signal);
     let clock: connect_core::SharedClock = Arc::new(connect_core::SystemClock);
     // With an etcd store: forward to the leader until this server leads (see `crate::ha`).
@@ -1027,7 +1011,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<AgentSettings, Error> {
         let mut argv = vec!["connect", "agent"];
         argv.extend_from_slice(args);
-        let cli = crate::Cli::try_parse_from(crate::go_style_args(
+        let cli = crate::Cli::try_parse_from(crate::cli::go_style_args(
             argv.iter().map(std::ffi::OsString::from),
         ))
         .unwrap();

@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use connect_core::agent::{AgentConfig, AgentOverrides};
 use connect_core::http::client::ApiClient;
 use connect_core::{Error, ErrorKind};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::{CaCommand, HttpArgs, IntentionCommand};
+use crate::cli::{HttpArgs, agent_config};
+use crate::{CaCommand, IntentionCommand};
 
 /// One client command.
 #[derive(Debug)]
@@ -38,7 +38,7 @@ impl Outcome {
 
 /// Runs a client command; returns the exit code. Errors print `Error: …` on stderr, exit 1.
 pub(crate) fn run(cmd: ClientCommand) -> u8 {
-    crate::with_runtime(crate::Runtime::CurrentThread, |rt| {
+    crate::cli::with_runtime(crate::cli::Runtime::CurrentThread, |rt| {
         match rt.block_on(execute(cmd)) {
             Ok(out) => {
                 print!("{}", out.stdout);
@@ -63,29 +63,6 @@ fn client(http: &HttpArgs) -> Result<ApiClient, Error> {
         )
     })?;
     ApiClient::new(&config)
-}
-
-/// The agent settings: the flags over Consul's environment variables, merged as every
-/// binding merges its options.
-pub(crate) fn agent_config(http: &HttpArgs) -> Result<AgentConfig, Error> {
-    agent_config_from(http, |k| std::env::var(k).ok())
-}
-
-/// [`agent_config`] over any lookup of the environment (tests pass a map).
-fn agent_config_from(
-    http: &HttpArgs,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<AgentConfig, Error> {
-    AgentConfig::from_lookup_with(
-        AgentOverrides {
-            address: http.http_addr.clone(),
-            token: http.token.clone(),
-            datacenter: http.datacenter.clone(),
-            ca_file: http.ca_file.clone(),
-            ..AgentOverrides::default()
-        },
-        env,
-    )
 }
 
 async fn execute(cmd: ClientCommand) -> Result<Outcome, Error> {
@@ -481,61 +458,6 @@ async fn leaf(http: &HttpArgs, service: &str) -> Result<Outcome, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(k: &str) -> Option<String> {
-        match k {
-            "CONSUL_HTTP_ADDR" => Some("env.example:8500".into()),
-            "CONSUL_HTTP_TOKEN" => Some("env-token".into()),
-            "CONSUL_CACERT" => Some("/env/ca.pem".into()),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn flags_win_over_the_environment() {
-        let http = HttpArgs {
-            http_addr: Some("flag.example:8501".into()),
-            token: Some("flag-token".into()),
-            ca_file: Some("/flag/ca.pem".into()),
-            datacenter: Some("dc9".into()),
-        };
-        let c = agent_config_from(&http, env)
-            .unwrap()
-            .client_config()
-            .unwrap();
-        assert_eq!(c.endpoint.address.as_deref(), Some("flag.example:8501"));
-        assert_eq!(c.token.as_deref(), Some("flag-token"));
-        assert_eq!(c.endpoint.ca_file.as_deref(), Some("/flag/ca.pem"));
-        assert_eq!(c.datacenter.as_deref(), Some("dc9"));
-    }
-
-    #[test]
-    fn the_environment_fills_what_no_flag_says() {
-        let http = HttpArgs {
-            http_addr: None,
-            token: None,
-            ca_file: None,
-            datacenter: None,
-        };
-        let c = agent_config_from(&http, env)
-            .unwrap()
-            .client_config()
-            .unwrap();
-        assert_eq!(c.endpoint.address.as_deref(), Some("env.example:8500"));
-        assert_eq!(c.token.as_deref(), Some("env-token"));
-        assert_eq!(c.endpoint.ca_file.as_deref(), Some("/env/ca.pem"));
-        assert_eq!(c.datacenter, None);
-        // An empty -token hides the environment's, as Consul's CLI does.
-        let empty = HttpArgs {
-            token: Some(String::new()),
-            ..http
-        };
-        let c = agent_config_from(&empty, env)
-            .unwrap()
-            .client_config()
-            .unwrap();
-        assert_eq!(c.token, None);
-    }
 
     #[test]
     fn intention_lines_are_consuls() {

@@ -18,7 +18,7 @@ use connect_core::gateway::{GatewayConfig, MeshGateway};
 use connect_core::{Error, ErrorKind};
 use tokio::net::TcpListener;
 
-use crate::HttpArgs;
+use crate::cli::HttpArgs;
 
 /// `connect gateway mesh` flags.
 #[derive(Debug, Args)]
@@ -90,7 +90,7 @@ pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
 /// Runs the gateway until SIGINT or SIGTERM; returns the exit code.
 pub(crate) fn run(args: MeshGatewayArgs) -> u8 {
     let level = args.log_level.clone();
-    crate::serve_until_signal(level.as_deref(), serve(args), |agent| agent.close())
+    crate::cli::serve_until_signal(level.as_deref(), serve(args), |agent| agent.close())
 }
 
 type Failed = (Error, Option<Agent>);
@@ -143,7 +143,7 @@ async fn serve(args: MeshGatewayArgs) -> Result<Agent, Failed> {
         None => bound,
     };
     let wan = args.wan_address.unwrap_or(lan);
-    let config = crate::client::agent_config(&args.http).map_err(fail)?;
+    let config = crate::cli::agent_config(&args.http).map_err(fail)?;
     let agent = Agent::new_async(config).await.map_err(fail)?;
     let gw = match MeshGateway::new(agent.clone(), gateway_config) {
         Ok(gw) => gw,
@@ -159,7 +159,7 @@ async fn serve(args: MeshGatewayArgs) -> Result<Agent, Failed> {
     );
     let task = tokio::spawn(gw.clone().serve(listener));
     eprintln!("==> Mesh gateway running!");
-    let result = crate::shutdown_signal().await;
+    let result = crate::cli::shutdown_signal().await;
     task.abort();
     if let Ok(signal) = &result {
         eprintln!("==> Caught signal: {signal}");

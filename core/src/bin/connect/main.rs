@@ -20,6 +20,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod agent;
+mod cli;
 mod client;
 mod config_file;
 mod gateway;
@@ -27,66 +28,13 @@ mod ha;
 mod http_server;
 mod proxy;
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Rewrites Consul's single-dash long flags into the two-dash form clap parses.
-///
-/// An argument is rewritten when it starts with exactly one `-` followed by a letter and at
-/// least one more character (`-dev` → `--dev`, `-data-dir=x` → `--data-dir=x`). One-letter
-/// flags (`-h`), negative numbers (`-1`), a lone `-`, arguments that already have two dashes,
-/// and everything after a `--` separator are left alone. Arguments that are not valid
-/// UTF-8 are left alone too.
-pub(crate) fn go_style_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    let mut out = Vec::new();
-    let mut rest = false;
-    for (i, arg) in args.into_iter().enumerate() {
-        if i == 0 || rest {
-            out.push(arg);
-            continue;
-        }
-        let rewritten = match arg.to_str() {
-            Some("--") => {
-                rest = true;
-                None
-            }
-            Some(s) => {
-                let mut chars = s.chars();
-                let single_dash = chars.next() == Some('-')
-                    && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-                    && chars.next().is_some();
-                single_dash.then(|| OsString::from(format!("-{s}")))
-            }
-            None => None,
-        };
-        out.push(rewritten.unwrap_or(arg));
-    }
-    out
-}
-
-/// Shows long flags in Consul's one-dash form in clap's help and error texts (`--data-dir`
-/// → `-data-dir`); a bare `--` stays.
-fn single_dash(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("--") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let before_ok = !out.ends_with('-');
-        if before_ok && after.starts_with(|c: char| c.is_ascii_alphabetic()) {
-            out.push('-');
-        } else {
-            out.push_str("--");
-        }
-        rest = after;
-    }
-    out.push_str(rest);
-    out
-}
+use cli::HttpArgs;
+use proxy::ProxyArgs;
 
 /// libconnect's control plane and client (Consul-compatible).
 ///
@@ -136,37 +84,6 @@ enum Command {
     Gateway(GatewayCommand),
     /// Prints the version.
     Version,
-}
-
-/// `connect proxy` flags (Consul's names).
-#[derive(Debug, Args)]
-pub(crate) struct ProxyArgs {
-    #[command(flatten)]
-    pub(crate) http: HttpArgs,
-    /// The service this proxy represents: its identity, and the destination that intentions
-    /// name for inbound connections.
-    #[arg(long, value_name = "NAME", required = true)]
-    pub(crate) service: String,
-    /// The local application's address, where inbound connections are forwarded in
-    /// plaintext (with -listen).
-    #[arg(long = "service-addr", value_name = "ADDR")]
-    pub(crate) service_addr: Option<String>,
-    /// Address for inbound mTLS (with -service-addr); the instance is registered there.
-    #[arg(long, value_name = "ADDR")]
-    pub(crate) listen: Option<String>,
-    /// An upstream, `NAME:PORT` (plaintext listener on 127.0.0.1:PORT) or `NAME:HOST:PORT`,
-    /// each optionally followed by `:DC` for a service in another datacenter; or Consul's
-    /// upstream JSON (`{"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": 9191,
-    /// "MeshGateway": {"Mode": "local"}}`). May be repeated.
-    #[arg(long, value_name = "NAME:PORT[:DC]", value_parser = proxy::parse_upstream)]
-    pub(crate) upstream: Vec<proxy::Upstream>,
-    /// How upstreams in another datacenter use mesh gateways unless they say: none, local or
-    /// remote (default none).
-    #[arg(long = "mesh-gateway-mode", value_name = "MODE", value_parser = proxy::parse_mesh_gateway_mode)]
-    pub(crate) mesh_gateway_mode: Option<connect_core::catalog::MeshGatewayMode>,
-    /// Log level: trace, debug, info, warn or error (default info).
-    #[arg(long = "log-level", value_name = "LEVEL")]
-    pub(crate) log_level: Option<String>,
 }
 
 /// `connect gateway` kinds.
@@ -239,24 +156,6 @@ pub(crate) struct AgentArgs {
     /// [env: CONNECT_ETCD_KEK_FILE; else `store.etcd.kek_file`].
     #[arg(long = "store-etcd-kek-file", value_name = "FILE")]
     pub(crate) store_etcd_kek_file: Option<PathBuf>,
-}
-
-/// Flags of every client command (Consul's names and environment variables).
-#[derive(Debug, Clone, Args)]
-pub(crate) struct HttpArgs {
-    /// Address of the agent: host:port or a URL [env: CONSUL_HTTP_ADDR; default
-    /// 127.0.0.1:8500].
-    #[arg(long = "http-addr", value_name = "ADDR")]
-    pub(crate) http_addr: Option<String>,
-    /// ACL token [env: CONSUL_HTTP_TOKEN].
-    #[arg(long, value_name = "TOKEN")]
-    pub(crate) token: Option<String>,
-    /// PEM file of CA certificates to trust for HTTPS [env: CONSUL_CACERT].
-    #[arg(long = "ca-file", value_name = "FILE")]
-    pub(crate) ca_file: Option<String>,
-    /// Datacenter to query (default: the agent's).
-    #[arg(long, value_name = "NAME")]
-    pub(crate) datacenter: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -358,106 +257,10 @@ pub(crate) enum CaCommand {
     },
 }
 
-/// Logs to standard error at `level` (a tracing filter), with the HTTP and TLS libraries
-/// held at warn so that a debug level shows libconnect's own events.
-pub(crate) fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::new(format!(
-        "{level},hyper=warn,hyper_util=warn,reqwest=warn,rustls=warn"
-    ));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-}
-
-/// The runtime a command runs on.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Runtime {
-    /// Worker threads, for the long-running commands (agent, proxy); on the way out,
-    /// blocking work still running gets this long to finish.
-    MultiThread { grace: Duration },
-    /// This thread only, for one request and its answer.
-    CurrentThread,
-}
-
-/// Runs `f` on a new runtime and returns its exit code; a runtime that cannot start is
-/// reported as `Error: ...` with exit code 1.
-pub(crate) fn with_runtime(kind: Runtime, f: impl FnOnce(&tokio::runtime::Runtime) -> u8) -> u8 {
-    let mut builder = match kind {
-        Runtime::MultiThread { .. } => tokio::runtime::Builder::new_multi_thread(),
-        Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
-    };
-    let runtime = match builder.enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("Error: starting the runtime: {e}");
-            return 1;
-        }
-    };
-    let code = f(&runtime);
-    if let Runtime::MultiThread { grace } = kind {
-        runtime.shutdown_timeout(grace);
-    }
-    code
-}
-
-/// Runs a long-lived data-plane command (`proxy`, `gateway mesh`): logging at `log_level`, a
-/// multi-thread runtime, `serve` until a signal ends it. What `serve` hands back — also on an
-/// error after it registered something — is closed by `close` outside `block_on`, where close
-/// waits for the deregistration to reach the agent (inside a runtime it would only start it).
-pub(crate) fn serve_until_signal<T>(
-    log_level: Option<&str>,
-    serve: impl std::future::Future<Output = Result<T, (connect_core::Error, Option<T>)>>,
-    close: impl FnOnce(T),
-) -> u8 {
-    init_logging(log_level.unwrap_or("info"));
-    let runtime = Runtime::MultiThread {
-        grace: Duration::from_secs(1),
-    };
-    with_runtime(runtime, |rt| {
-        let (code, held) = match rt.block_on(serve) {
-            Ok(held) => (0, Some(held)),
-            Err((e, held)) => {
-                eprintln!("Error: {e}");
-                (1, held)
-            }
-        };
-        if let Some(held) = held {
-            close(held);
-        }
-        code
-    })
-}
-
-/// Waits for SIGINT or SIGTERM; returns its name.
-pub(crate) async fn shutdown_signal() -> Result<&'static str, connect_core::Error> {
-    use connect_core::{Error, ErrorKind};
-    use tokio::signal::unix::{SignalKind, signal};
-    let io =
-        |e: std::io::Error| Error::new(ErrorKind::Io, format!("installing signal handlers: {e}"));
-    let mut term = signal(SignalKind::terminate()).map_err(io)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
-    Ok(tokio::select! {
-        _ = term.recv() => "terminated",
-        _ = int.recv() => "interrupt",
-    })
-}
-
 fn main() -> ExitCode {
-    let args = go_style_args(std::env::args_os());
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match cli::parse_args::<Cli>() {
         Ok(cli) => cli,
-        Err(e) => {
-            // Help and errors name flags as the user writes them: with one dash.
-            let text = single_dash(&e.render().to_string());
-            if e.use_stderr() {
-                eprint!("{text}");
-                return ExitCode::from(1);
-            }
-            print!("{text}");
-            return ExitCode::SUCCESS;
-        }
+        Err(code) => return ExitCode::from(code),
     };
     let code = match cli.command {
         Command::Version => {
@@ -479,57 +282,6 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rewrite(args: &[&str]) -> Vec<String> {
-        go_style_args(args.iter().map(OsString::from))
-            .into_iter()
-            .map(|a| a.into_string().unwrap_or_default())
-            .collect()
-    }
-
-    #[test]
-    fn single_dash_long_flags_become_two_dash() {
-        assert_eq!(
-            rewrite(&[
-                "connect",
-                "agent",
-                "-dev",
-                "-data-dir=/x",
-                "-http-port",
-                "0",
-                "--node",
-                "n",
-                "-h",
-                "-1",
-                "-",
-                "--",
-                "-after"
-            ]),
-            [
-                "connect",
-                "agent",
-                "--dev",
-                "--data-dir=/x",
-                "--http-port",
-                "0",
-                "--node",
-                "n",
-                "-h",
-                "-1",
-                "-",
-                "--",
-                "-after"
-            ]
-        );
-    }
-
-    #[test]
-    fn help_shows_one_dash() {
-        assert_eq!(
-            single_dash("  --data-dir <DIR>  x -- y ---z '--help'"),
-            "  -data-dir <DIR>  x -- y ---z '-help'"
-        );
-    }
 
     #[test]
     fn the_cli_definition_is_consistent() {

@@ -23,7 +23,38 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::ProxyArgs;
+use clap::Args;
+
+/// `connect proxy` flags (Consul's names).
+#[derive(Debug, Args)]
+pub(crate) struct ProxyArgs {
+    #[command(flatten)]
+    pub(crate) http: crate::cli::HttpArgs,
+    /// The service this proxy represents: its identity, and the destination that intentions
+    /// name for inbound connections.
+    #[arg(long, value_name = "NAME", required = true)]
+    pub(crate) service: String,
+    /// The local application's address, where inbound connections are forwarded in
+    /// plaintext (with -listen).
+    #[arg(long = "service-addr", value_name = "ADDR")]
+    pub(crate) service_addr: Option<String>,
+    /// Address for inbound mTLS (with -service-addr); the instance is registered there.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+    /// An upstream, `NAME:PORT` (plaintext listener on 127.0.0.1:PORT) or `NAME:HOST:PORT`,
+    /// each optionally followed by `:DC` for a service in another datacenter; or Consul's
+    /// upstream JSON (`{"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": 9191,
+    /// "MeshGateway": {"Mode": "local"}}`). May be repeated.
+    #[arg(long, value_name = "NAME:PORT[:DC]", value_parser = parse_upstream)]
+    pub(crate) upstream: Vec<Upstream>,
+    /// How upstreams in another datacenter use mesh gateways unless they say: none, local or
+    /// remote (default none).
+    #[arg(long = "mesh-gateway-mode", value_name = "MODE", value_parser = parse_mesh_gateway_mode)]
+    pub(crate) mesh_gateway_mode: Option<MeshGatewayMode>,
+    /// Log level: trace, debug, info, warn or error (default info).
+    #[arg(long = "log-level", value_name = "LEVEL")]
+    pub(crate) log_level: Option<String>,
+}
 
 /// How long the proxy waits for its first leaf and roots before giving up.
 const READY: Duration = Duration::from_secs(30);
@@ -137,7 +168,7 @@ impl Upstream {
 /// Runs the proxy until SIGINT or SIGTERM; returns the exit code.
 pub(crate) fn run(args: ProxyArgs) -> u8 {
     let level = args.log_level.clone();
-    crate::serve_until_signal(level.as_deref(), serve(args), |svc| {
+    crate::cli::serve_until_signal(level.as_deref(), serve(args), |svc| {
         svc.close();
         svc.agent().close();
     })
@@ -159,7 +190,7 @@ async fn serve(args: ProxyArgs) -> Result<ServiceHandle, Failed> {
             "nothing to proxy: give -listen with -service-addr, or -upstream",
         )));
     }
-    let config = crate::client::agent_config(&args.http).map_err(fail)?;
+    let config = crate::cli::agent_config(&args.http).map_err(fail)?;
     let agent = Agent::new_async(config).await.map_err(fail)?;
     let svc = Arc::new(agent.service(&args.service).map_err(fail)?);
     if let Err(e) = svc.ready_wait(READY).await {
@@ -198,7 +229,7 @@ async fn serve(args: ProxyArgs) -> Result<ServiceHandle, Failed> {
         tasks.spawn(outbound(l, Arc::clone(&svc), up.service.clone(), opts));
     }
     eprintln!("==> Proxy for {} running!", args.service);
-    match crate::shutdown_signal().await {
+    match crate::cli::shutdown_signal().await {
         Ok(signal) => {
             eprintln!("==> Caught signal: {signal}");
             // Stop accepting; connections in flight end with the process.
