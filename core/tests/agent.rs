@@ -219,7 +219,19 @@ async fn http_backend_gets_leaves_by_csr_and_intentions_from_the_match_cache() {
         runtime: Some(tokio::runtime::Handle::current()),
         ..AgentConfig::dev()
     };
-    let agent = Agent::new_async(config).await.unwrap();
+    // The HTTP-only constructor (what connect-proxy uses) refuses a server in this process.
+    for in_process in [
+        AgentConfig::dev(),
+        AgentConfig {
+            backend: AgentBackend::InProcess(server.clone()),
+            ..AgentConfig::dev()
+        },
+    ] {
+        let e = Agent::new_http_async(in_process).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidParameter, "{e}");
+    }
+    let agent = Agent::new_http_async(config).await.unwrap();
+    assert!(agent.server().is_none());
     assert_eq!(agent.datacenter(), "dc1");
     agent
         .intention_upsert("web", "db", IntentionAction::Allow)

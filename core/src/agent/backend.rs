@@ -9,19 +9,21 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::ca::{CaConfiguration, IndexedCaRoots, IssuedCert, SignPolicy};
+use super::InProcess;
+use crate::ca::{CaConfiguration, IndexedCaRoots, IssuedCert};
 use crate::catalog::{ServiceEntry, ServiceRegistration};
 use crate::http::client::{ApiClient, ClientConfig, blocking_query};
-use crate::intentions::{Intention, IntentionAction, MatchType};
-use crate::server::{JwtSvid, JwtSvidRequest, JwtValidateRequest, JwtValidation, Server};
-use crate::state::{Indexed, Table};
+use crate::intentions::{Intention, IntentionAction};
+use crate::server::{JwtSvid, JwtSvidRequest, JwtValidateRequest, JwtValidation};
+use crate::state::Indexed;
 use crate::{Error, ErrorKind};
 
 /// The agent's source of truth.
 #[derive(Debug, Clone)]
 pub enum Backend {
-    /// A server in this process: every call is a function call.
-    InProcess(Server),
+    /// A server in this process: every call is a function call (through a trait object, so
+    /// that HTTP-only executables do not link the server: `agent::local`).
+    InProcess(InProcess),
     /// The HTTP API of a `connect agent` or a Consul agent.
     Http(HttpBackend),
 }
@@ -58,14 +60,6 @@ pub(crate) fn no_path_to_datacenter(dc: &str) -> Error {
     )
 }
 
-async fn in_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?
-}
-
 /// What signing returned: the certificate, and a key when the peer generated it (a Consul
 /// agent), else `None` because the key is ours.
 #[derive(Debug, Clone)]
@@ -84,10 +78,7 @@ impl Backend {
         wait: Duration,
     ) -> Result<Indexed<IndexedCaRoots>, Error> {
         match self {
-            Backend::InProcess(s) => {
-                s.wait(&[Table::CaRoots], min_index, wait).await;
-                Ok(s.ca_roots())
-            }
+            Backend::InProcess(s) => s.local().roots(min_index, wait).await,
             Backend::Http(h) => {
                 let r = h
                     .client
@@ -121,16 +112,7 @@ impl Backend {
         csr_pem: &str,
     ) -> Result<Signed, Error> {
         match self {
-            Backend::InProcess(s) => {
-                let (s, token, csr) = (s.clone(), token.map(str::to_owned), csr_pem.to_owned());
-                let issued =
-                    in_blocking(move || s.sign(token.as_deref(), &csr, SignPolicy::ServiceOnly))
-                        .await?;
-                Ok(Signed {
-                    issued,
-                    peer_key_pem: None,
-                })
-            }
+            Backend::InProcess(s) => s.local().sign(token, csr_pem).await,
             Backend::Http(h) => {
                 let client = h.with_token(token)?;
                 if !h.consul_peer.load(Ordering::Relaxed) {
@@ -178,15 +160,7 @@ impl Backend {
         audiences: &[String],
     ) -> Result<JwtSvid, Error> {
         match self {
-            Backend::InProcess(s) => {
-                let (s, token, service, audiences) = (
-                    s.clone(),
-                    token.map(str::to_owned),
-                    service.to_owned(),
-                    audiences.to_vec(),
-                );
-                in_blocking(move || s.jwt_svid(token.as_deref(), &service, &audiences)).await
-            }
+            Backend::InProcess(s) => s.local().jwt_svid(token, service, audiences).await,
             Backend::Http(h) => {
                 crate::spiffe::check_service_name("service name", service)?;
                 let body = JwtSvidRequest {
@@ -213,7 +187,7 @@ impl Backend {
         audience: &str,
     ) -> Result<JwtValidation, Error> {
         match self {
-            Backend::InProcess(s) => Ok(s.validate_jwt_svid(jwt, audience)?.into()),
+            Backend::InProcess(s) => s.local().validate_jwt_svid(jwt, audience),
             Backend::Http(h) => {
                 let body = JwtValidateRequest {
                     token: jwt.to_owned(),
@@ -236,14 +210,7 @@ impl Backend {
     /// server identity for a caller, so this is refused.
     pub(crate) async fn sign_agent(&self, csr_pem: &str) -> Result<Signed, Error> {
         match self {
-            Backend::InProcess(s) => {
-                let (s, csr) = (s.clone(), csr_pem.to_owned());
-                let issued = in_blocking(move || s.sign_local(&csr, SignPolicy::Local)).await?;
-                Ok(Signed {
-                    issued,
-                    peer_key_pem: None,
-                })
-            }
+            Backend::InProcess(s) => s.local().sign_agent(csr_pem).await,
             Backend::Http(_) => Err(Error::new(
                 ErrorKind::InvalidParameter,
                 "a server certificate is signed only by a server in this process",
@@ -261,13 +228,9 @@ impl Backend {
     ) -> Result<Indexed<Vec<Intention>>, Error> {
         match self {
             Backend::InProcess(s) => {
-                s.wait(&[Table::Intentions], min_index, wait).await;
-                let m = s.intention_match(token, MatchType::Destination, &[service])?;
-                let list = m.value.into_values().next().unwrap_or_default();
-                Ok(Indexed {
-                    value: list,
-                    index: m.index,
-                })
+                s.local()
+                    .intention_match(token, service, min_index, wait)
+                    .await
             }
             Backend::Http(h) => {
                 let mut q = blocking_query(min_index, wait);
@@ -301,23 +264,9 @@ impl Backend {
     ) -> Result<Indexed<Vec<ServiceEntry>>, Error> {
         match self {
             Backend::InProcess(s) => {
-                // A server in this process is one datacenter and forwards nowhere.
-                if let Some(dc) = datacenter
-                    && dc != s.datacenter()
-                {
-                    return Err(no_path_to_datacenter(dc));
-                }
-                s.wait(Table::CATALOG, min_index, wait).await;
-                let q = crate::server::ServiceQuery {
-                    connect,
-                    passing_only: true,
-                    ..Default::default()
-                };
-                let r = s.health(token, service, &q)?;
-                Ok(Indexed {
-                    value: r.value.value,
-                    index: r.index,
-                })
+                s.local()
+                    .health(token, service, connect, datacenter, min_index, wait)
+                    .await
             }
             Backend::Http(h) => {
                 let mut q = blocking_query(min_index, wait);
@@ -348,21 +297,9 @@ impl Backend {
     ) -> Result<(), Error> {
         match self {
             Backend::InProcess(s) => {
-                let (s, t, src, dst) = (
-                    s.clone(),
-                    token.map(str::to_owned),
-                    source.to_owned(),
-                    destination.to_owned(),
-                );
-                in_blocking(move || {
-                    let body = Intention {
-                        action: Some(action),
-                        ..Intention::default()
-                    };
-                    s.intention_upsert_exact(t.as_deref(), &src, &dst, body)
-                        .map(|_| ())
-                })
-                .await
+                s.local()
+                    .intention_upsert(token, source, destination, action)
+                    .await
             }
             Backend::Http(h) => {
                 let body = json!({"SourceType": "consul", "Action": action.as_str()});
@@ -388,13 +325,9 @@ impl Backend {
     ) -> Result<(), Error> {
         let deleted = match self {
             Backend::InProcess(s) => {
-                let (s, t, src, dst) = (
-                    s.clone(),
-                    token.map(str::to_owned),
-                    source.to_owned(),
-                    destination.to_owned(),
-                );
-                in_blocking(move || s.intention_delete_exact(t.as_deref(), &src, &dst)).await?
+                s.local()
+                    .intention_delete(token, source, destination)
+                    .await?
             }
             Backend::Http(h) => {
                 let q = exact_pair(source, destination);
@@ -431,7 +364,7 @@ impl Backend {
         destination: &str,
     ) -> Result<bool, Error> {
         match self {
-            Backend::InProcess(s) => s.intention_check(token, source, destination),
+            Backend::InProcess(s) => s.local().intention_check(token, source, destination),
             Backend::Http(h) => {
                 let q = exact_pair(source, destination);
                 let r = h
@@ -453,10 +386,7 @@ impl Backend {
         config: CaConfiguration,
     ) -> Result<(), Error> {
         match self {
-            Backend::InProcess(s) => {
-                let (s, t) = (s.clone(), token.map(str::to_owned));
-                in_blocking(move || s.set_ca_config(t.as_deref(), config).map(|_| ())).await
-            }
+            Backend::InProcess(s) => s.local().ca_set_config(token, config).await,
             Backend::Http(h) => {
                 h.write(
                     token,
@@ -477,11 +407,7 @@ impl Backend {
         registration: ServiceRegistration,
     ) -> Result<(), Error> {
         match self {
-            Backend::InProcess(s) => {
-                let (s, t) = (s.clone(), token.map(str::to_owned));
-                in_blocking(move || s.register_service(t.as_deref(), registration).map(|_| ()))
-                    .await
-            }
+            Backend::InProcess(s) => s.local().register_service(token, registration).await,
             Backend::Http(h) => {
                 let path = "/v1/agent/service/register";
                 h.write(token, Method::PUT, path, &[], Some(&registration))
@@ -497,10 +423,7 @@ impl Backend {
         service_id: &str,
     ) -> Result<(), Error> {
         match self {
-            Backend::InProcess(s) => {
-                let (s, t, id) = (s.clone(), token.map(str::to_owned), service_id.to_owned());
-                in_blocking(move || s.deregister_service(t.as_deref(), &id)).await
-            }
+            Backend::InProcess(s) => s.local().deregister_service(token, service_id).await,
             Backend::Http(h) => {
                 let path = format!(
                     "/v1/agent/service/deregister/{}",

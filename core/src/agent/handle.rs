@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{
-    AgentBackend, AgentConfig, Backend, ConnectService, HealthConnectType, HttpBackend,
+    AgentBackend, AgentConfig, Backend, ConnectService, HealthConnectType, HttpBackend, InProcess,
     IntentionMatchType, Leaf, LeafCacheRequest, LeafKind, LeafType, MeshGatewaysType, RootsType,
     Scoped,
 };
@@ -125,63 +125,88 @@ impl Agent {
             Some(h) => Rt::Borrowed(h),
             None => Rt::Owned(agent_runtime()?),
         };
-        let peer = match config.client_config() {
+        match config.client_config() {
             Some(client) => {
                 let http = HttpBackend::new(&client)?;
-                Some((
-                    http.clone(),
-                    run_sync(rt.handle(), describe_peer(http, client.datacenter))??,
-                ))
+                let (dc, policy) =
+                    run_sync(rt.handle(), describe_peer(http.clone(), client.datacenter))??;
+                Agent::build(config, rt, Backend::Http(http), dc, policy)
             }
-            None => None,
-        };
-        Agent::build(config, rt, peer)
+            None => Agent::in_process(config, rt),
+        }
     }
 
     /// [`Agent::new`] for async callers; the agent runs on the current runtime unless the
     /// configuration names one.
-    pub async fn new_async(mut config: AgentConfig) -> Result<Agent, Error> {
-        crate::logging::init_from_env();
-        if config.runtime.is_none() {
-            config.runtime = Some(Handle::current());
+    pub async fn new_async(config: AgentConfig) -> Result<Agent, Error> {
+        if config.client_config().is_some() {
+            return Agent::new_http_async(config).await;
         }
-        let peer = match config.client_config() {
-            Some(client) => {
-                let http = HttpBackend::new(&client)?;
-                Some((http.clone(), describe_peer(http, client.datacenter).await?))
-            }
-            None => None,
-        };
+        crate::logging::init_from_env();
         let rt = Rt::Borrowed(config.runtime.clone().unwrap_or_else(Handle::current));
-        Agent::build(config, rt, peer)
+        Agent::in_process(config, rt)
+    }
+
+    /// [`Agent::new_async`] for an HTTP backend only; `InvalidParameter` for `Dev` or
+    /// `InProcess`. An executable that starts its agents only this way links none of the
+    /// in-process server — no state store, SQLite or CA signing — which is what keeps
+    /// `connect-proxy` small (`agent::local`).
+    pub async fn new_http_async(mut config: AgentConfig) -> Result<Agent, Error> {
+        crate::logging::init_from_env();
+        let Some(client) = config.client_config() else {
+            return Err(Error::new(
+                ErrorKind::InvalidParameter,
+                "new_http_async needs an HTTP backend (AgentConfig::http or from_env)",
+            ));
+        };
+        let handle = config.runtime.get_or_insert_with(Handle::current).clone();
+        let http = HttpBackend::new(&client)?;
+        let (dc, policy) = describe_peer(http.clone(), client.datacenter).await?;
+        Agent::build(
+            config,
+            Rt::Borrowed(handle),
+            Backend::Http(http),
+            dc,
+            policy,
+        )
+    }
+
+    /// The agent of a `Dev` or `InProcess` configuration: a `Dev` agent starts its own
+    /// server and keeps that server's TTL checks honest, as `connect agent` does; an
+    /// embedder's own server is the embedder's to run.
+    fn in_process(config: AgentConfig, rt: Rt) -> Result<Agent, Error> {
+        let (server, owned) = match &config.backend {
+            AgentBackend::Dev => (
+                Server::start(ServerConfig::dev(), config.clock.clone())?,
+                true,
+            ),
+            AgentBackend::InProcess(server) => (server.clone(), false),
+            AgentBackend::Http(_) => {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    "an HTTP backend has no server in this process",
+                ));
+            }
+        };
+        let dc = server.datacenter().to_owned();
+        let policy = server.config().intention_default();
+        let backend = Backend::InProcess(InProcess::new(server.clone()));
+        let agent = Agent::build(config, rt, backend, dc, policy)?;
+        if owned {
+            let task = agent.inner.handle.spawn(server.run_ttl_expiry());
+            agent.track(task);
+        }
+        Ok(agent)
     }
 
     fn build(
         config: AgentConfig,
         rt: Rt,
-        peer: Option<(HttpBackend, (String, DefaultPolicy))>,
+        backend: Backend,
+        datacenter: String,
+        default_policy: DefaultPolicy,
     ) -> Result<Agent, Error> {
         let handle = rt.handle().clone();
-        let (backend, datacenter, default_policy) = match (&config.backend, peer) {
-            (AgentBackend::Dev, _) => {
-                let server = Server::start(ServerConfig::dev(), config.clock.clone())?;
-                let dc = server.datacenter().to_owned();
-                let d = server.config().intention_default();
-                (Backend::InProcess(server), dc, d)
-            }
-            (AgentBackend::InProcess(server), _) => {
-                let dc = server.datacenter().to_owned();
-                let d = server.config().intention_default();
-                (Backend::InProcess(server.clone()), dc, d)
-            }
-            (AgentBackend::Http(_), Some((http, (dc, d)))) => (Backend::Http(http), dc, d),
-            (AgentBackend::Http(_), None) => {
-                return Err(Error::new(
-                    ErrorKind::Internal,
-                    "HTTP peer was not described",
-                ));
-            }
-        };
         let datacenter = config.datacenter.clone().unwrap_or(datacenter);
         let cache = {
             let _guard = handle.enter();
@@ -227,14 +252,6 @@ impl Agent {
             }),
         };
         agent.start_roots_watch()?;
-        if let (AgentBackend::Dev, Backend::InProcess(server)) =
-            (&config.backend, &agent.inner.backend)
-        {
-            // The agent owns this server, so it keeps its TTL checks honest, as `connect
-            // agent` does; an embedder's own server is the embedder's to run.
-            let task = agent.inner.handle.spawn(server.clone().run_ttl_expiry());
-            agent.track(task);
-        }
         Ok(agent)
     }
 
@@ -296,7 +313,7 @@ impl Agent {
     /// The in-process server, when there is one.
     pub fn server(&self) -> Option<&Server> {
         match &self.inner.backend {
-            Backend::InProcess(s) => Some(s),
+            Backend::InProcess(s) => Some(s.server()),
             Backend::Http(_) => None,
         }
     }

@@ -7,6 +7,7 @@
 mod backend;
 mod config;
 mod handle;
+mod local;
 pub(crate) mod service;
 mod types;
 pub(crate) use types::LeafKind;
@@ -14,6 +15,7 @@ pub(crate) use types::LeafKind;
 pub use backend::{Backend, HttpBackend, Signed};
 pub use config::{AgentBackend, AgentConfig, AgentOverrides};
 pub use handle::Agent;
+pub use local::InProcess;
 pub use service::{ConnectService, DialOptions, DialRoute, MESH_GATEWAY_SERVICE};
 pub use types::{
     HealthConnectType, IntentionMatchType, Leaf, LeafCacheRequest, LeafState, LeafType,

@@ -144,7 +144,7 @@ async fn serve(args: MeshGatewayArgs) -> Result<Agent, Failed> {
     };
     let wan = args.wan_address.unwrap_or(lan);
     let config = crate::cli::agent_config(&args.http).map_err(fail)?;
-    let agent = Agent::new_async(config).await.map_err(fail)?;
+    let agent = Agent::new_http_async(config).await.map_err(fail)?;
     let gw = match MeshGateway::new(agent.clone(), gateway_config) {
         Ok(gw) => gw,
         Err(e) => return Err((e, Some(agent))),

@@ -191,7 +191,7 @@ async fn serve(args: ProxyArgs) -> Result<ServiceHandle, Failed> {
         )));
     }
     let config = crate::cli::agent_config(&args.http).map_err(fail)?;
-    let agent = Agent::new_async(config).await.map_err(fail)?;
+    let agent = Agent::new_http_async(config).await.map_err(fail)?;
     let svc = Arc::new(agent.service(&args.service).map_err(fail)?);
     if let Err(e) = svc.ready_wait(READY).await {
         return Err((e, Some(svc)));
