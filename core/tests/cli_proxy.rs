@@ -217,3 +217,53 @@ fn carry_and_refuse(proxy: Proxy) {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json(), serde_json::json!([]), "{}", r.body);
 }
+
+/// The symbol table of `bin` (`nm`), or `None` when binutils are missing.
+fn symbols(bin: &str) -> Option<String> {
+    let out = std::process::Command::new("nm").arg(bin).output().ok()?;
+    assert!(out.status.success(), "nm {bin}: {out:?}");
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `connect-proxy` links no in-process server (ARCHITECTURE.md, agent: `local.rs`): SQLite,
+/// which only the server's store uses, is in `connect` and not in it. Built on glibc 2.36 or
+/// later, both executables pack their relative relocations (`core/build.rs`).
+#[test]
+fn the_sidecar_binary_links_no_server() {
+    let (Some(full), Some(sidecar)) = (symbols(BIN), symbols(PROXY_BIN)) else {
+        eprintln!("SKIPPED the_sidecar_binary_links_no_server: nm is missing");
+        return;
+    };
+    assert!(full.contains("sqlite3_open"), "connect has no SQLite?");
+    assert!(
+        sidecar.contains("connect_proxy"),
+        "connect-proxy's own code is missing"
+    );
+    let linked: Vec<&str> = sidecar
+        .lines()
+        .filter(|l| l.contains("sqlite3_"))
+        .take(5)
+        .collect();
+    assert!(linked.is_empty(), "connect-proxy links SQLite: {linked:?}");
+
+    let glibc = std::process::Command::new("getconf")
+        .arg("GNU_LIBC_VERSION")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let version: Vec<u32> = glibc
+        .trim_start_matches("glibc ")
+        .split('.')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    if version.as_slice() >= [2, 36].as_slice() {
+        for bin in [BIN, PROXY_BIN] {
+            let out = std::process::Command::new("readelf")
+                .args(["-d", bin])
+                .output()
+                .unwrap();
+            let dynamic = String::from_utf8_lossy(&out.stdout);
+            assert!(dynamic.contains("(RELR)"), "{bin} on {glibc}: {dynamic}");
+        }
+    }
+}
