@@ -120,6 +120,17 @@ async fn in_blocking<T: Send + 'static>(
         .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?
 }
 
+/// Runs `f` with a clone of `server` and `token` on the blocking pool: the server's writes
+/// and signing take its store's lock and may write to disk.
+fn blocking<T: Send + 'static>(
+    server: &Server,
+    token: Option<&str>,
+    f: impl FnOnce(&Server, Option<&str>) -> Result<T, Error> + Send + 'static,
+) -> impl Future<Output = Result<T, Error>> + Send + 'static {
+    let (s, t) = (server.clone(), token.map(str::to_owned));
+    in_blocking(move || f(&s, t.as_deref()))
+}
+
 impl Local for Server {
     fn server(&self) -> &Server {
         self
@@ -133,13 +144,13 @@ impl Local for Server {
     }
 
     fn sign<'a>(&'a self, token: Option<&'a str>, csr_pem: &'a str) -> Fut<'a, Signed> {
+        let csr = csr_pem.to_owned();
+        let signing = blocking(self, token, move |s, t| {
+            s.sign(t, &csr, SignPolicy::ServiceOnly)
+        });
         Box::pin(async move {
-            let (s, token, csr) = (self.clone(), token.map(str::to_owned), csr_pem.to_owned());
-            let issued =
-                in_blocking(move || s.sign(token.as_deref(), &csr, SignPolicy::ServiceOnly))
-                    .await?;
             Ok(Signed {
-                issued,
+                issued: signing.await?,
                 peer_key_pem: None,
             })
         })
@@ -151,15 +162,10 @@ impl Local for Server {
         service: &'a str,
         audiences: &'a [String],
     ) -> Fut<'a, JwtSvid> {
-        Box::pin(async move {
-            let (s, token, service, audiences) = (
-                self.clone(),
-                token.map(str::to_owned),
-                service.to_owned(),
-                audiences.to_vec(),
-            );
-            in_blocking(move || s.jwt_svid(token.as_deref(), &service, &audiences)).await
-        })
+        let (service, audiences) = (service.to_owned(), audiences.to_vec());
+        Box::pin(blocking(self, token, move |s, t| {
+            s.jwt_svid(t, &service, &audiences)
+        }))
     }
 
     fn validate_jwt_svid(&self, jwt: &str, audience: &str) -> Result<JwtValidation, Error> {
@@ -167,11 +173,13 @@ impl Local for Server {
     }
 
     fn sign_agent<'a>(&'a self, csr_pem: &'a str) -> Fut<'a, Signed> {
+        let csr = csr_pem.to_owned();
+        let signing = blocking(self, None, move |s, _| {
+            s.sign_local(&csr, SignPolicy::Local)
+        });
         Box::pin(async move {
-            let (s, csr) = (self.clone(), csr_pem.to_owned());
-            let issued = in_blocking(move || s.sign_local(&csr, SignPolicy::Local)).await?;
             Ok(Signed {
-                issued,
+                issued: signing.await?,
                 peer_key_pem: None,
             })
         })
@@ -232,23 +240,14 @@ impl Local for Server {
         destination: &'a str,
         action: IntentionAction,
     ) -> Fut<'a, ()> {
-        Box::pin(async move {
-            let (s, t, src, dst) = (
-                self.clone(),
-                token.map(str::to_owned),
-                source.to_owned(),
-                destination.to_owned(),
-            );
-            in_blocking(move || {
-                let body = Intention {
-                    action: Some(action),
-                    ..Intention::default()
-                };
-                s.intention_upsert_exact(t.as_deref(), &src, &dst, body)
-                    .map(|_| ())
-            })
-            .await
-        })
+        let (src, dst) = (source.to_owned(), destination.to_owned());
+        Box::pin(blocking(self, token, move |s, t| {
+            let body = Intention {
+                action: Some(action),
+                ..Intention::default()
+            };
+            s.intention_upsert_exact(t, &src, &dst, body).map(|_| ())
+        }))
     }
 
     fn intention_delete<'a>(
@@ -257,15 +256,10 @@ impl Local for Server {
         source: &'a str,
         destination: &'a str,
     ) -> Fut<'a, bool> {
-        Box::pin(async move {
-            let (s, t, src, dst) = (
-                self.clone(),
-                token.map(str::to_owned),
-                source.to_owned(),
-                destination.to_owned(),
-            );
-            in_blocking(move || s.intention_delete_exact(t.as_deref(), &src, &dst)).await
-        })
+        let (src, dst) = (source.to_owned(), destination.to_owned());
+        Box::pin(blocking(self, token, move |s, t| {
+            s.intention_delete_exact(t, &src, &dst)
+        }))
     }
 
     fn intention_check(
@@ -278,10 +272,9 @@ impl Local for Server {
     }
 
     fn ca_set_config<'a>(&'a self, token: Option<&'a str>, config: CaConfiguration) -> Fut<'a, ()> {
-        Box::pin(async move {
-            let (s, t) = (self.clone(), token.map(str::to_owned));
-            in_blocking(move || s.set_ca_config(t.as_deref(), config).map(|_| ())).await
-        })
+        Box::pin(blocking(self, token, move |s, t| {
+            s.set_ca_config(t, config).map(|_| ())
+        }))
     }
 
     fn register_service<'a>(
@@ -289,13 +282,9 @@ impl Local for Server {
         token: Option<&'a str>,
         registration: ServiceRegistration,
     ) -> Fut<'a, ()> {
-        Box::pin(async move {
-            let (s, t) = (self.clone(), token.map(str::to_owned));
-            in_blocking(move || {
-                Server::register_service(&s, t.as_deref(), registration).map(|_| ())
-            })
-            .await
-        })
+        Box::pin(blocking(self, token, move |s, t| {
+            Server::register_service(s, t, registration).map(|_| ())
+        }))
     }
 
     fn deregister_service<'a>(
@@ -303,13 +292,9 @@ impl Local for Server {
         token: Option<&'a str>,
         service_id: &'a str,
     ) -> Fut<'a, ()> {
-        Box::pin(async move {
-            let (s, t, id) = (
-                self.clone(),
-                token.map(str::to_owned),
-                service_id.to_owned(),
-            );
-            in_blocking(move || Server::deregister_service(&s, t.as_deref(), &id)).await
-        })
+        let id = service_id.to_owned();
+        Box::pin(blocking(self, token, move |s, t| {
+            Server::deregister_service(s, t, &id)
+        }))
     }
 }

@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Flags are written as Consul writes them, with one dash (`-data-dir DIR`,
-//! `-data-dir=DIR`); the two-dash forms work too. See [`go_style_args`].
+//! `-data-dir=DIR`); the two-dash forms work too. See [`cli::go_style_args`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
