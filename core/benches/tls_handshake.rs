@@ -17,8 +17,9 @@
 //! name in the leaf, the same provider, versions, key-exchange groups, session cache and
 //! ticketer, through tokio-rustls over loopback. Run:
 //! `cargo bench -p connect-core --bench tls_handshake` (filters: `mtls_`, `loopback_`;
-//! `mtls_handshakes_paired` and `loopback_bulk_paired`: the handshake and bulk figures with
-//! the stacks in turn, see `bench_handshakes_paired` and `bench_loopback_paired`).
+//! `mtls_handshakes_paired` and `loopback_bulk_paired`: the handshake and in-memory bulk
+//! figures, and the loopback bulk figures, with the stacks in turn, see
+//! `bench_handshakes_paired` and `bench_loopback_paired`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark set-up")]
 
@@ -485,11 +486,12 @@ fn per_round_ratio(a: &[f64], b: &[f64]) -> PerRoundRatio {
     }
 }
 
-/// In-memory handshakes with the stacks in turn, as `bench_loopback_paired` does for bulk:
-/// each round times the same number of full (then resumed) handshakes on each stack, starting
-/// with a different stack each round, and the ratio of rates is taken per round, so what the
-/// machine does meanwhile falls on both. Writes `tls_handshakes.json` (`make bench` reports
-/// its median ratios as the handshake targets).
+/// In-memory handshakes and bulk with the stacks in turn, as `bench_loopback_paired` does for
+/// bulk over loopback: each round times the same number of full (then resumed) handshakes, then
+/// the same MiB of application data, on each stack, starting with a different stack each round,
+/// and the ratio of rates is taken per round, so what the machine does meanwhile falls on both.
+/// Writes `tls_handshakes.json` (`make bench` reports its median ratios as the handshake and
+/// in-memory bulk targets).
 fn bench_handshakes_paired(_: &mut Criterion) {
     if !selected("mtls_handshakes_paired") {
         return;
@@ -550,10 +552,61 @@ fn bench_handshakes_paired(_: &mut Criterion) {
             }),
         );
     }
+    // In-memory bulk: the record layer alone, as `mtls_bulk_1mib`, with the stacks in turn.
+    // The two stacks negotiate the same suite, so the same rustls code encrypts either way.
+    let mib_per_round: usize = bench_support::env_num("BENCH_MIB", if quick { 4 } else { 32 });
+    let data = vec![0x5au8; MIB];
+    let mut conns: Vec<_> = stacks
+        .iter()
+        .map(|(_, (server, client))| {
+            let (mut cc, sc) = handshake(server, client);
+            cc.set_buffer_limit(None);
+            (cc, sc)
+        })
+        .collect();
+    let suites: Vec<_> = conns
+        .iter()
+        .map(|(cc, _)| cc.negotiated_cipher_suite().map(|s| s.suite()))
+        .collect();
+    assert_eq!(
+        suites[0], suites[1],
+        "the stacks negotiated different suites"
+    );
+    let rates = in_turn(rounds, stacks.len(), |i| {
+        let (cc, sc) = &mut conns[i];
+        let start = Instant::now();
+        for _ in 0..mib_per_round {
+            // 64 KiB at a time, as a socket write loop would hand it over.
+            for chunk in data.chunks(64 * 1024) {
+                cc.writer().write_all(chunk).unwrap();
+                pump(cc, sc);
+            }
+        }
+        mib_per_round as f64 / start.elapsed().as_secs_f64()
+    });
+    let ratio = per_round_ratio(&rates[0], &rates[1]);
+    println!(
+        "mtls_handshakes_paired/bulk: {:?}; libconnect {:.0} MiB/s, rustls {:.0} MiB/s; \
+         libconnect / rustls per round: {}",
+        suites[0],
+        median(&rates[0]),
+        median(&rates[1]),
+        ratio.summary
+    );
+    results.insert(
+        "bulk".to_owned(),
+        serde_json::json!({
+            "libconnect_mib_per_s": median(&rates[0]),
+            "rustls_mib_per_s": median(&rates[1]),
+            "libconnect_vs_rustls": ratio.json,
+            "suite": format!("{:?}", suites[0]),
+        }),
+    );
     bench_support::write_json(
         "tls_handshakes",
         "cargo bench -p connect-core --bench tls_handshake -- mtls_handshakes_paired",
-        serde_json::json!({ "rounds": rounds, "handshakes_per_round": per_round }),
+        serde_json::json!({ "rounds": rounds, "handshakes_per_round": per_round,
+                            "bulk_mib_per_round": mib_per_round }),
         serde_json::Value::Object(results),
     );
 }

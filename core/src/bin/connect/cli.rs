@@ -153,10 +153,14 @@ pub(crate) fn init_logging(level: &str) {
     let filter = Targets::new()
         .with_default(level)
         .with_targets(["hyper", "hyper_util", "reqwest", "rustls"].map(|t| (t, quiet)));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .finish()
+    // The registry, not `fmt()`'s subscriber: that one holds its own INFO ceiling below the
+    // filter, which would silence `-log-level debug` and `trace`.
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
         .with(filter)
         .try_init();
 }
