@@ -216,19 +216,13 @@ fn proxy_bin() -> PathBuf {
     bin
 }
 
-/// libconnect's proxy on both sides, `program()` being the command before the proxy's flags:
-/// inbound `db` in front of `echo`, outbound `web` with `db` as its upstream.
-fn libconnect_proxies(
-    http: &str,
-    echo: &str,
-    program: impl Fn() -> Command,
-    what: &str,
-) -> Sidecars {
+/// libconnect's proxy on both sides, `program()` being the command before the proxy's flags
+/// (with the agent's address): inbound `db` in front of `echo`, outbound `web` with `db` as
+/// its upstream.
+fn libconnect_proxies(echo: &str, program: impl Fn() -> Command, what: &str) -> Sidecars {
     let start = |flags: &[&str], side: &str| {
         let mut c = program();
-        c.env("CONSUL_HTTP_ADDR", http)
-            .args(["-log-level", "warn"])
-            .args(flags);
+        c.args(["-log-level", "warn"]).args(flags);
         Proc::spawn(c, &format!("{what} ({side})"))
     };
     let inbound = start(
@@ -264,7 +258,11 @@ fn connect(agent_http: &str) -> Command {
         "{} is missing: cargo build --release --bin connect (or set CONNECT_BIN)",
         bin.display()
     );
-    let mut c = Command::new(bin);
+    consul_env(Command::new(bin), agent_http)
+}
+
+/// `c` with Consul's variables naming only `agent_http` (none when empty).
+fn consul_env(mut c: Command, agent_http: &str) -> Command {
     for k in ["CONSUL_HTTP_TOKEN", "CONSUL_CACERT", "CONSUL_HTTP_SSL"] {
         c.env_remove(k);
     }
@@ -730,13 +728,11 @@ fn main() {
     let (_native, native_addr) = serve("native", &http);
     // The sidecar build of the proxy, and the same proxy inside the all-in-one `connect`.
     let sidecar = libconnect_proxies(
-        &http,
         &echo_addr,
-        || Command::new(proxy_bin()),
+        || consul_env(Command::new(proxy_bin()), &http),
         "connect-proxy",
     );
     let all_in_one = libconnect_proxies(
-        &http,
         &echo_addr,
         || {
             let mut c = connect(&http);
